@@ -1,0 +1,170 @@
+/*
+ * liblivemig engine: the public face of the migration engine.
+ *
+ * An embedder (a VMM) creates one engine, registers its RAM blocks and
+ * devices, and hands three callbacks over (stop vCPUs, start vCPUs,
+ * throttle vCPUs).  It then either starts an outgoing migration
+ * (lm_engine_migrate) or waits for an incoming one (lm_engine_incoming);
+ * the engine runs its own threads and reports progress through events and
+ * lm_engine_query().
+ *
+ * Thread safety: every lm_engine_* function may be called from any thread.
+ * The engine never calls back into the embedder while holding its own
+ * lock, and callbacks may call lm_engine_query().
+ */
+#ifndef LIVEMIG_ENGINE_H
+#define LIVEMIG_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "livemig/device.h"
+#include "livemig/error.h"
+#include "livemig/ram.h"
+
+typedef struct lm_engine lm_engine;
+
+/* Migration status, named as QEMU's MigrationStatus. */
+typedef enum lm_status {
+    LM_STATUS_NONE,
+    LM_STATUS_SETUP,
+    LM_STATUS_CANCELLING,
+    LM_STATUS_CANCELLED,
+    LM_STATUS_ACTIVE,
+    LM_STATUS_POSTCOPY_ACTIVE,
+    LM_STATUS_POSTCOPY_PAUSED,
+    LM_STATUS_POSTCOPY_RECOVER_SETUP,
+    LM_STATUS_POSTCOPY_RECOVER,
+    LM_STATUS_COMPLETED,
+    LM_STATUS_FAILED,
+    LM_STATUS_PRE_SWITCHOVER,
+    LM_STATUS_DEVICE,
+    LM_STATUS__COUNT
+} lm_status;
+
+const char *lm_status_name(lm_status s);
+
+typedef enum lm_event_kind {
+    LM_EVENT_MIGRATION,      /* status changed: ev.status */
+    LM_EVENT_MIGRATION_PASS, /* a new dirty-sync pass: ev.pass */
+} lm_event_kind;
+
+typedef struct lm_event {
+    lm_event_kind kind;
+    lm_status status;
+    uint64_t pass;
+} lm_event;
+
+typedef struct lm_callbacks {
+    /* Stop every vCPU and return once none runs (guest memory frozen). */
+    void (*vm_stop)(void *opaque);
+    /* Start (or resume) the vCPUs. */
+    void (*vm_start)(void *opaque);
+    /* Make each vCPU sleep `percent` % of its time (0 = no throttle). */
+    void (*vm_throttle)(void *opaque, int percent);
+    /* A migration event.  Called from engine threads, without engine locks. */
+    void (*on_event)(void *opaque, const lm_event *ev);
+    /* Destination: the migration finished loading and the engine is about
+     * to start the guest (or leave it paused when autostart is off).  May
+     * be NULL. */
+    void (*incoming_done)(void *opaque, bool success);
+} lm_callbacks;
+
+lm_engine *lm_engine_new(const lm_callbacks *cb, void *opaque, lm_error *err);
+void lm_engine_free(lm_engine *e);
+
+/* Registration: before the first migration. */
+int lm_engine_add_ram(lm_engine *e, const lm_ram_desc *desc,
+                      lm_ram_block **block_out, lm_error *err);
+int lm_engine_add_device(lm_engine *e, const char *idstr, uint32_t instance,
+                         const lm_vmstate *vms, void *opaque, lm_error *err);
+int lm_engine_add_iterative(lm_engine *e, const char *idstr, uint32_t instance,
+                            uint32_t version, const lm_iter_ops *ops,
+                            void *opaque, lm_error *err);
+void lm_engine_set_uuid(lm_engine *e, const uint8_t uuid[16]);
+/* Destination only: start the guest when the migration completes (default
+ * true).  Off is QEMU's -S: the guest stays paused until the embedder
+ * starts it. */
+void lm_engine_set_autostart(lm_engine *e, bool autostart);
+
+/* Capabilities and parameters, by QEMU's names (qapi/migration.json). */
+typedef enum lm_param_type {
+    LM_PARAM_U64,
+    LM_PARAM_BOOL,
+    LM_PARAM_STR, /* free text or one of `choices` */
+} lm_param_type;
+
+typedef struct lm_param_desc {
+    const char *name;
+    lm_param_type type;
+    uint64_t min, max;   /* LM_PARAM_U64 bounds, inclusive */
+    const char *const *choices; /* LM_PARAM_STR enumerations, NULL-terminated; NULL = free text */
+} lm_param_desc;
+
+const char *const *lm_capability_names(void); /* NULL-terminated */
+int lm_engine_set_capability(lm_engine *e, const char *name, bool on, lm_error *err);
+int lm_engine_get_capability(lm_engine *e, const char *name, bool *on, lm_error *err);
+
+const lm_param_desc *lm_param_descs(void); /* terminated by name == NULL */
+int lm_engine_set_param_u64(lm_engine *e, const char *name, uint64_t v, lm_error *err);
+int lm_engine_set_param_bool(lm_engine *e, const char *name, bool v, lm_error *err);
+int lm_engine_set_param_str(lm_engine *e, const char *name, const char *v, lm_error *err);
+int lm_engine_get_param_u64(lm_engine *e, const char *name, uint64_t *v, lm_error *err);
+int lm_engine_get_param_bool(lm_engine *e, const char *name, bool *v, lm_error *err);
+/* Copies into buf (NUL-terminated, truncated to bufsz). */
+int lm_engine_get_param_str(lm_engine *e, const char *name, char *buf, size_t bufsz, lm_error *err);
+
+/* Source: start migrating to uri ("unix:PATH", "tcp:HOST:PORT", "fd:N",
+ * "exec:CMD", "file:PATH[,offset=N]").  Returns once the migration thread
+ * runs; progress is reported by events and lm_engine_query(). */
+int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err);
+/* Destination: listen on (or open) uri and load the incoming migration. */
+int lm_engine_incoming(lm_engine *e, const char *uri, lm_error *err);
+/* Cancel the running migration (source or destination). */
+int lm_engine_cancel(lm_engine *e, lm_error *err);
+/* Leave a pause state (pre-switchover) named by `state`. */
+int lm_engine_continue(lm_engine *e, const char *state, lm_error *err);
+
+/* True while this engine is the destination of a migration (from
+ * lm_engine_incoming() until the load finished or failed). */
+bool lm_engine_is_incoming(lm_engine *e);
+
+#define LM_URI_MAX 512
+
+/* A snapshot of the migration's state and statistics (query-migrate). */
+typedef struct lm_info {
+    lm_status status;
+    bool incoming;              /* this side is the destination */
+    bool has_stats;             /* a migration ran since start-up */
+    uint64_t total_time_ms;     /* running migration: so far */
+    uint64_t setup_time_ms;
+    uint64_t downtime_ms;       /* completed: guest stopped on src -> runs on dst */
+    uint64_t expected_downtime_ms;
+    uint64_t remaining;         /* system-wide bytes still to move (RAM + devices) */
+    /* RAM statistics (query-migrate's "ram" object). */
+    uint64_t ram_transferred;
+    uint64_t ram_remaining;
+    uint64_t ram_total;
+    uint64_t ram_duplicate;     /* zero pages */
+    uint64_t ram_normal;        /* pages sent as data */
+    uint64_t ram_normal_bytes;
+    uint64_t ram_page_size;
+    uint64_t dirty_pages_rate;  /* pages per second, last pass */
+    uint64_t dirty_sync_count;  /* passes */
+    uint64_t precopy_bytes;
+    uint64_t downtime_bytes;
+    uint64_t postcopy_bytes;
+    uint64_t postcopy_requests;
+    uint64_t multifd_bytes;
+    double mbps;                /* throughput, megabits per second */
+    uint64_t pages_per_second;
+    uint64_t device_bytes;      /* device state sent */
+    int cpu_throttle_percentage;
+    char dirty_tracker[32];     /* "uffd-wp-async", "manual" */
+    char error_desc[LM_ERROR_MSG_MAX];
+    char socket_address[LM_URI_MAX]; /* listening address (port 0 resolved) */
+} lm_info;
+
+void lm_engine_query(lm_engine *e, lm_info *out);
+
+#endif

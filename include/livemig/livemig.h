@@ -1,0 +1,13 @@
+/* Umbrella header for embedders of liblivemig. */
+#ifndef LIVEMIG_LIVEMIG_H
+#define LIVEMIG_LIVEMIG_H
+
+#include "livemig/buffer.h"
+#include "livemig/device.h"
+#include "livemig/engine.h"
+#include "livemig/error.h"
+#include "livemig/ram.h"
+
+#define LIVEMIG_VERSION_STRING "0.1.0"
+
+#endif

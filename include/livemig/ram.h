@@ -1,0 +1,41 @@
+/*
+ * Guest RAM as the engine sees it: named host ranges with a page size.
+ */
+#ifndef LIVEMIG_RAM_H
+#define LIVEMIG_RAM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define LM_RAM_NAME_MAX 64
+
+enum lm_ram_flags {
+    /* The mapping is shared (memfd, file): a page missing from this
+     * process's page tables is not necessarily zero. */
+    LM_RAM_SHARED = 1u << 0,
+    /* hugetlbfs backing: page_size is the huge page size. */
+    LM_RAM_HUGETLB = 1u << 1,
+    /* Anonymous memory that may be backed by transparent huge pages. */
+    LM_RAM_THP = 1u << 2,
+};
+
+typedef struct lm_ram_desc {
+    const char *name;   /* unique, at most LM_RAM_NAME_MAX-1 bytes */
+    void *host;         /* page-aligned host address */
+    uint64_t size;      /* multiple of page_size */
+    uint32_t page_size; /* 4096, or 2 MiB for hugetlbfs */
+    unsigned flags;     /* lm_ram_flags */
+} lm_ram_desc;
+
+typedef struct lm_ram_block lm_ram_block;
+
+/* Manual dirty tracking: the embedder reports a guest write of len bytes
+ * at offset (as a KVM VMM feeds its dirty log or ring).  Safe to call from
+ * any thread at any time; cheap enough for every write.  Call it after the
+ * write has been made visible. */
+void lm_ram_mark_dirty(lm_ram_block *block, uint64_t offset, uint64_t len);
+
+/* True when the engine wants manual dirty reports right now. */
+bool lm_ram_wants_dirty_reports(const lm_ram_block *block);
+
+#endif

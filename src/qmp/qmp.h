@@ -1,0 +1,54 @@
+/*
+ * QMP server: QEMU's machine protocol on a Unix socket.
+ *
+ * One server thread accepts any number of clients and speaks the protocol
+ * (greeting, qmp_capabilities negotiation, execute/arguments/id, return or
+ * error {class, desc}, asynchronous events with timestamps).  Commands are
+ * registered by name; a handler runs on the server thread, must not block
+ * for long, and returns the reply's "return" value (a new reference; NULL
+ * together with a set lm_error means failure).
+ *
+ * Requests larger than QMP_MAX_REQUEST bytes, malformed JSON, wrong types
+ * and unknown commands get an error reply and the connection lives on.
+ */
+#ifndef LIVEMIG_QMP_H
+#define LIVEMIG_QMP_H
+
+#include <jansson.h>
+
+#include "livemig/error.h"
+
+#define QMP_MAX_REQUEST (1024 * 1024)
+
+typedef struct qmp_server qmp_server;
+
+/* args is the request's "arguments" object (an empty object when absent).
+ * The handler reports bad arguments through err (use -EINVAL). */
+typedef json_t *(*qmp_handler)(void *opaque, json_t *args, lm_error *err);
+
+qmp_server *qmp_server_new(const char *socket_path, lm_error *err);
+void qmp_server_register(qmp_server *s, const char *name, qmp_handler fn, void *opaque);
+int qmp_server_start(qmp_server *s, lm_error *err); /* spawns the server thread */
+/* Broadcast an event to every negotiated client.  Takes ownership of data
+ * (may be NULL).  Safe from any thread. */
+void qmp_server_emit(qmp_server *s, const char *event, json_t *data);
+/* Stops the thread, closes clients, unlinks the socket. */
+void qmp_server_free(qmp_server *s);
+
+/* Argument helpers: each sets err (-EINVAL, QEMU-style message naming the
+ * parameter) on a missing required argument or wrong type. */
+int qmp_arg_str(json_t *args, const char *name, bool required, const char **out, lm_error *err);
+int qmp_arg_bool(json_t *args, const char *name, bool required, bool *out, lm_error *err);
+int qmp_arg_u64(json_t *args, const char *name, bool required, uint64_t *out, lm_error *err);
+
+/* Registers the migration commands of an lm_engine: migrate,
+ * migrate-incoming, query-migrate, migrate-set-capabilities,
+ * query-migrate-capabilities, migrate-set-parameters,
+ * query-migrate-parameters, migrate_cancel, migrate-continue. */
+struct lm_engine;
+void qmp_register_migration_commands(qmp_server *s, struct lm_engine *e);
+/* The engine event -> QMP event bridge ("MIGRATION", "MIGRATION_PASS"). */
+struct lm_event;
+void qmp_emit_migration_event(qmp_server *s, const struct lm_event *ev);
+
+#endif
