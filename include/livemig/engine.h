@@ -60,6 +60,10 @@ typedef struct lm_callbacks {
     void (*vm_stop)(void *opaque);
     /* Start (or resume) the vCPUs. */
     void (*vm_start)(void *opaque);
+    /* Optional: is the guest running now?  The engine asks before it stops
+     * the guest for switchover, so that a failed or cancelled migration
+     * restarts only a guest that was running.  NULL: assume running. */
+    bool (*vm_is_running)(void *opaque);
     /* Make each vCPU sleep `percent` % of its time (0 = no throttle). */
     void (*vm_throttle)(void *opaque, int percent);
     /* A migration event.  Called from engine threads, without engine locks. */

@@ -1,0 +1,428 @@
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "channel/channel.h"
+#include "common/util.h"
+#include "livemig/buffer.h"
+
+#define WBUF_SIZE (256 * 1024)
+#define RBUF_SIZE (256 * 1024)
+#define MAX_EXT_IOV 62
+
+struct lm_channel {
+    int fd;
+    int child_pid;
+    bool is_socket;
+    char name[64];
+    lm_ratelimit *rl;
+
+    uint8_t *wbuf;
+    size_t wlen;
+
+    uint8_t *rbuf;
+    size_t rpos, rlen;
+
+    pthread_mutex_t err_lock;
+    int err_code; /* read lock-free on the fast path */
+    lm_error err;
+
+    uint64_t bytes_out;
+    uint64_t bytes_in;
+};
+
+lm_channel *lm_channel_new(int fd, const char *name, lm_ratelimit *rl)
+{
+    lm_channel *ch = calloc(1, sizeof(*ch));
+    if (!ch) {
+        return NULL;
+    }
+    ch->wbuf = malloc(WBUF_SIZE);
+    ch->rbuf = malloc(RBUF_SIZE);
+    if (!ch->wbuf || !ch->rbuf) {
+        free(ch->wbuf);
+        free(ch->rbuf);
+        free(ch);
+        return NULL;
+    }
+    struct stat st;
+    ch->fd = fd;
+    ch->is_socket = fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+    snprintf(ch->name, sizeof(ch->name), "%s", name ? name : "channel");
+    ch->rl = rl;
+    pthread_mutex_init(&ch->err_lock, NULL);
+    return ch;
+}
+
+void lm_channel_set_child(lm_channel *ch, int pid)
+{
+    ch->child_pid = pid;
+}
+
+int lm_channel_fd(const lm_channel *ch)
+{
+    return ch->fd;
+}
+
+const char *lm_channel_name(const lm_channel *ch)
+{
+    return ch->name;
+}
+
+int lm_channel_close(lm_channel *ch, lm_error *err)
+{
+    int ret = 0;
+    if (!ch) {
+        return 0;
+    }
+    if (ch->fd >= 0) {
+        close(ch->fd);
+    }
+    if (ch->child_pid > 0) {
+        int status;
+        while (waitpid(ch->child_pid, &status, 0) < 0 && errno == EINTR) {
+        }
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            ret = lm_error_set(err, -EIO, "%s: command exited with status %d", ch->name,
+                               WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+        }
+    }
+    pthread_mutex_destroy(&ch->err_lock);
+    free(ch->wbuf);
+    free(ch->rbuf);
+    free(ch);
+    return ret;
+}
+
+int lm_channel_set_error(lm_channel *ch, int code, const char *fmt, ...)
+{
+    pthread_mutex_lock(&ch->err_lock);
+    if (!ch->err_code) {
+        va_list ap;
+        char msg[LM_ERROR_MSG_MAX];
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        lm_error_set(&ch->err, code, "%s", msg);
+        __atomic_store_n(&ch->err_code, code, __ATOMIC_RELEASE);
+    }
+    code = ch->err_code;
+    pthread_mutex_unlock(&ch->err_lock);
+    return code;
+}
+
+int lm_channel_error(lm_channel *ch, lm_error *err)
+{
+    int code = __atomic_load_n(&ch->err_code, __ATOMIC_ACQUIRE);
+    if (code && err) {
+        pthread_mutex_lock(&ch->err_lock);
+        lm_error_propagate(err, &ch->err);
+        pthread_mutex_unlock(&ch->err_lock);
+    }
+    return code;
+}
+
+void lm_channel_shutdown(lm_channel *ch, int code, const char *why)
+{
+    lm_channel_set_error(ch, code, "%s: %s", ch->name, why);
+    if (ch->is_socket) {
+        shutdown(ch->fd, SHUT_RDWR);
+    }
+    if (ch->child_pid > 0) {
+        kill(ch->child_pid, SIGTERM);
+    }
+}
+
+static inline int sticky(lm_channel *ch)
+{
+    return __atomic_load_n(&ch->err_code, __ATOMIC_ACQUIRE);
+}
+
+static int io_error(lm_channel *ch, int code, const char *what)
+{
+    if (code == -EPIPE || code == -ECONNRESET) {
+        return lm_channel_set_error(ch, code, "%s: connection closed by peer while %s",
+                                    ch->name, what);
+    }
+    return lm_channel_set_error(ch, code, "%s: %s failed: %s", ch->name, what, strerror(-code));
+}
+
+/* Write every byte of iov; sockets use MSG_NOSIGNAL so a dead peer is an
+ * error, not a SIGPIPE. */
+static int write_iov(lm_channel *ch, struct iovec *iov, int cnt)
+{
+    uint64_t total = 0;
+    for (int i = 0; i < cnt; i++) {
+        total += iov[i].iov_len;
+    }
+    if (ch->rl) {
+        lm_ratelimit_consume(ch->rl, total);
+    }
+    int ret;
+    if (!ch->is_socket) {
+        ret = lm_writev_full(ch->fd, iov, cnt);
+    } else {
+        ret = 0;
+        while (cnt > 0) {
+            struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)cnt };
+            ssize_t n = sendmsg(ch->fd, &msg, MSG_NOSIGNAL);
+            if (n < 0) {
+                if (errno == EINTR) {
+                    continue;
+                }
+                ret = -errno;
+                break;
+            }
+            while (cnt > 0 && (size_t)n >= iov->iov_len) {
+                n -= (ssize_t)iov->iov_len;
+                iov++;
+                cnt--;
+            }
+            if (cnt > 0) {
+                iov->iov_base = (char *)iov->iov_base + n;
+                iov->iov_len -= (size_t)n;
+            }
+        }
+    }
+    if (ret < 0) {
+        return sticky(ch) ? sticky(ch) : io_error(ch, ret, "writing");
+    }
+    __atomic_fetch_add(&ch->bytes_out, total, __ATOMIC_RELAXED);
+    return sticky(ch);
+}
+
+int lm_channel_flush(lm_channel *ch)
+{
+    if (sticky(ch)) {
+        return sticky(ch);
+    }
+    if (ch->wlen == 0) {
+        return 0;
+    }
+    struct iovec iov = { ch->wbuf, ch->wlen };
+    ch->wlen = 0;
+    return write_iov(ch, &iov, 1);
+}
+
+int lm_channel_put(lm_channel *ch, const void *p, size_t n)
+{
+    if (sticky(ch)) {
+        return sticky(ch);
+    }
+    if (n >= WBUF_SIZE / 2) {
+        struct iovec ext = { (void *)p, n };
+        return lm_channel_put_ext(ch, &ext, 1);
+    }
+    if (ch->wlen + n > WBUF_SIZE) {
+        int ret = lm_channel_flush(ch);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    memcpy(ch->wbuf + ch->wlen, p, n);
+    ch->wlen += n;
+    return 0;
+}
+
+int lm_channel_put_u8(lm_channel *ch, uint8_t v)
+{
+    return lm_channel_put(ch, &v, 1);
+}
+
+int lm_channel_put_be16(lm_channel *ch, uint16_t v)
+{
+    uint8_t b[2];
+    lm_store_be16(b, v);
+    return lm_channel_put(ch, b, 2);
+}
+
+int lm_channel_put_be32(lm_channel *ch, uint32_t v)
+{
+    uint8_t b[4];
+    lm_store_be32(b, v);
+    return lm_channel_put(ch, b, 4);
+}
+
+int lm_channel_put_be64(lm_channel *ch, uint64_t v)
+{
+    uint8_t b[8];
+    lm_store_be64(b, v);
+    return lm_channel_put(ch, b, 8);
+}
+
+int lm_channel_put_ext(lm_channel *ch, const struct iovec *ext, int n)
+{
+    if (sticky(ch)) {
+        return sticky(ch);
+    }
+    while (n > 0) {
+        struct iovec iov[MAX_EXT_IOV + 1];
+        int cnt = 0;
+        if (ch->wlen) {
+            iov[cnt++] = (struct iovec){ ch->wbuf, ch->wlen };
+            ch->wlen = 0;
+        }
+        int take = n < MAX_EXT_IOV ? n : MAX_EXT_IOV;
+        memcpy(&iov[cnt], ext, (size_t)take * sizeof(*ext));
+        cnt += take;
+        int ret = write_iov(ch, iov, cnt);
+        if (ret < 0) {
+            return ret;
+        }
+        ext += take;
+        n -= take;
+    }
+    return 0;
+}
+
+/* Refill the read buffer with whatever is available (at least one byte). */
+static int fill(lm_channel *ch)
+{
+    for (;;) {
+        ssize_t r = read(ch->fd, ch->rbuf, RBUF_SIZE);
+        if (r > 0) {
+            ch->rpos = 0;
+            ch->rlen = (size_t)r;
+            __atomic_fetch_add(&ch->bytes_in, (uint64_t)r, __ATOMIC_RELAXED);
+            return 0;
+        }
+        if (r == 0) {
+            return sticky(ch) ? sticky(ch)
+                              : lm_channel_set_error(ch, -EPIPE, "%s: unexpected end of stream",
+                                                     ch->name);
+        }
+        if (errno != EINTR) {
+            int code = -errno;
+            return sticky(ch) ? sticky(ch) : io_error(ch, code, "reading");
+        }
+    }
+}
+
+int lm_channel_get(lm_channel *ch, void *p, size_t n)
+{
+    uint8_t *out = p;
+    if (sticky(ch)) {
+        return sticky(ch);
+    }
+    while (n > 0) {
+        size_t avail = ch->rlen - ch->rpos;
+        if (avail) {
+            size_t take = avail < n ? avail : n;
+            memcpy(out, ch->rbuf + ch->rpos, take);
+            ch->rpos += take;
+            out += take;
+            n -= take;
+            continue;
+        }
+        if (n >= RBUF_SIZE / 2) {
+            /* Bulk data: read straight into the destination. */
+            ssize_t r = read(ch->fd, out, n);
+            if (r > 0) {
+                __atomic_fetch_add(&ch->bytes_in, (uint64_t)r, __ATOMIC_RELAXED);
+                out += r;
+                n -= (size_t)r;
+                continue;
+            }
+            if (r < 0 && errno == EINTR) {
+                continue;
+            }
+            if (r == 0) {
+                return sticky(ch) ? sticky(ch)
+                                  : lm_channel_set_error(ch, -EPIPE,
+                                                         "%s: unexpected end of stream", ch->name);
+            }
+            int code = -errno;
+            return sticky(ch) ? sticky(ch) : io_error(ch, code, "reading");
+        }
+        int ret = fill(ch);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return sticky(ch);
+}
+
+int lm_channel_get_u8(lm_channel *ch, uint8_t *v)
+{
+    if (ch->rpos < ch->rlen && !sticky(ch)) {
+        *v = ch->rbuf[ch->rpos++];
+        return 0;
+    }
+    return lm_channel_get(ch, v, 1);
+}
+
+int lm_channel_get_be16(lm_channel *ch, uint16_t *v)
+{
+    uint8_t b[2];
+    int ret = lm_channel_get(ch, b, 2);
+    if (!ret) {
+        *v = lm_load_be16(b);
+    }
+    return ret;
+}
+
+int lm_channel_get_be32(lm_channel *ch, uint32_t *v)
+{
+    uint8_t b[4];
+    int ret = lm_channel_get(ch, b, 4);
+    if (!ret) {
+        *v = lm_load_be32(b);
+    }
+    return ret;
+}
+
+int lm_channel_get_be64(lm_channel *ch, uint64_t *v)
+{
+    uint8_t b[8];
+    int ret = lm_channel_get(ch, b, 8);
+    if (!ret) {
+        *v = lm_load_be64(b);
+    }
+    return ret;
+}
+
+int lm_channel_skip(lm_channel *ch, uint64_t n)
+{
+    uint8_t tmp[4096];
+    while (n > 0) {
+        size_t take = n < sizeof(tmp) ? (size_t)n : sizeof(tmp);
+        int ret = lm_channel_get(ch, tmp, take);
+        if (ret < 0) {
+            return ret;
+        }
+        n -= take;
+    }
+    return 0;
+}
+
+bool lm_channel_at_eof(lm_channel *ch)
+{
+    if (ch->rpos < ch->rlen) {
+        return false;
+    }
+    struct pollfd pfd = { .fd = ch->fd, .events = POLLIN };
+    if (poll(&pfd, 1, 0) <= 0) {
+        return true;
+    }
+    char c;
+    ssize_t r = ch->is_socket ? recv(ch->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) : 0;
+    return r <= 0;
+}
+
+uint64_t lm_channel_bytes_written(const lm_channel *ch)
+{
+    return __atomic_load_n(&ch->bytes_out, __ATOMIC_RELAXED);
+}
+
+uint64_t lm_channel_bytes_read(const lm_channel *ch)
+{
+    return __atomic_load_n(&ch->bytes_in, __ATOMIC_RELAXED);
+}

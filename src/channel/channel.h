@@ -1,0 +1,67 @@
+/*
+ * Buffered migration channel over one file descriptor.
+ *
+ * Writes are buffered and flushed with vectored writes; bulk data (guest
+ * pages) is written straight from the caller's memory together with the
+ * buffered header bytes in one writev, without a copy.  Reads are exact:
+ * a read either returns all bytes asked for or fails.  Every writer shares
+ * the migration's rate limit.  The first error sticks: once a channel has
+ * failed, every later call fails with the same code, and the message says
+ * what went wrong first.
+ */
+#ifndef LM_CHANNEL_CHANNEL_H
+#define LM_CHANNEL_CHANNEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "channel/ratelimit.h"
+#include "livemig/error.h"
+
+typedef struct lm_channel lm_channel;
+
+/* Takes ownership of fd.  pid > 0: a child process (exec:) reaped on close. */
+lm_channel *lm_channel_new(int fd, const char *name, lm_ratelimit *rl);
+void lm_channel_set_child(lm_channel *ch, int pid);
+/* Closes the fd, waits for a child.  Returns the child's failure, if any. */
+int lm_channel_close(lm_channel *ch, lm_error *err);
+int lm_channel_fd(const lm_channel *ch);
+const char *lm_channel_name(const lm_channel *ch);
+
+/* Buffered writes: 0 or the sticky -errno. */
+int lm_channel_put(lm_channel *ch, const void *p, size_t n);
+int lm_channel_put_u8(lm_channel *ch, uint8_t v);
+int lm_channel_put_be16(lm_channel *ch, uint16_t v);
+int lm_channel_put_be32(lm_channel *ch, uint32_t v);
+int lm_channel_put_be64(lm_channel *ch, uint64_t v);
+/* Write buffered bytes, then ext[] straight from the caller's memory. */
+int lm_channel_put_ext(lm_channel *ch, const struct iovec *ext, int n);
+int lm_channel_flush(lm_channel *ch);
+
+/* Exact reads: 0, or -EPIPE at end of stream, or the sticky -errno. */
+int lm_channel_get(lm_channel *ch, void *p, size_t n);
+int lm_channel_get_u8(lm_channel *ch, uint8_t *v);
+int lm_channel_get_be16(lm_channel *ch, uint16_t *v);
+int lm_channel_get_be32(lm_channel *ch, uint32_t *v);
+int lm_channel_get_be64(lm_channel *ch, uint64_t *v);
+/* Read and throw away n bytes. */
+int lm_channel_skip(lm_channel *ch, uint64_t n);
+/* True when no bytes are buffered and the peer has nothing queued (EOF
+ * check after the stream's end marker). Non-blocking. */
+bool lm_channel_at_eof(lm_channel *ch);
+
+/* Sticky error: the first one set wins.  Returns the code. */
+int lm_channel_set_error(lm_channel *ch, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* 0 or the sticky code; copies the message into err. */
+int lm_channel_error(lm_channel *ch, lm_error *err);
+/* Wake any thread blocked in I/O on this channel (cancel, peer death):
+ * shuts the socket down; the channel fails with code. */
+void lm_channel_shutdown(lm_channel *ch, int code, const char *why);
+
+uint64_t lm_channel_bytes_written(const lm_channel *ch);
+uint64_t lm_channel_bytes_read(const lm_channel *ch);
+
+#endif

@@ -1,0 +1,25 @@
+/*
+ * One bandwidth budget shared by every writer of a migration (main
+ * channel, and later multifd and postcopy channels), as QEMU's
+ * max-bandwidth: bytes per second, enforced over 100 ms windows.
+ */
+#ifndef LM_CHANNEL_RATELIMIT_H
+#define LM_CHANNEL_RATELIMIT_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+typedef struct lm_ratelimit {
+    pthread_mutex_t lock;
+    uint64_t bytes_per_sec; /* 0: unlimited */
+    uint64_t window_start_ns;
+    uint64_t window_bytes;
+} lm_ratelimit;
+
+void lm_ratelimit_init(lm_ratelimit *rl, uint64_t bytes_per_sec);
+void lm_ratelimit_destroy(lm_ratelimit *rl);
+void lm_ratelimit_set(lm_ratelimit *rl, uint64_t bytes_per_sec);
+/* Account n bytes about to be written; sleeps while over budget. */
+void lm_ratelimit_consume(lm_ratelimit *rl, uint64_t n);
+
+#endif

@@ -1,0 +1,403 @@
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "channel/transport.h"
+
+struct lm_listener {
+    lm_uri uri;
+    int listen_fd;    /* sockets */
+    int single_fd;    /* fd/exec/file: handed out once */
+    int single_pid;
+    int wake[2];      /* abort pipe */
+    char address[600];
+};
+
+int lm_uri_parse(const char *uri, lm_uri *u, lm_error *err)
+{
+    memset(u, 0, sizeof(*u));
+    u->fd = -1;
+    if (!uri) {
+        return lm_error_set(err, -EINVAL, "missing migration URI");
+    }
+    if (!strncmp(uri, "unix:", 5)) {
+        u->kind = LM_TRANSPORT_UNIX;
+        if (!uri[5] || strlen(uri + 5) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+            return lm_error_set(err, -EINVAL, "invalid unix socket path in '%s'", uri);
+        }
+        snprintf(u->path, sizeof(u->path), "%s", uri + 5);
+        return 0;
+    }
+    if (!strncmp(uri, "tcp:", 4)) {
+        const char *hp = uri + 4, *colon;
+        u->kind = LM_TRANSPORT_TCP;
+        if (*hp == '[') {
+            const char *close = strchr(hp, ']');
+            if (!close || close[1] != ':' || (size_t)(close - hp - 1) >= sizeof(u->host)) {
+                return lm_error_set(err, -EINVAL, "invalid IPv6 address in '%s'", uri);
+            }
+            memcpy(u->host, hp + 1, (size_t)(close - hp - 1));
+            colon = close + 1;
+        } else {
+            colon = strrchr(hp, ':');
+            if (!colon || (size_t)(colon - hp) >= sizeof(u->host)) {
+                return lm_error_set(err, -EINVAL, "'%s': expected tcp:HOST:PORT", uri);
+            }
+            memcpy(u->host, hp, (size_t)(colon - hp));
+        }
+        const char *port = colon + 1;
+        char *end;
+        long p = strtol(port, &end, 10);
+        if (!*port || *end || p < 0 || p > 65535) {
+            return lm_error_set(err, -EINVAL, "invalid port in '%s'", uri);
+        }
+        snprintf(u->port, sizeof(u->port), "%ld", p);
+        if (!u->host[0]) {
+            snprintf(u->host, sizeof(u->host), "0.0.0.0");
+        }
+        return 0;
+    }
+    if (!strncmp(uri, "fd:", 3)) {
+        char *end;
+        long fd = strtol(uri + 3, &end, 10);
+        u->kind = LM_TRANSPORT_FD;
+        if (!uri[3] || *end || fd < 0 || fd > 1 << 20 || fcntl((int)fd, F_GETFD) < 0) {
+            return lm_error_set(err, -EBADF, "'%s': not an open file descriptor", uri);
+        }
+        u->fd = (int)fd;
+        return 0;
+    }
+    if (!strncmp(uri, "exec:", 5)) {
+        u->kind = LM_TRANSPORT_EXEC;
+        if (!uri[5] || strlen(uri + 5) >= sizeof(u->path)) {
+            return lm_error_set(err, -EINVAL, "invalid command in '%s'", uri);
+        }
+        snprintf(u->path, sizeof(u->path), "%s", uri + 5);
+        return 0;
+    }
+    if (!strncmp(uri, "file:", 5)) {
+        u->kind = LM_TRANSPORT_FILE;
+        const char *comma = strstr(uri + 5, ",offset=");
+        size_t len = comma ? (size_t)(comma - uri - 5) : strlen(uri + 5);
+        if (!len || len >= sizeof(u->path)) {
+            return lm_error_set(err, -EINVAL, "invalid file path in '%s'", uri);
+        }
+        memcpy(u->path, uri + 5, len);
+        if (comma) {
+            char *end;
+            const char *num = comma + 8;
+            errno = 0;
+            unsigned long long off = strtoull(num, &end, 0);
+            if (!*num || *end || errno || *num == '-') {
+                return lm_error_set(err, -EINVAL, "invalid offset in '%s'", uri);
+            }
+            u->offset = off;
+        }
+        return 0;
+    }
+    return lm_error_set(err, -EINVAL,
+                        "unknown migration protocol in '%s' (expected unix:, tcp:, fd:, exec: or file:)",
+                        uri);
+}
+
+bool lm_uri_multi_channel(const lm_uri *u)
+{
+    return u->kind == LM_TRANSPORT_UNIX || u->kind == LM_TRANSPORT_TCP;
+}
+
+static void tune_socket(int fd, bool tcp)
+{
+    int one = 1, buf = 4 << 20;
+    if (tcp) {
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));
+}
+
+static int spawn_command(const char *cmd, int *fd, int *pid, lm_error *err)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+        return lm_error_set_errno(err, -errno, "exec: socketpair");
+    }
+    pid_t child = fork();
+    if (child < 0) {
+        int code = -errno;
+        close(sv[0]);
+        close(sv[1]);
+        return lm_error_set_errno(err, code, "exec: fork");
+    }
+    if (child == 0) {
+        /* The command's stdin and stdout are the migration stream; no other
+         * descriptor of ours leaks into it. */
+        dup2(sv[1], 0);
+        dup2(sv[1], 1);
+        close_range(3, ~0u, 0);
+        signal(SIGPIPE, SIG_DFL);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    close(sv[1]);
+    *fd = sv[0];
+    *pid = child;
+    return 0;
+}
+
+static int open_file(const lm_uri *u, bool writing, int *fd, lm_error *err)
+{
+    int f = writing ? open(u->path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600)
+                    : open(u->path, O_RDONLY | O_CLOEXEC);
+    if (f < 0) {
+        return lm_error_set_errno(err, -errno, "cannot open '%s'", u->path);
+    }
+    if (writing && ftruncate(f, (off_t)u->offset) < 0) {
+        int code = -errno;
+        close(f);
+        return lm_error_set_errno(err, code, "cannot truncate '%s'", u->path);
+    }
+    if (lseek(f, (off_t)u->offset, SEEK_SET) < 0) {
+        int code = -errno;
+        close(f);
+        return lm_error_set_errno(err, code, "cannot seek '%s' to %llu", u->path,
+                                  (unsigned long long)u->offset);
+    }
+    *fd = f;
+    return 0;
+}
+
+int lm_transport_connect(const lm_uri *u, int *fd, int *pid, lm_error *err)
+{
+    *pid = 0;
+    *fd = -1;
+    switch (u->kind) {
+    case LM_TRANSPORT_UNIX: {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (s < 0) {
+            return lm_error_set_errno(err, -errno, "socket");
+        }
+        memcpy(sa.sun_path, u->path, strnlen(u->path, sizeof(sa.sun_path) - 1)); /* length checked by lm_uri_parse */
+        tune_socket(s, false);
+        if (connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+            int code = -errno;
+            close(s);
+            return lm_error_set_errno(err, code, "failed to connect to unix:%s", u->path);
+        }
+        *fd = s;
+        return 0;
+    }
+    case LM_TRANSPORT_TCP: {
+        struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *res, *ai;
+        int rc = getaddrinfo(u->host, u->port, &hints, &res);
+        if (rc) {
+            return lm_error_set(err, -EHOSTUNREACH, "cannot resolve '%s': %s", u->host,
+                                gai_strerror(rc));
+        }
+        int code = -ECONNREFUSED;
+        for (ai = res; ai; ai = ai->ai_next) {
+            int s = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+            if (s < 0) {
+                code = -errno;
+                continue;
+            }
+            tune_socket(s, true);
+            if (connect(s, ai->ai_addr, ai->ai_addrlen) == 0) {
+                *fd = s;
+                break;
+            }
+            code = -errno;
+            close(s);
+        }
+        freeaddrinfo(res);
+        if (*fd < 0) {
+            return lm_error_set_errno(err, code, "failed to connect to tcp:%s:%s", u->host, u->port);
+        }
+        return 0;
+    }
+    case LM_TRANSPORT_FD:
+        *fd = u->fd;
+        return 0;
+    case LM_TRANSPORT_EXEC:
+        return spawn_command(u->path, fd, pid, err);
+    case LM_TRANSPORT_FILE:
+        return open_file(u, true, fd, err);
+    }
+    return lm_error_set(err, -EINVAL, "unknown transport");
+}
+
+static int listen_socket(lm_listener *l, lm_error *err)
+{
+    const lm_uri *u = &l->uri;
+    if (u->kind == LM_TRANSPORT_UNIX) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (s < 0) {
+            return lm_error_set_errno(err, -errno, "socket");
+        }
+        memcpy(sa.sun_path, u->path, strnlen(u->path, sizeof(sa.sun_path) - 1)); /* length checked by lm_uri_parse */
+        unlink(u->path);
+        if (bind(s, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(s, 16) < 0) {
+            int code = -errno;
+            close(s);
+            return lm_error_set_errno(err, code, "failed to listen on unix:%s", u->path);
+        }
+        l->listen_fd = s;
+        snprintf(l->address, sizeof(l->address), "unix:%s", u->path);
+        return 0;
+    }
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE }, *res;
+    int rc = getaddrinfo(u->host, u->port, &hints, &res);
+    if (rc) {
+        return lm_error_set(err, -EADDRNOTAVAIL, "cannot resolve '%s': %s", u->host,
+                            gai_strerror(rc));
+    }
+    int code = -EADDRNOTAVAIL;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        int s = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        int one = 1;
+        if (s < 0) {
+            code = -errno;
+            continue;
+        }
+        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(s, ai->ai_addr, ai->ai_addrlen) == 0 && listen(s, 16) == 0) {
+            l->listen_fd = s;
+            break;
+        }
+        code = -errno;
+        close(s);
+    }
+    freeaddrinfo(res);
+    if (l->listen_fd < 0) {
+        return lm_error_set_errno(err, code, "failed to listen on tcp:%s:%s", u->host, u->port);
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char host[INET6_ADDRSTRLEN + 1] = "", port[16] = "";
+    getsockname(l->listen_fd, (struct sockaddr *)&ss, &sl);
+    getnameinfo((struct sockaddr *)&ss, sl, host, sizeof(host), port, sizeof(port),
+                NI_NUMERICHOST | NI_NUMERICSERV);
+    if (ss.ss_family == AF_INET6) {
+        snprintf(l->address, sizeof(l->address), "tcp:[%s]:%s", host, port);
+    } else {
+        snprintf(l->address, sizeof(l->address), "tcp:%s:%s", host, port);
+    }
+    return 0;
+}
+
+int lm_transport_listen(const lm_uri *u, lm_listener **out, lm_error *err)
+{
+    lm_listener *l = calloc(1, sizeof(*l));
+    if (!l) {
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    l->uri = *u;
+    l->listen_fd = l->single_fd = -1;
+    if (pipe2(l->wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+        int code = -errno;
+        free(l);
+        return lm_error_set_errno(err, code, "pipe");
+    }
+    int ret = 0;
+    switch (u->kind) {
+    case LM_TRANSPORT_UNIX:
+    case LM_TRANSPORT_TCP:
+        ret = listen_socket(l, err);
+        break;
+    case LM_TRANSPORT_FD:
+        l->single_fd = u->fd;
+        break;
+    case LM_TRANSPORT_EXEC:
+        ret = spawn_command(u->path, &l->single_fd, &l->single_pid, err);
+        break;
+    case LM_TRANSPORT_FILE:
+        ret = open_file(u, false, &l->single_fd, err);
+        break;
+    }
+    if (ret < 0) {
+        close(l->wake[0]);
+        close(l->wake[1]);
+        free(l);
+        return ret;
+    }
+    *out = l;
+    return 0;
+}
+
+int lm_listener_accept(lm_listener *l, int *fd, int *pid, lm_error *err)
+{
+    *pid = 0;
+    if (l->listen_fd < 0) {
+        if (l->single_fd < 0) {
+            return lm_error_set(err, -EPIPE, "this transport carries a single stream");
+        }
+        *fd = l->single_fd;
+        *pid = l->single_pid;
+        l->single_fd = -1;
+        return 0;
+    }
+    for (;;) {
+        struct pollfd p[2] = { { l->listen_fd, POLLIN, 0 }, { l->wake[0], POLLIN, 0 } };
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return lm_error_set_errno(err, -errno, "poll");
+        }
+        if (p[1].revents) {
+            return lm_error_set(err, -ECANCELED, "incoming migration cancelled");
+        }
+        int s = accept4(l->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (s < 0) {
+            if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED) {
+                continue;
+            }
+            return lm_error_set_errno(err, -errno, "accept");
+        }
+        tune_socket(s, l->uri.kind == LM_TRANSPORT_TCP);
+        *fd = s;
+        return 0;
+    }
+}
+
+const char *lm_listener_address(const lm_listener *l)
+{
+    return l->address;
+}
+
+void lm_listener_abort(lm_listener *l)
+{
+    char c = 1;
+    ssize_t r = write(l->wake[1], &c, 1);
+    (void)r;
+}
+
+void lm_listener_close(lm_listener *l)
+{
+    if (!l) {
+        return;
+    }
+    if (l->listen_fd >= 0) {
+        close(l->listen_fd);
+        if (l->uri.kind == LM_TRANSPORT_UNIX) {
+            unlink(l->uri.path);
+        }
+    }
+    if (l->single_fd >= 0) {
+        close(l->single_fd);
+    }
+    close(l->wake[0]);
+    close(l->wake[1]);
+    free(l);
+}

@@ -1,0 +1,60 @@
+/*
+ * Transports: turn a migration URI into connected file descriptors.
+ *
+ *   unix:PATH               Unix stream socket
+ *   tcp:HOST:PORT           TCP, IPv4 or IPv6 ("tcp:[::1]:4444"); port 0 on
+ *                           the listening side picks a free port
+ *   fd:N                    an already open descriptor N (a socket, pipe or file)
+ *   exec:COMMAND            /bin/sh -c COMMAND; its stdin and stdout are the stream
+ *   file:PATH[,offset=N]    save to / restore from a file, at byte offset N
+ *
+ * Socket transports can open several connections (multifd, postcopy
+ * preempt); the others carry exactly one stream.
+ */
+#ifndef LM_CHANNEL_TRANSPORT_H
+#define LM_CHANNEL_TRANSPORT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "livemig/error.h"
+
+typedef enum lm_transport_kind {
+    LM_TRANSPORT_UNIX,
+    LM_TRANSPORT_TCP,
+    LM_TRANSPORT_FD,
+    LM_TRANSPORT_EXEC,
+    LM_TRANSPORT_FILE,
+} lm_transport_kind;
+
+typedef struct lm_uri {
+    lm_transport_kind kind;
+    char path[512];  /* unix path, file path, exec command */
+    char host[256];  /* tcp */
+    char port[16];   /* tcp */
+    int fd;          /* fd: */
+    uint64_t offset; /* file: */
+} lm_uri;
+
+int lm_uri_parse(const char *uri, lm_uri *out, lm_error *err);
+/* True when the transport can open more than one connection. */
+bool lm_uri_multi_channel(const lm_uri *u);
+
+/* Outgoing: connect.  *pid is the exec: child (or 0). */
+int lm_transport_connect(const lm_uri *u, int *fd, int *pid, lm_error *err);
+
+typedef struct lm_listener lm_listener;
+
+/* Incoming: listen on a socket URI, or open the single stream of the others. */
+int lm_transport_listen(const lm_uri *u, lm_listener **out, lm_error *err);
+/* Wait for the next connection; -ECANCELED once lm_listener_abort() ran,
+ * -EPIPE when a single-stream transport has already been handed out. */
+int lm_listener_accept(lm_listener *l, int *fd, int *pid, lm_error *err);
+/* The address clients connect to ("tcp:127.0.0.1:40123", "unix:/p"), empty
+ * for single-stream transports. */
+const char *lm_listener_address(const lm_listener *l);
+/* Make a blocked lm_listener_accept() return -ECANCELED (any thread). */
+void lm_listener_abort(lm_listener *l);
+void lm_listener_close(lm_listener *l);
+
+#endif

@@ -1,0 +1,109 @@
+#include <stdlib.h>
+
+#include "common/bitmap.h"
+
+uint64_t *lm_bitmap_new(uint64_t nbits)
+{
+    return calloc(LM_BITMAP_WORDS(nbits) ? LM_BITMAP_WORDS(nbits) : 1, sizeof(uint64_t));
+}
+
+void lm_bitmap_free(uint64_t *map)
+{
+    free(map);
+}
+
+/* Apply op to every word touched by [start, start+n) with the right mask. */
+#define FOR_EACH_WORD_MASK(start, n, body)                                       \
+    do {                                                                         \
+        uint64_t s_ = (start), e_ = (start) + (n);                               \
+        while (s_ < e_) {                                                        \
+            uint64_t w_ = s_ / 64, lo_ = s_ % 64;                                \
+            uint64_t hi_ = (e_ - w_ * 64) >= 64 ? 64 : (e_ - w_ * 64);           \
+            uint64_t mask = (hi_ == 64 ? ~0ull : ((1ull << hi_) - 1)) &          \
+                            ~((1ull << lo_) - 1);                                \
+            uint64_t word = w_;                                                  \
+            body;                                                                \
+            s_ = (w_ + 1) * 64;                                                  \
+        }                                                                        \
+    } while (0)
+
+void lm_bitmap_set_range(uint64_t *map, uint64_t start, uint64_t n)
+{
+    FOR_EACH_WORD_MASK(start, n, map[word] |= mask);
+}
+
+void lm_bitmap_clear_range(uint64_t *map, uint64_t start, uint64_t n)
+{
+    FOR_EACH_WORD_MASK(start, n, map[word] &= ~mask);
+}
+
+void lm_bitmap_set_range_atomic(uint64_t *map, uint64_t start, uint64_t n)
+{
+    FOR_EACH_WORD_MASK(start, n, __atomic_fetch_or(&map[word], mask, __ATOMIC_RELEASE));
+}
+
+uint64_t lm_bitmap_next_set(const uint64_t *map, uint64_t nbits, uint64_t from)
+{
+    if (from >= nbits) {
+        return nbits;
+    }
+    uint64_t w = from / 64;
+    uint64_t word = map[w] & (~0ull << (from % 64));
+    uint64_t nwords = LM_BITMAP_WORDS(nbits);
+    for (;;) {
+        if (word) {
+            uint64_t bit = w * 64 + (uint64_t)__builtin_ctzll(word);
+            return bit < nbits ? bit : nbits;
+        }
+        if (++w >= nwords) {
+            return nbits;
+        }
+        word = map[w];
+    }
+}
+
+uint64_t lm_bitmap_next_clear(const uint64_t *map, uint64_t nbits, uint64_t from)
+{
+    if (from >= nbits) {
+        return nbits;
+    }
+    uint64_t w = from / 64;
+    uint64_t word = ~map[w] & (~0ull << (from % 64));
+    uint64_t nwords = LM_BITMAP_WORDS(nbits);
+    for (;;) {
+        if (word) {
+            uint64_t bit = w * 64 + (uint64_t)__builtin_ctzll(word);
+            return bit < nbits ? bit : nbits;
+        }
+        if (++w >= nwords) {
+            return nbits;
+        }
+        word = ~map[w];
+    }
+}
+
+uint64_t lm_bitmap_count(const uint64_t *map, uint64_t nbits)
+{
+    uint64_t n = 0, full = nbits / 64;
+    for (uint64_t w = 0; w < full; w++) {
+        n += (uint64_t)__builtin_popcountll(map[w]);
+    }
+    if (nbits % 64) {
+        n += (uint64_t)__builtin_popcountll(map[full] & ((1ull << (nbits % 64)) - 1));
+    }
+    return n;
+}
+
+uint64_t lm_bitmap_drain_into(uint64_t *dst, uint64_t *src, uint64_t nbits)
+{
+    uint64_t added = 0, nwords = LM_BITMAP_WORDS(nbits);
+    for (uint64_t w = 0; w < nwords; w++) {
+        if (!__atomic_load_n(&src[w], __ATOMIC_RELAXED)) {
+            continue;
+        }
+        uint64_t bits = __atomic_exchange_n(&src[w], 0, __ATOMIC_ACQUIRE);
+        added += (uint64_t)__builtin_popcountll(bits & ~dst[w]);
+        dst[w] |= bits;
+    }
+    return added;
+}

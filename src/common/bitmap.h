@@ -1,0 +1,57 @@
+/*
+ * Page bitmaps: one bit per page, in 64-bit words.
+ * Setting bits atomically (lm_bitmap_set_atomic) is safe against concurrent
+ * setters and against lm_bitmap_xchg_word; every other call is for a single
+ * owner.
+ */
+#ifndef LM_COMMON_BITMAP_H
+#define LM_COMMON_BITMAP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define LM_BITS_PER_WORD 64u
+#define LM_BITMAP_WORDS(nbits) (((nbits) + LM_BITS_PER_WORD - 1) / LM_BITS_PER_WORD)
+
+uint64_t *lm_bitmap_new(uint64_t nbits); /* zeroed; NULL on ENOMEM */
+void lm_bitmap_free(uint64_t *map);
+
+static inline bool lm_bitmap_test(const uint64_t *map, uint64_t bit)
+{
+    return (map[bit / 64] >> (bit % 64)) & 1;
+}
+
+static inline void lm_bitmap_set(uint64_t *map, uint64_t bit)
+{
+    map[bit / 64] |= 1ull << (bit % 64);
+}
+
+static inline void lm_bitmap_clear(uint64_t *map, uint64_t bit)
+{
+    map[bit / 64] &= ~(1ull << (bit % 64));
+}
+
+static inline void lm_bitmap_set_atomic(uint64_t *map, uint64_t bit)
+{
+    uint64_t mask = 1ull << (bit % 64);
+    /* Skip the locked RMW when the bit is already set: the common case for
+     * a page written again and again. */
+    if (!(__atomic_load_n(&map[bit / 64], __ATOMIC_RELAXED) & mask)) {
+        __atomic_fetch_or(&map[bit / 64], mask, __ATOMIC_RELEASE);
+    }
+}
+
+/* Set/clear bits [start, start+n). */
+void lm_bitmap_set_range(uint64_t *map, uint64_t start, uint64_t n);
+void lm_bitmap_clear_range(uint64_t *map, uint64_t start, uint64_t n);
+void lm_bitmap_set_range_atomic(uint64_t *map, uint64_t start, uint64_t n);
+/* First set bit at or after `from`, or nbits if none. */
+uint64_t lm_bitmap_next_set(const uint64_t *map, uint64_t nbits, uint64_t from);
+/* First clear bit at or after `from`, or nbits if none. */
+uint64_t lm_bitmap_next_clear(const uint64_t *map, uint64_t nbits, uint64_t from);
+uint64_t lm_bitmap_count(const uint64_t *map, uint64_t nbits);
+/* dst |= src, atomically taking src's words (src ends cleared). Returns
+ * the number of bits newly set in dst. */
+uint64_t lm_bitmap_drain_into(uint64_t *dst, uint64_t *src, uint64_t nbits);
+
+#endif

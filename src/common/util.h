@@ -1,0 +1,45 @@
+/* Small helpers shared by every module: saturating arithmetic, sizes, logging. */
+#ifndef LM_COMMON_UTIL_H
+#define LM_COMMON_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#define LM_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define LM_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define LM_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define LM_DIV_ROUND_UP(n, d) (((n) + (d) - 1) / (d))
+
+static inline uint64_t lm_sat_add(uint64_t a, uint64_t b)
+{
+    uint64_t r;
+    return __builtin_add_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+
+static inline uint64_t lm_sat_mul(uint64_t a, uint64_t b)
+{
+    uint64_t r;
+    return __builtin_mul_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+
+static inline uint64_t lm_sat_sub(uint64_t a, uint64_t b)
+{
+    return a > b ? a - b : 0;
+}
+
+/* Parse "123", "4K", "512M", "4G", "1T" (binary units); returns 0 or -EINVAL. */
+int lm_parse_size(const char *s, uint64_t *out);
+
+/* Write all of iov to fd (handles short writes and EINTR); 0 or -errno. */
+int lm_writev_full(int fd, struct iovec *iov, int iovcnt);
+/* Read exactly n bytes; -EPIPE on EOF before n bytes; 0 or -errno. */
+int lm_read_full(int fd, void *buf, size_t n);
+
+/* Debug log to stderr when LIVEMIG_DEBUG is set in the environment. */
+void lm_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Warning to stderr, always. */
+void lm_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

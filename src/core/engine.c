@@ -1,0 +1,385 @@
+/*
+ * Engine API: creation, registration, starting and cancelling migrations,
+ * and query-migrate's snapshot.  The migration itself runs in
+ * migration.c (source) and incoming.c (destination).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/util.h"
+#include "core/engine_internal.h"
+
+lm_engine *lm_engine_new(const lm_callbacks *cb, void *opaque, lm_error *err)
+{
+    lm_engine *e = calloc(1, sizeof(*e));
+    if (!e) {
+        lm_error_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&e->lock, NULL);
+    pthread_cond_init(&e->cond, NULL);
+    if (cb) {
+        e->cb = *cb;
+    }
+    e->opaque = opaque;
+    e->autostart = true;
+    e->status = LM_STATUS_NONE;
+    lm_params_defaults(e);
+    lm_ratelimit_init(&e->rl, e->params.max_bandwidth);
+    return e;
+}
+
+static void join_thread(lm_engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    bool started = e->thread_started;
+    e->thread_started = false;
+    pthread_mutex_unlock(&e->lock);
+    if (started) {
+        pthread_join(e->thread, NULL);
+    }
+}
+
+void lm_engine_free(lm_engine *e)
+{
+    if (!e) {
+        return;
+    }
+    lm_engine_cancel(e, NULL);
+    join_thread(e);
+    for (size_t i = 0; i < e->nblocks; i++) {
+        lm_ram_block_free(e->blocks[i]);
+    }
+    free(e->devs);
+    lm_ratelimit_destroy(&e->rl);
+    pthread_cond_destroy(&e->cond);
+    pthread_mutex_destroy(&e->lock);
+    free(e);
+}
+
+static int check_registration_open(lm_engine *e, lm_error *err)
+{
+    if (e->status != LM_STATUS_NONE || e->thread_started) {
+        return lm_error_set(err, -EBUSY, "registration is closed once a migration has started");
+    }
+    return 0;
+}
+
+int lm_engine_add_ram(lm_engine *e, const lm_ram_desc *desc, lm_ram_block **block_out,
+                      lm_error *err)
+{
+    pthread_mutex_lock(&e->lock);
+    int ret = check_registration_open(e, err);
+    if (!ret && e->nblocks >= LM_MAX_RAM_BLOCKS) {
+        ret = lm_error_set(err, -ENOSPC, "too many RAM blocks (at most %u)", LM_MAX_RAM_BLOCKS);
+    }
+    for (size_t i = 0; !ret && i < e->nblocks; i++) {
+        if (desc->name && !strcmp(e->blocks[i]->name, desc->name)) {
+            ret = lm_error_set(err, -EEXIST, "RAM block '%s' already registered", desc->name);
+        }
+    }
+    lm_ram_block *b = NULL;
+    if (!ret) {
+        ret = lm_ram_block_new(desc, (uint32_t)e->nblocks, &b, err);
+    }
+    if (!ret) {
+        e->blocks[e->nblocks++] = b;
+        if (block_out) {
+            *block_out = b;
+        }
+    }
+    pthread_mutex_unlock(&e->lock);
+    return ret;
+}
+
+static int add_device(lm_engine *e, const lm_device_entry *d, lm_error *err)
+{
+    pthread_mutex_lock(&e->lock);
+    int ret = check_registration_open(e, err);
+    if (!ret && (strlen(d->idstr) == 0 || !strcmp(d->idstr, LM_RAM_SECTION_IDSTR))) {
+        ret = lm_error_set(err, -EINVAL, "invalid device id '%s'", d->idstr);
+    }
+    if (!ret && e->ndevs + 1 >= LM_MAX_SECTIONS) {
+        ret = lm_error_set(err, -ENOSPC, "too many devices");
+    }
+    for (size_t i = 0; !ret && i < e->ndevs; i++) {
+        if (!strcmp(e->devs[i].idstr, d->idstr) && e->devs[i].instance == d->instance) {
+            ret = lm_error_set(err, -EEXIST, "device '%s' instance %u already registered", d->idstr,
+                               d->instance);
+        }
+    }
+    if (!ret) {
+        lm_device_entry *n = realloc(e->devs, (e->ndevs + 1) * sizeof(*n));
+        if (!n) {
+            ret = lm_error_set(err, -ENOMEM, "out of memory");
+        } else {
+            e->devs = n;
+            e->devs[e->ndevs] = *d;
+            e->devs[e->ndevs].section_id = (uint32_t)e->ndevs + 1;
+            e->ndevs++;
+        }
+    }
+    pthread_mutex_unlock(&e->lock);
+    return ret;
+}
+
+int lm_engine_add_device(lm_engine *e, const char *idstr, uint32_t instance,
+                         const lm_vmstate *vms, void *opaque, lm_error *err)
+{
+    lm_device_entry d = { .instance = instance, .vms = vms, .opaque = opaque };
+    if (!idstr || strlen(idstr) >= sizeof(d.idstr) || !vms) {
+        return lm_error_set(err, -EINVAL, "invalid device registration");
+    }
+    snprintf(d.idstr, sizeof(d.idstr), "%s", idstr);
+    d.version = vms->version;
+    return add_device(e, &d, err);
+}
+
+int lm_engine_add_iterative(lm_engine *e, const char *idstr, uint32_t instance, uint32_t version,
+                            const lm_iter_ops *ops, void *opaque, lm_error *err)
+{
+    lm_device_entry d = { .instance = instance, .ops = ops, .version = version, .opaque = opaque };
+    if (!idstr || strlen(idstr) >= sizeof(d.idstr) || !ops || !ops->load || !ops->save_complete ||
+        !ops->query_pending) {
+        return lm_error_set(err, -EINVAL,
+                            "invalid iterative device registration (load, save_complete and "
+                            "query_pending are required)");
+    }
+    snprintf(d.idstr, sizeof(d.idstr), "%s", idstr);
+    return add_device(e, &d, err);
+}
+
+void lm_engine_set_uuid(lm_engine *e, const uint8_t uuid[16])
+{
+    pthread_mutex_lock(&e->lock);
+    memcpy(e->uuid, uuid, LM_UUID_LEN);
+    pthread_mutex_unlock(&e->lock);
+}
+
+void lm_engine_set_autostart(lm_engine *e, bool autostart)
+{
+    pthread_mutex_lock(&e->lock);
+    e->autostart = autostart;
+    pthread_mutex_unlock(&e->lock);
+}
+
+/* Common start: checks no migration runs, joins the previous thread, resets
+ * the per-migration state and moves to setup. */
+static int begin(lm_engine *e, const char *uri, bool incoming, lm_error *err)
+{
+    lm_uri u;
+    int ret = lm_uri_parse(uri, &u, err);
+    if (ret < 0) {
+        return ret;
+    }
+    pthread_mutex_lock(&e->lock);
+    if (lm_state_is_active(e->status)) {
+        pthread_mutex_unlock(&e->lock);
+        return lm_error_set(err, -EBUSY, "There's a migration process in progress");
+    }
+    if (e->nblocks == 0) {
+        pthread_mutex_unlock(&e->lock);
+        return lm_error_set(err, -EINVAL, "no guest RAM registered");
+    }
+    pthread_mutex_unlock(&e->lock);
+    join_thread(e);
+
+    pthread_mutex_lock(&e->lock);
+    e->uri = u;
+    e->incoming = incoming;
+    e->cancel_requested = false;
+    e->continue_requested = false;
+    e->guest_stopped_by_us = false;
+    lm_error_clear(&e->error);
+    memset(&e->stats, 0, sizeof(e->stats));
+    e->stats.start_ns = lm_now_ns();
+    e->socket_address[0] = '\0';
+    e->dest_pages = e->dest_zero = e->dest_bytes = 0;
+    memset(&e->saver.stats, 0, sizeof(e->saver.stats));
+    e->saver.dirty_bytes = 0;
+    e->saver.total_bytes = 0;
+    pthread_mutex_unlock(&e->lock);
+
+    if (!lm_set_state_any(e, LM_STATUS_SETUP)) {
+        return lm_error_set(err, -EBUSY, "cannot start a migration in state %s",
+                            lm_status_name(e->status));
+    }
+    return 0;
+}
+
+static int spawn(lm_engine *e, void *(*fn)(void *), lm_error *err)
+{
+    pthread_mutex_lock(&e->lock);
+    int rc = pthread_create(&e->thread, NULL, fn, e);
+    e->thread_started = rc == 0;
+    pthread_mutex_unlock(&e->lock);
+    if (rc) {
+        lm_error failure = LM_ERROR_INIT;
+        lm_error_set(&failure, -rc, "cannot create the migration thread");
+        lm_engine_fail(e, &failure);
+        lm_set_state_any(e, LM_STATUS_FAILED);
+        return lm_error_set(err, -rc, "cannot create the migration thread");
+    }
+    return 0;
+}
+
+int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err)
+{
+    if (resume) {
+        return lm_error_set(err, -EOPNOTSUPP,
+                            "migrate with resume=true needs a paused postcopy migration");
+    }
+    pthread_mutex_lock(&e->lock);
+    bool inc = e->incoming && lm_state_is_active(e->status);
+    pthread_mutex_unlock(&e->lock);
+    if (inc) {
+        return lm_error_set(err, -EBUSY, "Guest is waiting for an incoming migration");
+    }
+    int ret = begin(e, uri, false, err);
+    return ret < 0 ? ret : spawn(e, lm_migration_thread, err);
+}
+
+int lm_engine_incoming(lm_engine *e, const char *uri, lm_error *err)
+{
+    int ret = begin(e, uri, true, err);
+    if (ret < 0) {
+        return ret;
+    }
+    /* Listen now, so the caller can connect as soon as this returns and a
+     * bad address fails the command itself. */
+    lm_listener *l;
+    lm_error lerr = LM_ERROR_INIT;
+    ret = lm_transport_listen(&e->uri, &l, &lerr);
+    if (ret < 0) {
+        lm_engine_fail(e, &lerr);
+        lm_set_state_any(e, LM_STATUS_FAILED);
+        lm_error_propagate(err, &lerr);
+        return ret;
+    }
+    pthread_mutex_lock(&e->lock);
+    e->listener = l;
+    snprintf(e->socket_address, sizeof(e->socket_address), "%s", lm_listener_address(l));
+    pthread_mutex_unlock(&e->lock);
+    return spawn(e, lm_incoming_thread, err);
+}
+
+int lm_engine_cancel(lm_engine *e, lm_error *err)
+{
+    pthread_mutex_lock(&e->lock);
+    lm_status s = e->status;
+    bool running = lm_state_is_active(s) && s != LM_STATUS_CANCELLING;
+    if (running) {
+        e->cancel_requested = true;
+        if (e->ch) {
+            lm_channel_shutdown(e->ch, -ECANCELED, "migration cancelled");
+        }
+        if (e->listener) {
+            lm_listener_abort(e->listener);
+        }
+        pthread_cond_broadcast(&e->cond);
+    }
+    pthread_mutex_unlock(&e->lock);
+    if (running && !e->incoming) {
+        lm_set_state(e, s, LM_STATUS_CANCELLING);
+    }
+    (void)err;
+    return 0; /* like QEMU: cancelling nothing is not an error */
+}
+
+int lm_engine_continue(lm_engine *e, const char *state, lm_error *err)
+{
+    lm_status want = LM_STATUS_PRE_SWITCHOVER;
+    if (!state || strcmp(state, lm_status_name(want))) {
+        return lm_error_set(err, -EINVAL, "Migration can only be continued from '%s', not '%s'",
+                            lm_status_name(want), state ? state : "(null)");
+    }
+    pthread_mutex_lock(&e->lock);
+    int ret = 0;
+    if (e->status != want) {
+        ret = lm_error_set(err, -EINVAL, "Migration not in expected state: %s",
+                           lm_status_name(e->status));
+    } else {
+        e->continue_requested = true;
+        pthread_cond_broadcast(&e->cond);
+    }
+    pthread_mutex_unlock(&e->lock);
+    return ret;
+}
+
+bool lm_engine_is_incoming(lm_engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    bool inc = e->incoming && lm_state_is_active(e->status);
+    pthread_mutex_unlock(&e->lock);
+    return inc;
+}
+
+/* ---- query-migrate ---- */
+
+static uint64_t ms_since(uint64_t from_ns, uint64_t to_ns)
+{
+    return to_ns > from_ns ? (to_ns - from_ns) / 1000000ull : 0;
+}
+
+void lm_engine_query(lm_engine *e, lm_info *out)
+{
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&e->lock);
+    const lm_stats *st = &e->stats;
+    uint64_t now = lm_now_ns();
+    uint64_t end = st->end_ns ? st->end_ns : now;
+    out->status = e->status;
+    out->incoming = e->incoming;
+    out->has_stats = st->start_ns != 0;
+    out->total_time_ms = out->has_stats ? ms_since(st->start_ns, end) : 0;
+    out->setup_time_ms = st->setup_ns / 1000000ull;
+    out->downtime_ms = st->downtime_ns / 1000000ull;
+    out->dirty_sync_count = st->passes;
+    out->dirty_pages_rate = st->dirty_pages_rate;
+    out->cpu_throttle_percentage = st->throttle_percent;
+    out->precopy_bytes = st->precopy_bytes;
+    out->downtime_bytes = st->downtime_bytes;
+    out->device_bytes = st->device_bytes;
+    out->pages_per_second = st->pages_per_second;
+    snprintf(out->dirty_tracker, sizeof(out->dirty_tracker), "%s", st->dirty_tracker);
+    snprintf(out->error_desc, sizeof(out->error_desc), "%s", e->error.msg);
+    snprintf(out->socket_address, sizeof(out->socket_address), "%s", e->socket_address);
+    out->ram_page_size = e->nblocks ? e->blocks[0]->page_size : 4096;
+    for (size_t i = 0; i < e->nblocks; i++) {
+        out->ram_total += e->blocks[i]->size;
+    }
+    uint64_t elapsed_ms = out->total_time_ms ? out->total_time_ms : 1;
+    if (e->incoming) {
+        out->ram_normal = e->dest_pages;
+        out->ram_duplicate = e->dest_zero;
+        out->ram_normal_bytes = e->dest_pages * out->ram_page_size;
+        out->ram_transferred = e->dest_bytes;
+    } else {
+        const lm_ram_stats *rs = &e->saver.stats;
+        out->ram_normal = __atomic_load_n(&rs->normal_pages, __ATOMIC_RELAXED);
+        out->ram_duplicate = __atomic_load_n(&rs->zero_pages, __ATOMIC_RELAXED);
+        out->ram_normal_bytes = __atomic_load_n(&rs->normal_bytes, __ATOMIC_RELAXED);
+        out->ram_transferred = lm_sat_add(st->precopy_bytes, st->downtime_bytes);
+        if (e->ch && lm_state_is_active(e->status)) {
+            out->ram_transferred = lm_channel_bytes_written(e->ch);
+        }
+        bool running = lm_state_is_active(e->status);
+        out->ram_remaining = running ? lm_ram_save_pending(&e->saver) : 0;
+        /* Expected downtime and system-wide remaining, on demand, from the
+         * same numbers the switchover decision uses (seed 004). */
+        uint64_t remaining = running ? lm_sat_add(out->ram_remaining, st->pending_devices) : 0;
+        uint64_t bw = e->params.avail_switchover_bandwidth ? e->params.avail_switchover_bandwidth
+                                                           : st->bandwidth;
+        out->remaining = remaining;
+        if (running && bw) {
+            out->expected_downtime_ms = lm_sat_mul(remaining, 1000) / bw;
+        } else if (running) {
+            out->expected_downtime_ms = e->params.downtime_limit;
+        }
+    }
+    out->mbps = (double)out->ram_transferred * 8.0 / 1e6 / ((double)elapsed_ms / 1000.0);
+    pthread_mutex_unlock(&e->lock);
+}

@@ -1,0 +1,148 @@
+/*
+ * The engine's private state, shared by the core modules (engine.c: API and
+ * registration; state.c: state machine and events; params.c: capabilities
+ * and parameters; migration.c: the source's migration thread; incoming.c:
+ * the destination's load thread; devices.c: device sections).
+ */
+#ifndef LM_CORE_ENGINE_INTERNAL_H
+#define LM_CORE_ENGINE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "channel/channel.h"
+#include "channel/ratelimit.h"
+#include "channel/transport.h"
+#include "livemig/engine.h"
+#include "ram/ram_save.h"
+#include "stream/format.h"
+
+typedef struct lm_device_entry {
+    char idstr[256];
+    uint32_t instance;
+    uint32_t section_id;
+    const lm_vmstate *vms;    /* non-iterative */
+    const lm_iter_ops *ops;   /* iterative */
+    uint32_t version;         /* iterative devices' stream version */
+    void *opaque;
+    bool pass_done;           /* iterative: nothing more this pass */
+} lm_device_entry;
+
+enum lm_capability {
+    LM_CAP_EVENTS,
+    LM_CAP_PAUSE_BEFORE_SWITCHOVER,
+    LM_CAP_VALIDATE_UUID,
+    LM_CAP_AUTO_CONVERGE,
+    LM_CAP_RETURN_PATH,
+    LM_CAP__COUNT
+};
+
+typedef struct lm_params {
+    uint64_t max_bandwidth;              /* bytes/s, 0 = unlimited */
+    uint64_t downtime_limit;             /* ms */
+    uint64_t avail_switchover_bandwidth; /* bytes/s, 0 = use the measured rate */
+    uint64_t throttle_trigger_threshold; /* percent */
+    uint64_t cpu_throttle_initial;
+    uint64_t cpu_throttle_increment;
+    uint64_t max_cpu_throttle;
+    bool cpu_throttle_tailslow;
+    bool x_vmdesc;                       /* send the JSON device description */
+    char x_dirty_tracker[16];            /* auto | uffd-wp | manual */
+} lm_params;
+
+/* Statistics of the current (or last) migration; guarded by the engine lock
+ * except where noted. */
+typedef struct lm_stats {
+    uint64_t start_ns;
+    uint64_t setup_ns;       /* setup time */
+    uint64_t end_ns;         /* 0 while running */
+    uint64_t stop_ns;        /* guest stopped for switchover */
+    uint64_t downtime_ns;
+    uint64_t passes;
+    uint64_t bandwidth;      /* bytes/s measured over the last pass */
+    uint64_t dirty_pages_rate;
+    uint64_t pending_ram;    /* RAM dirty bytes at the last sync */
+    uint64_t pending_devices;/* iterative devices' stop-copy bytes at the last sync */
+    uint64_t precopy_bytes;
+    uint64_t downtime_bytes;
+    uint64_t device_bytes;
+    uint64_t pages_per_second;
+    int throttle_percent;
+    char dirty_tracker[32];
+} lm_stats;
+
+struct lm_engine {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    lm_callbacks cb;
+    void *opaque;
+
+    lm_ram_block *blocks[LM_MAX_RAM_BLOCKS];
+    size_t nblocks;
+    lm_device_entry *devs;
+    size_t ndevs;
+    uint8_t uuid[LM_UUID_LEN];
+    bool autostart;
+
+    bool caps[LM_CAP__COUNT];
+    lm_params params;
+
+    /* The current migration. */
+    lm_status status;
+    bool incoming;
+    bool thread_started;
+    pthread_t thread;
+    bool cancel_requested;
+    bool continue_requested;
+    bool guest_stopped_by_us;
+    lm_uri uri;
+    lm_channel *ch;        /* set while a channel is open (for cancel) */
+    lm_listener *listener; /* destination */
+    lm_ratelimit rl;
+    lm_error error;
+    char socket_address[LM_URI_MAX];
+
+    lm_stats stats;
+    lm_ram_saver saver;  /* source RAM state; stats read with atomics */
+    uint64_t dest_pages; /* destination: pages loaded */
+    uint64_t dest_zero;
+    uint64_t dest_bytes;
+};
+
+/* state.c */
+/* Moves from `from` to `to` when the status is `from` and the transition is
+ * legal; emits the MIGRATION event.  Returns true when it moved. */
+bool lm_set_state(lm_engine *e, lm_status from, lm_status to);
+/* Moves to `to` from whatever the status is (if legal). */
+bool lm_set_state_any(lm_engine *e, lm_status to);
+bool lm_state_is_active(lm_status s);
+void lm_emit_pass(lm_engine *e, uint64_t pass);
+/* Records the migration's error (the first one sticks). */
+void lm_engine_fail(lm_engine *e, const lm_error *err);
+
+/* params.c */
+void lm_params_defaults(lm_engine *e);
+bool lm_cap(lm_engine *e, enum lm_capability c);
+
+/* migration.c / incoming.c */
+void *lm_migration_thread(void *arg);
+void *lm_incoming_thread(void *arg);
+
+/* devices.c: device sections shared by both sides. */
+int lm_devices_save_setup(lm_engine *e, lm_channel *ch, lm_error *err);
+/* One round of the pass: each iterative device not yet done gets `share`. */
+int lm_devices_save_iterate(lm_engine *e, lm_channel *ch, uint64_t share, bool *all_done,
+                            lm_error *err);
+int lm_devices_save_complete(lm_engine *e, lm_channel *ch, lm_error *err);
+uint64_t lm_devices_pending(lm_engine *e, bool exact, uint64_t *precopy);
+void lm_devices_save_cleanup(lm_engine *e);
+int lm_devices_write_vmdesc(lm_engine *e, lm_channel *ch, lm_error *err);
+lm_device_entry *lm_devices_find(lm_engine *e, const char *idstr, uint32_t instance);
+int lm_devices_load(lm_engine *e, lm_device_entry *d, uint32_t version, lm_channel *ch,
+                    lm_error *err);
+
+/* Section id of RAM; devices take 1.. in registration order. */
+#define LM_RAM_SECTION_ID 0u
+
+#endif

@@ -1,0 +1,268 @@
+/*
+ * The destination's load thread: accept the connection, check the header
+ * and configuration against the local machine, load sections until the end
+ * marker, then start the guest and confirm on the return path.
+ *
+ * Every length, count and index read from the wire is checked before use;
+ * a hostile or corrupt stream ends in `failed` with a message saying what
+ * was wrong, never a write outside guest RAM.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/util.h"
+#include "core/engine_internal.h"
+#include "ram/ram_load.h"
+#include "stream/stream.h"
+
+typedef struct section_slot {
+    lm_device_entry *dev; /* NULL: RAM */
+    uint32_t version;
+    bool used;
+} section_slot;
+
+typedef struct dst_ctx {
+    lm_engine *e;
+    lm_channel *ch;
+    lm_error err;
+    lm_stream_config cfg;
+    bool have_config;
+    lm_ram_block *map[LM_MAX_RAM_BLOCKS];
+    lm_ram_loader loader;
+    section_slot sections[LM_MAX_SECTIONS];
+} dst_ctx;
+
+static void publish_progress(dst_ctx *c)
+{
+    lm_engine *e = c->e;
+    pthread_mutex_lock(&e->lock);
+    e->dest_pages = c->loader.pages_loaded;
+    e->dest_zero = c->loader.zero_pages;
+    if (c->ch) {
+        e->dest_bytes = lm_channel_bytes_read(c->ch);
+    }
+    pthread_mutex_unlock(&e->lock);
+}
+
+static int load_config(dst_ctx *c)
+{
+    lm_engine *e = c->e;
+    if (c->have_config) {
+        return lm_error_set(&c->err, -EBADMSG, "duplicate configuration record");
+    }
+    int ret = lm_stream_read_config(c->ch, &c->cfg, e->blocks, e->nblocks, c->map, &c->err);
+    if (ret < 0) {
+        return ret;
+    }
+    if (lm_cap(e, LM_CAP_VALIDATE_UUID)) {
+        pthread_mutex_lock(&e->lock);
+        bool same = !memcmp(c->cfg.uuid, e->uuid, LM_UUID_LEN);
+        pthread_mutex_unlock(&e->lock);
+        if (!same) {
+            return lm_error_set(&c->err, -EINVAL,
+                                "UUID of the source does not match this machine's (validate-uuid)");
+        }
+    }
+    c->have_config = true;
+    return lm_ram_load_setup(&c->loader, c->map, e->nblocks, &c->err);
+}
+
+/* Reads a section header and returns its slot. */
+static int section_header(dst_ctx *c, uint8_t type, section_slot **out)
+{
+    uint32_t id;
+    if (!c->have_config) {
+        return lm_error_set(&c->err, -EBADMSG, "section before the configuration record");
+    }
+    if (lm_channel_get_be32(c->ch, &id) < 0) {
+        return lm_channel_error(c->ch, &c->err);
+    }
+    if (id >= LM_MAX_SECTIONS) {
+        return lm_error_set(&c->err, -EBADMSG, "section id %u out of range", id);
+    }
+    section_slot *s = &c->sections[id];
+    if (type == LM_REC_SECTION_START || type == LM_REC_SECTION_FULL) {
+        char idstr[256];
+        uint8_t len;
+        uint32_t instance, version;
+        if (lm_channel_get_u8(c->ch, &len) < 0 || lm_channel_get(c->ch, idstr, len) < 0 ||
+            lm_channel_get_be32(c->ch, &instance) < 0 || lm_channel_get_be32(c->ch, &version) < 0) {
+            return lm_channel_error(c->ch, &c->err);
+        }
+        idstr[len] = '\0';
+        if (!strcmp(idstr, LM_RAM_SECTION_IDSTR)) {
+            if (version != 1 || instance != 0) {
+                return lm_error_set(&c->err, -EINVAL, "unsupported RAM section version %u", version);
+            }
+            s->dev = NULL;
+        } else {
+            s->dev = lm_devices_find(c->e, idstr, instance);
+            if (!s->dev) {
+                return lm_error_set(&c->err, -ENOENT, "unknown device '%s' instance %u in the stream",
+                                    idstr, instance);
+            }
+            if ((type == LM_REC_SECTION_FULL) != (s->dev->ops == NULL)) {
+                return lm_error_set(&c->err, -EBADMSG, "device '%s': wrong kind of section", idstr);
+            }
+        }
+        s->version = version;
+        s->used = true;
+    } else if (!s->used) {
+        return lm_error_set(&c->err, -EBADMSG, "section %u continued before it started", id);
+    }
+    *out = s;
+    return (int)id;
+}
+
+static int load_section(dst_ctx *c, uint8_t type)
+{
+    section_slot *s = NULL;
+    int id = section_header(c, type, &s);
+    if (id < 0) {
+        return id;
+    }
+    int ret = s->dev ? lm_devices_load(c->e, s->dev, s->version, c->ch, &c->err)
+                     : lm_ram_load_section(&c->loader, c->ch, &c->err);
+    if (ret == 0) {
+        ret = lm_stream_read_footer(c->ch, (uint32_t)id, &c->err);
+    }
+    return ret;
+}
+
+static int skip_vmdesc(dst_ctx *c)
+{
+    uint32_t len;
+    if (lm_channel_get_be32(c->ch, &len) < 0) {
+        return lm_channel_error(c->ch, &c->err);
+    }
+    if (len > LM_VMDESC_MAX) {
+        return lm_error_set(&c->err, -EBADMSG, "device description too long (%u bytes)", len);
+    }
+    return lm_channel_skip(c->ch, len) < 0 ? lm_channel_error(c->ch, &c->err) : 0;
+}
+
+static int load_stream(dst_ctx *c)
+{
+    int ret = lm_stream_read_header(c->ch, &c->err);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!lm_set_state(c->e, LM_STATUS_SETUP, LM_STATUS_ACTIVE)) {
+        return -ECANCELED;
+    }
+    uint64_t records = 0;
+    for (;;) {
+        uint8_t type;
+        if (lm_channel_get_u8(c->ch, &type) < 0) {
+            return lm_channel_error(c->ch, &c->err);
+        }
+        switch (type) {
+        case LM_REC_CONFIG:
+            ret = load_config(c);
+            break;
+        case LM_REC_SECTION_START:
+        case LM_REC_SECTION_PART:
+        case LM_REC_SECTION_END:
+        case LM_REC_SECTION_FULL:
+            ret = load_section(c, type);
+            break;
+        case LM_REC_VMDESC:
+            ret = skip_vmdesc(c);
+            break;
+        case LM_REC_EOF:
+            return c->have_config ? 0
+                                  : lm_error_set(&c->err, -EBADMSG, "stream ended before its configuration");
+        default:
+            return lm_error_set(&c->err, -EBADMSG, "unknown record type 0x%02x after %llu bytes", type,
+                                (unsigned long long)lm_channel_bytes_read(c->ch));
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        if ((++records & 63) == 0) {
+            publish_progress(c);
+        }
+    }
+}
+
+void *lm_incoming_thread(void *arg)
+{
+    dst_ctx *c = calloc(1, sizeof(*c));
+    lm_engine *e = arg;
+    int ret;
+    if (!c) {
+        lm_error oom = LM_ERROR_INIT;
+        lm_error_set(&oom, -ENOMEM, "out of memory");
+        lm_engine_fail(e, &oom);
+        lm_set_state_any(e, LM_STATUS_FAILED);
+        return NULL;
+    }
+    c->e = e;
+    int fd, pid;
+    ret = lm_listener_accept(e->listener, &fd, &pid, &c->err);
+    if (ret == 0) {
+        c->ch = lm_channel_new(fd, "incoming migration channel", NULL);
+        if (!c->ch) {
+            close(fd);
+            ret = lm_error_set(&c->err, -ENOMEM, "out of memory");
+        } else {
+            lm_channel_set_child(c->ch, pid);
+            pthread_mutex_lock(&e->lock);
+            e->ch = c->ch;
+            if (e->cancel_requested) {
+                lm_channel_shutdown(c->ch, -ECANCELED, "incoming migration cancelled");
+            }
+            pthread_mutex_unlock(&e->lock);
+            ret = load_stream(c);
+        }
+    }
+    publish_progress(c);
+    bool success = ret == 0;
+    if (success) {
+        pthread_mutex_lock(&e->lock);
+        bool autostart = e->autostart;
+        pthread_mutex_unlock(&e->lock);
+        if (e->cb.incoming_done) {
+            e->cb.incoming_done(e->opaque, true);
+        }
+        if (autostart && e->cb.vm_start) {
+            e->cb.vm_start(e->opaque);
+        }
+    }
+    if (c->ch && (c->cfg.flags & LM_CONFIG_RETURN_PATH)) {
+        /* Tell the source whether it may give its copy up. */
+        lm_rp_write_shut(c->ch, success ? 0 : 1);
+    }
+    pthread_mutex_lock(&e->lock);
+    e->ch = NULL;
+    lm_listener *l = e->listener;
+    e->listener = NULL;
+    e->stats.end_ns = lm_now_ns();
+    pthread_mutex_unlock(&e->lock);
+    if (c->ch) {
+        lm_error cerr = LM_ERROR_INIT;
+        lm_channel_close(c->ch, success ? &cerr : NULL);
+    }
+    lm_listener_close(l);
+    if (c->have_config) {
+        lm_ram_load_cleanup(&c->loader);
+    }
+    if (success) {
+        lm_set_state(e, LM_STATUS_ACTIVE, LM_STATUS_COMPLETED);
+    } else {
+        if (!lm_error_is_set(&c->err)) {
+            lm_error_set(&c->err, ret, "incoming migration failed: %s", strerror(-ret));
+        }
+        lm_engine_fail(e, &c->err);
+        lm_warn("incoming migration failed: %s", c->err.msg);
+        if (e->cb.incoming_done) {
+            e->cb.incoming_done(e->opaque, false);
+        }
+        lm_set_state_any(e, LM_STATUS_FAILED);
+    }
+    free(c);
+    return NULL;
+}

@@ -1,0 +1,421 @@
+/*
+ * The source's migration thread: setup, the iterate loop, switchover.
+ *
+ * It never holds the engine lock (nor any lock of the embedder's) while it
+ * writes to the channel; the lock only guards the state and statistics
+ * that query-migrate reads.  Only switchover stops the guest.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/util.h"
+#include "core/engine_internal.h"
+#include "stream/stream.h"
+
+/* RAM is sent in slices of this size, so cancel and the devices' share are
+ * looked at often. */
+#define SLICE_BYTES (32ull << 20)
+/* Once everything fits in the downtime limit, keep iterating while passes
+ * shrink what remains by at least this fraction (percent)... */
+#define SHRINK_PERCENT 10
+/* ...but for at most this many passes. */
+#define MAX_FITTING_PASSES 10
+/* Below this, switching over costs nothing worth another pass. */
+#define NEGLIGIBLE_BYTES (64ull << 10)
+
+typedef struct src_ctx {
+    lm_engine *e;
+    lm_channel *ch;
+    lm_error err;
+    uint64_t prev_pending;
+    unsigned fitting_passes;
+    uint64_t pass_start_ns;
+    uint64_t pass_start_bytes;
+    uint64_t dirty_in_period;   /* auto-converge bookkeeping */
+    unsigned throttle_triggers;
+    bool return_path;
+} src_ctx;
+
+static bool cancelled(lm_engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    bool c = e->cancel_requested;
+    pthread_mutex_unlock(&e->lock);
+    return c;
+}
+
+static void set_channel(lm_engine *e, lm_channel *ch)
+{
+    pthread_mutex_lock(&e->lock);
+    e->ch = ch;
+    /* A cancel that raced with the connection still wakes it up. */
+    if (ch && e->cancel_requested) {
+        lm_channel_shutdown(ch, -ECANCELED, "migration cancelled");
+    }
+    pthread_mutex_unlock(&e->lock);
+}
+
+/* Writes one RAM section record: header, slice of pages, end marker, footer. */
+static int send_ram_slice(src_ctx *c, uint8_t type, uint64_t budget, bool *pass_done)
+{
+    lm_engine *e = c->e;
+    if (type == LM_REC_SECTION_START) {
+        lm_stream_write_section_full(c->ch, type, LM_RAM_SECTION_ID, LM_RAM_SECTION_IDSTR, 0, 1);
+    } else {
+        lm_stream_write_section_short(c->ch, type, LM_RAM_SECTION_ID);
+    }
+    bool done = true;
+    int ret = 0;
+    if (budget) {
+        ret = lm_ram_save_send(&e->saver, c->ch, budget, NULL, &done, &c->err);
+    }
+    if (ret == 0) {
+        lm_channel_put_u8(c->ch, LM_RAM_EOS);
+        ret = lm_stream_write_footer(c->ch, LM_RAM_SECTION_ID);
+    }
+    if (pass_done) {
+        *pass_done = done;
+    }
+    return ret < 0 ? (lm_channel_error(c->ch, &c->err), ret) : 0;
+}
+
+static int setup(src_ctx *c)
+{
+    lm_engine *e = c->e;
+    int fd, pid;
+    int ret = lm_transport_connect(&e->uri, &fd, &pid, &c->err);
+    if (ret < 0) {
+        return ret;
+    }
+    c->ch = lm_channel_new(fd, "migration channel", &e->rl);
+    if (!c->ch) {
+        close(fd);
+        return lm_error_set(&c->err, -ENOMEM, "out of memory");
+    }
+    lm_channel_set_child(c->ch, pid);
+    set_channel(e, c->ch);
+    c->return_path = lm_cap(e, LM_CAP_RETURN_PATH) &&
+                     (e->uri.kind == LM_TRANSPORT_UNIX || e->uri.kind == LM_TRANSPORT_TCP);
+
+    lm_stream_config cfg = { .flags = c->return_path ? LM_CONFIG_RETURN_PATH : 0 };
+    pthread_mutex_lock(&e->lock);
+    memcpy(cfg.uuid, e->uuid, LM_UUID_LEN);
+    char tracker[16];
+    snprintf(tracker, sizeof(tracker), "%s", e->params.x_dirty_tracker);
+    pthread_mutex_unlock(&e->lock);
+
+    lm_stream_write_header(c->ch);
+    lm_stream_write_config(c->ch, &cfg, e->blocks, e->nblocks);
+    ret = lm_ram_save_setup(&e->saver, e->blocks, e->nblocks, tracker, &c->err);
+    if (ret < 0) {
+        return ret;
+    }
+    pthread_mutex_lock(&e->lock);
+    snprintf(e->stats.dirty_tracker, sizeof(e->stats.dirty_tracker), "%s",
+             lm_dirty_tracker_name(e->saver.tracker));
+    pthread_mutex_unlock(&e->lock);
+    ret = send_ram_slice(c, LM_REC_SECTION_START, 0, NULL);
+    if (ret == 0) {
+        ret = lm_devices_save_setup(e, c->ch, &c->err);
+    }
+    if (ret == 0) {
+        ret = lm_channel_flush(c->ch);
+    }
+    return ret < 0 ? (lm_channel_error(c->ch, &c->err), ret) : 0;
+}
+
+/* Auto-converge (QEMU's semantics): when the guest dirtied more than
+ * throttle-trigger-threshold % of what we sent in a period, twice, throttle
+ * its vCPUs harder. */
+static void maybe_throttle(src_ctx *c, uint64_t dirtied, uint64_t sent)
+{
+    lm_engine *e = c->e;
+    if (!lm_cap(e, LM_CAP_AUTO_CONVERGE) || !e->cb.vm_throttle || sent == 0) {
+        return;
+    }
+    pthread_mutex_lock(&e->lock);
+    uint64_t threshold = e->params.throttle_trigger_threshold;
+    int pct = e->stats.throttle_percent;
+    bool trigger = lm_sat_mul(dirtied, 100) > lm_sat_mul(sent, threshold);
+    if (trigger && ++c->throttle_triggers >= 2) {
+        c->throttle_triggers = 0;
+        pct = pct ? pct + (int)e->params.cpu_throttle_increment : (int)e->params.cpu_throttle_initial;
+        if (pct > (int)e->params.max_cpu_throttle) {
+            pct = (int)e->params.max_cpu_throttle;
+        }
+    }
+    bool changed = pct != e->stats.throttle_percent;
+    e->stats.throttle_percent = pct;
+    pthread_mutex_unlock(&e->lock);
+    if (changed) {
+        e->cb.vm_throttle(e->opaque, pct);
+    }
+}
+
+/* Syncs the dirty log, measures the last pass and decides whether to switch
+ * over now.  The downtime limit is a ceiling, not a target: while passes
+ * keep shrinking what remains, keep iterating. */
+static int sync_and_decide(src_ctx *c, bool *switch_now)
+{
+    lm_engine *e = c->e;
+    uint64_t now = lm_now_ns();
+    uint64_t sent_total = lm_channel_bytes_written(c->ch);
+    uint64_t new_bytes = 0;
+    int ret = lm_ram_save_sync(&e->saver, &new_bytes, &c->err);
+    if (ret < 0) {
+        return ret;
+    }
+    uint64_t pending_ram = lm_ram_save_pending(&e->saver);
+    uint64_t pending_dev = lm_devices_pending(e, true, NULL);
+    uint64_t pending = lm_sat_add(pending_ram, pending_dev);
+    uint64_t elapsed = now - c->pass_start_ns;
+    uint64_t sent = sent_total - c->pass_start_bytes;
+
+    pthread_mutex_lock(&e->lock);
+    lm_stats *st = &e->stats;
+    st->passes++;
+    uint64_t pass = st->passes;
+    if (pass > 1 && elapsed > 0) {
+        st->bandwidth = (uint64_t)((double)sent * 1e9 / (double)elapsed);
+        st->dirty_pages_rate = (uint64_t)((double)(new_bytes / 4096) * 1e9 / (double)elapsed);
+        st->pages_per_second = (uint64_t)((double)(sent / 4096) * 1e9 / (double)elapsed);
+    }
+    st->pending_ram = pending_ram;
+    st->pending_devices = pending_dev;
+    st->precopy_bytes = sent_total;
+    uint64_t bw = e->params.avail_switchover_bandwidth ? e->params.avail_switchover_bandwidth
+                                                       : st->bandwidth;
+    uint64_t limit_ms = e->params.downtime_limit;
+    pthread_mutex_unlock(&e->lock);
+
+    lm_emit_pass(e, pass);
+    if (pass > 1) {
+        maybe_throttle(c, new_bytes, sent);
+    }
+
+    *switch_now = false;
+    /* The first pass has not run yet: there is no bandwidth to judge by. */
+    if (pass > 1) {
+        uint64_t budget = lm_sat_mul(bw, limit_ms) / 1000;
+        bool fits = pending <= budget;
+        if (pending <= NEGLIGIBLE_BYTES && fits) {
+            *switch_now = true;
+        } else if (fits) {
+            c->fitting_passes++;
+            bool shrinking = lm_sat_mul(pending, 100) <
+                             lm_sat_mul(c->prev_pending, 100 - SHRINK_PERCENT);
+            if (!shrinking || c->fitting_passes >= MAX_FITTING_PASSES) {
+                *switch_now = true;
+            }
+        } else {
+            c->fitting_passes = 0;
+        }
+        lm_debug("pass %llu: pending %llu (ram %llu dev %llu) bw %llu B/s budget %llu -> %s",
+                 (unsigned long long)pass, (unsigned long long)pending,
+                 (unsigned long long)pending_ram, (unsigned long long)pending_dev,
+                 (unsigned long long)bw, (unsigned long long)budget,
+                 *switch_now ? "switchover" : "iterate");
+    }
+    c->prev_pending = pending;
+    c->pass_start_ns = lm_now_ns();
+    c->pass_start_bytes = lm_channel_bytes_written(c->ch);
+    return 0;
+}
+
+/* One pass: RAM slices interleaved with every iterative device's share. */
+static int send_pass(src_ctx *c)
+{
+    lm_engine *e = c->e;
+    bool ram_done = false, devs_done = false;
+    while (!ram_done) {
+        if (cancelled(e)) {
+            return -ECANCELED;
+        }
+        int ret = send_ram_slice(c, LM_REC_SECTION_PART, SLICE_BYTES, &ram_done);
+        if (ret == 0 && !devs_done) {
+            ret = lm_devices_save_iterate(e, c->ch, SLICE_BYTES, &devs_done, &c->err);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return lm_channel_flush(c->ch) < 0 ? lm_channel_error(c->ch, &c->err) : 0;
+}
+
+/* pause-before-switchover: wait in pre-switchover for migrate-continue. */
+static int maybe_pause(src_ctx *c)
+{
+    lm_engine *e = c->e;
+    if (!lm_cap(e, LM_CAP_PAUSE_BEFORE_SWITCHOVER)) {
+        return 0;
+    }
+    if (!lm_set_state(e, LM_STATUS_ACTIVE, LM_STATUS_PRE_SWITCHOVER)) {
+        return -ECANCELED;
+    }
+    pthread_mutex_lock(&e->lock);
+    while (!e->continue_requested && !e->cancel_requested) {
+        pthread_cond_wait(&e->cond, &e->lock);
+    }
+    bool go = !e->cancel_requested;
+    pthread_mutex_unlock(&e->lock);
+    return go ? 0 : -ECANCELED;
+}
+
+static int switchover(src_ctx *c)
+{
+    lm_engine *e = c->e;
+    bool was_running = e->cb.vm_is_running ? e->cb.vm_is_running(e->opaque) : true;
+    uint64_t stop_ns = lm_now_ns();
+    if (e->cb.vm_stop) {
+        e->cb.vm_stop(e->opaque);
+    }
+    pthread_mutex_lock(&e->lock);
+    e->guest_stopped_by_us = was_running;
+    e->stats.stop_ns = stop_ns;
+    pthread_mutex_unlock(&e->lock);
+
+    int ret = maybe_pause(c);
+    if (ret < 0) {
+        return ret;
+    }
+    lm_status from = lm_cap(e, LM_CAP_PAUSE_BEFORE_SWITCHOVER) ? LM_STATUS_PRE_SWITCHOVER
+                                                                : LM_STATUS_ACTIVE;
+    if (!lm_set_state(e, from, LM_STATUS_DEVICE)) {
+        return -ECANCELED;
+    }
+    uint64_t before = lm_channel_bytes_written(c->ch);
+    uint64_t newly;
+    ret = lm_ram_save_sync(&e->saver, &newly, &c->err);
+    if (ret == 0) {
+        ret = send_ram_slice(c, LM_REC_SECTION_END, UINT64_MAX, NULL);
+    }
+    if (ret == 0) {
+        ret = lm_devices_save_complete(e, c->ch, &c->err);
+    }
+    bool vmdesc;
+    pthread_mutex_lock(&e->lock);
+    vmdesc = e->params.x_vmdesc;
+    pthread_mutex_unlock(&e->lock);
+    if (ret == 0 && vmdesc) {
+        ret = lm_devices_write_vmdesc(e, c->ch, &c->err);
+    }
+    if (ret == 0) {
+        lm_channel_put_u8(c->ch, LM_REC_EOF);
+        ret = lm_channel_flush(c->ch);
+    }
+    if (ret < 0) {
+        lm_channel_error(c->ch, &c->err);
+        return ret;
+    }
+    pthread_mutex_lock(&e->lock);
+    e->stats.downtime_bytes = lm_channel_bytes_written(c->ch) - before;
+    e->stats.precopy_bytes = before;
+    pthread_mutex_unlock(&e->lock);
+
+    if (c->return_path) {
+        /* The destination confirms it loaded everything and runs the guest;
+         * only then is the source's copy given up. */
+        uint16_t type;
+        uint32_t status;
+        ret = lm_rp_read(c->ch, &type, &status, &c->err);
+        if (ret < 0) {
+            lm_error_set(&c->err, ret, "lost the destination before it confirmed the load");
+            return ret;
+        }
+        if (type != LM_RP_SHUT || status != 0) {
+            return lm_error_set(&c->err, -EIO, "the destination failed to load the migration");
+        }
+    }
+    pthread_mutex_lock(&e->lock);
+    e->stats.downtime_ns = lm_now_ns() - stop_ns;
+    pthread_mutex_unlock(&e->lock);
+    return 0;
+}
+
+static void finish(src_ctx *c, int ret)
+{
+    lm_engine *e = c->e;
+    lm_ram_save_cleanup(&e->saver);
+    lm_devices_save_cleanup(e);
+    set_channel(e, NULL);
+    if (c->ch) {
+        lm_error cerr = LM_ERROR_INIT;
+        int cret = lm_channel_close(c->ch, &cerr);
+        if (ret == 0 && cret < 0) {
+            ret = cret;
+            lm_error_propagate(&c->err, &cerr);
+        }
+        c->ch = NULL;
+    }
+    if (e->cb.vm_throttle) {
+        pthread_mutex_lock(&e->lock);
+        bool throttled = e->stats.throttle_percent != 0;
+        e->stats.throttle_percent = 0;
+        pthread_mutex_unlock(&e->lock);
+        if (throttled) {
+            e->cb.vm_throttle(e->opaque, 0);
+        }
+    }
+    pthread_mutex_lock(&e->lock);
+    e->stats.end_ns = lm_now_ns();
+    bool restart = ret < 0 && e->guest_stopped_by_us;
+    bool was_cancel = e->cancel_requested;
+    e->guest_stopped_by_us = false;
+    pthread_mutex_unlock(&e->lock);
+
+    if (ret == 0) {
+        /* The source guest stays stopped (postmigrate): two copies never run. */
+        lm_set_state(e, LM_STATUS_DEVICE, LM_STATUS_COMPLETED);
+        return;
+    }
+    /* Nothing lost: the source guest runs on as it did before. */
+    if (restart && e->cb.vm_start) {
+        e->cb.vm_start(e->opaque);
+    }
+    if (was_cancel) {
+        lm_set_state_any(e, LM_STATUS_CANCELLING);
+        lm_set_state(e, LM_STATUS_CANCELLING, LM_STATUS_CANCELLED);
+    } else {
+        if (!lm_error_is_set(&c->err)) {
+            lm_error_set(&c->err, ret, "migration failed: %s", strerror(-ret));
+        }
+        lm_engine_fail(e, &c->err);
+        lm_warn("migration failed: %s", c->err.msg);
+        lm_set_state_any(e, LM_STATUS_FAILED);
+    }
+}
+
+void *lm_migration_thread(void *arg)
+{
+    src_ctx c = { .e = arg };
+    lm_engine *e = c.e;
+    memset(&c.err, 0, sizeof(c.err));
+    int ret = setup(&c);
+    pthread_mutex_lock(&e->lock);
+    e->stats.setup_ns = lm_now_ns() - e->stats.start_ns;
+    pthread_mutex_unlock(&e->lock);
+    if (ret == 0 && (cancelled(e) || !lm_set_state(e, LM_STATUS_SETUP, LM_STATUS_ACTIVE))) {
+        ret = -ECANCELED;
+    }
+    c.pass_start_ns = lm_now_ns();
+    c.pass_start_bytes = c.ch ? lm_channel_bytes_written(c.ch) : 0;
+    while (ret == 0) {
+        bool switch_now;
+        ret = sync_and_decide(&c, &switch_now);
+        if (ret < 0 || switch_now) {
+            break;
+        }
+        ret = send_pass(&c);
+    }
+    if (ret == 0) {
+        ret = cancelled(e) ? -ECANCELED : switchover(&c);
+    }
+    if (ret < 0 && cancelled(e)) {
+        ret = -ECANCELED;
+    }
+    finish(&c, ret);
+    return NULL;
+}

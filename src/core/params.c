@@ -1,0 +1,271 @@
+/*
+ * Capabilities and parameters, by QEMU's names (qapi/migration.json).
+ * Both are per-engine and may only change while no migration runs, except
+ * the parameters QEMU also lets change mid-migration (bandwidth, downtime).
+ */
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/engine_internal.h"
+
+static const char *const cap_names[LM_CAP__COUNT + 1] = {
+    [LM_CAP_EVENTS] = "events",
+    [LM_CAP_PAUSE_BEFORE_SWITCHOVER] = "pause-before-switchover",
+    [LM_CAP_VALIDATE_UUID] = "validate-uuid",
+    [LM_CAP_AUTO_CONVERGE] = "auto-converge",
+    [LM_CAP_RETURN_PATH] = "return-path",
+    [LM_CAP__COUNT] = NULL,
+};
+
+const char *const *lm_capability_names(void)
+{
+    return cap_names;
+}
+
+static const char *const tracker_choices[] = { "auto", "uffd-wp", "manual", NULL };
+
+enum param_id {
+    P_MAX_BANDWIDTH,
+    P_DOWNTIME_LIMIT,
+    P_AVAIL_SWITCHOVER_BANDWIDTH,
+    P_THROTTLE_TRIGGER_THRESHOLD,
+    P_CPU_THROTTLE_INITIAL,
+    P_CPU_THROTTLE_INCREMENT,
+    P_MAX_CPU_THROTTLE,
+    P_CPU_THROTTLE_TAILSLOW,
+    P_X_VMDESC,
+    P_X_DIRTY_TRACKER,
+    P__COUNT
+};
+
+static const lm_param_desc param_descs[P__COUNT + 1] = {
+    [P_MAX_BANDWIDTH] = { "max-bandwidth", LM_PARAM_U64, 0, INT64_MAX, NULL },
+    [P_DOWNTIME_LIMIT] = { "downtime-limit", LM_PARAM_U64, 0, 2000000, NULL },
+    [P_AVAIL_SWITCHOVER_BANDWIDTH] = { "avail-switchover-bandwidth", LM_PARAM_U64, 0, INT64_MAX, NULL },
+    [P_THROTTLE_TRIGGER_THRESHOLD] = { "throttle-trigger-threshold", LM_PARAM_U64, 1, 100, NULL },
+    [P_CPU_THROTTLE_INITIAL] = { "cpu-throttle-initial", LM_PARAM_U64, 1, 99, NULL },
+    [P_CPU_THROTTLE_INCREMENT] = { "cpu-throttle-increment", LM_PARAM_U64, 1, 99, NULL },
+    [P_MAX_CPU_THROTTLE] = { "max-cpu-throttle", LM_PARAM_U64, 1, 99, NULL },
+    [P_CPU_THROTTLE_TAILSLOW] = { "cpu-throttle-tailslow", LM_PARAM_BOOL, 0, 1, NULL },
+    [P_X_VMDESC] = { "x-vmdesc", LM_PARAM_BOOL, 0, 1, NULL },
+    [P_X_DIRTY_TRACKER] = { "x-dirty-tracker", LM_PARAM_STR, 0, 0, tracker_choices },
+    [P__COUNT] = { NULL, 0, 0, 0, NULL },
+};
+
+const lm_param_desc *lm_param_descs(void)
+{
+    return param_descs;
+}
+
+void lm_params_defaults(lm_engine *e)
+{
+    lm_params *p = &e->params;
+    memset(p, 0, sizeof(*p));
+    p->max_bandwidth = 0; /* unlimited (QEMU's default is 128 MiB/s) */
+    p->downtime_limit = 300;
+    p->throttle_trigger_threshold = 50;
+    p->cpu_throttle_initial = 20;
+    p->cpu_throttle_increment = 10;
+    p->max_cpu_throttle = 99;
+    snprintf(p->x_dirty_tracker, sizeof(p->x_dirty_tracker), "auto");
+    memset(e->caps, 0, sizeof(e->caps));
+    e->caps[LM_CAP_RETURN_PATH] = true; /* see docs/architecture.md: confirms the load */
+}
+
+bool lm_cap(lm_engine *e, enum lm_capability c)
+{
+    pthread_mutex_lock(&e->lock);
+    bool on = e->caps[c];
+    pthread_mutex_unlock(&e->lock);
+    return on;
+}
+
+static int find_cap(const char *name, lm_error *err)
+{
+    for (int i = 0; i < LM_CAP__COUNT; i++) {
+        if (!strcmp(cap_names[i], name)) {
+            return i;
+        }
+    }
+    return lm_error_set(err, -ENOENT, "Capability '%s' not found", name);
+}
+
+int lm_engine_set_capability(lm_engine *e, const char *name, bool on, lm_error *err)
+{
+    int c = find_cap(name, err);
+    if (c < 0) {
+        return c;
+    }
+    pthread_mutex_lock(&e->lock);
+    int ret = 0;
+    if (lm_state_is_active(e->status)) {
+        ret = lm_error_set(err, -EBUSY, "There's a migration process in progress");
+    } else {
+        e->caps[c] = on;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return ret;
+}
+
+int lm_engine_get_capability(lm_engine *e, const char *name, bool *on, lm_error *err)
+{
+    int c = find_cap(name, err);
+    if (c < 0) {
+        return c;
+    }
+    *on = lm_cap(e, (enum lm_capability)c);
+    return 0;
+}
+
+static int find_param(const char *name, lm_param_type type, lm_error *err)
+{
+    for (int i = 0; i < P__COUNT; i++) {
+        if (!strcmp(param_descs[i].name, name)) {
+            if (param_descs[i].type != type) {
+                return lm_error_set(err, -EINVAL, "Invalid parameter type for '%s'", name);
+            }
+            return i;
+        }
+    }
+    return lm_error_set(err, -ENOENT, "Parameter '%s' not found", name);
+}
+
+/* Parameters that take effect while a migration runs. */
+static bool live_param(int id)
+{
+    return id == P_MAX_BANDWIDTH || id == P_DOWNTIME_LIMIT || id == P_AVAIL_SWITCHOVER_BANDWIDTH ||
+           id == P_THROTTLE_TRIGGER_THRESHOLD || id == P_CPU_THROTTLE_INCREMENT ||
+           id == P_MAX_CPU_THROTTLE || id == P_CPU_THROTTLE_TAILSLOW;
+}
+
+static uint64_t *u64_slot(lm_params *p, int id)
+{
+    switch (id) {
+    case P_MAX_BANDWIDTH: return &p->max_bandwidth;
+    case P_DOWNTIME_LIMIT: return &p->downtime_limit;
+    case P_AVAIL_SWITCHOVER_BANDWIDTH: return &p->avail_switchover_bandwidth;
+    case P_THROTTLE_TRIGGER_THRESHOLD: return &p->throttle_trigger_threshold;
+    case P_CPU_THROTTLE_INITIAL: return &p->cpu_throttle_initial;
+    case P_CPU_THROTTLE_INCREMENT: return &p->cpu_throttle_increment;
+    case P_MAX_CPU_THROTTLE: return &p->max_cpu_throttle;
+    default: return NULL;
+    }
+}
+
+static bool *bool_slot(lm_params *p, int id)
+{
+    switch (id) {
+    case P_CPU_THROTTLE_TAILSLOW: return &p->cpu_throttle_tailslow;
+    case P_X_VMDESC: return &p->x_vmdesc;
+    default: return NULL;
+    }
+}
+
+static int check_settable(lm_engine *e, int id, lm_error *err)
+{
+    if (!live_param(id) && lm_state_is_active(e->status)) {
+        return lm_error_set(err, -EBUSY, "Parameter '%s' cannot change while a migration runs",
+                            param_descs[id].name);
+    }
+    return 0;
+}
+
+int lm_engine_set_param_u64(lm_engine *e, const char *name, uint64_t v, lm_error *err)
+{
+    int id = find_param(name, LM_PARAM_U64, err);
+    if (id < 0) {
+        return id;
+    }
+    const lm_param_desc *d = &param_descs[id];
+    if (v < d->min || v > d->max) {
+        return lm_error_set(err, -ERANGE,
+                            "Parameter '%s' expects a value between %llu and %llu", name,
+                            (unsigned long long)d->min, (unsigned long long)d->max);
+    }
+    pthread_mutex_lock(&e->lock);
+    int ret = check_settable(e, id, err);
+    if (!ret) {
+        *u64_slot(&e->params, id) = v;
+        if (id == P_MAX_BANDWIDTH) {
+            lm_ratelimit_set(&e->rl, v);
+        }
+    }
+    pthread_mutex_unlock(&e->lock);
+    return ret;
+}
+
+int lm_engine_set_param_bool(lm_engine *e, const char *name, bool v, lm_error *err)
+{
+    int id = find_param(name, LM_PARAM_BOOL, err);
+    if (id < 0) {
+        return id;
+    }
+    pthread_mutex_lock(&e->lock);
+    int ret = check_settable(e, id, err);
+    if (!ret) {
+        *bool_slot(&e->params, id) = v;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return ret;
+}
+
+int lm_engine_set_param_str(lm_engine *e, const char *name, const char *v, lm_error *err)
+{
+    int id = find_param(name, LM_PARAM_STR, err);
+    if (id < 0) {
+        return id;
+    }
+    const lm_param_desc *d = &param_descs[id];
+    bool ok = !d->choices;
+    for (const char *const *c = d->choices; c && *c; c++) {
+        ok |= !strcmp(*c, v);
+    }
+    if (!ok) {
+        return lm_error_set(err, -EINVAL, "Parameter '%s' does not accept '%s'", name, v);
+    }
+    pthread_mutex_lock(&e->lock);
+    int ret = check_settable(e, id, err);
+    if (!ret) {
+        snprintf(e->params.x_dirty_tracker, sizeof(e->params.x_dirty_tracker), "%s", v);
+    }
+    pthread_mutex_unlock(&e->lock);
+    return ret;
+}
+
+int lm_engine_get_param_u64(lm_engine *e, const char *name, uint64_t *v, lm_error *err)
+{
+    int id = find_param(name, LM_PARAM_U64, err);
+    if (id < 0) {
+        return id;
+    }
+    pthread_mutex_lock(&e->lock);
+    *v = *u64_slot(&e->params, id);
+    pthread_mutex_unlock(&e->lock);
+    return 0;
+}
+
+int lm_engine_get_param_bool(lm_engine *e, const char *name, bool *v, lm_error *err)
+{
+    int id = find_param(name, LM_PARAM_BOOL, err);
+    if (id < 0) {
+        return id;
+    }
+    pthread_mutex_lock(&e->lock);
+    *v = *bool_slot(&e->params, id);
+    pthread_mutex_unlock(&e->lock);
+    return 0;
+}
+
+int lm_engine_get_param_str(lm_engine *e, const char *name, char *buf, size_t bufsz, lm_error *err)
+{
+    int id = find_param(name, LM_PARAM_STR, err);
+    if (id < 0) {
+        return id;
+    }
+    pthread_mutex_lock(&e->lock);
+    snprintf(buf, bufsz, "%s", e->params.x_dirty_tracker);
+    pthread_mutex_unlock(&e->lock);
+    return 0;
+}

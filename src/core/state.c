@@ -1,0 +1,133 @@
+/*
+ * The migration state machine (DESIGN.md §4):
+ *
+ *   none -> setup -> active -> [pre-switchover] -> device -> completed
+ *   active/device -> postcopy-active -> ... -> completed
+ *   any running state -> failed | cancelling -> cancelled
+ *
+ * Every transition is checked against the table below and emits a QMP
+ * MIGRATION event.  The `device` state is entered on every switchover.
+ */
+#include <pthread.h>
+
+#include "core/engine_internal.h"
+
+static const char *const status_names[LM_STATUS__COUNT] = {
+    [LM_STATUS_NONE] = "none",
+    [LM_STATUS_SETUP] = "setup",
+    [LM_STATUS_CANCELLING] = "cancelling",
+    [LM_STATUS_CANCELLED] = "cancelled",
+    [LM_STATUS_ACTIVE] = "active",
+    [LM_STATUS_POSTCOPY_ACTIVE] = "postcopy-active",
+    [LM_STATUS_POSTCOPY_PAUSED] = "postcopy-paused",
+    [LM_STATUS_POSTCOPY_RECOVER_SETUP] = "postcopy-recover-setup",
+    [LM_STATUS_POSTCOPY_RECOVER] = "postcopy-recover",
+    [LM_STATUS_COMPLETED] = "completed",
+    [LM_STATUS_FAILED] = "failed",
+    [LM_STATUS_PRE_SWITCHOVER] = "pre-switchover",
+    [LM_STATUS_DEVICE] = "device",
+};
+
+const char *lm_status_name(lm_status s)
+{
+    return (unsigned)s < LM_STATUS__COUNT ? status_names[s] : "unknown";
+}
+
+#define BIT(s) (1u << (s))
+#define ENDS (BIT(LM_STATUS_FAILED) | BIT(LM_STATUS_CANCELLING))
+
+/* allowed[from] = set of states reachable from `from`. */
+static const unsigned allowed[LM_STATUS__COUNT] = {
+    [LM_STATUS_NONE] = BIT(LM_STATUS_SETUP),
+    [LM_STATUS_SETUP] = BIT(LM_STATUS_ACTIVE) | ENDS,
+    [LM_STATUS_ACTIVE] = BIT(LM_STATUS_PRE_SWITCHOVER) | BIT(LM_STATUS_DEVICE) |
+                         BIT(LM_STATUS_POSTCOPY_ACTIVE) | BIT(LM_STATUS_COMPLETED) | ENDS,
+    [LM_STATUS_PRE_SWITCHOVER] = BIT(LM_STATUS_DEVICE) | ENDS,
+    [LM_STATUS_DEVICE] = BIT(LM_STATUS_COMPLETED) | BIT(LM_STATUS_POSTCOPY_ACTIVE) | ENDS,
+    [LM_STATUS_POSTCOPY_ACTIVE] = BIT(LM_STATUS_POSTCOPY_PAUSED) | BIT(LM_STATUS_COMPLETED) |
+                                  BIT(LM_STATUS_FAILED),
+    [LM_STATUS_POSTCOPY_PAUSED] = BIT(LM_STATUS_POSTCOPY_RECOVER_SETUP) |
+                                  BIT(LM_STATUS_POSTCOPY_RECOVER) | BIT(LM_STATUS_FAILED),
+    [LM_STATUS_POSTCOPY_RECOVER_SETUP] = BIT(LM_STATUS_POSTCOPY_RECOVER) |
+                                         BIT(LM_STATUS_POSTCOPY_PAUSED) | BIT(LM_STATUS_FAILED),
+    [LM_STATUS_POSTCOPY_RECOVER] = BIT(LM_STATUS_POSTCOPY_ACTIVE) |
+                                   BIT(LM_STATUS_POSTCOPY_PAUSED) | BIT(LM_STATUS_FAILED),
+    [LM_STATUS_CANCELLING] = BIT(LM_STATUS_CANCELLED) | BIT(LM_STATUS_FAILED),
+    /* A new migration may start after the previous one ended. */
+    [LM_STATUS_COMPLETED] = BIT(LM_STATUS_SETUP),
+    [LM_STATUS_FAILED] = BIT(LM_STATUS_SETUP),
+    [LM_STATUS_CANCELLED] = BIT(LM_STATUS_SETUP),
+};
+
+static void emit(lm_engine *e, lm_status s)
+{
+    if (e->cb.on_event) {
+        lm_event ev = { .kind = LM_EVENT_MIGRATION, .status = s };
+        e->cb.on_event(e->opaque, &ev);
+    }
+}
+
+static bool transition_locked(lm_engine *e, lm_status from, lm_status to)
+{
+    if (e->status != from || !(allowed[from] & BIT(to))) {
+        return false;
+    }
+    e->status = to;
+    pthread_cond_broadcast(&e->cond);
+    return true;
+}
+
+bool lm_set_state(lm_engine *e, lm_status from, lm_status to)
+{
+    pthread_mutex_lock(&e->lock);
+    bool moved = transition_locked(e, from, to);
+    pthread_mutex_unlock(&e->lock);
+    if (moved) {
+        emit(e, to);
+    }
+    return moved;
+}
+
+bool lm_set_state_any(lm_engine *e, lm_status to)
+{
+    pthread_mutex_lock(&e->lock);
+    bool moved = transition_locked(e, e->status, to);
+    pthread_mutex_unlock(&e->lock);
+    if (moved) {
+        emit(e, to);
+    }
+    return moved;
+}
+
+bool lm_state_is_active(lm_status s)
+{
+    switch (s) {
+    case LM_STATUS_SETUP:
+    case LM_STATUS_ACTIVE:
+    case LM_STATUS_PRE_SWITCHOVER:
+    case LM_STATUS_DEVICE:
+    case LM_STATUS_CANCELLING:
+    case LM_STATUS_POSTCOPY_ACTIVE:
+    case LM_STATUS_POSTCOPY_PAUSED:
+    case LM_STATUS_POSTCOPY_RECOVER_SETUP:
+    case LM_STATUS_POSTCOPY_RECOVER:
+        return true;
+    default:
+        return false;
+    }
+}
+
+void lm_emit_pass(lm_engine *e, uint64_t pass)
+{
+    if (e->cb.on_event) {
+        lm_event ev = { .kind = LM_EVENT_MIGRATION_PASS, .status = LM_STATUS_ACTIVE, .pass = pass };
+        e->cb.on_event(e->opaque, &ev);
+    }
+}
+
+void lm_engine_fail(lm_engine *e, const lm_error *err)
+{
+    pthread_mutex_lock(&e->lock);
+    lm_error_propagate(&e->error, err);
+    pthread_mutex_unlock(&e->lock);
+}

@@ -1,0 +1,370 @@
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "common/bitmap.h"
+#include "common/util.h"
+#include "ram/dirty.h"
+#include "ram/uffd_compat.h"
+
+#define SCAN_VEC_LEN 4096
+
+enum tracker_kind { TRACK_UFFD, TRACK_MANUAL };
+
+struct lm_dirty_tracker {
+    enum tracker_kind kind;
+    lm_ram_block **blocks;
+    size_t nblocks;
+    int uffd;
+    int pagemap;
+    struct page_region *vec;
+};
+
+/* ---- userfaultfd write-protect (async) + PAGEMAP_SCAN ---- */
+
+static int open_uffd(uint64_t features, uint64_t *got, lm_error *err)
+{
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0 && errno == EPERM) {
+        /* Unprivileged: user-mode-only faults are enough for write tracking. */
+        fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    }
+    if (fd < 0) {
+        return lm_error_set_errno(err, -errno, "userfaultfd() is not available");
+    }
+    struct uffdio_api api = { .api = UFFD_API, .features = features };
+    if (ioctl(fd, UFFDIO_API, &api) < 0) {
+        int code = -errno;
+        close(fd);
+        return lm_error_set_errno(err, code,
+                                  "userfaultfd: the kernel lacks a feature (asked 0x%llx)",
+                                  (unsigned long long)features);
+    }
+    if (got) {
+        *got = api.features;
+    }
+    return fd;
+}
+
+/* One PAGEMAP_SCAN over [start, end); calls fn for each returned region.
+ * The kernel stops when vec is full; walk_end says where to resume. */
+static int scan_range(lm_dirty_tracker *t, uint8_t *start, uint8_t *end, uint64_t flags,
+                      uint64_t mask, uint64_t anyof, uint64_t ret_mask,
+                      void (*fn)(void *ctx, uint64_t s, uint64_t e), void *ctx, lm_error *err)
+{
+    uint64_t pos = (uint64_t)(uintptr_t)start, stop = (uint64_t)(uintptr_t)end;
+    while (pos < stop) {
+        struct pm_scan_arg arg = {
+            .size = sizeof(arg),
+            .flags = flags,
+            .start = pos,
+            .end = stop,
+            .vec = (uint64_t)(uintptr_t)t->vec,
+            .vec_len = SCAN_VEC_LEN,
+            .category_mask = mask,
+            .category_anyof_mask = anyof,
+            .return_mask = ret_mask,
+        };
+        long n = ioctl(t->pagemap, PAGEMAP_SCAN, &arg);
+        if (n < 0) {
+            return lm_error_set_errno(err, -errno, "PAGEMAP_SCAN");
+        }
+        for (long i = 0; i < n && fn; i++) {
+            fn(ctx, t->vec[i].start, t->vec[i].end);
+        }
+        if (arg.walk_end <= pos) {
+            break; /* no progress: should not happen */
+        }
+        pos = arg.walk_end;
+    }
+    return 0;
+}
+
+struct mark_ctx {
+    lm_ram_block *b;
+    uint64_t *map;
+    uint64_t newly;
+};
+
+static void mark_region(void *opaque, uint64_t s, uint64_t e)
+{
+    struct mark_ctx *c = opaque;
+    uint64_t base = (uint64_t)(uintptr_t)c->b->host;
+    uint64_t first = (s - base) >> c->b->page_shift;
+    uint64_t last = (e - base + c->b->page_size - 1) >> c->b->page_shift;
+    if (last > c->b->npages) {
+        last = c->b->npages;
+    }
+    for (uint64_t p = first; p < last; p++) {
+        if (!lm_bitmap_test(c->map, p)) {
+            lm_bitmap_set(c->map, p);
+            c->newly++;
+        }
+    }
+}
+
+static void tracker_free(lm_dirty_tracker *t)
+{
+    if (t->uffd >= 0) {
+        close(t->uffd); /* closing unregisters every range */
+    }
+    if (t->pagemap >= 0) {
+        close(t->pagemap);
+    }
+    free(t->vec);
+    free(t);
+}
+
+static lm_dirty_tracker *tracker_alloc(enum tracker_kind kind, lm_ram_block **blocks, size_t n)
+{
+    lm_dirty_tracker *t = calloc(1, sizeof(*t));
+    if (!t) {
+        return NULL;
+    }
+    t->kind = kind;
+    t->blocks = blocks;
+    t->nblocks = n;
+    t->uffd = t->pagemap = -1;
+    return t;
+}
+
+static int open_pagemap(lm_dirty_tracker *t, lm_error *err)
+{
+    t->pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (t->pagemap < 0) {
+        return lm_error_set_errno(err, -errno, "cannot open /proc/self/pagemap");
+    }
+    t->vec = calloc(SCAN_VEC_LEN, sizeof(*t->vec));
+    return t->vec ? 0 : lm_error_set(err, -ENOMEM, "out of memory");
+}
+
+int lm_uffd_wp_async_probe(lm_error *err)
+{
+    uint64_t need = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
+    int fd = open_uffd(need, NULL, err);
+    if (fd < 0) {
+        return fd;
+    }
+    close(fd);
+    int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (pm < 0) {
+        return lm_error_set_errno(err, -errno, "cannot open /proc/self/pagemap");
+    }
+    struct pm_scan_arg arg = { .size = sizeof(arg), .start = 0, .end = 0 };
+    long r = ioctl(pm, PAGEMAP_SCAN, &arg);
+    int code = r < 0 ? -errno : 0;
+    close(pm);
+    if (code == -ENOTTY || code == -EOPNOTSUPP) {
+        return lm_error_set(err, code, "the kernel lacks the PAGEMAP_SCAN ioctl (Linux >= 6.7)");
+    }
+    return 0;
+}
+
+static int uffd_start(lm_dirty_tracker *t, lm_error *err)
+{
+    uint64_t features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
+    for (size_t i = 0; i < t->nblocks; i++) {
+        if (t->blocks[i]->flags & (LM_RAM_SHARED | LM_RAM_HUGETLB)) {
+            features |= UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+        }
+    }
+    int fd = open_uffd(features, NULL, err);
+    if (fd < 0) {
+        return fd;
+    }
+    t->uffd = fd;
+    int ret = open_pagemap(t, err);
+    if (ret < 0) {
+        return ret;
+    }
+    for (size_t i = 0; i < t->nblocks; i++) {
+        lm_ram_block *b = t->blocks[i];
+        struct uffdio_register reg = {
+            .range = { (uint64_t)(uintptr_t)b->host, b->size },
+            .mode = UFFDIO_REGISTER_MODE_WP,
+        };
+        if (ioctl(fd, UFFDIO_REGISTER, &reg) < 0) {
+            return lm_error_set_errno(err, -errno, "userfaultfd: cannot write-protect block '%s'",
+                                      b->name);
+        }
+        /* Arm: write-protect every page (get-and-reprotect with no output
+         * needed).  From here on, every write is reported by sync. */
+        ret = scan_range(t, b->host, b->host + b->size, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+                         PAGE_IS_WRITTEN, 0, PAGE_IS_WRITTEN, NULL, NULL, err);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+static int uffd_sync(lm_dirty_tracker *t, uint64_t *newly, lm_error *err)
+{
+    for (size_t i = 0; i < t->nblocks; i++) {
+        lm_ram_block *b = t->blocks[i];
+        struct mark_ctx c = { b, b->dirty, 0 };
+        int ret = scan_range(t, b->host, b->host + b->size,
+                             PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN, 0,
+                             PAGE_IS_WRITTEN, mark_region, &c, err);
+        if (ret < 0) {
+            return ret;
+        }
+        *newly += c.newly;
+    }
+    return 0;
+}
+
+int lm_ram_find_unpopulated(lm_ram_block **blocks, size_t nblocks)
+{
+    lm_dirty_tracker *t = tracker_alloc(TRACK_MANUAL, blocks, nblocks);
+    if (!t || open_pagemap(t, NULL) < 0) {
+        if (t) {
+            tracker_free(t);
+        }
+        return 0;
+    }
+    for (size_t i = 0; i < nblocks; i++) {
+        lm_ram_block *b = blocks[i];
+        if (!lm_ram_block_is_private(b)) {
+            continue; /* shared memory: absent here may still hold data */
+        }
+        /* Collect the populated pages, then invert. */
+        uint64_t *populated = lm_bitmap_new(b->npages);
+        if (!populated) {
+            continue;
+        }
+        struct mark_ctx c = { b, populated, 0 };
+        if (scan_range(t, b->host, b->host + b->size, 0, 0,
+                       PAGE_IS_PRESENT | PAGE_IS_SWAPPED, PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+                       mark_region, &c, NULL) == 0) {
+            for (uint64_t w = 0; w < LM_BITMAP_WORDS(b->npages); w++) {
+                b->unpopulated[w] = ~populated[w];
+            }
+            if (b->npages % 64) {
+                b->unpopulated[b->npages / 64] &= (1ull << (b->npages % 64)) - 1;
+            }
+        }
+        lm_bitmap_free(populated);
+    }
+    tracker_free(t);
+    return 0;
+}
+
+void lm_ram_recheck_unpopulated(lm_ram_block **blocks, size_t nblocks)
+{
+    lm_dirty_tracker *t = tracker_alloc(TRACK_MANUAL, blocks, nblocks);
+    if (!t || open_pagemap(t, NULL) < 0) {
+        /* Cannot tell: forget the hint rather than risk sending data as zero. */
+        for (size_t i = 0; i < nblocks; i++) {
+            if (blocks[i]->unpopulated) {
+                lm_bitmap_clear_range(blocks[i]->unpopulated, 0, blocks[i]->npages);
+            }
+        }
+        if (t) {
+            tracker_free(t);
+        }
+        return;
+    }
+    for (size_t i = 0; i < nblocks; i++) {
+        lm_ram_block *b = blocks[i];
+        if (!lm_ram_block_is_private(b) || !b->unpopulated) {
+            continue;
+        }
+        uint64_t *present = lm_bitmap_new(b->npages);
+        struct mark_ctx c = { b, present, 0 };
+        if (!present || scan_range(t, b->host, b->host + b->size, 0, 0,
+                                   PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
+                                   PAGE_IS_PRESENT | PAGE_IS_PFNZERO, mark_region, &c, NULL) < 0) {
+            lm_bitmap_clear_range(b->unpopulated, 0, b->npages);
+        } else {
+            for (uint64_t w = 0; w < LM_BITMAP_WORDS(b->npages); w++) {
+                b->unpopulated[w] &= ~present[w];
+            }
+        }
+        lm_bitmap_free(present);
+    }
+    tracker_free(t);
+}
+
+/* ---- manual ---- */
+
+static void set_reporting(lm_dirty_tracker *t, int on)
+{
+    for (size_t i = 0; i < t->nblocks; i++) {
+        __atomic_store_n(&t->blocks[i]->reporting, on, __ATOMIC_RELEASE);
+    }
+}
+
+static int manual_sync(lm_dirty_tracker *t, uint64_t *newly)
+{
+    for (size_t i = 0; i < t->nblocks; i++) {
+        lm_ram_block *b = t->blocks[i];
+        *newly += lm_bitmap_drain_into(b->dirty, b->manual, b->npages);
+    }
+    return 0;
+}
+
+/* ---- interface ---- */
+
+int lm_dirty_tracker_start(const char *kind, lm_ram_block **blocks, size_t nblocks,
+                           lm_dirty_tracker **out, lm_error *err)
+{
+    bool want_uffd = !strcmp(kind, "uffd-wp") || !strcmp(kind, "auto");
+    if (!want_uffd && strcmp(kind, "manual")) {
+        return lm_error_set(err, -EINVAL, "unknown dirty tracker '%s'", kind);
+    }
+    if (want_uffd) {
+        lm_error probe = LM_ERROR_INIT;
+        lm_dirty_tracker *t = tracker_alloc(TRACK_UFFD, blocks, nblocks);
+        if (!t) {
+            return lm_error_set(err, -ENOMEM, "out of memory");
+        }
+        int ret = uffd_start(t, &probe);
+        if (ret == 0) {
+            *out = t;
+            return 0;
+        }
+        tracker_free(t);
+        if (strcmp(kind, "auto")) {
+            lm_error_propagate(err, &probe);
+            return ret;
+        }
+        lm_warn("dirty tracking: userfaultfd write-protect unavailable (%s); using manual tracking",
+                probe.msg);
+    }
+    lm_dirty_tracker *t = tracker_alloc(TRACK_MANUAL, blocks, nblocks);
+    if (!t) {
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < nblocks; i++) {
+        lm_bitmap_clear_range(blocks[i]->manual, 0, blocks[i]->npages);
+    }
+    set_reporting(t, 1);
+    *out = t;
+    return 0;
+}
+
+int lm_dirty_tracker_sync(lm_dirty_tracker *t, uint64_t *newly, lm_error *err)
+{
+    *newly = 0;
+    return t->kind == TRACK_UFFD ? uffd_sync(t, newly, err) : manual_sync(t, newly);
+}
+
+void lm_dirty_tracker_stop(lm_dirty_tracker *t)
+{
+    if (!t) {
+        return;
+    }
+    if (t->kind == TRACK_MANUAL) {
+        set_reporting(t, 0);
+    }
+    tracker_free(t);
+}
+
+const char *lm_dirty_tracker_name(const lm_dirty_tracker *t)
+{
+    return t->kind == TRACK_UFFD ? "uffd-wp-async" : "manual";
+}

@@ -1,0 +1,51 @@
+/*
+ * Dirty-page tracking: one small interface, two backends.
+ *
+ *   uffd-wp-async  userfaultfd write-protect in async mode; each sync is one
+ *                  PAGEMAP_SCAN ioctl that returns the written pages and
+ *                  write-protects them again (get-and-reprotect).  Default
+ *                  where the kernel has it.
+ *   manual         the embedder reports writes with lm_ram_mark_dirty() (as a
+ *                  KVM VMM feeds its dirty log or ring).
+ *
+ * start() begins tracking (every page written after it is reported by a
+ * later sync), sync() ORs the pages written since the last sync into each
+ * block's `dirty` bitmap, stop() ends tracking.
+ */
+#ifndef LM_RAM_DIRTY_H
+#define LM_RAM_DIRTY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "livemig/error.h"
+#include "ram/ramblock.h"
+
+typedef struct lm_dirty_tracker lm_dirty_tracker;
+
+/* kind: "auto", "uffd-wp" or "manual".  "auto" picks uffd-wp when the kernel
+ * supports it and falls back to manual with a warning. */
+int lm_dirty_tracker_start(const char *kind, lm_ram_block **blocks, size_t nblocks,
+                           lm_dirty_tracker **out, lm_error *err);
+/* Adds the pages written since the last sync to each block's dirty bitmap;
+ * *newly counts pages that were not already dirty. */
+int lm_dirty_tracker_sync(lm_dirty_tracker *t, uint64_t *newly, lm_error *err);
+void lm_dirty_tracker_stop(lm_dirty_tracker *t);
+/* "uffd-wp-async" or "manual". */
+const char *lm_dirty_tracker_name(const lm_dirty_tracker *t);
+
+/* Marks in each private block's `unpopulated` bitmap the pages that were
+ * never populated (PAGEMAP_SCAN), so the sender knows they are zero without
+ * reading them.  Best effort: returns 0 and marks nothing when the kernel
+ * cannot tell. */
+int lm_ram_find_unpopulated(lm_ram_block **blocks, size_t nblocks);
+
+/* After tracking started: drops from `unpopulated` every page that is
+ * present now (written between lm_ram_find_unpopulated and the start). */
+void lm_ram_recheck_unpopulated(lm_ram_block **blocks, size_t nblocks);
+
+/* Probe: does this kernel offer async write-protect + PAGEMAP_SCAN?
+ * Fills err with what is missing. */
+int lm_uffd_wp_async_probe(lm_error *err);
+
+#endif

@@ -1,0 +1,109 @@
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "common/bitmap.h"
+#include "livemig/buffer.h"
+#include "ram/ram_load.h"
+#include "ram/zero.h"
+#include "stream/format.h"
+
+int lm_ram_load_setup(lm_ram_loader *l, lm_ram_block **blocks, size_t nblocks, lm_error *err)
+{
+    memset(l, 0, sizeof(*l));
+    l->blocks = blocks;
+    l->nblocks = nblocks;
+    for (size_t i = 0; i < nblocks; i++) {
+        int ret = lm_ram_block_prepare_dest(blocks[i], err);
+        if (ret < 0) {
+            return ret;
+        }
+        blocks[i]->dest_fresh = lm_ram_block_is_private(blocks[i]) && !blocks[i]->dest_used;
+    }
+    return 0;
+}
+
+void lm_ram_load_cleanup(lm_ram_loader *l)
+{
+    for (size_t i = 0; i < l->nblocks; i++) {
+        lm_ram_block_release_bitmaps(l->blocks[i]);
+    }
+}
+
+/* Validates a record's (block, first, count) and returns the block. */
+static int check_range(lm_ram_loader *l, uint16_t bi, uint64_t first, uint32_t count,
+                       lm_ram_block **out, lm_error *err)
+{
+    if (bi >= l->nblocks) {
+        return lm_error_set(err, -EBADMSG, "RAM record names block %u, but only %zu blocks exist",
+                            bi, l->nblocks);
+    }
+    lm_ram_block *b = l->blocks[bi];
+    if (count == 0 || first >= b->npages || count > b->npages - first) {
+        return lm_error_set(err, -EBADMSG,
+                            "RAM record for block '%s': pages %" PRIu64 "+%u out of range (block has %" PRIu64
+                            " pages)",
+                            b->name, first, count, b->npages);
+    }
+    *out = b;
+    return 0;
+}
+
+/* A zero run: pages this load never wrote in a private block are still the
+ * fresh mapping's zeros, so nothing is touched; others are cleared. */
+static void place_zero(lm_ram_block *b, uint64_t first, uint32_t count)
+{
+    bool fresh = b->dest_fresh;
+    for (uint64_t p = first; p < first + count; p++) {
+        if (fresh && !lm_bitmap_test(b->received, p)) {
+            continue;
+        }
+        void *host = lm_ram_block_page(b, p);
+        if (!lm_buffer_is_zero(host, b->page_size)) {
+            memset(host, 0, b->page_size);
+        }
+    }
+}
+
+int lm_ram_load_section(lm_ram_loader *l, lm_channel *ch, lm_error *err)
+{
+    for (;;) {
+        uint8_t type;
+        int ret = lm_channel_get_u8(ch, &type);
+        if (ret < 0) {
+            return lm_channel_error(ch, err);
+        }
+        if (type == LM_RAM_EOS) {
+            return 0;
+        }
+        if (type != LM_RAM_PAGES && type != LM_RAM_ZERO) {
+            return lm_error_set(err, -EBADMSG, "unknown RAM record type 0x%02x", type);
+        }
+        uint8_t hdr[14];
+        if (lm_channel_get(ch, hdr, sizeof(hdr)) < 0) {
+            return lm_channel_error(ch, err);
+        }
+        uint16_t bi = lm_load_be16(hdr);
+        uint64_t first = lm_load_be64(hdr + 2);
+        uint32_t count = lm_load_be32(hdr + 10);
+        lm_ram_block *b = NULL;
+        ret = check_range(l, bi, first, count, &b, err);
+        if (ret < 0) {
+            return ret;
+        }
+        if (type == LM_RAM_ZERO) {
+            place_zero(b, first, count);
+            l->zero_pages += count;
+        } else {
+            /* Bulk read straight into guest memory. */
+            ret = lm_channel_get(ch, lm_ram_block_page(b, first), (size_t)count << b->page_shift);
+            if (ret < 0) {
+                return lm_channel_error(ch, err);
+            }
+            l->pages_loaded += count;
+        }
+        lm_bitmap_set_range(b->received, first, count);
+        b->dest_used = true;
+    }
+}

@@ -1,0 +1,230 @@
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/sysinfo.h>
+
+#include "common/bitmap.h"
+#include "common/util.h"
+#include "livemig/buffer.h"
+#include "ram/ram_save.h"
+#include "ram/zero.h"
+#include "stream/format.h"
+
+#define REC_HDR_LEN 15          /* u8 type, be16 block, be64 first, be32 count */
+#define BATCH_IOV 128           /* iovecs gathered before one writev */
+#define MAX_RUN_BYTES (1u << 20) /* one PAGES record carries at most 1 MiB */
+
+/* Gathers record headers and page payloads into one writev. */
+struct lm_ram_batch {
+    struct iovec iov[BATCH_IOV];
+    uint8_t hdr[BATCH_IOV][REC_HDR_LEN];
+    int niov;
+    int nhdr;
+};
+typedef struct lm_ram_batch batch;
+
+static void stat_add(uint64_t *counter, uint64_t n)
+{
+    __atomic_fetch_add(counter, n, __ATOMIC_RELAXED);
+}
+
+int lm_ram_save_setup(lm_ram_saver *s, lm_ram_block **blocks, size_t nblocks,
+                      const char *tracker_kind, lm_error *err)
+{
+    memset(s, 0, sizeof(*s));
+    s->batch = calloc(1, sizeof(*s->batch));
+    if (!s->batch) {
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    s->blocks = blocks;
+    s->nblocks = nblocks;
+    for (size_t i = 0; i < nblocks; i++) {
+        int ret = lm_ram_block_prepare_source(blocks[i], err);
+        if (ret < 0) {
+            return ret;
+        }
+        lm_bitmap_set_range(blocks[i]->dirty, 0, blocks[i]->npages);
+        s->total_bytes += blocks[i]->size;
+    }
+    s->dirty_bytes = s->total_bytes;
+
+    /* Find never-populated pages first, then start tracking, then drop
+     * from the "never populated" set every page that became present in
+     * between: it was written before tracking began and must be read.
+     * (A page in swap looks like a tracked-but-absent page after arming,
+     * so with swap configured the optimisation is skipped.) */
+    struct sysinfo si;
+    bool no_swap = sysinfo(&si) == 0 && si.totalswap == 0;
+    if (no_swap) {
+        lm_ram_find_unpopulated(blocks, nblocks);
+    }
+    int ret = lm_dirty_tracker_start(tracker_kind, blocks, nblocks, &s->tracker, err);
+    if (ret < 0) {
+        return ret;
+    }
+    if (no_swap) {
+        lm_ram_recheck_unpopulated(blocks, nblocks);
+    }
+    return 0;
+}
+
+int lm_ram_save_sync(lm_ram_saver *s, uint64_t *new_bytes, lm_error *err)
+{
+    uint64_t after = 0, newly;
+    int ret = lm_dirty_tracker_sync(s->tracker, &newly, err);
+    if (ret < 0) {
+        return ret;
+    }
+    for (size_t i = 0; i < s->nblocks; i++) {
+        after += lm_bitmap_count(s->blocks[i]->dirty, s->blocks[i]->npages) *
+                 s->blocks[i]->page_size;
+    }
+    if (new_bytes) {
+        *new_bytes = after > s->dirty_bytes ? after - s->dirty_bytes : 0;
+    }
+    __atomic_store_n(&s->dirty_bytes, after, __ATOMIC_RELAXED);
+    return 0;
+}
+
+
+static int batch_flush(batch *b, lm_channel *ch)
+{
+    int ret = b->niov ? lm_channel_put_ext(ch, b->iov, b->niov) : 0;
+    b->niov = b->nhdr = 0;
+    return ret;
+}
+
+static int batch_record(batch *b, lm_channel *ch, uint8_t type, const lm_ram_block *blk,
+                        uint64_t first, uint32_t count, void *data, size_t len)
+{
+    if (b->niov + 2 > BATCH_IOV || b->nhdr + 1 > BATCH_IOV) {
+        int ret = batch_flush(b, ch);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    uint8_t *h = b->hdr[b->nhdr++];
+    h[0] = type;
+    lm_store_be16(h + 1, (uint16_t)blk->idx);
+    lm_store_be64(h + 3, first);
+    lm_store_be32(h + 11, count);
+    /* Zero records are headers only: merge consecutive headers into one iovec. */
+    if (b->niov && (uint8_t *)b->iov[b->niov - 1].iov_base + b->iov[b->niov - 1].iov_len == h) {
+        b->iov[b->niov - 1].iov_len += REC_HDR_LEN;
+    } else {
+        b->iov[b->niov++] = (struct iovec){ h, REC_HDR_LEN };
+    }
+    if (len) {
+        b->iov[b->niov++] = (struct iovec){ data, len };
+    }
+    return 0;
+}
+
+static bool page_is_zero(const lm_ram_block *blk, uint64_t page)
+{
+    if (blk->unpopulated && lm_bitmap_test(blk->unpopulated, page)) {
+        return true;
+    }
+    return lm_buffer_is_zero(lm_ram_block_page(blk, page), blk->page_size);
+}
+
+/* Sends the dirty pages [p, q) of blk, split into zero and data runs. */
+static int send_run(lm_ram_saver *s, batch *b, lm_channel *ch, lm_ram_block *blk, uint64_t p,
+                    uint64_t q)
+{
+    uint64_t max_run = MAX_RUN_BYTES >> blk->page_shift;
+    if (!max_run) {
+        max_run = 1;
+    }
+    while (p < q) {
+        bool zero = page_is_zero(blk, p);
+        uint64_t e = p + 1;
+        while (e < q && e - p < (zero ? UINT32_MAX : max_run) && page_is_zero(blk, e) == zero) {
+            e++;
+        }
+        uint32_t count = (uint32_t)(e - p);
+        int ret;
+        if (zero) {
+            ret = batch_record(b, ch, LM_RAM_ZERO, blk, p, count, NULL, 0);
+            stat_add(&s->stats.zero_pages, count);
+        } else {
+            size_t len = (size_t)count << blk->page_shift;
+            ret = batch_record(b, ch, LM_RAM_PAGES, blk, p, count, lm_ram_block_page(blk, p), len);
+            stat_add(&s->stats.normal_pages, count);
+            stat_add(&s->stats.normal_bytes, len);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        if (blk->unpopulated) {
+            /* Sent once; if the guest writes it later it is read like any page. */
+            lm_bitmap_clear_range(blk->unpopulated, p, count);
+        }
+        p = e;
+    }
+    return 0;
+}
+
+int lm_ram_save_send(lm_ram_saver *s, lm_channel *ch, uint64_t budget, uint64_t *sent,
+                     bool *pass_done, lm_error *err)
+{
+    batch *b = s->batch;
+    uint64_t done = 0;
+    int ret = 0;
+    *pass_done = false;
+    b->niov = b->nhdr = 0;
+    while (done < budget && s->cur_block < s->nblocks) {
+        lm_ram_block *blk = s->blocks[s->cur_block];
+        uint64_t p = lm_bitmap_next_set(blk->dirty, blk->npages, s->cur_page);
+        if (p >= blk->npages) {
+            s->cur_block++;
+            s->cur_page = 0;
+            continue;
+        }
+        uint64_t q = lm_bitmap_next_clear(blk->dirty, blk->npages, p);
+        uint64_t left = budget - done;
+        uint64_t max_pages = LM_DIV_ROUND_UP(left, blk->page_size);
+        if (q - p > max_pages) {
+            q = p + max_pages;
+        }
+        /* Clear before reading: a write after this point dirties the page again. */
+        lm_bitmap_clear_range(blk->dirty, p, q - p);
+        uint64_t bytes = (q - p) << blk->page_shift;
+        __atomic_fetch_sub(&s->dirty_bytes, LM_MIN(bytes, s->dirty_bytes), __ATOMIC_RELAXED);
+        ret = send_run(s, b, ch, blk, p, q);
+        if (ret < 0) {
+            break;
+        }
+        done += bytes;
+        s->cur_page = q;
+    }
+    if (ret == 0) {
+        ret = batch_flush(b, ch);
+    }
+    if (ret < 0) {
+        lm_channel_error(ch, err);
+        return ret;
+    }
+    if (s->cur_block >= s->nblocks) {
+        s->cur_block = 0;
+        s->cur_page = 0;
+        *pass_done = true;
+    }
+    if (sent) {
+        *sent = done;
+    }
+    return 0;
+}
+
+void lm_ram_save_cleanup(lm_ram_saver *s)
+{
+    free(s->batch);
+    s->batch = NULL;
+    if (s->tracker) {
+        lm_dirty_tracker_stop(s->tracker);
+        s->tracker = NULL;
+    }
+    for (size_t i = 0; i < s->nblocks; i++) {
+        lm_ram_block_release_bitmaps(s->blocks[i]);
+    }
+}

@@ -1,0 +1,59 @@
+/*
+ * Source side of RAM migration: dirty bitmaps in, RAM records out.
+ *
+ * The saver owns each block's `dirty` bitmap for the duration of a
+ * migration.  Each pass the migration thread syncs the dirty log
+ * (lm_ram_save_sync) and then sends dirty pages in budgeted slices
+ * (lm_ram_save_send) until the pass is done.  Pages go on the wire straight
+ * from guest memory (no copy); zero pages travel as a flag, and pages that
+ * were never populated are known to be zero without being read.
+ */
+#ifndef LM_RAM_RAM_SAVE_H
+#define LM_RAM_RAM_SAVE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "channel/channel.h"
+#include "livemig/error.h"
+#include "ram/dirty.h"
+#include "ram/ramblock.h"
+
+typedef struct lm_ram_stats {
+    uint64_t zero_pages;
+    uint64_t normal_pages;
+    uint64_t normal_bytes;
+    uint64_t zero_skipped_reads; /* zero pages known without a read */
+} lm_ram_stats;
+
+typedef struct lm_ram_saver {
+    lm_ram_block **blocks;
+    size_t nblocks;
+    lm_dirty_tracker *tracker;
+    size_t cur_block;
+    uint64_t cur_page;
+    uint64_t dirty_bytes; /* bytes in dirty bitmaps (what a pass still has to send) */
+    uint64_t total_bytes;
+    lm_ram_stats stats;   /* updated by the sending thread; read with atomics */
+    struct lm_ram_batch *batch; /* scratch iovecs for one writev */
+} lm_ram_saver;
+
+/* Marks every page dirty, finds never-populated pages, starts tracking. */
+int lm_ram_save_setup(lm_ram_saver *s, lm_ram_block **blocks, size_t nblocks,
+                      const char *tracker_kind, lm_error *err);
+/* Adds pages written since the last sync; returns the newly dirty bytes. */
+int lm_ram_save_sync(lm_ram_saver *s, uint64_t *new_bytes, lm_error *err);
+/* Sends dirty pages from the pass cursor, about `budget` bytes at most
+ * (UINT64_MAX: until the pass ends).  *pass_done becomes true when the
+ * cursor reached the end of guest RAM (and wraps to the start). */
+int lm_ram_save_send(lm_ram_saver *s, lm_channel *ch, uint64_t budget, uint64_t *sent,
+                     bool *pass_done, lm_error *err);
+void lm_ram_save_cleanup(lm_ram_saver *s);
+
+static inline uint64_t lm_ram_save_pending(const lm_ram_saver *s)
+{
+    return __atomic_load_n(&s->dirty_bytes, __ATOMIC_RELAXED);
+}
+
+#endif

@@ -1,0 +1,58 @@
+/*
+ * A registered RAM block and the bitmaps the engine keeps for it.
+ */
+#ifndef LM_RAM_RAMBLOCK_H
+#define LM_RAM_RAMBLOCK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "livemig/error.h"
+#include "livemig/ram.h"
+
+struct lm_ram_block {
+    char name[LM_RAM_NAME_MAX];
+    uint8_t *host;
+    uint64_t size;
+    uint32_t page_size;
+    unsigned page_shift;
+    unsigned flags;
+    uint32_t idx;    /* position in the engine's block list = index on the wire */
+    uint64_t npages;
+
+    /* Source: pages still to send in this migration (owned by the sender). */
+    uint64_t *dirty;
+    /* Source: pages found never populated at setup (zero without a read). */
+    uint64_t *unpopulated;
+    /* Manual tracking: set by the embedder (atomically), drained by sync. */
+    uint64_t *manual;
+    int reporting;   /* atomic: the embedder should call lm_ram_mark_dirty */
+
+    /* Destination: pages written by the loader (a fresh private page that
+     * was never written is known to be zero). */
+    uint64_t *received;
+    /* Destination: a load wrote into this block before (a failed earlier
+     * attempt), so its pages can no longer be assumed zero. */
+    bool dest_used;
+    bool dest_fresh; /* private and never loaded into: untouched pages are zero */
+};
+
+int lm_ram_block_new(const lm_ram_desc *desc, uint32_t idx, lm_ram_block **out, lm_error *err);
+void lm_ram_block_free(lm_ram_block *b);
+/* Allocate (or clear) the per-migration source / destination bitmaps. */
+int lm_ram_block_prepare_source(lm_ram_block *b, lm_error *err);
+int lm_ram_block_prepare_dest(lm_ram_block *b, lm_error *err);
+void lm_ram_block_release_bitmaps(lm_ram_block *b);
+
+static inline void *lm_ram_block_page(const lm_ram_block *b, uint64_t page)
+{
+    return b->host + (page << b->page_shift);
+}
+
+/* True for private anonymous memory: absent from the page tables means zero. */
+static inline bool lm_ram_block_is_private(const lm_ram_block *b)
+{
+    return !(b->flags & LM_RAM_SHARED);
+}
+
+#endif

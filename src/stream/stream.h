@@ -1,0 +1,50 @@
+/*
+ * Writing and reading the framing of a migration stream: header,
+ * configuration, section headers and footers, device payloads, the end
+ * marker.  Everything read is validated here or by the caller before use.
+ */
+#ifndef LM_STREAM_STREAM_H
+#define LM_STREAM_STREAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "channel/channel.h"
+#include "livemig/error.h"
+#include "ram/ramblock.h"
+#include "stream/format.h"
+
+/* Config flags (be32 in the configuration record). */
+#define LM_CONFIG_RETURN_PATH (1u << 0) /* source waits for RP_SHUT */
+
+int lm_stream_write_header(lm_channel *ch);
+int lm_stream_read_header(lm_channel *ch, lm_error *err);
+
+typedef struct lm_stream_config {
+    uint8_t uuid[LM_UUID_LEN];
+    uint32_t flags;
+} lm_stream_config;
+
+int lm_stream_write_config(lm_channel *ch, const lm_stream_config *cfg, lm_ram_block **blocks,
+                           size_t nblocks);
+/* Reads the configuration record body (after its type byte) and checks it
+ * against this side's blocks; fills map[i] with the local block for the
+ * source's block i (same names, sizes and page sizes required). */
+int lm_stream_read_config(lm_channel *ch, lm_stream_config *cfg, lm_ram_block **blocks,
+                          size_t nblocks, lm_ram_block **map, lm_error *err);
+
+int lm_stream_write_section_full(lm_channel *ch, uint8_t type, uint32_t id, const char *idstr,
+                                 uint32_t instance, uint32_t version);
+int lm_stream_write_section_short(lm_channel *ch, uint8_t type, uint32_t id);
+int lm_stream_write_footer(lm_channel *ch, uint32_t id);
+int lm_stream_read_footer(lm_channel *ch, uint32_t id, lm_error *err);
+/* Device payloads: be32 length + bytes. */
+int lm_stream_write_payload(lm_channel *ch, const void *data, size_t len);
+
+/* Return path messages. */
+int lm_rp_write_shut(lm_channel *ch, uint32_t status);
+/* Reads one message; fills type and (for SHUT) status. */
+int lm_rp_read(lm_channel *ch, uint16_t *type, uint32_t *status, lm_error *err);
+
+#endif
