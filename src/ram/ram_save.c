@@ -183,7 +183,7 @@ int lm_ram_save_send(lm_ram_saver *s, lm_channel *ch, uint64_t budget, uint64_t 
         }
         uint64_t q = lm_bitmap_next_clear(blk->dirty, blk->npages, p);
         uint64_t left = budget - done;
-        uint64_t max_pages = LM_DIV_ROUND_UP(left, blk->page_size);
+        uint64_t max_pages = (left >> blk->page_shift) + ((left & (blk->page_size - 1)) != 0);
         if (q - p > max_pages) {
             q = p + max_pages;
         }
