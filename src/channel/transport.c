@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -176,7 +177,51 @@ static int open_file(const lm_uri *u, bool writing, int *fd, lm_error *err)
     return 0;
 }
 
-int lm_transport_connect(const lm_uri *u, int *fd, int *pid, lm_error *err)
+/* Non-blocking connect that can be abandoned; the socket ends up blocking. */
+static int connect_abortable(int s, const struct sockaddr *sa, socklen_t len,
+                             bool (*should_abort)(void *), void *opaque)
+{
+    int flags = fcntl(s, F_GETFL);
+    fcntl(s, F_SETFL, flags | O_NONBLOCK);
+    int ret = 0;
+    for (;;) {
+        if (connect(s, sa, len) == 0) {
+            break;
+        }
+        int e = errno;
+        if (e == EISCONN) {
+            break;
+        }
+        if (e != EINPROGRESS && e != EAGAIN && e != EALREADY && e != EINTR) {
+            ret = -e;
+            break;
+        }
+        if (should_abort && should_abort(opaque)) {
+            ret = -ECANCELED;
+            break;
+        }
+        if (e == EAGAIN) {
+            /* Unix socket with a full backlog: retry shortly. */
+            struct timespec ts = { 0, 20 * 1000 * 1000 };
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        struct pollfd p = { s, POLLOUT, 0 };
+        int n = poll(&p, 1, 100);
+        if (n > 0) {
+            int soerr = 0;
+            socklen_t sl = sizeof(soerr);
+            getsockopt(s, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+            ret = -soerr;
+            break;
+        }
+    }
+    fcntl(s, F_SETFL, flags);
+    return ret;
+}
+
+int lm_transport_connect(const lm_uri *u, int *fd, int *pid, bool (*should_abort)(void *),
+                         void *opaque, lm_error *err)
 {
     *pid = 0;
     *fd = -1;
@@ -189,8 +234,8 @@ int lm_transport_connect(const lm_uri *u, int *fd, int *pid, lm_error *err)
         }
         memcpy(sa.sun_path, u->path, strnlen(u->path, sizeof(sa.sun_path) - 1)); /* length checked by lm_uri_parse */
         tune_socket(s, false);
-        if (connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-            int code = -errno;
+        int code = connect_abortable(s, (struct sockaddr *)&sa, sizeof(sa), should_abort, opaque);
+        if (code < 0) {
             close(s);
             return lm_error_set_errno(err, code, "failed to connect to unix:%s", u->path);
         }
@@ -212,12 +257,15 @@ int lm_transport_connect(const lm_uri *u, int *fd, int *pid, lm_error *err)
                 continue;
             }
             tune_socket(s, true);
-            if (connect(s, ai->ai_addr, ai->ai_addrlen) == 0) {
+            code = connect_abortable(s, ai->ai_addr, ai->ai_addrlen, should_abort, opaque);
+            if (code == 0) {
                 *fd = s;
                 break;
             }
-            code = -errno;
             close(s);
+            if (code == -ECANCELED) {
+                break;
+            }
         }
         freeaddrinfo(res);
         if (*fd < 0) {

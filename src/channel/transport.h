@@ -40,8 +40,11 @@ int lm_uri_parse(const char *uri, lm_uri *out, lm_error *err);
 /* True when the transport can open more than one connection. */
 bool lm_uri_multi_channel(const lm_uri *u);
 
-/* Outgoing: connect.  *pid is the exec: child (or 0). */
-int lm_transport_connect(const lm_uri *u, int *fd, int *pid, lm_error *err);
+/* Outgoing: connect.  *pid is the exec: child (or 0).  A socket connect
+ * that waits (a busy or unreachable peer) asks should_abort(opaque) every
+ * 100 ms and gives up with -ECANCELED when it returns true. */
+int lm_transport_connect(const lm_uri *u, int *fd, int *pid, bool (*should_abort)(void *),
+                         void *opaque, lm_error *err);
 
 typedef struct lm_listener lm_listener;
 

@@ -47,6 +47,11 @@ static bool cancelled(lm_engine *e)
     return c;
 }
 
+static bool connect_should_abort(void *opaque)
+{
+    return cancelled(opaque);
+}
+
 static void set_channel(lm_engine *e, lm_channel *ch)
 {
     pthread_mutex_lock(&e->lock);
@@ -86,7 +91,7 @@ static int setup(src_ctx *c)
 {
     lm_engine *e = c->e;
     int fd, pid;
-    int ret = lm_transport_connect(&e->uri, &fd, &pid, &c->err);
+    int ret = lm_transport_connect(&e->uri, &fd, &pid, connect_should_abort, e, &c->err);
     if (ret < 0) {
         return ret;
     }

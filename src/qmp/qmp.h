@@ -14,6 +14,9 @@
 #ifndef LIVEMIG_QMP_H
 #define LIVEMIG_QMP_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
 #include <jansson.h>
 
 #include "livemig/error.h"
@@ -40,6 +43,9 @@ void qmp_server_free(qmp_server *s);
 int qmp_arg_str(json_t *args, const char *name, bool required, const char **out, lm_error *err);
 int qmp_arg_bool(json_t *args, const char *name, bool required, bool *out, lm_error *err);
 int qmp_arg_u64(json_t *args, const char *name, bool required, uint64_t *out, lm_error *err);
+/* Refuses any member of args not named in `known` (NULL-terminated):
+ * "Parameter 'x' is unexpected". */
+int qmp_args_check(json_t *args, const char *const *known, lm_error *err);
 
 /* Registers the migration commands of an lm_engine: migrate,
  * migrate-incoming, query-migrate, migrate-set-capabilities,
@@ -47,6 +53,9 @@ int qmp_arg_u64(json_t *args, const char *name, bool required, uint64_t *out, lm
  * query-migrate-parameters, migrate_cancel, migrate-continue. */
 struct lm_engine;
 void qmp_register_migration_commands(qmp_server *s, struct lm_engine *e);
+/* query-migrate's reply for a snapshot (a new reference). */
+struct lm_info;
+json_t *qmp_migration_info_json(const struct lm_info *info);
 /* The engine event -> QMP event bridge ("MIGRATION", "MIGRATION_PASS"). */
 struct lm_event;
 void qmp_emit_migration_event(qmp_server *s, const struct lm_event *ev);

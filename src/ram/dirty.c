@@ -253,40 +253,59 @@ int lm_ram_find_unpopulated(lm_ram_block **blocks, size_t nblocks)
     return 0;
 }
 
-void lm_ram_recheck_unpopulated(lm_ram_block **blocks, size_t nblocks)
+/* Pages sent as zero on the "never populated" hint that are present now
+ * were written after all: queue them again.  This does not rely on the
+ * write tracker having seen the first touch of a never-populated page, and
+ * the last call, made with the guest stopped, sees every such write. */
+int lm_ram_requeue_populated(lm_ram_block **blocks, size_t nblocks, uint64_t *requeued,
+                             lm_error *err)
 {
-    lm_dirty_tracker *t = tracker_alloc(TRACK_MANUAL, blocks, nblocks);
-    if (!t || open_pagemap(t, NULL) < 0) {
-        /* Cannot tell: forget the hint rather than risk sending data as zero. */
-        for (size_t i = 0; i < nblocks; i++) {
-            if (blocks[i]->unpopulated) {
-                lm_bitmap_clear_range(blocks[i]->unpopulated, 0, blocks[i]->npages);
-            }
-        }
-        if (t) {
-            tracker_free(t);
-        }
-        return;
-    }
+    *requeued = 0;
+    lm_dirty_tracker *t = NULL;
     for (size_t i = 0; i < nblocks; i++) {
         lm_ram_block *b = blocks[i];
-        if (!lm_ram_block_is_private(b) || !b->unpopulated) {
+        if (!b->zero_unread ||
+            lm_bitmap_next_set(b->zero_unread, b->npages, 0) >= b->npages) {
             continue;
         }
+        if (!t) {
+            t = tracker_alloc(TRACK_MANUAL, blocks, nblocks);
+            if (!t) {
+                return lm_error_set(err, -ENOMEM, "out of memory");
+            }
+            int ret = open_pagemap(t, err);
+            if (ret < 0) {
+                tracker_free(t);
+                return ret;
+            }
+        }
         uint64_t *present = lm_bitmap_new(b->npages);
+        if (!present) {
+            tracker_free(t);
+            return lm_error_set(err, -ENOMEM, "out of memory");
+        }
         struct mark_ctx c = { b, present, 0 };
-        if (!present || scan_range(t, b->host, b->host + b->size, 0, 0,
-                                   PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
-                                   PAGE_IS_PRESENT | PAGE_IS_PFNZERO, mark_region, &c, NULL) < 0) {
-            lm_bitmap_clear_range(b->unpopulated, 0, b->npages);
-        } else {
-            for (uint64_t w = 0; w < LM_BITMAP_WORDS(b->npages); w++) {
-                b->unpopulated[w] &= ~present[w];
+        int ret = scan_range(t, b->host, b->host + b->size, 0, 0, PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
+                             PAGE_IS_PRESENT | PAGE_IS_PFNZERO, mark_region, &c, err);
+        if (ret < 0) {
+            lm_bitmap_free(present);
+            tracker_free(t);
+            return ret;
+        }
+        for (uint64_t w = 0; w < LM_BITMAP_WORDS(b->npages); w++) {
+            uint64_t again = b->zero_unread[w] & present[w];
+            if (again) {
+                b->zero_unread[w] &= ~again;
+                *requeued += (uint64_t)__builtin_popcountll(again & ~b->dirty[w]);
+                b->dirty[w] |= again;
             }
         }
         lm_bitmap_free(present);
     }
-    tracker_free(t);
+    if (t) {
+        tracker_free(t);
+    }
+    return 0;
 }
 
 /* ---- manual ---- */

@@ -40,9 +40,10 @@ const char *lm_dirty_tracker_name(const lm_dirty_tracker *t);
  * cannot tell. */
 int lm_ram_find_unpopulated(lm_ram_block **blocks, size_t nblocks);
 
-/* After tracking started: drops from `unpopulated` every page that is
- * present now (written between lm_ram_find_unpopulated and the start). */
-void lm_ram_recheck_unpopulated(lm_ram_block **blocks, size_t nblocks);
+/* Marks dirty again every page in a block's `zero_unread` set (sent as zero
+ * on the never-populated hint, without a read) that is present now. */
+int lm_ram_requeue_populated(lm_ram_block **blocks, size_t nblocks, uint64_t *requeued,
+                             lm_error *err);
 
 /* Probe: does this kernel offer async write-protect + PAGEMAP_SCAN?
  * Fills err with what is missing. */

@@ -48,30 +48,24 @@ int lm_ram_save_setup(lm_ram_saver *s, lm_ram_block **blocks, size_t nblocks,
     }
     s->dirty_bytes = s->total_bytes;
 
-    /* Find never-populated pages first, then start tracking, then drop
-     * from the "never populated" set every page that became present in
-     * between: it was written before tracking began and must be read.
-     * (A page in swap looks like a tracked-but-absent page after arming,
-     * so with swap configured the optimisation is skipped.) */
+    /* Never-populated pages are sent as zero without a read; every sync
+     * requeues those that turned up populated since (a write between this
+     * scan and the tracker's start included).  A page in swap would look
+     * unpopulated to that check, so with swap configured the hint is off. */
     struct sysinfo si;
-    bool no_swap = sysinfo(&si) == 0 && si.totalswap == 0;
-    if (no_swap) {
+    if (sysinfo(&si) == 0 && si.totalswap == 0) {
         lm_ram_find_unpopulated(blocks, nblocks);
     }
-    int ret = lm_dirty_tracker_start(tracker_kind, blocks, nblocks, &s->tracker, err);
-    if (ret < 0) {
-        return ret;
-    }
-    if (no_swap) {
-        lm_ram_recheck_unpopulated(blocks, nblocks);
-    }
-    return 0;
+    return lm_dirty_tracker_start(tracker_kind, blocks, nblocks, &s->tracker, err);
 }
 
 int lm_ram_save_sync(lm_ram_saver *s, uint64_t *new_bytes, lm_error *err)
 {
     uint64_t after = 0, newly;
     int ret = lm_dirty_tracker_sync(s->tracker, &newly, err);
+    if (ret == 0) {
+        ret = lm_ram_requeue_populated(s->blocks, s->nblocks, &newly, err);
+    }
     if (ret < 0) {
         return ret;
     }
@@ -122,7 +116,7 @@ static int batch_record(batch *b, lm_channel *ch, uint8_t type, const lm_ram_blo
 
 static bool page_is_zero(const lm_ram_block *blk, uint64_t page)
 {
-    if (blk->unpopulated && lm_bitmap_test(blk->unpopulated, page)) {
+    if (lm_bitmap_test(blk->unpopulated, page)) {
         return true;
     }
     return lm_buffer_is_zero(lm_ram_block_page(blk, page), blk->page_size);
@@ -156,10 +150,16 @@ static int send_run(lm_ram_saver *s, batch *b, lm_channel *ch, lm_ram_block *blk
         if (ret < 0) {
             return ret;
         }
-        if (blk->unpopulated) {
-            /* Sent once; if the guest writes it later it is read like any page. */
-            lm_bitmap_clear_range(blk->unpopulated, p, count);
+        if (zero) {
+            /* Zero pages known from the hint were not read: watch them. */
+            for (uint64_t i = p; i < e; i++) {
+                if (lm_bitmap_test(blk->unpopulated, i)) {
+                    lm_bitmap_set(blk->zero_unread, i);
+                }
+            }
         }
+        /* The hint holds once: if the guest writes the page, it is read. */
+        lm_bitmap_clear_range(blk->unpopulated, p, count);
         p = e;
     }
     return 0;

@@ -46,8 +46,9 @@ void lm_ram_block_release_bitmaps(lm_ram_block *b)
 {
     lm_bitmap_free(b->dirty);
     lm_bitmap_free(b->unpopulated);
+    lm_bitmap_free(b->zero_unread);
     lm_bitmap_free(b->received);
-    b->dirty = b->unpopulated = b->received = NULL;
+    b->dirty = b->unpopulated = b->zero_unread = b->received = NULL;
 }
 
 void lm_ram_block_free(lm_ram_block *b)
@@ -71,6 +72,9 @@ int lm_ram_block_prepare_source(lm_ram_block *b, lm_error *err)
     int ret = fresh_bitmap(&b->dirty, b->npages, err);
     if (!ret) {
         ret = fresh_bitmap(&b->unpopulated, b->npages, err);
+    }
+    if (!ret) {
+        ret = fresh_bitmap(&b->zero_unread, b->npages, err);
     }
     return ret;
 }

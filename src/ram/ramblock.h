@@ -24,6 +24,9 @@ struct lm_ram_block {
     uint64_t *dirty;
     /* Source: pages found never populated at setup (zero without a read). */
     uint64_t *unpopulated;
+    /* Source: pages sent as zero on that hint; requeued once they turn up
+     * populated (see lm_ram_requeue_populated). */
+    uint64_t *zero_unread;
     /* Manual tracking: set by the embedder (atomically), drained by sync. */
     uint64_t *manual;
     int reporting;   /* atomic: the embedder should call lm_ram_mark_dirty */

@@ -53,6 +53,19 @@ static void *writer_main(void *opaque)
         if (quit) {
             return NULL;
         }
+        if (h->sequential) {
+            /* First touches in order, as QEMU's migration-test guest. */
+            for (int i = 0; i < 64; i++) {
+                uint64_t page = h->regs.counter++ % npages;
+                h->ram[page * 4096] += 1;
+                if (lm_ram_wants_dirty_reports(h->block)) {
+                    lm_ram_mark_dirty(h->block, page * 4096, 1);
+                }
+            }
+            h->writes += 64;
+            usleep(20);
+            continue;
+        }
         for (int i = 0; i < 64; i++) {
             h->seed ^= h->seed << 13;
             h->seed ^= h->seed >> 7;

@@ -23,6 +23,7 @@ typedef struct harness {
     bool run, parked, quit, writer_started;
     uint64_t writes;
     uint64_t seed;
+    bool sequential; /* writer touches pages in order instead of at random */
     struct { uint64_t counter; } regs; /* migrates as a device */
 } harness;
 

@@ -1,0 +1,504 @@
+/*
+ * QMP migration commands: the engine API under QEMU's names and shapes
+ * (qapi/migration.json).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "livemig/engine.h"
+#include "qmp/qmp.h"
+
+/* ------------------------------------------------------------------------ */
+/* migrate, migrate-incoming, migrate_cancel, migrate-continue */
+
+static json_t *cmd_migrate(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { "uri", "detach", "resume", "blk", "inc", NULL };
+    lm_engine *e = opaque;
+    const char *uri = NULL;
+    bool detach = true, resume = false, blk = false, inc = false;
+
+    if (qmp_args_check(args, known, err) < 0 ||
+        qmp_arg_str(args, "uri", true, &uri, err) < 0 ||
+        qmp_arg_bool(args, "detach", false, &detach, err) < 0 ||
+        qmp_arg_bool(args, "resume", false, &resume, err) < 0 ||
+        qmp_arg_bool(args, "blk", false, &blk, err) < 0 ||
+        qmp_arg_bool(args, "inc", false, &inc, err) < 0) {
+        return NULL;
+    }
+    if (blk || inc) {
+        lm_error_set(err, -EINVAL, "Block migration is not supported");
+        return NULL;
+    }
+    if (lm_engine_migrate(e, uri, resume, err) < 0) {
+        return NULL;
+    }
+    return json_object();
+}
+
+static json_t *cmd_migrate_incoming(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { "uri", NULL };
+    lm_engine *e = opaque;
+    const char *uri = NULL;
+
+    if (qmp_args_check(args, known, err) < 0 ||
+        qmp_arg_str(args, "uri", true, &uri, err) < 0) {
+        return NULL;
+    }
+    if (lm_engine_incoming(e, uri, err) < 0) {
+        return NULL;
+    }
+    return json_object();
+}
+
+static json_t *cmd_migrate_cancel(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { NULL };
+    if (qmp_args_check(args, known, err) < 0 || lm_engine_cancel(opaque, err) < 0) {
+        return NULL;
+    }
+    return json_object();
+}
+
+static json_t *cmd_migrate_continue(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { "state", NULL };
+    const char *state = NULL;
+    if (qmp_args_check(args, known, err) < 0 ||
+        qmp_arg_str(args, "state", true, &state, err) < 0) {
+        return NULL;
+    }
+    bool valid = false;
+    for (int i = 0; i < LM_STATUS__COUNT; i++) {
+        const char *n = lm_status_name((lm_status)i);
+        if (n && strcmp(n, state) == 0) {
+            valid = true;
+            break;
+        }
+    }
+    if (!valid) {
+        lm_error_set(err, -EINVAL, "Parameter 'state' does not accept value '%s'", state);
+        return NULL;
+    }
+    if (lm_engine_continue(opaque, state, err) < 0) {
+        return NULL;
+    }
+    return json_object();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Capabilities */
+
+static bool capability_known(const char *name)
+{
+    const char *const *names = lm_capability_names();
+    for (size_t i = 0; names && names[i]; i++) {
+        if (strcmp(names[i], name) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static json_t *cmd_migrate_set_capabilities(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { "capabilities", NULL };
+    lm_engine *e = opaque;
+    if (qmp_args_check(args, known, err) < 0) {
+        return NULL;
+    }
+    json_t *caps = json_object_get(args, "capabilities");
+    if (!caps) {
+        lm_error_set(err, -EINVAL, "Parameter 'capabilities' is missing");
+        return NULL;
+    }
+    if (!json_is_array(caps)) {
+        lm_error_set(err, -EINVAL, "Invalid parameter type for 'capabilities', expected: array");
+        return NULL;
+    }
+
+    /* Validate every entry before changing anything. */
+    static const char *const entry_known[] = { "capability", "state", NULL };
+    size_t i;
+    json_t *ent;
+    json_array_foreach(caps, i, ent) {
+        const char *name = NULL;
+        bool state = false;
+        if (!json_is_object(ent)) {
+            lm_error_set(err, -EINVAL,
+                         "Invalid parameter type for 'capabilities[%zu]', expected: object", i);
+            return NULL;
+        }
+        if (qmp_args_check(ent, entry_known, err) < 0 ||
+            qmp_arg_str(ent, "capability", true, &name, err) < 0 ||
+            qmp_arg_bool(ent, "state", true, &state, err) < 0) {
+            return NULL;
+        }
+        if (!capability_known(name)) {
+            lm_error_set(err, -EINVAL, "Capability '%s' not found", name);
+            return NULL;
+        }
+    }
+
+    /* Apply.  The engine may still refuse a combination (or a change while
+     * a migration runs); then restore what was already applied. */
+    size_t n = json_array_size(caps);
+    bool *old = calloc(n ? n : 1, sizeof(*old));
+    if (!old) {
+        lm_error_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    json_array_foreach(caps, i, ent) {
+        const char *name = json_string_value(json_object_get(ent, "capability"));
+        bool state = json_is_true(json_object_get(ent, "state"));
+        if (lm_engine_get_capability(e, name, &old[i], err) < 0 ||
+            lm_engine_set_capability(e, name, state, err) < 0) {
+            while (i-- > 0) {
+                const char *nm = json_string_value(
+                    json_object_get(json_array_get(caps, i), "capability"));
+                lm_engine_set_capability(e, nm, old[i], NULL);
+            }
+            free(old);
+            return NULL;
+        }
+    }
+    free(old);
+    return json_object();
+}
+
+static json_t *cmd_query_migrate_capabilities(void *opaque, json_t *args, lm_error *err)
+{
+    lm_engine *e = opaque;
+    json_t *list = json_array();
+    const char *const *names = lm_capability_names();
+    for (size_t i = 0; names && names[i]; i++) {
+        bool on = false;
+        if (lm_engine_get_capability(e, names[i], &on, NULL) < 0) {
+            continue;
+        }
+        json_array_append_new(list, json_pack("{s:s,s:b}", "capability", names[i],
+                                               "state", on));
+    }
+    return list;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Parameters */
+
+static const lm_param_desc *param_find(const char *name)
+{
+    for (const lm_param_desc *d = lm_param_descs(); d && d->name; d++) {
+        if (strcmp(d->name, name) == 0) {
+            return d;
+        }
+    }
+    return NULL;
+}
+
+static int param_validate(const lm_param_desc *d, json_t *v, lm_error *err)
+{
+    switch (d->type) {
+    case LM_PARAM_U64: {
+        if (!json_is_integer(v)) {
+            return lm_error_set(err, -EINVAL,
+                                "Invalid parameter type for '%s', expected: integer", d->name);
+        }
+        json_int_t iv = json_integer_value(v);
+        if (iv < 0) {
+            return lm_error_set(err, -EINVAL, "Parameter '%s' expects uint64", d->name);
+        }
+        if ((uint64_t)iv < d->min || (uint64_t)iv > d->max) {
+            return lm_error_set(err, -EINVAL,
+                                "Parameter '%s' expects a value between %" PRIu64
+                                " and %" PRIu64, d->name, d->min, d->max);
+        }
+        return 0;
+    }
+    case LM_PARAM_BOOL:
+        if (!json_is_boolean(v)) {
+            return lm_error_set(err, -EINVAL,
+                                "Invalid parameter type for '%s', expected: boolean", d->name);
+        }
+        return 0;
+    case LM_PARAM_STR:
+        if (json_is_null(v)) {
+            if (d->choices) {
+                return lm_error_set(err, -EINVAL,
+                                    "Invalid parameter type for '%s', expected: string", d->name);
+            }
+            return 0; /* StrOrNull: null resets to "" */
+        }
+        if (!json_is_string(v)) {
+            return lm_error_set(err, -EINVAL,
+                                "Invalid parameter type for '%s', expected: string", d->name);
+        }
+        if (d->choices) {
+            for (size_t i = 0; d->choices[i]; i++) {
+                if (strcmp(d->choices[i], json_string_value(v)) == 0) {
+                    return 0;
+                }
+            }
+            return lm_error_set(err, -EINVAL, "Parameter '%s' does not accept value '%s'",
+                                d->name, json_string_value(v));
+        }
+        return 0;
+    }
+    return lm_error_set(err, -EINVAL, "Parameter '%s' has an unknown type", d->name);
+}
+
+static int param_apply(lm_engine *e, const lm_param_desc *d, json_t *v, lm_error *err)
+{
+    switch (d->type) {
+    case LM_PARAM_U64:
+        return lm_engine_set_param_u64(e, d->name, (uint64_t)json_integer_value(v), err);
+    case LM_PARAM_BOOL:
+        return lm_engine_set_param_bool(e, d->name, json_is_true(v), err);
+    case LM_PARAM_STR:
+        return lm_engine_set_param_str(e, d->name,
+                                       json_is_string(v) ? json_string_value(v) : "", err);
+    }
+    return -EINVAL;
+}
+
+/* The current value of one parameter as JSON (NULL when unreadable). */
+static json_t *param_get(lm_engine *e, const lm_param_desc *d)
+{
+    switch (d->type) {
+    case LM_PARAM_U64: {
+        uint64_t v;
+        if (lm_engine_get_param_u64(e, d->name, &v, NULL) < 0) {
+            return NULL;
+        }
+        return json_integer(v > (uint64_t)INT64_MAX ? INT64_MAX : (json_int_t)v);
+    }
+    case LM_PARAM_BOOL: {
+        bool v;
+        if (lm_engine_get_param_bool(e, d->name, &v, NULL) < 0) {
+            return NULL;
+        }
+        return json_boolean(v);
+    }
+    case LM_PARAM_STR: {
+        char buf[LM_URI_MAX];
+        if (lm_engine_get_param_str(e, d->name, buf, sizeof(buf), NULL) < 0) {
+            return NULL;
+        }
+        return json_string(buf);
+    }
+    }
+    return NULL;
+}
+
+static json_t *cmd_migrate_set_parameters(void *opaque, json_t *args, lm_error *err)
+{
+    lm_engine *e = opaque;
+    const char *key;
+    json_t *val;
+
+    json_object_foreach(args, key, val) {
+        const lm_param_desc *d = param_find(key);
+        if (!d) {
+            lm_error_set(err, -EINVAL, "Parameter '%s' is unexpected", key);
+            return NULL;
+        }
+        if (param_validate(d, val, err) < 0) {
+            return NULL;
+        }
+    }
+
+    /* Keep the old values so a refusal by the engine changes nothing. */
+    json_t *old = json_object();
+    json_object_foreach(args, key, val) {
+        const lm_param_desc *d = param_find(key);
+        json_t *prev = param_get(e, d);
+        if (prev) {
+            json_object_set_new(old, key, prev);
+        }
+        if (param_apply(e, d, val, err) < 0) {
+            const char *k2;
+            json_t *v2;
+            json_object_foreach(old, k2, v2) {
+                param_apply(e, param_find(k2), v2, NULL);
+            }
+            json_decref(old);
+            return NULL;
+        }
+    }
+    json_decref(old);
+    return json_object();
+}
+
+static json_t *cmd_query_migrate_parameters(void *opaque, json_t *args, lm_error *err)
+{
+    lm_engine *e = opaque;
+    json_t *obj = json_object();
+    for (const lm_param_desc *d = lm_param_descs(); d && d->name; d++) {
+        json_t *v = param_get(e, d);
+        if (v) {
+            json_object_set_new(obj, d->name, v);
+        }
+    }
+    return obj;
+}
+
+/* ------------------------------------------------------------------------ */
+/* query-migrate */
+
+static json_t *ju64(uint64_t v)
+{
+    return json_integer(v > (uint64_t)INT64_MAX ? INT64_MAX : (json_int_t)v);
+}
+
+/* "tcp:HOST:PORT", "tcp:[V6]:PORT", "unix:PATH" -> a SocketAddress list. */
+static json_t *socket_address_json(const char *addr)
+{
+    json_t *list = json_array();
+    if (strncmp(addr, "unix:", 5) == 0) {
+        json_array_append_new(list, json_pack("{s:s,s:s}", "type", "unix", "path", addr + 5));
+    } else if (strncmp(addr, "tcp:", 4) == 0) {
+        const char *hp = addr + 4;
+        const char *colon = strrchr(hp, ':');
+        if (colon) {
+            const char *h = hp;
+            size_t hl = (size_t)(colon - hp);
+            if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+                h++;
+                hl -= 2;
+            }
+            char *host = strndup(h, hl);
+            if (host) {
+                json_array_append_new(list, json_pack("{s:s,s:s,s:s}", "type", "inet",
+                                                       "host", host, "port", colon + 1));
+                free(host);
+            }
+        }
+    } else if (strncmp(addr, "vsock:", 6) == 0) {
+        const char *cid = addr + 6;
+        const char *colon = strchr(cid, ':');
+        if (colon) {
+            char *c = strndup(cid, (size_t)(colon - cid));
+            if (c) {
+                json_array_append_new(list, json_pack("{s:s,s:s,s:s}", "type", "vsock",
+                                                       "cid", c, "port", colon + 1));
+                free(c);
+            }
+        }
+    }
+    return list;
+}
+
+json_t *qmp_migration_info_json(const lm_info *info)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "status", json_string(lm_status_name(info->status)));
+
+    if (info->has_stats && info->status != LM_STATUS_NONE) {
+        bool done = info->status == LM_STATUS_COMPLETED;
+        bool switched = done || info->status == LM_STATUS_POSTCOPY_ACTIVE ||
+                        info->status == LM_STATUS_POSTCOPY_PAUSED ||
+                        info->status == LM_STATUS_POSTCOPY_RECOVER_SETUP ||
+                        info->status == LM_STATUS_POSTCOPY_RECOVER;
+        json_object_set_new(o, "total-time", ju64(info->total_time_ms));
+        json_object_set_new(o, "setup-time", ju64(info->setup_time_ms));
+        if (switched) {
+            json_object_set_new(o, "downtime", ju64(info->downtime_ms));
+        } else {
+            json_object_set_new(o, "expected-downtime", ju64(info->expected_downtime_ms));
+        }
+        json_object_set_new(o, "remaining", ju64(info->remaining));
+
+        json_t *ram = json_object();
+        json_object_set_new(ram, "transferred", ju64(info->ram_transferred));
+        json_object_set_new(ram, "remaining", ju64(info->ram_remaining));
+        json_object_set_new(ram, "total", ju64(info->ram_total));
+        json_object_set_new(ram, "duplicate", ju64(info->ram_duplicate));
+        json_object_set_new(ram, "normal", ju64(info->ram_normal));
+        json_object_set_new(ram, "normal-bytes", ju64(info->ram_normal_bytes));
+        json_object_set_new(ram, "dirty-pages-rate", ju64(info->dirty_pages_rate));
+        json_object_set_new(ram, "mbps", json_real(isfinite(info->mbps) && info->mbps > 0 ? info->mbps : 0.0));
+        json_object_set_new(ram, "dirty-sync-count", ju64(info->dirty_sync_count));
+        json_object_set_new(ram, "postcopy-requests", ju64(info->postcopy_requests));
+        json_object_set_new(ram, "page-size", ju64(info->ram_page_size));
+        json_object_set_new(ram, "multifd-bytes", ju64(info->multifd_bytes));
+        json_object_set_new(ram, "pages-per-second", ju64(info->pages_per_second));
+        json_object_set_new(ram, "precopy-bytes", ju64(info->precopy_bytes));
+        json_object_set_new(ram, "downtime-bytes", ju64(info->downtime_bytes));
+        json_object_set_new(ram, "postcopy-bytes", ju64(info->postcopy_bytes));
+        json_object_set_new(o, "ram", ram);
+
+        if (info->cpu_throttle_percentage != 0) {
+            json_object_set_new(o, "cpu-throttle-percentage",
+                                json_integer(info->cpu_throttle_percentage));
+        }
+        if (info->dirty_tracker[0]) {
+            char tracker[sizeof(info->dirty_tracker) + 1];
+            snprintf(tracker, sizeof(tracker), "%.*s", (int)sizeof(info->dirty_tracker),
+                     info->dirty_tracker);
+            json_object_set_new(o, "dirty-tracker", json_string(tracker));
+        }
+    }
+    if (info->status == LM_STATUS_FAILED && info->error_desc[0]) {
+        json_object_set_new(o, "error-desc", json_string(info->error_desc));
+    }
+    if (info->socket_address[0]) {
+        json_t *sa = socket_address_json(info->socket_address);
+        if (json_array_size(sa) > 0) {
+            json_object_set_new(o, "socket-address", sa);
+        } else {
+            json_decref(sa);
+        }
+    }
+    return o;
+}
+
+static json_t *cmd_query_migrate(void *opaque, json_t *args, lm_error *err)
+{
+    lm_info *info = calloc(1, sizeof(*info));
+    if (!info) {
+        lm_error_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    lm_engine_query(opaque, info);
+    /* Strings from the engine are NUL-terminated by contract; make sure. */
+    info->error_desc[sizeof(info->error_desc) - 1] = '\0';
+    info->socket_address[sizeof(info->socket_address) - 1] = '\0';
+    json_t *o = qmp_migration_info_json(info);
+    free(info);
+    return o;
+}
+
+/* ------------------------------------------------------------------------ */
+
+void qmp_register_migration_commands(qmp_server *s, struct lm_engine *e)
+{
+    qmp_server_register(s, "migrate", cmd_migrate, e);
+    qmp_server_register(s, "migrate-incoming", cmd_migrate_incoming, e);
+    qmp_server_register(s, "migrate_cancel", cmd_migrate_cancel, e);
+    qmp_server_register(s, "migrate-continue", cmd_migrate_continue, e);
+    qmp_server_register(s, "migrate-set-capabilities", cmd_migrate_set_capabilities, e);
+    qmp_server_register(s, "query-migrate-capabilities", cmd_query_migrate_capabilities, e);
+    qmp_server_register(s, "migrate-set-parameters", cmd_migrate_set_parameters, e);
+    qmp_server_register(s, "query-migrate-parameters", cmd_query_migrate_parameters, e);
+    qmp_server_register(s, "query-migrate", cmd_query_migrate, e);
+}
+
+void qmp_emit_migration_event(qmp_server *s, const struct lm_event *ev)
+{
+    if (!s || !ev) {
+        return;
+    }
+    switch (ev->kind) {
+    case LM_EVENT_MIGRATION:
+        qmp_server_emit(s, "MIGRATION",
+                        json_pack("{s:s}", "status", lm_status_name(ev->status)));
+        break;
+    case LM_EVENT_MIGRATION_PASS:
+        qmp_server_emit(s, "MIGRATION_PASS", json_pack("{s:I}", "pass", (json_int_t)ev->pass));
+        break;
+    }
+}

@@ -1,0 +1,342 @@
+/*
+ * Command-line parsing for livemig-vm.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "options.h"
+
+#define DEFAULT_VRAM_RATE (1024 * 1024) /* 1 MiB/s: "modest" next to RAM */
+
+static void usage(FILE *f, const char *prog)
+{
+    fprintf(f,
+"Usage: %s [OPTION]...\n"
+"livemig's reference machine: guest RAM, vCPU threads running a workload,\n"
+"small devices and a QMP socket, embedding liblivemig.\n"
+"\n"
+"Guest RAM:\n"
+"  -m, --memory SIZE          guest RAM (default 512M; K/M/G/T suffixes)\n"
+"      --blocks N             split RAM into N equal blocks ram0..ramN-1 (default 1)\n"
+"      --memory-backend B     anon (default), memfd, hugetlbfs or file:PATH\n"
+"      --thp                  madvise(MADV_HUGEPAGE) on anon RAM\n"
+"\n"
+"Guest:\n"
+"      --smp N                vCPU threads (default 1)\n"
+"      --workload W           increment (default), random or idle\n"
+"      --dirty-rate BYTES/s   total dirtying rate, split among vCPUs (0 = unlimited)\n"
+"      --working-set PCT%%|SIZE random: the part of RAM written (default 100%%)\n"
+"      --seed N               PRNG seed (default 1)\n"
+"      --vram SIZE            add the iterative 'vram' device of SIZE bytes\n"
+"      --vram-rate BYTES/s    how fast the running guest rewrites vram (default 1M)\n"
+"\n"
+"Machine:\n"
+"      --incoming URI|defer   wait for an incoming migration\n"
+"      --qmp unix:PATH        QMP control socket (a bare PATH works too)\n"
+"  -S, --paused               do not start the guest until 'cont' (also after\n"
+"                             an incoming migration completes)\n"
+"      --name NAME            guest name (serial output, default 'vm')\n"
+"      --uuid UUID            machine UUID, 8-4-4-4-12 hex\n"
+"      --serial stdout|file:PATH|none   console output (default stdout)\n"
+"  -h, --help                 this text\n"
+"\n"
+"QMP: the migration commands, stop, cont, query-status, quit, and\n"
+"x-verify-memory, x-query-workload, x-query-memory-hash.\n",
+            prog);
+}
+
+int vm_parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    uint64_t mult = 1;
+
+    if (!s || !isdigit((unsigned char)s[0])) {
+        return -EINVAL;
+    }
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno) {
+        return -ERANGE;
+    }
+    switch (toupper((unsigned char)*end)) {
+    case '\0':
+        break;
+    case 'B':
+        end++;
+        break;
+    case 'K':
+        mult = 1ull << 10;
+        end++;
+        break;
+    case 'M':
+        mult = 1ull << 20;
+        end++;
+        break;
+    case 'G':
+        mult = 1ull << 30;
+        end++;
+        break;
+    case 'T':
+        mult = 1ull << 40;
+        end++;
+        break;
+    default:
+        return -EINVAL;
+    }
+    if (mult > 1 && (strcasecmp(end, "iB") == 0 || strcasecmp(end, "B") == 0)) {
+        end += strlen(end);
+    }
+    if (*end != '\0') {
+        return -EINVAL;
+    }
+    if (v > UINT64_MAX / mult) {
+        return -ERANGE;
+    }
+    *out = v * mult;
+    return 0;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    c = (char)tolower((unsigned char)c);
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    return -1;
+}
+
+int vm_parse_uuid(const char *s, uint8_t uuid[16])
+{
+    static const int dash[] = { 8, 13, 18, 23 };
+    unsigned n = 0;
+
+    if (strlen(s) != 36) {
+        return -EINVAL;
+    }
+    for (int i = 0; i < 36;) {
+        if (i == dash[0] || i == dash[1] || i == dash[2] || i == dash[3]) {
+            if (s[i] != '-') {
+                return -EINVAL;
+            }
+            i++;
+            continue;
+        }
+        int hi = hexval(s[i]), lo = hexval(s[i + 1]);
+        if (hi < 0 || lo < 0) {
+            return -EINVAL;
+        }
+        uuid[n++] = (uint8_t)(hi << 4 | lo);
+        i += 2;
+    }
+    return n == 16 ? 0 : -EINVAL;
+}
+
+static int parse_uint(const char *opt, const char *s, unsigned long long max,
+                      unsigned long long *out, lm_error *err)
+{
+    char *end;
+
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 0);
+    if (!isdigit((unsigned char)s[0]) || *end != '\0' || errno || v > max) {
+        return lm_error_set(err, -EINVAL, "%s '%s': expected a number up to %llu", opt, s, max);
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_size_opt(const char *opt, const char *s, uint64_t *out, lm_error *err)
+{
+    if (vm_parse_size(s, out) < 0) {
+        return lm_error_set(err, -EINVAL, "%s '%s': expected a size such as 4096, 64K, 512M or 2G",
+                            opt, s);
+    }
+    return 0;
+}
+
+/* "100M", "100M/s", "0" */
+static int parse_rate(const char *opt, const char *s, uint64_t *out, lm_error *err)
+{
+    char buf[64];
+    size_t n = strlen(s);
+
+    if (n >= sizeof(buf)) {
+        return lm_error_set(err, -EINVAL, "%s '%s': too long", opt, s);
+    }
+    memcpy(buf, s, n + 1);
+    if (n > 2 && strcmp(buf + n - 2, "/s") == 0) {
+        buf[n - 2] = '\0';
+    }
+    if (vm_parse_size(buf, out) < 0) {
+        return lm_error_set(err, -EINVAL, "%s '%s': expected bytes per second such as 100M or 1G/s",
+                            opt, s);
+    }
+    return 0;
+}
+
+static int parse_working_set(const char *s, workload_config *w, lm_error *err)
+{
+    size_t n = strlen(s);
+
+    if (n > 1 && s[n - 1] == '%') {
+        char *end;
+        unsigned long v = strtoul(s, &end, 10);
+        if (!isdigit((unsigned char)s[0]) || end != s + n - 1 || v == 0 || v > 100) {
+            return lm_error_set(err, -EINVAL, "--working-set '%s': a percentage is 1%% to 100%%", s);
+        }
+        w->ws_percent = (unsigned)v;
+        w->ws_bytes = 0;
+        return 0;
+    }
+    if (vm_parse_size(s, &w->ws_bytes) < 0 || w->ws_bytes < VM_PAGE_SIZE) {
+        return lm_error_set(err, -EINVAL, "--working-set '%s': expected PCT%% or a size of at least 4K", s);
+    }
+    return 0;
+}
+
+enum {
+    OPT_BLOCKS = 256,
+    OPT_BACKEND,
+    OPT_THP,
+    OPT_SMP,
+    OPT_WORKLOAD,
+    OPT_DIRTY_RATE,
+    OPT_WORKING_SET,
+    OPT_SEED,
+    OPT_VRAM,
+    OPT_VRAM_RATE,
+    OPT_INCOMING,
+    OPT_QMP,
+    OPT_NAME,
+    OPT_UUID,
+    OPT_SERIAL,
+};
+
+static const struct option long_opts[] = {
+    { "memory", required_argument, NULL, 'm' },
+    { "blocks", required_argument, NULL, OPT_BLOCKS },
+    { "memory-backend", required_argument, NULL, OPT_BACKEND },
+    { "thp", no_argument, NULL, OPT_THP },
+    { "smp", required_argument, NULL, OPT_SMP },
+    { "workload", required_argument, NULL, OPT_WORKLOAD },
+    { "dirty-rate", required_argument, NULL, OPT_DIRTY_RATE },
+    { "working-set", required_argument, NULL, OPT_WORKING_SET },
+    { "seed", required_argument, NULL, OPT_SEED },
+    { "vram", required_argument, NULL, OPT_VRAM },
+    { "vram-rate", required_argument, NULL, OPT_VRAM_RATE },
+    { "incoming", required_argument, NULL, OPT_INCOMING },
+    { "qmp", required_argument, NULL, OPT_QMP },
+    { "paused", no_argument, NULL, 'S' },
+    { "name", required_argument, NULL, OPT_NAME },
+    { "uuid", required_argument, NULL, OPT_UUID },
+    { "serial", required_argument, NULL, OPT_SERIAL },
+    { "help", no_argument, NULL, 'h' },
+    { NULL, 0, NULL, 0 },
+};
+
+int vm_options_parse(vm_options *o, int argc, char **argv, lm_error *err)
+{
+    unsigned long long v;
+    int c, ret = 0;
+
+    memset(o, 0, sizeof(*o));
+    o->ram.size = 512ull << 20;
+    o->ram.nblocks = 1;
+    o->ram.backend = GUEST_RAM_ANON;
+    o->smp = 1;
+    o->workload.kind = WORKLOAD_INCREMENT;
+    o->workload.ws_percent = 100;
+    o->workload.seed = 1;
+    o->vram_rate = DEFAULT_VRAM_RATE;
+    o->name = "vm";
+    o->serial = SERIAL_STDOUT;
+
+    optind = 1;
+    opterr = 0;
+    while (ret == 0 && (c = getopt_long(argc, argv, ":m:Sh", long_opts, NULL)) != -1) {
+        switch (c) {
+        case 'm':
+            ret = parse_size_opt("--memory", optarg, &o->ram.size, err);
+            break;
+        case OPT_BLOCKS:
+            ret = parse_uint("--blocks", optarg, 4096, &v, err);
+            o->ram.nblocks = (unsigned)v;
+            break;
+        case OPT_BACKEND:
+            ret = guest_ram_parse_backend(optarg, &o->ram, err);
+            break;
+        case OPT_THP:
+            o->ram.thp = true;
+            break;
+        case OPT_SMP:
+            ret = parse_uint("--smp", optarg, 1024, &v, err);
+            o->smp = (unsigned)v;
+            break;
+        case OPT_WORKLOAD:
+            ret = workload_parse_kind(optarg, &o->workload.kind, err);
+            break;
+        case OPT_DIRTY_RATE:
+            ret = parse_rate("--dirty-rate", optarg, &o->workload.dirty_rate, err);
+            break;
+        case OPT_WORKING_SET:
+            ret = parse_working_set(optarg, &o->workload, err);
+            break;
+        case OPT_SEED:
+            ret = parse_uint("--seed", optarg, UINT64_MAX, &v, err);
+            o->workload.seed = v;
+            break;
+        case OPT_VRAM:
+            ret = parse_size_opt("--vram", optarg, &o->vram_size, err);
+            break;
+        case OPT_VRAM_RATE:
+            ret = parse_rate("--vram-rate", optarg, &o->vram_rate, err);
+            break;
+        case OPT_INCOMING:
+            o->incoming = optarg;
+            break;
+        case OPT_QMP:
+            o->qmp_path = strncmp(optarg, "unix:", 5) == 0 ? optarg + 5 : optarg;
+            if (o->qmp_path[0] == '\0') {
+                ret = lm_error_set(err, -EINVAL, "--qmp: expected unix:PATH");
+            }
+            break;
+        case 'S':
+            o->paused = true;
+            break;
+        case OPT_NAME:
+            o->name = optarg;
+            break;
+        case OPT_UUID:
+            if (vm_parse_uuid(optarg, o->uuid) < 0) {
+                ret = lm_error_set(err, -EINVAL, "--uuid '%s': expected 8-4-4-4-12 hex digits", optarg);
+            }
+            o->has_uuid = true;
+            break;
+        case OPT_SERIAL:
+            ret = vm_serial_parse(optarg, &o->serial, &o->serial_path, err);
+            break;
+        case 'h':
+            usage(stdout, argv[0]);
+            return 1;
+        case ':':
+            ret = lm_error_set(err, -EINVAL, "option '%s' needs an argument", argv[optind - 1]);
+            break;
+        default:
+            ret = lm_error_set(err, -EINVAL, "unknown option '%s' (see --help)", argv[optind - 1]);
+            break;
+        }
+    }
+    if (ret == 0 && optind < argc) {
+        ret = lm_error_set(err, -EINVAL, "unexpected argument '%s' (see --help)", argv[optind]);
+    }
+    return ret;
+}

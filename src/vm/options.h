@@ -1,0 +1,39 @@
+/*
+ * livemig-vm's command line.
+ */
+#ifndef LIVEMIG_VM_OPTIONS_H
+#define LIVEMIG_VM_OPTIONS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "devices.h"
+#include "guest_ram.h"
+#include "workload.h"
+
+typedef struct vm_options {
+    guest_ram_config ram;
+    unsigned smp;
+    workload_config workload;
+    uint64_t vram_size;       /* 0: no vram device */
+    uint64_t vram_rate;       /* bytes/s the vram device rewrites */
+    const char *incoming;     /* URI or "defer"; NULL: not a destination */
+    const char *qmp_path;     /* NULL: no QMP socket */
+    bool paused;
+    const char *name;
+    bool has_uuid;
+    uint8_t uuid[16];
+    serial_target serial;
+    const char *serial_path;
+} vm_options;
+
+/* Returns 0, 1 when --help was printed (exit 0), or -errno with err set. */
+int vm_options_parse(vm_options *o, int argc, char **argv, lm_error *err);
+
+/* "512M", "4096", "2G", "1T" (K/M/G/T, powers of 1024; "KiB"/"MB" also
+ * accepted).  Exposed for the QMP layer and tests. */
+int vm_parse_size(const char *s, uint64_t *out);
+/* Canonical 8-4-4-4-12 hex text. */
+int vm_parse_uuid(const char *s, uint8_t uuid[16]);
+
+#endif

@@ -1,0 +1,144 @@
+/*
+ * The machine's QMP commands.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "machine.h"
+#include "vm_qmp.h"
+
+/* None of these commands takes an argument; like QEMU, refuse strays. */
+static const char *const no_args[] = { NULL };
+#define CHECK_NO_ARGS(args, err) \
+    do { \
+        if (qmp_args_check((args), no_args, (err)) < 0) { \
+            return NULL; \
+        } \
+    } while (0)
+
+static json_t *cmd_stop(void *opaque, json_t *args, lm_error *err)
+{
+    CHECK_NO_ARGS(args, err);
+
+    return vm_stop_cmd(opaque, err) < 0 ? NULL : json_object();
+}
+
+static json_t *cmd_cont(void *opaque, json_t *args, lm_error *err)
+{
+    CHECK_NO_ARGS(args, err);
+
+    return vm_cont_cmd(opaque, err) < 0 ? NULL : json_object();
+}
+
+static json_t *cmd_quit(void *opaque, json_t *args, lm_error *err)
+{
+    CHECK_NO_ARGS(args, err);
+
+    /* main() tears the machine down; this reply goes out first because the
+     * server flushes its clients when it is freed. */
+    vm_request_quit(opaque, "host-qmp-quit");
+    return json_object();
+}
+
+static json_t *cmd_query_status(void *opaque, json_t *args, lm_error *err)
+{
+    bool running;
+
+    CHECK_NO_ARGS(args, err);
+    const char *status = vm_status(opaque, &running);
+
+    return json_pack("{s:b, s:b, s:s}", "running", running, "singlestep", 0, "status", status);
+}
+
+struct verify_job {
+    struct vm_verify res;
+    int error;
+};
+
+static void do_verify(vm *m, void *arg)
+{
+    struct verify_job *job = arg;
+    unsigned n = vcpus_count(m->cpus);
+    wl_regs *regs = calloc(n, sizeof(*regs));
+
+    if (!regs) {
+        job->error = -ENOMEM;
+        return;
+    }
+    vcpus_copy_regs(m->cpus, regs);
+    workload_verify(m->wl, regs, n, &job->res);
+    free(regs);
+    if (m->vram) {
+        vram_verify(m->vram, &job->res);
+    }
+}
+
+static json_t *cmd_verify_memory(void *opaque, json_t *args, lm_error *err)
+{
+    vm *m = opaque;
+    struct verify_job job = { { 0 }, 0 };
+    char msg[sizeof(job.res.message)];
+
+    CHECK_NO_ARGS(args, err);
+    vm_with_guest_frozen(m, do_verify, &job);
+    if (job.error) {
+        lm_error_set_errno(err, job.error, "x-verify-memory");
+        return NULL;
+    }
+    bool ok = job.res.mismatches == 0;
+    if (ok) {
+        snprintf(msg, sizeof(msg), "%s workload: %" PRIu64 " pages%s consistent",
+                 workload_kind_name(workload_get_kind(m->wl)), job.res.pages,
+                 m->vram ? " and the vram chunks" : "");
+    } else {
+        snprintf(msg, sizeof(msg), "%s", job.res.message);
+    }
+    json_t *r = json_pack("{s:b, s:I, s:I, s:s}", "ok", ok, "pages", (json_int_t)job.res.pages,
+                          "mismatches", (json_int_t)job.res.mismatches, "message", msg);
+    if (r && m->vram) {
+        json_object_set_new(r, "vram-chunks", json_integer((json_int_t)job.res.chunks));
+    }
+    return r;
+}
+
+static json_t *cmd_query_workload(void *opaque, json_t *args, lm_error *err)
+{
+    vm *m = opaque;
+    uint64_t steps, passes;
+
+    CHECK_NO_ARGS(args, err);
+    vcpus_progress(m->cpus, &steps, &passes);
+    return json_pack("{s:I, s:I, s:s, s:i}", "steps", (json_int_t)steps, "passes", (json_int_t)passes,
+                     "workload", workload_kind_name(workload_get_kind(m->wl)),
+                     "vcpus", (int)vcpus_count(m->cpus));
+}
+
+static void do_hash(vm *m, void *arg)
+{
+    *(uint64_t *)arg = guest_ram_hash(m->ram);
+}
+
+static json_t *cmd_query_memory_hash(void *opaque, json_t *args, lm_error *err)
+{
+    vm *m = opaque;
+    uint64_t h = 0;
+    char hex[17];
+
+    CHECK_NO_ARGS(args, err);
+    vm_with_guest_frozen(m, do_hash, &h);
+    snprintf(hex, sizeof(hex), "%016" PRIx64, h);
+    return json_pack("{s:s, s:I}", "hash", hex, "bytes", (json_int_t)m->ram->size);
+}
+
+void vm_qmp_register(vm *m, qmp_server *s)
+{
+    qmp_server_register(s, "stop", cmd_stop, m);
+    qmp_server_register(s, "cont", cmd_cont, m);
+    qmp_server_register(s, "quit", cmd_quit, m);
+    qmp_server_register(s, "query-status", cmd_query_status, m);
+    qmp_server_register(s, "x-verify-memory", cmd_verify_memory, m);
+    qmp_server_register(s, "x-query-workload", cmd_query_workload, m);
+    qmp_server_register(s, "x-query-memory-hash", cmd_query_memory_hash, m);
+}
