@@ -1,4 +1,6 @@
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -20,6 +22,7 @@
 
 struct lm_channel {
     int fd;
+    int wake[2];     /* non-socket reads poll on this too, so shutdown wakes them */
     int child_pid;
     bool is_socket;
     char name[64];
@@ -58,6 +61,10 @@ lm_channel *lm_channel_new(int fd, const char *name, lm_ratelimit *rl)
     ch->is_socket = fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
     snprintf(ch->name, sizeof(ch->name), "%s", name ? name : "channel");
     ch->rl = rl;
+    ch->wake[0] = ch->wake[1] = -1;
+    if (!ch->is_socket && pipe2(ch->wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+        ch->wake[0] = ch->wake[1] = -1;
+    }
     pthread_mutex_init(&ch->err_lock, NULL);
     return ch;
 }
@@ -86,11 +93,18 @@ int lm_channel_close(lm_channel *ch, lm_error *err)
     if (ch->fd >= 0) {
         close(ch->fd);
     }
+    if (ch->wake[0] >= 0) {
+        close(ch->wake[0]);
+        close(ch->wake[1]);
+    }
     if (ch->child_pid > 0) {
-        int status;
-        while (waitpid(ch->child_pid, &status, 0) < 0 && errno == EINTR) {
+        int status = 0;
+        pid_t r;
+        while ((r = waitpid(ch->child_pid, &status, 0)) < 0 && errno == EINTR) {
         }
-        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        if (r < 0) {
+            ret = lm_error_set_errno(err, -errno, "%s: cannot wait for the command", ch->name);
+        } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
             ret = lm_error_set(err, -EIO, "%s: command exited with status %d", ch->name,
                                WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
         }
@@ -135,6 +149,10 @@ void lm_channel_shutdown(lm_channel *ch, int code, const char *why)
     lm_channel_set_error(ch, code, "%s: %s", ch->name, why);
     if (ch->is_socket) {
         shutdown(ch->fd, SHUT_RDWR);
+    } else if (ch->wake[1] >= 0) {
+        char c = 1;
+        ssize_t r = write(ch->wake[1], &c, 1);
+        (void)r;
     }
     if (ch->child_pid > 0) {
         kill(ch->child_pid, SIGTERM);
@@ -283,10 +301,35 @@ int lm_channel_put_ext(lm_channel *ch, const struct iovec *ext, int n)
     return 0;
 }
 
+/* A pipe cannot be shut down: wait for data or for lm_channel_shutdown(). */
+static int wait_readable(lm_channel *ch)
+{
+    if (ch->is_socket || ch->wake[0] < 0) {
+        return 0;
+    }
+    for (;;) {
+        struct pollfd p[2] = { { ch->fd, POLLIN, 0 }, { ch->wake[0], POLLIN, 0 } };
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -errno;
+        }
+        if (p[1].revents) {
+            return sticky(ch) ? sticky(ch) : -ECANCELED;
+        }
+        return 0;
+    }
+}
+
 /* Refill the read buffer with whatever is available (at least one byte). */
 static int fill(lm_channel *ch)
 {
     for (;;) {
+        int w = wait_readable(ch);
+        if (w < 0) {
+            return sticky(ch) ? sticky(ch) : io_error(ch, w, "reading");
+        }
         ssize_t r = read(ch->fd, ch->rbuf, RBUF_SIZE);
         if (r > 0) {
             ch->rpos = 0;
@@ -324,6 +367,10 @@ int lm_channel_get(lm_channel *ch, void *p, size_t n)
         }
         if (n >= RBUF_SIZE / 2) {
             /* Bulk data: read straight into the destination. */
+            int w = wait_readable(ch);
+            if (w < 0) {
+                return sticky(ch) ? sticky(ch) : io_error(ch, w, "reading");
+            }
             ssize_t r = read(ch->fd, out, n);
             if (r > 0) {
                 __atomic_fetch_add(&ch->bytes_in, (uint64_t)r, __ATOMIC_RELAXED);
@@ -401,20 +448,6 @@ int lm_channel_skip(lm_channel *ch, uint64_t n)
         n -= take;
     }
     return 0;
-}
-
-bool lm_channel_at_eof(lm_channel *ch)
-{
-    if (ch->rpos < ch->rlen) {
-        return false;
-    }
-    struct pollfd pfd = { .fd = ch->fd, .events = POLLIN };
-    if (poll(&pfd, 1, 0) <= 0) {
-        return true;
-    }
-    char c;
-    ssize_t r = ch->is_socket ? recv(ch->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) : 0;
-    return r <= 0;
 }
 
 uint64_t lm_channel_bytes_written(const lm_channel *ch)

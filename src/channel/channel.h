@@ -48,9 +48,6 @@ int lm_channel_get_be32(lm_channel *ch, uint32_t *v);
 int lm_channel_get_be64(lm_channel *ch, uint64_t *v);
 /* Read and throw away n bytes. */
 int lm_channel_skip(lm_channel *ch, uint64_t n);
-/* True when no bytes are buffered and the peer has nothing queued (EOF
- * check after the stream's end marker). Non-blocking. */
-bool lm_channel_at_eof(lm_channel *ch);
 
 /* Sticky error: the first one set wins.  Returns the code. */
 int lm_channel_set_error(lm_channel *ch, int code, const char *fmt, ...)
@@ -58,7 +55,8 @@ int lm_channel_set_error(lm_channel *ch, int code, const char *fmt, ...)
 /* 0 or the sticky code; copies the message into err. */
 int lm_channel_error(lm_channel *ch, lm_error *err);
 /* Wake any thread blocked in I/O on this channel (cancel, peer death):
- * shuts the socket down; the channel fails with code. */
+ * shuts a socket down, wakes a reader of a pipe, stops an exec: child; the
+ * channel fails with code. */
 void lm_channel_shutdown(lm_channel *ch, int code, const char *why);
 
 uint64_t lm_channel_bytes_written(const lm_channel *ch);

@@ -7,18 +7,21 @@
 #define LM_CHANNEL_RATELIMIT_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef struct lm_ratelimit {
     pthread_mutex_t lock;
     uint64_t bytes_per_sec; /* 0: unlimited */
-    uint64_t window_start_ns;
-    uint64_t window_bytes;
+    uint64_t next_free_ns;  /* when what was accounted has drained */
+    int aborted;            /* atomic: waiting writers return at once */
 } lm_ratelimit;
 
 void lm_ratelimit_init(lm_ratelimit *rl, uint64_t bytes_per_sec);
 void lm_ratelimit_destroy(lm_ratelimit *rl);
 void lm_ratelimit_set(lm_ratelimit *rl, uint64_t bytes_per_sec);
+/* Cancel: make writers waiting for budget return at once (until reset). */
+void lm_ratelimit_abort(lm_ratelimit *rl, bool aborted);
 /* Account n bytes about to be written; sleeps while over budget. */
 void lm_ratelimit_consume(lm_ratelimit *rl, uint64_t n);
 

@@ -99,10 +99,11 @@ static int add_device(lm_engine *e, const lm_device_entry *d, lm_error *err)
 {
     pthread_mutex_lock(&e->lock);
     int ret = check_registration_open(e, err);
-    if (!ret && (strlen(d->idstr) == 0 || !strcmp(d->idstr, LM_RAM_SECTION_IDSTR))) {
+    if (!ret && (strlen(d->idstr) == 0 || !strcmp(d->idstr, LM_RAM_SECTION_IDSTR) ||
+                 !strcmp(d->idstr, LM_GLOBALSTATE_IDSTR))) {
         ret = lm_error_set(err, -EINVAL, "invalid device id '%s'", d->idstr);
     }
-    if (!ret && e->ndevs + 1 >= LM_MAX_SECTIONS) {
+    if (!ret && e->ndevs + 2 >= LM_MAX_SECTIONS) {
         ret = lm_error_set(err, -ENOSPC, "too many devices");
     }
     for (size_t i = 0; !ret && i < e->ndevs; i++) {
@@ -192,6 +193,7 @@ static int begin(lm_engine *e, const char *uri, bool incoming, lm_error *err)
     e->incoming = incoming;
     e->cancel_requested = false;
     e->continue_requested = false;
+    lm_ratelimit_abort(&e->rl, false);
     e->guest_stopped_by_us = false;
     lm_error_clear(&e->error);
     memset(&e->stats, 0, sizeof(e->stats));
@@ -279,6 +281,7 @@ int lm_engine_cancel(lm_engine *e, lm_error *err)
         if (e->listener) {
             lm_listener_abort(e->listener);
         }
+        lm_ratelimit_abort(&e->rl, true);
         pthread_cond_broadcast(&e->cond);
     }
     pthread_mutex_unlock(&e->lock);

@@ -96,6 +96,7 @@ struct lm_engine {
     bool cancel_requested;
     bool continue_requested;
     bool guest_stopped_by_us;
+    bool guest_was_running;  /* source: at switchover */
     lm_uri uri;
     lm_channel *ch;        /* set while a channel is open (for cancel) */
     lm_listener *listener; /* destination */
@@ -142,7 +143,9 @@ lm_device_entry *lm_devices_find(lm_engine *e, const char *idstr, uint32_t insta
 int lm_devices_load(lm_engine *e, lm_device_entry *d, uint32_t version, lm_channel *ch,
                     lm_error *err);
 
-/* Section id of RAM; devices take 1.. in registration order. */
+/* Section id of RAM; devices take 1.. in registration order; the global
+ * state takes the last id. */
 #define LM_RAM_SECTION_ID 0u
+#define LM_GLOBALSTATE_SECTION_ID (LM_MAX_SECTIONS - 1)
 
 #endif

@@ -18,8 +18,11 @@
 #include "ram/ram_load.h"
 #include "stream/stream.h"
 
+enum section_kind { SECTION_RAM, SECTION_DEVICE, SECTION_GLOBALSTATE };
+
 typedef struct section_slot {
-    lm_device_entry *dev; /* NULL: RAM */
+    enum section_kind kind;
+    lm_device_entry *dev;
     uint32_t version;
     bool used;
 } section_slot;
@@ -33,6 +36,7 @@ typedef struct dst_ctx {
     lm_ram_block *map[LM_MAX_RAM_BLOCKS];
     lm_ram_loader loader;
     section_slot sections[LM_MAX_SECTIONS];
+    bool source_running; /* from the globalstate section; true when absent */
 } dst_ctx;
 
 static void publish_progress(dst_ctx *c)
@@ -97,8 +101,16 @@ static int section_header(dst_ctx *c, uint8_t type, section_slot **out)
             if (version != 1 || instance != 0) {
                 return lm_error_set(&c->err, -EINVAL, "unsupported RAM section version %u", version);
             }
+            s->kind = SECTION_RAM;
+            s->dev = NULL;
+        } else if (!strcmp(idstr, LM_GLOBALSTATE_IDSTR)) {
+            if (type != LM_REC_SECTION_FULL || version != 1) {
+                return lm_error_set(&c->err, -EBADMSG, "malformed globalstate section");
+            }
+            s->kind = SECTION_GLOBALSTATE;
             s->dev = NULL;
         } else {
+            s->kind = SECTION_DEVICE;
             s->dev = lm_devices_find(c->e, idstr, instance);
             if (!s->dev) {
                 return lm_error_set(&c->err, -ENOENT, "unknown device '%s' instance %u in the stream",
@@ -117,6 +129,26 @@ static int section_header(dst_ctx *c, uint8_t type, section_slot **out)
     return (int)id;
 }
 
+static int load_globalstate(dst_ctx *c)
+{
+    uint32_t len;
+    uint8_t running;
+    if (lm_channel_get_be32(c->ch, &len) < 0) {
+        return lm_channel_error(c->ch, &c->err);
+    }
+    if (len != 1) {
+        return lm_error_set(&c->err, -EBADMSG, "globalstate payload of %u bytes", len);
+    }
+    if (lm_channel_get_u8(c->ch, &running) < 0) {
+        return lm_channel_error(c->ch, &c->err);
+    }
+    if (running > 1) {
+        return lm_error_set(&c->err, -EBADMSG, "globalstate: bad run state %u", running);
+    }
+    c->source_running = running;
+    return 0;
+}
+
 static int load_section(dst_ctx *c, uint8_t type)
 {
     section_slot *s = NULL;
@@ -124,8 +156,18 @@ static int load_section(dst_ctx *c, uint8_t type)
     if (id < 0) {
         return id;
     }
-    int ret = s->dev ? lm_devices_load(c->e, s->dev, s->version, c->ch, &c->err)
-                     : lm_ram_load_section(&c->loader, c->ch, &c->err);
+    int ret;
+    switch (s->kind) {
+    case SECTION_DEVICE:
+        ret = lm_devices_load(c->e, s->dev, s->version, c->ch, &c->err);
+        break;
+    case SECTION_GLOBALSTATE:
+        ret = load_globalstate(c);
+        break;
+    default:
+        ret = lm_ram_load_section(&c->loader, c->ch, &c->err);
+        break;
+    }
     if (ret == 0) {
         ret = lm_stream_read_footer(c->ch, (uint32_t)id, &c->err);
     }
@@ -201,6 +243,7 @@ void *lm_incoming_thread(void *arg)
         return NULL;
     }
     c->e = e;
+    c->source_running = true;
     int fd, pid;
     ret = lm_listener_accept(e->listener, &fd, &pid, &c->err);
     if (ret == 0) {
@@ -223,7 +266,9 @@ void *lm_incoming_thread(void *arg)
     bool success = ret == 0;
     if (success) {
         pthread_mutex_lock(&e->lock);
-        bool autostart = e->autostart;
+        /* A guest stopped on the source stays stopped here (QEMU's
+         * globalstate): the management tool starts it with `cont`. */
+        bool autostart = e->autostart && c->source_running;
         pthread_mutex_unlock(&e->lock);
         if (e->cb.incoming_done) {
             e->cb.incoming_done(e->opaque, true);

@@ -279,6 +279,7 @@ static int switchover(src_ctx *c)
     }
     pthread_mutex_lock(&e->lock);
     e->guest_stopped_by_us = was_running;
+    e->guest_was_running = was_running;
     e->stats.stop_ns = stop_ns;
     pthread_mutex_unlock(&e->lock);
 
@@ -304,6 +305,13 @@ static int switchover(src_ctx *c)
     pthread_mutex_lock(&e->lock);
     vmdesc = e->params.x_vmdesc;
     pthread_mutex_unlock(&e->lock);
+    if (ret == 0) {
+        uint8_t running = was_running;
+        lm_stream_write_section_full(c->ch, LM_REC_SECTION_FULL, LM_GLOBALSTATE_SECTION_ID,
+                                     LM_GLOBALSTATE_IDSTR, 0, 1);
+        lm_stream_write_payload(c->ch, &running, 1);
+        ret = lm_stream_write_footer(c->ch, LM_GLOBALSTATE_SECTION_ID);
+    }
     if (ret == 0 && vmdesc) {
         ret = lm_devices_write_vmdesc(e, c->ch, &c->err);
     }

@@ -315,6 +315,9 @@ static json_t *cmd_migrate_set_parameters(void *opaque, json_t *args, lm_error *
     json_t *old = json_object();
     json_object_foreach(args, key, val) {
         const lm_param_desc *d = param_find(key);
+        if (!d) {
+            continue; /* validated above: cannot happen */
+        }
         json_t *prev = param_get(e, d);
         if (prev) {
             json_object_set_new(old, key, prev);
@@ -323,7 +326,10 @@ static json_t *cmd_migrate_set_parameters(void *opaque, json_t *args, lm_error *
             const char *k2;
             json_t *v2;
             json_object_foreach(old, k2, v2) {
-                param_apply(e, param_find(k2), v2, NULL);
+                const lm_param_desc *d2 = param_find(k2);
+                if (d2) {
+                    param_apply(e, d2, v2, NULL);
+                }
             }
             json_decref(old);
             return NULL;

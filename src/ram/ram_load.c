@@ -96,6 +96,9 @@ int lm_ram_load_section(lm_ram_loader *l, lm_channel *ch, lm_error *err)
             place_zero(b, first, count);
             l->zero_pages += count;
         } else {
+            /* From here the block holds bytes of this load, even if the read
+             * stops half way: a retry must not take its pages for zero. */
+            b->dest_used = true;
             /* Bulk read straight into guest memory. */
             ret = lm_channel_get(ch, lm_ram_block_page(b, first), (size_t)count << b->page_shift);
             if (ret < 0) {

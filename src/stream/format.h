@@ -42,6 +42,10 @@ enum lm_rp_type {
 };
 
 #define LM_RAM_SECTION_IDSTR "ram"
+/* Built-in FULL section: the source guest's run state at switchover
+ * (payload be32 1, u8 running), so a guest stopped on the source stays
+ * stopped on the destination (QEMU's globalstate). */
+#define LM_GLOBALSTATE_IDSTR "globalstate"
 #define LM_CONFIG_MAX_LEN (1u << 20)
 #define LM_DEVICE_CHUNK_MAX (64u << 20)
 #define LM_VMDESC_MAX (16u << 20)

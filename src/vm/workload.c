@@ -142,23 +142,28 @@ void workload_init_regs(const workload *w, unsigned cpu, wl_regs *regs)
 
 unsigned workload_batch(const workload *w)
 {
+    unsigned max = 1;
+
     switch (w->cfg.kind) {
     case WORKLOAD_INCREMENT:
-        return 4096;
-    case WORKLOAD_RANDOM: {
-        /* Under a rate limit, about a millisecond's worth per batch keeps
-         * the writes smooth instead of bursty. */
-        uint64_t rate = workload_vcpu_rate(w);
-        uint64_t per_ms = rate / VM_PAGE_SIZE / 1000;
-        if (rate == 0 || per_ms >= 64) {
-            return 64;
-        }
-        return per_ms ? (unsigned)per_ms : 1;
-    }
+        max = 4096; /* a step is a few ns: amortise the time checks */
+        break;
+    case WORKLOAD_RANDOM:
+        max = 64;   /* a step fills a page, about a microsecond */
+        break;
     case WORKLOAD_IDLE:
         return 1;
     }
-    return 1;
+    /* Under a rate limit, about a millisecond's worth per batch keeps the
+     * writes smooth instead of bursty. */
+    uint64_t rate = workload_vcpu_rate(w);
+    if (rate) {
+        uint64_t per_ms = rate / VM_PAGE_SIZE / 1000;
+        if (per_ms < max) {
+            max = per_ms ? (unsigned)per_ms : 1;
+        }
+    }
+    return max;
 }
 
 uint64_t workload_step_bytes(const workload *w)

@@ -125,7 +125,8 @@ class VM:
         raise RuntimeError("%s: QMP socket never appeared" % self.name)
 
     def read_log(self):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log_path) as f:
             return f.read()
 

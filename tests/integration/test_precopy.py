@@ -58,12 +58,13 @@ class Transports(LiveBase):
 
     def test_fd(self):
         a, b = socket.socketpair()
-        src = self.vm("src", memory=MEM, pass_fds=(a.fileno(),))
-        dst = self.vm("dst", memory=MEM, incoming="defer", paused=True, pass_fds=(b.fileno(),))
+        fa, fb = a.fileno(), b.fileno()
+        src = self.vm("src", memory=MEM, pass_fds=(fa,))
+        dst = self.vm("dst", memory=MEM, incoming="defer", paused=True, pass_fds=(fb,))
         a.close()
         b.close()
-        dst.cmd("migrate-incoming", uri="fd:%d" % b.fileno())
-        src.cmd("migrate", uri="fd:%d" % a.fileno())
+        dst.cmd("migrate-incoming", uri="fd:%d" % fb)
+        src.cmd("migrate", uri="fd:%d" % fa)
         self.assertEqual(src.wait_migration()["status"], "completed")
         self.assertEqual(dst.wait_migration()["status"], "completed")
         self.assert_same_memory(src, dst)
@@ -125,7 +126,7 @@ class Workloads(LiveBase):
 
     def test_several_blocks(self):
         self._live("unix:" + self.path("m.sock"), workload="random",
-                   extra=["--blocks", "3", "--dirty-rate", "32M"])
+                   extra=["--blocks", "3", "--dirty-rate", "32M", "--memory", "96M"])
 
     def test_memfd_backend(self):
         self._live("unix:" + self.path("m.sock"), extra=["--memory-backend", "memfd"])

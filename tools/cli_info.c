@@ -1,0 +1,133 @@
+/* livemig info: query-migrate in the shape of QEMU's HMP `info migrate`. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "qmp_client.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+"Usage: livemig info SOCK\n"
+"\n"
+"Show the migration state of the machine behind the QMP socket SOCK, like\n"
+"QEMU's `info migrate`.\n");
+}
+
+static const char *sz(json_t *obj, const char *key, char *buf, size_t len)
+{
+    return cli_fmt_size(cli_json_u64(obj, key), buf, len);
+}
+
+static void print_info(json_t *info, FILE *f)
+{
+    char a[32], b[32], c[32];
+    const char *status = cli_json_str(info, "status");
+
+    fprintf(f, "%-24s%s", "Status:", status);
+    const char *edesc = cli_json_str(info, "error-desc");
+    if (strcmp(status, "failed") == 0 && edesc[0]) {
+        fprintf(f, " (%s)", edesc);
+    }
+    fputc('\n', f);
+
+    json_t *sa;
+    size_t i;
+    json_array_foreach(json_object_get(info, "socket-address"), i, sa) {
+        const char *type = cli_json_str(sa, "type");
+        if (strcmp(type, "inet") == 0) {
+            const char *host = cli_json_str(sa, "host");
+            bool v6 = strchr(host, ':') != NULL;
+            fprintf(f, "%-24stcp:%s%s%s:%s\n", i == 0 ? "Socket address:" : "", v6 ? "[" : "",
+                    host, v6 ? "]" : "", cli_json_str(sa, "port"));
+        } else if (strcmp(type, "unix") == 0) {
+            fprintf(f, "%-24sunix:%s\n", i == 0 ? "Socket address:" : "", cli_json_str(sa, "path"));
+        } else {
+            fprintf(f, "%-24s%s\n", i == 0 ? "Socket address:" : "", type);
+        }
+    }
+
+    if (json_object_get(info, "total-time")) {
+        fprintf(f, "%-24stotal=%llu", "Time (ms):",
+                (unsigned long long)cli_json_u64(info, "total-time"));
+        if (json_object_get(info, "setup-time")) {
+            fprintf(f, ", setup=%llu", (unsigned long long)cli_json_u64(info, "setup-time"));
+        }
+        if (json_object_get(info, "expected-downtime")) {
+            fprintf(f, ", exp_down=%llu",
+                    (unsigned long long)cli_json_u64(info, "expected-downtime"));
+        }
+        if (json_object_get(info, "downtime")) {
+            fprintf(f, ", down=%llu", (unsigned long long)cli_json_u64(info, "downtime"));
+        }
+        fputc('\n', f);
+    }
+    if (json_object_get(info, "remaining")) {
+        fprintf(f, "%-24s%s\n", "Remaining:", sz(info, "remaining", a, sizeof(a)));
+    }
+    if (json_object_get(info, "cpu-throttle-percentage")) {
+        fprintf(f, "%-24s%llu%%\n", "CPU throttle:",
+                (unsigned long long)cli_json_u64(info, "cpu-throttle-percentage"));
+    }
+    if (json_object_get(info, "dirty-tracker")) {
+        fprintf(f, "%-24s%s\n", "Dirty tracker:", cli_json_str(info, "dirty-tracker"));
+    }
+
+    json_t *ram = json_object_get(info, "ram");
+    if (ram) {
+        fprintf(f, "RAM info:\n");
+        fprintf(f, "  %-22s%0.2f\n", "Throughput (Mbps):", cli_json_num(ram, "mbps"));
+        fprintf(f, "  %-22spagesize=%s, total=%s\n", "Sizes:", sz(ram, "page-size", a, sizeof(a)),
+                sz(ram, "total", b, sizeof(b)));
+        fprintf(f, "  %-22stransferred=%s, remain=%s\n", "Transfers:",
+                sz(ram, "transferred", a, sizeof(a)), sz(ram, "remaining", b, sizeof(b)));
+        fprintf(f, "    %-20sprecopy=%s, multifd=%s, postcopy=%s\n", "Channels:",
+                sz(ram, "precopy-bytes", a, sizeof(a)), sz(ram, "multifd-bytes", b, sizeof(b)),
+                sz(ram, "postcopy-bytes", c, sizeof(c)));
+        fprintf(f, "    %-20snormal=%llu, zero=%llu\n", "Page Types:",
+                (unsigned long long)cli_json_u64(ram, "normal"),
+                (unsigned long long)cli_json_u64(ram, "duplicate"));
+        fprintf(f, "  %-22stransfer=%llu", "Page Rates (pps):",
+                (unsigned long long)cli_json_u64(ram, "pages-per-second"));
+        if (cli_json_u64(ram, "dirty-pages-rate")) {
+            fprintf(f, ", dirty=%llu", (unsigned long long)cli_json_u64(ram, "dirty-pages-rate"));
+        }
+        fputc('\n', f);
+        fprintf(f, "  %-22sdirty_syncs=%llu", "Others:",
+                (unsigned long long)cli_json_u64(ram, "dirty-sync-count"));
+        if (cli_json_u64(ram, "postcopy-requests")) {
+            fprintf(f, ", postcopy_req=%llu",
+                    (unsigned long long)cli_json_u64(ram, "postcopy-requests"));
+        }
+        if (cli_json_u64(ram, "downtime-bytes")) {
+            fprintf(f, ", downtime_ram=%llu",
+                    (unsigned long long)cli_json_u64(ram, "downtime-bytes"));
+        }
+        fputc('\n', f);
+    }
+}
+
+int cli_info(int argc, char **argv)
+{
+    if (argc == 2 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
+        usage(stdout);
+        return CLI_EXIT_OK;
+    }
+    if (argc != 2 || argv[1][0] == '-') {
+        usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    qmpc *c = NULL;
+    lm_error err = LM_ERROR_INIT;
+    json_t *info = NULL;
+    if (qmpc_connect(argv[1], 5000, &c, &err) < 0 ||
+        qmpc_execute(c, "query-migrate", NULL, QMPC_DEFAULT_TIMEOUT_MS, &info, &err) < 0) {
+        cli_errorf("info: %s", err.msg);
+        qmpc_close(c);
+        return CLI_EXIT_FAIL;
+    }
+    print_info(info, stdout);
+    json_decref(info);
+    qmpc_close(c);
+    return CLI_EXIT_OK;
+}
