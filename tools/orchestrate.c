@@ -219,6 +219,22 @@ static int follow_source(qmpc *src, const mig_opts *o, mig_result *res, lm_error
     }
 }
 
+/* The source often knows only that its peer went away; the destination
+ * usually knows why (a size mismatch, a UUID check).  Say it. */
+static void explain_from_destination(qmpc *dst)
+{
+    json_t *info = NULL;
+    lm_error e = LM_ERROR_INIT;
+    if (qmpc_execute(dst, "query-migrate", NULL, QMPC_DEFAULT_TIMEOUT_MS, &info, &e) < 0) {
+        return;
+    }
+    const char *desc = cli_json_str(info, "error-desc");
+    if (desc[0]) {
+        fprintf(stderr, "livemig: destination: %s\n", desc);
+    }
+    json_decref(info);
+}
+
 /* Wait for the destination to finish loading. */
 static int wait_destination(qmpc *dst, lm_error *err)
 {
@@ -400,6 +416,7 @@ int mig_run(const mig_opts *o, mig_result *res, lm_error *err)
     }
 
     if ((r = follow_source(src, o, res, err)) < 0) {
+        explain_from_destination(dst);
         goto out;
     }
     if ((r = wait_destination(dst, err)) < 0) {

@@ -168,6 +168,9 @@ class VM:
             info = self.migration()
             if info.get("status") in statuses:
                 return info
+            if info.get("status") in ("completed", "failed", "cancelled"):
+                raise AssertionError("%s: migration ended %s while waiting for %s: %s" % (
+                    self.name, info["status"], statuses, info.get("error-desc", "")))
             time.sleep(0.02)
         raise TimeoutError("%s: migration still %s after %ss" % (self.name, info.get("status"), timeout))
 

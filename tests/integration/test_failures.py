@@ -9,13 +9,14 @@ import lmtest
 from lmtest import MigrationTest
 
 MEM = "128M"
-SLOW = 16 << 20  # max-bandwidth that keeps a 128M migration active for seconds
+SLOW = 8 << 20  # max-bandwidth that keeps a 128M migration of touched RAM active for ~16 s
 
 
 class Cancel(MigrationTest):
     def setUp(self):
         super().setUp()
-        self.src = self.vm("src", memory=MEM, workload="random", extra=["--dirty-rate", "16M"])
+        # increment touches every page within a second: all of RAM must move.
+        self.src = self.vm("src", memory=MEM, workload="increment")
         self.assertTrue(self.src.wait_running_steps())
 
     def retry_succeeds(self, name="dst2"):
@@ -26,12 +27,12 @@ class Cancel(MigrationTest):
         self.assertTrue(v["ok"], v)
         self.assertTrue(src.wait_running_steps())
         src.set_params(**{"max-bandwidth": 0})
-        dst = self.vm(name, memory=MEM, workload="random", incoming="defer")
+        dst = self.vm(name, memory=MEM, workload="increment", incoming="defer")
         self.migrate(src, dst, "unix:" + self.path(name + ".sock"))
         self.assert_guest_ok(dst)
 
     def start_slow(self, dst_name="dst"):
-        dst = self.vm(dst_name, memory=MEM, workload="random", incoming="defer")
+        dst = self.vm(dst_name, memory=MEM, workload="increment", incoming="defer")
         self.src.set_params(**{"max-bandwidth": SLOW})
         dst.cmd("migrate-incoming", uri="unix:" + self.path(dst_name + ".sock"))
         self.src.cmd("migrate", uri="unix:" + self.path(dst_name + ".sock"))
@@ -89,7 +90,7 @@ class Cancel(MigrationTest):
 
     def test_cancel_pre_switchover(self):
         self.src.set_caps(pause_before_switchover=True)
-        dst = self.vm("dst", memory=MEM, workload="random", incoming="defer")
+        dst = self.vm("dst", memory=MEM, workload="increment", incoming="defer")
         dst.cmd("migrate-incoming", uri="unix:" + self.path("dst.sock"))
         self.src.cmd("migrate", uri="unix:" + self.path("dst.sock"))
         self.src.wait_migration(statuses=("pre-switchover",))
@@ -100,7 +101,7 @@ class Cancel(MigrationTest):
         self.retry_succeeds()
 
     def test_cancel_completed(self):
-        dst = self.vm("dst", memory=MEM, workload="random", incoming="defer")
+        dst = self.vm("dst", memory=MEM, workload="increment", incoming="defer")
         self.migrate(self.src, dst, "unix:" + self.path("dst.sock"))
         self.src.cmd("migrate_cancel")
         self.assertEqual(self.src.migration()["status"], "completed")
@@ -142,8 +143,10 @@ class Failures(MigrationTest):
         self.assertEqual(src.status(), "running")
 
     def test_kill_destination_mid_migration(self):
-        src = self.vm("src", memory=MEM, workload="random", extra=["--dirty-rate", "16M"])
-        dst = self.vm("dst", memory=MEM, workload="random", incoming="defer")
+        src = self.vm("src", memory=MEM, workload="increment")
+        dst = self.vm("dst", memory=MEM, workload="increment", incoming="defer")
+        self.assertTrue(src.wait_running_steps())
+        time.sleep(0.5)
         src.set_params(**{"max-bandwidth": SLOW})
         dst.cmd("migrate-incoming", uri="unix:" + self.path("dst.sock"))
         src.cmd("migrate", uri="unix:" + self.path("dst.sock"))
@@ -156,7 +159,7 @@ class Failures(MigrationTest):
         self.assertEqual(src.status(), "running")
         self.assert_guest_ok(src)
         src.set_params(**{"max-bandwidth": 0})
-        dst2 = self.vm("dst2", memory=MEM, workload="random", incoming="defer")
+        dst2 = self.vm("dst2", memory=MEM, workload="increment", incoming="defer")
         self.migrate(src, dst2, "unix:" + self.path("dst2.sock"))
         self.assert_guest_ok(dst2)
 
