@@ -270,11 +270,11 @@ void *lm_incoming_thread(void *arg)
          * globalstate): the management tool starts it with `cont`. */
         bool autostart = e->autostart && c->source_running;
         pthread_mutex_unlock(&e->lock);
-        if (e->cb.incoming_done) {
-            e->cb.incoming_done(e->opaque, true);
-        }
         if (autostart && e->cb.vm_start) {
             e->cb.vm_start(e->opaque);
+        }
+        if (e->cb.incoming_done) {
+            e->cb.incoming_done(e->opaque, true);
         }
     }
     if (c->ch && (c->cfg.flags & LM_CONFIG_RETURN_PATH)) {

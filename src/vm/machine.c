@@ -107,13 +107,11 @@ static void cb_vm_start(void *opaque)
     pthread_mutex_lock(&m->lock);
     switch (m->state) {
     case VM_INMIGRATE:
-        /* Destination: the guest is in (or postcopy starts it early). */
-        if (m->autostart) {
-            started = guest_start_locked(m);
-            m->state = VM_RUNNING;
-        } else {
-            m->state = VM_PAUSED;
-        }
+        /* Destination: the guest is in (or postcopy starts it early).  The
+         * engine starts it only when autostart is on and the source's guest
+         * was running. */
+        started = guest_start_locked(m);
+        m->state = VM_RUNNING;
         break;
     case VM_FINISH_MIGRATE:
         /* Source: the engine gives the guest back after a failure. */
@@ -130,6 +128,15 @@ static void cb_vm_start(void *opaque)
     }
     pthread_mutex_unlock(&m->lock);
     emit_change(m, false, started);
+}
+
+static bool cb_vm_is_running(void *opaque)
+{
+    vm *m = opaque;
+    pthread_mutex_lock(&m->lock);
+    bool running = m->state == VM_RUNNING;
+    pthread_mutex_unlock(&m->lock);
+    return running;
 }
 
 static void cb_vm_throttle(void *opaque, int percent)
@@ -189,11 +196,11 @@ static void cb_incoming_done(void *opaque, bool success)
     vm *m = opaque;
 
     pthread_mutex_lock(&m->lock);
-    if (m->state == VM_INMIGRATE && success) {
+    if (success) {
         m->incoming_loaded = true;
-        /* With autostart the engine calls vm_start next, which moves us to
-         * running; without it the guest waits for cont, like QEMU -S. */
-        if (!m->autostart) {
+        /* The engine already started the guest if it was to run; otherwise
+         * (-S, or a guest stopped on the source) it waits for cont. */
+        if (m->state == VM_INMIGRATE) {
             m->state = VM_PAUSED;
         }
     }
@@ -247,6 +254,7 @@ int vm_new(const vm_options *o, vm **out, lm_error *err)
     const lm_callbacks cb = {
         .vm_stop = cb_vm_stop,
         .vm_start = cb_vm_start,
+        .vm_is_running = cb_vm_is_running,
         .vm_throttle = cb_vm_throttle,
         .on_event = cb_on_event,
         .incoming_done = cb_incoming_done,
