@@ -76,7 +76,8 @@ typedef struct lm_iter_ops {
     int (*save_complete)(void *opaque, lm_wbuf *out, lm_error *err);
     /* exact=false must be cheap (called often); exact=true may sync. */
     void (*query_pending)(void *opaque, bool exact, lm_pending *out);
-    /* Destination: load one chunk written by save_setup/iterate/complete. */
+    /* Destination: load one non-empty chunk written by
+     * save_setup/iterate/complete, in the order they were written. */
     int (*load)(void *opaque, lm_rbuf *in, uint32_t version, lm_error *err);
     /* Source: the migration ended (completed, failed or cancelled). */
     void (*save_cleanup)(void *opaque);

@@ -241,6 +241,8 @@ int lm_devices_load(lm_engine *e, lm_device_entry *d, uint32_t version, lm_chann
         if (version != d->version) {
             ret = lm_error_set(err, -EINVAL, "device '%s': stream version %u, this side has %u",
                                d->idstr, version, d->version);
+        } else if (len == 0) {
+            ret = 0; /* an empty chunk (no save_setup, say) carries nothing to load */
         } else {
             ret = d->ops->load(d->opaque, &r, version, err);
             if (ret < 0 && !lm_error_is_set(err)) {

@@ -131,6 +131,48 @@ class Workloads(LiveBase):
     def test_memfd_backend(self):
         self._live("unix:" + self.path("m.sock"), extra=["--memory-backend", "memfd"])
 
+    def test_hugetlbfs_backend(self):
+        need = 2 * (64 << 20) // (2 << 20)
+        path = "/proc/sys/vm/nr_hugepages"
+        try:
+            with open(path) as f:
+                before = int(f.read())
+            if before < need:
+                with open(path, "w") as f:
+                    f.write(str(need))
+            with open(path) as f:
+                if int(f.read()) < need:
+                    raise OSError("the kernel reserved fewer")
+        except OSError as e:
+            self.skipTest("cannot reserve %d huge pages of 2 MiB: %s" % (need, e))
+        try:
+            src, dst, info = self._live("unix:" + self.path("m.sock"), workload="random",
+                                        extra=["--memory-backend", "hugetlbfs", "--memory", "64M",
+                                               "--dirty-rate", "16M"])
+            self.assertEqual(info["ram"]["page-size"], 2 << 20)
+        finally:
+            for vm in self.vms:
+                vm.shutdown()
+            self.vms = []
+            if before < need:
+                with open(path, "w") as f:
+                    f.write(str(before))
+
+    def test_file_backend_keeps_and_carries_contents(self):
+        """file:PATH guest RAM is inspectable from outside and its existing
+        contents are the guest's RAM: they arrive byte for byte."""
+        a, b = self.path("a.ram"), self.path("b.ram")
+        size = 32 << 20
+        with open(a, "wb") as f:
+            f.write(os.urandom(size))
+        src = self.vm("src", memory="32M", workload="idle", extra=["--memory-backend", "file:" + a])
+        dst = self.vm("dst", memory="32M", workload="idle", incoming="defer", paused=True,
+                      extra=["--memory-backend", "file:" + b])
+        self.migrate(src, dst, "unix:" + self.path("m.sock"))
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            self.assertTrue(fa.read() == fb.read(), "destination RAM file differs")
+        self.assertEqual(src.memory_hash(), dst.memory_hash())
+
     def test_thp_backend(self):
         self._live("unix:" + self.path("m.sock"), extra=["--thp"])
 

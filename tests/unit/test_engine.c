@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -134,6 +135,152 @@ static void test_unix_first_touch(void **state)
     }
 }
 
+/* ---- iterative devices are not serialised (seed 003) ---- */
+
+#define DEV_BYTES (4u << 20)
+
+typedef struct iter_dev {
+    bool endless;          /* always has more precopy data */
+    uint8_t data[DEV_BYTES];
+    uint32_t sent;         /* source: bytes sent so far */
+    uint32_t sent_precopy; /* source: bytes sent before switchover */
+    uint32_t loaded;       /* destination: bytes loaded */
+    bool loaded_ok;
+} iter_dev;
+
+static int dev_iterate(void *opaque, lm_wbuf *out, uint64_t budget, lm_error *err)
+{
+    iter_dev *d = opaque;
+    (void)err;
+    if (d->endless) {
+        /* A fast-changing device: it always has something new. */
+        lm_wbuf_put_be32(out, 0);
+        lm_wbuf_put(out, d->data, 4096);
+        return 0;
+    }
+    uint32_t n = DEV_BYTES - d->sent;
+    if (n > budget) {
+        n = (uint32_t)budget;
+    }
+    lm_wbuf_put_be32(out, d->sent);
+    lm_wbuf_put(out, d->data + d->sent, n);
+    d->sent += n;
+    d->sent_precopy = d->sent;
+    return d->sent == DEV_BYTES;
+}
+
+static int dev_complete(void *opaque, lm_wbuf *out, lm_error *err)
+{
+    iter_dev *d = opaque;
+    (void)err;
+    uint32_t n = d->endless ? 4096 : DEV_BYTES - d->sent;
+    lm_wbuf_put_be32(out, d->endless ? 0 : d->sent);
+    lm_wbuf_put(out, d->data + (d->endless ? 0 : d->sent), n);
+    d->sent += n;
+    return 0;
+}
+
+static void dev_pending(void *opaque, bool exact, lm_pending *p)
+{
+    iter_dev *d = opaque;
+    (void)exact;
+    p->precopy_bytes = d->endless ? (64u << 20) : DEV_BYTES - d->sent;
+    p->stopcopy_bytes = d->endless ? 4096 : DEV_BYTES - d->sent;
+}
+
+static int dev_load(void *opaque, lm_rbuf *in, uint32_t version, lm_error *err)
+{
+    iter_dev *d = opaque;
+    uint32_t off;
+    (void)version;
+    if (lm_rbuf_get_be32(in, &off) < 0 || off > DEV_BYTES ||
+        lm_rbuf_remaining(in) > DEV_BYTES - off) {
+        return lm_error_set(err, -EBADMSG, "bad test device chunk");
+    }
+    size_t n = lm_rbuf_remaining(in);
+    lm_rbuf_get(in, d->data + off, n);
+    d->loaded = off + (uint32_t)n > d->loaded ? off + (uint32_t)n : d->loaded;
+    return 0;
+}
+
+static const lm_iter_ops dev_ops = {
+    .save_iterate = dev_iterate,
+    .save_complete = dev_complete,
+    .query_pending = dev_pending,
+    .load = dev_load,
+};
+
+static void fill_dev(iter_dev *d, bool endless)
+{
+    memset(d, 0, sizeof(*d));
+    d->endless = endless;
+    for (uint32_t i = 0; i < DEV_BYTES; i++) {
+        d->data[i] = (uint8_t)(i * 7 + (i >> 12));
+    }
+}
+
+static void test_iterative_devices_not_serialised(void **state)
+{
+    (void)state;
+    static iter_dev src_fast, src_slow, dst_fast, dst_slow;
+    int report[2], ready[2];
+    assert_int_equal(pipe(report), 0);
+    assert_int_equal(pipe(ready), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        harness h;
+        lm_error err = LM_ERROR_INIT;
+        memset(&dst_fast, 0, sizeof(dst_fast));
+        memset(&dst_slow, 0, sizeof(dst_slow));
+        if (harness_init(&h, RAM_SIZE, false) < 0 ||
+            lm_engine_add_iterative(h.engine, "fast", 0, 1, &dev_ops, &dst_fast, &err) < 0 ||
+            lm_engine_add_iterative(h.engine, "slow", 0, 1, &dev_ops, &dst_slow, &err) < 0 ||
+            lm_engine_incoming(h.engine, sock_uri, &err) < 0) {
+            _exit(2);
+        }
+        char c = 1;
+        if (write(ready[1], &c, 1) != 1) {
+            _exit(3);
+        }
+        uint64_t st = harness_wait_end(&h, 60000);
+        iter_dev expect;
+        fill_dev(&expect, false);
+        uint64_t result[2] = { st, dst_slow.loaded == DEV_BYTES &&
+                                       !memcmp(dst_slow.data, expect.data, DEV_BYTES) };
+        if (write(report[1], result, sizeof(result)) != sizeof(result)) {
+            _exit(4);
+        }
+        _exit(0);
+    }
+    char c;
+    assert_int_equal(read(ready[0], &c, 1), 1);
+    harness src;
+    lm_error err = LM_ERROR_INIT;
+    assert_int_equal(harness_init(&src, RAM_SIZE, true), 0);
+    fill_dev(&src_fast, true);
+    fill_dev(&src_slow, false);
+    /* The fast device registers first: serialised iteration would starve
+     * the slow one until the switchover. */
+    assert_int_equal(lm_engine_add_iterative(src.engine, "fast", 0, 1, &dev_ops, &src_fast, &err), 0);
+    assert_int_equal(lm_engine_add_iterative(src.engine, "slow", 0, 1, &dev_ops, &src_slow, &err), 0);
+    assert_int_equal(lm_engine_migrate(src.engine, sock_uri, false, &err), 0);
+    assert_int_equal(harness_wait_end(&src, 60000), LM_STATUS_COMPLETED);
+    /* Every byte of the slow device moved while the guest ran. */
+    assert_int_equal(src_slow.sent_precopy, DEV_BYTES);
+    uint64_t result[2];
+    assert_int_equal(read(report[0], result, sizeof(result)), (ssize_t)sizeof(result));
+    assert_int_equal(result[0], LM_STATUS_COMPLETED);
+    assert_int_equal(result[1], 1);
+    int wst;
+    waitpid(pid, &wst, 0);
+    harness_destroy(&src);
+    close(report[0]);
+    close(report[1]);
+    close(ready[0]);
+    close(ready[1]);
+}
+
 int main(void)
 {
     snprintf(sock_uri, sizeof(sock_uri), "unix:/tmp/lm-test-engine-%d.sock", getpid());
@@ -142,6 +289,7 @@ int main(void)
         cmocka_unit_test(test_unix_manual),
         cmocka_unit_test(test_tcp_sparse),
         cmocka_unit_test(test_unix_first_touch),
+        cmocka_unit_test(test_iterative_devices_not_serialised),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
