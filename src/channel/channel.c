@@ -79,6 +79,11 @@ int lm_channel_fd(const lm_channel *ch)
     return ch->fd;
 }
 
+void lm_channel_set_ratelimit(lm_channel *ch, lm_ratelimit *rl)
+{
+    ch->rl = rl;
+}
+
 const char *lm_channel_name(const lm_channel *ch)
 {
     return ch->name;
@@ -232,7 +237,7 @@ int lm_channel_flush(lm_channel *ch)
 
 int lm_channel_put(lm_channel *ch, const void *p, size_t n)
 {
-    if (sticky(ch)) {
+    if (sticky(ch) || n == 0) {
         return sticky(ch);
     }
     if (n >= WBUF_SIZE / 2) {
