@@ -28,6 +28,10 @@ void lm_channel_set_child(lm_channel *ch, int pid);
 /* Closes the fd, waits for a child.  Returns the child's failure, if any. */
 int lm_channel_close(lm_channel *ch, lm_error *err);
 int lm_channel_fd(const lm_channel *ch);
+/* Change the rate limit writes are charged to (NULL: none); only the
+ * channel's writer may call it.  Postcopy moves the main channel from
+ * max-bandwidth to its own budget, and urgent pages bypass it. */
+void lm_channel_set_ratelimit(lm_channel *ch, lm_ratelimit *rl);
 const char *lm_channel_name(const lm_channel *ch);
 
 /* Buffered writes: 0 or the sticky -errno. */
