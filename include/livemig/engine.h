@@ -68,9 +68,10 @@ typedef struct lm_callbacks {
     void (*vm_throttle)(void *opaque, int percent);
     /* A migration event.  Called from engine threads, without engine locks. */
     void (*on_event)(void *opaque, const lm_event *ev);
-    /* Destination: the migration finished loading and the engine is about
-     * to start the guest (or leave it paused when autostart is off).  May
-     * be NULL. */
+    /* Destination: the migration finished loading (success) or failed.  On
+     * success the engine has already called vm_start if the guest is to run
+     * (autostart on and the source's guest was running); otherwise the guest
+     * waits for the embedder to start it.  May be NULL. */
     void (*incoming_done)(void *opaque, bool success);
 } lm_callbacks;
 
@@ -129,6 +130,24 @@ int lm_engine_cancel(lm_engine *e, lm_error *err);
 /* Leave a pause state (pre-switchover) named by `state`. */
 int lm_engine_continue(lm_engine *e, const char *state, lm_error *err);
 
+/* Postcopy (docs/postcopy.md).  Needs capability postcopy-ram on both
+ * sides and a socket transport.
+ *
+ * Source: switch to postcopy at the next chance; may be called before
+ * lm_engine_migrate(), then the switch happens as soon as the migration
+ * has started. */
+int lm_engine_start_postcopy(lm_engine *e, lm_error *err);
+/* Either side, in postcopy-active or postcopy-recover: break the
+ * connection on purpose; both sides go to postcopy-paused (migrate-pause). */
+int lm_engine_pause(lm_engine *e, lm_error *err);
+/* Destination, in postcopy-paused: listen on uri for the source's resume
+ * (migrate-recover).  The source then calls lm_engine_migrate(uri, true). */
+int lm_engine_recover(lm_engine *e, const char *uri, lm_error *err);
+/* Destination: thread id of vCPU `index`, for postcopy-blocktime's
+ * per-vCPU figures.  Call at registration time. */
+#define LM_MAX_VCPUS 64
+int lm_engine_set_vcpu_thread(lm_engine *e, unsigned index, int tid, lm_error *err);
+
 /* True while this engine is the destination of a migration (from
  * lm_engine_incoming() until the load finished or failed). */
 bool lm_engine_is_incoming(lm_engine *e);
@@ -167,6 +186,12 @@ typedef struct lm_info {
     char dirty_tracker[32];     /* "uffd-wp-async", "manual" */
     char error_desc[LM_ERROR_MSG_MAX];
     char socket_address[LM_URI_MAX]; /* listening address (port 0 resolved) */
+    /* Destination with postcopy-blocktime: time during which every vCPU
+     * was blocked on a missing page at once, and each vCPU's own total. */
+    bool has_blocktime;
+    uint64_t postcopy_blocktime_ms;
+    unsigned nvcpus;
+    uint64_t vcpu_blocktime_ms[LM_MAX_VCPUS];
 } lm_info;
 
 void lm_engine_query(lm_engine *e, lm_info *out);

@@ -36,6 +36,26 @@ void lm_ratelimit_abort(lm_ratelimit *rl, bool aborted)
     __atomic_store_n(&rl->aborted, aborted ? 1 : 0, __ATOMIC_RELEASE);
 }
 
+void lm_ratelimit_charge(lm_ratelimit *rl, uint64_t n)
+{
+    pthread_mutex_lock(&rl->lock);
+    if (rl->bytes_per_sec) {
+        uint64_t now = lm_now_ns();
+        uint64_t base = rl->next_free_ns < now ? now : rl->next_free_ns;
+        rl->next_free_ns = base + (uint64_t)((double)n * 1e9 / (double)rl->bytes_per_sec);
+    }
+    pthread_mutex_unlock(&rl->lock);
+}
+
+uint64_t lm_ratelimit_delay_ns(lm_ratelimit *rl)
+{
+    pthread_mutex_lock(&rl->lock);
+    uint64_t until = rl->bytes_per_sec ? rl->next_free_ns : 0;
+    pthread_mutex_unlock(&rl->lock);
+    uint64_t now = lm_now_ns();
+    return until > now + WINDOW_NS ? until - WINDOW_NS - now : 0;
+}
+
 void lm_ratelimit_consume(lm_ratelimit *rl, uint64_t n)
 {
     pthread_mutex_lock(&rl->lock);

@@ -22,6 +22,11 @@ void lm_ratelimit_destroy(lm_ratelimit *rl);
 void lm_ratelimit_set(lm_ratelimit *rl, uint64_t bytes_per_sec);
 /* Cancel: make writers waiting for budget return at once (until reset). */
 void lm_ratelimit_abort(lm_ratelimit *rl, bool aborted);
+/* Account n bytes without waiting (the caller waited with _delay_ns). */
+void lm_ratelimit_charge(lm_ratelimit *rl, uint64_t n);
+/* How long a writer should wait before its next write is within budget
+ * (0: now).  Lets a writer wait on something else meanwhile. */
+uint64_t lm_ratelimit_delay_ns(lm_ratelimit *rl);
 /* Account n bytes about to be written; sleeps while over budget. */
 void lm_ratelimit_consume(lm_ratelimit *rl, uint64_t n);
 

@@ -11,6 +11,7 @@
 #include "common/clock.h"
 #include "common/util.h"
 #include "core/engine_internal.h"
+#include "postcopy/dest.h"
 
 lm_engine *lm_engine_new(const lm_callbacks *cb, void *opaque, lm_error *err)
 {
@@ -29,6 +30,7 @@ lm_engine *lm_engine_new(const lm_callbacks *cb, void *opaque, lm_error *err)
     e->status = LM_STATUS_NONE;
     lm_params_defaults(e);
     lm_ratelimit_init(&e->rl, e->params.max_bandwidth);
+    lm_ratelimit_init(&e->pc_rl, e->params.max_postcopy_bandwidth);
     return e;
 }
 
@@ -55,6 +57,7 @@ void lm_engine_free(lm_engine *e)
     }
     free(e->devs);
     lm_ratelimit_destroy(&e->rl);
+    lm_ratelimit_destroy(&e->pc_rl);
     pthread_cond_destroy(&e->cond);
     pthread_mutex_destroy(&e->lock);
     free(e);
@@ -194,6 +197,7 @@ static int begin(lm_engine *e, const char *uri, bool incoming, lm_error *err)
     e->cancel_requested = false;
     e->continue_requested = false;
     lm_ratelimit_abort(&e->rl, false);
+    lm_ratelimit_abort(&e->pc_rl, false);
     e->guest_stopped_by_us = false;
     lm_error_clear(&e->error);
     memset(&e->stats, 0, sizeof(e->stats));
@@ -203,6 +207,10 @@ static int begin(lm_engine *e, const char *uri, bool incoming, lm_error *err)
     memset(&e->saver.stats, 0, sizeof(e->saver.stats));
     e->saver.dirty_bytes = 0;
     e->saver.total_bytes = 0;
+    e->postcopy_started = false;
+    e->resume_requested = false;
+    e->pc_requests = e->pc_bytes = 0;
+    e->bt_valid = false;
     pthread_mutex_unlock(&e->lock);
 
     if (!lm_set_state_any(e, LM_STATUS_SETUP)) {
@@ -228,17 +236,55 @@ static int spawn(lm_engine *e, void *(*fn)(void *), lm_error *err)
     return 0;
 }
 
+/* migrate resume=true: hand the new address to the paused migration thread. */
+static int resume_postcopy(lm_engine *e, const char *uri, lm_error *err)
+{
+    lm_uri u;
+    int ret = lm_uri_parse(uri, &u, err);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!lm_uri_multi_channel(&u)) {
+        return lm_error_set(err, -EINVAL, "postcopy recovery needs a socket transport (unix: or tcp:)");
+    }
+    pthread_mutex_lock(&e->lock);
+    if (e->incoming || e->status != LM_STATUS_POSTCOPY_PAUSED) {
+        ret = lm_error_set(err, -EINVAL, "Cannot resume if there is no paused migration (state %s)",
+                           lm_status_name(e->status));
+    } else {
+        e->resume_uri = u;
+        e->resume_requested = true;
+        pthread_cond_broadcast(&e->cond);
+    }
+    pthread_mutex_unlock(&e->lock);
+    return ret;
+}
+
 int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err)
 {
     if (resume) {
-        return lm_error_set(err, -EOPNOTSUPP,
-                            "migrate with resume=true needs a paused postcopy migration");
+        return resume_postcopy(e, uri, err);
     }
     pthread_mutex_lock(&e->lock);
     bool inc = e->incoming && lm_state_is_active(e->status);
+    bool postcopy = e->caps[LM_CAP_POSTCOPY_RAM], preempt = e->caps[LM_CAP_POSTCOPY_PREEMPT];
     pthread_mutex_unlock(&e->lock);
     if (inc) {
         return lm_error_set(err, -EBUSY, "Guest is waiting for an incoming migration");
+    }
+    if (preempt && !postcopy) {
+        return lm_error_set(err, -EINVAL, "Postcopy preempt requires postcopy-ram");
+    }
+    if (postcopy) {
+        lm_uri u;
+        int r = lm_uri_parse(uri, &u, err);
+        if (r < 0) {
+            return r;
+        }
+        if (!lm_uri_multi_channel(&u)) {
+            return lm_error_set(err, -EINVAL,
+                                "postcopy-ram needs a socket transport (unix: or tcp:) for its return path");
+        }
     }
     int ret = begin(e, uri, false, err);
     return ret < 0 ? ret : spawn(e, lm_migration_thread, err);
@@ -281,15 +327,109 @@ int lm_engine_cancel(lm_engine *e, lm_error *err)
         if (e->listener) {
             lm_listener_abort(e->listener);
         }
+        if (e->ch_preempt) {
+            lm_channel_shutdown(e->ch_preempt, -ECANCELED, "migration cancelled");
+        }
         lm_ratelimit_abort(&e->rl, true);
+        lm_ratelimit_abort(&e->pc_rl, true);
         pthread_cond_broadcast(&e->cond);
     }
     pthread_mutex_unlock(&e->lock);
-    if (running && !e->incoming) {
+    if (running && !e->incoming && !lm_status_is_postcopy(s)) {
         lm_set_state(e, s, LM_STATUS_CANCELLING);
     }
     (void)err;
     return 0; /* like QEMU: cancelling nothing is not an error */
+}
+
+int lm_engine_start_postcopy(lm_engine *e, lm_error *err)
+{
+    pthread_mutex_lock(&e->lock);
+    int ret = 0;
+    if (!e->caps[LM_CAP_POSTCOPY_RAM]) {
+        ret = lm_error_set(err, -EINVAL, "Enable postcopy with migrate_set_capability before "
+                           "the start of migration");
+    } else if (e->incoming && lm_state_is_active(e->status)) {
+        ret = lm_error_set(err, -EINVAL, "migrate-start-postcopy is for the source");
+    } else if (lm_status_is_postcopy(e->status) || e->status == LM_STATUS_DEVICE) {
+        ret = lm_error_set(err, -EINVAL, "Postcopy already started or switching over (state %s)",
+                           lm_status_name(e->status));
+    } else {
+        e->postcopy_requested = true;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return ret;
+}
+
+int lm_engine_pause(lm_engine *e, lm_error *err)
+{
+    pthread_mutex_lock(&e->lock);
+    int ret = 0;
+    if (e->status != LM_STATUS_POSTCOPY_ACTIVE && e->status != LM_STATUS_POSTCOPY_RECOVER) {
+        ret = lm_error_set(err, -EINVAL, "migrate-pause is currently only supported during "
+                           "postcopy-active or postcopy-recover state");
+    } else {
+        /* Both connections share the fate of their sockets: shutting them
+         * down pauses both sides, as a network failure would. */
+        if (e->ch) {
+            lm_channel_shutdown(e->ch, -EIO, "paused by migrate-pause");
+        }
+        if (e->ch_preempt) {
+            lm_channel_shutdown(e->ch_preempt, -EIO, "paused by migrate-pause");
+        }
+    }
+    pthread_mutex_unlock(&e->lock);
+    return ret;
+}
+
+int lm_engine_recover(lm_engine *e, const char *uri, lm_error *err)
+{
+    lm_uri u;
+    int ret = lm_uri_parse(uri, &u, err);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!lm_uri_multi_channel(&u)) {
+        return lm_error_set(err, -EINVAL, "postcopy recovery needs a socket transport (unix: or tcp:)");
+    }
+    pthread_mutex_lock(&e->lock);
+    bool ok = e->incoming && e->status == LM_STATUS_POSTCOPY_PAUSED && !e->recover_listener;
+    lm_status st = e->status;
+    pthread_mutex_unlock(&e->lock);
+    if (!ok) {
+        return lm_error_set(err, -EINVAL, "Migrate recover can only be run when postcopy is paused "
+                            "(state %s)", lm_status_name(st));
+    }
+    lm_listener *l;
+    ret = lm_transport_listen(&u, &l, err);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!lm_set_state(e, LM_STATUS_POSTCOPY_PAUSED, LM_STATUS_POSTCOPY_RECOVER_SETUP)) {
+        lm_listener_close(l);
+        return lm_error_set(err, -EBUSY, "the migration left postcopy-paused meanwhile");
+    }
+    pthread_mutex_lock(&e->lock);
+    e->recover_listener = l;
+    snprintf(e->socket_address, sizeof(e->socket_address), "%s", lm_listener_address(l));
+    pthread_cond_broadcast(&e->cond);
+    pthread_mutex_unlock(&e->lock);
+    return 0;
+}
+
+int lm_engine_set_vcpu_thread(lm_engine *e, unsigned index, int tid, lm_error *err)
+{
+    if (index >= LM_MAX_VCPUS) {
+        return lm_error_set(err, -EINVAL, "vCPU index %u out of range (at most %d vCPUs)", index,
+                            LM_MAX_VCPUS);
+    }
+    pthread_mutex_lock(&e->lock);
+    e->vcpu_tids[index] = tid;
+    if (index >= e->nvcpus) {
+        e->nvcpus = index + 1;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return 0;
 }
 
 int lm_engine_continue(lm_engine *e, const char *state, lm_error *err)
@@ -355,6 +495,16 @@ void lm_engine_query(lm_engine *e, lm_info *out)
         out->ram_total += e->blocks[i]->size;
     }
     uint64_t elapsed_ms = out->total_time_ms ? out->total_time_ms : 1;
+    out->postcopy_requests = __atomic_load_n(&e->pc_requests, __ATOMIC_RELAXED);
+    out->postcopy_bytes = __atomic_load_n(&e->pc_bytes, __ATOMIC_RELAXED);
+    if (e->incoming && e->pc_dst) {
+        lm_pc_dst_blocktime(e->pc_dst, out);
+    } else if (e->incoming && e->bt_valid) {
+        out->has_blocktime = true;
+        out->postcopy_blocktime_ms = e->bt_total_ms;
+        out->nvcpus = e->bt_nvcpus;
+        memcpy(out->vcpu_blocktime_ms, e->bt_vcpu_ms, sizeof(out->vcpu_blocktime_ms));
+    }
     if (e->incoming) {
         out->ram_normal = e->dest_pages;
         out->ram_duplicate = e->dest_zero;

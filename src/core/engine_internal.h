@@ -35,6 +35,9 @@ enum lm_capability {
     LM_CAP_VALIDATE_UUID,
     LM_CAP_AUTO_CONVERGE,
     LM_CAP_RETURN_PATH,
+    LM_CAP_POSTCOPY_RAM,
+    LM_CAP_POSTCOPY_PREEMPT,
+    LM_CAP_POSTCOPY_BLOCKTIME,
     LM_CAP__COUNT
 };
 
@@ -49,6 +52,7 @@ typedef struct lm_params {
     bool cpu_throttle_tailslow;
     bool x_vmdesc;                       /* send the JSON device description */
     char x_dirty_tracker[16];            /* auto | uffd-wp | manual */
+    uint64_t max_postcopy_bandwidth;     /* bytes/s of the background stream, 0 = unlimited */
 } lm_params;
 
 /* Statistics of the current (or last) migration; guarded by the engine lock
@@ -109,7 +113,33 @@ struct lm_engine {
     uint64_t dest_pages; /* destination: pages loaded */
     uint64_t dest_zero;
     uint64_t dest_bytes;
+
+    /* Postcopy (src/postcopy/, docs/postcopy.md). */
+    bool postcopy_requested;    /* migrate-start-postcopy (may precede migrate) */
+    bool postcopy_started;      /* the destination may run the guest: never restart ours */
+    bool resume_requested;      /* source: migrate resume=true while paused */
+    lm_uri resume_uri;
+    lm_listener *recover_listener; /* destination: migrate-recover, handed to the load thread */
+    lm_channel *ch_preempt;     /* set while open (migrate-pause, cancel) */
+    lm_channel *ch_rp;          /* the return path's own channel (shutdown only) */
+    lm_ratelimit pc_rl;         /* max-postcopy-bandwidth: the background stream only */
+    uint64_t pc_requests;       /* atomics: pages requested (dst) / served (src) */
+    uint64_t pc_bytes;          /* atomics: bytes sent (src) / read (dst) after the switch */
+    struct lm_pc_dst *pc_dst;   /* destination's postcopy state, for blocktime */
+    unsigned nvcpus;            /* registered vCPU threads (blocktime) */
+    int vcpu_tids[LM_MAX_VCPUS];
+    bool bt_valid;              /* blocktime of the last incoming postcopy */
+    uint64_t bt_total_ms;
+    unsigned bt_nvcpus;
+    uint64_t bt_vcpu_ms[LM_MAX_VCPUS];
 };
+
+/* Postcopy: a failure that pauses (both sides) instead of failing. */
+static inline bool lm_status_is_postcopy(lm_status s)
+{
+    return s == LM_STATUS_POSTCOPY_ACTIVE || s == LM_STATUS_POSTCOPY_PAUSED ||
+           s == LM_STATUS_POSTCOPY_RECOVER_SETUP || s == LM_STATUS_POSTCOPY_RECOVER;
+}
 
 /* state.c */
 /* Moves from `from` to `to` when the status is `from` and the transition is

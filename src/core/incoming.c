@@ -15,6 +15,8 @@
 #include "common/clock.h"
 #include "common/util.h"
 #include "core/engine_internal.h"
+#include "livemig/buffer.h"
+#include "postcopy/dest.h"
 #include "ram/ram_load.h"
 #include "stream/stream.h"
 
@@ -37,6 +39,9 @@ typedef struct dst_ctx {
     lm_ram_loader loader;
     section_slot sections[LM_MAX_SECTIONS];
     bool source_running; /* from the globalstate section; true when absent */
+    lm_pc_dst *pc;       /* postcopy: from ADVISE on */
+    bool pc_listening;   /* LISTEN seen: guest RAM is registered */
+    bool pc_run;         /* RUN seen: the guest may run here, failures pause */
 } dst_ctx;
 
 static void publish_progress(dst_ctx *c)
@@ -186,6 +191,92 @@ static int skip_vmdesc(dst_ctx *c)
     return lm_channel_skip(c->ch, len) < 0 ? lm_channel_error(c->ch, &c->err) : 0;
 }
 
+/* Postcopy's COMMAND records (docs/postcopy.md). */
+static int load_command(dst_ctx *c)
+{
+    lm_engine *e = c->e;
+    uint16_t cmd, len;
+    if (lm_channel_get_be16(c->ch, &cmd) < 0 || lm_channel_get_be16(c->ch, &len) < 0) {
+        return lm_channel_error(c->ch, &c->err);
+    }
+    uint8_t *body = malloc(len ? len : 1);
+    if (!body) {
+        return lm_error_set(&c->err, -ENOMEM, "out of memory");
+    }
+    int ret = lm_channel_get(c->ch, body, len) < 0 ? lm_channel_error(c->ch, &c->err) : 0;
+    if (ret < 0) {
+        goto out;
+    }
+    switch (cmd) {
+    case LM_CMD_POSTCOPY_ADVISE:
+        if (!c->have_config || c->pc || len != 4) {
+            ret = lm_error_set(&c->err, -EBADMSG, "unexpected or malformed POSTCOPY_ADVISE");
+            break;
+        }
+        if (!lm_cap(e, LM_CAP_POSTCOPY_RAM)) {
+            ret = lm_error_set(&c->err, -EINVAL, "the source uses postcopy, but capability "
+                               "postcopy-ram is off on the destination");
+            break;
+        }
+        ret = lm_pc_dst_new(e, c->map, e->nblocks, lm_load_be32(body), &c->pc, &c->err);
+        if (ret == 0) {
+            pthread_mutex_lock(&e->lock);
+            e->pc_dst = c->pc;
+            lm_listener *l = e->listener;
+            pthread_mutex_unlock(&e->lock);
+            if (lm_pc_dst_preempt(c->pc)) {
+                if (!lm_uri_multi_channel(&e->uri)) {
+                    ret = lm_error_set(&c->err, -EINVAL, "postcopy-preempt needs a socket transport");
+                } else {
+                    ret = lm_pc_dst_start_preempt(c->pc, l, &c->err);
+                }
+            }
+        }
+        break;
+    case LM_CMD_POSTCOPY_DISCARD:
+        ret = c->pc ? lm_pc_dst_discard(c->pc, body, len, &c->err)
+                    : lm_error_set(&c->err, -EBADMSG, "POSTCOPY_DISCARD without ADVISE");
+        break;
+    case LM_CMD_POSTCOPY_LISTEN:
+        if (!c->pc || c->pc_listening || len) {
+            ret = lm_error_set(&c->err, -EBADMSG, "unexpected or malformed POSTCOPY_LISTEN");
+            break;
+        }
+        ret = lm_pc_dst_listen(c->pc, &c->loader, &c->err);
+        if (ret == 0) {
+            c->pc_listening = true;
+            ret = lm_pc_dst_set_rp(c->pc, c->ch, false, &c->err);
+        }
+        if (ret == 0 && !lm_set_state(e, LM_STATUS_ACTIVE, LM_STATUS_POSTCOPY_ACTIVE)) {
+            ret = -ECANCELED;
+        }
+        break;
+    case LM_CMD_POSTCOPY_RUN: {
+        if (!c->pc_listening || c->pc_run || len) {
+            ret = lm_error_set(&c->err, -EBADMSG, "unexpected or malformed POSTCOPY_RUN");
+            break;
+        }
+        c->pc_run = true;
+        pthread_mutex_lock(&e->lock);
+        bool autostart = e->autostart && c->source_running;
+        pthread_mutex_unlock(&e->lock);
+        /* The guest runs here from now on; missing pages fault in. */
+        if (autostart && e->cb.vm_start) {
+            e->cb.vm_start(e->opaque);
+        }
+        break;
+    }
+    default:
+        ret = lm_error_set(&c->err, -EBADMSG, "unexpected command 0x%04x", cmd);
+        break;
+    }
+out:
+    free(body);
+    return ret;
+}
+
+static int load_records(dst_ctx *c);
+
 static int load_stream(dst_ctx *c)
 {
     int ret = lm_stream_read_header(c->ch, &c->err);
@@ -195,6 +286,12 @@ static int load_stream(dst_ctx *c)
     if (!lm_set_state(c->e, LM_STATUS_SETUP, LM_STATUS_ACTIVE)) {
         return -ECANCELED;
     }
+    return load_records(c);
+}
+
+static int load_records(dst_ctx *c)
+{
+    int ret;
     uint64_t records = 0;
     for (;;) {
         uint8_t type;
@@ -214,7 +311,17 @@ static int load_stream(dst_ctx *c)
         case LM_REC_VMDESC:
             ret = skip_vmdesc(c);
             break;
+        case LM_REC_COMMAND:
+            ret = load_command(c);
+            break;
         case LM_REC_EOF:
+            if (c->pc_listening && !c->pc_run) {
+                return lm_error_set(&c->err, -EBADMSG, "stream ended in postcopy before RUN");
+            }
+            if (c->pc_listening) {
+                /* Pages still travelling on the preempt channel. */
+                return lm_pc_dst_wait_all(c->pc, c->ch, &c->err);
+            }
             return c->have_config ? 0
                                   : lm_error_set(&c->err, -EBADMSG, "stream ended before its configuration");
         default:
@@ -227,6 +334,102 @@ static int load_stream(dst_ctx *c)
         if ((++records & 63) == 0) {
             publish_progress(c);
         }
+    }
+}
+
+/* Accepts the source's resume on the listener migrate-recover opened and
+ * runs the destination's half of the handshake. */
+static int accept_resume(dst_ctx *c, lm_listener *l)
+{
+    lm_engine *e = c->e;
+    int fd, pid;
+    int ret = lm_listener_accept(l, &fd, &pid, &c->err);
+    if (ret < 0) {
+        return ret;
+    }
+    c->ch = lm_channel_new(fd, "incoming migration channel", NULL);
+    if (!c->ch) {
+        close(fd);
+        return lm_error_set(&c->err, -ENOMEM, "out of memory");
+    }
+    pthread_mutex_lock(&e->lock);
+    e->ch = c->ch;
+    if (e->cancel_requested) {
+        lm_channel_shutdown(c->ch, -ECANCELED, "incoming migration cancelled");
+    }
+    pthread_mutex_unlock(&e->lock);
+    uint8_t type;
+    uint16_t cmd, len;
+    ret = lm_stream_read_header(c->ch, &c->err);
+    if (ret == 0 && (lm_channel_get_u8(c->ch, &type) < 0 || lm_channel_get_be16(c->ch, &cmd) < 0 ||
+                     lm_channel_get_be16(c->ch, &len) < 0)) {
+        ret = lm_channel_error(c->ch, &c->err);
+    }
+    if (ret == 0 && (type != LM_REC_COMMAND || cmd != LM_CMD_POSTCOPY_RESUME || len != 0)) {
+        ret = lm_error_set(&c->err, -EBADMSG, "a recovery stream must start with POSTCOPY_RESUME");
+    }
+    if (ret == 0 && !lm_set_state(e, LM_STATUS_POSTCOPY_RECOVER_SETUP, LM_STATUS_POSTCOPY_RECOVER)) {
+        ret = -ECANCELED;
+    }
+    lm_pc_dst_reset_main(c->pc);
+    if (ret == 0) {
+        ret = lm_pc_dst_set_rp(c->pc, c->ch, true, &c->err);
+    }
+    if (ret == 0) {
+        ret = lm_pc_dst_start_preempt(c->pc, l, &c->err);
+    }
+    if (ret == 0 && !lm_set_state(e, LM_STATUS_POSTCOPY_RECOVER, LM_STATUS_POSTCOPY_ACTIVE)) {
+        ret = -ECANCELED;
+    }
+    return ret;
+}
+
+/* Drops the broken connection(s) and waits in postcopy-paused.  The guest
+ * runs on; a vCPU that faults waits (its page stays requested).  Returns 0
+ * once the source resumed, <0 when cancelled. */
+static int pause_and_recover(dst_ctx *c)
+{
+    lm_engine *e = c->e;
+    for (;;) {
+        lm_pc_dst_stop_preempt(c->pc);
+        lm_pc_dst_set_rp(c->pc, NULL, false, NULL);
+        pthread_mutex_lock(&e->lock);
+        e->ch = NULL;
+        lm_listener *old = e->listener;
+        e->listener = NULL;
+        pthread_mutex_unlock(&e->lock);
+        if (c->ch) {
+            lm_channel_close(c->ch, NULL);
+            c->ch = NULL;
+        }
+        lm_listener_close(old);
+        lm_warn("postcopy paused: %s", c->err.msg[0] ? c->err.msg : "connection lost");
+        lm_set_state_any(e, LM_STATUS_POSTCOPY_PAUSED);
+
+        pthread_mutex_lock(&e->lock);
+        while (!e->recover_listener && !e->cancel_requested) {
+            pthread_cond_wait(&e->cond, &e->lock);
+        }
+        lm_listener *l = e->recover_listener;
+        e->recover_listener = NULL;
+        e->listener = l;
+        bool cancel = e->cancel_requested;
+        pthread_mutex_unlock(&e->lock);
+        if (cancel) {
+            return -ECANCELED;
+        }
+        lm_error_clear(&c->err);
+        int ret = accept_resume(c, l);
+        if (ret == 0) {
+            return 0;
+        }
+        pthread_mutex_lock(&e->lock);
+        cancel = e->cancel_requested;
+        pthread_mutex_unlock(&e->lock);
+        if (cancel) {
+            return -ECANCELED;
+        }
+        /* Recovery failed: back to paused; migrate-recover may retry. */
     }
 }
 
@@ -260,6 +463,13 @@ void *lm_incoming_thread(void *arg)
             }
             pthread_mutex_unlock(&e->lock);
             ret = load_stream(c);
+            /* Once the guest runs here, a broken connection pauses. */
+            while (ret < 0 && c->pc_run) {
+                ret = pause_and_recover(c);
+                if (ret == 0) {
+                    ret = load_records(c);
+                }
+            }
         }
     }
     publish_progress(c);
@@ -277,7 +487,27 @@ void *lm_incoming_thread(void *arg)
             e->cb.incoming_done(e->opaque, true);
         }
     }
-    if (c->ch && (c->cfg.flags & LM_CONFIG_RETURN_PATH)) {
+    if (c->pc) {
+        /* No page moves any more; the return path is shared with the
+         * fault thread, so SHUT goes through it. */
+        lm_pc_dst_stop_preempt(c->pc);
+        if (c->ch && c->pc_listening) {
+            lm_pc_dst_send_shut(c->pc, success ? 0 : 1);
+        }
+        lm_info bt;
+        memset(&bt, 0, sizeof(bt));
+        lm_pc_dst_blocktime(c->pc, &bt);
+        pthread_mutex_lock(&e->lock);
+        e->pc_dst = NULL;
+        e->bt_valid = bt.has_blocktime;
+        e->bt_total_ms = bt.postcopy_blocktime_ms;
+        e->bt_nvcpus = bt.nvcpus;
+        memcpy(e->bt_vcpu_ms, bt.vcpu_blocktime_ms, sizeof(e->bt_vcpu_ms));
+        pthread_mutex_unlock(&e->lock);
+        lm_pc_dst_free(c->pc);
+        c->pc = NULL;
+    }
+    if (c->ch && (c->cfg.flags & LM_CONFIG_RETURN_PATH) && !c->pc_listening) {
         /* Tell the source whether it may give its copy up. */
         lm_rp_write_shut(c->ch, success ? 0 : 1);
     }
@@ -296,7 +526,8 @@ void *lm_incoming_thread(void *arg)
         lm_ram_load_cleanup(&c->loader);
     }
     if (success) {
-        lm_set_state(e, LM_STATUS_ACTIVE, LM_STATUS_COMPLETED);
+        lm_set_state(e, c->pc_listening ? LM_STATUS_POSTCOPY_ACTIVE : LM_STATUS_ACTIVE,
+                     LM_STATUS_COMPLETED);
     } else {
         if (!lm_error_is_set(&c->err)) {
             lm_error_set(&c->err, ret, "incoming migration failed: %s", strerror(-ret));

@@ -13,6 +13,8 @@
 #include "common/clock.h"
 #include "common/util.h"
 #include "core/engine_internal.h"
+#include "postcopy/postcopy.h"
+#include "postcopy/source.h"
 #include "stream/stream.h"
 
 /* RAM is sent in slices of this size, so cancel and the devices' share are
@@ -37,6 +39,7 @@ typedef struct src_ctx {
     uint64_t dirty_in_period;   /* auto-converge bookkeeping */
     unsigned throttle_triggers;
     bool return_path;
+    lm_pc_src *pc;      /* postcopy-ram: set up at setup, used once switched */
 } src_ctx;
 
 static bool cancelled(lm_engine *e)
@@ -114,6 +117,16 @@ static int setup(src_ctx *c)
 
     lm_stream_write_header(c->ch);
     lm_stream_write_config(c->ch, &cfg, e->blocks, e->nblocks);
+    if (lm_cap(e, LM_CAP_POSTCOPY_RAM)) {
+        c->pc = lm_pc_src_new(e, lm_cap(e, LM_CAP_POSTCOPY_PREEMPT));
+        if (!c->pc) {
+            return lm_error_set(&c->err, -ENOMEM, "out of memory");
+        }
+        ret = lm_pc_src_advise(c->pc, c->ch, &e->uri, &c->err);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     ret = lm_ram_save_setup(&e->saver, e->blocks, e->nblocks, tracker, &c->err);
     if (ret < 0) {
         return ret;
@@ -230,6 +243,18 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     return 0;
 }
 
+/* migrate-start-postcopy was asked for (and postcopy-ram is on). */
+static bool postcopy_wanted(src_ctx *c)
+{
+    if (!c->pc) {
+        return false;
+    }
+    pthread_mutex_lock(&c->e->lock);
+    bool want = c->e->postcopy_requested;
+    pthread_mutex_unlock(&c->e->lock);
+    return want;
+}
+
 /* One pass: RAM slices interleaved with every iterative device's share. */
 static int send_pass(src_ctx *c)
 {
@@ -238,6 +263,9 @@ static int send_pass(src_ctx *c)
     while (!ram_done) {
         if (cancelled(e)) {
             return -ECANCELED;
+        }
+        if (postcopy_wanted(c)) {
+            break; /* switch now: what is left moves in postcopy */
         }
         int ret = send_ram_slice(c, LM_REC_SECTION_PART, SLICE_BYTES, &ram_done);
         if (ret == 0 && !devs_done) {
@@ -348,9 +376,166 @@ static int switchover(src_ctx *c)
     return 0;
 }
 
+/* ---- postcopy (docs/postcopy.md) ---- */
+
+/* The connection broke during postcopy: nothing is lost (every page stays
+ * here), wait in postcopy-paused for `migrate resume=true`, reconnect and
+ * run the recovery handshake.  0 once postcopy-active again. */
+static int postcopy_pause_and_resume(src_ctx *c)
+{
+    lm_engine *e = c->e;
+    lm_pc_src_stop(c->pc);
+    set_channel(e, NULL);
+    if (c->ch) {
+        lm_channel_close(c->ch, NULL);
+        c->ch = NULL;
+    }
+    lm_warn("postcopy paused: %s", c->err.msg[0] ? c->err.msg : "connection lost");
+    lm_set_state_any(e, LM_STATUS_POSTCOPY_PAUSED);
+    for (;;) {
+        pthread_mutex_lock(&e->lock);
+        while (!e->resume_requested && !e->cancel_requested) {
+            pthread_cond_wait(&e->cond, &e->lock);
+        }
+        bool cancel = e->cancel_requested;
+        lm_uri uri = e->resume_uri;
+        e->resume_requested = false;
+        pthread_mutex_unlock(&e->lock);
+        if (cancel) {
+            return -ECANCELED;
+        }
+        lm_error_clear(&c->err);
+        lm_set_state(e, LM_STATUS_POSTCOPY_PAUSED, LM_STATUS_POSTCOPY_RECOVER_SETUP);
+        int fd, pid;
+        int ret = lm_transport_connect(&uri, &fd, &pid, connect_should_abort, e, &c->err);
+        if (ret == 0) {
+            c->ch = lm_channel_new(fd, "migration channel", NULL);
+            if (!c->ch) {
+                close(fd);
+                ret = lm_error_set(&c->err, -ENOMEM, "out of memory");
+            }
+        }
+        if (ret == 0) {
+            set_channel(e, c->ch);
+            lm_set_state(e, LM_STATUS_POSTCOPY_RECOVER_SETUP, LM_STATUS_POSTCOPY_RECOVER);
+            ret = lm_pc_src_recover(c->pc, c->ch, &uri, &c->err);
+        }
+        if (ret == 0 && lm_set_state(e, LM_STATUS_POSTCOPY_RECOVER, LM_STATUS_POSTCOPY_ACTIVE)) {
+            return 0;
+        }
+        /* Recovery failed: back to paused, it may be retried. */
+        lm_warn("postcopy recovery failed: %s", c->err.msg[0] ? c->err.msg : "interrupted");
+        lm_pc_src_stop(c->pc);
+        set_channel(e, NULL);
+        if (c->ch) {
+            lm_channel_close(c->ch, NULL);
+            c->ch = NULL;
+        }
+        if (cancelled(e)) {
+            return -ECANCELED;
+        }
+        lm_set_state_any(e, LM_STATUS_POSTCOPY_PAUSED);
+    }
+}
+
+/* The switchover into postcopy: the same path as precopy's (stop, device
+ * state), but instead of the remaining RAM the destination gets the list
+ * of pages to discard, LISTEN, and RUN; the guest runs there at once and
+ * the pages follow, those it faults on first. */
+static int postcopy_switchover(src_ctx *c)
+{
+    lm_engine *e = c->e;
+    bool was_running = e->cb.vm_is_running ? e->cb.vm_is_running(e->opaque) : true;
+    uint64_t stop_ns = lm_now_ns();
+    if (e->cb.vm_stop) {
+        e->cb.vm_stop(e->opaque);
+    }
+    pthread_mutex_lock(&e->lock);
+    e->guest_stopped_by_us = was_running;
+    e->guest_was_running = was_running;
+    e->stats.stop_ns = stop_ns;
+    pthread_mutex_unlock(&e->lock);
+
+    int ret = maybe_pause(c);
+    if (ret < 0) {
+        return ret;
+    }
+    lm_status from = lm_cap(e, LM_CAP_PAUSE_BEFORE_SWITCHOVER) ? LM_STATUS_PRE_SWITCHOVER
+                                                                : LM_STATUS_ACTIVE;
+    if (!lm_set_state(e, from, LM_STATUS_DEVICE)) {
+        return -ECANCELED;
+    }
+    uint64_t before = lm_channel_bytes_written(c->ch);
+    uint64_t newly;
+    ret = lm_ram_save_sync(&e->saver, &newly, &c->err);
+    if (ret == 0) {
+        ret = lm_pc_src_send_discards(c->pc, c->ch, &c->err);
+    }
+    if (ret == 0) {
+        ret = lm_pc_write_command(c->ch, LM_CMD_POSTCOPY_LISTEN, NULL, 0);
+    }
+    if (ret == 0) {
+        ret = lm_devices_save_complete(e, c->ch, &c->err);
+    }
+    if (ret == 0) {
+        uint8_t running = was_running;
+        lm_stream_write_section_full(c->ch, LM_REC_SECTION_FULL, LM_GLOBALSTATE_SECTION_ID,
+                                     LM_GLOBALSTATE_IDSTR, 0, 1);
+        lm_stream_write_payload(c->ch, &running, 1);
+        ret = lm_stream_write_footer(c->ch, LM_GLOBALSTATE_SECTION_ID);
+    }
+    if (ret == 0) {
+        ret = lm_channel_flush(c->ch);
+    }
+    if (ret < 0) {
+        lm_channel_error(c->ch, &c->err);
+        return ret; /* the destination has not run the guest: ours runs on */
+    }
+    /* From RUN on, the destination may run the guest: ours never runs
+     * again, whatever happens to the connection. */
+    pthread_mutex_lock(&e->lock);
+    e->postcopy_started = true;
+    e->guest_stopped_by_us = false;
+    pthread_mutex_unlock(&e->lock);
+    lm_set_state(e, LM_STATUS_DEVICE, LM_STATUS_POSTCOPY_ACTIVE);
+    lm_pc_write_command(c->ch, LM_CMD_POSTCOPY_RUN, NULL, 0);
+    ret = lm_channel_flush(c->ch);
+    pthread_mutex_lock(&e->lock);
+    e->stats.downtime_ns = lm_now_ns() - stop_ns;
+    e->stats.downtime_bytes = lm_channel_bytes_written(c->ch) - before;
+    e->stats.precopy_bytes = before;
+    pthread_mutex_unlock(&e->lock);
+    if (ret == 0) {
+        ret = lm_pc_src_start_rp(c->pc, c->ch, &c->err);
+    }
+    for (;;) {
+        bool dest_failed = false;
+        if (ret == 0) {
+            ret = lm_pc_src_run(c->pc, c->ch, &c->err);
+        }
+        if (ret == 0) {
+            ret = lm_pc_src_wait_shut(c->pc, &dest_failed, &c->err);
+        }
+        if (ret == 0 || dest_failed || cancelled(e)) {
+            break;
+        }
+        lm_channel_error(c->ch, &c->err);
+        ret = postcopy_pause_and_resume(c);
+        if (ret < 0) {
+            break;
+        }
+    }
+    lm_pc_src_stop(c->pc);
+    return ret;
+}
+
 static void finish(src_ctx *c, int ret)
 {
     lm_engine *e = c->e;
+    if (c->pc) {
+        lm_pc_src_free(c->pc);
+        c->pc = NULL;
+    }
     lm_ram_save_cleanup(&e->saver);
     lm_devices_save_cleanup(e);
     set_channel(e, NULL);
@@ -376,12 +561,28 @@ static void finish(src_ctx *c, int ret)
     e->stats.end_ns = lm_now_ns();
     bool restart = ret < 0 && e->guest_stopped_by_us;
     bool was_cancel = e->cancel_requested;
+    bool postcopy = e->postcopy_started;
     e->guest_stopped_by_us = false;
+    e->postcopy_requested = false;
     pthread_mutex_unlock(&e->lock);
 
     if (ret == 0) {
         /* The source guest stays stopped (postmigrate): two copies never run. */
-        lm_set_state(e, LM_STATUS_DEVICE, LM_STATUS_COMPLETED);
+        lm_set_state(e, postcopy ? LM_STATUS_POSTCOPY_ACTIVE : LM_STATUS_DEVICE,
+                     LM_STATUS_COMPLETED);
+        return;
+    }
+    if (postcopy) {
+        /* The guest ran on the destination: ours must not run again, and
+         * the migration cannot be undone (cancel included). */
+        if (!lm_error_is_set(&c->err) || was_cancel) {
+            lm_error_clear(&c->err);
+            lm_error_set(&c->err, ret, "postcopy migration %s: the guest's state is split between "
+                         "both sides", was_cancel ? "cancelled" : "failed");
+        }
+        lm_engine_fail(e, &c->err);
+        lm_warn("%s", c->err.msg);
+        lm_set_state_any(e, LM_STATUS_FAILED);
         return;
     }
     /* Nothing lost: the source guest runs on as it did before. */
@@ -418,13 +619,13 @@ void *lm_migration_thread(void *arg)
     while (ret == 0) {
         bool switch_now;
         ret = sync_and_decide(&c, &switch_now);
-        if (ret < 0 || switch_now) {
+        if (ret < 0 || switch_now || postcopy_wanted(&c)) {
             break;
         }
         ret = send_pass(&c);
     }
     if (ret == 0) {
-        ret = cancelled(e) ? -ECANCELED : switchover(&c);
+        ret = cancelled(e) ? -ECANCELED : postcopy_wanted(&c) ? postcopy_switchover(&c) : switchover(&c);
     }
     if (ret < 0 && cancelled(e)) {
         ret = -ECANCELED;

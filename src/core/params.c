@@ -16,6 +16,9 @@ static const char *const cap_names[LM_CAP__COUNT + 1] = {
     [LM_CAP_VALIDATE_UUID] = "validate-uuid",
     [LM_CAP_AUTO_CONVERGE] = "auto-converge",
     [LM_CAP_RETURN_PATH] = "return-path",
+    [LM_CAP_POSTCOPY_RAM] = "postcopy-ram",
+    [LM_CAP_POSTCOPY_PREEMPT] = "postcopy-preempt",
+    [LM_CAP_POSTCOPY_BLOCKTIME] = "postcopy-blocktime",
     [LM_CAP__COUNT] = NULL,
 };
 
@@ -37,6 +40,7 @@ enum param_id {
     P_CPU_THROTTLE_TAILSLOW,
     P_X_VMDESC,
     P_X_DIRTY_TRACKER,
+    P_MAX_POSTCOPY_BANDWIDTH,
     P__COUNT
 };
 
@@ -51,6 +55,7 @@ static const lm_param_desc param_descs[P__COUNT + 1] = {
     [P_CPU_THROTTLE_TAILSLOW] = { "cpu-throttle-tailslow", LM_PARAM_BOOL, 0, 1, NULL },
     [P_X_VMDESC] = { "x-vmdesc", LM_PARAM_BOOL, 0, 1, NULL },
     [P_X_DIRTY_TRACKER] = { "x-dirty-tracker", LM_PARAM_STR, 0, 0, tracker_choices },
+    [P_MAX_POSTCOPY_BANDWIDTH] = { "max-postcopy-bandwidth", LM_PARAM_U64, 0, INT64_MAX, NULL },
     [P__COUNT] = { NULL, 0, 0, 0, NULL },
 };
 
@@ -137,7 +142,8 @@ static bool live_param(int id)
 {
     return id == P_MAX_BANDWIDTH || id == P_DOWNTIME_LIMIT || id == P_AVAIL_SWITCHOVER_BANDWIDTH ||
            id == P_THROTTLE_TRIGGER_THRESHOLD || id == P_CPU_THROTTLE_INCREMENT ||
-           id == P_MAX_CPU_THROTTLE || id == P_CPU_THROTTLE_TAILSLOW;
+           id == P_MAX_CPU_THROTTLE || id == P_CPU_THROTTLE_TAILSLOW ||
+           id == P_MAX_POSTCOPY_BANDWIDTH;
 }
 
 static uint64_t *u64_slot(lm_params *p, int id)
@@ -150,6 +156,7 @@ static uint64_t *u64_slot(lm_params *p, int id)
     case P_CPU_THROTTLE_INITIAL: return &p->cpu_throttle_initial;
     case P_CPU_THROTTLE_INCREMENT: return &p->cpu_throttle_increment;
     case P_MAX_CPU_THROTTLE: return &p->max_cpu_throttle;
+    case P_MAX_POSTCOPY_BANDWIDTH: return &p->max_postcopy_bandwidth;
     default: return NULL;
     }
 }
@@ -190,6 +197,9 @@ int lm_engine_set_param_u64(lm_engine *e, const char *name, uint64_t v, lm_error
         *u64_slot(&e->params, id) = v;
         if (id == P_MAX_BANDWIDTH) {
             lm_ratelimit_set(&e->rl, v);
+        }
+        if (id == P_MAX_POSTCOPY_BANDWIDTH) {
+            lm_ratelimit_set(&e->pc_rl, v);
         }
     }
     pthread_mutex_unlock(&e->lock);

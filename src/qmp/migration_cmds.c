@@ -92,6 +92,38 @@ static json_t *cmd_migrate_continue(void *opaque, json_t *args, lm_error *err)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Postcopy: migrate-start-postcopy, migrate-pause, migrate-recover */
+
+static json_t *cmd_migrate_start_postcopy(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { NULL };
+    if (qmp_args_check(args, known, err) < 0 || lm_engine_start_postcopy(opaque, err) < 0) {
+        return NULL;
+    }
+    return json_object();
+}
+
+static json_t *cmd_migrate_pause(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { NULL };
+    if (qmp_args_check(args, known, err) < 0 || lm_engine_pause(opaque, err) < 0) {
+        return NULL;
+    }
+    return json_object();
+}
+
+static json_t *cmd_migrate_recover(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { "uri", NULL };
+    const char *uri = NULL;
+    if (qmp_args_check(args, known, err) < 0 || qmp_arg_str(args, "uri", true, &uri, err) < 0 ||
+        lm_engine_recover(opaque, uri, err) < 0) {
+        return NULL;
+    }
+    return json_object();
+}
+
+/* ------------------------------------------------------------------------ */
 /* Capabilities */
 
 static bool capability_known(const char *name)
@@ -448,6 +480,14 @@ json_t *qmp_migration_info_json(const lm_info *info)
             json_object_set_new(o, "dirty-tracker", json_string(tracker));
         }
     }
+    if (info->has_blocktime) {
+        json_object_set_new(o, "postcopy-blocktime", ju64(info->postcopy_blocktime_ms));
+        json_t *v = json_array();
+        for (unsigned i = 0; i < info->nvcpus && i < LM_MAX_VCPUS; i++) {
+            json_array_append_new(v, ju64(info->vcpu_blocktime_ms[i]));
+        }
+        json_object_set_new(o, "postcopy-vcpu-blocktime", v);
+    }
     if (info->status == LM_STATUS_FAILED && info->error_desc[0]) {
         json_object_set_new(o, "error-desc", json_string(info->error_desc));
     }
@@ -486,6 +526,9 @@ void qmp_register_migration_commands(qmp_server *s, struct lm_engine *e)
     qmp_server_register(s, "migrate-incoming", cmd_migrate_incoming, e);
     qmp_server_register(s, "migrate_cancel", cmd_migrate_cancel, e);
     qmp_server_register(s, "migrate-continue", cmd_migrate_continue, e);
+    qmp_server_register(s, "migrate-start-postcopy", cmd_migrate_start_postcopy, e);
+    qmp_server_register(s, "migrate-pause", cmd_migrate_pause, e);
+    qmp_server_register(s, "migrate-recover", cmd_migrate_recover, e);
     qmp_server_register(s, "migrate-set-capabilities", cmd_migrate_set_capabilities, e);
     qmp_server_register(s, "query-migrate-capabilities", cmd_query_migrate_capabilities, e);
     qmp_server_register(s, "migrate-set-parameters", cmd_migrate_set_parameters, e);

@@ -31,15 +31,14 @@ void lm_ram_load_cleanup(lm_ram_loader *l)
     }
 }
 
-/* Validates a record's (block, first, count) and returns the block. */
-static int check_range(lm_ram_loader *l, uint16_t bi, uint64_t first, uint32_t count,
-                       lm_ram_block **out, lm_error *err)
+int lm_ram_load_check_range(lm_ram_block **blocks, size_t nblocks, uint16_t bi, uint64_t first,
+                            uint32_t count, lm_ram_block **out, lm_error *err)
 {
-    if (bi >= l->nblocks) {
+    if (bi >= nblocks) {
         return lm_error_set(err, -EBADMSG, "RAM record names block %u, but only %zu blocks exist",
-                            bi, l->nblocks);
+                            bi, nblocks);
     }
-    lm_ram_block *b = l->blocks[bi];
+    lm_ram_block *b = blocks[bi];
     if (count == 0 || first >= b->npages || count > b->npages - first) {
         return lm_error_set(err, -EBADMSG,
                             "RAM record for block '%s': pages %" PRIu64 "+%u out of range (block has %" PRIu64
@@ -88,9 +87,21 @@ int lm_ram_load_section(lm_ram_loader *l, lm_channel *ch, lm_error *err)
         uint64_t first = lm_load_be64(hdr + 2);
         uint32_t count = lm_load_be32(hdr + 10);
         lm_ram_block *b = NULL;
-        ret = check_range(l, bi, first, count, &b, err);
+        ret = lm_ram_load_check_range(l->blocks, l->nblocks, bi, first, count, &b, err);
         if (ret < 0) {
             return ret;
+        }
+        if (l->place) {
+            ret = l->place(l->place_opaque, type, b, first, count, ch, err);
+            if (ret < 0) {
+                return ret;
+            }
+            if (type == LM_RAM_ZERO) {
+                l->zero_pages += count;
+            } else {
+                l->pages_loaded += count;
+            }
+            continue;
         }
         if (type == LM_RAM_ZERO) {
             place_zero(b, first, count);

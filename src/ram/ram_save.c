@@ -114,26 +114,29 @@ static int batch_record(batch *b, lm_channel *ch, uint8_t type, const lm_ram_blo
     return 0;
 }
 
-static bool page_is_zero(const lm_ram_block *blk, uint64_t page)
+static bool page_is_zero(const lm_ram_block *blk, uint64_t page, bool read)
 {
-    if (lm_bitmap_test(blk->unpopulated, page)) {
+    if (!read && lm_bitmap_test(blk->unpopulated, page)) {
         return true;
     }
     return lm_buffer_is_zero(lm_ram_block_page(blk, page), blk->page_size);
 }
 
-/* Sends the dirty pages [p, q) of blk, split into zero and data runs. */
+/* Sends the dirty pages [p, q) of blk, split into zero and data runs.
+ * shared: other threads send too (postcopy).  The never-populated hint is
+ * not used then: it dates from setup, and only precopy's requeue (on
+ * every sync) corrects it for pages written since. */
 static int send_run(lm_ram_saver *s, batch *b, lm_channel *ch, lm_ram_block *blk, uint64_t p,
-                    uint64_t q)
+                    uint64_t q, bool shared)
 {
     uint64_t max_run = MAX_RUN_BYTES >> blk->page_shift;
     if (!max_run) {
         max_run = 1;
     }
     while (p < q) {
-        bool zero = page_is_zero(blk, p);
+        bool zero = page_is_zero(blk, p, shared);
         uint64_t e = p + 1;
-        while (e < q && e - p < (zero ? UINT32_MAX : max_run) && page_is_zero(blk, e) == zero) {
+        while (e < q && e - p < (zero ? UINT32_MAX : max_run) && page_is_zero(blk, e, shared) == zero) {
             e++;
         }
         uint32_t count = (uint32_t)(e - p);
@@ -149,6 +152,10 @@ static int send_run(lm_ram_saver *s, batch *b, lm_channel *ch, lm_ram_block *blk
         }
         if (ret < 0) {
             return ret;
+        }
+        if (shared) {
+            p = e;
+            continue;
         }
         if (zero) {
             /* Zero pages known from the hint were not read: watch them. */
@@ -191,7 +198,7 @@ int lm_ram_save_send(lm_ram_saver *s, lm_channel *ch, uint64_t budget, uint64_t 
         lm_bitmap_clear_range(blk->dirty, p, q - p);
         uint64_t bytes = (q - p) << blk->page_shift;
         __atomic_fetch_sub(&s->dirty_bytes, LM_MIN(bytes, s->dirty_bytes), __ATOMIC_RELAXED);
-        ret = send_run(s, b, ch, blk, p, q);
+        ret = send_run(s, b, ch, blk, p, q, false);
         if (ret < 0) {
             break;
         }
@@ -214,6 +221,28 @@ int lm_ram_save_send(lm_ram_saver *s, lm_channel *ch, uint64_t budget, uint64_t 
         *sent = done;
     }
     return 0;
+}
+
+struct lm_ram_batch *lm_ram_batch_new(void)
+{
+    return calloc(1, sizeof(struct lm_ram_batch));
+}
+
+void lm_ram_batch_free(struct lm_ram_batch *b)
+{
+    free(b);
+}
+
+int lm_ram_save_send_range(lm_ram_saver *s, struct lm_ram_batch *b, lm_channel *ch,
+                           lm_ram_block *blk, uint64_t p, uint64_t q)
+{
+    int ret = send_run(s, b, ch, blk, p, q, true);
+    return ret < 0 ? ret : 0;
+}
+
+int lm_ram_batch_flush(struct lm_ram_batch *b, lm_channel *ch)
+{
+    return batch_flush(b, ch);
 }
 
 void lm_ram_save_cleanup(lm_ram_saver *s)

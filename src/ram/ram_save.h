@@ -51,6 +51,16 @@ int lm_ram_save_send(lm_ram_saver *s, lm_channel *ch, uint64_t budget, uint64_t 
                      bool *pass_done, lm_error *err);
 void lm_ram_save_cleanup(lm_ram_saver *s);
 
+/* Postcopy: several threads send (the migration thread, the preempt
+ * sender), each with its own batch.  send_range queues pages [p, q) of
+ * blk, which the caller has claimed from the dirty bitmap; the records go
+ * out at the latest with lm_ram_batch_flush. */
+struct lm_ram_batch *lm_ram_batch_new(void);
+void lm_ram_batch_free(struct lm_ram_batch *b);
+int lm_ram_save_send_range(lm_ram_saver *s, struct lm_ram_batch *b, lm_channel *ch,
+                           lm_ram_block *blk, uint64_t p, uint64_t q);
+int lm_ram_batch_flush(struct lm_ram_batch *b, lm_channel *ch);
+
 static inline uint64_t lm_ram_save_pending(const lm_ram_saver *s)
 {
     return __atomic_load_n(&s->dirty_bytes, __ATOMIC_RELAXED);

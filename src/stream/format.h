@@ -35,11 +35,32 @@ enum lm_ram_record_type {
     LM_RAM_EOS = 0x03,   /* end of this section's RAM payload */
 };
 
+/* COMMAND records (postcopy control): u8 REC_COMMAND, be16 command,
+ * be16 len, len bytes.  See docs/postcopy.md for when each is sent. */
+enum lm_command {
+    LM_CMD_POSTCOPY_ADVISE = 0x01,  /* be32 flags (LM_ADVISE_*): postcopy may follow */
+    LM_CMD_POSTCOPY_DISCARD = 0x02, /* be16 block, be16 n, n x (be64 first, be64 count) */
+    LM_CMD_POSTCOPY_LISTEN = 0x03,  /* empty: register guest RAM with userfaultfd */
+    LM_CMD_POSTCOPY_RUN = 0x04,     /* empty: start the guest */
+    LM_CMD_POSTCOPY_RESUME = 0x05,  /* empty: first record of a recovery stream */
+};
+#define LM_ADVISE_PREEMPT (1u << 0) /* urgent pages on a second connection */
+#define LM_COMMAND_MAX_LEN 65535u
+#define LM_DISCARD_MAX_RANGES 4095u /* (65535 - 4) / 16 */
+
 /* Return path (destination -> source) messages: be16 type, be16 len, body. */
 enum lm_rp_type {
-    LM_RP_SHUT = 0x01, /* be32 status: 0 = loaded and running, else failure */
-    LM_RP_PONG = 0x02,
+    LM_RP_SHUT = 0x01,        /* be32 status: 0 = loaded and running, else failure */
+    LM_RP_PONG = 0x02,        /* be32 value (reserved: no PING is sent yet) */
+    LM_RP_REQ_PAGES = 0x03,   /* be16 block, be64 first page, be32 count (one host page) */
+    LM_RP_RECV_BITMAP = 0x04, /* be16 block, be64 first word, be16 n, n x be64 words */
+    LM_RP_RESUME_ACK = 0x05,  /* empty: the bitmaps are sent, resume postcopy */
 };
+#define LM_RP_BITMAP_MAX_WORDS 4096u
+
+/* The postcopy preempt connection opens with be32 magic, be32 version,
+ * then carries RAM records (PAGES/ZERO) of requested pages only. */
+#define LM_PREEMPT_MAGIC 0x4c4d5043u /* "LMPC" */
 
 #define LM_RAM_SECTION_IDSTR "ram"
 /* Built-in FULL section: the source guest's run state at switchover

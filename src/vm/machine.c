@@ -341,6 +341,15 @@ void vm_free(vm *m)
     }
     /* Stop the guest first and for good: a cancelled migration must not
      * restart it while we tear down. */
+    /* A destination in postcopy may have vCPUs blocked on missing pages,
+     * which could never park: end the migration first (that unregisters
+     * guest RAM and lets them go). */
+    if (m->engine && lm_engine_is_incoming(m->engine)) {
+        lm_engine_cancel(m->engine, NULL);
+        for (int i = 0; i < 500 && lm_engine_is_incoming(m->engine); i++) {
+            usleep(10000);
+        }
+    }
     pthread_mutex_lock(&m->lock);
     m->shutting_down = true;
     if (m->cpus) {
@@ -425,12 +434,27 @@ int vm_stop_cmd(vm *m, lm_error *err)
     return 0;
 }
 
+/* The engine reports `completed` a moment before its MIGRATION event
+ * reaches cb_on_event: a query in between already sees the outcome. */
+static void settle_switchover_locked(vm *m)
+{
+    if (m->state != VM_FINISH_MIGRATE) {
+        return;
+    }
+    lm_info info;
+    lm_engine_query(m->engine, &info);
+    if (!info.incoming && info.status == LM_STATUS_COMPLETED) {
+        m->state = VM_POSTMIGRATE;
+    }
+}
+
 int vm_cont_cmd(vm *m, lm_error *err)
 {
     bool started = false;
     int ret = 0;
 
     pthread_mutex_lock(&m->lock);
+    settle_switchover_locked(m);
     if (m->state == VM_RUNNING) {
         goto out;
     }
@@ -468,6 +492,7 @@ static const char *runstate_name(vm_runstate s)
 const char *vm_status(vm *m, bool *running)
 {
     pthread_mutex_lock(&m->lock);
+    settle_switchover_locked(m);
     vm_runstate s = m->state;
     pthread_mutex_unlock(&m->lock);
 

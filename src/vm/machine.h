@@ -7,8 +7,10 @@
  *   running        the vCPUs run                    -> paused (stop),
  *                                                      finish-migrate (engine vm_stop)
  *   paused         stopped by the user              -> running (cont)
- *   inmigrate      --incoming: waiting for/loading  -> running (engine vm_start,
- *                  a migration                         autostart) or paused (-S)
+ *   inmigrate      --incoming: waiting for/loading  -> running (engine vm_start:
+ *                  a migration                         autostart and the source ran)
+ *                                                      or paused (-S, or the source
+ *                                                      guest was stopped)
  *   finish-migrate the engine stopped the guest for -> postmigrate (completed),
  *                  switchover                          back to what it was (failed,
  *                                                      cancelled)

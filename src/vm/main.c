@@ -54,8 +54,16 @@ int main(int argc, char **argv)
         close(sfd);
         return 1;
     }
-    fprintf(stderr, "livemig-vm: '%s' %" PRIu64 " MiB (%s, %u block%s), %u vCPU%s, workload %s%s%s%s\n",
-            opts.name, opts.ram.size >> 20, guest_ram_backend_name(opts.ram.backend),
+    char size[32];
+    if (opts.ram.size % (1ull << 30) == 0) {
+        snprintf(size, sizeof(size), "%" PRIu64 " GiB", opts.ram.size >> 30);
+    } else if (opts.ram.size % (1ull << 20) == 0) {
+        snprintf(size, sizeof(size), "%" PRIu64 " MiB", opts.ram.size >> 20);
+    } else {
+        snprintf(size, sizeof(size), "%" PRIu64 " KiB", opts.ram.size >> 10);
+    }
+    fprintf(stderr, "livemig-vm: '%s' %s (%s, %u block%s), %u vCPU%s, workload %s%s%s%s\n",
+            opts.name, size, guest_ram_backend_name(opts.ram.backend),
             opts.ram.nblocks, opts.ram.nblocks == 1 ? "" : "s", opts.smp, opts.smp == 1 ? "" : "s",
             workload_kind_name(opts.workload.kind),
             opts.incoming ? ", incoming " : "", opts.incoming ? opts.incoming : "",

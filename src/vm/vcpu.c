@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vcpu.h"
 
@@ -19,6 +20,7 @@ struct vcpu {
     pthread_t thread;
     wl_regs regs;     /* the register block: migrates as "cpu" instance index */
     wl_regs initial;  /* what this machine expects; a loaded block must match */
+    int tid;          /* the thread's id (postcopy blocktime), set under vs->lock */
 };
 
 struct vcpus {
@@ -111,15 +113,21 @@ static void vcpu_run(struct vcpu *cpu)
         }
 
         if (rate) {
+            /* The rate is paced in vCPU time: a vCPU throttled to run
+             * (100 - p) % of the time dirties that share of its rate, as
+             * a guest doing fixed work per unit of CPU would.  Otherwise a
+             * rate-limited guest, idle most of the time, would never feel
+             * auto-converge. */
+            double eff = (double)rate * (double)(100 - p) / 100;
             uint64_t now = vm_now_ns();
-            tokens += (double)(now - last) * (double)rate / 1e9;
+            tokens += (double)(now - last) * eff / 1e9;
             last = now;
             if (tokens > burst) {
                 tokens = burst;
             }
             tokens -= (double)n * (double)step_bytes;
             if (tokens < 0) {
-                vcpu_sleep(vs, (uint64_t)(-tokens * 1e9 / (double)rate));
+                vcpu_sleep(vs, (uint64_t)(-tokens * 1e9 / eff));
             }
         }
     }
@@ -135,6 +143,7 @@ static void *vcpu_thread(void *arg)
     pthread_setname_np(pthread_self(), name);
 
     pthread_mutex_lock(&vs->lock);
+    cpu->tid = (int)gettid();
     for (;;) {
         while (!vs->run && !vs->quit) {
             vs->nparked++;
@@ -341,6 +350,16 @@ static const lm_vmstate cpu_vmstate = {
 int vcpus_register(vcpus *vs, lm_engine *e, lm_error *err)
 {
     for (unsigned i = 0; i < vs->n; i++) {
+        /* Every thread sets its id before it first parks. */
+        pthread_mutex_lock(&vs->lock);
+        while (i < vs->nthreads && vs->cpu[i].tid == 0) {
+            pthread_cond_wait(&vs->parked, &vs->lock);
+        }
+        int tid = vs->cpu[i].tid;
+        pthread_mutex_unlock(&vs->lock);
+        if (tid && i < LM_MAX_VCPUS) {
+            lm_engine_set_vcpu_thread(e, i, tid, NULL);
+        }
         int ret = lm_engine_add_device(e, "cpu", i, &cpu_vmstate, &vs->cpu[i], err);
         if (ret < 0) {
             return ret;

@@ -5,6 +5,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "machine.h"
 #include "vm_qmp.h"
@@ -132,8 +133,41 @@ static json_t *cmd_query_memory_hash(void *opaque, json_t *args, lm_error *err)
     return json_pack("{s:s, s:I}", "hash", hex, "bytes", (json_int_t)m->ram->size);
 }
 
+/*
+ * migrate-incoming, wrapped with the machine's check: only a machine that
+ * waits for a migration (started with --incoming) may load one, or the
+ * engine would overwrite the RAM of a guest that runs.  QEMU refuses it the
+ * same way ("For use with '-incoming defer'").  Registered after
+ * qmp_register_migration_commands(), it replaces the plain command.
+ */
+static json_t *cmd_migrate_incoming(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { "uri", NULL };
+    vm *m = opaque;
+    const char *uri = NULL;
+    bool running;
+
+    if (qmp_args_check(args, known, err) < 0 || qmp_arg_str(args, "uri", true, &uri, err) < 0) {
+        return NULL;
+    }
+    if (lm_engine_is_incoming(m->engine)) {
+        lm_error_set(err, -EBUSY, "An incoming migration is already in progress");
+        return NULL;
+    }
+    if (strcmp(vm_status(m, &running), "inmigrate") != 0) {
+        lm_error_set(err, -EINVAL, "The incoming migration has not been requested: start the "
+                     "machine with --incoming defer");
+        return NULL;
+    }
+    if (lm_engine_incoming(m->engine, uri, err) < 0) {
+        return NULL;
+    }
+    return json_object();
+}
+
 void vm_qmp_register(vm *m, qmp_server *s)
 {
+    qmp_server_register(s, "migrate-incoming", cmd_migrate_incoming, m);
     qmp_server_register(s, "stop", cmd_stop, m);
     qmp_server_register(s, "cont", cmd_cont, m);
     qmp_server_register(s, "quit", cmd_quit, m);

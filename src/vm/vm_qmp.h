@@ -2,6 +2,8 @@
  * The machine's own QMP commands (the migration commands are registered by
  * qmp_register_migration_commands()):
  *
+ *   migrate-incoming     replaces the engine's: refused unless the machine
+ *                        waits for a migration (--incoming)
  *   stop, cont, quit
  *   query-status         {"running", "singlestep": false, "status"} as QEMU's
  *   x-verify-memory      {"ok", "pages", "mismatches", "message"}: the

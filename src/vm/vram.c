@@ -32,11 +32,6 @@ struct vram {
     double tokens;
 };
 
-static inline bool test_bit(const uint64_t *map, uint64_t i)
-{
-    return (map[i / 64] >> (i % 64)) & 1;
-}
-
 static void set_dirty_locked(vram *v, uint64_t i)
 {
     uint64_t m = 1ull << (i % 64);

@@ -875,7 +875,7 @@ static void test_section_footer_mismatch(void **state)
 static void test_unknown_record_type(void **state)
 {
     FIXTURE;
-    const uint8_t types[] = { 0x00, 0x09, 0x7f, 0xff, LM_REC_COMMAND };
+    const uint8_t types[] = { 0x00, 0x09, 0x7f, 0xff };
     for (size_t i = 0; i < sizeof(types); i++) {
         put_header(&w);
         put_config(&w, 0);
@@ -885,6 +885,30 @@ static void test_unknown_record_type(void **state)
         char want[40];
         snprintf(want, sizeof(want), "unknown record type 0x%02x", types[i]);
         expect_failure(f, &w, RAM_UNTOUCHED, want, NULL);
+    }
+    /* COMMAND records exist (postcopy); an unknown command is refused, and
+     * postcopy commands out of order too. */
+    const uint16_t cmds[] = { 0x0000, 0x7fff, LM_CMD_POSTCOPY_RESUME };
+    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        put_header(&w);
+        put_config(&w, 0);
+        lm_wbuf_put_u8(&w, LM_REC_COMMAND);
+        lm_wbuf_put_be16(&w, cmds[i]);
+        lm_wbuf_put_be16(&w, 0);
+        lm_wbuf_put_u8(&w, LM_REC_EOF);
+        char want[40];
+        snprintf(want, sizeof(want), "unexpected command 0x%04x", cmds[i]);
+        expect_failure(f, &w, RAM_UNTOUCHED, want, NULL);
+    }
+    const uint16_t early[] = { LM_CMD_POSTCOPY_DISCARD, LM_CMD_POSTCOPY_LISTEN, LM_CMD_POSTCOPY_RUN };
+    for (size_t i = 0; i < sizeof(early) / sizeof(early[0]); i++) {
+        put_header(&w);
+        put_config(&w, 0);
+        lm_wbuf_put_u8(&w, LM_REC_COMMAND);
+        lm_wbuf_put_be16(&w, early[i]);
+        lm_wbuf_put_be16(&w, 0);
+        lm_wbuf_put_u8(&w, LM_REC_EOF);
+        expect_failure(f, &w, RAM_UNTOUCHED, "POSTCOPY_", NULL);
     }
 }
 

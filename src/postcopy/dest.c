@@ -1,0 +1,725 @@
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "common/bitmap.h"
+#include "common/clock.h"
+#include "common/util.h"
+#include "livemig/buffer.h"
+#include "postcopy/dest_internal.h"
+#include "postcopy/return_path.h"
+#include "ram/uffd_compat.h"
+
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+
+#define PLACER_MIN (1u << 20) /* one PAGES record of 4 KiB pages at most */
+
+static int placer_init(lm_pc_placer *pl, size_t cap)
+{
+    memset(pl, 0, sizeof(*pl));
+    pl->buf = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (pl->buf == MAP_FAILED) {
+        pl->buf = NULL;
+        return -ENOMEM;
+    }
+    pl->cap = cap;
+    return 0;
+}
+
+static void placer_free(lm_pc_placer *pl)
+{
+    if (pl->buf) {
+        munmap(pl->buf, pl->cap);
+    }
+    pl->buf = NULL;
+}
+
+int lm_pc_dst_new(lm_engine *e, lm_ram_block **blocks, size_t nblocks, uint32_t flags,
+                  lm_pc_dst **out, lm_error *err)
+{
+    lm_pc_dst *d = calloc(1, sizeof(*d));
+    if (!d) {
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    d->e = e;
+    d->nblocks = nblocks;
+    d->preempt = flags & LM_ADVISE_PREEMPT;
+    d->uffd = -1;
+    d->wake_fd = -1;
+    pthread_mutex_init(&d->lock, NULL);
+    pthread_cond_init(&d->cond, NULL);
+    pthread_mutex_init(&d->rp_lock, NULL);
+    pthread_mutex_init(&d->bt_lock, NULL);
+    size_t cap = PLACER_MIN;
+    for (size_t i = 0; i < nblocks; i++) {
+        d->blocks[i] = blocks[i];
+        d->wire_of[blocks[i]->idx] = (uint32_t)i;
+        d->total_pages += blocks[i]->npages;
+        cap = LM_MAX(cap, lm_pc_hp_bytes(blocks[i]));
+    }
+    d->zero_len = cap;
+    d->zero_buf = mmap(NULL, cap, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (d->zero_buf == MAP_FAILED) {
+        d->zero_buf = NULL;
+    }
+    if (!d->zero_buf || placer_init(&d->main_pl, cap) < 0 || placer_init(&d->pre_pl, cap) < 0) {
+        lm_pc_dst_free(d);
+        return lm_error_set(err, -ENOMEM, "out of memory for postcopy buffers");
+    }
+    pthread_mutex_lock(&e->lock);
+    d->blocktime = e->caps[LM_CAP_POSTCOPY_BLOCKTIME];
+    d->nvcpus = e->nvcpus;
+    memcpy(d->tids, e->vcpu_tids, sizeof(d->tids));
+    pthread_mutex_unlock(&e->lock);
+    *out = d;
+    return 0;
+}
+
+bool lm_pc_dst_preempt(const lm_pc_dst *d)
+{
+    return d->preempt;
+}
+
+void lm_pc_dst_free(lm_pc_dst *d)
+{
+    if (!d) {
+        return;
+    }
+    lm_pc_dst_stop_preempt(d);
+    lm_pc_fault_stop(d);
+    lm_pc_dst_set_rp(d, NULL, false, NULL);
+    if (d->uffd >= 0) {
+        /* Closing unregisters guest RAM; every page is placed by now
+         * (or the migration failed and the guest is lost anyway). */
+        close(d->uffd);
+        d->uffd = -1;
+        for (size_t i = 0; i < d->nblocks && d->listening; i++) {
+            lm_ram_block *b = d->blocks[i];
+            if (lm_pc_hp_pages(b) > 1) {
+                /* Placement built 4 KiB mappings: rebuild huge pages. */
+                madvise(b->host, b->size, MADV_COLLAPSE);
+            }
+        }
+    }
+    for (size_t i = 0; i < d->nblocks; i++) {
+        lm_bitmap_free(d->requested[i]);
+    }
+    placer_free(&d->main_pl);
+    placer_free(&d->pre_pl);
+    if (d->zero_buf) {
+        munmap(d->zero_buf, d->zero_len);
+    }
+    pthread_mutex_destroy(&d->bt_lock);
+    pthread_mutex_destroy(&d->rp_lock);
+    pthread_cond_destroy(&d->cond);
+    pthread_mutex_destroy(&d->lock);
+    free(d);
+}
+
+/* Drops pages [first, first+n) so that the next access faults: private
+ * memory loses its pages, shared memory (memfd, hugetlbfs) its backing. */
+static int drop_pages(lm_ram_block *b, uint64_t first, uint64_t n, lm_error *err)
+{
+    int advice = lm_ram_block_is_private(b) ? MADV_DONTNEED : MADV_REMOVE;
+    if (madvise(lm_ram_block_page(b, first), n << b->page_shift, advice) < 0) {
+        return lm_error_set_errno(err, -errno, "cannot discard pages %llu+%llu of block '%s'",
+                                  (unsigned long long)first, (unsigned long long)n, b->name);
+    }
+    return 0;
+}
+
+int lm_pc_dst_discard(lm_pc_dst *d, const uint8_t *body, uint16_t len, lm_error *err)
+{
+    if (d->listening) {
+        return lm_error_set(err, -EBADMSG, "DISCARD after LISTEN");
+    }
+    if (len < 4) {
+        return lm_error_set(err, -EBADMSG, "DISCARD command of %u bytes", len);
+    }
+    uint16_t wi = lm_load_be16(body), n = lm_load_be16(body + 2);
+    if (wi >= d->nblocks || len != 4u + 16u * n) {
+        return lm_error_set(err, -EBADMSG, "malformed DISCARD command (block %u, %u ranges, %u bytes)",
+                            wi, n, len);
+    }
+    lm_ram_block *b = d->blocks[wi];
+    uint64_t hp = lm_pc_hp_pages(b);
+    for (uint16_t i = 0; i < n; i++) {
+        uint64_t first = lm_load_be64(body + 4 + 16 * i), count = lm_load_be64(body + 12 + 16 * i);
+        if (count == 0 || first >= b->npages || count > b->npages - first || (first | count) & (hp - 1)) {
+            return lm_error_set(err, -EBADMSG, "DISCARD of block '%s' pages %llu+%llu out of range",
+                                b->name, (unsigned long long)first, (unsigned long long)count);
+        }
+        lm_bitmap_clear_range(b->received, first, count);
+        int ret = drop_pages(b, first, count, err);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    return 0;
+}
+
+static int place_cb(void *opaque, uint8_t type, lm_ram_block *b, uint64_t first, uint32_t count,
+                    lm_channel *ch, lm_error *err);
+
+static int open_uffd(lm_pc_dst *d, lm_error *err)
+{
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0 && errno == EPERM) {
+        /* Unprivileged: placement never lets the kernel touch missing
+         * pages (no read() into guest RAM), so user faults are enough. */
+        fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    }
+    if (fd < 0) {
+        return lm_error_set_errno(err, -errno, "postcopy: userfaultfd() is not available");
+    }
+    uint64_t want = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MISSING_HUGETLBFS;
+    if (d->blocktime) {
+        want |= UFFD_FEATURE_THREAD_ID;
+    }
+    struct uffdio_api api = { .api = UFFD_API, .features = want };
+    if (ioctl(fd, UFFDIO_API, &api) < 0) {
+        int code = -errno;
+        close(fd);
+        return lm_error_set_errno(err, code, "postcopy: userfaultfd lacks features 0x%llx",
+                                  (unsigned long long)want);
+    }
+    d->uffd = fd;
+    return 0;
+}
+
+int lm_pc_dst_listen(lm_pc_dst *d, lm_ram_loader *l, lm_error *err)
+{
+    if (d->listening) {
+        return lm_error_set(err, -EBADMSG, "second LISTEN command");
+    }
+    uint64_t received = 0;
+    for (size_t i = 0; i < d->nblocks; i++) {
+        lm_ram_block *b = d->blocks[i];
+        uint64_t hp = lm_pc_hp_pages(b);
+        /* A host page is there whole or not at all. */
+        for (uint64_t first = 0; hp > 1 && first < b->npages; first += hp) {
+            if (!lm_pc_all_set(b->received, first, hp)) {
+                lm_bitmap_clear_range(b->received, first, hp);
+            }
+        }
+        /* Whatever was not received must fault, even if an earlier
+         * attempt left bytes there. */
+        for (uint64_t p = 0; p < b->npages;) {
+            uint64_t s = lm_bitmap_next_clear(b->received, b->npages, p);
+            if (s >= b->npages) {
+                break;
+            }
+            uint64_t q = lm_bitmap_next_set(b->received, b->npages, s);
+            int ret = drop_pages(b, s, q - s, err);
+            if (ret < 0) {
+                return ret;
+            }
+            p = q;
+        }
+        received += lm_bitmap_count(b->received, b->npages);
+        d->requested[i] = lm_bitmap_new(b->npages);
+        if (!d->requested[i]) {
+            return lm_error_set(err, -ENOMEM, "out of memory");
+        }
+    }
+    __atomic_store_n(&d->received_pages, received, __ATOMIC_RELEASE);
+    int ret = open_uffd(d, err);
+    if (ret < 0) {
+        return ret;
+    }
+    for (size_t i = 0; i < d->nblocks; i++) {
+        lm_ram_block *b = d->blocks[i];
+        struct uffdio_register reg = {
+            .range = { .start = (uintptr_t)b->host, .len = b->size },
+            .mode = UFFDIO_REGISTER_MODE_MISSING,
+        };
+        if (ioctl(d->uffd, UFFDIO_REGISTER, &reg) < 0) {
+            return lm_error_set_errno(err, -errno, "postcopy: cannot register block '%s' with userfaultfd",
+                                      b->name);
+        }
+        if (!(reg.ioctls & (1ull << _UFFDIO_COPY))) {
+            return lm_error_set(err, -EOPNOTSUPP, "postcopy: UFFDIO_COPY unsupported for block '%s'",
+                                b->name);
+        }
+        d->zeropage_ok[i] = reg.ioctls & (1ull << _UFFDIO_ZEROPAGE);
+    }
+    d->listening = true;
+    ret = lm_pc_fault_start(d, err);
+    if (ret < 0) {
+        return ret;
+    }
+    l->place = place_cb;
+    l->place_opaque = d;
+    return 0;
+}
+
+/* ---- placement ---- */
+
+int lm_pc_uffd_place(lm_pc_dst *d, uint32_t wi, void *addr, const uint8_t *src, size_t len,
+                     lm_error *err)
+{
+    lm_ram_block *b = d->blocks[wi];
+    uintptr_t a = (uintptr_t)addr;
+    while (len > 0) {
+        size_t chunk = len;
+        long done;
+        int r;
+        if (!src && d->zeropage_ok[wi]) {
+            struct uffdio_zeropage z = { .range = { .start = a, .len = chunk } };
+            r = ioctl(d->uffd, UFFDIO_ZEROPAGE, &z);
+            done = (long)z.zeropage;
+        } else {
+            if (!src && chunk > d->zero_len) {
+                chunk = d->zero_len;
+            }
+            struct uffdio_copy c = { .dst = a, .src = (uintptr_t)(src ? src : d->zero_buf), .len = chunk };
+            r = ioctl(d->uffd, UFFDIO_COPY, &c);
+            done = (long)c.copy;
+        }
+        if (r == 0) {
+            done = (long)chunk;
+        } else if (errno == EAGAIN) {
+            if (done <= 0) {
+                continue;
+            }
+        } else if (errno == EEXIST) {
+            /* Placed meanwhile by another path: skip that page; whoever
+             * placed it woke its waiters, wake again to be sure. */
+            if (done < 0) {
+                done = 0;
+            }
+            struct uffdio_range w = { .start = a + (size_t)done, .len = b->page_size };
+            ioctl(d->uffd, UFFDIO_WAKE, &w);
+            done += b->page_size;
+        } else {
+            return lm_error_set_errno(err, -errno, "postcopy: cannot place %zu bytes in block '%s'",
+                                      chunk, b->name);
+        }
+        if ((size_t)done > len) {
+            done = (long)len;
+        }
+        a += (size_t)done;
+        if (src) {
+            src += done;
+        }
+        len -= (size_t)done;
+    }
+    return 0;
+}
+
+/* Places [first, first+n) (whole host pages) from src, or zeros when src
+ * is NULL, skipping pages already placed. */
+int lm_pc_place_range(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t first, uint64_t n,
+                      const uint8_t *src, lm_error *err)
+{
+    uint64_t end = first + n;
+    for (uint64_t p = first; p < end;) {
+        if (lm_pc_test(b->received, p)) {
+            p++;
+            continue;
+        }
+        uint64_t q = p + 1;
+        while (q < end && !lm_pc_test(b->received, q)) {
+            q++;
+        }
+        int ret = lm_pc_uffd_place(d, wi, lm_ram_block_page(b, p),
+                                   src ? src + ((p - first) << b->page_shift) : NULL,
+                                   (q - p) << b->page_shift, err);
+        if (ret < 0) {
+            return ret;
+        }
+        uint64_t newly = lm_pc_set_range(b->received, p, q - p);
+        __atomic_fetch_add(&d->e->pc_bytes, (q - p) << b->page_shift, __ATOMIC_RELAXED);
+        if (newly && __atomic_add_fetch(&d->received_pages, newly, __ATOMIC_ACQ_REL) >= d->total_pages) {
+            pthread_mutex_lock(&d->lock);
+            pthread_cond_broadcast(&d->cond);
+            pthread_mutex_unlock(&d->lock);
+        }
+        lm_pc_blocktime_end(d, wi, p, q - p);
+        p = q;
+    }
+    return 0;
+}
+
+static int place_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, lm_ram_block *b,
+                        uint64_t first, uint32_t count, lm_channel *ch, lm_error *err)
+{
+    uint32_t wi = d->wire_of[b->idx];
+    uint64_t hp = lm_pc_hp_pages(b);
+    size_t psz = b->page_size;
+    if (hp == 1) {
+        for (uint64_t done = 0; done < count;) {
+            uint64_t chunk = LM_MIN((uint64_t)count - done, pl->cap / psz);
+            if (type == LM_RAM_PAGES && lm_channel_get(ch, pl->buf, chunk * psz) < 0) {
+                return lm_channel_error(ch, err);
+            }
+            int ret = lm_pc_place_range(d, wi, b, first + done, chunk,
+                                        type == LM_RAM_PAGES ? pl->buf : NULL, err);
+            if (ret < 0) {
+                return ret;
+            }
+            done += chunk;
+        }
+        return 0;
+    }
+    for (uint64_t pg = first; pg < first + count; pg++) {
+        uint64_t hpf = pg & ~(hp - 1);
+        if (pl->filled == 0) {
+            pl->blk = b;
+            pl->hp_first = hpf;
+        }
+        if (pl->blk != b || pg != pl->hp_first + pl->filled) {
+            return lm_error_set(err, -EBADMSG,
+                                "host page %llu of block '%s' interrupted by page %llu of block '%s'",
+                                (unsigned long long)pl->hp_first, pl->blk->name,
+                                (unsigned long long)pg, b->name);
+        }
+        uint8_t *dst = pl->buf + pl->filled * psz;
+        if (type == LM_RAM_PAGES) {
+            if (lm_channel_get(ch, dst, psz) < 0) {
+                return lm_channel_error(ch, err);
+            }
+        } else {
+            memset(dst, 0, psz);
+        }
+        if (++pl->filled == hp) {
+            pl->filled = 0;
+            int ret = lm_pc_place_range(d, wi, b, hpf, hp, pl->buf, err);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+    }
+    return 0;
+}
+
+static int place_cb(void *opaque, uint8_t type, lm_ram_block *b, uint64_t first, uint32_t count,
+                    lm_channel *ch, lm_error *err)
+{
+    lm_pc_dst *d = opaque;
+    return place_record(d, &d->main_pl, type, b, first, count, ch, err);
+}
+
+void lm_pc_dst_reset_main(lm_pc_dst *d)
+{
+    d->main_pl.filled = 0;
+    d->main_pl.blk = NULL;
+}
+
+/* ---- return path ---- */
+
+void lm_pc_send_request(lm_pc_dst *d, uint32_t wi, uint64_t hp_first, uint64_t hp)
+{
+    pthread_mutex_lock(&d->rp_lock);
+    if (d->rp && lm_rp_send_req_pages(d->rp, (uint16_t)wi, hp_first, (uint32_t)hp) < 0) {
+        /* The main channel shares the socket: the load thread sees the
+         * failure too and pauses; the request is asked again on resume. */
+        lm_channel_close(d->rp, NULL);
+        d->rp = NULL;
+    }
+    pthread_mutex_unlock(&d->rp_lock);
+    __atomic_fetch_add(&d->e->pc_requests, 1, __ATOMIC_RELAXED);
+}
+
+int lm_pc_dst_set_rp(lm_pc_dst *d, lm_channel *main_ch, bool resume, lm_error *err)
+{
+    lm_channel *rp = NULL;
+    if (main_ch) {
+        int fd = dup(lm_channel_fd(main_ch));
+        if (fd < 0) {
+            return lm_error_set_errno(err, -errno, "cannot duplicate the migration socket");
+        }
+        rp = lm_channel_new(fd, "return path", NULL);
+        if (!rp) {
+            close(fd);
+            return lm_error_set(err, -ENOMEM, "out of memory");
+        }
+    }
+    int ret = 0;
+    pthread_mutex_lock(&d->rp_lock);
+    if (d->rp) {
+        lm_channel_close(d->rp, NULL);
+    }
+    d->rp = rp;
+    if (rp && resume) {
+        for (size_t i = 0; i < d->nblocks && ret == 0; i++) {
+            ret = lm_rp_send_recv_bitmap(rp, (uint16_t)i, d->blocks[i]->received, d->blocks[i]->npages);
+        }
+        if (ret == 0) {
+            ret = lm_rp_send_resume_ack(rp);
+        }
+    }
+    /* Faults asked for while paused, or whose answer was lost. */
+    for (size_t i = 0; rp && ret == 0 && i < d->nblocks && d->listening; i++) {
+        lm_ram_block *b = d->blocks[i];
+        uint64_t hp = lm_pc_hp_pages(b);
+        for (uint64_t p = lm_bitmap_next_set(d->requested[i], b->npages, 0); p < b->npages && ret == 0;
+             p = lm_bitmap_next_set(d->requested[i], b->npages, p + hp)) {
+            if (!lm_pc_test(b->received, p)) {
+                ret = lm_rp_send_req_pages(rp, (uint16_t)i, p, (uint32_t)hp);
+            }
+        }
+    }
+    if (ret < 0) {
+        lm_channel_error(rp, err);
+        lm_channel_close(rp, NULL);
+        d->rp = NULL;
+    }
+    pthread_mutex_unlock(&d->rp_lock);
+    return ret;
+}
+
+int lm_pc_dst_send_shut(lm_pc_dst *d, uint32_t status)
+{
+    int ret = -EPIPE;
+    pthread_mutex_lock(&d->rp_lock);
+    if (d->rp) {
+        lm_channel_put_be16(d->rp, LM_RP_SHUT);
+        lm_channel_put_be16(d->rp, 4);
+        lm_channel_put_be32(d->rp, status);
+        ret = lm_channel_flush(d->rp);
+    }
+    pthread_mutex_unlock(&d->rp_lock);
+    return ret;
+}
+
+/* ---- the preempt receiver ---- */
+
+static void pre_failed(lm_pc_dst *d, const lm_error *err)
+{
+    lm_engine *e = d->e;
+    pthread_mutex_lock(&d->lock);
+    bool report = !d->pre_stopping && d->listening && !d->pre_failed;
+    if (report) {
+        d->pre_failed = true;
+        lm_error_propagate(&d->pre_err, err);
+    }
+    pthread_cond_broadcast(&d->cond);
+    pthread_mutex_unlock(&d->lock);
+    if (report) {
+        /* Wake the load thread: the whole connection pauses. */
+        pthread_mutex_lock(&e->lock);
+        if (e->ch) {
+            lm_channel_shutdown(e->ch, -EIO, "postcopy preempt connection lost");
+        }
+        pthread_mutex_unlock(&e->lock);
+    }
+}
+
+static void *pre_thread_fn(void *arg)
+{
+    lm_pc_dst *d = arg;
+    lm_engine *e = d->e;
+    lm_error err = LM_ERROR_INIT;
+    int fd, pid;
+    if (lm_listener_accept(d->pre_listener, &fd, &pid, &err) < 0) {
+        pre_failed(d, &err);
+        return NULL;
+    }
+    lm_channel *ch = lm_channel_new(fd, "postcopy preempt channel", NULL);
+    if (!ch) {
+        close(fd);
+        lm_error_set(&err, -ENOMEM, "out of memory");
+        pre_failed(d, &err);
+        return NULL;
+    }
+    pthread_mutex_lock(&d->lock);
+    d->pre = ch;
+    bool stop = d->pre_stopping;
+    pthread_mutex_unlock(&d->lock);
+    pthread_mutex_lock(&e->lock);
+    e->ch_preempt = ch;
+    pthread_mutex_unlock(&e->lock);
+    uint32_t magic = 0, version = 0;
+    int ret = stop ? -ECANCELED : 0;
+    if (ret == 0 && (lm_channel_get_be32(ch, &magic) < 0 || lm_channel_get_be32(ch, &version) < 0)) {
+        ret = lm_channel_error(ch, &err);
+    } else if (ret == 0 && (magic != LM_PREEMPT_MAGIC || version != 1)) {
+        ret = lm_error_set(&err, -EBADMSG, "not a postcopy preempt connection (magic 0x%08x version %u)",
+                           magic, version);
+    }
+    lm_pc_placer *pl = &d->pre_pl;
+    pl->filled = 0;
+    pl->blk = NULL;
+    while (ret == 0) {
+        uint8_t type, hdr[14];
+        if (lm_channel_get_u8(ch, &type) < 0) {
+            ret = lm_channel_error(ch, &err);
+            break;
+        }
+        if (type == LM_RAM_EOS) {
+            break;
+        }
+        if (type != LM_RAM_PAGES && type != LM_RAM_ZERO) {
+            ret = lm_error_set(&err, -EBADMSG, "preempt channel: unknown record type 0x%02x", type);
+            break;
+        }
+        if (lm_channel_get(ch, hdr, sizeof(hdr)) < 0) {
+            ret = lm_channel_error(ch, &err);
+            break;
+        }
+        lm_ram_block *b;
+        ret = lm_ram_load_check_range(d->blocks, d->nblocks, lm_load_be16(hdr), lm_load_be64(hdr + 2),
+                                      lm_load_be32(hdr + 10), &b, &err);
+        if (ret == 0) {
+            ret = place_record(d, pl, type, b, lm_load_be64(hdr + 2), lm_load_be32(hdr + 10), ch, &err);
+        }
+    }
+    if (ret < 0) {
+        pre_failed(d, &err);
+    }
+    pthread_mutex_lock(&e->lock);
+    e->ch_preempt = NULL;
+    pthread_mutex_unlock(&e->lock);
+    pthread_mutex_lock(&d->lock);
+    d->pre = NULL;
+    pthread_mutex_unlock(&d->lock);
+    lm_channel_close(ch, NULL);
+    return NULL;
+}
+
+int lm_pc_dst_start_preempt(lm_pc_dst *d, lm_listener *l, lm_error *err)
+{
+    if (!d->preempt || d->pre_running) {
+        return 0;
+    }
+    pthread_mutex_lock(&d->lock);
+    d->pre_stopping = false;
+    d->pre_failed = false;
+    lm_error_clear(&d->pre_err);
+    d->pre_listener = l;
+    pthread_mutex_unlock(&d->lock);
+    int rc = pthread_create(&d->pre_thread, NULL, pre_thread_fn, d);
+    if (rc) {
+        return lm_error_set(err, -rc, "cannot create the postcopy preempt thread");
+    }
+    d->pre_running = true;
+    return 0;
+}
+
+void lm_pc_dst_stop_preempt(lm_pc_dst *d)
+{
+    if (!d->pre_running) {
+        return;
+    }
+    pthread_mutex_lock(&d->lock);
+    d->pre_stopping = true;
+    if (d->pre) {
+        lm_channel_shutdown(d->pre, -ECANCELED, "postcopy stopped");
+    } else if (d->pre_listener) {
+        lm_listener_abort(d->pre_listener);
+    }
+    pthread_mutex_unlock(&d->lock);
+    pthread_join(d->pre_thread, NULL);
+    d->pre_running = false;
+    d->pre_listener = NULL;
+}
+
+int lm_pc_dst_wait_all(lm_pc_dst *d, lm_channel *main_ch, lm_error *err)
+{
+    lm_engine *e = d->e;
+    int ret = 0;
+    pthread_mutex_lock(&d->lock);
+    while (__atomic_load_n(&d->received_pages, __ATOMIC_ACQUIRE) < d->total_pages) {
+        if (d->pre_failed) {
+            lm_error_propagate(err, &d->pre_err);
+            ret = d->pre_err.code ? d->pre_err.code : -EIO;
+            break;
+        }
+        if (lm_channel_error(main_ch, err) < 0) {
+            ret = lm_channel_error(main_ch, NULL);
+            break;
+        }
+        pthread_mutex_lock(&e->lock);
+        bool cancel = e->cancel_requested;
+        pthread_mutex_unlock(&e->lock);
+        if (cancel) {
+            ret = lm_error_set(err, -ECANCELED, "incoming migration cancelled");
+            break;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&d->cond, &d->lock, &ts);
+    }
+    pthread_mutex_unlock(&d->lock);
+    return ret;
+}
+
+/* ---- blocktime ---- */
+
+void lm_pc_blocktime_begin(lm_pc_dst *d, int tid, uint32_t wi, uint64_t hp_first)
+{
+    if (!d->blocktime) {
+        return;
+    }
+    pthread_mutex_lock(&d->bt_lock);
+    for (unsigned v = 0; v < d->nvcpus; v++) {
+        if (d->tids[v] == tid && !d->waits[v].active) {
+            uint64_t now = lm_now_ns();
+            d->waits[v] = (lm_pc_wait){ true, wi, hp_first, now };
+            if (++d->nblocked == d->nvcpus) {
+                d->all_since_ns = now;
+            }
+            break;
+        }
+    }
+    pthread_mutex_unlock(&d->bt_lock);
+}
+
+void lm_pc_blocktime_end(lm_pc_dst *d, uint32_t wi, uint64_t first, uint64_t n)
+{
+    if (!d->blocktime || __atomic_load_n(&d->nblocked, __ATOMIC_RELAXED) == 0) {
+        return;
+    }
+    pthread_mutex_lock(&d->bt_lock);
+    uint64_t now = lm_now_ns();
+    for (unsigned v = 0; v < d->nvcpus; v++) {
+        lm_pc_wait *w = &d->waits[v];
+        if (w->active && w->block == wi && w->hp_first >= first && w->hp_first < first + n) {
+            d->vcpu_ns[v] += now - w->start_ns;
+            if (d->nblocked == d->nvcpus) {
+                d->total_ns += now - d->all_since_ns;
+            }
+            d->nblocked--;
+            w->active = false;
+        }
+    }
+    pthread_mutex_unlock(&d->bt_lock);
+}
+
+void lm_pc_dst_blocktime(lm_pc_dst *d, lm_info *out)
+{
+    if (!d->blocktime) {
+        return;
+    }
+    pthread_mutex_lock(&d->bt_lock);
+    uint64_t now = lm_now_ns();
+    out->has_blocktime = true;
+    out->nvcpus = d->nvcpus;
+    uint64_t total = d->total_ns;
+    if (d->nvcpus && d->nblocked == d->nvcpus) {
+        total += now - d->all_since_ns;
+    }
+    out->postcopy_blocktime_ms = total / 1000000ull;
+    for (unsigned v = 0; v < d->nvcpus; v++) {
+        uint64_t ns = d->vcpu_ns[v];
+        if (d->waits[v].active) {
+            ns += now - d->waits[v].start_ns;
+        }
+        out->vcpu_blocktime_ms[v] = ns / 1000000ull;
+    }
+    pthread_mutex_unlock(&d->bt_lock);
+}

@@ -1,0 +1,114 @@
+#include <errno.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "postcopy/fault.h"
+
+static void handle_fault(lm_pc_dst *d, uint64_t addr, int tid)
+{
+    uint32_t wi;
+    lm_ram_block *b = NULL;
+    for (wi = 0; wi < d->nblocks; wi++) {
+        lm_ram_block *c = d->blocks[wi];
+        if (addr >= (uintptr_t)c->host && addr - (uintptr_t)c->host < c->size) {
+            b = c;
+            break;
+        }
+    }
+    if (!b) {
+        lm_warn("postcopy: fault at 0x%llx outside guest RAM", (unsigned long long)addr);
+        return;
+    }
+    uint64_t page = (addr - (uintptr_t)b->host) >> b->page_shift;
+    uint64_t hp = lm_pc_hp_pages(b);
+    uint64_t hp_first = page & ~(hp - 1);
+    lm_pc_blocktime_begin(d, tid, wi, hp_first);
+    if (lm_pc_test(b->received, page)) {
+        /* Received as zero and never populated (or placed just now: then
+         * this finds it present and only wakes). */
+        lm_error err = LM_ERROR_INIT;
+        if (lm_pc_uffd_place(d, wi, lm_ram_block_page(b, page), NULL, b->page_size, &err) < 0) {
+            lm_warn("%s", err.msg);
+        }
+        lm_pc_blocktime_end(d, wi, hp_first, hp);
+        return;
+    }
+    if (lm_pc_test(d->requested[wi], hp_first)) {
+        return; /* asked already: the answer wakes this vCPU too */
+    }
+    lm_pc_set_range(d->requested[wi], hp_first, hp);
+    lm_pc_send_request(d, wi, hp_first, hp);
+    /* Placed between the test above and now: nothing is lost (the copy
+     * woke the vCPU), but the blocktime entry must end. */
+    if (lm_pc_test(b->received, page)) {
+        lm_pc_blocktime_end(d, wi, hp_first, hp);
+    }
+}
+
+static void *fault_thread_fn(void *arg)
+{
+    lm_pc_dst *d = arg;
+    struct uffd_msg msgs[16];
+    for (;;) {
+        struct pollfd p[2] = { { d->uffd, POLLIN, 0 }, { d->wake_fd, POLLIN, 0 } };
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            lm_warn("postcopy fault thread: poll failed: %s", strerror(errno));
+            break;
+        }
+        if (p[1].revents) {
+            break;
+        }
+        ssize_t n = read(d->uffd, msgs, sizeof(msgs));
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR) {
+                continue;
+            }
+            lm_warn("postcopy fault thread: read failed: %s", strerror(errno));
+            break;
+        }
+        for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++) {
+            if (msgs[i].event == UFFD_EVENT_PAGEFAULT) {
+                handle_fault(d, msgs[i].arg.pagefault.address, (int)msgs[i].arg.pagefault.feat.ptid);
+            }
+        }
+    }
+    return NULL;
+}
+
+int lm_pc_fault_start(lm_pc_dst *d, lm_error *err)
+{
+    d->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (d->wake_fd < 0) {
+        return lm_error_set_errno(err, -errno, "eventfd");
+    }
+    int rc = pthread_create(&d->fault_thread, NULL, fault_thread_fn, d);
+    if (rc) {
+        return lm_error_set(err, -rc, "cannot create the postcopy fault thread");
+    }
+    d->fault_running = true;
+    return 0;
+}
+
+void lm_pc_fault_stop(lm_pc_dst *d)
+{
+    if (d->fault_running) {
+        uint64_t one = 1;
+        ssize_t r = write(d->wake_fd, &one, sizeof(one));
+        (void)r;
+        pthread_join(d->fault_thread, NULL);
+        d->fault_running = false;
+    }
+    if (d->wake_fd >= 0) {
+        close(d->wake_fd);
+        d->wake_fd = -1;
+    }
+}

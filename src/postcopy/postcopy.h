@@ -1,0 +1,51 @@
+/*
+ * Postcopy, shared by both sides: the host page (the unit postcopy
+ * discards, requests and places) and COMMAND records.
+ *
+ * A host page is the block's page, except for THP-backed anonymous blocks
+ * whose pages are 4 KiB to precopy but are moved whole (2 MiB) by
+ * postcopy, so a faulting vCPU waits for one request, not 512.
+ */
+#ifndef LM_POSTCOPY_POSTCOPY_H
+#define LM_POSTCOPY_POSTCOPY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "channel/channel.h"
+#include "ram/ramblock.h"
+#include "stream/format.h"
+
+#define LM_HUGE_2M (2u << 20)
+
+/* Target pages per host page (a power of two). */
+static inline uint64_t lm_pc_hp_pages(const lm_ram_block *b)
+{
+    if ((b->flags & LM_RAM_THP) && b->page_size < LM_HUGE_2M &&
+        (uintptr_t)b->host % LM_HUGE_2M == 0 && b->size % LM_HUGE_2M == 0) {
+        return LM_HUGE_2M >> b->page_shift;
+    }
+    return 1;
+}
+
+static inline uint64_t lm_pc_hp_bytes(const lm_ram_block *b)
+{
+    return lm_pc_hp_pages(b) << b->page_shift;
+}
+
+/* u8 REC_COMMAND, be16 cmd, be16 len, body (buffered, not flushed). */
+int lm_pc_write_command(lm_channel *ch, uint16_t cmd, const void *body, uint16_t len);
+
+/* Atomic bitmap helpers: postcopy's bitmaps are shared between threads. */
+static inline bool lm_pc_test(const uint64_t *map, uint64_t bit)
+{
+    return (__atomic_load_n(&map[bit / 64], __ATOMIC_ACQUIRE) >> (bit % 64)) & 1;
+}
+/* Clears [first, first+n) and returns how many of those bits were set. */
+uint64_t lm_pc_clear_range(uint64_t *map, uint64_t first, uint64_t n);
+/* Sets [first, first+n) and returns how many of those bits were clear. */
+uint64_t lm_pc_set_range(uint64_t *map, uint64_t first, uint64_t n);
+/* Every bit of [first, first+n) set? */
+bool lm_pc_all_set(const uint64_t *map, uint64_t first, uint64_t n);
+
+#endif

@@ -1,0 +1,37 @@
+/*
+ * The return path's messages (destination -> source), encoded and decoded.
+ *
+ * The destination writes them on its main connection; the source reads
+ * them on the same socket through its own lm_channel on a dup'ed fd, so
+ * reading never shares buffers with the migration thread's writes.  Every
+ * field read is checked against the message's length, and block and page
+ * numbers are checked by the caller against its own blocks.
+ */
+#ifndef LM_POSTCOPY_RETURN_PATH_H
+#define LM_POSTCOPY_RETURN_PATH_H
+
+#include <stdint.h>
+
+#include "channel/channel.h"
+#include "livemig/error.h"
+#include "stream/format.h"
+
+typedef struct lm_rp_msg {
+    uint16_t type;
+    uint32_t status;  /* SHUT, PONG */
+    uint16_t block;   /* REQ_PAGES, RECV_BITMAP */
+    uint64_t first;   /* REQ_PAGES: first page; RECV_BITMAP: first word */
+    uint32_t count;   /* REQ_PAGES: pages; RECV_BITMAP: words */
+    uint64_t words[LM_RP_BITMAP_MAX_WORDS]; /* RECV_BITMAP */
+} lm_rp_msg;
+
+/* Writers flush: a message is useful only once it is on the wire. */
+int lm_rp_send_req_pages(lm_channel *ch, uint16_t block, uint64_t first, uint32_t count);
+/* The whole bitmap of one block, in chunks of LM_RP_BITMAP_MAX_WORDS. */
+int lm_rp_send_recv_bitmap(lm_channel *ch, uint16_t block, const uint64_t *map, uint64_t npages);
+int lm_rp_send_resume_ack(lm_channel *ch);
+
+/* Reads one message of any type; unknown types are an error. */
+int lm_rp_read_msg(lm_channel *ch, lm_rp_msg *m, lm_error *err);
+
+#endif

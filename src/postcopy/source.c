@@ -1,0 +1,717 @@
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/bitmap.h"
+#include "common/clock.h"
+#include "common/util.h"
+#include "livemig/buffer.h"
+#include "postcopy/postcopy.h"
+#include "postcopy/return_path.h"
+#include "postcopy/source.h"
+#include "stream/stream.h"
+
+/* Background data per RAM section: small, so requested pages served on
+ * the main channel (no preempt) never wait behind much. */
+#define PC_SLICE_BYTES (256u << 10)
+/* Requests waiting; more are dropped (the page still comes as background). */
+#define QUEUE_MAX 65536u
+/* One request covers at most this many host pages. */
+#define REQ_MAX_HOSTPAGES 64u
+
+typedef struct pc_req {
+    uint32_t block;
+    uint64_t first; /* first page of a host page */
+} pc_req;
+
+struct lm_pc_src {
+    lm_engine *e;
+    lm_ram_saver *s;
+    bool preempt;
+    lm_uri uri;
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    pc_req *q;
+    size_t qhead, qlen;
+    bool stopping;
+    bool rp_done;
+    bool shut_seen;
+    uint32_t shut_status;
+    bool failed;          /* a helper thread lost its connection */
+    lm_error fail_err;
+    bool pre_up;          /* the preempt channel is connected */
+    bool eof_sent;        /* every page is out: only the return path matters now */
+    lm_channel *pre;
+
+    lm_channel *rp;
+    pthread_t rp_thread;
+    bool rp_running;
+    pthread_t pre_thread;
+    bool pre_running;
+    struct lm_ram_batch *main_batch, *pre_batch;
+    size_t cur_block;
+    uint64_t cur_page;
+};
+
+lm_pc_src *lm_pc_src_new(lm_engine *e, bool preempt)
+{
+    lm_pc_src *p = calloc(1, sizeof(*p));
+    if (!p) {
+        return NULL;
+    }
+    p->q = calloc(QUEUE_MAX, sizeof(*p->q));
+    p->main_batch = lm_ram_batch_new();
+    p->pre_batch = lm_ram_batch_new();
+    if (!p->q || !p->main_batch || !p->pre_batch) {
+        free(p->q);
+        lm_ram_batch_free(p->main_batch);
+        lm_ram_batch_free(p->pre_batch);
+        free(p);
+        return NULL;
+    }
+    p->e = e;
+    p->s = &e->saver;
+    p->preempt = preempt;
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->cond, NULL);
+    return p;
+}
+
+void lm_pc_src_free(lm_pc_src *p)
+{
+    if (!p) {
+        return;
+    }
+    lm_pc_src_stop(p);
+    free(p->q);
+    lm_ram_batch_free(p->main_batch);
+    lm_ram_batch_free(p->pre_batch);
+    pthread_cond_destroy(&p->cond);
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}
+
+static bool cancelled(lm_engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    bool c = e->cancel_requested;
+    pthread_mutex_unlock(&e->lock);
+    return c;
+}
+
+/* A helper thread failed: remember why and wake the migration thread,
+ * which may be blocked writing the main channel. */
+static void fail(lm_pc_src *p, const lm_error *err)
+{
+    pthread_mutex_lock(&p->lock);
+    bool first = !p->failed && !p->stopping;
+    if (first) {
+        p->failed = true;
+        lm_error_propagate(&p->fail_err, err);
+    }
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+    if (first) {
+        lm_engine *e = p->e;
+        pthread_mutex_lock(&e->lock);
+        if (e->ch) {
+            lm_channel_shutdown(e->ch, -EIO, "postcopy connection lost");
+        }
+        pthread_mutex_unlock(&e->lock);
+    }
+}
+
+static void push_request(lm_pc_src *p, uint32_t block, uint64_t first)
+{
+    pthread_mutex_lock(&p->lock);
+    if (p->qlen < QUEUE_MAX) {
+        p->q[(p->qhead + p->qlen) % QUEUE_MAX] = (pc_req){ block, first };
+        p->qlen++;
+        pthread_cond_broadcast(&p->cond);
+    }
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* Queues the host pages of a REQ_PAGES message after checking it. */
+static int queue_request(lm_pc_src *p, const lm_rp_msg *m, lm_error *err)
+{
+    lm_engine *e = p->e;
+    if (m->block >= e->nblocks) {
+        return lm_error_set(err, -EBADMSG, "page request for block %u of %zu", m->block, e->nblocks);
+    }
+    lm_ram_block *b = e->blocks[m->block];
+    uint64_t hp = lm_pc_hp_pages(b);
+    if (m->count == 0 || m->first >= b->npages || m->count > b->npages - m->first ||
+        LM_DIV_ROUND_UP(m->count, hp) > REQ_MAX_HOSTPAGES) {
+        return lm_error_set(err, -EBADMSG, "page request for block '%s' pages %llu+%u out of range",
+                            b->name, (unsigned long long)m->first, m->count);
+    }
+    uint64_t end = m->first + m->count;
+    for (uint64_t pg = m->first & ~(hp - 1); pg < end; pg += hp) {
+        push_request(p, m->block, pg);
+    }
+    __atomic_fetch_add(&e->pc_requests, 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/* Claims a host page (clears its dirty bits) and queues it on batch b.
+ * A requested page goes out even when already claimed: the destination
+ * asked, so its copy may be far behind on the main channel. */
+static int send_hostpage(lm_pc_src *p, struct lm_ram_batch *b, lm_channel *ch, lm_ram_block *blk,
+                         uint64_t first, bool requested, uint64_t *bytes)
+{
+    uint64_t hp = lm_pc_hp_pages(blk);
+    uint64_t cleared = lm_pc_clear_range(blk->dirty, first, hp);
+    if (cleared) {
+        uint64_t dec = cleared << blk->page_shift;
+        uint64_t cur = __atomic_load_n(&p->s->dirty_bytes, __ATOMIC_RELAXED);
+        __atomic_fetch_sub(&p->s->dirty_bytes, LM_MIN(dec, cur), __ATOMIC_RELAXED);
+    } else if (!requested) {
+        return 0;
+    }
+    int ret = lm_ram_save_send_range(p->s, b, ch, blk, first, first + hp);
+    *bytes += hp << blk->page_shift;
+    return ret;
+}
+
+/* ---- the return-path thread ---- */
+
+static void *rp_thread_fn(void *arg)
+{
+    lm_pc_src *p = arg;
+    lm_rp_msg *m = malloc(sizeof(*m));
+    lm_error err = LM_ERROR_INIT;
+    if (!m) {
+        lm_error_set(&err, -ENOMEM, "out of memory");
+        fail(p, &err);
+        goto out;
+    }
+    for (;;) {
+        lm_error_clear(&err);
+        if (lm_rp_read_msg(p->rp, m, &err) < 0) {
+            fail(p, &err);
+            break;
+        }
+        if (m->type == LM_RP_REQ_PAGES) {
+            if (queue_request(p, m, &err) < 0) {
+                fail(p, &err);
+                break;
+            }
+        } else if (m->type == LM_RP_SHUT) {
+            pthread_mutex_lock(&p->lock);
+            p->shut_seen = true;
+            p->shut_status = m->status;
+            pthread_cond_broadcast(&p->cond);
+            pthread_mutex_unlock(&p->lock);
+            break;
+        } else if (m->type != LM_RP_PONG) {
+            lm_error_set(&err, -EBADMSG, "unexpected return-path message 0x%x during postcopy",
+                         m->type);
+            fail(p, &err);
+            break;
+        }
+    }
+out:
+    free(m);
+    pthread_mutex_lock(&p->lock);
+    p->rp_done = true;
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+    return NULL;
+}
+
+static int open_rp(lm_pc_src *p, lm_channel *main_ch, lm_error *err)
+{
+    int fd = dup(lm_channel_fd(main_ch));
+    if (fd < 0) {
+        return lm_error_set_errno(err, -errno, "cannot duplicate the migration socket");
+    }
+    p->rp = lm_channel_new(fd, "return path", NULL);
+    if (!p->rp) {
+        close(fd);
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+static int start_rp_thread(lm_pc_src *p, lm_error *err)
+{
+    p->rp_done = false;
+    int rc = pthread_create(&p->rp_thread, NULL, rp_thread_fn, p);
+    if (rc) {
+        return lm_error_set(err, -rc, "cannot create the return-path thread");
+    }
+    p->rp_running = true;
+    return 0;
+}
+
+int lm_pc_src_start_rp(lm_pc_src *p, lm_channel *main_ch, lm_error *err)
+{
+    int ret = p->rp ? 0 : open_rp(p, main_ch, err);
+    return ret < 0 ? ret : start_rp_thread(p, err);
+}
+
+/* ---- the preempt sender ---- */
+
+static bool pre_should_abort(void *opaque)
+{
+    lm_pc_src *p = opaque;
+    pthread_mutex_lock(&p->lock);
+    bool stop = p->stopping;
+    pthread_mutex_unlock(&p->lock);
+    return stop || cancelled(p->e);
+}
+
+static void *pre_thread_fn(void *arg)
+{
+    lm_pc_src *p = arg;
+    lm_engine *e = p->e;
+    lm_error err = LM_ERROR_INIT;
+    int fd, pid;
+    if (lm_transport_connect(&p->uri, &fd, &pid, pre_should_abort, p, &err) < 0) {
+        if (!pre_should_abort(p)) {
+            lm_warn("postcopy preempt: %s; urgent pages use the main channel", err.msg);
+        }
+        return NULL;
+    }
+    lm_channel *ch = lm_channel_new(fd, "postcopy preempt channel", NULL);
+    if (!ch) {
+        close(fd);
+        return NULL;
+    }
+    lm_channel_put_be32(ch, LM_PREEMPT_MAGIC);
+    lm_channel_put_be32(ch, 1);
+    int ret = lm_channel_flush(ch);
+    pthread_mutex_lock(&e->lock);
+    e->ch_preempt = ch;
+    pthread_mutex_unlock(&e->lock);
+    pthread_mutex_lock(&p->lock);
+    p->pre = ch;
+    p->pre_up = ret == 0 && !p->stopping;
+    pthread_cond_broadcast(&p->cond);
+    while (ret == 0) {
+        while (p->qlen == 0 && !p->stopping) {
+            pthread_cond_wait(&p->cond, &p->lock);
+        }
+        if (p->stopping) {
+            break;
+        }
+        pc_req r = p->q[p->qhead];
+        p->qhead = (p->qhead + 1) % QUEUE_MAX;
+        p->qlen--;
+        pthread_mutex_unlock(&p->lock);
+        uint64_t bytes = 0;
+        lm_ram_block *blk = e->blocks[r.block];
+        ret = send_hostpage(p, p->pre_batch, ch, blk, r.first, true, &bytes);
+        if (ret == 0) {
+            ret = lm_ram_batch_flush(p->pre_batch, ch);
+        }
+        if (ret == 0) {
+            ret = lm_channel_flush(ch);
+        }
+        __atomic_fetch_add(&e->pc_bytes, bytes, __ATOMIC_RELAXED);
+        pthread_mutex_lock(&p->lock);
+    }
+    p->pre_up = false;
+    p->pre = NULL;
+    /* After EOF the destination may finish and drop this connection at
+     * any time; were a page really missing there, its own preempt
+     * receiver fails and the destination pauses, which the return path
+     * sees. */
+    bool report = !p->eof_sent;
+    pthread_mutex_unlock(&p->lock);
+    if (ret < 0 && report) {
+        lm_channel_error(ch, &err);
+        fail(p, &err);
+    }
+    pthread_mutex_lock(&e->lock);
+    e->ch_preempt = NULL;
+    pthread_mutex_unlock(&e->lock);
+    lm_channel_close(ch, NULL);
+    return NULL;
+}
+
+static void start_preempt(lm_pc_src *p, const lm_uri *uri)
+{
+    if (!p->preempt) {
+        return;
+    }
+    p->uri = *uri;
+    if (pthread_create(&p->pre_thread, NULL, pre_thread_fn, p) == 0) {
+        p->pre_running = true;
+    } else {
+        lm_warn("postcopy preempt: cannot create its thread; urgent pages use the main channel");
+    }
+}
+
+/* ---- setup and switchover ---- */
+
+int lm_pc_src_advise(lm_pc_src *p, lm_channel *ch, const lm_uri *uri, lm_error *err)
+{
+    uint8_t body[4];
+    lm_store_be32(body, p->preempt ? LM_ADVISE_PREEMPT : 0);
+    int ret = lm_pc_write_command(ch, LM_CMD_POSTCOPY_ADVISE, body, sizeof(body));
+    if (ret < 0) {
+        return lm_channel_error(ch, err);
+    }
+    start_preempt(p, uri);
+    return 0;
+}
+
+/* Host pages are discarded, requested and sent whole: a host page with one
+ * dirty target page is dirty all through. */
+static void canonicalize(lm_ram_block *b)
+{
+    uint64_t hp = lm_pc_hp_pages(b);
+    if (hp == 1) {
+        return;
+    }
+    for (uint64_t first = 0; first < b->npages; first += hp) {
+        if (lm_bitmap_next_set(b->dirty, first + hp, first) < first + hp) {
+            lm_bitmap_set_range(b->dirty, first, hp);
+        }
+    }
+}
+
+static void recount_dirty(lm_pc_src *p)
+{
+    lm_engine *e = p->e;
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < e->nblocks; i++) {
+        bytes += lm_bitmap_count(e->blocks[i]->dirty, e->blocks[i]->npages) * e->blocks[i]->page_size;
+    }
+    __atomic_store_n(&p->s->dirty_bytes, bytes, __ATOMIC_RELAXED);
+    p->cur_block = 0;
+    p->cur_page = 0;
+}
+
+int lm_pc_src_send_discards(lm_pc_src *p, lm_channel *ch, lm_error *err)
+{
+    lm_engine *e = p->e;
+    uint8_t *body = malloc(4 + 16 * LM_DISCARD_MAX_RANGES);
+    if (!body) {
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    int ret = 0;
+    for (size_t i = 0; i < e->nblocks && ret == 0; i++) {
+        lm_ram_block *b = e->blocks[i];
+        canonicalize(b);
+        uint64_t pg = 0;
+        unsigned n = 0;
+        for (;;) {
+            uint64_t s = lm_bitmap_next_set(b->dirty, b->npages, pg);
+            bool last = s >= b->npages;
+            if (!last) {
+                uint64_t q = lm_bitmap_next_clear(b->dirty, b->npages, s);
+                lm_store_be64(body + 4 + 16 * n, s);
+                lm_store_be64(body + 12 + 16 * n, q - s);
+                n++;
+                pg = q;
+            }
+            if (n && (last || n == LM_DISCARD_MAX_RANGES)) {
+                lm_store_be16(body, (uint16_t)i);
+                lm_store_be16(body + 2, (uint16_t)n);
+                ret = lm_pc_write_command(ch, LM_CMD_POSTCOPY_DISCARD, body, (uint16_t)(4 + 16 * n));
+                n = 0;
+            }
+            if (last || ret < 0) {
+                break;
+            }
+        }
+    }
+    free(body);
+    recount_dirty(p);
+    return ret < 0 ? lm_channel_error(ch, err) : 0;
+}
+
+/* ---- the background stream ---- */
+
+/* Next dirty page at or after the cursor (atomic reads: the preempt
+ * sender clears bits meanwhile). */
+static bool next_dirty(lm_pc_src *p, lm_ram_block **out, uint64_t *page)
+{
+    lm_engine *e = p->e;
+    while (p->cur_block < e->nblocks) {
+        lm_ram_block *b = e->blocks[p->cur_block];
+        uint64_t nwords = LM_BITMAP_WORDS(b->npages);
+        for (uint64_t w = p->cur_page / 64; w < nwords; w++) {
+            uint64_t v = __atomic_load_n(&b->dirty[w], __ATOMIC_ACQUIRE);
+            if (w == p->cur_page / 64) {
+                v &= ~0ull << (p->cur_page % 64);
+            }
+            if (v) {
+                uint64_t bit = w * 64 + (uint64_t)__builtin_ctzll(v);
+                if (bit >= b->npages) {
+                    break;
+                }
+                *out = b;
+                *page = bit;
+                return true;
+            }
+        }
+        p->cur_block++;
+        p->cur_page = 0;
+    }
+    return false;
+}
+
+static bool take_request(lm_pc_src *p, pc_req *r)
+{
+    bool got = false;
+    pthread_mutex_lock(&p->lock);
+    if (!p->pre_up && p->qlen) {
+        *r = p->q[p->qhead];
+        p->qhead = (p->qhead + 1) % QUEUE_MAX;
+        p->qlen--;
+        got = true;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return got;
+}
+
+static int helper_failed(lm_pc_src *p, lm_error *err)
+{
+    pthread_mutex_lock(&p->lock);
+    int ret = 0;
+    if (p->failed) {
+        lm_error_propagate(err, &p->fail_err);
+        ret = p->fail_err.code ? p->fail_err.code : -EIO;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return ret;
+}
+
+/* While max-postcopy-bandwidth holds the background back, wait for a
+ * request to serve instead of sleeping blindly. */
+static void wait_budget(lm_pc_src *p)
+{
+    uint64_t delay = lm_ratelimit_delay_ns(&p->e->pc_rl);
+    if (!delay) {
+        return;
+    }
+    if (delay > 10000000ull) {
+        delay = 10000000ull;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t t = (uint64_t)ts.tv_nsec + delay;
+    ts.tv_sec += (time_t)(t / 1000000000ull);
+    ts.tv_nsec = (long)(t % 1000000000ull);
+    pthread_mutex_lock(&p->lock);
+    if ((p->pre_up || p->qlen == 0) && !p->failed) {
+        pthread_cond_timedwait(&p->cond, &p->lock, &ts);
+    }
+    pthread_mutex_unlock(&p->lock);
+}
+
+int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err)
+{
+    lm_engine *e = p->e;
+    /* Background bytes are charged to max-postcopy-bandwidth below;
+     * urgent pages are never held back. */
+    lm_channel_set_ratelimit(ch, NULL);
+    for (;;) {
+        int ret = helper_failed(p, err);
+        if (ret < 0) {
+            return ret;
+        }
+        if (cancelled(e)) {
+            return -ECANCELED;
+        }
+        wait_budget(p);
+        bool budget_ok = lm_ratelimit_delay_ns(&e->pc_rl) == 0;
+        uint64_t urgent = 0, bulk = 0;
+        bool done = false;
+        lm_stream_write_section_short(ch, LM_REC_SECTION_PART, LM_RAM_SECTION_ID);
+        pc_req r;
+        while (ret == 0 && take_request(p, &r)) {
+            ret = send_hostpage(p, p->main_batch, ch, e->blocks[r.block], r.first, true, &urgent);
+        }
+        while (ret == 0 && budget_ok && bulk < PC_SLICE_BYTES) {
+            lm_ram_block *b;
+            uint64_t pg;
+            if (!next_dirty(p, &b, &pg)) {
+                done = true;
+                break;
+            }
+            uint64_t first = pg & ~(lm_pc_hp_pages(b) - 1);
+            p->cur_page = first + lm_pc_hp_pages(b);
+            ret = send_hostpage(p, p->main_batch, ch, b, first, false, &bulk);
+        }
+        if (ret == 0) {
+            ret = lm_ram_batch_flush(p->main_batch, ch);
+        }
+        if (ret == 0) {
+            lm_channel_put_u8(ch, LM_RAM_EOS);
+            lm_stream_write_footer(ch, LM_RAM_SECTION_ID);
+            ret = lm_channel_flush(ch);
+        }
+        lm_ratelimit_charge(&e->pc_rl, bulk);
+        __atomic_fetch_add(&e->pc_bytes, urgent + bulk, __ATOMIC_RELAXED);
+        if (ret < 0) {
+            /* A helper's failure (it shut this channel down) says more. */
+            int h = helper_failed(p, err);
+            return h < 0 ? h : lm_channel_error(ch, err);
+        }
+        if (done) {
+            break;
+        }
+    }
+    pthread_mutex_lock(&p->lock);
+    p->eof_sent = true;
+    pthread_mutex_unlock(&p->lock);
+    lm_channel_put_u8(ch, LM_REC_EOF);
+    int ret = lm_channel_flush(ch);
+    return ret < 0 ? lm_channel_error(ch, err) : 0;
+}
+
+int lm_pc_src_wait_shut(lm_pc_src *p, bool *dest_failed, lm_error *err)
+{
+    *dest_failed = false;
+    pthread_mutex_lock(&p->lock);
+    while (!p->shut_seen && !p->failed && !p->rp_done) {
+        pthread_cond_wait(&p->cond, &p->lock);
+    }
+    int ret = 0;
+    if (p->shut_seen) {
+        if (p->shut_status != 0) {
+            *dest_failed = true;
+            ret = lm_error_set(err, -EIO, "the destination failed to complete the postcopy migration");
+        }
+    } else {
+        if (p->failed) {
+            lm_error_propagate(err, &p->fail_err);
+        }
+        ret = lm_error_set(err, -EPIPE, "lost the destination before it confirmed the migration");
+    }
+    pthread_mutex_unlock(&p->lock);
+    return ret;
+}
+
+void lm_pc_src_stop(lm_pc_src *p)
+{
+    lm_engine *e = p->e;
+    pthread_mutex_lock(&p->lock);
+    p->stopping = true;
+    pthread_cond_broadcast(&p->cond);
+    if (p->pre) {
+        lm_channel_shutdown(p->pre, -ECANCELED, "postcopy stopped");
+    }
+    bool rp_blocked = p->rp_running && !p->rp_done;
+    pthread_mutex_unlock(&p->lock);
+    if (rp_blocked && p->rp) {
+        lm_channel_shutdown(p->rp, -ECANCELED, "postcopy stopped");
+    }
+    if (p->rp_running) {
+        pthread_join(p->rp_thread, NULL);
+        p->rp_running = false;
+    }
+    if (p->pre_running) {
+        pthread_join(p->pre_thread, NULL);
+        p->pre_running = false;
+    }
+    if (p->rp) {
+        lm_channel_close(p->rp, NULL);
+        p->rp = NULL;
+    }
+    (void)e;
+}
+
+static void reset(lm_pc_src *p)
+{
+    pthread_mutex_lock(&p->lock);
+    p->stopping = false;
+    p->failed = false;
+    lm_error_clear(&p->fail_err);
+    p->shut_seen = false;
+    p->rp_done = false;
+    p->eof_sent = false;
+    p->qhead = p->qlen = 0;
+    pthread_mutex_unlock(&p->lock);
+}
+
+int lm_pc_src_recover(lm_pc_src *p, lm_channel *ch, const lm_uri *uri, lm_error *err)
+{
+    lm_engine *e = p->e;
+    reset(p);
+    lm_stream_write_header(ch);
+    lm_pc_write_command(ch, LM_CMD_POSTCOPY_RESUME, NULL, 0);
+    if (lm_channel_flush(ch) < 0) {
+        return lm_channel_error(ch, err);
+    }
+    int ret = open_rp(p, ch, err);
+    if (ret < 0) {
+        return ret;
+    }
+    uint64_t **recv = calloc(e->nblocks, sizeof(*recv));
+    lm_rp_msg *m = malloc(sizeof(*m));
+    if (!recv || !m) {
+        ret = lm_error_set(err, -ENOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < e->nblocks; i++) {
+        if (!(recv[i] = lm_bitmap_new(e->blocks[i]->npages))) {
+            ret = lm_error_set(err, -ENOMEM, "out of memory");
+            goto out;
+        }
+    }
+    for (;;) {
+        ret = lm_rp_read_msg(p->rp, m, err);
+        if (ret < 0) {
+            goto out;
+        }
+        if (m->type == LM_RP_RESUME_ACK) {
+            break;
+        }
+        if (m->type == LM_RP_REQ_PAGES) {
+            ret = queue_request(p, m, err);
+        } else if (m->type == LM_RP_RECV_BITMAP) {
+            uint64_t nwords = m->block < e->nblocks ? LM_BITMAP_WORDS(e->blocks[m->block]->npages) : 0;
+            if (m->block >= e->nblocks || m->first > nwords || m->count > nwords - m->first) {
+                ret = lm_error_set(err, -EBADMSG, "received bitmap for block %u words %llu+%u out of range",
+                                   m->block, (unsigned long long)m->first, m->count);
+            } else {
+                memcpy(recv[m->block] + m->first, m->words, m->count * sizeof(uint64_t));
+            }
+        } else if (m->type != LM_RP_PONG) {
+            ret = lm_error_set(err, -EBADMSG, "unexpected return-path message 0x%x during recovery",
+                               m->type);
+        }
+        if (ret < 0) {
+            goto out;
+        }
+    }
+    /* Everything the destination has not placed is sent again. */
+    for (size_t i = 0; i < e->nblocks; i++) {
+        lm_ram_block *b = e->blocks[i];
+        uint64_t nwords = LM_BITMAP_WORDS(b->npages);
+        for (uint64_t w = 0; w < nwords; w++) {
+            uint64_t v = ~recv[i][w];
+            if (w == nwords - 1 && b->npages % 64) {
+                v &= (1ull << (b->npages % 64)) - 1;
+            }
+            __atomic_store_n(&b->dirty[w], v, __ATOMIC_RELEASE);
+        }
+        canonicalize(b);
+    }
+    recount_dirty(p);
+    ret = start_rp_thread(p, err);
+    if (ret == 0) {
+        start_preempt(p, uri);
+    }
+out:
+    if (recv) {
+        for (size_t i = 0; i < e->nblocks; i++) {
+            lm_bitmap_free(recv[i]);
+        }
+    }
+    free(recv);
+    free(m);
+    if (ret < 0 && p->rp) {
+        lm_channel_close(p->rp, NULL);
+        p->rp = NULL;
+    }
+    return ret;
+}

@@ -1,0 +1,50 @@
+/*
+ * Postcopy, source side: the discard list, the return-path thread, the
+ * queue of requested pages, the preempt sender and the background stream.
+ *
+ * Threads: the migration thread streams the pages still dirty (and, until
+ * a preempt channel is up, serves requested pages before each slice); the
+ * return-path thread reads the destination's messages and queues
+ * requests; with postcopy-preempt, the preempt sender thread owns a second
+ * connection and serves requested pages on it at once, never behind bulk
+ * data.  Pages are claimed by atomically clearing their dirty bits, so the
+ * two senders never both stream a page as background; a requested page is
+ * always sent (a copy that arrives twice is dropped by the destination).
+ *
+ * The engine-level flow (states, pause, resume) is in core/migration.c.
+ */
+#ifndef LM_POSTCOPY_SOURCE_H
+#define LM_POSTCOPY_SOURCE_H
+
+#include <stdbool.h>
+
+#include "core/engine_internal.h"
+
+typedef struct lm_pc_src lm_pc_src;
+
+lm_pc_src *lm_pc_src_new(lm_engine *e, bool preempt);
+void lm_pc_src_free(lm_pc_src *p);
+
+/* Setup: sends ADVISE; with preempt, starts the preempt sender, which
+ * connects to uri in the background (the switch never waits for it). */
+int lm_pc_src_advise(lm_pc_src *p, lm_channel *ch, const lm_uri *uri, lm_error *err);
+/* Switchover, guest stopped: widens dirty bits to whole host pages and
+ * sends them as DISCARD commands (pages the destination must drop). */
+int lm_pc_src_send_discards(lm_pc_src *p, lm_channel *ch, lm_error *err);
+/* Starts the return-path thread on the main connection (fd is dup'ed). */
+int lm_pc_src_start_rp(lm_pc_src *p, lm_channel *main_ch, lm_error *err);
+/* Serves requests and streams every page still dirty, then writes EOF.
+ * Returns 0 once EOF is flushed, <0 when a connection failed. */
+int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err);
+/* After EOF: waits for the destination's SHUT.  <0 on a connection failure
+ * (pause) ; -EIO with a message when the destination reports failure. */
+int lm_pc_src_wait_shut(lm_pc_src *p, bool *dest_failed, lm_error *err);
+/* Stops the return-path and preempt threads (after a failure, or at the
+ * end) and closes their channels. */
+void lm_pc_src_stop(lm_pc_src *p);
+/* Recovery on a freshly connected main channel: RESUME, the
+ * destination's received bitmaps, RESUME_ACK; every page not received
+ * becomes dirty.  Then restarts the return path (and preempt sender). */
+int lm_pc_src_recover(lm_pc_src *p, lm_channel *ch, const lm_uri *uri, lm_error *err);
+
+#endif

@@ -1,0 +1,253 @@
+"""Postcopy between two livemig-vm processes, driven over QMP.
+
+The guest runs on the destination as soon as postcopy starts, so the
+destination is checked by the workload's invariant (x-verify-memory: every
+data page matches its version), while the guest keeps running, not by a
+byte-for-byte hash against the stopped source.  Every test also checks
+that the guest runs on and that the source stays stopped (postmigrate).
+"""
+import os
+import socket
+import threading
+import time
+
+import lmtest
+from lmtest import MigrationTest
+
+MEM = "128M"
+
+
+class PostcopyBase(MigrationTest):
+    def pair(self, memory=MEM, workload="random", extra=(), caps=None, params=None):
+        extra = list(extra)
+        src = self.vm("src", memory=memory, workload=workload, extra=extra)
+        dst = self.vm("dst", memory=memory, workload=workload, extra=extra, incoming="defer")
+        caps = dict(caps or {}, postcopy_ram=True)
+        src.set_caps(**caps)
+        dst.set_caps(**caps)
+        # A downtime limit no pass of an unlimited random writer can meet, and
+        # a precopy bandwidth below its dirty rate even on a loaded host:
+        # precopy alone would never end.  (Postcopy's background stream has
+        # its own budget, max-postcopy-bandwidth.)
+        src.set_params(**dict({"downtime-limit": 1, "max-bandwidth": 32 << 20}, **(params or {})))
+        self.assertTrue(src.wait_running_steps())
+        return src, dst
+
+    def start(self, src, dst, early=False):
+        uri = "unix:" + self.path("mig.sock")
+        dst.cmd("migrate-incoming", uri=uri)
+        if early:
+            src.cmd("migrate-start-postcopy")
+        src.cmd("migrate", uri=uri)
+        if not early:
+            src.wait_migration(statuses=("active",))
+            time.sleep(0.3)  # let precopy move a part of RAM
+            src.cmd("migrate-start-postcopy")
+        src.wait_migration(statuses=("postcopy-active", "completed", "failed"))
+
+    def finish(self, src, dst):
+        info = src.wait_migration()
+        self.assertEqual(info["status"], "completed", info.get("error-desc"))
+        dinfo = dst.wait_migration()
+        self.assertEqual(dinfo["status"], "completed", dinfo.get("error-desc"))
+        # The run state follows the MIGRATION event, a moment after the
+        # status query can see "completed".
+        deadline = time.time() + 10
+        while src.status() != "postmigrate" and time.time() < deadline:
+            time.sleep(0.02)
+        self.assertEqual(src.status(), "postmigrate")
+        events = [e["data"]["status"] for e in src.qmp.events if e["event"] == "MIGRATION"]
+        self.assertIn("device", events)
+        self.assertEqual(events[-2:], ["postcopy-active", "completed"])
+        self.assert_guest_ok(dst)
+        return info, dinfo
+
+
+class Postcopy(PostcopyBase):
+    def test_plain(self):
+        src, dst = self.pair()
+        self.start(src, dst)
+        info, dinfo = self.finish(src, dst)
+        self.assertGreater(info["ram"]["postcopy-bytes"], 0)
+
+    def test_start_postcopy_before_migrate(self):
+        src, dst = self.pair()
+        self.start(src, dst, early=True)
+        info, dinfo = self.finish(src, dst)
+        self.assertGreater(info["ram"]["postcopy-bytes"], 0)
+
+    def test_preempt(self):
+        src, dst = self.pair(caps={"postcopy_preempt": True})
+        self.start(src, dst)
+        info, dinfo = self.finish(src, dst)
+        self.assertGreater(info["ram"]["postcopy-requests"], 0)
+        self.assertGreater(dinfo["ram"]["postcopy-requests"], 0)
+
+    def test_thp_2m_pages(self):
+        src, dst = self.pair(extra=["--thp"])
+        self.start(src, dst)
+        self.finish(src, dst)
+
+    def test_thp_2m_pages_preempt(self):
+        src, dst = self.pair(extra=["--thp"], caps={"postcopy_preempt": True})
+        self.start(src, dst)
+        self.finish(src, dst)
+
+    def test_memfd(self):
+        src, dst = self.pair(extra=["--memory-backend", "memfd"], caps={"postcopy_preempt": True})
+        self.start(src, dst)
+        self.finish(src, dst)
+
+    def test_hugetlbfs(self):
+        need = 2 * 64 + 8  # two 128M guests of 2 MiB pages, and some slack
+        path = "/proc/sys/vm/nr_hugepages"
+        try:
+            with open(path) as f:
+                old = int(f.read())
+            if old < need:
+                with open(path, "w") as f:
+                    f.write(str(need))
+        except OSError as e:
+            self.skipTest("cannot raise %s: %s" % (path, e))
+        try:
+            free = 0
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("HugePages_Free:"):
+                        free = int(line.split()[1])
+            if free < 2 * 64:
+                print("test_hugetlbfs: skipped, only %d free huge pages after raising %s" % (free, path))
+                self.skipTest("only %d free 2 MiB huge pages" % free)
+            src, dst = self.pair(extra=["--memory-backend", "hugetlbfs"],
+                                 caps={"postcopy_preempt": True})
+            self.start(src, dst)
+            self.finish(src, dst)
+        finally:
+            for vm in self.vms:
+                vm.shutdown()
+            self.vms = []
+            if old < need:
+                with open(path, "w") as f:
+                    f.write(str(old))
+
+    def test_blocktime_and_bandwidth(self):
+        src, dst = self.pair(caps={"postcopy_preempt": True},
+                             params={"max-postcopy-bandwidth": 256 << 20})
+        dst.set_caps(postcopy_blocktime=True)
+        self.start(src, dst)
+        info, dinfo = self.finish(src, dst)
+        self.assertIn("postcopy-blocktime", dinfo)
+        self.assertEqual(len(dinfo["postcopy-vcpu-blocktime"]), 2)
+        self.assertGreater(sum(dinfo["postcopy-vcpu-blocktime"]), 0)
+        self.assertGreater(dinfo["ram"]["postcopy-requests"], 0)
+
+    def test_start_postcopy_needs_capability(self):
+        src = self.vm("src", memory=MEM)
+        with self.assertRaises(lmtest.QMPError):
+            src.cmd("migrate-start-postcopy")
+
+
+class Proxy(threading.Thread):
+    """Accepts one connection on `listen`, connects to `target`, forwards
+    what the source sends until the destination answers, then cuts both
+    connections: a recovery interrupted half way."""
+
+    def __init__(self, listen, target):
+        super().__init__(daemon=True)
+        self.ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.ls.bind(listen)
+        self.ls.listen(1)
+        self.target = target
+        self.answered = False
+
+    def run(self):
+        a, _ = self.ls.accept()
+        b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        b.connect(self.target)
+        a.settimeout(10)
+        b.settimeout(10)
+        try:
+            b.sendall(a.recv(13))      # header and RESUME
+            self.answered = len(b.recv(4096)) > 0  # the destination's bitmaps
+        finally:
+            for s in (a, b, self.ls):
+                s.shutdown(socket.SHUT_RDWR) if s is not self.ls else None
+                s.close()
+
+
+class Recovery(PostcopyBase):
+    def paused_pair(self, caps=None):
+        # A slow background stream keeps postcopy running long enough to
+        # break it; the limit is lifted once recovered.
+        src, dst = self.pair(caps=caps, params={"max-postcopy-bandwidth": 16 << 20})
+        self.start(src, dst)
+        src.cmd("migrate-pause")
+        src.wait_migration(statuses=("postcopy-paused",))
+        dst.wait_migration(statuses=("postcopy-paused",))
+        # The guest runs on while paused (vCPUs that fault just wait).
+        self.assertEqual(dst.status(), "running")
+        return src, dst
+
+    def recover(self, src, dst, name="recover.sock"):
+        uri = "unix:" + self.path(name)
+        dst.cmd("migrate-recover", uri=uri)
+        src.cmd("migrate", uri=uri, resume=True)
+        src.wait_migration(statuses=("postcopy-active", "completed"))
+        src.set_params(**{"max-postcopy-bandwidth": 0})
+
+    def _recovery(self, caps=None):
+        src, dst = self.paused_pair(caps)
+        self.recover(src, dst)
+        info, dinfo = self.finish(src, dst)
+        events = [e["data"]["status"] for e in src.qmp.events if e["event"] == "MIGRATION"]
+        for st in ("postcopy-paused", "postcopy-recover-setup", "postcopy-recover"):
+            self.assertIn(st, events)
+        devents = [e["data"]["status"] for e in dst.qmp.events if e["event"] == "MIGRATION"]
+        self.assertIn("postcopy-recover", devents)
+
+    def test_recovery(self):
+        self._recovery()
+
+    def test_recovery_preempt(self):
+        self._recovery({"postcopy_preempt": True})
+
+    def test_pause_from_destination(self):
+        src, dst = self.pair(caps={"postcopy_preempt": True},
+                             params={"max-postcopy-bandwidth": 16 << 20})
+        self.start(src, dst)
+        dst.wait_migration(statuses=("postcopy-active",))
+        dst.cmd("migrate-pause")
+        src.wait_migration(statuses=("postcopy-paused",))
+        dst.wait_migration(statuses=("postcopy-paused",))
+        self.recover(src, dst)
+        self.finish(src, dst)
+
+    def test_double_failure(self):
+        src, dst = self.paused_pair({"postcopy_preempt": True})
+        # First attempt: the connection dies in the middle of the handshake.
+        dst.cmd("migrate-recover", uri="unix:" + self.path("rec1.sock"))
+        proxy = Proxy(self.path("proxy.sock"), self.path("rec1.sock"))
+        proxy.start()
+        src.cmd("migrate", uri="unix:" + self.path("proxy.sock"), resume=True)
+        proxy.join(30)
+        self.assertTrue(proxy.answered)
+        src.wait_migration(statuses=("postcopy-paused",))
+        dst.wait_migration(statuses=("postcopy-paused",))
+        # A resume to nowhere fails too, and leaves it paused.
+        src.cmd("migrate", uri="unix:" + self.path("nobody.sock"), resume=True)
+        time.sleep(0.2)
+        src.wait_migration(statuses=("postcopy-paused",))
+        # Second recovery succeeds.
+        self.recover(src, dst, "rec2.sock")
+        self.finish(src, dst)
+
+    def test_recover_needs_paused(self):
+        dst = self.vm("dst", memory=MEM, incoming="defer")
+        with self.assertRaises(lmtest.QMPError):
+            dst.cmd("migrate-recover", uri="unix:" + self.path("r.sock"))
+        with self.assertRaises(lmtest.QMPError):
+            dst.cmd("migrate-pause")
+
+
+if __name__ == "__main__":
+    lmtest.main()
