@@ -515,9 +515,15 @@ void lm_engine_query(lm_engine *e, lm_info *out)
         out->ram_normal = __atomic_load_n(&rs->normal_pages, __ATOMIC_RELAXED);
         out->ram_duplicate = __atomic_load_n(&rs->zero_pages, __ATOMIC_RELAXED);
         out->ram_normal_bytes = __atomic_load_n(&rs->normal_bytes, __ATOMIC_RELAXED);
-        out->ram_transferred = lm_sat_add(st->precopy_bytes, st->downtime_bytes);
-        if (e->ch && lm_state_is_active(e->status)) {
+        /* Before the switch the main channel carries everything; from the
+         * switch on, what postcopy sent (main and preempt channels) counts
+         * on top of what precopy and the blackout moved. */
+        bool switched = st->downtime_ns != 0 || out->postcopy_bytes != 0;
+        if (e->ch && lm_state_is_active(e->status) && !switched) {
             out->ram_transferred = lm_channel_bytes_written(e->ch);
+        } else {
+            out->ram_transferred = lm_sat_add(lm_sat_add(st->precopy_bytes, st->downtime_bytes),
+                                              out->postcopy_bytes);
         }
         bool running = lm_state_is_active(e->status);
         out->ram_remaining = running ? lm_ram_save_pending(&e->saver) : 0;

@@ -69,6 +69,8 @@ class Postcopy(PostcopyBase):
         self.start(src, dst)
         info, dinfo = self.finish(src, dst)
         self.assertGreater(info["ram"]["postcopy-bytes"], 0)
+        # transferred counts every byte: precopy, blackout and postcopy.
+        self.assertGreaterEqual(info["ram"]["transferred"], info["ram"]["postcopy-bytes"])
 
     def test_start_postcopy_before_migrate(self):
         src, dst = self.pair()
