@@ -29,6 +29,7 @@ int lm_parse_size(const char *s, uint64_t *out)
     unsigned shift = 0;
     switch (toupper((unsigned char)*end)) {
     case '\0': break;
+    case 'B': break; /* plain bytes: "512B" */
     case 'K': shift = 10; end++; break;
     case 'M': shift = 20; end++; break;
     case 'G': shift = 30; end++; break;

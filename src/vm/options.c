@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "common/util.h"
 #include "options.h"
 
 #define DEFAULT_VRAM_RATE (1024 * 1024) /* 1 MiB/s: "modest" next to RAM */
@@ -49,57 +50,6 @@ static void usage(FILE *f, const char *prog)
 "QMP: the migration commands, stop, cont, query-status, quit, and\n"
 "x-verify-memory, x-query-workload, x-query-memory-hash.\n",
             prog);
-}
-
-int vm_parse_size(const char *s, uint64_t *out)
-{
-    char *end;
-    uint64_t mult = 1;
-
-    if (!s || !isdigit((unsigned char)s[0])) {
-        return -EINVAL;
-    }
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno) {
-        return -ERANGE;
-    }
-    switch (toupper((unsigned char)*end)) {
-    case '\0':
-        break;
-    case 'B':
-        end++;
-        break;
-    case 'K':
-        mult = 1ull << 10;
-        end++;
-        break;
-    case 'M':
-        mult = 1ull << 20;
-        end++;
-        break;
-    case 'G':
-        mult = 1ull << 30;
-        end++;
-        break;
-    case 'T':
-        mult = 1ull << 40;
-        end++;
-        break;
-    default:
-        return -EINVAL;
-    }
-    if (mult > 1 && (strcasecmp(end, "iB") == 0 || strcasecmp(end, "B") == 0)) {
-        end += strlen(end);
-    }
-    if (*end != '\0') {
-        return -EINVAL;
-    }
-    if (v > UINT64_MAX / mult) {
-        return -ERANGE;
-    }
-    *out = v * mult;
-    return 0;
 }
 
 static int hexval(char c)
@@ -156,7 +106,7 @@ static int parse_uint(const char *opt, const char *s, unsigned long long max,
 
 static int parse_size_opt(const char *opt, const char *s, uint64_t *out, lm_error *err)
 {
-    if (vm_parse_size(s, out) < 0) {
+    if (lm_parse_size(s, out) < 0) {
         return lm_error_set(err, -EINVAL, "%s '%s': expected a size such as 4096, 64K, 512M or 2G",
                             opt, s);
     }
@@ -176,7 +126,7 @@ static int parse_rate(const char *opt, const char *s, uint64_t *out, lm_error *e
     if (n > 2 && strcmp(buf + n - 2, "/s") == 0) {
         buf[n - 2] = '\0';
     }
-    if (vm_parse_size(buf, out) < 0) {
+    if (lm_parse_size(buf, out) < 0) {
         return lm_error_set(err, -EINVAL, "%s '%s': expected bytes per second such as 100M or 1G/s",
                             opt, s);
     }
@@ -197,7 +147,7 @@ static int parse_working_set(const char *s, workload_config *w, lm_error *err)
         w->ws_bytes = 0;
         return 0;
     }
-    if (vm_parse_size(s, &w->ws_bytes) < 0 || w->ws_bytes < VM_PAGE_SIZE) {
+    if (lm_parse_size(s, &w->ws_bytes) < 0 || w->ws_bytes < VM_PAGE_SIZE) {
         return lm_error_set(err, -EINVAL, "--working-set '%s': expected PCT%% or a size of at least 4K", s);
     }
     return 0;

@@ -30,9 +30,6 @@ typedef struct vm_options {
 /* Returns 0, 1 when --help was printed (exit 0), or -errno with err set. */
 int vm_options_parse(vm_options *o, int argc, char **argv, lm_error *err);
 
-/* "512M", "4096", "2G", "1T" (K/M/G/T, powers of 1024; "KiB"/"MB" also
- * accepted).  Exposed for the QMP layer and tests. */
-int vm_parse_size(const char *s, uint64_t *out);
 /* Canonical 8-4-4-4-12 hex text. */
 int vm_parse_uuid(const char *s, uint8_t uuid[16]);
 
