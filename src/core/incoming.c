@@ -40,8 +40,8 @@ typedef struct dst_ctx {
     section_slot sections[LM_MAX_SECTIONS];
     bool source_running; /* from the globalstate section; true when absent */
     lm_pc_dst *pc;       /* postcopy: from ADVISE on */
-    bool pc_listening;   /* LISTEN seen: guest RAM is registered */
-    bool pc_run;         /* RUN seen: the guest may run here, failures pause */
+    bool pc_listening;   /* LISTEN seen: guest RAM is registered; failures pause */
+    bool pc_run;         /* RUN seen (or implied by a resume): the guest may run here */
 } dst_ctx;
 
 static void publish_progress(dst_ctx *c)
@@ -192,6 +192,20 @@ static int skip_vmdesc(dst_ctx *c)
 }
 
 /* Postcopy's COMMAND records (docs/postcopy.md). */
+/* From here on the guest runs on this side (if it ran on the source);
+ * missing pages fault in. */
+static void postcopy_run(dst_ctx *c)
+{
+    lm_engine *e = c->e;
+    c->pc_run = true;
+    pthread_mutex_lock(&e->lock);
+    bool autostart = e->autostart && c->source_running;
+    pthread_mutex_unlock(&e->lock);
+    if (autostart && e->cb.vm_start) {
+        e->cb.vm_start(e->opaque);
+    }
+}
+
 static int load_command(dst_ctx *c)
 {
     lm_engine *e = c->e;
@@ -251,21 +265,13 @@ static int load_command(dst_ctx *c)
             ret = -ECANCELED;
         }
         break;
-    case LM_CMD_POSTCOPY_RUN: {
+    case LM_CMD_POSTCOPY_RUN:
         if (!c->pc_listening || c->pc_run || len) {
             ret = lm_error_set(&c->err, -EBADMSG, "unexpected or malformed POSTCOPY_RUN");
             break;
         }
-        c->pc_run = true;
-        pthread_mutex_lock(&e->lock);
-        bool autostart = e->autostart && c->source_running;
-        pthread_mutex_unlock(&e->lock);
-        /* The guest runs here from now on; missing pages fault in. */
-        if (autostart && e->cb.vm_start) {
-            e->cb.vm_start(e->opaque);
-        }
+        postcopy_run(c);
         break;
-    }
     default:
         ret = lm_error_set(&c->err, -EBADMSG, "unexpected command 0x%04x", cmd);
         break;
@@ -381,7 +387,31 @@ static int accept_resume(dst_ctx *c, lm_listener *l)
     if (ret == 0 && !lm_set_state(e, LM_STATUS_POSTCOPY_RECOVER, LM_STATUS_POSTCOPY_ACTIVE)) {
         ret = -ECANCELED;
     }
+    if (ret == 0 && !c->pc_run) {
+        /* The link broke between LISTEN and RUN.  A source resumes only
+         * after it sent RUN, so the guest runs here now. */
+        postcopy_run(c);
+    }
     return ret;
+}
+
+/* Errors that say the connection broke, not that the stream was wrong. */
+static bool link_failure(int ret)
+{
+    switch (-ret) {
+    case EPIPE:
+    case ECONNRESET:
+    case ECONNABORTED:
+    case EIO:
+    case ETIMEDOUT:
+    case ENOTCONN:
+    case ENETDOWN:
+    case ENETUNREACH:
+    case EHOSTUNREACH:
+        return true;
+    default:
+        return false;
+    }
 }
 
 /* Drops the broken connection(s) and waits in postcopy-paused.  The guest
@@ -463,8 +493,11 @@ void *lm_incoming_thread(void *arg)
             }
             pthread_mutex_unlock(&e->lock);
             ret = load_stream(c);
-            /* Once the guest runs here, a broken connection pauses. */
-            while (ret < 0 && c->pc_run) {
+            /* Once the guest runs here, any failure pauses: the source keeps
+             * every page and a recovery may yet finish.  Between LISTEN and
+             * RUN a broken link pauses too (the source may have sent RUN and
+             * given its copy up); a malformed stream there fails. */
+            while (ret < 0 && (c->pc_run || (c->pc_listening && link_failure(ret)))) {
                 ret = pause_and_recover(c);
                 if (ret == 0) {
                     ret = load_records(c);
