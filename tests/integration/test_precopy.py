@@ -4,6 +4,7 @@ Each test checks the destination's memory (byte for byte against the
 stopped source where the destination stays paused, and always by the
 workload's invariant) and that the guest runs on there.
 """
+import json
 import os
 import socket
 
@@ -100,6 +101,28 @@ class Transports(LiveBase):
         self.save_restore("file:%s,offset=4096" % img, "file:%s,offset=4096" % img)
         with open(img, "rb") as f:
             self.assertEqual(f.read(4096), b"H" * 4096)
+
+    def test_vmdesc_only_when_asked(self):
+        """The JSON device description travels only with x-vmdesc (seed 000)."""
+        for wanted in (False, True):
+            img = self.path("saved-%s.img" % wanted)
+            src = self.vm("src%s" % wanted, memory="32M", workload="idle")
+            src.set_params(**{"x-vmdesc": wanted})
+            src.cmd("migrate", uri="file:" + img)
+            self.assertEqual(src.wait_migration()["status"], "completed")
+            with open(img, "rb") as f:
+                data = f.read()
+            has = b'"ram_blocks"' in data and b'"vmsd_name"' in data
+            self.assertEqual(has, wanted)
+            if wanted:
+                start = data.index(b'{"ram_blocks"')
+                end = data.index(b"\x06", start)  # the EOF record follows the JSON
+                desc = json.loads(data[start:end])
+                names = {d["name"] for d in desc["devices"]}
+                self.assertIn("cpu", names)
+                dst = self.vm("dst", memory="32M", workload="idle", incoming="defer")
+                dst.cmd("migrate-incoming", uri="file:" + img)
+                self.assertEqual(dst.wait_migration()["status"], "completed")
 
     def test_incoming_uri_on_command_line(self):
         sock = self.path("mig.sock")
