@@ -297,85 +297,6 @@ static int maybe_pause(src_ctx *c)
     return go ? 0 : -ECANCELED;
 }
 
-static int switchover(src_ctx *c)
-{
-    lm_engine *e = c->e;
-    bool was_running = e->cb.vm_is_running ? e->cb.vm_is_running(e->opaque) : true;
-    uint64_t stop_ns = lm_now_ns();
-    if (e->cb.vm_stop) {
-        e->cb.vm_stop(e->opaque);
-    }
-    pthread_mutex_lock(&e->lock);
-    e->guest_stopped_by_us = was_running;
-    e->guest_was_running = was_running;
-    e->stats.stop_ns = stop_ns;
-    pthread_mutex_unlock(&e->lock);
-
-    int ret = maybe_pause(c);
-    if (ret < 0) {
-        return ret;
-    }
-    lm_status from = lm_cap(e, LM_CAP_PAUSE_BEFORE_SWITCHOVER) ? LM_STATUS_PRE_SWITCHOVER
-                                                                : LM_STATUS_ACTIVE;
-    if (!lm_set_state(e, from, LM_STATUS_DEVICE)) {
-        return -ECANCELED;
-    }
-    uint64_t before = lm_channel_bytes_written(c->ch);
-    uint64_t newly;
-    ret = lm_ram_save_sync(&e->saver, &newly, &c->err);
-    if (ret == 0) {
-        ret = send_ram_slice(c, LM_REC_SECTION_END, UINT64_MAX, NULL);
-    }
-    if (ret == 0) {
-        ret = lm_devices_save_complete(e, c->ch, &c->err);
-    }
-    bool vmdesc;
-    pthread_mutex_lock(&e->lock);
-    vmdesc = e->params.x_vmdesc;
-    pthread_mutex_unlock(&e->lock);
-    if (ret == 0) {
-        uint8_t running = was_running;
-        lm_stream_write_section_full(c->ch, LM_REC_SECTION_FULL, LM_GLOBALSTATE_SECTION_ID,
-                                     LM_GLOBALSTATE_IDSTR, 0, 1);
-        lm_stream_write_payload(c->ch, &running, 1);
-        ret = lm_stream_write_footer(c->ch, LM_GLOBALSTATE_SECTION_ID);
-    }
-    if (ret == 0 && vmdesc) {
-        ret = lm_devices_write_vmdesc(e, c->ch, &c->err);
-    }
-    if (ret == 0) {
-        lm_channel_put_u8(c->ch, LM_REC_EOF);
-        ret = lm_channel_flush(c->ch);
-    }
-    if (ret < 0) {
-        lm_channel_error(c->ch, &c->err);
-        return ret;
-    }
-    pthread_mutex_lock(&e->lock);
-    e->stats.downtime_bytes = lm_channel_bytes_written(c->ch) - before;
-    e->stats.precopy_bytes = before;
-    pthread_mutex_unlock(&e->lock);
-
-    if (c->return_path) {
-        /* The destination confirms it loaded everything and runs the guest;
-         * only then is the source's copy given up. */
-        uint16_t type;
-        uint32_t status;
-        ret = lm_rp_read(c->ch, &type, &status, &c->err);
-        if (ret < 0) {
-            lm_error_set(&c->err, ret, "lost the destination before it confirmed the load");
-            return ret;
-        }
-        if (type != LM_RP_SHUT || status != 0) {
-            return lm_error_set(&c->err, -EIO, "the destination failed to load the migration");
-        }
-    }
-    pthread_mutex_lock(&e->lock);
-    e->stats.downtime_ns = lm_now_ns() - stop_ns;
-    pthread_mutex_unlock(&e->lock);
-    return 0;
-}
-
 /* ---- postcopy (docs/postcopy.md) ---- */
 
 /* The connection broke during postcopy: nothing is lost (every page stays
@@ -438,11 +359,18 @@ static int postcopy_pause_and_resume(src_ctx *c)
     }
 }
 
-/* The switchover into postcopy: the same path as precopy's (stop, device
- * state), but instead of the remaining RAM the destination gets the list
- * of pages to discard, LISTEN, and RUN; the guest runs there at once and
- * the pages follow, those it faults on first. */
-static int postcopy_switchover(src_ctx *c)
+static int precopy_confirm(src_ctx *c, uint64_t stop_ns, uint64_t before);
+static int postcopy_run(src_ctx *c, uint64_t stop_ns, uint64_t before);
+
+/* The one switchover path, precopy and postcopy alike (seed 000): stop the
+ * guest, [pre-switchover], device, a last dirty sync, then
+ *   precopy:  the remaining RAM, device state, globalstate, [vmdesc], EOF,
+ *             and the destination's confirmation on the return path;
+ *   postcopy: the list of pages to discard, LISTEN, device state,
+ *             globalstate and RUN; the guest runs there at once and the
+ *             pages follow, those it faults on first.
+ * Postcopy never builds the JSON description: the stream is live. */
+static int switchover(src_ctx *c, bool postcopy)
 {
     lm_engine *e = c->e;
     bool was_running = e->cb.vm_is_running ? e->cb.vm_is_running(e->opaque) : true;
@@ -454,6 +382,7 @@ static int postcopy_switchover(src_ctx *c)
     e->guest_stopped_by_us = was_running;
     e->guest_was_running = was_running;
     e->stats.stop_ns = stop_ns;
+    bool vmdesc = e->params.x_vmdesc && !postcopy;
     pthread_mutex_unlock(&e->lock);
 
     int ret = maybe_pause(c);
@@ -468,11 +397,13 @@ static int postcopy_switchover(src_ctx *c)
     uint64_t before = lm_channel_bytes_written(c->ch);
     uint64_t newly;
     ret = lm_ram_save_sync(&e->saver, &newly, &c->err);
-    if (ret == 0) {
+    if (ret == 0 && postcopy) {
         ret = lm_pc_src_send_discards(c->pc, c->ch, &c->err);
-    }
-    if (ret == 0) {
-        ret = lm_pc_write_command(c->ch, LM_CMD_POSTCOPY_LISTEN, NULL, 0);
+        if (ret == 0) {
+            ret = lm_pc_write_command(c->ch, LM_CMD_POSTCOPY_LISTEN, NULL, 0);
+        }
+    } else if (ret == 0) {
+        ret = send_ram_slice(c, LM_REC_SECTION_END, UINT64_MAX, NULL);
     }
     if (ret == 0) {
         ret = lm_devices_save_complete(e, c->ch, &c->err);
@@ -484,6 +415,12 @@ static int postcopy_switchover(src_ctx *c)
         lm_stream_write_payload(c->ch, &running, 1);
         ret = lm_stream_write_footer(c->ch, LM_GLOBALSTATE_SECTION_ID);
     }
+    if (ret == 0 && vmdesc) {
+        ret = lm_devices_write_vmdesc(e, c->ch, &c->err);
+    }
+    if (ret == 0 && !postcopy) {
+        ret = lm_channel_put_u8(c->ch, LM_REC_EOF);
+    }
     if (ret == 0) {
         ret = lm_channel_flush(c->ch);
     }
@@ -491,6 +428,41 @@ static int postcopy_switchover(src_ctx *c)
         lm_channel_error(c->ch, &c->err);
         return ret; /* the destination has not run the guest: ours runs on */
     }
+    return postcopy ? postcopy_run(c, stop_ns, before) : precopy_confirm(c, stop_ns, before);
+}
+
+/* Precopy: the destination confirms it loaded everything and runs the
+ * guest; only then is the source's copy given up. */
+static int precopy_confirm(src_ctx *c, uint64_t stop_ns, uint64_t before)
+{
+    lm_engine *e = c->e;
+    pthread_mutex_lock(&e->lock);
+    e->stats.downtime_bytes = lm_channel_bytes_written(c->ch) - before;
+    e->stats.precopy_bytes = before;
+    pthread_mutex_unlock(&e->lock);
+    if (c->return_path) {
+        uint16_t type;
+        uint32_t status;
+        int ret = lm_rp_read(c->ch, &type, &status, &c->err);
+        if (ret < 0) {
+            lm_error_set(&c->err, ret, "lost the destination before it confirmed the load");
+            return ret;
+        }
+        if (type != LM_RP_SHUT || status != 0) {
+            return lm_error_set(&c->err, -EIO, "the destination failed to load the migration");
+        }
+    }
+    pthread_mutex_lock(&e->lock);
+    e->stats.downtime_ns = lm_now_ns() - stop_ns;
+    pthread_mutex_unlock(&e->lock);
+    return 0;
+}
+
+/* Postcopy: RUN, then serve requests and stream the rest until the
+ * destination has every page, recovering from broken connections. */
+static int postcopy_run(src_ctx *c, uint64_t stop_ns, uint64_t before)
+{
+    lm_engine *e = c->e;
     /* From RUN on, the destination may run the guest: ours never runs
      * again, whatever happens to the connection. */
     pthread_mutex_lock(&e->lock);
@@ -499,7 +471,7 @@ static int postcopy_switchover(src_ctx *c)
     pthread_mutex_unlock(&e->lock);
     lm_set_state(e, LM_STATUS_DEVICE, LM_STATUS_POSTCOPY_ACTIVE);
     lm_pc_write_command(c->ch, LM_CMD_POSTCOPY_RUN, NULL, 0);
-    ret = lm_channel_flush(c->ch);
+    int ret = lm_channel_flush(c->ch);
     pthread_mutex_lock(&e->lock);
     e->stats.downtime_ns = lm_now_ns() - stop_ns;
     e->stats.downtime_bytes = lm_channel_bytes_written(c->ch) - before;
@@ -625,7 +597,7 @@ void *lm_migration_thread(void *arg)
         ret = send_pass(&c);
     }
     if (ret == 0) {
-        ret = cancelled(e) ? -ECANCELED : postcopy_wanted(&c) ? postcopy_switchover(&c) : switchover(&c);
+        ret = cancelled(e) ? -ECANCELED : switchover(&c, postcopy_wanted(&c));
     }
     if (ret < 0 && cancelled(e)) {
         ret = -ECANCELED;
