@@ -284,6 +284,11 @@ int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err)
     if (zero_copy && compress) {
         return lm_error_set(err, -EINVAL, "zero-copy-send does not work with multifd-compression");
     }
+    if (zero_copy) {
+        /* MSG_ZEROCOPY and its completion accounting are not built yet:
+         * refuse rather than silently copy. */
+        return lm_error_set(err, -ENOTSUP, "zero-copy-send is not supported by this build yet");
+    }
     if (multifd) {
         lm_uri u;
         int r = lm_uri_parse(uri, &u, err);

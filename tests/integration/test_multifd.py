@@ -4,6 +4,8 @@ Every migration test checks the destination's memory byte for byte against
 the stopped source (the destination stays paused until `cont`), the
 workload's invariant, and that the guest runs on there.
 """
+import time
+
 import lmtest
 from lmtest import MigrationTest, QMPError
 
@@ -126,6 +128,28 @@ class Compression(MultifdBase):
                 self.stop_all()
 
 
+class ZeroCopy(MultifdBase):
+    def test_refused(self):
+        src = self.vm("src", memory=MEM)
+        uri = "unix:" + self.path("zc.sock")
+        src.set_params(zero_copy_send=True)
+        # Without multifd, with compression, and (not implemented yet) at all.
+        with self.assertRaises(QMPError) as cm:
+            src.cmd("migrate", uri=uri)
+        self.assertIn("requires the multifd capability", cm.exception.desc)
+        src.set_caps(multifd=True)
+        src.set_params(multifd_compression="zstd")
+        with self.assertRaises(QMPError) as cm:
+            src.cmd("migrate", uri=uri)
+        self.assertIn("does not work with multifd-compression", cm.exception.desc)
+        src.set_params(multifd_compression="none")
+        with self.assertRaises(QMPError) as cm:
+            src.cmd("migrate", uri=uri)
+        self.assertIn("zero-copy-send is not supported", cm.exception.desc)
+        self.assertEqual(src.status(), "running")
+        self.assertEqual(src.migration().get("status", "none"), "none")
+
+
 class Failures(MultifdBase):
     def test_cancel_then_retry(self):
         src, dst = self.pair(src_params={"max-bandwidth": 8 << 20, "multifd-channels": 4})
@@ -147,6 +171,52 @@ class Failures(MultifdBase):
         dst2.set_caps(multifd=True)
         info = self.migrate(src, dst2, "unix:" + self.path("mig2.sock"))
         self.check(src, dst2, info)
+
+
+class Postcopy(MultifdBase):
+    """Multifd during precopy; at the switch its channels are flushed and
+    closed, postcopy goes on on the main (and preempt) connections.  The
+    destination is started paused (it stays so after RUN), and every page
+    has arrived once it completes: its memory equals the stopped source's
+    byte for byte, then the guest runs on after `cont`."""
+
+    def run_postcopy(self, preempt):
+        caps = {"postcopy_ram": True}
+        if preempt:
+            caps["postcopy_preempt"] = True
+        src, dst = self.pair("random", {"downtime-limit": 1, "max-bandwidth": 32 << 20,
+                                        "multifd-channels": 4}, caps=caps, tag=str(preempt))
+        uri = "unix:" + self.path("pc%d.sock" % preempt)
+        dst.cmd("migrate-incoming", uri=uri)
+        src.cmd("migrate", uri=uri)
+        src.wait_migration(statuses=("active",))
+        # Postcopy only once multifd carried pages.
+        while src.migration()["ram"]["multifd-bytes"] == 0:
+            pass
+        src.cmd("migrate-start-postcopy")
+        info = src.wait_migration()
+        self.assertEqual(info["status"], "completed", info.get("error-desc"))
+        self.assertGreater(info["ram"]["multifd-bytes"], 0)
+        self.assertGreater(info["ram"]["postcopy-bytes"], 0)
+        dinfo = dst.wait_migration()
+        self.assertEqual(dinfo["status"], "completed", dinfo.get("error-desc"))
+        self.assertGreater(dinfo["ram"]["multifd-bytes"], 0)
+        self.assertEqual(dst.status(), "paused")
+        # The source's run state follows the MIGRATION event, a moment
+        # after query-migrate says completed.
+        deadline = time.time() + 10
+        while src.status() != "postmigrate" and time.time() < deadline:
+            time.sleep(0.02)
+        self.assert_same_memory(src, dst)
+        dst.cmd("cont")
+        self.assert_guest_ok(dst)
+        self.stop_all()
+
+    def test_multifd_then_postcopy(self):
+        self.run_postcopy(False)
+
+    def test_multifd_then_postcopy_preempt(self):
+        self.run_postcopy(True)
 
 
 if __name__ == "__main__":
