@@ -178,7 +178,8 @@ typedef struct lm_info {
     uint64_t downtime_bytes;
     uint64_t postcopy_bytes;
     uint64_t postcopy_requests;
-    uint64_t multifd_bytes;
+    uint64_t multifd_bytes;     /* sent (source) / received (destination) on multifd channels */
+    uint64_t dirty_sync_missed_zero_copy; /* syncs that had to wait for zero-copy completions */
     double mbps;                /* throughput, megabits per second */
     uint64_t pages_per_second;
     uint64_t device_bytes;      /* device state sent */

@@ -295,7 +295,7 @@ static int listen_socket(lm_listener *l, lm_error *err)
         }
         memcpy(sa.sun_path, u->path, strnlen(u->path, sizeof(sa.sun_path) - 1)); /* length checked by lm_uri_parse */
         unlink(u->path);
-        if (bind(s, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(s, 16) < 0) {
+        if (bind(s, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(s, 128) < 0) {
             int code = -errno;
             close(s);
             return lm_error_set_errno(err, code, "failed to listen on unix:%s", u->path);
@@ -319,7 +319,7 @@ static int listen_socket(lm_listener *l, lm_error *err)
             continue;
         }
         setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (bind(s, ai->ai_addr, ai->ai_addrlen) == 0 && listen(s, 16) == 0) {
+        if (bind(s, ai->ai_addr, ai->ai_addrlen) == 0 && listen(s, 128) == 0) {
             l->listen_fd = s;
             break;
         }

@@ -12,6 +12,7 @@
 #include "common/util.h"
 #include "core/engine_internal.h"
 #include "postcopy/dest.h"
+#include "ram/multifd.h"
 
 lm_engine *lm_engine_new(const lm_callbacks *cb, void *opaque, lm_error *err)
 {
@@ -203,7 +204,7 @@ static int begin(lm_engine *e, const char *uri, bool incoming, lm_error *err)
     memset(&e->stats, 0, sizeof(e->stats));
     e->stats.start_ns = lm_now_ns();
     e->socket_address[0] = '\0';
-    e->dest_pages = e->dest_zero = e->dest_bytes = 0;
+    e->dest_pages = e->dest_zero = e->dest_bytes = e->dest_multifd_bytes = 0;
     memset(&e->saver.stats, 0, sizeof(e->saver.stats));
     e->saver.dirty_bytes = 0;
     e->saver.total_bytes = 0;
@@ -268,12 +269,36 @@ int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err)
     pthread_mutex_lock(&e->lock);
     bool inc = e->incoming && lm_state_is_active(e->status);
     bool postcopy = e->caps[LM_CAP_POSTCOPY_RAM], preempt = e->caps[LM_CAP_POSTCOPY_PREEMPT];
+    bool multifd = e->caps[LM_CAP_MULTIFD], zero_copy = e->params.zero_copy_send;
+    bool compress = strcmp(e->params.multifd_compression, "none") != 0;
     pthread_mutex_unlock(&e->lock);
     if (inc) {
         return lm_error_set(err, -EBUSY, "Guest is waiting for an incoming migration");
     }
     if (preempt && !postcopy) {
         return lm_error_set(err, -EINVAL, "Postcopy preempt requires postcopy-ram");
+    }
+    if (zero_copy && !multifd) {
+        return lm_error_set(err, -EINVAL, "zero-copy-send requires the multifd capability");
+    }
+    if (zero_copy && compress) {
+        return lm_error_set(err, -EINVAL, "zero-copy-send does not work with multifd-compression");
+    }
+    if (zero_copy) {
+        /* MSG_ZEROCOPY and its completion accounting are not built yet:
+         * refuse rather than silently copy. */
+        return lm_error_set(err, -ENOTSUP, "zero-copy-send is not supported by this build yet");
+    }
+    if (multifd) {
+        lm_uri u;
+        int r = lm_uri_parse(uri, &u, err);
+        if (r < 0) {
+            return r;
+        }
+        if (!lm_uri_multi_channel(&u)) {
+            return lm_error_set(err, -EINVAL,
+                                "multifd needs a socket transport (unix: or tcp:) for its extra connections");
+        }
     }
     if (postcopy) {
         lm_uri u;
@@ -329,6 +354,9 @@ int lm_engine_cancel(lm_engine *e, lm_error *err)
         }
         if (e->ch_preempt) {
             lm_channel_shutdown(e->ch_preempt, -ECANCELED, "migration cancelled");
+        }
+        if (e->mf_src) {
+            lm_multifd_src_shutdown(e->mf_src, -ECANCELED, "migration cancelled");
         }
         lm_ratelimit_abort(&e->rl, true);
         lm_ratelimit_abort(&e->pc_rl, true);
@@ -510,17 +538,32 @@ void lm_engine_query(lm_engine *e, lm_info *out)
         out->ram_duplicate = e->dest_zero;
         out->ram_normal_bytes = e->dest_pages * out->ram_page_size;
         out->ram_transferred = e->dest_bytes;
+        out->multifd_bytes = e->dest_multifd_bytes;
+        if (e->mf_dst) {
+            uint64_t pages, zero, bytes;
+            lm_multifd_dst_stats(e->mf_dst, &pages, &zero, &bytes);
+            out->ram_normal += pages;
+            out->ram_duplicate += zero;
+            out->ram_normal_bytes += pages * out->ram_page_size;
+            out->multifd_bytes += bytes;
+        }
     } else {
         const lm_ram_stats *rs = &e->saver.stats;
         out->ram_normal = __atomic_load_n(&rs->normal_pages, __ATOMIC_RELAXED);
         out->ram_duplicate = __atomic_load_n(&rs->zero_pages, __ATOMIC_RELAXED);
         out->ram_normal_bytes = __atomic_load_n(&rs->normal_bytes, __ATOMIC_RELAXED);
-        /* Before the switch the main channel carries everything; from the
-         * switch on, what postcopy sent (main and preempt channels) counts
-         * on top of what precopy and the blackout moved. */
+        out->multifd_bytes = st->multifd_bytes;
+        out->dirty_sync_missed_zero_copy = st->zc_missed;
+        if (e->mf_src) {
+            out->multifd_bytes = lm_multifd_src_bytes(e->mf_src);
+            out->dirty_sync_missed_zero_copy = lm_multifd_src_zc_missed(e->mf_src);
+        }
+        /* Before the switch the main and multifd channels carry everything;
+         * from the switch on, what postcopy sent (main and preempt channels)
+         * counts on top of what precopy and the blackout moved. */
         bool switched = st->downtime_ns != 0 || out->postcopy_bytes != 0;
         if (e->ch && lm_state_is_active(e->status) && !switched) {
-            out->ram_transferred = lm_channel_bytes_written(e->ch);
+            out->ram_transferred = lm_channel_bytes_written(e->ch) + out->multifd_bytes;
         } else {
             out->ram_transferred = lm_sat_add(lm_sat_add(st->precopy_bytes, st->downtime_bytes),
                                               out->postcopy_bytes);

@@ -38,6 +38,7 @@ enum lm_capability {
     LM_CAP_POSTCOPY_RAM,
     LM_CAP_POSTCOPY_PREEMPT,
     LM_CAP_POSTCOPY_BLOCKTIME,
+    LM_CAP_MULTIFD,
     LM_CAP__COUNT
 };
 
@@ -53,6 +54,11 @@ typedef struct lm_params {
     bool x_vmdesc;                       /* send the JSON device description */
     char x_dirty_tracker[16];            /* auto | uffd-wp | manual */
     uint64_t max_postcopy_bandwidth;     /* bytes/s of the background stream, 0 = unlimited */
+    uint64_t multifd_channels;           /* 1..64 */
+    char multifd_compression[16];        /* none | zstd */
+    uint64_t multifd_zstd_level;         /* 1..20 */
+    char zero_page_detection[16];        /* none | legacy | multifd */
+    bool zero_copy_send;                 /* MSG_ZEROCOPY on multifd senders */
 } lm_params;
 
 /* Statistics of the current (or last) migration; guarded by the engine lock
@@ -74,6 +80,8 @@ typedef struct lm_stats {
     uint64_t pages_per_second;
     int throttle_percent;
     char dirty_tracker[32];
+    uint64_t multifd_bytes;  /* of the last migration, once it ended */
+    uint64_t zc_missed;      /* dirty-sync-missed-zero-copy, once it ended */
 } lm_stats;
 
 struct lm_engine {
@@ -113,6 +121,7 @@ struct lm_engine {
     uint64_t dest_pages; /* destination: pages loaded */
     uint64_t dest_zero;
     uint64_t dest_bytes;
+    uint64_t dest_multifd_bytes; /* of multifd channels that ended */
 
     /* Postcopy (src/postcopy/, docs/postcopy.md). */
     bool postcopy_requested;    /* migrate-start-postcopy (may precede migrate) */
@@ -122,6 +131,8 @@ struct lm_engine {
     lm_listener *recover_listener; /* destination: migrate-recover, handed to the load thread */
     lm_channel *ch_preempt;     /* set while open (migrate-pause, cancel) */
     lm_channel *ch_rp;          /* the return path's own channel (shutdown only) */
+    struct lm_multifd_src *mf_src; /* source: set while multifd runs (cancel, stats) */
+    struct lm_multifd_dst *mf_dst; /* destination: set while multifd runs (stats) */
     lm_ratelimit pc_rl;         /* max-postcopy-bandwidth: the background stream only */
     uint64_t pc_requests;       /* atomics: pages requested (dst) / served (src) */
     uint64_t pc_bytes;          /* atomics: bytes sent (src) / read (dst) after the switch */

@@ -17,6 +17,7 @@
 #include "core/engine_internal.h"
 #include "livemig/buffer.h"
 #include "postcopy/dest.h"
+#include "ram/multifd.h"
 #include "ram/ram_load.h"
 #include "stream/stream.h"
 
@@ -42,6 +43,8 @@ typedef struct dst_ctx {
     lm_pc_dst *pc;       /* postcopy: from ADVISE on */
     bool pc_listening;   /* LISTEN seen: guest RAM is registered; failures pause */
     bool pc_run;         /* RUN seen (or implied by a resume): the guest may run here */
+    lm_multifd_dst *mf;  /* multifd: from MULTIFD_SETUP until its channels end */
+    uint64_t multifd_bytes; /* read on multifd channels that ended */
 } dst_ctx;
 
 static void publish_progress(dst_ctx *c)
@@ -50,10 +53,97 @@ static void publish_progress(dst_ctx *c)
     pthread_mutex_lock(&e->lock);
     e->dest_pages = c->loader.pages_loaded;
     e->dest_zero = c->loader.zero_pages;
+    e->dest_multifd_bytes = c->multifd_bytes;
     if (c->ch) {
         e->dest_bytes = lm_channel_bytes_read(c->ch);
     }
     pthread_mutex_unlock(&e->lock);
+}
+
+static void multifd_failed(void *opaque)
+{
+    lm_engine *e = opaque;
+    /* Wake the load thread wherever it waits on the main channel. */
+    pthread_mutex_lock(&e->lock);
+    if (e->ch) {
+        lm_channel_shutdown(e->ch, -EIO, "a multifd channel failed");
+    }
+    pthread_mutex_unlock(&e->lock);
+}
+
+static int multifd_sync(void *opaque, uint64_t seq, lm_error *err)
+{
+    dst_ctx *c = opaque;
+    if (!c->mf) {
+        return lm_error_set(err, -EBADMSG, "MULTIFD_SYNC record without multifd");
+    }
+    return lm_multifd_dst_sync(c->mf, seq, err);
+}
+
+/* Stops the receivers (after they ended, or on failure) and keeps their
+ * counts. */
+static void multifd_close(dst_ctx *c)
+{
+    if (!c->mf) {
+        return;
+    }
+    lm_engine *e = c->e;
+    pthread_mutex_lock(&e->lock);
+    e->mf_dst = NULL;
+    pthread_mutex_unlock(&e->lock);
+    uint64_t pages, zero, bytes;
+    lm_multifd_dst_stop(c->mf);
+    lm_multifd_dst_stats(c->mf, &pages, &zero, &bytes);
+    lm_multifd_dst_free(c->mf);
+    c->mf = NULL;
+    c->loader.pages_loaded += pages;
+    c->loader.zero_pages += zero;
+    c->multifd_bytes += bytes;
+}
+
+/* Everything sent on the multifd channels is in guest RAM, and they end. */
+static int multifd_finish(dst_ctx *c)
+{
+    if (!c->mf) {
+        return 0;
+    }
+    int ret = lm_multifd_dst_finish(c->mf, &c->err);
+    if (ret == 0) {
+        multifd_close(c);
+    }
+    return ret;
+}
+
+static int multifd_start(dst_ctx *c, const uint8_t *body, uint16_t len)
+{
+    lm_engine *e = c->e;
+    lm_multifd_setup su;
+    if (!c->have_config || c->mf) {
+        return lm_error_set(&c->err, -EBADMSG, "unexpected MULTIFD_SETUP");
+    }
+    int ret = lm_multifd_setup_parse(body, len, &su, &c->err);
+    if (ret < 0) {
+        return ret;
+    }
+    if (!lm_cap(e, LM_CAP_MULTIFD)) {
+        return lm_error_set(&c->err, -EINVAL, "the source uses multifd, but capability multifd is "
+                            "off on the destination");
+    }
+    if (!lm_uri_multi_channel(&e->uri)) {
+        return lm_error_set(&c->err, -EINVAL, "multifd needs a socket transport (unix: or tcp:)");
+    }
+    pthread_mutex_lock(&e->lock);
+    lm_listener *l = e->listener;
+    pthread_mutex_unlock(&e->lock);
+    ret = lm_multifd_dst_start(l, &su, c->map, e->nblocks, multifd_failed, e, &c->mf, &c->err);
+    pthread_mutex_lock(&e->lock);
+    e->mf_dst = c->mf;
+    pthread_mutex_unlock(&e->lock);
+    if (ret == 0) {
+        c->loader.multifd_sync = multifd_sync;
+        c->loader.multifd_opaque = c;
+    }
+    return ret;
 }
 
 static int load_config(dst_ctx *c)
@@ -222,6 +312,9 @@ static int load_command(dst_ctx *c)
         goto out;
     }
     switch (cmd) {
+    case LM_CMD_MULTIFD_SETUP:
+        ret = multifd_start(c, body, len);
+        break;
     case LM_CMD_POSTCOPY_ADVISE:
         if (!c->have_config || c->pc || len != 4) {
             ret = lm_error_set(&c->err, -EBADMSG, "unexpected or malformed POSTCOPY_ADVISE");
@@ -256,7 +349,11 @@ static int load_command(dst_ctx *c)
             ret = lm_error_set(&c->err, -EBADMSG, "unexpected or malformed POSTCOPY_LISTEN");
             break;
         }
-        ret = lm_pc_dst_listen(c->pc, &c->loader, &c->err);
+        /* Guest RAM is written directly no more: multifd must be done. */
+        ret = multifd_finish(c);
+        if (ret == 0) {
+            ret = lm_pc_dst_listen(c->pc, &c->loader, &c->err);
+        }
         if (ret == 0) {
             c->pc_listening = true;
             ret = lm_pc_dst_set_rp(c->pc, c->ch, false, &c->err);
@@ -327,6 +424,11 @@ static int load_records(dst_ctx *c)
             if (c->pc_listening) {
                 /* Pages still travelling on the preempt channel. */
                 return lm_pc_dst_wait_all(c->pc, c->ch, &c->err);
+            }
+            /* Pages still travelling on the multifd channels. */
+            ret = multifd_finish(c);
+            if (ret < 0) {
+                return ret;
             }
             return c->have_config ? 0
                                   : lm_error_set(&c->err, -EBADMSG, "stream ended before its configuration");
@@ -505,6 +607,7 @@ void *lm_incoming_thread(void *arg)
             }
         }
     }
+    multifd_close(c);
     publish_progress(c);
     bool success = ret == 0;
     if (success) {

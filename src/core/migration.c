@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <sys/random.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -15,6 +16,7 @@
 #include "core/engine_internal.h"
 #include "postcopy/postcopy.h"
 #include "postcopy/source.h"
+#include "ram/multifd.h"
 #include "stream/stream.h"
 
 /* RAM is sent in slices of this size, so cancel and the devices' share are
@@ -40,6 +42,8 @@ typedef struct src_ctx {
     unsigned throttle_triggers;
     bool return_path;
     lm_pc_src *pc;      /* postcopy-ram: set up at setup, used once switched */
+    lm_multifd_src *mf; /* multifd: pages go on its channels while it is open */
+    bool mf_open;       /* not yet finished (END sent) */
 } src_ctx;
 
 static bool cancelled(lm_engine *e)
@@ -66,8 +70,46 @@ static void set_channel(lm_engine *e, lm_channel *ch)
     pthread_mutex_unlock(&e->lock);
 }
 
-/* Writes one RAM section record: header, slice of pages, end marker, footer. */
+/* Bytes sent so far on every connection that carries precopy data. */
+static uint64_t sent_bytes(src_ctx *c)
+{
+    return lm_channel_bytes_written(c->ch) + (c->mf ? lm_multifd_src_bytes(c->mf) : 0);
+}
+
+/* Multifd: everything handed to the senders is written and followed by a
+ * SYNC on every channel; the matching MULTIFD_SYNC record goes into the
+ * RAM payload being written on the main channel. */
+static int put_multifd_sync(src_ctx *c)
+{
+    uint64_t seq;
+    int ret = lm_multifd_src_sync(c->mf, &seq, &c->err);
+    if (ret == 0 && seq) {
+        lm_channel_put_u8(c->ch, LM_RAM_MULTIFD_SYNC);
+        ret = lm_channel_put_be64(c->ch, seq);
+    }
+    return ret;
+}
+
+/* Writes one RAM section record: header, slice of pages, end marker, footer.
+ * sync (multifd): end the slice with a sync point, and flush, because the
+ * destination's receivers wait for the MULTIFD_SYNC record. */
+static int send_ram_slice_sync(src_ctx *c, uint8_t type, uint64_t budget, bool *pass_done, bool sync);
+
 static int send_ram_slice(src_ctx *c, uint8_t type, uint64_t budget, bool *pass_done)
+{
+    return send_ram_slice_sync(c, type, budget, pass_done, false);
+}
+
+/* A sync point of its own (dirty sync, before postcopy). */
+static int multifd_sync_point(src_ctx *c)
+{
+    if (!c->mf_open) {
+        return 0;
+    }
+    return send_ram_slice_sync(c, LM_REC_SECTION_PART, 0, NULL, true);
+}
+
+static int send_ram_slice_sync(src_ctx *c, uint8_t type, uint64_t budget, bool *pass_done, bool sync)
 {
     lm_engine *e = c->e;
     if (type == LM_REC_SECTION_START) {
@@ -77,17 +119,104 @@ static int send_ram_slice(src_ctx *c, uint8_t type, uint64_t budget, bool *pass_
     }
     bool done = true;
     int ret = 0;
-    if (budget) {
+    if (budget && c->mf_open) {
+        ret = lm_multifd_src_send(c->mf, budget, &done, &c->err);
+    } else if (budget) {
         ret = lm_ram_save_send(&e->saver, c->ch, budget, NULL, &done, &c->err);
+    }
+    if (ret == 0 && sync && c->mf_open) {
+        ret = put_multifd_sync(c);
     }
     if (ret == 0) {
         lm_channel_put_u8(c->ch, LM_RAM_EOS);
         ret = lm_stream_write_footer(c->ch, LM_RAM_SECTION_ID);
     }
+    if (ret == 0 && sync) {
+        ret = lm_channel_flush(c->ch);
+    }
     if (pass_done) {
         *pass_done = done;
     }
     return ret < 0 ? (lm_channel_error(c->ch, &c->err), ret) : 0;
+}
+
+static void multifd_failed(void *opaque)
+{
+    lm_engine *e = opaque;
+    /* Wake the migration thread wherever it waits on the main channel. */
+    pthread_mutex_lock(&e->lock);
+    if (e->ch) {
+        lm_channel_shutdown(e->ch, -EIO, "a multifd channel failed");
+    }
+    pthread_mutex_unlock(&e->lock);
+}
+
+/* Announces multifd on the main channel, then opens its connections: before
+ * any other (postcopy's preempt connection opens at ADVISE, after). */
+static int multifd_setup(src_ctx *c)
+{
+    lm_engine *e = c->e;
+    lm_multifd_src_cfg cfg = {
+        .uri = &e->uri,
+        .rl = &e->rl,
+        .should_abort = connect_should_abort,
+        .on_fail = multifd_failed,
+        .opaque = e,
+    };
+    pthread_mutex_lock(&e->lock);
+    cfg.channels = (unsigned)e->params.multifd_channels;
+    cfg.compression = strcmp(e->params.multifd_compression, "zstd") ? LM_MULTIFD_COMP_NONE
+                                                                    : LM_MULTIFD_COMP_ZSTD;
+    cfg.zstd_level = (int)e->params.multifd_zstd_level;
+    cfg.zero = !strcmp(e->params.zero_page_detection, "none")     ? LM_ZERO_NONE
+               : !strcmp(e->params.zero_page_detection, "legacy") ? LM_ZERO_LEGACY
+                                                                  : LM_ZERO_MULTIFD;
+    cfg.zero_copy = e->params.zero_copy_send;
+    pthread_mutex_unlock(&e->lock);
+    for (size_t i = 0; i < e->nblocks; i++) {
+        if (e->blocks[i]->page_size > LM_MULTIFD_MAX_PAYLOAD / 2) {
+            return lm_error_set(&c->err, -EINVAL, "multifd: RAM block '%s' has pages too large",
+                                e->blocks[i]->name);
+        }
+    }
+    lm_multifd_setup su = { .channels = (uint16_t)cfg.channels, .compression = cfg.compression };
+    if (getrandom(su.id, sizeof(su.id), 0) != (ssize_t)sizeof(su.id)) {
+        /* Not secret, only distinct per migration. */
+        uint64_t t = lm_now_ns();
+        memcpy(su.id, &t, sizeof(t));
+        memcpy(su.id + 8, e->uuid, 8);
+    }
+    uint8_t body[LM_MULTIFD_SETUP_LEN];
+    lm_multifd_setup_encode(&su, body);
+    lm_pc_write_command(c->ch, LM_CMD_MULTIFD_SETUP, body, sizeof(body));
+    int ret = lm_channel_flush(c->ch);
+    if (ret < 0) {
+        return lm_channel_error(c->ch, &c->err);
+    }
+    ret = lm_multifd_src_start(&cfg, &e->saver, su.id, &c->mf, &c->err);
+    pthread_mutex_lock(&e->lock);
+    e->mf_src = c->mf;
+    if (c->mf && e->cancel_requested) {
+        lm_multifd_src_shutdown(c->mf, -ECANCELED, "migration cancelled");
+    }
+    pthread_mutex_unlock(&e->lock);
+    c->mf_open = ret == 0;
+    return ret;
+}
+
+/* Multifd ends: a last sync point, END on every channel; from here pages
+ * go on the main channel (postcopy) or nowhere (EOF follows). */
+static int multifd_close(src_ctx *c)
+{
+    if (!c->mf_open) {
+        return 0;
+    }
+    int ret = multifd_sync_point(c);
+    if (ret == 0) {
+        ret = lm_multifd_src_finish(c->mf, &c->err);
+    }
+    c->mf_open = false;
+    return ret;
 }
 
 static int setup(src_ctx *c)
@@ -117,6 +246,12 @@ static int setup(src_ctx *c)
 
     lm_stream_write_header(c->ch);
     lm_stream_write_config(c->ch, &cfg, e->blocks, e->nblocks);
+    if (lm_cap(e, LM_CAP_MULTIFD)) {
+        ret = multifd_setup(c);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     if (lm_cap(e, LM_CAP_POSTCOPY_RAM)) {
         c->pc = lm_pc_src_new(e, lm_cap(e, LM_CAP_POSTCOPY_PREEMPT));
         if (!c->pc) {
@@ -179,10 +314,15 @@ static void maybe_throttle(src_ctx *c, uint64_t dirtied, uint64_t sent)
 static int sync_and_decide(src_ctx *c, bool *switch_now)
 {
     lm_engine *e = c->e;
+    /* No page of the last pass may land after the same page of the next. */
+    int ret = multifd_sync_point(c);
+    if (ret < 0) {
+        return ret;
+    }
     uint64_t now = lm_now_ns();
-    uint64_t sent_total = lm_channel_bytes_written(c->ch);
+    uint64_t sent_total = sent_bytes(c);
     uint64_t new_bytes = 0;
-    int ret = lm_ram_save_sync(&e->saver, &new_bytes, &c->err);
+    ret = lm_ram_save_sync(&e->saver, &new_bytes, &c->err);
     if (ret < 0) {
         return ret;
     }
@@ -239,7 +379,7 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     }
     c->prev_pending = pending;
     c->pass_start_ns = lm_now_ns();
-    c->pass_start_bytes = lm_channel_bytes_written(c->ch);
+    c->pass_start_bytes = sent_bytes(c);
     return 0;
 }
 
@@ -394,16 +534,27 @@ static int switchover(src_ctx *c, bool postcopy)
     if (!lm_set_state(e, from, LM_STATUS_DEVICE)) {
         return -ECANCELED;
     }
-    uint64_t before = lm_channel_bytes_written(c->ch);
+    uint64_t before = sent_bytes(c);
     uint64_t newly;
-    ret = lm_ram_save_sync(&e->saver, &newly, &c->err);
+    /* Multifd carries precopy only.  Before postcopy its channels are
+     * flushed and closed (all of it is loaded before LISTEN); in precopy the
+     * rest goes on them too, then they end and the destination loads all of
+     * it before it starts the guest. */
+    ret = postcopy ? multifd_close(c) : multifd_sync_point(c);
+    if (ret == 0) {
+        ret = lm_ram_save_sync(&e->saver, &newly, &c->err);
+    }
     if (ret == 0 && postcopy) {
         ret = lm_pc_src_send_discards(c->pc, c->ch, &c->err);
         if (ret == 0) {
             ret = lm_pc_write_command(c->ch, LM_CMD_POSTCOPY_LISTEN, NULL, 0);
         }
     } else if (ret == 0) {
-        ret = send_ram_slice(c, LM_REC_SECTION_END, UINT64_MAX, NULL);
+        ret = send_ram_slice_sync(c, LM_REC_SECTION_END, UINT64_MAX, NULL, c->mf_open);
+        if (ret == 0 && c->mf_open) {
+            ret = lm_multifd_src_finish(c->mf, &c->err);
+            c->mf_open = false;
+        }
     }
     if (ret == 0) {
         ret = lm_devices_save_complete(e, c->ch, &c->err);
@@ -437,7 +588,7 @@ static int precopy_confirm(src_ctx *c, uint64_t stop_ns, uint64_t before)
 {
     lm_engine *e = c->e;
     pthread_mutex_lock(&e->lock);
-    e->stats.downtime_bytes = lm_channel_bytes_written(c->ch) - before;
+    e->stats.downtime_bytes = sent_bytes(c) - before;
     e->stats.precopy_bytes = before;
     pthread_mutex_unlock(&e->lock);
     if (c->return_path) {
@@ -474,7 +625,7 @@ static int postcopy_run(src_ctx *c, uint64_t stop_ns, uint64_t before)
     int ret = lm_channel_flush(c->ch);
     pthread_mutex_lock(&e->lock);
     e->stats.downtime_ns = lm_now_ns() - stop_ns;
-    e->stats.downtime_bytes = lm_channel_bytes_written(c->ch) - before;
+    e->stats.downtime_bytes = sent_bytes(c) - before;
     e->stats.precopy_bytes = before;
     pthread_mutex_unlock(&e->lock);
     if (ret == 0) {
@@ -507,6 +658,17 @@ static void finish(src_ctx *c, int ret)
     if (c->pc) {
         lm_pc_src_free(c->pc);
         c->pc = NULL;
+    }
+    if (c->mf) {
+        /* Stops the senders (they read guest RAM) before its bitmaps go. */
+        pthread_mutex_lock(&e->lock);
+        e->stats.multifd_bytes = lm_multifd_src_bytes(c->mf);
+        e->stats.zc_missed = lm_multifd_src_zc_missed(c->mf);
+        e->mf_src = NULL;
+        pthread_mutex_unlock(&e->lock);
+        lm_multifd_src_free(c->mf);
+        c->mf = NULL;
+        c->mf_open = false;
     }
     lm_ram_save_cleanup(&e->saver);
     lm_devices_save_cleanup(e);
@@ -587,7 +749,7 @@ void *lm_migration_thread(void *arg)
         ret = -ECANCELED;
     }
     c.pass_start_ns = lm_now_ns();
-    c.pass_start_bytes = c.ch ? lm_channel_bytes_written(c.ch) : 0;
+    c.pass_start_bytes = c.ch ? sent_bytes(&c) : 0;
     while (ret == 0) {
         bool switch_now;
         ret = sync_and_decide(&c, &switch_now);

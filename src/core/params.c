@@ -19,6 +19,7 @@ static const char *const cap_names[LM_CAP__COUNT + 1] = {
     [LM_CAP_POSTCOPY_RAM] = "postcopy-ram",
     [LM_CAP_POSTCOPY_PREEMPT] = "postcopy-preempt",
     [LM_CAP_POSTCOPY_BLOCKTIME] = "postcopy-blocktime",
+    [LM_CAP_MULTIFD] = "multifd",
     [LM_CAP__COUNT] = NULL,
 };
 
@@ -28,6 +29,8 @@ const char *const *lm_capability_names(void)
 }
 
 static const char *const tracker_choices[] = { "auto", "uffd-wp", "manual", NULL };
+static const char *const compression_choices[] = { "none", "zstd", NULL };
+static const char *const zero_choices[] = { "none", "legacy", "multifd", NULL };
 
 enum param_id {
     P_MAX_BANDWIDTH,
@@ -41,6 +44,11 @@ enum param_id {
     P_X_VMDESC,
     P_X_DIRTY_TRACKER,
     P_MAX_POSTCOPY_BANDWIDTH,
+    P_MULTIFD_CHANNELS,
+    P_MULTIFD_COMPRESSION,
+    P_MULTIFD_ZSTD_LEVEL,
+    P_ZERO_PAGE_DETECTION,
+    P_ZERO_COPY_SEND,
     P__COUNT
 };
 
@@ -56,6 +64,11 @@ static const lm_param_desc param_descs[P__COUNT + 1] = {
     [P_X_VMDESC] = { "x-vmdesc", LM_PARAM_BOOL, 0, 1, NULL },
     [P_X_DIRTY_TRACKER] = { "x-dirty-tracker", LM_PARAM_STR, 0, 0, tracker_choices },
     [P_MAX_POSTCOPY_BANDWIDTH] = { "max-postcopy-bandwidth", LM_PARAM_U64, 0, INT64_MAX, NULL },
+    [P_MULTIFD_CHANNELS] = { "multifd-channels", LM_PARAM_U64, 1, 64, NULL },
+    [P_MULTIFD_COMPRESSION] = { "multifd-compression", LM_PARAM_STR, 0, 0, compression_choices },
+    [P_MULTIFD_ZSTD_LEVEL] = { "multifd-zstd-level", LM_PARAM_U64, 1, 20, NULL },
+    [P_ZERO_PAGE_DETECTION] = { "zero-page-detection", LM_PARAM_STR, 0, 0, zero_choices },
+    [P_ZERO_COPY_SEND] = { "zero-copy-send", LM_PARAM_BOOL, 0, 1, NULL },
     [P__COUNT] = { NULL, 0, 0, 0, NULL },
 };
 
@@ -75,6 +88,10 @@ void lm_params_defaults(lm_engine *e)
     p->cpu_throttle_increment = 10;
     p->max_cpu_throttle = 99;
     snprintf(p->x_dirty_tracker, sizeof(p->x_dirty_tracker), "auto");
+    p->multifd_channels = 2;
+    snprintf(p->multifd_compression, sizeof(p->multifd_compression), "none");
+    p->multifd_zstd_level = 1;
+    snprintf(p->zero_page_detection, sizeof(p->zero_page_detection), "multifd");
     memset(e->caps, 0, sizeof(e->caps));
     e->caps[LM_CAP_RETURN_PATH] = true; /* see docs/architecture.md: confirms the load */
 }
@@ -157,6 +174,8 @@ static uint64_t *u64_slot(lm_params *p, int id)
     case P_CPU_THROTTLE_INCREMENT: return &p->cpu_throttle_increment;
     case P_MAX_CPU_THROTTLE: return &p->max_cpu_throttle;
     case P_MAX_POSTCOPY_BANDWIDTH: return &p->max_postcopy_bandwidth;
+    case P_MULTIFD_CHANNELS: return &p->multifd_channels;
+    case P_MULTIFD_ZSTD_LEVEL: return &p->multifd_zstd_level;
     default: return NULL;
     }
 }
@@ -166,7 +185,19 @@ static bool *bool_slot(lm_params *p, int id)
     switch (id) {
     case P_CPU_THROTTLE_TAILSLOW: return &p->cpu_throttle_tailslow;
     case P_X_VMDESC: return &p->x_vmdesc;
+    case P_ZERO_COPY_SEND: return &p->zero_copy_send;
     default: return NULL;
+    }
+}
+
+/* String parameters: each a fixed-size field of lm_params. */
+static char *str_slot(lm_params *p, int id, size_t *size)
+{
+    switch (id) {
+    case P_X_DIRTY_TRACKER: *size = sizeof(p->x_dirty_tracker); return p->x_dirty_tracker;
+    case P_MULTIFD_COMPRESSION: *size = sizeof(p->multifd_compression); return p->multifd_compression;
+    case P_ZERO_PAGE_DETECTION: *size = sizeof(p->zero_page_detection); return p->zero_page_detection;
+    default: *size = 0; return NULL;
     }
 }
 
@@ -238,7 +269,9 @@ int lm_engine_set_param_str(lm_engine *e, const char *name, const char *v, lm_er
     pthread_mutex_lock(&e->lock);
     int ret = check_settable(e, id, err);
     if (!ret) {
-        snprintf(e->params.x_dirty_tracker, sizeof(e->params.x_dirty_tracker), "%s", v);
+        size_t size;
+        char *slot = str_slot(&e->params, id, &size);
+        snprintf(slot, size, "%s", v);
     }
     pthread_mutex_unlock(&e->lock);
     return ret;
@@ -274,8 +307,9 @@ int lm_engine_get_param_str(lm_engine *e, const char *name, char *buf, size_t bu
     if (id < 0) {
         return id;
     }
+    size_t size;
     pthread_mutex_lock(&e->lock);
-    snprintf(buf, bufsz, "%s", e->params.x_dirty_tracker);
+    snprintf(buf, bufsz, "%s", str_slot(&e->params, id, &size));
     pthread_mutex_unlock(&e->lock);
     return 0;
 }

@@ -51,7 +51,7 @@ int lm_ram_load_check_range(lm_ram_block **blocks, size_t nblocks, uint16_t bi, 
 
 /* A zero run: pages this load never wrote in a private block are still the
  * fresh mapping's zeros, so nothing is touched; others are cleared. */
-static void place_zero(lm_ram_block *b, uint64_t first, uint32_t count)
+void lm_ram_load_zero(lm_ram_block *b, uint64_t first, uint32_t count)
 {
     bool fresh = b->dest_fresh;
     for (uint64_t p = first; p < first + count; p++) {
@@ -63,6 +63,22 @@ static void place_zero(lm_ram_block *b, uint64_t first, uint32_t count)
             memset(host, 0, b->page_size);
         }
     }
+    lm_ram_load_mark(b, first, count);
+}
+
+void *lm_ram_load_data_begin(lm_ram_block *b, uint64_t first)
+{
+    /* From here the block holds bytes of this load, even if the read stops
+     * half way: a retry must not take its pages for zero. */
+    __atomic_store_n(&b->dest_used, true, __ATOMIC_RELAXED);
+    return lm_ram_block_page(b, first);
+}
+
+void lm_ram_load_mark(lm_ram_block *b, uint64_t first, uint32_t count)
+{
+    /* Atomic: multifd receivers place pages of the same bitmap word. */
+    lm_bitmap_set_range_atomic(b->received, first, count);
+    __atomic_store_n(&b->dest_used, true, __ATOMIC_RELAXED);
 }
 
 int lm_ram_load_section(lm_ram_loader *l, lm_channel *ch, lm_error *err)
@@ -75,6 +91,20 @@ int lm_ram_load_section(lm_ram_loader *l, lm_channel *ch, lm_error *err)
         }
         if (type == LM_RAM_EOS) {
             return 0;
+        }
+        if (type == LM_RAM_MULTIFD_SYNC) {
+            uint64_t seq;
+            if (lm_channel_get_be64(ch, &seq) < 0) {
+                return lm_channel_error(ch, err);
+            }
+            if (!l->multifd_sync) {
+                return lm_error_set(err, -EBADMSG, "MULTIFD_SYNC record without multifd");
+            }
+            ret = l->multifd_sync(l->multifd_opaque, seq, err);
+            if (ret < 0) {
+                return ret;
+            }
+            continue;
         }
         if (type != LM_RAM_PAGES && type != LM_RAM_ZERO) {
             return lm_error_set(err, -EBADMSG, "unknown RAM record type 0x%02x", type);
@@ -96,28 +126,20 @@ int lm_ram_load_section(lm_ram_loader *l, lm_channel *ch, lm_error *err)
             if (ret < 0) {
                 return ret;
             }
-            if (type == LM_RAM_ZERO) {
-                l->zero_pages += count;
-            } else {
-                l->pages_loaded += count;
-            }
-            continue;
-        }
-        if (type == LM_RAM_ZERO) {
-            place_zero(b, first, count);
-            l->zero_pages += count;
+        } else if (type == LM_RAM_ZERO) {
+            lm_ram_load_zero(b, first, count);
         } else {
-            /* From here the block holds bytes of this load, even if the read
-             * stops half way: a retry must not take its pages for zero. */
-            b->dest_used = true;
             /* Bulk read straight into guest memory. */
-            ret = lm_channel_get(ch, lm_ram_block_page(b, first), (size_t)count << b->page_shift);
+            ret = lm_channel_get(ch, lm_ram_load_data_begin(b, first), (size_t)count << b->page_shift);
             if (ret < 0) {
                 return lm_channel_error(ch, err);
             }
+            lm_ram_load_mark(b, first, count);
+        }
+        if (type == LM_RAM_ZERO) {
+            l->zero_pages += count;
+        } else {
             l->pages_loaded += count;
         }
-        lm_bitmap_set_range(b->received, first, count);
-        b->dest_used = true;
     }
 }

@@ -24,11 +24,23 @@ typedef struct lm_ram_loader {
     int (*place)(void *opaque, uint8_t type, lm_ram_block *b, uint64_t first, uint32_t count,
                  lm_channel *ch, lm_error *err);
     void *place_opaque;
+    /* Multifd: a MULTIFD_SYNC record on the main channel waits here until
+     * every receiver has loaded everything before its own SYNC. */
+    int (*multifd_sync)(void *opaque, uint64_t seq, lm_error *err);
+    void *multifd_opaque;
 } lm_ram_loader;
 
 /* Validates a RAM record's (block, first, count) against the blocks. */
 int lm_ram_load_check_range(lm_ram_block **blocks, size_t nblocks, uint16_t bi, uint64_t first,
                             uint32_t count, lm_ram_block **out, lm_error *err);
+
+/* Placing pages of a checked range straight into guest memory; any
+ * thread, on pages no other thread places at the same time.
+ * zero: a zero run (touches a fresh page only if this load wrote it). */
+void lm_ram_load_zero(lm_ram_block *b, uint64_t first, uint32_t count);
+/* data: returns where the bytes go; call _mark once they are there. */
+void *lm_ram_load_data_begin(lm_ram_block *b, uint64_t first);
+void lm_ram_load_mark(lm_ram_block *b, uint64_t first, uint32_t count);
 
 int lm_ram_load_setup(lm_ram_loader *l, lm_ram_block **blocks, size_t nblocks, lm_error *err);
 /* Reads RAM records up to and including LM_RAM_EOS. */

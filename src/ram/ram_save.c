@@ -122,6 +122,89 @@ static bool page_is_zero(const lm_ram_block *blk, uint64_t page, bool read)
     return lm_buffer_is_zero(lm_ram_block_page(blk, page), blk->page_size);
 }
 
+void lm_ram_save_count(lm_ram_saver *s, uint8_t type, const lm_ram_block *blk, uint64_t count)
+{
+    if (type == LM_RAM_ZERO) {
+        stat_add(&s->stats.zero_pages, count);
+    } else {
+        stat_add(&s->stats.normal_pages, count);
+        stat_add(&s->stats.normal_bytes, count << blk->page_shift);
+    }
+}
+
+int lm_ram_save_split(lm_ram_saver *s, lm_ram_block *blk, uint64_t p, uint64_t q,
+                      enum lm_zero_split how, lm_ram_run_fn fn, void *opaque)
+{
+    (void)s;
+    uint64_t max_run = MAX_RUN_BYTES >> blk->page_shift;
+    if (!max_run) {
+        max_run = 1;
+    }
+    /* Only the migration thread owns the hint's bitmaps. */
+    bool owner = how != LM_SPLIT_READ_SHARED;
+    while (p < q) {
+        bool zero;
+        if (how == LM_SPLIT_NONE) {
+            zero = false;
+        } else if (how == LM_SPLIT_HINT) {
+            zero = lm_bitmap_test(blk->unpopulated, p);
+        } else {
+            zero = page_is_zero(blk, p, how == LM_SPLIT_READ_SHARED);
+        }
+        uint64_t e = p + 1;
+        while (e < q && e - p < (zero ? UINT32_MAX : max_run)) {
+            bool z;
+            if (how == LM_SPLIT_NONE) {
+                z = false;
+            } else if (how == LM_SPLIT_HINT) {
+                z = lm_bitmap_test(blk->unpopulated, e);
+            } else {
+                z = page_is_zero(blk, e, how == LM_SPLIT_READ_SHARED);
+            }
+            if (z != zero) {
+                break;
+            }
+            e++;
+        }
+        uint32_t count = (uint32_t)(e - p);
+        int ret = fn(opaque, zero ? LM_RAM_ZERO : LM_RAM_PAGES, blk, p, count);
+        if (ret < 0) {
+            return ret;
+        }
+        if (owner) {
+            if (zero) {
+                /* Zero pages known from the hint were not read: watch them. */
+                for (uint64_t i = p; i < e; i++) {
+                    if (lm_bitmap_test(blk->unpopulated, i)) {
+                        lm_bitmap_set(blk->zero_unread, i);
+                    }
+                }
+            }
+            /* The hint holds once: if the guest writes the page, it is read. */
+            lm_bitmap_clear_range(blk->unpopulated, p, count);
+        }
+        p = e;
+    }
+    return 0;
+}
+
+typedef struct run_to_batch {
+    lm_ram_saver *s;
+    batch *b;
+    lm_channel *ch;
+} run_to_batch;
+
+static int batch_run(void *opaque, uint8_t type, lm_ram_block *blk, uint64_t p, uint32_t count)
+{
+    run_to_batch *r = opaque;
+    lm_ram_save_count(r->s, type, blk, count);
+    if (type == LM_RAM_ZERO) {
+        return batch_record(r->b, r->ch, LM_RAM_ZERO, blk, p, count, NULL, 0);
+    }
+    return batch_record(r->b, r->ch, LM_RAM_PAGES, blk, p, count, lm_ram_block_page(blk, p),
+                        (size_t)count << blk->page_shift);
+}
+
 /* Sends the dirty pages [p, q) of blk, split into zero and data runs.
  * shared: other threads send too (postcopy).  The never-populated hint is
  * not used then: it dates from setup, and only precopy's requeue (on
@@ -129,47 +212,44 @@ static bool page_is_zero(const lm_ram_block *blk, uint64_t page, bool read)
 static int send_run(lm_ram_saver *s, batch *b, lm_channel *ch, lm_ram_block *blk, uint64_t p,
                     uint64_t q, bool shared)
 {
-    uint64_t max_run = MAX_RUN_BYTES >> blk->page_shift;
-    if (!max_run) {
-        max_run = 1;
-    }
-    while (p < q) {
-        bool zero = page_is_zero(blk, p, shared);
-        uint64_t e = p + 1;
-        while (e < q && e - p < (zero ? UINT32_MAX : max_run) && page_is_zero(blk, e, shared) == zero) {
-            e++;
-        }
-        uint32_t count = (uint32_t)(e - p);
-        int ret;
-        if (zero) {
-            ret = batch_record(b, ch, LM_RAM_ZERO, blk, p, count, NULL, 0);
-            stat_add(&s->stats.zero_pages, count);
-        } else {
-            size_t len = (size_t)count << blk->page_shift;
-            ret = batch_record(b, ch, LM_RAM_PAGES, blk, p, count, lm_ram_block_page(blk, p), len);
-            stat_add(&s->stats.normal_pages, count);
-            stat_add(&s->stats.normal_bytes, len);
-        }
-        if (ret < 0) {
-            return ret;
-        }
-        if (shared) {
-            p = e;
+    run_to_batch r = { s, b, ch };
+    return lm_ram_save_split(s, blk, p, q, shared ? LM_SPLIT_READ_SHARED : LM_SPLIT_READ,
+                             batch_run, &r);
+}
+
+bool lm_ram_save_claim(lm_ram_saver *s, uint64_t max_bytes, lm_ram_block **blk_out,
+                       uint64_t *p_out, uint64_t *q_out)
+{
+    while (s->cur_block < s->nblocks) {
+        lm_ram_block *blk = s->blocks[s->cur_block];
+        uint64_t p = lm_bitmap_next_set(blk->dirty, blk->npages, s->cur_page);
+        if (p >= blk->npages) {
+            s->cur_block++;
+            s->cur_page = 0;
             continue;
         }
-        if (zero) {
-            /* Zero pages known from the hint were not read: watch them. */
-            for (uint64_t i = p; i < e; i++) {
-                if (lm_bitmap_test(blk->unpopulated, i)) {
-                    lm_bitmap_set(blk->zero_unread, i);
-                }
-            }
+        uint64_t q = lm_bitmap_next_clear(blk->dirty, blk->npages, p);
+        uint64_t max_pages = (max_bytes >> blk->page_shift) + ((max_bytes & (blk->page_size - 1)) != 0);
+        if (max_pages == 0) {
+            max_pages = 1;
         }
-        /* The hint holds once: if the guest writes the page, it is read. */
-        lm_bitmap_clear_range(blk->unpopulated, p, count);
-        p = e;
+        if (q - p > max_pages) {
+            q = p + max_pages;
+        }
+        /* Clear before reading: a write after this point dirties the page again. */
+        lm_bitmap_clear_range(blk->dirty, p, q - p);
+        uint64_t bytes = (q - p) << blk->page_shift;
+        __atomic_fetch_sub(&s->dirty_bytes, LM_MIN(bytes, s->dirty_bytes), __ATOMIC_RELAXED);
+        s->cur_page = q;
+        *blk_out = blk;
+        *p_out = p;
+        *q_out = q;
+        return true;
     }
-    return 0;
+    /* End of guest RAM: the next pass starts over. */
+    s->cur_block = 0;
+    s->cur_page = 0;
+    return false;
 }
 
 int lm_ram_save_send(lm_ram_saver *s, lm_channel *ch, uint64_t budget, uint64_t *sent,
@@ -180,30 +260,18 @@ int lm_ram_save_send(lm_ram_saver *s, lm_channel *ch, uint64_t budget, uint64_t 
     int ret = 0;
     *pass_done = false;
     b->niov = b->nhdr = 0;
-    while (done < budget && s->cur_block < s->nblocks) {
-        lm_ram_block *blk = s->blocks[s->cur_block];
-        uint64_t p = lm_bitmap_next_set(blk->dirty, blk->npages, s->cur_page);
-        if (p >= blk->npages) {
-            s->cur_block++;
-            s->cur_page = 0;
-            continue;
+    while (done < budget) {
+        lm_ram_block *blk;
+        uint64_t p, q;
+        if (!lm_ram_save_claim(s, budget - done, &blk, &p, &q)) {
+            *pass_done = true;
+            break;
         }
-        uint64_t q = lm_bitmap_next_clear(blk->dirty, blk->npages, p);
-        uint64_t left = budget - done;
-        uint64_t max_pages = (left >> blk->page_shift) + ((left & (blk->page_size - 1)) != 0);
-        if (q - p > max_pages) {
-            q = p + max_pages;
-        }
-        /* Clear before reading: a write after this point dirties the page again. */
-        lm_bitmap_clear_range(blk->dirty, p, q - p);
-        uint64_t bytes = (q - p) << blk->page_shift;
-        __atomic_fetch_sub(&s->dirty_bytes, LM_MIN(bytes, s->dirty_bytes), __ATOMIC_RELAXED);
         ret = send_run(s, b, ch, blk, p, q, false);
         if (ret < 0) {
             break;
         }
-        done += bytes;
-        s->cur_page = q;
+        done += (q - p) << blk->page_shift;
     }
     if (ret == 0) {
         ret = batch_flush(b, ch);
@@ -211,11 +279,6 @@ int lm_ram_save_send(lm_ram_saver *s, lm_channel *ch, uint64_t budget, uint64_t 
     if (ret < 0) {
         lm_channel_error(ch, err);
         return ret;
-    }
-    if (s->cur_block >= s->nblocks) {
-        s->cur_block = 0;
-        s->cur_page = 0;
-        *pass_done = true;
     }
     if (sent) {
         *sent = done;

@@ -51,6 +51,31 @@ int lm_ram_save_send(lm_ram_saver *s, lm_channel *ch, uint64_t budget, uint64_t 
                      bool *pass_done, lm_error *err);
 void lm_ram_save_cleanup(lm_ram_saver *s);
 
+/* Claims the next dirty run at the pass cursor, at most max_bytes (at
+ * least one page): its dirty bits are cleared (a write from now on dirties
+ * it again) and the cursor moves past it.  False at the end of guest RAM
+ * (the cursor wraps: the pass is done). */
+bool lm_ram_save_claim(lm_ram_saver *s, uint64_t max_bytes, lm_ram_block **blk,
+                       uint64_t *p, uint64_t *q);
+
+/* How a claimed run is split into zero and data runs. */
+enum lm_zero_split {
+    LM_SPLIT_READ,        /* migration thread: the never-populated hint, then read each page */
+    LM_SPLIT_HINT,        /* migration thread: the hint only; the rest is data, unread */
+    LM_SPLIT_NONE,        /* no detection: everything is data (the hint is dropped) */
+    LM_SPLIT_READ_SHARED, /* any thread: read each page; the hint is not touched */
+};
+/* A run of pages of one kind (LM_RAM_ZERO or LM_RAM_PAGES). */
+typedef int (*lm_ram_run_fn)(void *opaque, uint8_t type, lm_ram_block *blk, uint64_t first,
+                             uint32_t count);
+/* Splits [p, q) of blk into runs of one kind (data runs at most 1 MiB)
+ * and hands each to fn.  Every mode but READ_SHARED keeps the hint's
+ * bookkeeping, so only the migration thread may use them. */
+int lm_ram_save_split(lm_ram_saver *s, lm_ram_block *blk, uint64_t p, uint64_t q,
+                      enum lm_zero_split how, lm_ram_run_fn fn, void *opaque);
+/* Counts pages sent (query-migrate's ram statistics); any thread. */
+void lm_ram_save_count(lm_ram_saver *s, uint8_t type, const lm_ram_block *blk, uint64_t count);
+
 /* Postcopy: several threads send (the migration thread, the preempt
  * sender), each with its own batch.  send_range queues pages [p, q) of
  * blk, which the caller has claimed from the dirty bitmap; the records go

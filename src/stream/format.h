@@ -33,6 +33,7 @@ enum lm_ram_record_type {
     LM_RAM_PAGES = 0x01, /* be16 block, be64 first, be32 count, count*page_size bytes */
     LM_RAM_ZERO = 0x02,  /* be16 block, be64 first, be32 count */
     LM_RAM_EOS = 0x03,   /* end of this section's RAM payload */
+    LM_RAM_MULTIFD_SYNC = 0x04, /* be64 seq: every multifd channel's pages before its SYNC seq are loaded */
 };
 
 /* COMMAND records (postcopy control): u8 REC_COMMAND, be16 command,
@@ -43,6 +44,7 @@ enum lm_command {
     LM_CMD_POSTCOPY_LISTEN = 0x03,  /* empty: register guest RAM with userfaultfd */
     LM_CMD_POSTCOPY_RUN = 0x04,     /* empty: start the guest */
     LM_CMD_POSTCOPY_RESUME = 0x05,  /* empty: first record of a recovery stream */
+    LM_CMD_MULTIFD_SETUP = 0x06,    /* be16 channels, u8 compression, u8 0, 16-byte id */
 };
 #define LM_ADVISE_PREEMPT (1u << 0) /* urgent pages on a second connection */
 #define LM_COMMAND_MAX_LEN 65535u

@@ -1084,7 +1084,7 @@ static void test_ram_block_index_out_of_range(void **state)
 static void test_ram_unknown_record_type(void **state)
 {
     FIXTURE;
-    const uint8_t types[] = { 0x00, 0x04, 0x07, 0x80, 0xff };
+    const uint8_t types[] = { 0x00, 0x05, 0x07, 0x80, 0xff };
     for (size_t i = 0; i < sizeof(types); i++) {
         put_ram_prefix(&w);
         put_ram_hdr(&w, types[i], 0, 0, 1);
@@ -1096,6 +1096,52 @@ static void test_ram_unknown_record_type(void **state)
         char want[48];
         snprintf(want, sizeof(want), "unknown RAM record type 0x%02x", types[i]);
         expect_failure(f, &w, RAM_UNTOUCHED, want, NULL);
+    }
+}
+
+/* Multifd's records on the main channel: a sync without multifd, and
+ * MULTIFD_SETUP with hostile fields or on a destination without it (the
+ * fixture's transport is fd:, and its capability is off). */
+static void test_multifd_records(void **state)
+{
+    FIXTURE;
+    put_ram_prefix(&w);
+    lm_wbuf_put_u8(&w, LM_RAM_MULTIFD_SYNC);
+    lm_wbuf_put_be64(&w, 1);
+    lm_wbuf_put_u8(&w, LM_RAM_EOS);
+    lm_wbuf_put_be32(&w, 0);
+    lm_wbuf_put_u8(&w, LM_REC_EOF);
+    expect_failure(f, &w, RAM_UNTOUCHED, "MULTIFD_SYNC record without multifd", NULL);
+
+    struct {
+        uint16_t len;
+        uint16_t channels;
+        uint8_t compression;
+        const char *want;
+    } bad[] = {
+        { 0, 2, 0, "malformed MULTIFD_SETUP" },
+        { 19, 2, 0, "malformed MULTIFD_SETUP" },
+        { 21, 2, 0, "malformed MULTIFD_SETUP" },
+        { 20, 0, 0, "MULTIFD_SETUP: 0 channels" },
+        { 20, 65, 0, "MULTIFD_SETUP: 65 channels" },
+        { 20, 0xffff, 0, "MULTIFD_SETUP: 65535 channels" },
+        { 20, 2, 2, "unknown compression 2" },
+        { 20, 2, 0xff, "unknown compression 255" },
+        { 20, 2, 0, "capability multifd is off" },
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        put_header(&w);
+        put_config(&w, 0);
+        lm_wbuf_put_u8(&w, LM_REC_COMMAND);
+        lm_wbuf_put_be16(&w, LM_CMD_MULTIFD_SETUP);
+        lm_wbuf_put_be16(&w, bad[i].len);
+        uint8_t body[32] = { 0 };
+        body[0] = (uint8_t)(bad[i].channels >> 8);
+        body[1] = (uint8_t)bad[i].channels;
+        body[2] = bad[i].compression;
+        lm_wbuf_put(&w, body, bad[i].len);
+        lm_wbuf_put_u8(&w, LM_REC_EOF);
+        expect_failure(f, &w, RAM_UNTOUCHED, bad[i].want, NULL);
     }
 }
 
@@ -1666,6 +1712,7 @@ int main(void)
         T(test_ram_count_overflow),
         T(test_ram_block_index_out_of_range),
         T(test_ram_unknown_record_type),
+        T(test_multifd_records),
         T(test_ram_truncated_page_data),
         T(test_retry_after_partial_page_write),
         T(test_unknown_device),

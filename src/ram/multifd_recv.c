@@ -1,0 +1,393 @@
+/*
+ * Multifd, destination side: the receiver threads and the sync barrier
+ * they share with the load thread.  See multifd.h.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <zstd.h>
+
+#include "channel/channel.h"
+#include "livemig/buffer.h"
+#include "ram/multifd.h"
+#include "ram/ram_load.h"
+
+typedef struct receiver {
+    lm_multifd_dst *d;
+    unsigned index;
+    lm_channel *ch;
+    pthread_t thread;
+    bool started;
+    uint64_t synced;    /* last SYNC read (d->lock) */
+    bool ended;         /* END read (d->lock) */
+    uint8_t table[LM_MULTIFD_MAX_RUNS * LM_MULTIFD_RUN_LEN];
+    lm_multifd_run runs[LM_MULTIFD_MAX_RUNS];
+    ZSTD_DCtx *dctx;
+    uint8_t *zbuf;
+    size_t zcap;
+} receiver;
+
+struct lm_multifd_dst {
+    lm_ram_block **blocks;
+    size_t nblocks;
+    uint8_t compression;
+    void (*on_fail)(void *);
+    void *opaque;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    uint64_t released;  /* the load thread passed MULTIFD_SYNC this seq */
+    bool stopping;
+    int err_code;
+    lm_error err;
+    uint64_t pages, zero; /* atomics */
+    unsigned n;
+    receiver r[];
+};
+
+static void dst_fail(lm_multifd_dst *d, int code, const lm_error *err)
+{
+    pthread_mutex_lock(&d->lock);
+    bool report = !d->err_code && !d->stopping;
+    if (!d->err_code) {
+        d->err_code = code ? code : -EIO;
+        if (err) {
+            lm_error_propagate(&d->err, err);
+        }
+    }
+    pthread_cond_broadcast(&d->cond);
+    pthread_mutex_unlock(&d->lock);
+    if (report && d->on_fail) {
+        d->on_fail(d->opaque);
+    }
+}
+
+/* Decompresses the payload in r->zbuf[0, len) into the data runs, each
+ * straight into guest memory; the frame must fill them exactly. */
+static int decompress_runs(receiver *r, unsigned nruns, size_t len, lm_error *err)
+{
+    ZSTD_DCtx_reset(r->dctx, ZSTD_reset_session_only);
+    ZSTD_inBuffer in = { r->zbuf, len, 0 };
+    size_t last = 1;
+    for (unsigned i = 0; i < nruns; i++) {
+        lm_multifd_run *run = &r->runs[i];
+        if (run->kind != LM_RAM_PAGES) {
+            continue;
+        }
+        size_t n = (size_t)run->count << run->blk->page_shift;
+        ZSTD_outBuffer out = { lm_ram_load_data_begin(run->blk, run->first), n, 0 };
+        while (out.pos < out.size) {
+            size_t before_in = in.pos, before_out = out.pos;
+            last = ZSTD_decompressStream(r->dctx, &out, &in);
+            if (ZSTD_isError(last)) {
+                return lm_error_set(err, -EBADMSG, "multifd channel %u: zstd: %s", r->index,
+                                    ZSTD_getErrorName(last));
+            }
+            if (in.pos == before_in && out.pos == before_out) {
+                return lm_error_set(err, -EBADMSG, "multifd channel %u: compressed payload too short",
+                                    r->index);
+            }
+        }
+        lm_ram_load_mark(run->blk, run->first, run->count);
+    }
+    if (len && (last != 0 || in.pos != in.size)) {
+        return lm_error_set(err, -EBADMSG, "multifd channel %u: compressed payload longer than its pages",
+                            r->index);
+    }
+    return 0;
+}
+
+static int recv_data(receiver *r, lm_error *err)
+{
+    lm_multifd_dst *d = r->d;
+    uint8_t hb[LM_MULTIFD_DATA_HDR_LEN];
+    lm_multifd_data_hdr h;
+    if (lm_channel_get(r->ch, hb, sizeof(hb)) < 0) {
+        return lm_channel_error(r->ch, err);
+    }
+    int ret = lm_multifd_data_hdr_parse(hb, d->compression, &h, err);
+    if (ret < 0) {
+        return ret;
+    }
+    if (lm_channel_get(r->ch, r->table, (size_t)h.nruns * LM_MULTIFD_RUN_LEN) < 0) {
+        return lm_channel_error(r->ch, err);
+    }
+    uint64_t data;
+    ret = lm_multifd_runs_parse(r->table, &h, d->blocks, d->nblocks, r->runs, &data, err);
+    if (ret < 0) {
+        return ret;
+    }
+    if (d->compression == LM_MULTIFD_COMP_ZSTD) {
+        /* payload_len <= compressBound(LM_MULTIFD_MAX_PAYLOAD) = zcap, checked above. */
+        if (lm_channel_get(r->ch, r->zbuf, h.payload_len) < 0) {
+            return lm_channel_error(r->ch, err);
+        }
+    }
+    uint64_t pages = 0, zero = 0;
+    for (unsigned i = 0; i < h.nruns; i++) {
+        lm_multifd_run *run = &r->runs[i];
+        if (run->kind == LM_RAM_ZERO) {
+            lm_ram_load_zero(run->blk, run->first, run->count);
+            zero += run->count;
+            continue;
+        }
+        pages += run->count;
+        if (d->compression == LM_MULTIFD_COMP_ZSTD) {
+            continue;
+        }
+        /* Bulk read straight into guest memory. */
+        if (lm_channel_get(r->ch, lm_ram_load_data_begin(run->blk, run->first),
+                           (size_t)run->count << run->blk->page_shift) < 0) {
+            return lm_channel_error(r->ch, err);
+        }
+        lm_ram_load_mark(run->blk, run->first, run->count);
+    }
+    if (d->compression == LM_MULTIFD_COMP_ZSTD) {
+        ret = decompress_runs(r, h.nruns, h.payload_len, err);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    __atomic_fetch_add(&d->pages, pages, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&d->zero, zero, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/* SYNC seq: wait until the load thread let every channel pass it. */
+static int recv_sync(receiver *r, lm_error *err)
+{
+    lm_multifd_dst *d = r->d;
+    uint64_t seq;
+    if (lm_channel_get_be64(r->ch, &seq) < 0) {
+        return lm_channel_error(r->ch, err);
+    }
+    pthread_mutex_lock(&d->lock);
+    int ret = 0;
+    if (seq != r->synced + 1) {
+        ret = lm_error_set(err, -EBADMSG, "multifd channel %u: SYNC %llu after %llu", r->index,
+                           (unsigned long long)seq, (unsigned long long)r->synced);
+    } else {
+        r->synced = seq;
+        pthread_cond_broadcast(&d->cond);
+        while (d->released < seq && !d->stopping && !d->err_code) {
+            pthread_cond_wait(&d->cond, &d->lock);
+        }
+        if (d->released < seq) {
+            ret = d->err_code ? d->err_code : -ECANCELED;
+        }
+    }
+    pthread_mutex_unlock(&d->lock);
+    return ret;
+}
+
+static void *receiver_thread(void *arg)
+{
+    receiver *r = arg;
+    lm_multifd_dst *d = r->d;
+    lm_error err = LM_ERROR_INIT;
+    int ret = 0;
+    for (;;) {
+        uint8_t type;
+        if (lm_channel_get_u8(r->ch, &type) < 0) {
+            ret = lm_channel_error(r->ch, &err);
+            break;
+        }
+        if (type == LM_MULTIFD_DATA) {
+            ret = recv_data(r, &err);
+        } else if (type == LM_MULTIFD_SYNC) {
+            ret = recv_sync(r, &err);
+        } else if (type == LM_MULTIFD_END) {
+            break;
+        } else {
+            ret = lm_error_set(&err, -EBADMSG, "multifd channel %u: unknown packet type 0x%02x",
+                               r->index, type);
+        }
+        if (ret < 0) {
+            break;
+        }
+    }
+    if (ret < 0) {
+        dst_fail(d, ret, &err);
+    }
+    pthread_mutex_lock(&d->lock);
+    r->ended = ret == 0;
+    pthread_cond_broadcast(&d->cond);
+    pthread_mutex_unlock(&d->lock);
+    return NULL;
+}
+
+int lm_multifd_dst_sync(lm_multifd_dst *d, uint64_t seq, lm_error *err)
+{
+    pthread_mutex_lock(&d->lock);
+    int ret = 0;
+    if (seq != d->released + 1) {
+        ret = lm_error_set(err, -EBADMSG, "MULTIFD_SYNC %llu after %llu", (unsigned long long)seq,
+                           (unsigned long long)d->released);
+        goto out;
+    }
+    for (;;) {
+        if (d->err_code) {
+            lm_error_propagate(err, &d->err);
+            ret = d->err_code;
+            goto out;
+        }
+        unsigned waiting = 0;
+        for (unsigned i = 0; i < d->n; i++) {
+            if (d->r[i].synced < seq) {
+                if (d->r[i].ended) {
+                    ret = lm_error_set(err, -EBADMSG, "multifd channel %u ended before SYNC %llu",
+                                       i, (unsigned long long)seq);
+                    goto out;
+                }
+                waiting++;
+            }
+        }
+        if (!waiting) {
+            break;
+        }
+        pthread_cond_wait(&d->cond, &d->lock);
+    }
+    d->released = seq;
+    pthread_cond_broadcast(&d->cond);
+out:
+    pthread_mutex_unlock(&d->lock);
+    return ret;
+}
+
+int lm_multifd_dst_finish(lm_multifd_dst *d, lm_error *err)
+{
+    pthread_mutex_lock(&d->lock);
+    int ret = 0;
+    for (;;) {
+        if (d->err_code) {
+            lm_error_propagate(err, &d->err);
+            ret = d->err_code;
+            break;
+        }
+        bool all = true;
+        for (unsigned i = 0; i < d->n; i++) {
+            all &= d->r[i].ended;
+        }
+        if (all) {
+            break;
+        }
+        pthread_cond_wait(&d->cond, &d->lock);
+    }
+    pthread_mutex_unlock(&d->lock);
+    return ret;
+}
+
+void lm_multifd_dst_stop(lm_multifd_dst *d)
+{
+    if (!d) {
+        return;
+    }
+    pthread_mutex_lock(&d->lock);
+    d->stopping = true;
+    pthread_cond_broadcast(&d->cond);
+    pthread_mutex_unlock(&d->lock);
+    for (unsigned i = 0; i < d->n; i++) {
+        if (d->r[i].started) {
+            lm_channel_shutdown(d->r[i].ch, -ECANCELED, "multifd stopped");
+            pthread_join(d->r[i].thread, NULL);
+            d->r[i].started = false;
+        }
+    }
+}
+
+void lm_multifd_dst_free(lm_multifd_dst *d)
+{
+    if (!d) {
+        return;
+    }
+    lm_multifd_dst_stop(d);
+    for (unsigned i = 0; i < d->n; i++) {
+        lm_channel_close(d->r[i].ch, NULL);
+        ZSTD_freeDCtx(d->r[i].dctx);
+        free(d->r[i].zbuf);
+    }
+    pthread_mutex_destroy(&d->lock);
+    pthread_cond_destroy(&d->cond);
+    free(d);
+}
+
+void lm_multifd_dst_stats(const lm_multifd_dst *d, uint64_t *pages, uint64_t *zero, uint64_t *bytes)
+{
+    *pages = __atomic_load_n(&d->pages, __ATOMIC_RELAXED);
+    *zero = __atomic_load_n(&d->zero, __ATOMIC_RELAXED);
+    *bytes = 0;
+    for (unsigned i = 0; i < d->n; i++) {
+        /* Channels live until lm_multifd_dst_free. */
+        if (d->r[i].ch) {
+            *bytes += lm_channel_bytes_read(d->r[i].ch);
+        }
+    }
+}
+
+int lm_multifd_dst_start(lm_listener *l, const lm_multifd_setup *setup, lm_ram_block **blocks,
+                         size_t nblocks, void (*on_fail)(void *), void *opaque,
+                         lm_multifd_dst **out, lm_error *err)
+{
+    unsigned n = setup->channels;
+    lm_multifd_dst *d = calloc(1, sizeof(*d) + n * sizeof(receiver));
+    *out = d;
+    if (!d) {
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    d->blocks = blocks;
+    d->nblocks = nblocks;
+    d->compression = setup->compression;
+    d->on_fail = on_fail;
+    d->opaque = opaque;
+    d->n = n;
+    pthread_mutex_init(&d->lock, NULL);
+    pthread_cond_init(&d->cond, NULL);
+    /* The source connects them right after MULTIFD_SETUP, before any other
+     * connection (a postcopy preempt one comes after ADVISE); their hellos
+     * say which is which. */
+    for (unsigned k = 0; k < n; k++) {
+        int fd, pid;
+        int ret = lm_listener_accept(l, &fd, &pid, err);
+        if (ret < 0) {
+            return ret;
+        }
+        lm_channel *ch = lm_channel_new(fd, "incoming multifd channel", NULL);
+        if (!ch) {
+            close(fd);
+            return lm_error_set(err, -ENOMEM, "out of memory");
+        }
+        uint8_t hb[LM_MULTIFD_HELLO_LEN];
+        lm_multifd_hello h;
+        ret = lm_channel_get(ch, hb, sizeof(hb)) < 0 ? lm_channel_error(ch, err) : 0;
+        if (ret == 0) {
+            ret = lm_multifd_hello_parse(hb, (uint16_t)n, setup->id, &h, err);
+        }
+        if (ret == 0 && d->r[h.index].ch) {
+            ret = lm_error_set(err, -EBADMSG, "multifd channel %u connected twice", h.index);
+        }
+        if (ret < 0) {
+            lm_channel_close(ch, NULL);
+            return ret;
+        }
+        receiver *r = &d->r[h.index];
+        r->d = d;
+        r->index = h.index;
+        r->ch = ch;
+        if (d->compression == LM_MULTIFD_COMP_ZSTD) {
+            r->dctx = ZSTD_createDCtx();
+            r->zcap = ZSTD_compressBound(LM_MULTIFD_MAX_PAYLOAD);
+            r->zbuf = malloc(r->zcap);
+            if (!r->dctx || !r->zbuf) {
+                return lm_error_set(err, -ENOMEM, "out of memory");
+            }
+        }
+        int rc = pthread_create(&r->thread, NULL, receiver_thread, r);
+        if (rc) {
+            return lm_error_set(err, -rc, "cannot create a multifd receiver thread");
+        }
+        r->started = true;
+    }
+    return 0;
+}

@@ -1,0 +1,223 @@
+"""Multifd: guest pages on extra connections, each with its own thread.
+
+Every migration test checks the destination's memory byte for byte against
+the stopped source (the destination stays paused until `cont`), the
+workload's invariant, and that the guest runs on there.
+"""
+import time
+
+import lmtest
+from lmtest import MigrationTest, QMPError
+
+MEM = "128M"
+
+
+class MultifdBase(MigrationTest):
+    def pair(self, workload="increment", src_params=None, caps=None, dst_caps=None, tag="",
+             extra=()):
+        src = self.vm("src" + tag, memory=MEM, workload=workload, extra=extra)
+        dst = self.vm("dst" + tag, memory=MEM, workload=workload, extra=extra, incoming="defer",
+                      paused=True)
+        src.set_caps(multifd=True, **(caps or {}))
+        dst.set_caps(multifd=True, **(dst_caps if dst_caps is not None else caps or {}))
+        if src_params:
+            src.set_params(**src_params)
+        self.assertTrue(src.wait_running_steps())
+        return src, dst
+
+    def check(self, src, dst, info):
+        self.assertGreaterEqual(info["ram"]["dirty-sync-count"], 2)
+        self.assertGreater(info["ram"]["multifd-bytes"], 0)
+        self.assertEqual(dst.status(), "paused")
+        self.assert_same_memory(src, dst)
+        dinfo = dst.migration()
+        self.assertGreater(dinfo["ram"]["multifd-bytes"], 0)
+        dst.cmd("cont")
+        self.assert_guest_ok(dst)
+
+    def live(self, uri, workload="increment", tag="", extra=(), **params):
+        src, dst = self.pair(workload, params, tag=tag, extra=extra)
+        info = self.migrate(src, dst, uri)
+        self.check(src, dst, info)
+        return src, dst, info
+
+
+    def stop_all(self):
+        for vm in self.vms:
+            vm.shutdown()
+        self.vms = []
+
+
+class Channels(MultifdBase):
+    def test_capability_and_defaults(self):
+        src = self.vm("src", memory=MEM)
+        caps = {c["capability"]: c["state"] for c in src.cmd("query-migrate-capabilities")}
+        self.assertIn("multifd", caps)
+        self.assertFalse(caps["multifd"])
+        p = src.cmd("query-migrate-parameters")
+        self.assertEqual(p["multifd-channels"], 2)
+        self.assertEqual(p["multifd-compression"], "none")
+        self.assertEqual(p["zero-page-detection"], "multifd")
+        self.assertFalse(p["zero-copy-send"])
+        with self.assertRaises(QMPError):
+            src.set_params(multifd_channels=0)
+        with self.assertRaises(QMPError):
+            src.set_params(multifd_channels=65)
+        with self.assertRaises(QMPError):
+            src.set_params(multifd_compression="lz4")
+
+    def test_unix_channels(self):
+        for n in (1, 2, 4, 16):
+            with self.subTest(channels=n):
+                self.live("unix:" + self.path("mig%d.sock" % n), tag=str(n), multifd_channels=n)
+                self.stop_all()
+
+    def test_tcp_channels(self):
+        for n in (1, 2, 4, 16):
+            with self.subTest(channels=n):
+                self.live("tcp:127.0.0.1:0", tag=str(n), multifd_channels=n)
+                self.stop_all()
+
+    def test_non_socket_transport_refused(self):
+        src = self.vm("src", memory=MEM)
+        src.set_caps(multifd=True)
+        with self.assertRaises(QMPError) as cm:
+            src.cmd("migrate", uri="file:" + self.path("save.img"))
+        self.assertIn("socket transport", cm.exception.desc)
+        self.assertEqual(src.status(), "running")
+
+    def test_destination_without_capability(self):
+        src, dst = self.pair(dst_caps={})
+        dst.set_caps(multifd=False)
+        uri = "unix:" + self.path("mig.sock")
+        dst.cmd("migrate-incoming", uri=uri)
+        src.cmd("migrate", uri=uri)
+        info = src.wait_migration()
+        self.assertEqual(info["status"], "failed")
+        dinfo = dst.wait_migration()
+        self.assertEqual(dinfo["status"], "failed")
+        self.assertIn("capability multifd is off", dinfo["error-desc"])
+        self.assertTrue(src.wait_running_steps())
+
+
+class ZeroDetection(MultifdBase):
+    def test_modes(self):
+        for mode in ("none", "legacy", "multifd"):
+            with self.subTest(mode=mode):
+                src, dst, info = self.live("unix:" + self.path("z%s.sock" % mode),
+                                           tag=mode, zero_page_detection=mode,
+                                           workload="random",
+                                           extra=["--working-set", "50%", "--dirty-rate", "32M"],
+                                           multifd_channels=2)
+                if mode == "none":
+                    self.assertEqual(info["ram"]["duplicate"], 0)
+                else:
+                    self.assertGreater(info["ram"]["duplicate"], 0)
+                self.stop_all()
+
+
+class Compression(MultifdBase):
+    def test_zstd(self):
+        for level in (1, 5):
+            with self.subTest(level=level):
+                src, dst, info = self.live("unix:" + self.path("zstd%d.sock" % level),
+                                           tag=str(level), multifd_compression="zstd",
+                                           workload="random", extra=["--dirty-rate", "32M"],
+                                           multifd_zstd_level=level,
+                                           multifd_channels=4)
+                self.stop_all()
+
+
+class ZeroCopy(MultifdBase):
+    def test_refused(self):
+        src = self.vm("src", memory=MEM)
+        uri = "unix:" + self.path("zc.sock")
+        src.set_params(zero_copy_send=True)
+        # Without multifd, with compression, and (not implemented yet) at all.
+        with self.assertRaises(QMPError) as cm:
+            src.cmd("migrate", uri=uri)
+        self.assertIn("requires the multifd capability", cm.exception.desc)
+        src.set_caps(multifd=True)
+        src.set_params(multifd_compression="zstd")
+        with self.assertRaises(QMPError) as cm:
+            src.cmd("migrate", uri=uri)
+        self.assertIn("does not work with multifd-compression", cm.exception.desc)
+        src.set_params(multifd_compression="none")
+        with self.assertRaises(QMPError) as cm:
+            src.cmd("migrate", uri=uri)
+        self.assertIn("zero-copy-send is not supported", cm.exception.desc)
+        self.assertEqual(src.status(), "running")
+        self.assertEqual(src.migration().get("status", "none"), "none")
+
+
+class Failures(MultifdBase):
+    def test_cancel_then_retry(self):
+        src, dst = self.pair(src_params={"max-bandwidth": 8 << 20, "multifd-channels": 4})
+        uri = "unix:" + self.path("mig.sock")
+        dst.cmd("migrate-incoming", uri=uri)
+        src.cmd("migrate", uri=uri)
+        src.wait_migration(statuses=("active",))
+        # Wait until pages flow on the multifd channels.
+        while src.migration()["ram"]["multifd-bytes"] == 0:
+            pass
+        src.cmd("migrate_cancel")
+        self.assertEqual(src.wait_migration()["status"], "cancelled")
+        self.assertEqual(dst.wait_migration(statuses=("failed",))["status"], "failed")
+        self.assertTrue(src.wait_running_steps())
+        self.assertTrue(src.verify()["ok"])
+        # A retry to a fresh destination succeeds.
+        src.set_params(**{"max-bandwidth": 0})
+        dst2 = self.vm("dst2", memory=MEM, incoming="defer", paused=True)
+        dst2.set_caps(multifd=True)
+        info = self.migrate(src, dst2, "unix:" + self.path("mig2.sock"))
+        self.check(src, dst2, info)
+
+
+class Postcopy(MultifdBase):
+    """Multifd during precopy; at the switch its channels are flushed and
+    closed, postcopy goes on on the main (and preempt) connections.  The
+    destination is started paused (it stays so after RUN), and every page
+    has arrived once it completes: its memory equals the stopped source's
+    byte for byte, then the guest runs on after `cont`."""
+
+    def run_postcopy(self, preempt):
+        caps = {"postcopy_ram": True}
+        if preempt:
+            caps["postcopy_preempt"] = True
+        src, dst = self.pair("random", {"downtime-limit": 1, "max-bandwidth": 32 << 20,
+                                        "multifd-channels": 4}, caps=caps, tag=str(preempt))
+        uri = "unix:" + self.path("pc%d.sock" % preempt)
+        dst.cmd("migrate-incoming", uri=uri)
+        src.cmd("migrate", uri=uri)
+        src.wait_migration(statuses=("active",))
+        # Postcopy only once multifd carried pages.
+        while src.migration()["ram"]["multifd-bytes"] == 0:
+            pass
+        src.cmd("migrate-start-postcopy")
+        info = src.wait_migration()
+        self.assertEqual(info["status"], "completed", info.get("error-desc"))
+        self.assertGreater(info["ram"]["multifd-bytes"], 0)
+        self.assertGreater(info["ram"]["postcopy-bytes"], 0)
+        dinfo = dst.wait_migration()
+        self.assertEqual(dinfo["status"], "completed", dinfo.get("error-desc"))
+        self.assertGreater(dinfo["ram"]["multifd-bytes"], 0)
+        self.assertEqual(dst.status(), "paused")
+        # The source's run state follows the MIGRATION event, a moment
+        # after query-migrate says completed.
+        deadline = time.time() + 10
+        while src.status() != "postmigrate" and time.time() < deadline:
+            time.sleep(0.02)
+        self.assert_same_memory(src, dst)
+        dst.cmd("cont")
+        self.assert_guest_ok(dst)
+        self.stop_all()
+
+    def test_multifd_then_postcopy(self):
+        self.run_postcopy(False)
+
+    def test_multifd_then_postcopy_preempt(self):
+        self.run_postcopy(True)
+
+
+if __name__ == "__main__":
+    lmtest.main()
