@@ -135,6 +135,8 @@ void harness_destroy(harness *h)
     }
     lm_engine_free(h->engine);
     munmap(h->ram, h->size);
+    pthread_cond_destroy(&h->cond);
+    pthread_mutex_destroy(&h->lock);
 }
 
 uint64_t harness_hash(const harness *h)
