@@ -237,16 +237,23 @@ static int spawn(lm_engine *e, void *(*fn)(void *), lm_error *err)
     return 0;
 }
 
+/* Postcopy recovery reconnects, possibly with several connections. */
+static int parse_recovery_uri(const char *uri, lm_uri *u, lm_error *err)
+{
+    int ret = lm_uri_parse(uri, u, err);
+    if (ret == 0 && !lm_uri_multi_channel(u)) {
+        ret = lm_error_set(err, -EINVAL, "postcopy recovery needs a socket transport (unix: or tcp:)");
+    }
+    return ret;
+}
+
 /* migrate resume=true: hand the new address to the paused migration thread. */
 static int resume_postcopy(lm_engine *e, const char *uri, lm_error *err)
 {
     lm_uri u;
-    int ret = lm_uri_parse(uri, &u, err);
+    int ret = parse_recovery_uri(uri, &u, err);
     if (ret < 0) {
         return ret;
-    }
-    if (!lm_uri_multi_channel(&u)) {
-        return lm_error_set(err, -EINVAL, "postcopy recovery needs a socket transport (unix: or tcp:)");
     }
     pthread_mutex_lock(&e->lock);
     if (e->incoming || e->status != LM_STATUS_POSTCOPY_PAUSED) {
@@ -413,12 +420,9 @@ int lm_engine_pause(lm_engine *e, lm_error *err)
 int lm_engine_recover(lm_engine *e, const char *uri, lm_error *err)
 {
     lm_uri u;
-    int ret = lm_uri_parse(uri, &u, err);
+    int ret = parse_recovery_uri(uri, &u, err);
     if (ret < 0) {
         return ret;
-    }
-    if (!lm_uri_multi_channel(&u)) {
-        return lm_error_set(err, -EINVAL, "postcopy recovery needs a socket transport (unix: or tcp:)");
     }
     pthread_mutex_lock(&e->lock);
     bool ok = e->incoming && e->status == LM_STATUS_POSTCOPY_PAUSED && !e->recover_listener;
