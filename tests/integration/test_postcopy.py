@@ -183,6 +183,11 @@ class Recovery(PostcopyBase):
         # break it; the limit is lifted once recovered.
         src, dst = self.pair(caps=caps, params={"max-postcopy-bandwidth": 16 << 20})
         self.start(src, dst)
+        # Break it once the guest runs there (a break between LISTEN and RUN
+        # pauses too, with the guest not yet started: not this test).
+        deadline = time.time() + 10
+        while dst.status() != "running" and time.time() < deadline:
+            time.sleep(0.01)
         src.cmd("migrate-pause")
         src.wait_migration(statuses=("postcopy-paused",))
         dst.wait_migration(statuses=("postcopy-paused",))
