@@ -237,12 +237,14 @@ static int spawn(lm_engine *e, void *(*fn)(void *), lm_error *err)
     return 0;
 }
 
-/* Postcopy recovery reconnects, possibly with several connections. */
-static int parse_recovery_uri(const char *uri, lm_uri *u, lm_error *err)
+/* Features that open more than one connection need a socket transport.
+ * Fills *u with the parsed URI. */
+static int require_socket_uri(const char *uri, lm_uri *u, const char *feature, const char *why,
+                              lm_error *err)
 {
     int ret = lm_uri_parse(uri, u, err);
     if (ret == 0 && !lm_uri_multi_channel(u)) {
-        ret = lm_error_set(err, -EINVAL, "postcopy recovery needs a socket transport (unix: or tcp:)");
+        ret = lm_error_set(err, -EINVAL, "%s needs a socket transport (unix: or tcp:)%s", feature, why);
     }
     return ret;
 }
@@ -251,7 +253,7 @@ static int parse_recovery_uri(const char *uri, lm_uri *u, lm_error *err)
 static int resume_postcopy(lm_engine *e, const char *uri, lm_error *err)
 {
     lm_uri u;
-    int ret = parse_recovery_uri(uri, &u, err);
+    int ret = require_socket_uri(uri, &u, "postcopy recovery", "", err);
     if (ret < 0) {
         return ret;
     }
@@ -296,27 +298,16 @@ int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err)
          * refuse rather than silently copy. */
         return lm_error_set(err, -ENOTSUP, "zero-copy-send is not supported by this build yet");
     }
+    lm_uri u;
+    int r = 0;
     if (multifd) {
-        lm_uri u;
-        int r = lm_uri_parse(uri, &u, err);
-        if (r < 0) {
-            return r;
-        }
-        if (!lm_uri_multi_channel(&u)) {
-            return lm_error_set(err, -EINVAL,
-                                "multifd needs a socket transport (unix: or tcp:) for its extra connections");
-        }
+        r = require_socket_uri(uri, &u, "multifd", " for its extra connections", err);
     }
-    if (postcopy) {
-        lm_uri u;
-        int r = lm_uri_parse(uri, &u, err);
-        if (r < 0) {
-            return r;
-        }
-        if (!lm_uri_multi_channel(&u)) {
-            return lm_error_set(err, -EINVAL,
-                                "postcopy-ram needs a socket transport (unix: or tcp:) for its return path");
-        }
+    if (r == 0 && postcopy) {
+        r = require_socket_uri(uri, &u, "postcopy-ram", " for its return path", err);
+    }
+    if (r < 0) {
+        return r;
     }
     int ret = begin(e, uri, false, err);
     return ret < 0 ? ret : spawn(e, lm_migration_thread, err);
@@ -420,7 +411,7 @@ int lm_engine_pause(lm_engine *e, lm_error *err)
 int lm_engine_recover(lm_engine *e, const char *uri, lm_error *err)
 {
     lm_uri u;
-    int ret = parse_recovery_uri(uri, &u, err);
+    int ret = require_socket_uri(uri, &u, "postcopy recovery", "", err);
     if (ret < 0) {
         return ret;
     }
