@@ -204,15 +204,7 @@ static int write_iov(lm_channel *ch, struct iovec *iov, int cnt)
                 ret = -errno;
                 break;
             }
-            while (cnt > 0 && (size_t)n >= iov->iov_len) {
-                n -= (ssize_t)iov->iov_len;
-                iov++;
-                cnt--;
-            }
-            if (cnt > 0) {
-                iov->iov_base = (char *)iov->iov_base + n;
-                iov->iov_len -= (size_t)n;
-            }
+            lm_iov_advance(&iov, &cnt, (size_t)n);
         }
     }
     if (ret < 0) {

@@ -59,17 +59,22 @@ int lm_writev_full(int fd, struct iovec *iov, int iovcnt)
             }
             return -errno;
         }
-        while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
-            n -= (ssize_t)iov->iov_len;
-            iov++;
-            iovcnt--;
-        }
-        if (iovcnt > 0) {
-            iov->iov_base = (char *)iov->iov_base + n;
-            iov->iov_len -= (size_t)n;
-        }
+        lm_iov_advance(&iov, &iovcnt, (size_t)n);
     }
     return 0;
+}
+
+void lm_iov_advance(struct iovec **iov, int *cnt, size_t n)
+{
+    while (*cnt > 0 && n >= (*iov)->iov_len) {
+        n -= (*iov)->iov_len;
+        (*iov)++;
+        (*cnt)--;
+    }
+    if (*cnt > 0) {
+        (*iov)->iov_base = (char *)(*iov)->iov_base + n;
+        (*iov)->iov_len -= n;
+    }
 }
 
 int lm_read_full(int fd, void *buf, size_t n)

@@ -32,6 +32,8 @@ static inline uint64_t lm_sat_sub(uint64_t a, uint64_t b)
 /* Parse "123", "4K", "512M", "4G", "1T" (binary units); returns 0 or -EINVAL. */
 int lm_parse_size(const char *s, uint64_t *out);
 
+/* Drop the first n bytes of an iovec array after a short write. */
+void lm_iov_advance(struct iovec **iov, int *cnt, size_t n);
 /* Write all of iov to fd (handles short writes and EINTR); 0 or -errno. */
 int lm_writev_full(int fd, struct iovec *iov, int iovcnt);
 /* Read exactly n bytes; -EPIPE on EOF before n bytes; 0 or -errno. */

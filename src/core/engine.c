@@ -475,6 +475,15 @@ int lm_engine_continue(lm_engine *e, const char *state, lm_error *err)
     return ret;
 }
 
+void lm_engine_wake_main(lm_engine *e, int code, const char *why)
+{
+    pthread_mutex_lock(&e->lock);
+    if (e->ch) {
+        lm_channel_shutdown(e->ch, code, why);
+    }
+    pthread_mutex_unlock(&e->lock);
+}
+
 bool lm_engine_is_incoming(lm_engine *e)
 {
     pthread_mutex_lock(&e->lock);

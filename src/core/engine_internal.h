@@ -163,6 +163,10 @@ void lm_emit_pass(lm_engine *e, uint64_t pass);
 /* Records the migration's error (the first one sticks). */
 void lm_engine_fail(lm_engine *e, const lm_error *err);
 
+/* engine.c: wake the thread blocked on the main channel (a helper thread
+ * saw its own connection fail); the main channel fails with code. */
+void lm_engine_wake_main(lm_engine *e, int code, const char *why);
+
 /* params.c */
 void lm_params_defaults(lm_engine *e);
 bool lm_cap(lm_engine *e, enum lm_capability c);

@@ -62,13 +62,8 @@ static void publish_progress(dst_ctx *c)
 
 static void multifd_failed(void *opaque)
 {
-    lm_engine *e = opaque;
     /* Wake the load thread wherever it waits on the main channel. */
-    pthread_mutex_lock(&e->lock);
-    if (e->ch) {
-        lm_channel_shutdown(e->ch, -EIO, "a multifd channel failed");
-    }
-    pthread_mutex_unlock(&e->lock);
+    lm_engine_wake_main(opaque, -EIO, "a multifd channel failed");
 }
 
 static int multifd_sync(void *opaque, uint64_t seq, lm_error *err)

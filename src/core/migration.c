@@ -142,13 +142,8 @@ static int send_ram_slice_sync(src_ctx *c, uint8_t type, uint64_t budget, bool *
 
 static void multifd_failed(void *opaque)
 {
-    lm_engine *e = opaque;
     /* Wake the migration thread wherever it waits on the main channel. */
-    pthread_mutex_lock(&e->lock);
-    if (e->ch) {
-        lm_channel_shutdown(e->ch, -EIO, "a multifd channel failed");
-    }
-    pthread_mutex_unlock(&e->lock);
+    lm_engine_wake_main(opaque, -EIO, "a multifd channel failed");
 }
 
 /* Announces multifd on the main channel, then opens its connections: before

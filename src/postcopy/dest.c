@@ -506,11 +506,7 @@ static void pre_failed(lm_pc_dst *d, const lm_error *err)
     pthread_mutex_unlock(&d->lock);
     if (report) {
         /* Wake the load thread: the whole connection pauses. */
-        pthread_mutex_lock(&e->lock);
-        if (e->ch) {
-            lm_channel_shutdown(e->ch, -EIO, "postcopy preempt connection lost");
-        }
-        pthread_mutex_unlock(&e->lock);
+        lm_engine_wake_main(e, -EIO, "postcopy preempt connection lost");
     }
 }
 

@@ -114,12 +114,7 @@ static void fail(lm_pc_src *p, const lm_error *err)
     pthread_cond_broadcast(&p->cond);
     pthread_mutex_unlock(&p->lock);
     if (first) {
-        lm_engine *e = p->e;
-        pthread_mutex_lock(&e->lock);
-        if (e->ch) {
-            lm_channel_shutdown(e->ch, -EIO, "postcopy connection lost");
-        }
-        pthread_mutex_unlock(&e->lock);
+        lm_engine_wake_main(p->e, -EIO, "postcopy connection lost");
     }
 }
 
