@@ -42,13 +42,15 @@ void lm_bitmap_set_range_atomic(uint64_t *map, uint64_t start, uint64_t n)
     FOR_EACH_WORD_MASK(start, n, __atomic_fetch_or(&map[word], mask, __ATOMIC_RELEASE));
 }
 
-uint64_t lm_bitmap_next_set(const uint64_t *map, uint64_t nbits, uint64_t from)
+/* First bit at or after `from` whose value XOR flip is 1 (flip: 0 finds
+ * set bits, ~0 finds clear ones), or nbits if none. */
+static uint64_t find_bit(const uint64_t *map, uint64_t nbits, uint64_t from, uint64_t flip)
 {
     if (from >= nbits) {
         return nbits;
     }
     uint64_t w = from / 64;
-    uint64_t word = map[w] & (~0ull << (from % 64));
+    uint64_t word = (map[w] ^ flip) & (~0ull << (from % 64));
     uint64_t nwords = LM_BITMAP_WORDS(nbits);
     for (;;) {
         if (word) {
@@ -58,28 +60,18 @@ uint64_t lm_bitmap_next_set(const uint64_t *map, uint64_t nbits, uint64_t from)
         if (++w >= nwords) {
             return nbits;
         }
-        word = map[w];
+        word = map[w] ^ flip;
     }
+}
+
+uint64_t lm_bitmap_next_set(const uint64_t *map, uint64_t nbits, uint64_t from)
+{
+    return find_bit(map, nbits, from, 0);
 }
 
 uint64_t lm_bitmap_next_clear(const uint64_t *map, uint64_t nbits, uint64_t from)
 {
-    if (from >= nbits) {
-        return nbits;
-    }
-    uint64_t w = from / 64;
-    uint64_t word = ~map[w] & (~0ull << (from % 64));
-    uint64_t nwords = LM_BITMAP_WORDS(nbits);
-    for (;;) {
-        if (word) {
-            uint64_t bit = w * 64 + (uint64_t)__builtin_ctzll(word);
-            return bit < nbits ? bit : nbits;
-        }
-        if (++w >= nwords) {
-            return nbits;
-        }
-        word = ~map[w];
-    }
+    return find_bit(map, nbits, from, ~0ull);
 }
 
 uint64_t lm_bitmap_count(const uint64_t *map, uint64_t nbits)
