@@ -28,7 +28,7 @@ lm_engine *lm_engine_new(const lm_callbacks *cb, void *opaque, lm_error *err)
     }
     e->opaque = opaque;
     e->autostart = true;
-    e->status = LM_STATUS_NONE;
+    e->status = e->visible_status = LM_STATUS_NONE;
     lm_params_defaults(e);
     lm_ratelimit_init(&e->rl, e->params.max_bandwidth);
     lm_ratelimit_init(&e->pc_rl, e->params.max_postcopy_bandwidth);
@@ -506,7 +506,7 @@ void lm_engine_query(lm_engine *e, lm_info *out)
     const lm_stats *st = &e->stats;
     uint64_t now = lm_now_ns();
     uint64_t end = st->end_ns ? st->end_ns : now;
-    out->status = e->status;
+    out->status = e->visible_status;
     out->incoming = e->incoming;
     out->has_stats = st->start_ns != 0;
     out->total_time_ms = out->has_stats ? ms_since(st->start_ns, end) : 0;

@@ -102,6 +102,11 @@ struct lm_engine {
 
     /* The current migration. */
     lm_status status;
+    /* What lm_engine_query reports: `status` once its MIGRATION event has
+     * been handed to on_event, so that nobody sees a status before the
+     * event announcing it (QEMU's order).  status_gen counts transitions. */
+    lm_status visible_status;
+    uint64_t status_gen;
     bool incoming;
     bool thread_started;
     pthread_t thread;

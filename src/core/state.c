@@ -67,34 +67,49 @@ static void emit(lm_engine *e, lm_status s)
     }
 }
 
-static bool transition_locked(lm_engine *e, lm_status from, lm_status to)
+static bool transition_locked(lm_engine *e, lm_status from, lm_status to, uint64_t *gen)
 {
     if (e->status != from || !(allowed[from] & BIT(to))) {
         return false;
     }
     e->status = to;
+    *gen = ++e->status_gen;
     pthread_cond_broadcast(&e->cond);
     return true;
 }
 
+/* Emits the event, then lets queries see the status, unless another
+ * transition came in between (its own publish will show the newer one). */
+static void emit_and_publish(lm_engine *e, lm_status to, uint64_t gen)
+{
+    emit(e, to);
+    pthread_mutex_lock(&e->lock);
+    if (e->status_gen == gen) {
+        e->visible_status = to;
+    }
+    pthread_mutex_unlock(&e->lock);
+}
+
 bool lm_set_state(lm_engine *e, lm_status from, lm_status to)
 {
+    uint64_t gen = 0;
     pthread_mutex_lock(&e->lock);
-    bool moved = transition_locked(e, from, to);
+    bool moved = transition_locked(e, from, to, &gen);
     pthread_mutex_unlock(&e->lock);
     if (moved) {
-        emit(e, to);
+        emit_and_publish(e, to, gen);
     }
     return moved;
 }
 
 bool lm_set_state_any(lm_engine *e, lm_status to)
 {
+    uint64_t gen = 0;
     pthread_mutex_lock(&e->lock);
-    bool moved = transition_locked(e, e->status, to);
+    bool moved = transition_locked(e, e->status, to, &gen);
     pthread_mutex_unlock(&e->lock);
     if (moved) {
-        emit(e, to);
+        emit_and_publish(e, to, gen);
     }
     return moved;
 }

@@ -298,6 +298,34 @@ static void handle_qmp_capabilities(qmp_client *c, json_t *id, json_t *args)
 }
 
 /* Execute one parsed request. */
+static void deliver_events(qmp_server *s, qmp_event *list)
+{
+    while (list) {
+        qmp_event *next = list->next;
+        for (qmp_client *c = s->clients; c; c = c->next) {
+            if (c->negotiated) {
+                client_write(c, list->text, list->len);
+            }
+        }
+        free(list);
+        list = next;
+    }
+}
+
+/* Takes every queued event and writes it to the clients; returns whether
+ * the server was asked to stop. */
+static bool flush_events(qmp_server *s)
+{
+    pthread_mutex_lock(&s->lock);
+    bool stop = s->stop;
+    qmp_event *list = s->evq_head;
+    s->evq_head = s->evq_tail = NULL;
+    s->evq_len = 0;
+    pthread_mutex_unlock(&s->lock);
+    deliver_events(s, list);
+    return stop;
+}
+
 static void dispatch(qmp_server *s, qmp_client *c, json_t *req)
 {
     char desc[LM_ERROR_MSG_MAX + 64];
@@ -367,6 +395,10 @@ static void dispatch(qmp_server *s, qmp_client *c, json_t *req)
     lm_error err = LM_ERROR_INIT;
     json_t *ret = fn(opaque, args, &err);
     json_decref(empty);
+    /* Events raised before or while the command ran go out ahead of its
+     * reply, as in QEMU: a client that sees `completed` in a reply has
+     * already been sent the MIGRATION event that announced it. */
+    flush_events(s);
     if (lm_error_is_set(&err)) {
         json_decref(ret);
         client_send_error(c, id, "GenericError", err.msg[0] ? err.msg : "Unknown error");
@@ -624,19 +656,6 @@ void qmp_server_emit(qmp_server *s, const char *event, json_t *data)
     (void)r;
 }
 
-static void deliver_events(qmp_server *s, qmp_event *list)
-{
-    while (list) {
-        qmp_event *next = list->next;
-        for (qmp_client *c = s->clients; c; c = c->next) {
-            if (c->negotiated) {
-                client_write(c, list->text, list->len);
-            }
-        }
-        free(list);
-        list = next;
-    }
-}
 
 /* ------------------------------------------------------------------------ */
 /* Server thread */
@@ -685,14 +704,7 @@ static void *server_thread(void *opaque)
             char buf[256];
             while (read(s->pipe_r, buf, sizeof(buf)) > 0) {
             }
-            pthread_mutex_lock(&s->lock);
-            bool stop = s->stop;
-            qmp_event *list = s->evq_head;
-            s->evq_head = s->evq_tail = NULL;
-            s->evq_len = 0;
-            pthread_mutex_unlock(&s->lock);
-            deliver_events(s, list);
-            if (stop) {
+            if (flush_events(s)) {
                 break;
             }
         }
