@@ -562,6 +562,8 @@ def main():
                     help="repetitions for sizes above 2G (default 1)")
     ap.add_argument("--data", default="random,zero-file,zero-anon")
     ap.add_argument("--transports", default="unix,tcp")
+    ap.add_argument("--modes", default="precopy,multifd2,multifd4,postcopy",
+                    help="comma-separated subset of precopy,multifd2,multifd4,postcopy")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per migration")
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--rawcopy", default=None, help="bench/rawcopy binary")
@@ -589,6 +591,7 @@ def main():
     caps = lm.capabilities()
     modes = [("precopy", None), ("multifd2", "multifd"), ("multifd4", "multifd"),
              ("postcopy", "postcopy-ram")]
+    modes = [m for m in modes if m[0] in args.modes.split(",")]
     log("livemig capabilities: %s; usable optional modes: %s" %
         (", ".join(sorted(lm.listed)), ", ".join(sorted(caps)) or "none"))
     t_start = time.time()

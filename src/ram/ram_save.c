@@ -144,27 +144,26 @@ int lm_ram_save_split(lm_ram_saver *s, lm_ram_block *blk, uint64_t p, uint64_t q
     bool owner = how != LM_SPLIT_READ_SHARED;
     while (p < q) {
         bool zero;
-        if (how == LM_SPLIT_NONE) {
-            zero = false;
+        uint64_t e;
+        /* Runs from the hint are found whole words at a time: an empty
+         * guest is millions of pages. */
+        bool from_hint = how != LM_SPLIT_READ_SHARED && how != LM_SPLIT_NONE &&
+                         lm_bitmap_test(blk->unpopulated, p);
+        if (from_hint) {
+            zero = true;
+            e = lm_bitmap_next_clear(blk->unpopulated, q, p);
+            e = LM_MIN(e, p + UINT32_MAX);
         } else if (how == LM_SPLIT_HINT) {
-            zero = lm_bitmap_test(blk->unpopulated, p);
+            zero = false;
+            e = LM_MIN(lm_bitmap_next_set(blk->unpopulated, q, p), p + max_run);
         } else {
-            zero = page_is_zero(blk, p, how == LM_SPLIT_READ_SHARED);
-        }
-        uint64_t e = p + 1;
-        while (e < q && e - p < (zero ? UINT32_MAX : max_run)) {
-            bool z;
-            if (how == LM_SPLIT_NONE) {
-                z = false;
-            } else if (how == LM_SPLIT_HINT) {
-                z = lm_bitmap_test(blk->unpopulated, e);
-            } else {
-                z = page_is_zero(blk, e, how == LM_SPLIT_READ_SHARED);
+            zero = how != LM_SPLIT_NONE && page_is_zero(blk, p, how == LM_SPLIT_READ_SHARED);
+            e = p + 1;
+            while (e < q && e - p < (zero ? UINT32_MAX : max_run) &&
+                   (how != LM_SPLIT_NONE &&
+                    page_is_zero(blk, e, how == LM_SPLIT_READ_SHARED)) == zero) {
+                e++;
             }
-            if (z != zero) {
-                break;
-            }
-            e++;
         }
         uint32_t count = (uint32_t)(e - p);
         int ret = fn(opaque, zero ? LM_RAM_ZERO : LM_RAM_PAGES, blk, p, count);
@@ -172,7 +171,10 @@ int lm_ram_save_split(lm_ram_saver *s, lm_ram_block *blk, uint64_t p, uint64_t q
             return ret;
         }
         if (owner) {
-            if (zero) {
+            if (from_hint) {
+                /* The whole run came from the hint. */
+                lm_bitmap_set_range(blk->zero_unread, p, count);
+            } else if (zero) {
                 /* Zero pages known from the hint were not read: watch them. */
                 for (uint64_t i = p; i < e; i++) {
                     if (lm_bitmap_test(blk->unpopulated, i)) {
