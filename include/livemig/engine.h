@@ -179,7 +179,12 @@ typedef struct lm_info {
     uint64_t postcopy_bytes;
     uint64_t postcopy_requests;
     uint64_t multifd_bytes;     /* sent (source) / received (destination) on multifd channels */
-    uint64_t dirty_sync_missed_zero_copy; /* syncs that had to wait for zero-copy completions */
+    /* zero-copy-send: channel flushes (one per channel at each dirty sync)
+     * at which the kernel had copied every send instead of zero-copying;
+     * the MSG_ZEROCOPY sends, and how many of them the kernel copied. */
+    uint64_t dirty_sync_missed_zero_copy;
+    uint64_t zero_copy_sends;
+    uint64_t zero_copy_copied;
     double mbps;                /* throughput, megabits per second */
     uint64_t pages_per_second;
     uint64_t device_bytes;      /* device state sent */

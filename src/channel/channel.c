@@ -13,12 +13,19 @@
 #include <unistd.h>
 
 #include "channel/channel.h"
+#include "channel/zerocopy.h"
 #include "common/util.h"
 #include "livemig/buffer.h"
 
 #define WBUF_SIZE (256 * 1024)
 #define RBUF_SIZE (256 * 1024)
 #define MAX_EXT_IOV 62
+/* Bytes one MSG_ZEROCOPY sendmsg pins at most: the kernel charges a whole
+ * call to RLIMIT_MEMLOCK at once, often only 8 MiB, shared by all channels. */
+#define ZC_MAX_SEND (1u << 20)
+/* ENOBUFS with nothing of ours in flight: another process of the same user
+ * may give locked memory back; wait this many times 2 ms, then give up. */
+#define ZC_NOBUFS_TRIES 50
 
 struct lm_channel {
     int fd;
@@ -40,6 +47,9 @@ struct lm_channel {
 
     uint64_t bytes_out;
     uint64_t bytes_in;
+
+    bool zerocopy;   /* lm_channel_put_ext_zerocopy sends with MSG_ZEROCOPY */
+    lm_zerocopy zc;
 };
 
 lm_channel *lm_channel_new(int fd, const char *name, lm_ratelimit *rl)
@@ -179,8 +189,8 @@ static int io_error(lm_channel *ch, int code, const char *what)
 }
 
 /* Write every byte of iov; sockets use MSG_NOSIGNAL so a dead peer is an
- * error, not a SIGPIPE. */
-static int write_iov(lm_channel *ch, struct iovec *iov, int cnt)
+ * error, not a SIGPIPE.  flags: more sendmsg flags (MSG_MORE). */
+static int write_iov_flags(lm_channel *ch, struct iovec *iov, int cnt, int flags)
 {
     uint64_t total = 0;
     for (int i = 0; i < cnt; i++) {
@@ -196,7 +206,7 @@ static int write_iov(lm_channel *ch, struct iovec *iov, int cnt)
         ret = 0;
         while (cnt > 0) {
             struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)cnt };
-            ssize_t n = sendmsg(ch->fd, &msg, MSG_NOSIGNAL);
+            ssize_t n = sendmsg(ch->fd, &msg, MSG_NOSIGNAL | flags);
             if (n < 0) {
                 if (errno == EINTR) {
                     continue;
@@ -212,6 +222,11 @@ static int write_iov(lm_channel *ch, struct iovec *iov, int cnt)
     }
     __atomic_fetch_add(&ch->bytes_out, total, __ATOMIC_RELAXED);
     return sticky(ch);
+}
+
+static int write_iov(lm_channel *ch, struct iovec *iov, int cnt)
+{
+    return write_iov_flags(ch, iov, cnt, 0);
 }
 
 int lm_channel_flush(lm_channel *ch)
@@ -296,6 +311,157 @@ int lm_channel_put_ext(lm_channel *ch, const struct iovec *ext, int n)
         n -= take;
     }
     return 0;
+}
+
+int lm_channel_enable_zerocopy(lm_channel *ch, lm_error *err)
+{
+    if (!ch->is_socket) {
+        return lm_error_set(err, -ENOTSOCK, "%s: zero-copy sends need a socket", ch->name);
+    }
+    int ret = lm_zerocopy_enable(ch->fd, ch->name, err);
+    if (ret == 0) {
+        ch->zerocopy = true;
+    }
+    return ret;
+}
+
+/* Up to ZC_MAX_SEND bytes and MAX_EXT_IOV entries of iov, into out. */
+static int iov_head(const struct iovec *iov, int cnt, struct iovec *out)
+{
+    size_t sum = 0;
+    int k = 0;
+    while (k < cnt && k < MAX_EXT_IOV && sum < ZC_MAX_SEND) {
+        out[k] = iov[k];
+        out[k].iov_len = LM_MIN(out[k].iov_len, (size_t)ZC_MAX_SEND - sum);
+        sum += out[k].iov_len;
+        k++;
+    }
+    return k;
+}
+
+/* sendmsg said ENOBUFS: the pages a zero-copy send pins are charged to
+ * RLIMIT_MEMLOCK (unless CAP_IPC_LOCK) and its notification to the
+ * socket's optmem; completions give both back, so reap some and retry. */
+static int zc_no_buffers(lm_channel *ch, int *tries)
+{
+    if (lm_zerocopy_outstanding(&ch->zc)) {
+        int ret = lm_zerocopy_reap(&ch->zc, ch->fd, true);
+        return ret < 0 ? ret : 0;
+    }
+    if (++*tries > ZC_NOBUFS_TRIES) {
+        return -ENOBUFS;
+    }
+    usleep(2000);
+    return 0;
+}
+
+static int zc_error(lm_channel *ch, int code)
+{
+    if (code == -ENOBUFS || code == -ENOMEM || code == -EPERM) {
+        return lm_channel_set_error(
+            ch, code,
+            "%s: zero-copy send refused (%s): the process cannot pin more guest memory; raise "
+            "its locked-memory limit (RLIMIT_MEMLOCK, ulimit -l) or grant CAP_IPC_LOCK, or turn "
+            "zero-copy-send off",
+            ch->name, strerror(-code));
+    }
+    return io_error(ch, code, "writing (zero-copy)");
+}
+
+/* Like write_iov, with MSG_ZEROCOPY: iov's memory may still be read by the
+ * kernel when this returns, until lm_channel_zerocopy_flush(). */
+static int write_iov_zc(lm_channel *ch, struct iovec *iov, int cnt)
+{
+    uint64_t total = 0;
+    for (int i = 0; i < cnt; i++) {
+        total += iov[i].iov_len;
+    }
+    if (ch->rl) {
+        lm_ratelimit_consume(ch->rl, total);
+    }
+    int ret = 0, tries = 0;
+    while (cnt > 0 && ret == 0 && !sticky(ch)) {
+        struct iovec head[MAX_EXT_IOV];
+        struct msghdr msg = { .msg_iov = head, .msg_iovlen = (size_t)iov_head(iov, cnt, head) };
+        ssize_t n = sendmsg(ch->fd, &msg, MSG_NOSIGNAL | MSG_ZEROCOPY);
+        if (n > 0) {
+            lm_zerocopy_sent(&ch->zc);
+            lm_iov_advance(&iov, &cnt, (size_t)n);
+            tries = 0;
+            /* Keep the error queue (and what it charges) short. */
+            ret = lm_zerocopy_reap(&ch->zc, ch->fd, false);
+            ret = ret < 0 ? ret : 0;
+        } else if (n == 0) {
+            ret = -EIO;
+        } else if (errno == ENOBUFS) {
+            ret = zc_no_buffers(ch, &tries);
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            struct pollfd p = { ch->fd, POLLOUT, 0 };
+            ret = poll(&p, 1, -1) < 0 && errno != EINTR ? -errno : 0;
+        } else if (errno != EINTR) {
+            ret = -errno;
+        }
+    }
+    if (ret < 0) {
+        return sticky(ch) ? sticky(ch) : zc_error(ch, ret);
+    }
+    if (!sticky(ch)) {
+        __atomic_fetch_add(&ch->bytes_out, total, __ATOMIC_RELAXED);
+    }
+    return sticky(ch);
+}
+
+int lm_channel_put_ext_zerocopy(lm_channel *ch, const struct iovec *ext, int n)
+{
+    if (!ch->zerocopy) {
+        return lm_channel_put_ext(ch, ext, n);
+    }
+    if (sticky(ch) || n == 0) {
+        return sticky(ch);
+    }
+    if (ch->wlen) {
+        /* The buffer is reused at once: it goes copied, ahead of the pages
+         * (MSG_MORE: in the same segment where it can). */
+        struct iovec iov = { ch->wbuf, ch->wlen };
+        ch->wlen = 0;
+        int ret = write_iov_flags(ch, &iov, 1, MSG_MORE);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    while (n > 0) {
+        struct iovec iov[MAX_EXT_IOV];
+        int take = LM_MIN(n, MAX_EXT_IOV);
+        memcpy(iov, ext, (size_t)take * sizeof(*ext));
+        int ret = write_iov_zc(ch, iov, take);
+        if (ret < 0) {
+            return ret;
+        }
+        ext += take;
+        n -= take;
+    }
+    return 0;
+}
+
+int lm_channel_zerocopy_flush(lm_channel *ch, bool *missed)
+{
+    if (missed) {
+        *missed = false;
+    }
+    if (!ch->zerocopy || sticky(ch)) {
+        return sticky(ch);
+    }
+    int ret = lm_zerocopy_flush(&ch->zc, ch->fd, missed);
+    if (ret < 0) {
+        return sticky(ch) ? sticky(ch) : io_error(ch, ret, "waiting for zero-copy completions");
+    }
+    return 0;
+}
+
+void lm_channel_zerocopy_stats(const lm_channel *ch, uint64_t *sends, uint64_t *copied)
+{
+    *sends = __atomic_load_n(&ch->zc.sends, __ATOMIC_RELAXED);
+    *copied = __atomic_load_n(&ch->zc.copied, __ATOMIC_RELAXED);
 }
 
 /* A pipe cannot be shut down: wait for data or for lm_channel_shutdown(). */

@@ -44,6 +44,19 @@ int lm_channel_put_be64(lm_channel *ch, uint64_t v);
 int lm_channel_put_ext(lm_channel *ch, const struct iovec *ext, int n);
 int lm_channel_flush(lm_channel *ch);
 
+/* Zero-copy sends (zero-copy-send; TCP only, see channel/zerocopy.h).
+ * enable: SO_ZEROCOPY on the socket, or an error saying why not. */
+int lm_channel_enable_zerocopy(lm_channel *ch, lm_error *err);
+/* Buffered bytes go first, copied; then ext[] with MSG_ZEROCOPY: the
+ * kernel may read ext's memory after this returns, until the next
+ * lm_channel_zerocopy_flush().  Without enable, lm_channel_put_ext(). */
+int lm_channel_put_ext_zerocopy(lm_channel *ch, const struct iovec *ext, int n);
+/* Waits until the kernel let go of every zero-copy send (a shutdown wakes
+ * it).  *missed: it copied every one that completed since the last flush. */
+int lm_channel_zerocopy_flush(lm_channel *ch, bool *missed);
+/* Zero-copy sends so far, and how many of them the kernel copied (any thread). */
+void lm_channel_zerocopy_stats(const lm_channel *ch, uint64_t *sends, uint64_t *copied);
+
 /* Exact reads: 0, or -EPIPE at end of stream, or the sticky -errno. */
 int lm_channel_get(lm_channel *ch, void *p, size_t n);
 int lm_channel_get_u8(lm_channel *ch, uint8_t *v);

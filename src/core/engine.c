@@ -7,7 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
+#include "channel/zerocopy.h"
 #include "common/clock.h"
 #include "common/util.h"
 #include "core/engine_internal.h"
@@ -249,6 +251,37 @@ static int require_socket_uri(const char *uri, lm_uri *u, const char *feature, c
     return ret;
 }
 
+/* zero-copy-send: MSG_ZEROCOPY works on TCP sockets only, and only where
+ * the kernel takes SO_ZEROCOPY.  Ask it now, on a throwaway socket of the
+ * URI's family, so that `migrate` itself fails with the reason instead of
+ * the migration thread a moment later. */
+static int check_zero_copy_transport(const lm_uri *u, lm_error *err)
+{
+    if (u->kind == LM_TRANSPORT_UNIX) {
+        int ret = lm_zerocopy_probe(AF_UNIX);
+        if (ret < 0) {
+            return lm_error_set(err, ret,
+                                "zero-copy-send needs a tcp transport: the kernel does not "
+                                "support SO_ZEROCOPY (MSG_ZEROCOPY) on unix sockets (%s)",
+                                strerror(-ret));
+        }
+        return 0;
+    }
+    if (u->kind != LM_TRANSPORT_TCP) {
+        return lm_error_set(err, -EINVAL, "zero-copy-send needs a tcp transport");
+    }
+    int ret = lm_zerocopy_probe(strchr(u->host, ':') ? AF_INET6 : AF_INET);
+    if (ret == -EAFNOSUPPORT) {
+        ret = lm_zerocopy_probe(AF_INET6);
+    }
+    if (ret < 0) {
+        return lm_error_set(err, ret,
+                            "zero-copy-send: the kernel refuses SO_ZEROCOPY on tcp sockets (%s)",
+                            strerror(-ret));
+    }
+    return 0;
+}
+
 /* migrate resume=true: hand the new address to the paused migration thread. */
 static int resume_postcopy(lm_engine *e, const char *uri, lm_error *err)
 {
@@ -293,15 +326,13 @@ int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err)
     if (zero_copy && compress) {
         return lm_error_set(err, -EINVAL, "zero-copy-send does not work with multifd-compression");
     }
-    if (zero_copy) {
-        /* MSG_ZEROCOPY and its completion accounting are not built yet:
-         * refuse rather than silently copy. */
-        return lm_error_set(err, -ENOTSUP, "zero-copy-send is not supported by this build yet");
-    }
     lm_uri u;
     int r = 0;
     if (multifd) {
         r = require_socket_uri(uri, &u, "multifd", " for its extra connections", err);
+    }
+    if (r == 0 && zero_copy) {
+        r = check_zero_copy_transport(&u, err);
     }
     if (r == 0 && postcopy) {
         r = require_socket_uri(uri, &u, "postcopy-ram", " for its return path", err);
@@ -558,9 +589,12 @@ void lm_engine_query(lm_engine *e, lm_info *out)
         out->ram_normal_bytes = __atomic_load_n(&rs->normal_bytes, __ATOMIC_RELAXED);
         out->multifd_bytes = st->multifd_bytes;
         out->dirty_sync_missed_zero_copy = st->zc_missed;
+        out->zero_copy_sends = st->zc_sends;
+        out->zero_copy_copied = st->zc_copied;
         if (e->mf_src) {
             out->multifd_bytes = lm_multifd_src_bytes(e->mf_src);
             out->dirty_sync_missed_zero_copy = lm_multifd_src_zc_missed(e->mf_src);
+            lm_multifd_src_zc_stats(e->mf_src, &out->zero_copy_sends, &out->zero_copy_copied);
         }
         /* Before the switch the main and multifd channels carry everything;
          * from the switch on, what postcopy sent (main and preempt channels)

@@ -39,6 +39,7 @@ enum lm_capability {
     LM_CAP_POSTCOPY_PREEMPT,
     LM_CAP_POSTCOPY_BLOCKTIME,
     LM_CAP_MULTIFD,
+    LM_CAP_ZERO_COPY_SEND, /* the same switch as the zero-copy-send parameter */
     LM_CAP__COUNT
 };
 
@@ -82,6 +83,8 @@ typedef struct lm_stats {
     char dirty_tracker[32];
     uint64_t multifd_bytes;  /* of the last migration, once it ended */
     uint64_t zc_missed;      /* dirty-sync-missed-zero-copy, once it ended */
+    uint64_t zc_sends;       /* zero-copy-send: MSG_ZEROCOPY sends, once it ended */
+    uint64_t zc_copied;      /* of those, the ones the kernel copied */
 } lm_stats;
 
 struct lm_engine {

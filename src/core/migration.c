@@ -659,6 +659,7 @@ static void finish(src_ctx *c, int ret)
         pthread_mutex_lock(&e->lock);
         e->stats.multifd_bytes = lm_multifd_src_bytes(c->mf);
         e->stats.zc_missed = lm_multifd_src_zc_missed(c->mf);
+        lm_multifd_src_zc_stats(c->mf, &e->stats.zc_sends, &e->stats.zc_copied);
         e->mf_src = NULL;
         pthread_mutex_unlock(&e->lock);
         lm_multifd_src_free(c->mf);

@@ -20,6 +20,7 @@ static const char *const cap_names[LM_CAP__COUNT + 1] = {
     [LM_CAP_POSTCOPY_PREEMPT] = "postcopy-preempt",
     [LM_CAP_POSTCOPY_BLOCKTIME] = "postcopy-blocktime",
     [LM_CAP_MULTIFD] = "multifd",
+    [LM_CAP_ZERO_COPY_SEND] = "zero-copy-send",
     [LM_CAP__COUNT] = NULL,
 };
 
@@ -126,6 +127,11 @@ int lm_engine_set_capability(lm_engine *e, const char *name, bool on, lm_error *
         ret = lm_error_set(err, -EBUSY, "There's a migration process in progress");
     } else {
         e->caps[c] = on;
+        if (c == LM_CAP_ZERO_COPY_SEND) {
+            /* QEMU made zero-copy-send a capability; it began as a
+             * parameter, which livemig keeps: both name one switch. */
+            e->params.zero_copy_send = on;
+        }
     }
     pthread_mutex_unlock(&e->lock);
     return ret;
@@ -247,6 +253,9 @@ int lm_engine_set_param_bool(lm_engine *e, const char *name, bool v, lm_error *e
     int ret = check_settable(e, id, err);
     if (!ret) {
         *bool_slot(&e->params, id) = v;
+        if (id == P_ZERO_COPY_SEND) {
+            e->caps[LM_CAP_ZERO_COPY_SEND] = v;
+        }
     }
     pthread_mutex_unlock(&e->lock);
     return ret;

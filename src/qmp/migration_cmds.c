@@ -464,6 +464,8 @@ json_t *qmp_migration_info_json(const lm_info *info)
         json_object_set_new(ram, "page-size", ju64(info->ram_page_size));
         json_object_set_new(ram, "multifd-bytes", ju64(info->multifd_bytes));
         json_object_set_new(ram, "dirty-sync-missed-zero-copy", ju64(info->dirty_sync_missed_zero_copy));
+        json_object_set_new(ram, "x-zero-copy-sends", ju64(info->zero_copy_sends));
+        json_object_set_new(ram, "x-zero-copy-copied", ju64(info->zero_copy_copied));
         json_object_set_new(ram, "pages-per-second", ju64(info->pages_per_second));
         json_object_set_new(ram, "precopy-bytes", ju64(info->precopy_bytes));
         json_object_set_new(ram, "downtime-bytes", ju64(info->downtime_bytes));

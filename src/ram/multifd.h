@@ -6,8 +6,10 @@
  * gathers them into jobs of up to 128 runs / 2 MiB and hands each to an
  * idle sender thread, which detects zero pages (zero-page-detection
  * "multifd"), compresses (zstd) or not, and writes one packet straight
- * from guest memory.  At every dirty sync, lm_multifd_src_sync waits until
- * every sender has written its job and puts a SYNC on every channel; the
+ * from guest memory (with zero-copy-send: MSG_ZEROCOPY, the kernel reads
+ * the pages later).  At every dirty sync, lm_multifd_src_sync waits until
+ * every sender has written its job and, with zero-copy-send, until the
+ * kernel let go of every page, then puts a SYNC on every channel; the
  * caller then writes a MULTIFD_SYNC record on the main channel.
  *
  * Destination: receivers place packets straight into guest memory with
@@ -39,7 +41,7 @@ typedef struct lm_multifd_src_cfg {
     uint8_t compression;      /* enum lm_multifd_compression */
     int zstd_level;
     enum lm_zero_detection zero;
-    bool zero_copy;           /* MSG_ZEROCOPY on the senders' sockets */
+    bool zero_copy;           /* MSG_ZEROCOPY on the senders' sockets (tcp) */
     lm_ratelimit *rl;         /* shared with the main channel */
     const lm_uri *uri;
     bool (*should_abort)(void *opaque); /* a connect that waits asks this */
@@ -67,8 +69,12 @@ void lm_multifd_src_shutdown(lm_multifd_src *mf, int code, const char *why);
 void lm_multifd_src_free(lm_multifd_src *mf);
 /* Bytes written on the multifd channels (any thread). */
 uint64_t lm_multifd_src_bytes(const lm_multifd_src *mf);
-/* Syncs at which zero-copy sends were still in flight (any thread). */
+/* zero-copy-send: flushes (one per channel at each sync) at which the
+ * kernel had copied every send instead (dirty-sync-missed-zero-copy). */
 uint64_t lm_multifd_src_zc_missed(const lm_multifd_src *mf);
+/* zero-copy-send: MSG_ZEROCOPY sends so far, and how many of them the
+ * kernel reported copied (any thread). */
+void lm_multifd_src_zc_stats(const lm_multifd_src *mf, uint64_t *sends, uint64_t *copied);
 
 typedef struct lm_multifd_dst lm_multifd_dst;
 

@@ -139,7 +139,19 @@ static int write_packet(sender *s)
     }
     s->nruns = s->ndata = 0;
     s->data_bytes = 0;
-    int ret = lm_channel_put_ext(s->ch, s->iov, niov);
+    int ret;
+    if (mf->cfg.zero_copy) {
+        /* The header is rebuilt for the next packet at once: it goes
+         * copied; the pages go straight from guest RAM, and the kernel
+         * holds on to them until the next sync's flush. */
+        lm_channel_put(s->ch, s->table, tlen);
+        ret = lm_channel_put_ext_zerocopy(s->ch, s->iov + 1, niov - 1);
+        if (ret == 0 && niov == 1) {
+            ret = lm_channel_flush(s->ch);
+        }
+    } else {
+        ret = lm_channel_put_ext(s->ch, s->iov, niov);
+    }
     if (ret == 0) {
         __atomic_fetch_add(&mf->bytes, total, __ATOMIC_RELAXED);
     }
@@ -319,6 +331,28 @@ static int wait_idle(lm_multifd_src *mf, lm_error *err)
     return ret;
 }
 
+/* Every sender idle: waits until the kernel let go of every page sent
+ * with MSG_ZEROCOPY, so none of this pass is still referenced when it
+ * ends.  Like QEMU, each channel whose completions all said "copied" adds
+ * one to dirty-sync-missed-zero-copy. */
+static int flush_zero_copy(lm_multifd_src *mf, lm_error *err)
+{
+    if (!mf->cfg.zero_copy) {
+        return 0;
+    }
+    for (unsigned i = 0; i < mf->n; i++) {
+        lm_channel *ch = mf->s[i].ch;
+        bool missed;
+        if (lm_channel_zerocopy_flush(ch, &missed) < 0) {
+            return lm_channel_error(ch, err);
+        }
+        if (missed) {
+            __atomic_fetch_add(&mf->zc_missed, 1, __ATOMIC_RELAXED);
+        }
+    }
+    return 0;
+}
+
 /* Every sender idle: the migration thread may write on their channels. */
 static int put_all(lm_multifd_src *mf, uint8_t type, const uint64_t *seq, lm_error *err)
 {
@@ -342,6 +376,9 @@ int lm_multifd_src_sync(lm_multifd_src *mf, uint64_t *seq, lm_error *err)
     int ret = dispatch(mf, err);
     if (ret == 0) {
         ret = wait_idle(mf, err);
+    }
+    if (ret == 0) {
+        ret = flush_zero_copy(mf, err);
     }
     if (ret < 0 || !mf->sent_since_sync) {
         return ret;
@@ -368,6 +405,9 @@ static void stop_threads(lm_multifd_src *mf)
 int lm_multifd_src_finish(lm_multifd_src *mf, lm_error *err)
 {
     int ret = wait_idle(mf, err);
+    if (ret == 0) {
+        ret = flush_zero_copy(mf, err);
+    }
     if (ret == 0) {
         ret = put_all(mf, LM_MULTIFD_END, NULL, err);
     }
@@ -416,6 +456,20 @@ uint64_t lm_multifd_src_zc_missed(const lm_multifd_src *mf)
     return __atomic_load_n(&mf->zc_missed, __ATOMIC_RELAXED);
 }
 
+void lm_multifd_src_zc_stats(const lm_multifd_src *mf, uint64_t *sends, uint64_t *copied)
+{
+    *sends = *copied = 0;
+    for (unsigned i = 0; i < mf->n; i++) {
+        uint64_t a, b;
+        /* The engine publishes mf once every channel is open. */
+        if (mf->s[i].ch) {
+            lm_channel_zerocopy_stats(mf->s[i].ch, &a, &b);
+            *sends += a;
+            *copied += b;
+        }
+    }
+}
+
 static int open_channel(lm_multifd_src *mf, sender *s, const uint8_t *id, lm_error *err)
 {
     int fd, pid;
@@ -429,6 +483,12 @@ static int open_channel(lm_multifd_src *mf, sender *s, const uint8_t *id, lm_err
     if (!s->ch) {
         close(fd);
         return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    if (mf->cfg.zero_copy) {
+        ret = lm_channel_enable_zerocopy(s->ch, err);
+        if (ret < 0) {
+            return ret;
+        }
     }
     if (mf->cfg.compression == LM_MULTIFD_COMP_ZSTD) {
         s->cctx = ZSTD_createCCtx();

@@ -92,12 +92,13 @@ class VM:
     """One livemig-vm process with its QMP socket and serial console file."""
 
     def __init__(self, tmpdir, name, memory="128M", smp=2, workload="increment", extra=(),
-                 incoming=None, paused=False, pass_fds=()):
+                 incoming=None, paused=False, pass_fds=(), wrapper=()):
         self.name = name
         self.qmp_path = os.path.join(tmpdir, name + ".qmp")
         self.serial_path = os.path.join(tmpdir, name + ".serial")
         self.log_path = os.path.join(tmpdir, name + ".log")
-        args = [VM_BIN, "--name", name, "--memory", str(memory), "--smp", str(smp),
+        # wrapper: a command that runs the machine (prlimit, setpriv, ...).
+        args = list(wrapper) + [VM_BIN, "--name", name, "--memory", str(memory), "--smp", str(smp),
                 "--workload", workload, "--qmp", "unix:" + self.qmp_path,
                 "--serial", "file:" + self.serial_path]
         if incoming:

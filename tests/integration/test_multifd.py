@@ -4,6 +4,9 @@ Every migration test checks the destination's memory byte for byte against
 the stopped source (the destination stays paused until `cont`), the
 workload's invariant, and that the guest runs on there.
 """
+import os
+import shutil
+import signal
 import time
 
 import lmtest
@@ -129,25 +132,143 @@ class Compression(MultifdBase):
 
 
 class ZeroCopy(MultifdBase):
+    """zero-copy-send: the multifd senders write guest pages with
+    MSG_ZEROCOPY (tcp only) and wait for the kernel's completions at every
+    sync.  On loopback the kernel copies anyway and says so in every
+    completion, so each channel's flush counts in dirty-sync-missed-zero-copy."""
+
+    def check_zero_copy(self, info):
+        ram = info["ram"]
+        self.assertGreater(ram["x-zero-copy-sends"], 0)
+        self.assertLessEqual(ram["x-zero-copy-copied"], ram["x-zero-copy-sends"])
+        # Loopback: every send was copied, every flush that had any missed.
+        self.assertEqual(ram["x-zero-copy-copied"], ram["x-zero-copy-sends"])
+        self.assertGreater(ram["dirty-sync-missed-zero-copy"], 0)
+
+    def test_tcp_live(self):
+        for n in (2, 4):
+            with self.subTest(channels=n):
+                src, dst, info = self.live("tcp:127.0.0.1:0", workload="random", tag=str(n),
+                                           extra=["--dirty-rate", "64M"],
+                                           multifd_channels=n, zero_copy_send=True)
+                self.check_zero_copy(info)
+                self.stop_all()
+
+    def test_tcp_capability(self):
+        """QEMU's spelling: the zero-copy-send capability is the same switch."""
+        src = self.vm("src", memory=MEM, workload="random", extra=["--dirty-rate", "64M"])
+        dst = self.vm("dst", memory=MEM, workload="random", incoming="defer", paused=True)
+        src.set_caps(multifd=True, zero_copy_send=True)
+        dst.set_caps(multifd=True)
+        self.assertTrue(src.cmd("query-migrate-parameters")["zero-copy-send"])
+        self.assertTrue(src.wait_running_steps())
+        info = self.migrate(src, dst, "tcp:127.0.0.1:0")
+        self.check(src, dst, info)
+        self.check_zero_copy(info)
+
     def test_refused(self):
         src = self.vm("src", memory=MEM)
         uri = "unix:" + self.path("zc.sock")
         src.set_params(zero_copy_send=True)
-        # Without multifd, with compression, and (not implemented yet) at all.
         with self.assertRaises(QMPError) as cm:
             src.cmd("migrate", uri=uri)
         self.assertIn("requires the multifd capability", cm.exception.desc)
         src.set_caps(multifd=True)
         src.set_params(multifd_compression="zstd")
         with self.assertRaises(QMPError) as cm:
-            src.cmd("migrate", uri=uri)
+            src.cmd("migrate", uri="tcp:127.0.0.1:1")
         self.assertIn("does not work with multifd-compression", cm.exception.desc)
         src.set_params(multifd_compression="none")
         with self.assertRaises(QMPError) as cm:
-            src.cmd("migrate", uri=uri)
-        self.assertIn("zero-copy-send is not supported", cm.exception.desc)
+            src.cmd("migrate", uri="file:" + self.path("save.img"))
+        self.assertIn("socket transport", cm.exception.desc)
         self.assertEqual(src.status(), "running")
         self.assertEqual(src.migration().get("status", "none"), "none")
+
+    def test_unix_refused_then_retry(self):
+        """The kernel has no SO_ZEROCOPY for unix sockets: migrate says so,
+        the source runs on, and the same migration without zero-copy works."""
+        src, dst = self.pair(src_params={"zero-copy-send": True})
+        uri = "unix:" + self.path("zc.sock")
+        dst.cmd("migrate-incoming", uri=uri)
+        with self.assertRaises(QMPError) as cm:
+            src.cmd("migrate", uri=uri)
+        self.assertIn("zero-copy-send needs a tcp transport", cm.exception.desc)
+        self.assertIn("unix sockets", cm.exception.desc)
+        self.assertEqual(src.status(), "running")
+        self.assertTrue(src.wait_running_steps())
+        src.set_params(zero_copy_send=False)
+        info = self.migrate(src, dst, uri, dst_uri=False)
+        self.check(src, dst, info)
+        self.assertEqual(info["ram"]["x-zero-copy-sends"], 0)
+
+    def start_tcp(self, src, dst):
+        dst.cmd("migrate-incoming", uri="tcp:127.0.0.1:0")
+        addr = dst.migration()["socket-address"][0]
+        src.cmd("migrate", uri="tcp:%s:%s" % (addr["host"], addr["port"]))
+        src.wait_migration(statuses=("active",))
+        while src.migration()["ram"]["x-zero-copy-sends"] == 0:
+            time.sleep(0.01)
+
+    def test_cancel_and_dead_peer_do_not_hang(self):
+        """A sender waiting for completions (or for room) is woken by
+        cancel, and by a destination that dies; the source runs on."""
+        src, dst = self.pair(src_params={"max-bandwidth": 8 << 20, "multifd-channels": 4,
+                                         "zero-copy-send": True})
+        # A frozen destination: nothing more is read, the sends back up.
+        self.start_tcp(src, dst)
+        os.kill(dst.proc.pid, signal.SIGSTOP)
+        time.sleep(1.5)
+        src.cmd("migrate_cancel")
+        self.assertEqual(src.wait_migration(timeout=10)["status"], "cancelled")
+        os.kill(dst.proc.pid, signal.SIGCONT)
+        self.assertTrue(src.wait_running_steps())
+        self.assertTrue(src.verify()["ok"])
+        # A destination killed mid-migration.
+        dst2 = self.vm("dst2", memory=MEM, incoming="defer", paused=True)
+        dst2.set_caps(multifd=True)
+        self.start_tcp(src, dst2)
+        dst2.kill()
+        info = src.wait_migration(timeout=30)
+        self.assertEqual(info["status"], "failed")
+        self.assertTrue(src.wait_running_steps())
+        self.assertTrue(src.verify()["ok"])
+        # A retry, zero-copy still on, completes.
+        src.set_params(**{"max-bandwidth": 0})
+        dst3 = self.vm("dst3", memory=MEM, incoming="defer", paused=True)
+        dst3.set_caps(multifd=True)
+        info = self.migrate(src, dst3, "tcp:127.0.0.1:0")
+        self.check(src, dst3, info)
+        self.check_zero_copy(info)
+
+    def test_locked_memory_limit(self):
+        """Without CAP_IPC_LOCK and with a tiny RLIMIT_MEMLOCK the kernel
+        cannot pin the pages: the migration fails saying so, the source
+        runs on, and a retry without zero-copy succeeds."""
+        wrapper = ["prlimit", "--memlock=65536", "setpriv", "--inh-caps=-ipc_lock",
+                   "--bounding-set=-ipc_lock", "--"]
+        if not shutil.which("prlimit") or not shutil.which("setpriv") or os.geteuid() != 0:
+            self.skipTest("needs root, prlimit and setpriv to drop CAP_IPC_LOCK")
+        src = self.vm("src", memory=MEM, workload="random", wrapper=wrapper)
+        dst = self.vm("dst", memory=MEM, workload="random", incoming="defer", paused=True)
+        src.set_caps(multifd=True)
+        dst.set_caps(multifd=True)
+        src.set_params(zero_copy_send=True)
+        self.assertTrue(src.wait_running_steps())
+        dst.cmd("migrate-incoming", uri="tcp:127.0.0.1:0")
+        addr = dst.migration()["socket-address"][0]
+        uri = "tcp:%s:%s" % (addr["host"], addr["port"])
+        src.cmd("migrate", uri=uri)
+        info = src.wait_migration()
+        self.assertEqual(info["status"], "failed")
+        self.assertIn("RLIMIT_MEMLOCK", info["error-desc"])
+        self.assertTrue(src.wait_running_steps())
+        self.assertTrue(src.verify()["ok"])
+        src.set_params(zero_copy_send=False)
+        dst2 = self.vm("dst2", memory=MEM, workload="random", incoming="defer", paused=True)
+        dst2.set_caps(multifd=True)
+        info = self.migrate(src, dst2, "tcp:127.0.0.1:0")
+        self.check(src, dst2, info)
 
 
 class Failures(MultifdBase):
