@@ -17,6 +17,11 @@ enum lm_ram_flags {
     LM_RAM_HUGETLB = 1u << 1,
     /* Anonymous memory that may be backed by transparent huge pages. */
     LM_RAM_THP = 1u << 2,
+    /* fd/fd_offset name the file that holds the pages (a memfd, a tmpfs
+     * or disk file; with LM_RAM_SHARED).  The source then sends pages
+     * from the page cache (sendfile) without touching them through the
+     * mapping, and takes the file's holes (SEEK_HOLE) as zero pages. */
+    LM_RAM_FD = 1u << 3,
 };
 
 typedef struct lm_ram_desc {
@@ -25,6 +30,8 @@ typedef struct lm_ram_desc {
     uint64_t size;      /* multiple of page_size */
     uint32_t page_size; /* 4096, or 2 MiB for hugetlbfs */
     unsigned flags;     /* lm_ram_flags */
+    int fd;             /* with LM_RAM_FD: the backing file (not owned) */
+    uint64_t fd_offset; /* with LM_RAM_FD: the file offset of host[0] */
 } lm_ram_desc;
 
 typedef struct lm_ram_block lm_ram_block;

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -18,7 +19,10 @@
 #include "livemig/buffer.h"
 
 #define WBUF_SIZE (256 * 1024)
-#define RBUF_SIZE (256 * 1024)
+/* One buffered read takes at most this much: enough for a run of record
+ * headers, small enough that little of the bulk data after a header is
+ * copied through the buffer rather than read straight into place. */
+#define RBUF_SIZE (16 * 1024)
 #define MAX_EXT_IOV 62
 /* Bytes one MSG_ZEROCOPY sendmsg pins at most: the kernel charges a whole
  * call to RLIMIT_MEMLOCK at once, often only 8 MiB, shared by all channels. */
@@ -49,6 +53,7 @@ struct lm_channel {
     uint64_t bytes_in;
 
     bool zerocopy;   /* lm_channel_put_ext_zerocopy sends with MSG_ZEROCOPY */
+    bool no_sendfile; /* sendfile() refused this fd: put_file writes from memory */
     lm_zerocopy zc;
 };
 
@@ -288,7 +293,7 @@ int lm_channel_put_be64(lm_channel *ch, uint64_t v)
     return lm_channel_put(ch, b, 8);
 }
 
-int lm_channel_put_ext(lm_channel *ch, const struct iovec *ext, int n)
+static int put_ext_flags(lm_channel *ch, const struct iovec *ext, int n, int flags)
 {
     if (sticky(ch)) {
         return sticky(ch);
@@ -303,14 +308,88 @@ int lm_channel_put_ext(lm_channel *ch, const struct iovec *ext, int n)
         int take = n < MAX_EXT_IOV ? n : MAX_EXT_IOV;
         memcpy(&iov[cnt], ext, (size_t)take * sizeof(*ext));
         cnt += take;
-        int ret = write_iov(ch, iov, cnt);
+        int ret = write_iov_flags(ch, iov, cnt, flags);
         if (ret < 0) {
             return ret;
         }
         ext += take;
         n -= take;
     }
+    if (ch->wlen) {
+        struct iovec rest = { ch->wbuf, ch->wlen };
+        ch->wlen = 0;
+        return write_iov_flags(ch, &rest, 1, flags);
+    }
     return 0;
+}
+
+int lm_channel_put_ext(lm_channel *ch, const struct iovec *ext, int n)
+{
+    return put_ext_flags(ch, ext, n, 0);
+}
+
+/* sendfile() raises SIGPIPE when a socket's peer is gone (it has no
+ * MSG_NOSIGNAL): block it in this thread for the call and take back the
+ * one the call raised, so that the embedder never sees it. */
+static ssize_t sendfile_nosignal(int out, int in, off_t *off, size_t len)
+{
+    static const struct timespec no_wait = { 0, 0 };
+    sigset_t pipe_only, old;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_only, &old);
+    ssize_t n = sendfile(out, in, off, len);
+    int saved = errno;
+    if (n < 0 && saved == EPIPE && !sigismember(&old, SIGPIPE)) {
+        sigtimedwait(&pipe_only, NULL, &no_wait);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = saved;
+    return n;
+}
+
+int lm_channel_put_file(lm_channel *ch, const struct iovec *hdr, int nhdr, int fd, uint64_t off,
+                        const void *mem, size_t len)
+{
+    if (!ch->no_sendfile) {
+        /* MSG_MORE: TCP may put the headers in the data's first segment. */
+        int ret = put_ext_flags(ch, hdr, nhdr, MSG_MORE);
+        if (ret < 0) {
+            return ret;
+        }
+        size_t done = 0;
+        while (done < len) {
+            off_t pos = (off_t)(off + done);
+            ssize_t n = sendfile_nosignal(ch->fd, fd, &pos, len - done);
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            if (n < 0 && done == 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+                ch->no_sendfile = true; /* e.g. an O_APPEND file: write from memory from now on */
+                break;
+            }
+            if (n < 0) {
+                int code = -errno;
+                return sticky(ch) ? sticky(ch) : io_error(ch, code, "sending RAM from its file");
+            }
+            if (n == 0) {
+                return lm_channel_set_error(ch, -EIO, "%s: the RAM file ends before offset %llu",
+                                            ch->name, (unsigned long long)(off + done));
+            }
+            done += (size_t)n;
+        }
+        if (!ch->no_sendfile) {
+            if (ch->rl) {
+                lm_ratelimit_consume(ch->rl, len);
+            }
+            __atomic_fetch_add(&ch->bytes_out, len, __ATOMIC_RELAXED);
+            return sticky(ch);
+        }
+        nhdr = 0; /* already sent */
+    }
+    struct iovec data = { (void *)mem, len };
+    int ret = nhdr ? lm_channel_put_ext(ch, hdr, nhdr) : 0;
+    return ret < 0 ? ret : lm_channel_put_ext(ch, &data, 1);
 }
 
 int lm_channel_enable_zerocopy(lm_channel *ch, lm_error *err)
@@ -528,7 +607,7 @@ int lm_channel_get(lm_channel *ch, void *p, size_t n)
             n -= take;
             continue;
         }
-        if (n >= RBUF_SIZE / 2) {
+        if (n >= RBUF_SIZE) {
             /* Bulk data: read straight into the destination. */
             int w = wait_readable(ch);
             if (w < 0) {

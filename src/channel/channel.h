@@ -43,6 +43,16 @@ int lm_channel_put_be64(lm_channel *ch, uint64_t v);
 /* Write buffered bytes, then ext[] straight from the caller's memory. */
 int lm_channel_put_ext(lm_channel *ch, const struct iovec *ext, int n);
 int lm_channel_flush(lm_channel *ch);
+/* Buffered bytes and hdr[], then len bytes of file fd from off, sent by
+ * the kernel from the page cache (sendfile): the pages are never touched
+ * through this process's mappings, which is most of the cost of sending
+ * them.  The kernel may hand the peer references to the pages rather than
+ * copies (unix and loopback sockets), so a page written after this returns
+ * may arrive with the new bytes: fine for migration, where such a write
+ * dirties the page and it is sent again.  mem: the same bytes mapped, for
+ * an fd that sendfile() refuses. */
+int lm_channel_put_file(lm_channel *ch, const struct iovec *hdr, int nhdr, int fd, uint64_t off,
+                        const void *mem, size_t len);
 
 /* Zero-copy sends (zero-copy-send; TCP only, see channel/zerocopy.h).
  * enable: SO_ZEROCOPY on the socket, or an error saying why not. */

@@ -223,6 +223,50 @@ static int uffd_sync(lm_dirty_tracker *t, uint64_t *newly, lm_error *err)
     return 0;
 }
 
+/* Sets in map the pages of a file-backed block that hold file data;
+ * holes read as zero.  A file system without SEEK_DATA reports all data. */
+static int mark_file_data(const lm_ram_block *b, uint64_t *map)
+{
+    off_t start = (off_t)b->fd_offset, end = start + (off_t)b->size, pos = start;
+    while (pos < end) {
+        off_t data = lseek(b->fd, pos, SEEK_DATA);
+        if (data < 0 && errno == ENXIO) {
+            break; /* only holes from pos to the end of the file */
+        }
+        if (data < 0) {
+            return -errno;
+        }
+        if (data >= end) {
+            break;
+        }
+        off_t hole = lseek(b->fd, data, SEEK_HOLE);
+        if (hole < 0) {
+            return -errno;
+        }
+        hole = LM_MIN(hole, end);
+        uint64_t first = (uint64_t)(data - start) >> b->page_shift;
+        uint64_t last = ((uint64_t)(hole - start) + b->page_size - 1) >> b->page_shift;
+        lm_bitmap_set_range(map, first, last - first);
+        pos = hole;
+    }
+    return 0;
+}
+
+/* The pages of b that may hold data: file data for a file-backed block,
+ * present (or swapped) pages for private memory. */
+static int mark_populated(lm_dirty_tracker *t, lm_ram_block *b, uint64_t *map, lm_error *err)
+{
+    if (lm_ram_block_has_fd(b)) {
+        int ret = mark_file_data(b, map);
+        return ret < 0 ? lm_error_set_errno(err, ret, "RAM block '%s': SEEK_DATA on its file", b->name)
+                       : 0;
+    }
+    struct mark_ctx c = { b, map, 0 };
+    return scan_range(t, b->host, b->host + b->size, 0, 0,
+                      PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO,
+                      PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO, mark_region, &c, err);
+}
+
 int lm_ram_find_unpopulated(lm_ram_block **blocks, size_t nblocks)
 {
     lm_dirty_tracker *t = tracker_alloc(TRACK_MANUAL, blocks, nblocks);
@@ -234,7 +278,7 @@ int lm_ram_find_unpopulated(lm_ram_block **blocks, size_t nblocks)
     }
     for (size_t i = 0; i < nblocks; i++) {
         lm_ram_block *b = blocks[i];
-        if (!lm_ram_block_is_private(b)) {
+        if (!lm_ram_block_is_private(b) && !lm_ram_block_has_fd(b)) {
             continue; /* shared memory: absent here may still hold data */
         }
         /* Collect the populated pages, then invert. */
@@ -242,10 +286,7 @@ int lm_ram_find_unpopulated(lm_ram_block **blocks, size_t nblocks)
         if (!populated) {
             continue;
         }
-        struct mark_ctx c = { b, populated, 0 };
-        if (scan_range(t, b->host, b->host + b->size, 0, 0,
-                       PAGE_IS_PRESENT | PAGE_IS_SWAPPED, PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-                       mark_region, &c, NULL) == 0) {
+        if (mark_populated(t, b, populated, NULL) == 0) {
             for (uint64_t w = 0; w < LM_BITMAP_WORDS(b->npages); w++) {
                 b->unpopulated[w] = ~populated[w];
             }
@@ -290,9 +331,7 @@ int lm_ram_requeue_populated(lm_ram_block **blocks, size_t nblocks, uint64_t *re
             tracker_free(t);
             return lm_error_set(err, -ENOMEM, "out of memory");
         }
-        struct mark_ctx c = { b, present, 0 };
-        int ret = scan_range(t, b->host, b->host + b->size, 0, 0, PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
-                             PAGE_IS_PRESENT | PAGE_IS_PFNZERO, mark_region, &c, err);
+        int ret = mark_populated(t, b, present, err);
         if (ret < 0) {
             lm_bitmap_free(present);
             tracker_free(t);

@@ -43,6 +43,7 @@ typedef struct sender {
     /* The packet being built: its header and run table, then the data. */
     uint8_t table[1 + LM_MULTIFD_DATA_HDR_LEN + LM_MULTIFD_MAX_RUNS * LM_MULTIFD_RUN_LEN];
     struct iovec iov[1 + LM_MULTIFD_MAX_RUNS];
+    lm_ram_block *data_blk[LM_MULTIFD_MAX_RUNS]; /* the block of iov[1 + i] */
     unsigned nruns;
     unsigned ndata;
     uint64_t data_bytes;
@@ -97,6 +98,35 @@ static int failed(lm_multifd_src *mf, lm_error *err)
     return mf->err_code;
 }
 
+/* A file-backed block's pages go from the page cache (sendfile), unread;
+ * compression and MSG_ZEROCOPY need them mapped. */
+static bool from_file(const lm_multifd_src *mf, const lm_ram_block *blk)
+{
+    return lm_ram_block_has_fd(blk) && !mf->cfg.zero_copy &&
+           mf->cfg.compression == LM_MULTIFD_COMP_NONE;
+}
+
+/* The packet's header and table in iov[0], then its data: runs of mapped
+ * memory in one writev, file-backed runs with sendfile. */
+static int send_plain(sender *s, int niov)
+{
+    int pending = 0;
+    for (int i = 1; i < niov; i++) {
+        lm_ram_block *b = s->data_blk[i - 1];
+        if (!from_file(s->mf, b)) {
+            continue;
+        }
+        uint64_t off = b->fd_offset + (uint64_t)((uint8_t *)s->iov[i].iov_base - b->host);
+        int ret = lm_channel_put_file(s->ch, s->iov + pending, i - pending, b->fd, off,
+                                      s->iov[i].iov_base, s->iov[i].iov_len);
+        if (ret < 0) {
+            return ret;
+        }
+        pending = i + 1;
+    }
+    return pending < niov ? lm_channel_put_ext(s->ch, s->iov + pending, niov - pending) : 0;
+}
+
 static int write_packet(sender *s)
 {
     if (!s->nruns) {
@@ -149,8 +179,10 @@ static int write_packet(sender *s)
         if (ret == 0 && niov == 1) {
             ret = lm_channel_flush(s->ch);
         }
-    } else {
+    } else if (mf->cfg.compression == LM_MULTIFD_COMP_ZSTD) {
         ret = lm_channel_put_ext(s->ch, s->iov, niov);
+    } else {
+        ret = send_plain(s, niov);
     }
     if (ret == 0) {
         __atomic_fetch_add(&mf->bytes, total, __ATOMIC_RELAXED);
@@ -175,6 +207,7 @@ static int add_run(void *opaque, uint8_t kind, lm_ram_block *blk, uint64_t first
     lm_multifd_run_encode(r, kind, (uint16_t)blk->idx, first, count);
     s->nruns++;
     if (len) {
+        s->data_blk[s->ndata] = blk;
         s->iov[1 + s->ndata++] = (struct iovec){ lm_ram_block_page(blk, first), (size_t)len };
         s->data_bytes += len;
     }
@@ -187,7 +220,7 @@ static int send_job(sender *s)
     int ret = 0;
     for (unsigned i = 0; i < s->job.nruns && ret == 0; i++) {
         job_run *r = &s->job.runs[i];
-        if (r->kind == LM_RAM_PAGES && mf->cfg.zero == LM_ZERO_MULTIFD) {
+        if (r->kind == LM_RAM_PAGES && mf->cfg.zero == LM_ZERO_MULTIFD && !from_file(mf, r->blk)) {
             ret = lm_ram_save_split(mf->saver, r->blk, r->first, r->first + r->count,
                                     LM_SPLIT_READ_SHARED, add_run, s);
         } else {
@@ -305,7 +338,12 @@ int lm_multifd_src_send(lm_multifd_src *mf, uint64_t budget, bool *pass_done, lm
             break;
         }
         done += (q - p) << blk->page_shift;
-        ret = lm_ram_save_split(mf->saver, blk, p, q, how[mf->cfg.zero], add_to_job, &f);
+        /* File-backed blocks: zeros are the file's holes (the hint). */
+        enum lm_zero_split mode = how[mf->cfg.zero];
+        if (mode != LM_SPLIT_NONE && from_file(mf, blk)) {
+            mode = LM_SPLIT_HINT;
+        }
+        ret = lm_ram_save_split(mf->saver, blk, p, q, mode, add_to_job, &f);
     }
     if (ret == 0) {
         ret = dispatch(mf, err);

@@ -132,6 +132,17 @@ void lm_ram_save_count(lm_ram_saver *s, uint8_t type, const lm_ram_block *blk, u
     }
 }
 
+enum lm_zero_split lm_ram_save_split_mode(const lm_ram_block *blk, bool shared)
+{
+    if (shared) {
+        return LM_SPLIT_READ_SHARED;
+    }
+    /* A file-backed block's zero pages are its holes, known without a
+     * read (the hint); reading the others only to look for zeros would
+     * cost more than sending them from the page cache. */
+    return lm_ram_block_has_fd(blk) ? LM_SPLIT_HINT : LM_SPLIT_READ;
+}
+
 int lm_ram_save_split(lm_ram_saver *s, lm_ram_block *blk, uint64_t p, uint64_t q,
                       enum lm_zero_split how, lm_ram_run_fn fn, void *opaque)
 {
@@ -203,8 +214,20 @@ static int batch_run(void *opaque, uint8_t type, lm_ram_block *blk, uint64_t p, 
     if (type == LM_RAM_ZERO) {
         return batch_record(r->b, r->ch, LM_RAM_ZERO, blk, p, count, NULL, 0);
     }
-    return batch_record(r->b, r->ch, LM_RAM_PAGES, blk, p, count, lm_ram_block_page(blk, p),
-                        (size_t)count << blk->page_shift);
+    size_t len = (size_t)count << blk->page_shift;
+    if (lm_ram_block_has_fd(blk)) {
+        /* The gathered headers, this one last, then the pages out of the
+         * page cache. */
+        int ret = batch_record(r->b, r->ch, LM_RAM_PAGES, blk, p, count, NULL, 0);
+        if (ret == 0) {
+            ret = lm_channel_put_file(r->ch, r->b->iov, r->b->niov, blk->fd,
+                                      blk->fd_offset + ((uint64_t)p << blk->page_shift),
+                                      lm_ram_block_page(blk, p), len);
+        }
+        r->b->niov = r->b->nhdr = 0;
+        return ret;
+    }
+    return batch_record(r->b, r->ch, LM_RAM_PAGES, blk, p, count, lm_ram_block_page(blk, p), len);
 }
 
 /* Sends the dirty pages [p, q) of blk, split into zero and data runs.
@@ -215,8 +238,7 @@ static int send_run(lm_ram_saver *s, batch *b, lm_channel *ch, lm_ram_block *blk
                     uint64_t q, bool shared)
 {
     run_to_batch r = { s, b, ch };
-    return lm_ram_save_split(s, blk, p, q, shared ? LM_SPLIT_READ_SHARED : LM_SPLIT_READ,
-                             batch_run, &r);
+    return lm_ram_save_split(s, blk, p, q, lm_ram_save_split_mode(blk, shared), batch_run, &r);
 }
 
 bool lm_ram_save_claim(lm_ram_saver *s, uint64_t max_bytes, lm_ram_block **blk_out,

@@ -21,6 +21,12 @@ int lm_ram_block_new(const lm_ram_desc *d, uint32_t idx, lm_ram_block **out, lm_
                             "RAM block '%s': address and size must be non-zero multiples of the page size",
                             d->name);
     }
+    if ((d->flags & LM_RAM_FD) && (d->fd < 0 || !(d->flags & LM_RAM_SHARED) ||
+                                   (d->fd_offset & (d->page_size - 1)))) {
+        return lm_error_set(err, -EINVAL,
+                            "RAM block '%s': a backing fd needs a shared mapping and a page-aligned offset",
+                            d->name);
+    }
     lm_ram_block *b = calloc(1, sizeof(*b));
     if (!b) {
         return lm_error_set(err, -ENOMEM, "out of memory");
@@ -33,6 +39,8 @@ int lm_ram_block_new(const lm_ram_desc *d, uint32_t idx, lm_ram_block **out, lm_
     b->flags = d->flags;
     b->idx = idx;
     b->npages = d->size >> b->page_shift;
+    b->fd = (d->flags & LM_RAM_FD) ? d->fd : -1;
+    b->fd_offset = (d->flags & LM_RAM_FD) ? d->fd_offset : 0;
     b->manual = lm_bitmap_new(b->npages);
     if (!b->manual) {
         free(b);

@@ -19,6 +19,8 @@ struct lm_ram_block {
     unsigned flags;
     uint32_t idx;    /* position in the engine's block list = index on the wire */
     uint64_t npages;
+    int fd;          /* backing file (LM_RAM_FD) or -1 */
+    uint64_t fd_offset;
 
     /* Source: pages still to send in this migration (owned by the sender). */
     uint64_t *dirty;
@@ -50,6 +52,12 @@ void lm_ram_block_release_bitmaps(lm_ram_block *b);
 static inline void *lm_ram_block_page(const lm_ram_block *b, uint64_t page)
 {
     return b->host + (page << b->page_shift);
+}
+
+/* True when the pages can be sent from the backing file's page cache. */
+static inline bool lm_ram_block_has_fd(const lm_ram_block *b)
+{
+    return b->fd >= 0;
 }
 
 /* True for private anonymous memory: absent from the page tables means zero. */

@@ -35,7 +35,8 @@ typedef struct guest_ram_config {
     unsigned nblocks;
     guest_ram_backend backend;
     const char *path;        /* GUEST_RAM_FILE */
-    bool thp;                /* GUEST_RAM_ANON: madvise(MADV_HUGEPAGE) */
+    bool thp;                /* GUEST_RAM_ANON: postcopy places 2M pages (LM_RAM_THP) */
+    bool no_thp_advice;      /* GUEST_RAM_ANON: no MADV_HUGEPAGE (given by default) */
 } guest_ram_config;
 
 /* The fields are public so the vCPUs' hot path can inline page access;

@@ -26,7 +26,8 @@ static void usage(FILE *f, const char *prog)
 "  -m, --memory SIZE          guest RAM (default 512M; K/M/G/T suffixes)\n"
 "      --blocks N             split RAM into N equal blocks ram0..ramN-1 (default 1)\n"
 "      --memory-backend B     anon (default), memfd, hugetlbfs or file:PATH\n"
-"      --thp                  madvise(MADV_HUGEPAGE) on anon RAM\n"
+"      --thp                  postcopy places anon RAM in 2M huge pages\n"
+"      --no-thp               no MADV_HUGEPAGE advice on anon RAM (given by default)\n"
 "\n"
 "Guest:\n"
 "      --smp N                vCPU threads (default 1)\n"
@@ -157,6 +158,7 @@ enum {
     OPT_BLOCKS = 256,
     OPT_BACKEND,
     OPT_THP,
+    OPT_NO_THP,
     OPT_SMP,
     OPT_WORKLOAD,
     OPT_DIRTY_RATE,
@@ -176,6 +178,7 @@ static const struct option long_opts[] = {
     { "blocks", required_argument, NULL, OPT_BLOCKS },
     { "memory-backend", required_argument, NULL, OPT_BACKEND },
     { "thp", no_argument, NULL, OPT_THP },
+    { "no-thp", no_argument, NULL, OPT_NO_THP },
     { "smp", required_argument, NULL, OPT_SMP },
     { "workload", required_argument, NULL, OPT_WORKLOAD },
     { "dirty-rate", required_argument, NULL, OPT_DIRTY_RATE },
@@ -226,6 +229,9 @@ int vm_options_parse(vm_options *o, int argc, char **argv, lm_error *err)
             break;
         case OPT_THP:
             o->ram.thp = true;
+            break;
+        case OPT_NO_THP:
+            o->ram.no_thp_advice = true;
             break;
         case OPT_SMP:
             ret = parse_uint("--smp", optarg, 1024, &v, err);

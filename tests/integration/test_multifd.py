@@ -118,6 +118,23 @@ class ZeroDetection(MultifdBase):
                     self.assertGreater(info["ram"]["duplicate"], 0)
                 self.stop_all()
 
+    def test_file_backed_ram(self):
+        """memfd RAM: pages go from the page cache (sendfile), unread; zero
+        pages are the memfd's holes (the half the guest never wrote)."""
+        for mode in ("none", "legacy", "multifd"):
+            with self.subTest(mode=mode):
+                src, dst, info = self.live("unix:" + self.path("f%s.sock" % mode),
+                                           tag=mode, zero_page_detection=mode,
+                                           workload="random",
+                                           extra=["--memory-backend", "memfd", "--working-set",
+                                                  "50%", "--dirty-rate", "32M"],
+                                           multifd_channels=4)
+                if mode == "none":
+                    self.assertEqual(info["ram"]["duplicate"], 0)
+                else:
+                    self.assertGreater(info["ram"]["duplicate"], 0)
+                self.stop_all()
+
 
 class Compression(MultifdBase):
     def test_zstd(self):

@@ -15,9 +15,10 @@ MEM = "128M"
 
 
 class LiveBase(MigrationTest):
-    def _live(self, uri, dst_uri=None, workload="increment", extra=()):
+    def _live(self, uri, dst_uri=None, workload="increment", extra=(), dst_extra=None):
         src = self.vm("src", memory=MEM, workload=workload, extra=extra)
-        dst = self.vm("dst", memory=MEM, workload=workload, extra=extra,
+        dst = self.vm("dst", memory=MEM, workload=workload,
+                      extra=extra if dst_extra is None else dst_extra,
                       incoming="defer", paused=True)
         self.assertTrue(src.wait_running_steps())
         info = self.migrate(src, dst, uri, dst_uri)
@@ -200,6 +201,36 @@ class Workloads(LiveBase):
         with open(a, "rb") as fa, open(b, "rb") as fb:
             self.assertTrue(fa.read() == fb.read(), "destination RAM file differs")
         self.assertEqual(src.memory_hash(), dst.memory_hash())
+
+    def test_sparse_file_backend(self):
+        """A file-backed guest's holes go as zero pages without a read, its
+        data out of the page cache; pages the guest writes into holes while
+        it migrates (the increment workload) arrive too."""
+        a, b = self.path("a.ram"), self.path("b.ram")
+        size = 32 << 20
+        data = os.urandom(4 << 20)
+        with open(a, "wb") as f:
+            f.truncate(size)
+            f.seek(8 << 20)
+            f.write(data)
+        src = self.vm("src", memory="32M", workload="idle", extra=["--memory-backend", "file:" + a])
+        dst = self.vm("dst", memory="32M", workload="idle", incoming="defer", paused=True,
+                      extra=["--memory-backend", "file:" + b])
+        info = self.migrate(src, dst, "unix:" + self.path("m.sock"))
+        with open(a, "rb") as fa, open(b, "rb") as fb:
+            self.assertTrue(fa.read() == fb.read(), "destination RAM file differs")
+        # The holes were sent as zero pages, the data as pages.
+        self.assertGreaterEqual(info["ram"]["duplicate"], (size - len(data)) // 4096)
+        self.assertGreaterEqual(info["ram"]["normal-bytes"], len(data))
+
+        for vm in self.vms:
+            vm.shutdown()
+        self.vms = []
+        c = self.path("c.ram")
+        with open(c, "wb") as f:
+            f.truncate(64 << 20)
+        self._live("unix:" + self.path("m2.sock"), workload="increment",
+                   extra=["--memory-backend", "file:" + c], dst_extra=[])
 
     def test_thp_backend(self):
         self._live("unix:" + self.path("m.sock"), extra=["--thp"])

@@ -12,6 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -229,6 +231,114 @@ static void large_transfer(int wfd, int rfd, size_t len, size_t chunk)
     free(got);
     lm_channel_close(w, NULL);
     lm_channel_close(r, NULL);
+}
+
+/* ---- put_file: pages sent from a file (sendfile), as a file-backed
+ * guest's RAM is ---- */
+
+/* A memfd of len pattern bytes, with a hole of hole_len at hole_off. */
+static int pattern_memfd(size_t len, size_t hole_off, size_t hole_len, uint8_t **map)
+{
+    int fd = memfd_create("test-put-file", MFD_CLOEXEC);
+    assert_true(fd >= 0);
+    assert_int_equal(ftruncate(fd, (off_t)len), 0);
+    uint8_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    assert_true(p != MAP_FAILED);
+    fill_pattern(p, len, 77);
+    memset(p + hole_off, 0, hole_len);
+    assert_int_equal(fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)hole_off,
+                               (off_t)hole_len), 0);
+    *map = p;
+    return fd;
+}
+
+/* Buffered bytes, a header iovec and the file's range arrive in that
+ * order, holes as zeros; out_fd is a socket (sendfile) or an O_APPEND
+ * file (sendfile refuses it: the bytes go from the mapping). */
+static void put_file_case(bool append_file)
+{
+    const size_t len = 3u << 20, off = 8192, n = len - 3 * 8192;
+    uint8_t *map;
+    int fd = pattern_memfd(len, 1u << 20, 64u << 10, &map);
+    uint8_t hdr[5] = { 1, 2, 3, 4, 5 };
+    struct iovec hv = { hdr, sizeof(hdr) };
+    uint8_t *got = malloc(n + 8);
+    if (!append_file) {
+        int sv[2];
+        make_socketpair(sv);
+        lm_channel *w = lm_channel_new(sv[0], "writer", NULL);
+        lm_channel *r = lm_channel_new(sv[1], "reader", NULL);
+        reader_arg ra = { r, got, n + 8, 0, 0 };
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, reader_main, &ra), 0);
+        assert_int_equal(lm_channel_put(w, "abc", 3), 0);
+        assert_int_equal(lm_channel_put_file(w, &hv, 1, fd, off, map + off, n), 0);
+        assert_int_equal(lm_channel_flush(w), 0);
+        pthread_join(t, NULL);
+        assert_int_equal(ra.ret, 0);
+        assert_int_equal(lm_channel_bytes_written(w), n + 8);
+        lm_channel_close(w, NULL);
+        lm_channel_close(r, NULL);
+    } else {
+        char path[] = "/tmp/livemig-put-file-XXXXXX";
+        int tmp = mkstemp(path);
+        assert_true(tmp >= 0);
+        unlink(path);
+        char proc[64];
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", tmp);
+        int afd = open(proc, O_WRONLY | O_APPEND | O_CLOEXEC);
+        assert_true(afd >= 0);
+        lm_channel *w = lm_channel_new(afd, "append-file", NULL);
+        assert_int_equal(lm_channel_put(w, "abc", 3), 0);
+        assert_int_equal(lm_channel_put_file(w, &hv, 1, fd, off, map + off, n), 0);
+        /* Again: the channel remembers that sendfile is refused. */
+        assert_int_equal(lm_channel_put_file(w, NULL, 0, fd, off, map + off, 16), 0);
+        assert_int_equal(lm_channel_flush(w), 0);
+        lm_channel_close(w, NULL);
+        assert_int_equal(pread(tmp, got, n + 8, 0), (ssize_t)(n + 8));
+        uint8_t tail[16];
+        assert_int_equal(pread(tmp, tail, 16, (off_t)(n + 8)), 16);
+        assert_memory_equal(tail, map + off, 16);
+        close(tmp);
+    }
+    assert_memory_equal(got, "abc", 3);
+    assert_memory_equal(got + 3, hdr, sizeof(hdr));
+    assert_memory_equal(got + 8, map + off, n);
+    munmap(map, len);
+    close(fd);
+    free(got);
+}
+
+static void test_put_file(void **state)
+{
+    (void)state;
+    put_file_case(false);
+    put_file_case(true);
+}
+
+/* A dead peer fails put_file with a message; the SIGPIPE that sendfile
+ * raises never reaches the process (default disposition: it would die). */
+static void test_put_file_dead_peer(void **state)
+{
+    (void)state;
+    signal(SIGPIPE, SIG_DFL);
+    uint8_t *map;
+    int fd = pattern_memfd(1u << 20, 0, 4096, &map);
+    int sv[2];
+    make_socketpair(sv);
+    close(sv[1]);
+    lm_channel *w = lm_channel_new(sv[0], "writer", NULL);
+    int ret = lm_channel_put_file(w, NULL, 0, fd, 0, map, 1u << 20);
+    assert_int_equal(ret, -EPIPE);
+    lm_error err = LM_ERROR_INIT;
+    assert_int_equal(lm_channel_error(w, &err), -EPIPE);
+    assert_non_null(strstr(err.msg, "closed by peer"));
+    sigset_t pending;
+    sigpending(&pending);
+    assert_false(sigismember(&pending, SIGPIPE));
+    lm_channel_close(w, NULL);
+    munmap(map, 1u << 20);
+    close(fd);
 }
 
 static void test_large_reads(void **state)
@@ -926,6 +1036,8 @@ int main(void)
         cmocka_unit_test(test_unix_transport),
         cmocka_unit_test(test_exec_transport),
         cmocka_unit_test(test_file_transport),
+        cmocka_unit_test(test_put_file),
+        cmocka_unit_test(test_put_file_dead_peer),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
