@@ -1,8 +1,8 @@
 /* rawcopy: the raw socket and memcpy limits that bench/throughput.py puts
  * beside livemig's and QEMU's migration throughput.
  *
- *   rawcopy socket SIZE STREAMS unix|tcp fresh|populated [SRCFILE]
- *   rawcopy memcpy SIZE fresh|populated [SRCFILE]
+ *   rawcopy socket SIZE STREAMS unix|tcp fresh|fresh-thp|populated [SRCFILE [write|sendfile]]
+ *   rawcopy memcpy SIZE fresh|fresh-thp|populated [SRCFILE]
  *
  * socket: a sender process writes SIZE bytes from its buffer (SRCFILE
  * mmapped MAP_SHARED and pre-faulted, as a file-backed guest's RAM is; or a
@@ -11,7 +11,11 @@
  * a destination mapping that is either freshly mmapped (never touched, as a
  * migration destination's RAM is) or populated beforehand.  The clock runs
  * in the receiver from the 'go' byte it sends on every connection to the
- * last byte read.
+ * last byte read.  fresh-thp: freshly mmapped with MADV_HUGEPAGE, as
+ * livemig-vm's and QEMU's anonymous guest RAM is; populated: the same,
+ * every page touched beforehand.  sendfile: the sender
+ * sends its slice of SRCFILE from the page cache instead of write()ing it
+ * from the mapping (the way livemig sends file-backed RAM).
  * memcpy: one thread copies SIZE bytes from the buffer into the destination.
  *
  * Prints one line: "bytes=N seconds=S GBps=X GiBps=Y".
@@ -28,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -80,9 +85,12 @@ static uint8_t *map_dest(uint64_t size, const char *state)
         die("mmap dest");
     }
     if (!strcmp(state, "populated")) {
+        madvise(p, size, MADV_HUGEPAGE);
         touch(p, size);
+    } else if (!strcmp(state, "fresh-thp")) {
+        madvise(p, size, MADV_HUGEPAGE);
     } else if (strcmp(state, "fresh")) {
-        fprintf(stderr, "dest state must be fresh or populated\n");
+        fprintf(stderr, "dest state must be fresh, fresh-thp or populated\n");
         exit(2);
     }
     return p;
@@ -134,6 +142,8 @@ struct stream {
     int fd;
     uint8_t *base;
     uint64_t len;
+    int file_fd;    /* >= 0: sendfile from here */
+    off_t file_off;
 };
 
 static void *recv_stream(void *opaque)
@@ -164,7 +174,13 @@ static void *send_stream(void *opaque)
     uint64_t done = 0;
     while (done < s->len) {
         uint64_t want = s->len - done;
-        ssize_t n = write(s->fd, s->base + done, want > CHUNK ? CHUNK : want);
+        ssize_t n;
+        if (s->file_fd >= 0) {
+            off_t pos = s->file_off + (off_t)done;
+            n = sendfile(s->fd, s->file_fd, &pos, want > CHUNK ? CHUNK : want);
+        } else {
+            n = write(s->fd, s->base + done, want > CHUNK ? CHUNK : want);
+        }
         if (n < 0 && errno == EINTR) {
             continue;
         }
@@ -177,8 +193,13 @@ static void *send_stream(void *opaque)
 }
 
 static int do_socket(uint64_t size, int streams, const char *transport, const char *state,
-                     const char *file)
+                     const char *file, const char *method)
 {
+    int use_sendfile = method && !strcmp(method, "sendfile");
+    if (use_sendfile && !file) {
+        fprintf(stderr, "sendfile needs SRCFILE\n");
+        return 2;
+    }
     int unix_sock = !strcmp(transport, "unix");
     if (!unix_sock && strcmp(transport, "tcp")) {
         fprintf(stderr, "transport must be unix or tcp\n");
@@ -243,6 +264,8 @@ static int do_socket(uint64_t size, int streams, const char *transport, const ch
             }
             st[i].base = src + (uint64_t)i * slice;
             st[i].len = i == streams - 1 ? size - (uint64_t)i * slice : slice;
+            st[i].file_fd = use_sendfile ? open(file, O_RDONLY) : -1;
+            st[i].file_off = (off_t)((uint64_t)i * slice);
         }
         for (int i = 0; i < streams; i++) {
             pthread_create(&th[i], NULL, send_stream, &st[i]);
@@ -316,14 +339,14 @@ int main(int argc, char **argv)
 {
     if (argc >= 6 && !strcmp(argv[1], "socket")) {
         return do_socket(parse_size(argv[2]), atoi(argv[3]), argv[4], argv[5],
-                         argc > 6 ? argv[6] : NULL);
+                         argc > 6 ? argv[6] : NULL, argc > 7 ? argv[7] : NULL);
     }
     if (argc >= 4 && !strcmp(argv[1], "memcpy")) {
         return do_memcpy(parse_size(argv[2]), argv[3], argc > 4 ? argv[4] : NULL);
     }
     fprintf(stderr,
-            "usage: %s socket SIZE STREAMS unix|tcp fresh|populated [SRCFILE]\n"
-            "       %s memcpy SIZE fresh|populated [SRCFILE]\n",
+            "usage: %s socket SIZE STREAMS unix|tcp fresh|fresh-thp|populated [SRCFILE [write|sendfile]]\n"
+            "       %s memcpy SIZE fresh|fresh-thp|populated [SRCFILE]\n",
             argv[0], argv[0]);
     return 2;
 }
