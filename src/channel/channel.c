@@ -328,23 +328,32 @@ int lm_channel_put_ext(lm_channel *ch, const struct iovec *ext, int n)
     return put_ext_flags(ch, ext, n, 0);
 }
 
+/* Whether this thread has SIGPIPE blocked for sendfile_nosignal().  Per
+ * thread by nature (signal masks are); set once, as changing the mask
+ * around every call costs as much as the call on a small send. */
+static __thread bool sigpipe_blocked;
+
 /* sendfile() raises SIGPIPE when a socket's peer is gone (it has no
- * MSG_NOSIGNAL): block it in this thread for the call and take back the
- * one the call raised, so that the embedder never sees it. */
+ * MSG_NOSIGNAL): the sending thread keeps SIGPIPE blocked from its first
+ * call on, and takes back the one a call raised, so that neither the
+ * embedder nor a later unblock sees it.  Only the engine's own threads
+ * send RAM. */
 static ssize_t sendfile_nosignal(int out, int in, off_t *off, size_t len)
 {
     static const struct timespec no_wait = { 0, 0 };
-    sigset_t pipe_only, old;
+    sigset_t pipe_only;
     sigemptyset(&pipe_only);
     sigaddset(&pipe_only, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_only, &old);
-    ssize_t n = sendfile(out, in, off, len);
-    int saved = errno;
-    if (n < 0 && saved == EPIPE && !sigismember(&old, SIGPIPE)) {
-        sigtimedwait(&pipe_only, NULL, &no_wait);
+    if (!sigpipe_blocked) {
+        pthread_sigmask(SIG_BLOCK, &pipe_only, NULL);
+        sigpipe_blocked = true;
     }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    errno = saved;
+    ssize_t n = sendfile(out, in, off, len);
+    if (n < 0 && errno == EPIPE) {
+        int saved = errno;
+        sigtimedwait(&pipe_only, NULL, &no_wait);
+        errno = saved;
+    }
     return n;
 }
 

@@ -50,7 +50,9 @@ int lm_channel_flush(lm_channel *ch);
  * copies (unix and loopback sockets), so a page written after this returns
  * may arrive with the new bytes: fine for migration, where such a write
  * dirties the page and it is sent again.  mem: the same bytes mapped, for
- * an fd that sendfile() refuses. */
+ * an fd that sendfile() refuses.  The calling thread keeps SIGPIPE blocked
+ * from its first call on (sendfile has no MSG_NOSIGNAL); a SIGPIPE raised
+ * by a dead peer is taken back, the call fails with EPIPE. */
 int lm_channel_put_file(lm_channel *ch, const struct iovec *hdr, int nhdr, int fd, uint64_t off,
                         const void *mem, size_t len);
 

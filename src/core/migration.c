@@ -540,6 +540,7 @@ static int switchover(src_ctx *c, bool postcopy)
         ret = lm_ram_save_sync(&e->saver, &newly, &c->err);
     }
     if (ret == 0 && postcopy) {
+        lm_ram_save_freeze_hint(&e->saver);
         ret = lm_pc_src_send_discards(c->pc, c->ch, &c->err);
         if (ret == 0) {
             ret = lm_pc_write_command(c->ch, LM_CMD_POSTCOPY_LISTEN, NULL, 0);

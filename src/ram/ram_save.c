@@ -54,6 +54,7 @@ int lm_ram_save_setup(lm_ram_saver *s, lm_ram_block **blocks, size_t nblocks,
      * unpopulated to that check, so with swap configured the hint is off. */
     struct sysinfo si;
     if (sysinfo(&si) == 0 && si.totalswap == 0) {
+        s->hint_on = true;
         lm_ram_find_unpopulated(blocks, nblocks);
     }
     return lm_dirty_tracker_start(tracker_kind, blocks, nblocks, &s->tracker, err);
@@ -116,7 +117,8 @@ static int batch_record(batch *b, lm_channel *ch, uint8_t type, const lm_ram_blo
 
 static bool page_is_zero(const lm_ram_block *blk, uint64_t page, bool read)
 {
-    if (!read && lm_bitmap_test(blk->unpopulated, page)) {
+    if ((!read || __atomic_load_n(&blk->hint_frozen, __ATOMIC_ACQUIRE)) &&
+        lm_bitmap_test(blk->unpopulated, page)) {
         return true;
     }
     return lm_buffer_is_zero(lm_ram_block_page(blk, page), blk->page_size);
@@ -135,7 +137,9 @@ void lm_ram_save_count(lm_ram_saver *s, uint8_t type, const lm_ram_block *blk, u
 enum lm_zero_split lm_ram_save_split_mode(const lm_ram_block *blk, bool shared)
 {
     if (shared) {
-        return LM_SPLIT_READ_SHARED;
+        return lm_ram_block_has_fd(blk) && __atomic_load_n(&blk->hint_frozen, __ATOMIC_ACQUIRE)
+                   ? LM_SPLIT_HINT_SHARED
+                   : LM_SPLIT_READ_SHARED;
     }
     /* A file-backed block's zero pages are its holes, known without a
      * read (the hint); reading the others only to look for zeros would
@@ -152,19 +156,19 @@ int lm_ram_save_split(lm_ram_saver *s, lm_ram_block *blk, uint64_t p, uint64_t q
         max_run = 1;
     }
     /* Only the migration thread owns the hint's bitmaps. */
-    bool owner = how != LM_SPLIT_READ_SHARED;
+    bool owner = how != LM_SPLIT_READ_SHARED && how != LM_SPLIT_HINT_SHARED;
     while (p < q) {
         bool zero;
         uint64_t e;
         /* Runs from the hint are found whole words at a time: an empty
          * guest is millions of pages. */
-        bool from_hint = how != LM_SPLIT_READ_SHARED && how != LM_SPLIT_NONE &&
-                         lm_bitmap_test(blk->unpopulated, p);
+        bool by_hint = how == LM_SPLIT_HINT || how == LM_SPLIT_HINT_SHARED;
+        bool from_hint = (by_hint || how == LM_SPLIT_READ) && lm_bitmap_test(blk->unpopulated, p);
         if (from_hint) {
             zero = true;
             e = lm_bitmap_next_clear(blk->unpopulated, q, p);
             e = LM_MIN(e, p + UINT32_MAX);
-        } else if (how == LM_SPLIT_HINT) {
+        } else if (by_hint) {
             zero = false;
             e = LM_MIN(lm_bitmap_next_set(blk->unpopulated, q, p), p + max_run);
         } else {
@@ -330,6 +334,17 @@ int lm_ram_save_send_range(lm_ram_saver *s, struct lm_ram_batch *b, lm_channel *
 int lm_ram_batch_flush(struct lm_ram_batch *b, lm_channel *ch)
 {
     return batch_flush(b, ch);
+}
+
+void lm_ram_save_freeze_hint(lm_ram_saver *s)
+{
+    if (!s->hint_on) {
+        return;
+    }
+    lm_ram_find_unpopulated(s->blocks, s->nblocks);
+    for (size_t i = 0; i < s->nblocks; i++) {
+        __atomic_store_n(&s->blocks[i]->hint_frozen, true, __ATOMIC_RELEASE);
+    }
 }
 
 void lm_ram_save_cleanup(lm_ram_saver *s)

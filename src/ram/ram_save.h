@@ -37,6 +37,7 @@ typedef struct lm_ram_saver {
     uint64_t total_bytes;
     lm_ram_stats stats;   /* updated by the sending thread; read with atomics */
     struct lm_ram_batch *batch; /* scratch iovecs for one writev */
+    bool hint_on;         /* the never-populated hint is in use (no swap) */
 } lm_ram_saver;
 
 /* Marks every page dirty, finds never-populated pages, starts tracking. */
@@ -50,6 +51,11 @@ int lm_ram_save_sync(lm_ram_saver *s, uint64_t *new_bytes, lm_error *err);
 int lm_ram_save_send(lm_ram_saver *s, lm_channel *ch, uint64_t budget, uint64_t *sent,
                      bool *pass_done, lm_error *err);
 void lm_ram_save_cleanup(lm_ram_saver *s);
+/* Postcopy, with the source guest stopped for good: takes the hint anew
+ * from the page tables (and files).  It stays exact from then on, so every
+ * sender, the page-request server included, sends those pages as zero
+ * without reading them. */
+void lm_ram_save_freeze_hint(lm_ram_saver *s);
 
 /* Claims the next dirty run at the pass cursor, at most max_bytes (at
  * least one page): its dirty bits are cleared (a write from now on dirties
@@ -64,6 +70,7 @@ enum lm_zero_split {
     LM_SPLIT_HINT,        /* migration thread: the hint only; the rest is data, unread */
     LM_SPLIT_NONE,        /* no detection: everything is data (the hint is dropped) */
     LM_SPLIT_READ_SHARED, /* any thread: read each page; the hint is not touched */
+    LM_SPLIT_HINT_SHARED, /* any thread, hint frozen: the hint only, not touched */
 };
 /* A run of pages of one kind (LM_RAM_ZERO or LM_RAM_PAGES). */
 typedef int (*lm_ram_run_fn)(void *opaque, uint8_t type, lm_ram_block *blk, uint64_t first,

@@ -77,6 +77,7 @@ static int fresh_bitmap(uint64_t **map, uint64_t nbits, lm_error *err)
 
 int lm_ram_block_prepare_source(lm_ram_block *b, lm_error *err)
 {
+    b->hint_frozen = false;
     int ret = fresh_bitmap(&b->dirty, b->npages, err);
     if (!ret) {
         ret = fresh_bitmap(&b->unpopulated, b->npages, err);

@@ -29,6 +29,9 @@ struct lm_ram_block {
     /* Source: pages sent as zero on that hint; requeued once they turn up
      * populated (see lm_ram_requeue_populated). */
     uint64_t *zero_unread;
+    /* Source, postcopy: the hint was retaken with the guest stopped for
+     * good (atomic): senders on any thread may trust it. */
+    bool hint_frozen;
     /* Manual tracking: set by the embedder (atomically), drained by sync. */
     uint64_t *manual;
     int reporting;   /* atomic: the embedder should call lm_ram_mark_dirty */
