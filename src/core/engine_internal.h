@@ -39,6 +39,7 @@ enum lm_capability {
     LM_CAP_POSTCOPY_PREEMPT,
     LM_CAP_POSTCOPY_BLOCKTIME,
     LM_CAP_MULTIFD,
+    LM_CAP_MAPPED_RAM,
     LM_CAP__COUNT
 };
 
