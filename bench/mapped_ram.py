@@ -11,7 +11,9 @@ Modes, interleaved in every repetition:
 Save = the source's query-migrate total-time; restore = wall time from
 migrate-incoming to `completed` on a fresh paused livemig-vm (anonymous
 RAM), polled every 2 ms; read = `cat FILE > /dev/null` of that same file
-right after the restore.  Memory is warmed up before each save and
+right after the restore; touch = writing every page of fresh anonymous
+memory of the guest's size once (4 KiB pages or THP, like the destination's
+RAM), the floor of any restore on this host.  Memory is warmed up before each save and
 restore (see warm()).  The file lives on /dev/shm (tmpfs): the page
 cache *is* the file, so `cat` reads from memory and nothing is dropped —
 this compares engine cost against the cost of touching the bytes, not
@@ -69,6 +71,22 @@ def warm(n):
     m.close()
 
 
+def touch_fresh(size, thp):
+    """The floor of any restore here: writing every page of fresh anonymous
+    memory once (what the destination's RAM is), in seconds."""
+    warm(size + (256 << 20))
+    m = mmap.mmap(-1, size)
+    if thp:
+        m.madvise(mmap.MADV_HUGEPAGE)
+    block = b"\x02" * CHUNK
+    t0 = time.perf_counter()
+    for off in range(0, size, CHUNK):
+        m[off:off + CHUNK] = block[:min(CHUNK, size - off)]
+    t = time.perf_counter() - t0
+    m.close()
+    return t
+
+
 def wait(vm, timeout, poll=0.002):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -120,7 +138,7 @@ def one_run(tmp, data, size, img, mode, channels, timeout, dst_thp):
         subprocess.run("cat '%s' > /dev/null" % img, shell=True, check=True)
         read_s = time.perf_counter() - t0
         ok = src.status() == "postmigrate" and src.memory_hash() == dst.memory_hash()
-        return save_s, restore_s, read_s, os.path.getsize(img), ok
+        return save_s, restore_s, read_s, os.path.getsize(img), ok, touch_fresh(size, dst_thp)
     finally:
         for vm in (src, dst):
             if vm:
@@ -138,8 +156,8 @@ def main():
                     help="destination guest RAM: anon (4 KiB pages), thp (--thp), or both")
     args = ap.parse_args()
     modes = [("plain", 0), ("mapped-ram", 0), ("mapped-ram+%d" % args.channels, args.channels)]
-    print("| RAM | dst RAM | mode | save s | restore s | read s (`cat`) | file size | save/read | restore/read | restore GiB/s | verified |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| RAM | dst RAM | mode | save s | restore s | read s (`cat`) | touch s | file size | save/read | restore/read | restore/(read+touch) | restore GiB/s | verified |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     kinds = args.dst_ram.split(",")
     for s in args.sizes.split(","):
         size = parse_size(s)
@@ -155,7 +173,7 @@ def main():
                     for name, ch in modes:
                         mode = "plain" if name == "plain" else "mapped-ram"
                         r = one_run(tmp, data, size, img, mode, ch, args.timeout, kind == "thp")
-                        log("%s %s rep %d %s: save %.3f restore %.3f read %.3f size %d ok %s" %
+                        log("%s %s rep %d %s: save %.3f restore %.3f read %.3f size %d ok %s touch %.3f" %
                             ((s, kind, rep, name) + r))
                         runs[(kind, name)].append(r)
         finally:
@@ -169,8 +187,10 @@ def main():
             read = statistics.median(r[2] for r in rs)
             fsize = max(r[3] for r in rs)
             ok = all(r[4] for r in rs)
-            print("| %s | %s | %s | %.3f | %.3f | %.3f | %.2f GiB | %.2f× | %.2f× | %.2f | %s |" % (
-                s, "THP" if kind == "thp" else "4 KiB", name, save, restore, read, fsize / (1 << 30), save / read, restore / read,
+            touch = statistics.median(r[5] for r in rs)
+            print("| %s | %s | %s | %.3f | %.3f | %.3f | %.3f | %.2f GiB | %.2f× | %.2f× | %.2f× | %.2f | %s |" % (
+                s, "THP" if kind == "thp" else "4 KiB", name, save, restore, read, touch,
+                fsize / (1 << 30), save / read, restore / read, restore / (read + touch),
                 size / (1 << 30) / restore, "yes" if ok else "NO"))
         sys.stdout.flush()
 
