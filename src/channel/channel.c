@@ -701,6 +701,36 @@ int lm_channel_skip(lm_channel *ch, uint64_t n)
     return 0;
 }
 
+int lm_channel_tell(lm_channel *ch, uint64_t *off)
+{
+    if (sticky(ch)) {
+        return sticky(ch);
+    }
+    off_t cur = lseek(ch->fd, 0, SEEK_CUR);
+    if (cur < 0) {
+        return io_error(ch, -errno, "seeking");
+    }
+    *off = (uint64_t)cur + ch->wlen - (ch->rlen - ch->rpos);
+    return 0;
+}
+
+int lm_channel_seek(lm_channel *ch, uint64_t off)
+{
+    int ret = lm_channel_flush(ch);
+    if (ret < 0) {
+        return ret;
+    }
+    if (off > (uint64_t)INT64_MAX) {
+        return lm_channel_set_error(ch, -EINVAL, "%s: offset %llu out of range", ch->name,
+                                    (unsigned long long)off);
+    }
+    ch->rpos = ch->rlen = 0;
+    if (lseek(ch->fd, (off_t)off, SEEK_SET) < 0) {
+        return io_error(ch, -errno, "seeking");
+    }
+    return 0;
+}
+
 uint64_t lm_channel_bytes_written(const lm_channel *ch)
 {
     return __atomic_load_n(&ch->bytes_out, __ATOMIC_RELAXED);

@@ -88,6 +88,13 @@ int lm_channel_error(lm_channel *ch, lm_error *err);
  * channel fails with code. */
 void lm_channel_shutdown(lm_channel *ch, int code, const char *why);
 
+/* Seekable files only (mapped-ram places guest pages at fixed offsets
+ * around the stream).  tell: the file offset the next read or write
+ * starts at, buffered bytes included.  seek: writes are flushed first,
+ * buffered reads are dropped, and the stream goes on at `off`. */
+int lm_channel_tell(lm_channel *ch, uint64_t *off);
+int lm_channel_seek(lm_channel *ch, uint64_t off);
+
 uint64_t lm_channel_bytes_written(const lm_channel *ch);
 uint64_t lm_channel_bytes_read(const lm_channel *ch);
 

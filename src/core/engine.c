@@ -282,6 +282,36 @@ static int check_zero_copy_transport(const lm_uri *u, lm_error *err)
     return 0;
 }
 
+/* mapped-ram (QEMU's rules): pages at fixed offsets need a seekable file,
+ * and every feature that changes how a page is sent, or sends it after the
+ * guest ran elsewhere, is refused.  Fills *u with the parsed URI. */
+static int check_mapped_ram(lm_engine *e, const char *uri, lm_uri *u, lm_error *err)
+{
+    pthread_mutex_lock(&e->lock);
+    bool postcopy = e->caps[LM_CAP_POSTCOPY_RAM], multifd = e->caps[LM_CAP_MULTIFD];
+    bool compress = strcmp(e->params.multifd_compression, "none") != 0;
+    bool zero_copy = e->params.zero_copy_send;
+    pthread_mutex_unlock(&e->lock);
+    int ret = lm_uri_parse(uri, u, err);
+    if (ret < 0) {
+        return ret;
+    }
+    if (u->kind != LM_TRANSPORT_FILE) {
+        return lm_error_set(err, -EINVAL, "mapped-ram needs the file: transport (a seekable file), "
+                            "not '%s'", uri);
+    }
+    if (postcopy) {
+        return lm_error_set(err, -EINVAL, "mapped-ram is incompatible with postcopy-ram");
+    }
+    if (multifd && compress) {
+        return lm_error_set(err, -EINVAL, "mapped-ram only works with multifd-compression none");
+    }
+    if (zero_copy) {
+        return lm_error_set(err, -EINVAL, "mapped-ram is incompatible with zero-copy-send");
+    }
+    return 0;
+}
+
 /* migrate resume=true: hand the new address to the paused migration thread. */
 static int resume_postcopy(lm_engine *e, const char *uri, lm_error *err)
 {
@@ -313,9 +343,19 @@ int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err)
     bool postcopy = e->caps[LM_CAP_POSTCOPY_RAM], preempt = e->caps[LM_CAP_POSTCOPY_PREEMPT];
     bool multifd = e->caps[LM_CAP_MULTIFD], zero_copy = e->params.zero_copy_send;
     bool compress = strcmp(e->params.multifd_compression, "none") != 0;
+    bool mapped_ram = e->caps[LM_CAP_MAPPED_RAM];
     pthread_mutex_unlock(&e->lock);
     if (inc) {
         return lm_error_set(err, -EBUSY, "Guest is waiting for an incoming migration");
+    }
+    lm_uri u;
+    if (mapped_ram) {
+        /* Multifd writes into the file itself: no extra connections. */
+        int mr = check_mapped_ram(e, uri, &u, err);
+        if (mr < 0) {
+            return mr;
+        }
+        multifd = false;
     }
     if (preempt && !postcopy) {
         return lm_error_set(err, -EINVAL, "Postcopy preempt requires postcopy-ram");
@@ -326,7 +366,6 @@ int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err)
     if (zero_copy && compress) {
         return lm_error_set(err, -EINVAL, "zero-copy-send does not work with multifd-compression");
     }
-    lm_uri u;
     int r = 0;
     if (multifd) {
         r = require_socket_uri(uri, &u, "multifd", " for its extra connections", err);
@@ -346,6 +385,13 @@ int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err)
 
 int lm_engine_incoming(lm_engine *e, const char *uri, lm_error *err)
 {
+    lm_uri u;
+    if (lm_cap(e, LM_CAP_MAPPED_RAM)) {
+        int mr = check_mapped_ram(e, uri, &u, err);
+        if (mr < 0) {
+            return mr;
+        }
+    }
     int ret = begin(e, uri, true, err);
     if (ret < 0) {
         return ret;

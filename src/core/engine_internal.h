@@ -40,6 +40,7 @@ enum lm_capability {
     LM_CAP_POSTCOPY_BLOCKTIME,
     LM_CAP_MULTIFD,
     LM_CAP_ZERO_COPY_SEND, /* the same switch as the zero-copy-send parameter */
+    LM_CAP_MAPPED_RAM,
     LM_CAP__COUNT
 };
 

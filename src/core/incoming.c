@@ -17,6 +17,7 @@
 #include "core/engine_internal.h"
 #include "livemig/buffer.h"
 #include "postcopy/dest.h"
+#include "ram/mapped_ram.h"
 #include "ram/multifd.h"
 #include "ram/ram_load.h"
 #include "stream/stream.h"
@@ -45,6 +46,7 @@ typedef struct dst_ctx {
     bool pc_run;         /* RUN seen (or implied by a resume): the guest may run here */
     lm_multifd_dst *mf;  /* multifd: from MULTIFD_SETUP until its channels end */
     uint64_t multifd_bytes; /* read on multifd channels that ended */
+    lm_mapped_ram_dst *mr;  /* mapped-ram: from CONFIG on */
 } dst_ctx;
 
 static void publish_progress(dst_ctx *c)
@@ -141,6 +143,56 @@ static int multifd_start(dst_ctx *c, const uint8_t *body, uint16_t len)
     return ret;
 }
 
+static int mapped_block(void *opaque, lm_channel *ch, lm_error *err)
+{
+    dst_ctx *c = opaque;
+    return lm_mapped_ram_dst_load_block(c->mr, ch, err);
+}
+
+/* A mapped-ram file needs the capability here too (as in QEMU), and the
+ * capability needs such a file: the two layouts cannot be told apart
+ * safely otherwise. */
+static int mapped_ram_start(dst_ctx *c)
+{
+    lm_engine *e = c->e;
+    bool stream = c->cfg.flags & LM_CONFIG_MAPPED_RAM;
+    pthread_mutex_lock(&e->lock);
+    bool cap = e->caps[LM_CAP_MAPPED_RAM];
+    unsigned threads = e->caps[LM_CAP_MULTIFD] ? (unsigned)e->params.multifd_channels : 1;
+    pthread_mutex_unlock(&e->lock);
+    if (stream && !cap) {
+        return lm_error_set(&c->err, -EINVAL, "the file was saved with mapped-ram, but capability "
+                            "mapped-ram is off on the destination");
+    }
+    if (cap && !stream) {
+        return lm_error_set(&c->err, -EINVAL, "capability mapped-ram is on, but the stream was not "
+                            "saved with mapped-ram");
+    }
+    if (!stream) {
+        return 0;
+    }
+    int ret = lm_mapped_ram_dst_new(c->map, e->nblocks, threads, &c->mr, &c->err);
+    if (ret == 0) {
+        c->loader.mapped_block = mapped_block;
+        c->loader.mapped_opaque = c;
+    }
+    return ret;
+}
+
+/* Keeps the counts of pages loaded from the file. */
+static void mapped_ram_close(dst_ctx *c)
+{
+    if (!c->mr) {
+        return;
+    }
+    uint64_t pages, zero, bytes;
+    lm_mapped_ram_dst_stats(c->mr, &pages, &zero, &bytes);
+    c->loader.pages_loaded += pages;
+    c->loader.zero_pages += zero;
+    lm_mapped_ram_dst_free(c->mr);
+    c->mr = NULL;
+}
+
 static int load_config(dst_ctx *c)
 {
     lm_engine *e = c->e;
@@ -161,7 +213,8 @@ static int load_config(dst_ctx *c)
         }
     }
     c->have_config = true;
-    return lm_ram_load_setup(&c->loader, c->map, e->nblocks, &c->err);
+    ret = lm_ram_load_setup(&c->loader, c->map, e->nblocks, &c->err);
+    return ret < 0 ? ret : mapped_ram_start(c);
 }
 
 /* Reads a section header and returns its slot. */
@@ -422,6 +475,9 @@ static int load_records(dst_ctx *c)
             }
             /* Pages still travelling on the multifd channels. */
             ret = multifd_finish(c);
+            if (ret == 0 && c->mr) {
+                ret = lm_mapped_ram_dst_check_complete(c->mr, &c->err);
+            }
             if (ret < 0) {
                 return ret;
             }
@@ -603,6 +659,7 @@ void *lm_incoming_thread(void *arg)
         }
     }
     multifd_close(c);
+    mapped_ram_close(c);
     publish_progress(c);
     bool success = ret == 0;
     if (success) {

@@ -16,6 +16,7 @@
 #include "core/engine_internal.h"
 #include "postcopy/postcopy.h"
 #include "postcopy/source.h"
+#include "ram/mapped_ram.h"
 #include "ram/multifd.h"
 #include "stream/stream.h"
 
@@ -44,6 +45,7 @@ typedef struct src_ctx {
     lm_pc_src *pc;      /* postcopy-ram: set up at setup, used once switched */
     lm_multifd_src *mf; /* multifd: pages go on its channels while it is open */
     bool mf_open;       /* not yet finished (END sent) */
+    lm_mapped_ram_src *mr; /* mapped-ram: pages go to fixed offsets in the file */
 } src_ctx;
 
 static bool cancelled(lm_engine *e)
@@ -73,7 +75,8 @@ static void set_channel(lm_engine *e, lm_channel *ch)
 /* Bytes sent so far on every connection that carries precopy data. */
 static uint64_t sent_bytes(src_ctx *c)
 {
-    return lm_channel_bytes_written(c->ch) + (c->mf ? lm_multifd_src_bytes(c->mf) : 0);
+    return lm_channel_bytes_written(c->ch) + (c->mf ? lm_multifd_src_bytes(c->mf) : 0) +
+           (c->mr ? lm_mapped_ram_src_bytes(c->mr) : 0);
 }
 
 /* Multifd: everything handed to the senders is written and followed by a
@@ -103,10 +106,42 @@ static int send_ram_slice(src_ctx *c, uint8_t type, uint64_t budget, bool *pass_
 /* A sync point of its own (dirty sync, before postcopy). */
 static int multifd_sync_point(src_ctx *c)
 {
+    if (c->mr) {
+        /* No page of this pass may land in its slot after the next pass's. */
+        return lm_mapped_ram_src_flush(c->mr, &c->err);
+    }
     if (!c->mf_open) {
         return 0;
     }
     return send_ram_slice_sync(c, LM_REC_SECTION_PART, 0, NULL, true);
+}
+
+/* Mapped-ram's share of a RAM section: the layout in START, pages into
+ * the file (not the stream), and the bitmaps once END wrote the last. */
+static int mapped_ram_slice(src_ctx *c, uint8_t type, uint64_t budget, bool *done)
+{
+    int ret = 0;
+    if (type == LM_REC_SECTION_START) {
+        ret = lm_mapped_ram_src_layout(c->mr, c->ch, &c->err);
+    }
+    if (ret == 0 && budget) {
+        ret = lm_mapped_ram_src_send(c->mr, budget, done, &c->err);
+    }
+    if (ret == 0 && type == LM_REC_SECTION_END) {
+        ret = lm_mapped_ram_src_finish(c->mr, &c->err);
+    }
+    return ret;
+}
+
+static int mapped_ram_setup(src_ctx *c)
+{
+    lm_engine *e = c->e;
+    lm_mapped_ram_src_cfg cfg = { .fd = lm_channel_fd(c->ch), .rl = &e->rl };
+    pthread_mutex_lock(&e->lock);
+    cfg.threads = e->caps[LM_CAP_MULTIFD] ? (unsigned)e->params.multifd_channels : 0;
+    cfg.zero_detect = strcmp(e->params.zero_page_detection, "none") != 0;
+    pthread_mutex_unlock(&e->lock);
+    return lm_mapped_ram_src_new(&cfg, &e->saver, &c->mr, &c->err);
 }
 
 static int send_ram_slice_sync(src_ctx *c, uint8_t type, uint64_t budget, bool *pass_done, bool sync)
@@ -119,7 +154,9 @@ static int send_ram_slice_sync(src_ctx *c, uint8_t type, uint64_t budget, bool *
     }
     bool done = true;
     int ret = 0;
-    if (budget && c->mf_open) {
+    if (c->mr) {
+        ret = mapped_ram_slice(c, type, budget, &done);
+    } else if (budget && c->mf_open) {
         ret = lm_multifd_src_send(c->mf, budget, &done, &c->err);
     } else if (budget) {
         ret = lm_ram_save_send(&e->saver, c->ch, budget, NULL, &done, &c->err);
@@ -232,7 +269,9 @@ static int setup(src_ctx *c)
     c->return_path = lm_cap(e, LM_CAP_RETURN_PATH) &&
                      (e->uri.kind == LM_TRANSPORT_UNIX || e->uri.kind == LM_TRANSPORT_TCP);
 
-    lm_stream_config cfg = { .flags = c->return_path ? LM_CONFIG_RETURN_PATH : 0 };
+    bool mapped_ram = lm_cap(e, LM_CAP_MAPPED_RAM);
+    lm_stream_config cfg = { .flags = (c->return_path ? LM_CONFIG_RETURN_PATH : 0) |
+                                      (mapped_ram ? LM_CONFIG_MAPPED_RAM : 0) };
     pthread_mutex_lock(&e->lock);
     memcpy(cfg.uuid, e->uuid, LM_UUID_LEN);
     char tracker[16];
@@ -241,7 +280,7 @@ static int setup(src_ctx *c)
 
     lm_stream_write_header(c->ch);
     lm_stream_write_config(c->ch, &cfg, e->blocks, e->nblocks);
-    if (lm_cap(e, LM_CAP_MULTIFD)) {
+    if (lm_cap(e, LM_CAP_MULTIFD) && !mapped_ram) {
         ret = multifd_setup(c);
         if (ret < 0) {
             return ret;
@@ -265,6 +304,12 @@ static int setup(src_ctx *c)
     snprintf(e->stats.dirty_tracker, sizeof(e->stats.dirty_tracker), "%s",
              lm_dirty_tracker_name(e->saver.tracker));
     pthread_mutex_unlock(&e->lock);
+    if (mapped_ram) {
+        ret = mapped_ram_setup(c);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     ret = send_ram_slice(c, LM_REC_SECTION_START, 0, NULL);
     if (ret == 0) {
         ret = lm_devices_save_setup(e, c->ch, &c->err);
@@ -666,6 +711,11 @@ static void finish(src_ctx *c, int ret)
         lm_multifd_src_free(c->mf);
         c->mf = NULL;
         c->mf_open = false;
+    }
+    if (c->mr) {
+        /* Stops the writers (they read guest RAM) before its bitmaps go. */
+        lm_mapped_ram_src_free(c->mr);
+        c->mr = NULL;
     }
     lm_ram_save_cleanup(&e->saver);
     lm_devices_save_cleanup(e);

@@ -106,6 +106,16 @@ int lm_ram_load_section(lm_ram_loader *l, lm_channel *ch, lm_error *err)
             }
             continue;
         }
+        if (type == LM_RAM_MAPPED_BLOCK) {
+            if (!l->mapped_block) {
+                return lm_error_set(err, -EBADMSG, "MAPPED_BLOCK record without mapped-ram");
+            }
+            ret = l->mapped_block(l->mapped_opaque, ch, err);
+            if (ret < 0) {
+                return ret;
+            }
+            continue;
+        }
         if (type != LM_RAM_PAGES && type != LM_RAM_ZERO) {
             return lm_error_set(err, -EBADMSG, "unknown RAM record type 0x%02x", type);
         }

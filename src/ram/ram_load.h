@@ -28,6 +28,10 @@ typedef struct lm_ram_loader {
      * every receiver has loaded everything before its own SYNC. */
     int (*multifd_sync)(void *opaque, uint64_t seq, lm_error *err);
     void *multifd_opaque;
+    /* Mapped-ram: a MAPPED_BLOCK record (type byte read) loads one block
+     * from its fixed place in the file (ram/mapped_ram.h). */
+    int (*mapped_block)(void *opaque, lm_channel *ch, lm_error *err);
+    void *mapped_opaque;
 } lm_ram_loader;
 
 /* Validates a RAM record's (block, first, count) against the blocks. */

@@ -34,6 +34,8 @@ enum lm_ram_record_type {
     LM_RAM_ZERO = 0x02,  /* be16 block, be64 first, be32 count */
     LM_RAM_EOS = 0x03,   /* end of this section's RAM payload */
     LM_RAM_MULTIFD_SYNC = 0x04, /* be64 seq: every multifd channel's pages before its SYNC seq are loaded */
+    LM_RAM_MAPPED_BLOCK = 0x05, /* mapped-ram: be16 block, be32 version, be32 page_size,
+                                 * be64 bitmap_offset, be64 pages_offset (stream-format.md §4c) */
 };
 
 /* COMMAND records (postcopy control): u8 REC_COMMAND, be16 command,

@@ -999,6 +999,58 @@ static void test_file_transport(void **state)
     unlink(path);
 }
 
+/* Mapped-ram moves the stream around regions of the file: tell counts
+ * buffered bytes on both sides, seek flushes writes and drops reads. */
+static void test_file_tell_seek(void **state)
+{
+    (void)state;
+    char path[128];
+    snprintf(path, sizeof(path), "%s/seek.bin", tmpdir);
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    assert_true(fd >= 0);
+    lm_channel *ch = lm_channel_new(fd, "seek out", NULL);
+    uint64_t off = 1;
+    assert_int_equal(lm_channel_put(ch, "abc", 3), 0);
+    assert_int_equal(lm_channel_tell(ch, &off), 0);
+    assert_int_equal(off, 3); /* still buffered */
+    assert_int_equal(lm_channel_seek(ch, 1 << 20), 0);
+    assert_int_equal(lm_channel_put(ch, "tail", 4), 0);
+    assert_int_equal(lm_channel_tell(ch, &off), 0);
+    assert_int_equal(off, (1 << 20) + 4);
+    assert_int_equal(lm_channel_flush(ch), 0);
+    assert_int_equal(lm_channel_close(ch, NULL), 0);
+
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    assert_int_equal(st.st_size, (1 << 20) + 4);
+    ch = lm_channel_new(fd, "seek in", NULL);
+    char got[5] = { 0 };
+    assert_int_equal(lm_channel_get(ch, got, 3), 0); /* the whole file is buffered now */
+    assert_string_equal(got, "abc");
+    assert_int_equal(lm_channel_tell(ch, &off), 0);
+    assert_int_equal(off, 3);
+    assert_int_equal(lm_channel_seek(ch, 1 << 20), 0);
+    assert_int_equal(lm_channel_get(ch, got, 4), 0);
+    assert_string_equal(got, "tail");
+    assert_int_equal(lm_channel_seek(ch, 1), 0);
+    assert_int_equal(lm_channel_get(ch, got, 2), 0);
+    assert_memory_equal(got, "bc", 2);
+    lm_channel_close(ch, NULL);
+
+    /* Not seekable: a clear, sticky error. */
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    ch = lm_channel_new(p[0], "pipe", NULL);
+    assert_int_equal(lm_channel_seek(ch, 0), -ESPIPE);
+    lm_error err = LM_ERROR_INIT;
+    assert_int_equal(lm_channel_error(ch, &err), -ESPIPE);
+    assert_non_null(strstr(err.msg, "seeking"));
+    lm_channel_close(ch, NULL);
+    close(p[1]);
+    unlink(path);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -1038,6 +1090,7 @@ int main(void)
         cmocka_unit_test(test_file_transport),
         cmocka_unit_test(test_put_file),
         cmocka_unit_test(test_put_file_dead_peer),
+        cmocka_unit_test(test_file_tell_seek),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

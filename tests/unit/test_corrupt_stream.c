@@ -1084,7 +1084,7 @@ static void test_ram_block_index_out_of_range(void **state)
 static void test_ram_unknown_record_type(void **state)
 {
     FIXTURE;
-    const uint8_t types[] = { 0x00, 0x05, 0x07, 0x80, 0xff };
+    const uint8_t types[] = { 0x00, 0x06, 0x07, 0x80, 0xff };
     for (size_t i = 0; i < sizeof(types); i++) {
         put_ram_prefix(&w);
         put_ram_hdr(&w, types[i], 0, 0, 1);
@@ -1097,6 +1097,30 @@ static void test_ram_unknown_record_type(void **state)
         snprintf(want, sizeof(want), "unknown RAM record type 0x%02x", types[i]);
         expect_failure(f, &w, RAM_UNTOUCHED, want, NULL);
     }
+}
+
+/* Mapped-ram: its record in a stream that did not announce it, and a
+ * stream that announces it to a destination without the capability (the
+ * fixture's transport is fd:).  Full coverage of the record's fields,
+ * truncated files and the file: transport is in
+ * tests/integration/test_mapped_ram.py. */
+static void test_mapped_ram_records(void **state)
+{
+    FIXTURE;
+    put_ram_prefix(&w);
+    lm_wbuf_put_u8(&w, LM_RAM_MAPPED_BLOCK);
+    for (int i = 0; i < 26; i++) {
+        lm_wbuf_put_u8(&w, 0);
+    }
+    lm_wbuf_put_u8(&w, LM_RAM_EOS);
+    lm_wbuf_put_be32(&w, 0);
+    lm_wbuf_put_u8(&w, LM_REC_EOF);
+    expect_failure(f, &w, RAM_UNTOUCHED, "MAPPED_BLOCK record without mapped-ram", NULL);
+
+    put_header(&w);
+    put_config(&w, 1u << 1);
+    lm_wbuf_put_u8(&w, LM_REC_EOF);
+    expect_failure(f, &w, RAM_UNTOUCHED, "capability mapped-ram is off on the destination", NULL);
 }
 
 /* Multifd's records on the main channel: a sync without multifd, and
@@ -1713,6 +1737,7 @@ int main(void)
         T(test_ram_block_index_out_of_range),
         T(test_ram_unknown_record_type),
         T(test_multifd_records),
+        T(test_mapped_ram_records),
         T(test_ram_truncated_page_data),
         T(test_retry_after_partial_page_write),
         T(test_unknown_device),
