@@ -373,8 +373,11 @@ int lm_channel_put_file(lm_channel *ch, const struct iovec *hdr, int nhdr, int f
             if (n < 0 && errno == EINTR) {
                 continue;
             }
-            if (n < 0 && done == 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
-                ch->no_sendfile = true; /* e.g. an O_APPEND file: write from memory from now on */
+            if (n < 0 && done == 0 &&
+                (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP || errno == EBADF)) {
+                /* An O_APPEND output, a write-only RAM fd: write from
+                 * memory from now on. */
+                ch->no_sendfile = true;
                 break;
             }
             if (n < 0) {

@@ -151,7 +151,8 @@ static int queue_request(lm_pc_src *p, const lm_rp_msg *m, lm_error *err)
     return 0;
 }
 
-/* Claims a host page (clears its dirty bits) and queues it on batch b.
+/* Claims a host page (clears its dirty bits) and queues it on batch b;
+ * *bytes grows by what that puts on the wire.
  * A requested page goes out even when already claimed: the destination
  * asked, so its copy may be far behind on the main channel. */
 static int send_hostpage(lm_pc_src *p, struct lm_ram_batch *b, lm_channel *ch, lm_ram_block *blk,
@@ -166,9 +167,7 @@ static int send_hostpage(lm_pc_src *p, struct lm_ram_batch *b, lm_channel *ch, l
     } else if (!requested) {
         return 0;
     }
-    int ret = lm_ram_save_send_range(p->s, b, ch, blk, first, first + hp);
-    *bytes += hp << blk->page_shift;
-    return ret;
+    return lm_ram_save_send_range(p->s, b, ch, blk, first, first + hp, bytes);
 }
 
 /* ---- the return-path thread ---- */
@@ -517,14 +516,15 @@ int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err)
         }
         wait_budget(p);
         bool budget_ok = lm_ratelimit_delay_ns(&e->pc_rl) == 0;
-        uint64_t urgent = 0, bulk = 0;
+        uint64_t urgent = 0, bulk = 0; /* bytes on the wire */
+        uint64_t covered = 0;          /* guest RAM the bulk pages span */
         bool done = false;
         lm_stream_write_section_short(ch, LM_REC_SECTION_PART, LM_RAM_SECTION_ID);
         pc_req r;
         while (ret == 0 && take_request(p, &r)) {
             ret = send_hostpage(p, p->main_batch, ch, e->blocks[r.block], r.first, true, &urgent);
         }
-        while (ret == 0 && budget_ok && bulk < PC_SLICE_BYTES) {
+        while (ret == 0 && budget_ok && covered < PC_SLICE_BYTES) {
             lm_ram_block *b;
             uint64_t pg;
             if (!next_dirty(p, &b, &pg)) {
@@ -534,6 +534,7 @@ int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err)
             uint64_t first = pg & ~(lm_pc_hp_pages(b) - 1);
             p->cur_page = first + lm_pc_hp_pages(b);
             ret = send_hostpage(p, p->main_batch, ch, b, first, false, &bulk);
+            covered += lm_pc_hp_pages(b) << b->page_shift;
         }
         if (ret == 0) {
             ret = lm_ram_batch_flush(p->main_batch, ch);

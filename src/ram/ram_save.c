@@ -209,6 +209,7 @@ typedef struct run_to_batch {
     lm_ram_saver *s;
     batch *b;
     lm_channel *ch;
+    uint64_t wire; /* record bytes queued or sent */
 } run_to_batch;
 
 static int batch_run(void *opaque, uint8_t type, lm_ram_block *blk, uint64_t p, uint32_t count)
@@ -216,9 +217,11 @@ static int batch_run(void *opaque, uint8_t type, lm_ram_block *blk, uint64_t p, 
     run_to_batch *r = opaque;
     lm_ram_save_count(r->s, type, blk, count);
     if (type == LM_RAM_ZERO) {
+        r->wire += REC_HDR_LEN;
         return batch_record(r->b, r->ch, LM_RAM_ZERO, blk, p, count, NULL, 0);
     }
     size_t len = (size_t)count << blk->page_shift;
+    r->wire += REC_HDR_LEN + len;
     if (lm_ram_block_has_fd(blk)) {
         /* The gathered headers, this one last, then the pages out of the
          * page cache. */
@@ -239,10 +242,12 @@ static int batch_run(void *opaque, uint8_t type, lm_ram_block *blk, uint64_t p, 
  * not used then: it dates from setup, and only precopy's requeue (on
  * every sync) corrects it for pages written since. */
 static int send_run(lm_ram_saver *s, batch *b, lm_channel *ch, lm_ram_block *blk, uint64_t p,
-                    uint64_t q, bool shared)
+                    uint64_t q, bool shared, uint64_t *wire)
 {
-    run_to_batch r = { s, b, ch };
-    return lm_ram_save_split(s, blk, p, q, lm_ram_save_split_mode(blk, shared), batch_run, &r);
+    run_to_batch r = { s, b, ch, 0 };
+    int ret = lm_ram_save_split(s, blk, p, q, lm_ram_save_split_mode(blk, shared), batch_run, &r);
+    *wire += r.wire;
+    return ret;
 }
 
 bool lm_ram_save_claim(lm_ram_saver *s, uint64_t max_bytes, lm_ram_block **blk_out,
@@ -295,7 +300,8 @@ int lm_ram_save_send(lm_ram_saver *s, lm_channel *ch, uint64_t budget, uint64_t 
             *pass_done = true;
             break;
         }
-        ret = send_run(s, b, ch, blk, p, q, false);
+        uint64_t wire = 0;
+        ret = send_run(s, b, ch, blk, p, q, false, &wire);
         if (ret < 0) {
             break;
         }
@@ -325,9 +331,9 @@ void lm_ram_batch_free(struct lm_ram_batch *b)
 }
 
 int lm_ram_save_send_range(lm_ram_saver *s, struct lm_ram_batch *b, lm_channel *ch,
-                           lm_ram_block *blk, uint64_t p, uint64_t q)
+                           lm_ram_block *blk, uint64_t p, uint64_t q, uint64_t *wire_bytes)
 {
-    int ret = send_run(s, b, ch, blk, p, q, true);
+    int ret = send_run(s, b, ch, blk, p, q, true, wire_bytes);
     return ret < 0 ? ret : 0;
 }
 

@@ -90,11 +90,12 @@ void lm_ram_save_count(lm_ram_saver *s, uint8_t type, const lm_ram_block *blk, u
 /* Postcopy: several threads send (the migration thread, the preempt
  * sender), each with its own batch.  send_range queues pages [p, q) of
  * blk, which the caller has claimed from the dirty bitmap; the records go
- * out at the latest with lm_ram_batch_flush. */
+ * out at the latest with lm_ram_batch_flush.  *wire_bytes grows by their
+ * size on the wire (a zero run is a header only). */
 struct lm_ram_batch *lm_ram_batch_new(void);
 void lm_ram_batch_free(struct lm_ram_batch *b);
 int lm_ram_save_send_range(lm_ram_saver *s, struct lm_ram_batch *b, lm_channel *ch,
-                           lm_ram_block *blk, uint64_t p, uint64_t q);
+                           lm_ram_block *blk, uint64_t p, uint64_t q, uint64_t *wire_bytes);
 int lm_ram_batch_flush(struct lm_ram_batch *b, lm_channel *ch);
 
 static inline uint64_t lm_ram_save_pending(const lm_ram_saver *s)
