@@ -125,7 +125,7 @@ def one_run(tmp, data, size, img, mode, channels, timeout, dst_thp):
             raise RuntimeError("save failed: %s" % info.get("error-desc"))
         save_s = info["total-time"] / 1000.0
         dst = lmtest.VM(tmp, "dst", memory=mem, workload="idle", incoming="defer", paused=True,
-                        extra=["--thp"] if dst_thp else [])
+                        extra=["--thp"] if dst_thp else ["--no-thp"])
         set_mode(dst, mode, channels)
         warm(size + (256 << 20))
         t0 = time.perf_counter()

@@ -106,6 +106,7 @@ struct lm_mapped_ram_src {
     lm_error err;
     pthread_t *tids;
     unsigned nthreads;
+    bool no_copy_range;    /* atomic: copy_file_range refused once */
 };
 
 static int src_fail(lm_mapped_ram_src *mr, const lm_error *e)
@@ -132,6 +133,36 @@ static int src_error(lm_mapped_ram_src *mr, lm_error *err)
     return code;
 }
 
+/* A file-backed block's pages go page cache to page cache
+ * (copy_file_range), never touched through the mapping.  -EOPNOTSUPP
+ * when the kernel cannot do it for these two files (different file
+ * systems, say), before anything was copied. */
+static int copy_from_ram_file(int out, const lm_ram_block *blk, uint64_t first, uint64_t len,
+                              uint64_t off)
+{
+    loff_t in_off = (loff_t)(blk->fd_offset + (first << blk->page_shift)), out_off = (loff_t)off;
+    uint64_t done = 0;
+    while (done < len) {
+        ssize_t n = copy_file_range(blk->fd, &in_off, out, &out_off, (size_t)(len - done), 0);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && done == 0 &&
+            (errno == EXDEV || errno == EINVAL || errno == EOPNOTSUPP || errno == ENOSYS ||
+             errno == EBADF)) {
+            return -EOPNOTSUPP;
+        }
+        if (n < 0) {
+            return -errno;
+        }
+        if (n == 0) {
+            return -EIO;
+        }
+        done += (uint64_t)n;
+    }
+    return 0;
+}
+
 /* Data pages [first, first+count) of blk to their slots in the file. */
 static int write_data(lm_mapped_ram_src *mr, lm_ram_block *blk, uint64_t first, uint32_t count)
 {
@@ -140,7 +171,16 @@ static int write_data(lm_mapped_ram_src *mr, lm_ram_block *blk, uint64_t first, 
     if (mr->cfg.rl) {
         lm_ratelimit_consume(mr->cfg.rl, len);
     }
-    int ret = pio_full(mr->cfg.fd, true, lm_ram_block_page(blk, first), len, off);
+    int ret = -EOPNOTSUPP;
+    if (lm_ram_block_has_fd(blk) && !__atomic_load_n(&mr->no_copy_range, __ATOMIC_RELAXED)) {
+        ret = copy_from_ram_file(mr->cfg.fd, blk, first, len, off);
+        if (ret == -EOPNOTSUPP) {
+            __atomic_store_n(&mr->no_copy_range, true, __ATOMIC_RELAXED);
+        }
+    }
+    if (ret == -EOPNOTSUPP) {
+        ret = pio_full(mr->cfg.fd, true, lm_ram_block_page(blk, first), len, off);
+    }
     if (ret < 0) {
         lm_error e = LM_ERROR_INIT;
         lm_error_set_errno(&e, ret, "mapped-ram: cannot write pages of block '%s' at offset %" PRIu64,
@@ -175,7 +215,9 @@ static int shared_run(void *opaque, uint8_t type, lm_ram_block *blk, uint64_t fi
  * zero pages (unless detection is off) and writes the rest. */
 static int write_job(lm_mapped_ram_src *mr, const job *j)
 {
-    if (!mr->cfg.zero_detect) {
+    /* A file-backed block's zero pages were its holes (the hint): the
+     * others are written unread. */
+    if (!mr->cfg.zero_detect || lm_ram_block_has_fd(j->blk)) {
         return write_data(mr, j->blk, j->first, j->count);
     }
     return lm_ram_save_split(mr->saver, j->blk, j->first, j->first + j->count,
