@@ -652,7 +652,9 @@ void lm_engine_query(lm_engine *e, lm_info *out)
             out->ram_transferred = lm_sat_add(lm_sat_add(st->precopy_bytes, st->downtime_bytes),
                                               out->postcopy_bytes);
         }
-        bool running = lm_state_is_active(e->status);
+        /* In setup the migration thread is still initialising the saver
+         * (TSan saw that race): nothing is pending until it is active. */
+        bool running = lm_state_is_active(e->status) && e->status != LM_STATUS_SETUP;
         out->ram_remaining = running ? lm_ram_save_pending(&e->saver) : 0;
         /* Expected downtime and system-wide remaining, on demand, from the
          * same numbers the switchover decision uses (seed 004). */
