@@ -104,36 +104,30 @@ class Channels(MultifdBase):
 
 
 class ZeroDetection(MultifdBase):
-    def test_modes(self):
+    def every_mode(self, sock, extra, channels):
+        """A live migration per zero-page-detection mode, half the RAM never
+        written: zero pages found unless detection is off."""
         for mode in ("none", "legacy", "multifd"):
             with self.subTest(mode=mode):
-                src, dst, info = self.live("unix:" + self.path("z%s.sock" % mode),
+                src, dst, info = self.live("unix:" + self.path("%s%s.sock" % (sock, mode)),
                                            tag=mode, zero_page_detection=mode,
                                            workload="random",
-                                           extra=["--working-set", "50%", "--dirty-rate", "32M"],
-                                           multifd_channels=2)
+                                           extra=extra + ["--working-set", "50%",
+                                                          "--dirty-rate", "32M"],
+                                           multifd_channels=channels)
                 if mode == "none":
                     self.assertEqual(info["ram"]["duplicate"], 0)
                 else:
                     self.assertGreater(info["ram"]["duplicate"], 0)
                 self.stop_all()
 
+    def test_modes(self):
+        self.every_mode("z", [], 2)
+
     def test_file_backed_ram(self):
         """memfd RAM: pages go from the page cache (sendfile), unread; zero
         pages are the memfd's holes (the half the guest never wrote)."""
-        for mode in ("none", "legacy", "multifd"):
-            with self.subTest(mode=mode):
-                src, dst, info = self.live("unix:" + self.path("f%s.sock" % mode),
-                                           tag=mode, zero_page_detection=mode,
-                                           workload="random",
-                                           extra=["--memory-backend", "memfd", "--working-set",
-                                                  "50%", "--dirty-rate", "32M"],
-                                           multifd_channels=4)
-                if mode == "none":
-                    self.assertEqual(info["ram"]["duplicate"], 0)
-                else:
-                    self.assertGreater(info["ram"]["duplicate"], 0)
-                self.stop_all()
+        self.every_mode("f", ["--memory-backend", "memfd"], 4)
 
 
 class Compression(MultifdBase):
