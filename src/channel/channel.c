@@ -193,9 +193,8 @@ static int io_error(lm_channel *ch, int code, const char *what)
     return lm_channel_set_error(ch, code, "%s: %s failed: %s", ch->name, what, strerror(-code));
 }
 
-/* Write every byte of iov; sockets use MSG_NOSIGNAL so a dead peer is an
- * error, not a SIGPIPE.  flags: more sendmsg flags (MSG_MORE). */
-static int write_iov_flags(lm_channel *ch, struct iovec *iov, int cnt, int flags)
+/* Charges iov's bytes to the rate limit (waiting as it says); returns them. */
+static uint64_t charge_iov(lm_channel *ch, const struct iovec *iov, int cnt)
 {
     uint64_t total = 0;
     for (int i = 0; i < cnt; i++) {
@@ -204,6 +203,14 @@ static int write_iov_flags(lm_channel *ch, struct iovec *iov, int cnt, int flags
     if (ch->rl) {
         lm_ratelimit_consume(ch->rl, total);
     }
+    return total;
+}
+
+/* Write every byte of iov; sockets use MSG_NOSIGNAL so a dead peer is an
+ * error, not a SIGPIPE.  flags: more sendmsg flags (MSG_MORE). */
+static int write_iov_flags(lm_channel *ch, struct iovec *iov, int cnt, int flags)
+{
+    uint64_t total = charge_iov(ch, iov, cnt);
     int ret;
     if (!ch->is_socket) {
         ret = lm_writev_full(ch->fd, iov, cnt);
@@ -463,13 +470,7 @@ static int zc_error(lm_channel *ch, int code)
  * kernel when this returns, until lm_channel_zerocopy_flush(). */
 static int write_iov_zc(lm_channel *ch, struct iovec *iov, int cnt)
 {
-    uint64_t total = 0;
-    for (int i = 0; i < cnt; i++) {
-        total += iov[i].iov_len;
-    }
-    if (ch->rl) {
-        lm_ratelimit_consume(ch->rl, total);
-    }
+    uint64_t total = charge_iov(ch, iov, cnt);
     int ret = 0, tries = 0;
     while (cnt > 0 && ret == 0 && !sticky(ch)) {
         struct iovec head[MAX_EXT_IOV];
@@ -510,21 +511,17 @@ int lm_channel_put_ext_zerocopy(lm_channel *ch, const struct iovec *ext, int n)
     if (sticky(ch) || n == 0) {
         return sticky(ch);
     }
-    if (ch->wlen) {
-        /* The buffer is reused at once: it goes copied, ahead of the pages
-         * (MSG_MORE: in the same segment where it can). */
-        struct iovec iov = { ch->wbuf, ch->wlen };
-        ch->wlen = 0;
-        int ret = write_iov_flags(ch, &iov, 1, MSG_MORE);
-        if (ret < 0) {
-            return ret;
-        }
+    /* The buffer is reused at once: it goes copied, ahead of the pages
+     * (MSG_MORE: in the same segment where it can). */
+    int ret = put_ext_flags(ch, NULL, 0, MSG_MORE);
+    if (ret < 0) {
+        return ret;
     }
     while (n > 0) {
         struct iovec iov[MAX_EXT_IOV];
         int take = LM_MIN(n, MAX_EXT_IOV);
         memcpy(iov, ext, (size_t)take * sizeof(*ext));
-        int ret = write_iov_zc(ch, iov, take);
+        ret = write_iov_zc(ch, iov, take);
         if (ret < 0) {
             return ret;
         }

@@ -22,13 +22,16 @@
 #define SO_EE_CODE_ZEROCOPY_COPIED 1
 #endif
 
-int lm_zerocopy_enable(int fd, const char *what, lm_error *err)
+static int set_so_zerocopy(int fd)
 {
     int one = 1;
-    if (setsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)) < 0) {
-        return lm_error_set_errno(err, -errno, "%s: the kernel refuses SO_ZEROCOPY", what);
-    }
-    return 0;
+    return setsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)) < 0 ? -errno : 0;
+}
+
+int lm_zerocopy_enable(int fd, const char *what, lm_error *err)
+{
+    int ret = set_so_zerocopy(fd);
+    return ret < 0 ? lm_error_set_errno(err, ret, "%s: the kernel refuses SO_ZEROCOPY", what) : 0;
 }
 
 int lm_zerocopy_probe(int family)
@@ -37,8 +40,7 @@ int lm_zerocopy_probe(int family)
     if (fd < 0) {
         return -errno;
     }
-    int one = 1;
-    int ret = setsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)) < 0 ? -errno : 0;
+    int ret = set_so_zerocopy(fd);
     close(fd);
     return ret;
 }

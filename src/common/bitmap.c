@@ -42,6 +42,11 @@ void lm_bitmap_set_range_atomic(uint64_t *map, uint64_t start, uint64_t n)
     FOR_EACH_WORD_MASK(start, n, __atomic_fetch_or(&map[word], mask, __ATOMIC_RELEASE));
 }
 
+void lm_bitmap_clear_range_atomic(uint64_t *map, uint64_t start, uint64_t n)
+{
+    FOR_EACH_WORD_MASK(start, n, __atomic_fetch_and(&map[word], ~mask, __ATOMIC_RELEASE));
+}
+
 /* First bit at or after `from` whose value XOR flip is 1 (flip: 0 finds
  * set bits, ~0 finds clear ones), or nbits if none. */
 static uint64_t find_bit(const uint64_t *map, uint64_t nbits, uint64_t from, uint64_t flip)

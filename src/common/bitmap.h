@@ -44,7 +44,9 @@ static inline void lm_bitmap_set_atomic(uint64_t *map, uint64_t bit)
 /* Set/clear bits [start, start+n). */
 void lm_bitmap_set_range(uint64_t *map, uint64_t start, uint64_t n);
 void lm_bitmap_clear_range(uint64_t *map, uint64_t start, uint64_t n);
+/* Atomic variants: threads may set or clear bits of the same word. */
 void lm_bitmap_set_range_atomic(uint64_t *map, uint64_t start, uint64_t n);
+void lm_bitmap_clear_range_atomic(uint64_t *map, uint64_t start, uint64_t n);
 /* First set bit at or after `from`, or nbits if none. */
 uint64_t lm_bitmap_next_set(const uint64_t *map, uint64_t nbits, uint64_t from);
 /* First clear bit at or after `from`, or nbits if none. */

@@ -90,11 +90,12 @@ static void emit_and_publish(lm_engine *e, lm_status to, uint64_t gen)
     pthread_mutex_unlock(&e->lock);
 }
 
-bool lm_set_state(lm_engine *e, lm_status from, lm_status to)
+/* any: from whatever the status is when the lock is taken. */
+static bool set_state(lm_engine *e, bool any, lm_status from, lm_status to)
 {
     uint64_t gen = 0;
     pthread_mutex_lock(&e->lock);
-    bool moved = transition_locked(e, from, to, &gen);
+    bool moved = transition_locked(e, any ? e->status : from, to, &gen);
     pthread_mutex_unlock(&e->lock);
     if (moved) {
         emit_and_publish(e, to, gen);
@@ -102,16 +103,14 @@ bool lm_set_state(lm_engine *e, lm_status from, lm_status to)
     return moved;
 }
 
+bool lm_set_state(lm_engine *e, lm_status from, lm_status to)
+{
+    return set_state(e, false, from, to);
+}
+
 bool lm_set_state_any(lm_engine *e, lm_status to)
 {
-    uint64_t gen = 0;
-    pthread_mutex_lock(&e->lock);
-    bool moved = transition_locked(e, e->status, to, &gen);
-    pthread_mutex_unlock(&e->lock);
-    if (moved) {
-        emit_and_publish(e, to, gen);
-    }
-    return moved;
+    return set_state(e, true, LM_STATUS_NONE, to);
 }
 
 bool lm_state_is_active(lm_status s)

@@ -297,7 +297,6 @@ static void handle_qmp_capabilities(qmp_client *c, json_t *id, json_t *args)
     client_send_return(c, id, NULL);
 }
 
-/* Execute one parsed request. */
 static void deliver_events(qmp_server *s, qmp_event *list)
 {
     while (list) {
@@ -326,6 +325,7 @@ static bool flush_events(qmp_server *s)
     return stop;
 }
 
+/* Execute one parsed request. */
 static void dispatch(qmp_server *s, qmp_client *c, json_t *req)
 {
     char desc[LM_ERROR_MSG_MAX + 64];
@@ -655,7 +655,6 @@ void qmp_server_emit(qmp_server *s, const char *event, json_t *data)
     ssize_t r = write(s->pipe_w, &b, 1);
     (void)r;
 }
-
 
 /* ------------------------------------------------------------------------ */
 /* Server thread */

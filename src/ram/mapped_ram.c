@@ -35,7 +35,7 @@ static uint64_t bitmap_bytes(const lm_ram_block *b)
 
 static uint64_t align_up(uint64_t v, uint64_t align)
 {
-    return (v + align - 1) / align * align;
+    return LM_DIV_ROUND_UP(v, align) * align;
 }
 
 /* Where a block's pages start: after its bitmap, on a 1 MiB boundary, and
@@ -43,18 +43,6 @@ static uint64_t align_up(uint64_t v, uint64_t align)
 static uint64_t region_align(const lm_ram_block *b)
 {
     return b->page_size > LM_MAPPED_RAM_ALIGN ? b->page_size : LM_MAPPED_RAM_ALIGN;
-}
-
-static void clear_range_atomic(uint64_t *map, uint64_t start, uint64_t n)
-{
-    /* Writer threads clear bits of the same word for different pages. */
-    while (n) {
-        uint64_t bit = start % 64, take = LM_MIN(64 - bit, n);
-        uint64_t mask = (take == 64 ? ~0ull : ((1ull << take) - 1)) << bit;
-        __atomic_fetch_and(&map[start / 64], ~mask, __ATOMIC_RELAXED);
-        start += take;
-        n -= take;
-    }
 }
 
 /* pwrite/pread the whole range; 0, -errno, or -ENODATA at end of file. */
@@ -197,7 +185,8 @@ static int write_data(lm_mapped_ram_src *mr, lm_ram_block *blk, uint64_t first, 
  * the destination never reads), because its bits are cleared. */
 static void zero_run(lm_mapped_ram_src *mr, lm_ram_block *blk, uint64_t first, uint32_t count)
 {
-    clear_range_atomic(mr->present[blk->idx], first, count);
+    /* Writer threads clear bits of the same word for different pages. */
+    lm_bitmap_clear_range_atomic(mr->present[blk->idx], first, count);
     lm_ram_save_count(mr->saver, LM_RAM_ZERO, blk, count);
 }
 

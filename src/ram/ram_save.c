@@ -134,7 +134,11 @@ void lm_ram_save_count(lm_ram_saver *s, uint8_t type, const lm_ram_block *blk, u
     }
 }
 
-enum lm_zero_split lm_ram_save_split_mode(const lm_ram_block *blk, bool shared)
+/* How the single-channel and postcopy senders split blk's dirty pages:
+ * read them for zeros, or (file-backed blocks) trust the hint.  shared:
+ * other threads send too (postcopy), so the hint is only read, and only
+ * once it is frozen. */
+static enum lm_zero_split split_mode(const lm_ram_block *blk, bool shared)
 {
     if (shared) {
         return lm_ram_block_has_fd(blk) && __atomic_load_n(&blk->hint_frozen, __ATOMIC_ACQUIRE)
@@ -172,11 +176,11 @@ int lm_ram_save_split(lm_ram_saver *s, lm_ram_block *blk, uint64_t p, uint64_t q
             zero = false;
             e = LM_MIN(lm_bitmap_next_set(blk->unpopulated, q, p), p + max_run);
         } else {
-            zero = how != LM_SPLIT_NONE && page_is_zero(blk, p, how == LM_SPLIT_READ_SHARED);
+            bool read = how == LM_SPLIT_READ_SHARED, detect = how != LM_SPLIT_NONE;
+            zero = detect && page_is_zero(blk, p, read);
             e = p + 1;
             while (e < q && e - p < (zero ? UINT32_MAX : max_run) &&
-                   (how != LM_SPLIT_NONE &&
-                    page_is_zero(blk, e, how == LM_SPLIT_READ_SHARED)) == zero) {
+                   (detect && page_is_zero(blk, e, read)) == zero) {
                 e++;
             }
         }
@@ -245,7 +249,7 @@ static int send_run(lm_ram_saver *s, batch *b, lm_channel *ch, lm_ram_block *blk
                     uint64_t q, bool shared, uint64_t *wire)
 {
     run_to_batch r = { s, b, ch, 0 };
-    int ret = lm_ram_save_split(s, blk, p, q, lm_ram_save_split_mode(blk, shared), batch_run, &r);
+    int ret = lm_ram_save_split(s, blk, p, q, split_mode(blk, shared), batch_run, &r);
     *wire += r.wire;
     return ret;
 }

@@ -75,10 +75,6 @@ enum lm_zero_split {
 /* A run of pages of one kind (LM_RAM_ZERO or LM_RAM_PAGES). */
 typedef int (*lm_ram_run_fn)(void *opaque, uint8_t type, lm_ram_block *blk, uint64_t first,
                              uint32_t count);
-/* How the single-channel sender splits blk's dirty pages: read them for
- * zeros, or (file-backed blocks) trust the hint; shared: other threads
- * send too (postcopy), so the hint is not used. */
-enum lm_zero_split lm_ram_save_split_mode(const lm_ram_block *blk, bool shared);
 /* Splits [p, q) of blk into runs of one kind (data runs at most 1 MiB)
  * and hands each to fn.  Every mode but READ_SHARED keeps the hint's
  * bookkeeping, so only the migration thread may use them. */

@@ -122,6 +122,16 @@ static void test_ranges(void **state)
                 }
             }
             assert_int_equal(lm_bitmap_count(m, nbits), nbits - n);
+
+            /* The atomic variant agrees. */
+            lm_bitmap_set_range(m, 0, nbits);
+            lm_bitmap_clear_range_atomic(m, s, n);
+            assert_int_equal(lm_bitmap_count(m, nbits), nbits - n);
+            assert_int_equal(naive_count(m, nbits), nbits - n);
+            if (n) {
+                assert_false(lm_bitmap_test(m, s));
+                assert_false(lm_bitmap_test(m, s + n - 1));
+            }
         }
     }
     /* Whole map, then clear all of it. */
