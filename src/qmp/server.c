@@ -136,11 +136,25 @@ struct qmp_server {
     qmp_request *rq_head, *rq_tail;
     size_t rq_len;
 
+    /* Descriptors named by getfd, until a command takes one (fd:NAME) or
+     * closefd closes it; guarded by lock. */
+    struct named_fd *named_fds;
+
+    /* Allocations freed with the server (qmp_server_adopt). */
+    void **adopted;
+    size_t nadopted;
+
     /* Server thread only. */
     qmp_client *clients;
     size_t nclients;
     uint64_t next_serial;
 };
+
+typedef struct named_fd {
+    struct named_fd *next;
+    char *name;
+    int fd;
+} named_fd;
 
 /* The request the calling thread is executing (worker or server thread),
  * for qmp_take_received_fd(). */
@@ -326,6 +340,117 @@ static json_t *cmd_query_commands(void *opaque, json_t *args, lm_error *err)
 static json_t *cmd_qmp_capabilities(void *opaque, json_t *args, lm_error *err)
 {
     return json_object();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Named descriptors: getfd, closefd (QEMU's monitor fds) */
+
+static named_fd **find_named_fd_locked(qmp_server *s, const char *name)
+{
+    named_fd **pp = &s->named_fds;
+    while (*pp && strcmp((*pp)->name, name) != 0) {
+        pp = &(*pp)->next;
+    }
+    return pp;
+}
+
+static json_t *cmd_getfd(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { "fdname", NULL };
+    qmp_server *s = opaque;
+    const char *name = NULL;
+    if (qmp_args_check(args, known, err) < 0 ||
+        qmp_arg_str(args, "fdname", true, &name, err) < 0) {
+        return NULL;
+    }
+    if (isdigit((unsigned char)name[0])) {
+        /* fd:NAME must not read as fd:N. */
+        lm_error_set(err, -EINVAL, "Parameter 'fdname' expects a name not starting with a digit");
+        return NULL;
+    }
+    int fd = qmp_take_received_fd(err);
+    if (fd < 0) {
+        return NULL;
+    }
+    char *dup = strdup(name);
+    named_fd *n = dup ? malloc(sizeof(*n)) : NULL;
+    if (!n) {
+        free(dup);
+        close(fd);
+        lm_error_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_lock(&s->lock);
+    named_fd **pp = find_named_fd_locked(s, name);
+    if (*pp) {
+        /* As QEMU: a name given again replaces (and closes) the old fd. */
+        close((*pp)->fd);
+        (*pp)->fd = fd;
+        free(dup);
+        free(n);
+    } else {
+        *n = (named_fd){ NULL, dup, fd };
+        *pp = n;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return json_object();
+}
+
+int qmp_server_adopt(qmp_server *s, void *ptr)
+{
+    pthread_mutex_lock(&s->lock);
+    void **p = realloc(s->adopted, (s->nadopted + 1) * sizeof(*p));
+    if (p) {
+        p[s->nadopted++] = ptr;
+        s->adopted = p;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return p ? 0 : -ENOMEM;
+}
+
+int qmp_server_take_fd(qmp_server *s, const char *name, lm_error *err)
+{
+    pthread_mutex_lock(&s->lock);
+    named_fd **pp = find_named_fd_locked(s, name);
+    named_fd *n = *pp;
+    if (n) {
+        *pp = n->next;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (!n) {
+        return lm_error_set(err, -ENOENT, "File descriptor named '%s' has not been found", name);
+    }
+    int fd = n->fd;
+    free(n->name);
+    free(n);
+    return fd;
+}
+
+static json_t *cmd_closefd(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { "fdname", NULL };
+    const char *name = NULL;
+    if (qmp_args_check(args, known, err) < 0 ||
+        qmp_arg_str(args, "fdname", true, &name, err) < 0) {
+        return NULL;
+    }
+    int fd = qmp_server_take_fd(opaque, name, err);
+    if (fd < 0) {
+        return NULL;
+    }
+    close(fd);
+    return json_object();
+}
+
+static json_t *cmd_query_version(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { NULL };
+    if (qmp_args_check(args, known, err) < 0) {
+        return NULL;
+    }
+    return json_pack("{s:{s:i,s:i,s:i},s:s}", "qemu", "major", LM_VERSION_MAJOR,
+                     "minor", LM_VERSION_MINOR, "micro", LM_VERSION_MICRO,
+                     "package", "livemig " LM_VERSION_STRING);
 }
 
 /* qmp_capabilities: leaves negotiation mode, enabling "oob" if asked.
@@ -1109,6 +1234,9 @@ qmp_server *qmp_server_new(const char *socket_path, lm_error *err)
 
     qmp_server_register(s, "qmp_capabilities", cmd_qmp_capabilities, s);
     qmp_server_register(s, "query-commands", cmd_query_commands, s);
+    qmp_server_register(s, "query-version", cmd_query_version, s);
+    qmp_server_register(s, "getfd", cmd_getfd, s);
+    qmp_server_register(s, "closefd", cmd_closefd, s);
     return s;
 
 fail:
@@ -1184,6 +1312,17 @@ void qmp_server_free(qmp_server *s)
     }
     for (size_t i = 0; i < s->ncmds; i++) {
         free(s->cmds[i].name);
+    }
+    for (size_t i = 0; i < s->nadopted; i++) {
+        free(s->adopted[i]);
+    }
+    free(s->adopted);
+    while (s->named_fds) {
+        named_fd *n = s->named_fds;
+        s->named_fds = n->next;
+        close(n->fd);
+        free(n->name);
+        free(n);
     }
     free(s->cmds);
     close(s->listen_fd);

@@ -142,12 +142,12 @@ static json_t *cmd_query_memory_hash(void *opaque, json_t *args, lm_error *err)
  */
 static json_t *cmd_migrate_incoming(void *opaque, json_t *args, lm_error *err)
 {
-    static const char *const known[] = { "uri", NULL };
+    static const char *const known[] = { "uri", "channels", NULL };
     vm *m = opaque;
-    const char *uri = NULL;
+    char uri[4096];
     bool running;
 
-    if (qmp_args_check(args, known, err) < 0 || qmp_arg_str(args, "uri", true, &uri, err) < 0) {
+    if (qmp_args_check(args, known, err) < 0) {
         return NULL;
     }
     if (lm_engine_is_incoming(m->engine)) {
@@ -159,7 +159,10 @@ static json_t *cmd_migrate_incoming(void *opaque, json_t *args, lm_error *err)
                      "machine with --incoming defer");
         return NULL;
     }
-    if (lm_engine_incoming(m->engine, uri, err) < 0) {
+    /* The address last: an fd:NAME is taken from the table only when the
+     * command will use it. */
+    if (qmp_migration_uri(m->qmp, args, uri, sizeof(uri), err) < 0 ||
+        lm_engine_incoming(m->engine, uri, err) < 0) {
         return NULL;
     }
     return json_object();
