@@ -4,8 +4,14 @@
 #ifndef LIVEMIG_RAM_H
 #define LIVEMIG_RAM_H
 
+#include "livemig/api.h"
+
 #include <stdbool.h>
 #include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 #define LM_RAM_NAME_MAX 64
 
@@ -40,9 +46,13 @@ typedef struct lm_ram_block lm_ram_block;
  * at offset (as a KVM VMM feeds its dirty log or ring).  Safe to call from
  * any thread at any time; cheap enough for every write.  Call it after the
  * write has been made visible. */
-void lm_ram_mark_dirty(lm_ram_block *block, uint64_t offset, uint64_t len);
+LM_API void lm_ram_mark_dirty(lm_ram_block *block, uint64_t offset, uint64_t len);
 
 /* True when the engine wants manual dirty reports right now. */
-bool lm_ram_wants_dirty_reports(const lm_ram_block *block);
+LM_API bool lm_ram_wants_dirty_reports(const lm_ram_block *block);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
