@@ -21,6 +21,9 @@ c++ -std=c++11 -Wall -Wextra -Werror -o "$stage/consumer-cxx" "$src/tests/api/co
 LD_LIBRARY_PATH=$libdir "$stage/consumer-c"
 LD_LIBRARY_PATH=$libdir "$stage/consumer-cxx"
 # The program runs against the installed library, not the build tree's.
-LD_LIBRARY_PATH=$libdir ldd "$stage/consumer-c" | grep -q "$libdir/liblivemig.so" ||
-    { echo "consumer did not load the installed liblivemig"; exit 1; }
+loaded=$(LD_LIBRARY_PATH=$libdir ldd "$stage/consumer-c")
+case $loaded in
+    *"$libdir/liblivemig.so"*) ;;
+    *) echo "consumer did not load the installed liblivemig: $loaded"; exit 1 ;;
+esac
 echo "installed headers, library and pkg-config file work from C and C++"
