@@ -195,7 +195,7 @@ typedef struct lm_info {
     uint64_t pages_per_second;
     uint64_t device_bytes;      /* device state sent */
     int cpu_throttle_percentage;
-    char dirty_tracker[32];     /* "uffd-wp-async", "manual" */
+    char dirty_tracker[32];     /* "uffd-wp-async", "manual", "dirty-log", "…+dirty-log" */
     char error_desc[LM_ERROR_MSG_MAX];
     char socket_address[LM_URI_MAX]; /* listening address (port 0 resolved) */
     /* Destination with postcopy-blocktime: time during which every vCPU
