@@ -150,8 +150,12 @@ static void cb_on_event(void *opaque, const lm_event *ev)
     vm *m = opaque;
     bool started = false;
 
+    /* As QEMU: MIGRATION and MIGRATION_PASS go out only with the
+     * `events` capability on (management tools turn it on). */
+    bool events = false;
+    lm_engine_get_capability(m->engine, "events", &events, NULL);
     pthread_mutex_lock(&m->qmp_lock);
-    if (m->qmp) {
+    if (m->qmp && events) {
         qmp_emit_migration_event(m->qmp, ev);
     }
     pthread_mutex_unlock(&m->qmp_lock);

@@ -114,6 +114,10 @@ class VM:
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
                                      pass_fds=pass_fds)
         self.qmp = self._connect()
+        # MIGRATION events need the `events` capability (as QEMU); the
+        # tests read them.
+        self.qmp.cmd("migrate-set-capabilities",
+                     capabilities=[{"capability": "events", "state": True}])
 
     def _connect(self):
         deadline = time.time() + 20

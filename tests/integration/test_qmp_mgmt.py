@@ -52,6 +52,28 @@ class Management(MigrationTest):
         self.assertEqual(vm.cmd("query-migrate"), {})
         self.assertEqual(vm.cmd("query-yank"), [])
 
+    def test_events_capability(self):
+        """MIGRATION events only with the `events` capability, as QEMU."""
+        src, dst = self.pair()
+        for vm in (src, dst):
+            vm.set_caps(events=False)
+        src.cmd("stop")
+        self.migrate(src, dst, "unix:" + self.path("quiet.sock"))
+        for vm in (src, dst):
+            vm.qmp.cmd("query-status")  # collect whatever was sent
+            self.assertFalse([e for e in vm.qmp.events
+                              if e["event"] in ("MIGRATION", "MIGRATION_PASS")], vm.name)
+        dst.cmd("cont")
+        self.assert_guest_ok(dst)
+        # Back on: the next migration (from the destination) reports again.
+        dst2 = self.vm("dst2", memory=MEM, workload="increment", incoming="defer")
+        dst.cmd("stop")
+        dst.set_caps(events=True)
+        self.migrate(dst, dst2, "unix:" + self.path("loud.sock"))
+        seen = [e["data"]["status"] for e in dst.qmp.events if e["event"] == "MIGRATION"]
+        self.assertEqual(seen[-1], "completed")
+        self.assertIn("MIGRATION_PASS", [e["event"] for e in dst.qmp.events])
+
     def test_getfd_then_migrate_fd_name(self):
         src, dst = self.pair()
         a, b = socket.socketpair()
