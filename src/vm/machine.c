@@ -208,10 +208,27 @@ static void cb_incoming_done(void *opaque, bool success)
             m->state = VM_PAUSED;
         }
     }
+    bool exit_on_error = m->exit_on_error;
     pthread_mutex_unlock(&m->lock);
-    if (!success) {
-        fprintf(stderr, "livemig-vm: incoming migration failed; still waiting (inmigrate)\n");
+    if (success) {
+        return;
     }
+    lm_info *info = calloc(1, sizeof(*info));
+    if (info) {
+        lm_engine_query(m->engine, info);
+    }
+    const char *why = info && info->error_desc[0] ? info->error_desc : "unknown error";
+    if (exit_on_error) {
+        /* QEMU's default: a destination whose migration failed holds no
+         * guest worth keeping; the management tool reads the exit status. */
+        fprintf(stderr, "livemig-vm: incoming migration failed: %s; exiting (exit-on-error)\n",
+                why);
+        vm_request_quit(m, VM_QUIT_INCOMING_FAILED);
+    } else {
+        fprintf(stderr, "livemig-vm: incoming migration failed: %s; still waiting (inmigrate)\n",
+                why);
+    }
+    free(info);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -74,6 +74,28 @@ class Management(MigrationTest):
         self.assertEqual(seen[-1], "completed")
         self.assertIn("MIGRATION_PASS", [e["event"] for e in dst.qmp.events])
 
+    def _feed_garbage(self, dst, sock):
+        dst.qmp.cmd("migrate-incoming", uri="unix:" + sock,
+                    **({} if dst.name == "dflt" else {"exit-on-error": False}))
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(sock)
+        c.sendall(b"this is not a migration stream" * 4)
+        c.close()
+
+    def test_exit_on_error(self):
+        # Default (QEMU's): the destination exits, status 1, saying why.
+        dflt = self.vm("dflt", memory=MEM, workload="idle", incoming="defer")
+        self._feed_garbage(dflt, self.path("d.sock"))
+        self.assertEqual(dflt.proc.wait(timeout=60), 1)
+        self.assertIn("exiting (exit-on-error)", dflt.read_log())
+        # exit-on-error false: it stays up and query-migrate says why.
+        keep = self.vm("keep", memory=MEM, workload="idle", incoming="defer")
+        self._feed_garbage(keep, self.path("k.sock"))
+        info = keep.wait_migration(statuses=("failed",))
+        self.assertTrue(info.get("error-desc"), info)
+        self.assertTrue(keep.alive())
+        self.assertEqual(keep.status(), "inmigrate")
+
     def test_getfd_then_migrate_fd_name(self):
         src, dst = self.pair()
         a, b = socket.socketpair()
