@@ -3,7 +3,7 @@
 # missing.  Sourced by scripts/demo.sh and scripts/test.sh.
 set -euo pipefail
 
-LIVEMIG_PACKAGES=(gcc meson ninja-build pkg-config python3 libjansson-dev libzstd-dev
+LIVEMIG_PACKAGES=(gcc g++ meson ninja-build pkg-config python3 libjansson-dev libzstd-dev
                   libgnutls28-dev libcmocka-dev)
 
 livemig_install_deps() {

@@ -41,6 +41,8 @@ int cli_parse_seconds(const char *s, double *out);
 uint64_t cli_json_u64(json_t *obj, const char *key);
 double cli_json_num(json_t *obj, const char *key);
 const char *cli_json_str(json_t *obj, const char *key); /* "" when absent */
+/* query-migrate's status, "none" for the {} of a machine that never migrated. */
+const char *cli_migration_status(json_t *info);
 
 /* Milliseconds on the monotonic clock. */
 int64_t cli_now_ms(void);

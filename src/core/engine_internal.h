@@ -54,7 +54,7 @@ typedef struct lm_params {
     uint64_t max_cpu_throttle;
     bool cpu_throttle_tailslow;
     bool x_vmdesc;                       /* send the JSON device description */
-    char x_dirty_tracker[16];            /* auto | uffd-wp | manual */
+    char x_dirty_tracker[16];            /* auto | uffd-wp | manual | dirty-log */
     uint64_t max_postcopy_bandwidth;     /* bytes/s of the background stream, 0 = unlimited */
     uint64_t multifd_channels;           /* 1..64 */
     char multifd_compression[16];        /* none | zstd */

@@ -30,7 +30,7 @@ const char *const *lm_capability_names(void)
     return cap_names;
 }
 
-static const char *const tracker_choices[] = { "auto", "uffd-wp", "manual", NULL };
+static const char *const tracker_choices[] = { "auto", "uffd-wp", "manual", "dirty-log", NULL };
 static const char *const compression_choices[] = { "none", "zstd", NULL };
 static const char *const zero_choices[] = { "none", "legacy", "multifd", NULL };
 

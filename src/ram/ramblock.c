@@ -110,6 +110,24 @@ void lm_ram_mark_dirty(lm_ram_block *b, uint64_t offset, uint64_t len)
     }
 }
 
+int lm_ram_set_dirty_log(lm_ram_block *b, const lm_dirty_log_ops *ops, void *opaque,
+                         lm_error *err)
+{
+    if (!b) {
+        return lm_error_set(err, -EINVAL, "no RAM block");
+    }
+    if (ops && !ops->sync) {
+        return lm_error_set(err, -EINVAL, "RAM block '%s': a dirty log needs a sync function",
+                            b->name);
+    }
+    if (b->dlog_active) {
+        return lm_error_set(err, -EBUSY, "RAM block '%s': a migration is tracking it", b->name);
+    }
+    b->dlog_ops = ops;
+    b->dlog_opaque = opaque;
+    return 0;
+}
+
 bool lm_ram_wants_dirty_reports(const lm_ram_block *b)
 {
     return b && __atomic_load_n(&b->reporting, __ATOMIC_ACQUIRE);

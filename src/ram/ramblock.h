@@ -35,6 +35,10 @@ struct lm_ram_block {
     /* Manual tracking: set by the embedder (atomically), drained by sync. */
     uint64_t *manual;
     int reporting;   /* atomic: the embedder should call lm_ram_mark_dirty */
+    /* The embedder's pull-style dirty log, if it gave one. */
+    const lm_dirty_log_ops *dlog_ops;
+    void *dlog_opaque;
+    bool dlog_active; /* between its start and stop, migration thread only */
 
     /* Destination: pages written by the loader (a fresh private page that
      * was never written is known to be zero). */

@@ -150,8 +150,12 @@ static void cb_on_event(void *opaque, const lm_event *ev)
     vm *m = opaque;
     bool started = false;
 
+    /* As QEMU: MIGRATION and MIGRATION_PASS go out only with the
+     * `events` capability on (management tools turn it on). */
+    bool events = false;
+    lm_engine_get_capability(m->engine, "events", &events, NULL);
     pthread_mutex_lock(&m->qmp_lock);
-    if (m->qmp) {
+    if (m->qmp && events) {
         qmp_emit_migration_event(m->qmp, ev);
     }
     pthread_mutex_unlock(&m->qmp_lock);
@@ -204,10 +208,27 @@ static void cb_incoming_done(void *opaque, bool success)
             m->state = VM_PAUSED;
         }
     }
+    bool exit_on_error = m->exit_on_error;
     pthread_mutex_unlock(&m->lock);
-    if (!success) {
-        fprintf(stderr, "livemig-vm: incoming migration failed; still waiting (inmigrate)\n");
+    if (success) {
+        return;
     }
+    lm_info *info = calloc(1, sizeof(*info));
+    if (info) {
+        lm_engine_query(m->engine, info);
+    }
+    const char *why = info && info->error_desc[0] ? info->error_desc : "unknown error";
+    if (exit_on_error) {
+        /* QEMU's default: a destination whose migration failed holds no
+         * guest worth keeping; the management tool reads the exit status. */
+        fprintf(stderr, "livemig-vm: incoming migration failed: %s; exiting (exit-on-error)\n",
+                why);
+        vm_request_quit(m, VM_QUIT_INCOMING_FAILED);
+    } else {
+        fprintf(stderr, "livemig-vm: incoming migration failed: %s; still waiting (inmigrate)\n",
+                why);
+    }
+    free(info);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -98,5 +98,5 @@ int main(int argc, char **argv)
     vm_emit(m, "SHUTDOWN", json_pack("{s:b, s:s}", "guest", 0, "reason", reason ? reason : "host-error"));
     vm_free(m);
     close(sfd);
-    return 0;
+    return reason && strcmp(reason, VM_QUIT_INCOMING_FAILED) == 0 ? 1 : 0;
 }

@@ -28,6 +28,7 @@ static void usage(FILE *f, const char *prog)
 "      --memory-backend B     anon (default), memfd, hugetlbfs or file:PATH\n"
 "      --thp                  postcopy places anon RAM in 2M huge pages\n"
 "      --no-thp               no MADV_HUGEPAGE advice on anon RAM (given by default)\n"
+"      --dirty-log            keep a dirty log the engine pulls at each sync (as KVM's)\n"
 "\n"
 "Guest:\n"
 "      --smp N                vCPU threads (default 1)\n"
@@ -159,6 +160,7 @@ enum {
     OPT_BACKEND,
     OPT_THP,
     OPT_NO_THP,
+    OPT_DIRTY_LOG,
     OPT_SMP,
     OPT_WORKLOAD,
     OPT_DIRTY_RATE,
@@ -179,6 +181,7 @@ static const struct option long_opts[] = {
     { "memory-backend", required_argument, NULL, OPT_BACKEND },
     { "thp", no_argument, NULL, OPT_THP },
     { "no-thp", no_argument, NULL, OPT_NO_THP },
+    { "dirty-log", no_argument, NULL, OPT_DIRTY_LOG },
     { "smp", required_argument, NULL, OPT_SMP },
     { "workload", required_argument, NULL, OPT_WORKLOAD },
     { "dirty-rate", required_argument, NULL, OPT_DIRTY_RATE },
@@ -229,6 +232,9 @@ int vm_options_parse(vm_options *o, int argc, char **argv, lm_error *err)
             break;
         case OPT_THP:
             o->ram.thp = true;
+            break;
+        case OPT_DIRTY_LOG:
+            o->ram.dirty_log = true;
             break;
         case OPT_NO_THP:
             o->ram.no_thp_advice = true;

@@ -142,12 +142,13 @@ static json_t *cmd_query_memory_hash(void *opaque, json_t *args, lm_error *err)
  */
 static json_t *cmd_migrate_incoming(void *opaque, json_t *args, lm_error *err)
 {
-    static const char *const known[] = { "uri", NULL };
+    static const char *const known[] = { "uri", "channels", "exit-on-error", NULL };
     vm *m = opaque;
-    const char *uri = NULL;
-    bool running;
+    char uri[4096];
+    bool running, exit_on_error = true;
 
-    if (qmp_args_check(args, known, err) < 0 || qmp_arg_str(args, "uri", true, &uri, err) < 0) {
+    if (qmp_args_check(args, known, err) < 0 ||
+        qmp_arg_bool(args, "exit-on-error", false, &exit_on_error, err) < 0) {
         return NULL;
     }
     if (lm_engine_is_incoming(m->engine)) {
@@ -159,7 +160,13 @@ static json_t *cmd_migrate_incoming(void *opaque, json_t *args, lm_error *err)
                      "machine with --incoming defer");
         return NULL;
     }
-    if (lm_engine_incoming(m->engine, uri, err) < 0) {
+    /* The address last: an fd:NAME is taken from the table only when the
+     * command will use it. */
+    pthread_mutex_lock(&m->lock);
+    m->exit_on_error = exit_on_error;
+    pthread_mutex_unlock(&m->lock);
+    if (qmp_migration_uri(m->qmp, args, uri, sizeof(uri), err) < 0 ||
+        lm_engine_incoming(m->engine, uri, err) < 0) {
         return NULL;
     }
     return json_object();
