@@ -39,6 +39,9 @@ typedef enum lm_status {
     LM_STATUS_FAILED,
     LM_STATUS_PRE_SWITCHOVER,
     LM_STATUS_DEVICE,
+    /* Postcopy's device phase: the destination loads the device state and
+     * has not run the guest; a failure here restarts the source guest. */
+    LM_STATUS_POSTCOPY_DEVICE,
     LM_STATUS__COUNT
 } lm_status;
 

@@ -454,7 +454,8 @@ int lm_engine_start_postcopy(lm_engine *e, lm_error *err)
                            "the start of migration");
     } else if (e->incoming && lm_state_is_active(e->status)) {
         ret = lm_error_set(err, -EINVAL, "migrate-start-postcopy is for the source");
-    } else if (lm_status_is_postcopy(e->status) || e->status == LM_STATUS_DEVICE) {
+    } else if (lm_status_is_postcopy(e->status) || e->status == LM_STATUS_DEVICE ||
+               e->status == LM_STATUS_POSTCOPY_DEVICE) {
         ret = lm_error_set(err, -EINVAL, "Postcopy already started or switching over (state %s)",
                            lm_status_name(e->status));
     } else {

@@ -547,8 +547,10 @@ static int postcopy_run(src_ctx *c, uint64_t stop_ns, uint64_t before);
  *   precopy:  the remaining RAM, device state, globalstate, [vmdesc], EOF,
  *             and the destination's confirmation on the return path;
  *   postcopy: the list of pages to discard, LISTEN, device state,
- *             globalstate and RUN; the guest runs there at once and the
- *             pages follow, those it faults on first.
+ *             globalstate and a PING; in postcopy-device until its PONG
+ *             says the destination loaded all of it (a failure until then
+ *             restarts our guest), then RUN: the guest runs there at once
+ *             and the pages follow, those it faults on first.
  * Postcopy never builds the JSON description: the stream is live. */
 static int switchover(src_ctx *c, bool postcopy)
 {
@@ -610,6 +612,10 @@ static int switchover(src_ctx *c, bool postcopy)
     if (ret == 0 && vmdesc) {
         ret = lm_devices_write_vmdesc(e, c->ch, &c->err);
     }
+    if (ret == 0 && postcopy) {
+        /* Its PONG says the device state is loaded there (postcopy-device). */
+        ret = lm_pc_write_ping(c->ch, LM_PING_DEVICES_LOADED);
+    }
     if (ret == 0 && !postcopy) {
         ret = lm_channel_put_u8(c->ch, LM_REC_EOF);
     }
@@ -650,28 +656,49 @@ static int precopy_confirm(src_ctx *c, uint64_t stop_ns, uint64_t before)
     return 0;
 }
 
-/* Postcopy: RUN, then serve requests and stream the rest until the
- * destination has every page, recovering from broken connections. */
+/* Postcopy's point of no return: nothing is committed until the
+ * destination has loaded the device state and said so (the PONG to the
+ * PING after it); until then any failure, or a cancel, restarts our guest,
+ * and the destination never got RUN. */
+static int postcopy_wait_devices(src_ctx *c)
+{
+    lm_engine *e = c->e;
+    int ret = lm_pc_src_start_rp(c->pc, c->ch, &c->err);
+    if (ret == 0 && !lm_set_state(e, LM_STATUS_DEVICE, LM_STATUS_POSTCOPY_DEVICE)) {
+        ret = -ECANCELED;
+    }
+    if (ret == 0) {
+        ret = lm_pc_src_wait_pong(c->pc, LM_PING_DEVICES_LOADED, &c->err);
+    }
+    if (ret == 0 && !lm_set_state(e, LM_STATUS_POSTCOPY_DEVICE, LM_STATUS_POSTCOPY_ACTIVE)) {
+        ret = -ECANCELED; /* cancelled meanwhile: still ours to restart */
+    }
+    return ret;
+}
+
+/* Postcopy: commit, RUN, then serve requests and stream the rest until
+ * the destination has every page, recovering from broken connections. */
 static int postcopy_run(src_ctx *c, uint64_t stop_ns, uint64_t before)
 {
     lm_engine *e = c->e;
+    int ret = postcopy_wait_devices(c);
+    if (ret < 0) {
+        lm_pc_src_stop(c->pc);
+        return ret;
+    }
     /* From RUN on, the destination may run the guest: ours never runs
      * again, whatever happens to the connection. */
     pthread_mutex_lock(&e->lock);
     e->postcopy_started = true;
     e->guest_stopped_by_us = false;
     pthread_mutex_unlock(&e->lock);
-    lm_set_state(e, LM_STATUS_DEVICE, LM_STATUS_POSTCOPY_ACTIVE);
     lm_pc_write_command(c->ch, LM_CMD_POSTCOPY_RUN, NULL, 0);
-    int ret = lm_channel_flush(c->ch);
+    ret = lm_channel_flush(c->ch);
     pthread_mutex_lock(&e->lock);
     e->stats.downtime_ns = lm_now_ns() - stop_ns;
     e->stats.downtime_bytes = sent_bytes(c) - before;
     e->stats.precopy_bytes = before;
     pthread_mutex_unlock(&e->lock);
-    if (ret == 0) {
-        ret = lm_pc_src_start_rp(c->pc, c->ch, &c->err);
-    }
     for (;;) {
         bool dest_failed = false;
         if (ret == 0) {

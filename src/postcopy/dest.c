@@ -477,18 +477,29 @@ int lm_pc_dst_set_rp(lm_pc_dst *d, lm_channel *main_ch, bool resume, lm_error *e
     return ret;
 }
 
-int lm_pc_dst_send_shut(lm_pc_dst *d, uint32_t status)
+/* SHUT or PONG: be32 value. */
+static int send_u32(lm_pc_dst *d, uint16_t type, uint32_t value)
 {
     int ret = -EPIPE;
     pthread_mutex_lock(&d->rp_lock);
     if (d->rp) {
-        lm_channel_put_be16(d->rp, LM_RP_SHUT);
+        lm_channel_put_be16(d->rp, type);
         lm_channel_put_be16(d->rp, 4);
-        lm_channel_put_be32(d->rp, status);
+        lm_channel_put_be32(d->rp, value);
         ret = lm_channel_flush(d->rp);
     }
     pthread_mutex_unlock(&d->rp_lock);
     return ret;
+}
+
+int lm_pc_dst_send_shut(lm_pc_dst *d, uint32_t status)
+{
+    return send_u32(d, LM_RP_SHUT, status);
+}
+
+int lm_pc_dst_send_pong(lm_pc_dst *d, uint32_t value)
+{
+    return send_u32(d, LM_RP_PONG, value);
 }
 
 /* ---- the preempt receiver ---- */

@@ -40,6 +40,7 @@ int lm_pc_dst_listen(lm_pc_dst *d, lm_ram_loader *l, lm_error *err);
  * `resume`, then asks again for every page requested and not placed. */
 int lm_pc_dst_set_rp(lm_pc_dst *d, lm_channel *main_ch, bool resume, lm_error *err);
 int lm_pc_dst_send_shut(lm_pc_dst *d, uint32_t status);
+int lm_pc_dst_send_pong(lm_pc_dst *d, uint32_t value);
 
 /* The preempt receiver: accepts the second connection on l. */
 int lm_pc_dst_start_preempt(lm_pc_dst *d, lm_listener *l, lm_error *err);

@@ -36,10 +36,16 @@ class PostcopyBase(MigrationTest):
     def start(self, src, dst, early=False):
         uri = "unix:" + self.path("mig.sock")
         dst.cmd("migrate-incoming", uri=uri)
-        if early:
-            src.cmd("migrate-start-postcopy")
         src.cmd("migrate", uri=uri)
-        if not early:
+        if early:
+            # At once: the switch comes as soon as the migration has set
+            # up.  (A migration that failed already refuses the request.)
+            try:
+                src.cmd("migrate-start-postcopy")
+            except lmtest.QMPError:
+                if src.migration()["status"] != "failed":
+                    raise
+        else:
             src.wait_migration(statuses=("active",))
             time.sleep(0.3)  # let precopy move a part of RAM
             src.cmd("migrate-start-postcopy")
@@ -72,7 +78,7 @@ class Postcopy(PostcopyBase):
         # transferred counts every byte: precopy, blackout and postcopy.
         self.assertGreaterEqual(info["ram"]["transferred"], info["ram"]["postcopy-bytes"])
 
-    def test_start_postcopy_before_migrate(self):
+    def test_start_postcopy_at_once(self):
         src, dst = self.pair()
         self.start(src, dst, early=True)
         info, dinfo = self.finish(src, dst)
@@ -148,6 +154,65 @@ class Postcopy(PostcopyBase):
         with self.assertRaises(lmtest.QMPError):
             src.cmd("migrate-start-postcopy")
 
+
+class SourceSafety(PostcopyBase):
+    """Postcopy never strands the source (issue 9, items 3, 4, 6, 7): until
+    the destination has agreed to postcopy and loaded the device state, a
+    failure leaves the source guest running with its memory intact, and a
+    retry completes."""
+
+    def assert_source_runs_on(self, src, info):
+        self.assertEqual(info["status"], "failed")
+        events = [e["data"]["status"] for e in src.qmp.events if e["event"] == "MIGRATION"]
+        self.assertNotIn("postcopy-active", events)
+        self.assertEqual(src.status(), "running")
+        self.assert_guest_ok(src)
+
+    def retry(self, src, memory=MEM, early=True):
+        """A second destination, able to do it: postcopy completes."""
+        dst2 = self.vm("dst2", memory=memory, workload="random", incoming="defer")
+        dst2.set_caps(postcopy_ram=True)
+        src.qmp.events.clear()
+        self.start(src, dst2, early=early)
+        self.finish(src, dst2)
+
+    def test_destination_refuses_postcopy(self):
+        # The destination's postcopy-ram is off: it refuses the ADVISE.
+        src = self.vm("src", memory=MEM, workload="random")
+        dst = self.vm("dst", memory=MEM, workload="random", incoming="defer")
+        src.set_caps(postcopy_ram=True)
+        src.set_params(**{"downtime-limit": 1, "max-bandwidth": 32 << 20})
+        self.assertTrue(src.wait_running_steps())
+        self.start(src, dst, early=True)
+        info = src.wait_migration(statuses=("failed",), timeout=30)
+        self.assertIn("postcopy", info.get("error-desc", ""))
+        self.assertIn("destination", info.get("error-desc", ""))
+        self.assert_source_runs_on(src, info)
+        self.retry(src)
+
+    def test_device_load_fails_before_commit(self):
+        # The destination cannot load the serial device's state (a test
+        # hook of livemig-vm): postcopy was not committed, the source runs on.
+        src = self.vm("src", memory=MEM, workload="random")
+        os.environ["LIVEMIG_VM_FAIL_LOAD"] = "serial"
+        try:
+            dst = self.vm("dst", memory=MEM, workload="random", incoming="defer")
+        finally:
+            del os.environ["LIVEMIG_VM_FAIL_LOAD"]
+        for vm in (src, dst):
+            vm.set_caps(postcopy_ram=True)
+        src.set_params(**{"downtime-limit": 1, "max-bandwidth": 32 << 20})
+        self.assertTrue(src.wait_running_steps())
+        self.start(src, dst, early=True)
+        info = src.wait_migration(statuses=("failed",), timeout=30)
+        self.assertIn("device state", info.get("error-desc", ""))
+        events = [e["data"]["status"] for e in src.qmp.events if e["event"] == "MIGRATION"]
+        self.assertIn("postcopy-device", events)
+        self.assert_source_runs_on(src, info)
+        dinfo = dst.wait_migration(statuses=("failed",), timeout=30)
+        self.assertIn("serial", dinfo.get("error-desc", ""))
+        self.assertNotEqual(dst.status(), "running")
+        self.retry(src)
 
 class Proxy(threading.Thread):
     """Accepts one connection on `listen`, connects to `target`, forwards
