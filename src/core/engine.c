@@ -469,10 +469,20 @@ int lm_engine_pause(lm_engine *e, lm_error *err)
 {
     pthread_mutex_lock(&e->lock);
     int ret = 0;
-    if (e->status != LM_STATUS_POSTCOPY_ACTIVE && e->status != LM_STATUS_POSTCOPY_RECOVER) {
+    /* The destination may also be kicked out of postcopy-recover-setup
+     * (listening, maybe for a peer that never comes): migrate-recover can
+     * then be issued again. */
+    bool listening = e->incoming && e->status == LM_STATUS_POSTCOPY_RECOVER_SETUP;
+    if (e->status != LM_STATUS_POSTCOPY_ACTIVE && e->status != LM_STATUS_POSTCOPY_RECOVER &&
+        !listening) {
         ret = lm_error_set(err, -EINVAL, "migrate-pause is currently only supported during "
-                           "postcopy-active or postcopy-recover state");
+                           "postcopy-active, postcopy-recover-setup (destination) or "
+                           "postcopy-recover state");
     } else {
+        lm_listener *l = e->recover_listener ? e->recover_listener : e->listener;
+        if (listening && l) {
+            lm_listener_abort(l);
+        }
         /* Both connections share the fate of their sockets: shutting them
          * down pauses both sides, as a network failure would. */
         if (e->ch) {

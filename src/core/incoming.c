@@ -521,13 +521,20 @@ static int load_records(dst_ctx *c)
     }
 }
 
-/* Accepts the source's resume on the listener migrate-recover opened and
- * runs the destination's half of the handshake. */
+/* Accepts the source's resume on the listener migrate-recover opened
+ * (postcopy-recover-setup) and runs the destination's half of the
+ * handshake (postcopy-recover).  migrate-pause interrupts either: the
+ * listener is aborted or the connection shut down, and the caller goes
+ * back to postcopy-paused for another migrate-recover. */
 static int accept_resume(dst_ctx *c, lm_listener *l)
 {
     lm_engine *e = c->e;
     int fd, pid;
     int ret = lm_listener_accept(l, &fd, &pid, &c->err);
+    if (ret == -ECANCELED) {
+        lm_error_clear(&c->err);
+        return lm_error_set(&c->err, ret, "recovery interrupted while listening");
+    }
     if (ret < 0) {
         return ret;
     }
@@ -542,6 +549,11 @@ static int accept_resume(dst_ctx *c, lm_listener *l)
         lm_channel_shutdown(c->ch, -ECANCELED, "incoming migration cancelled");
     }
     pthread_mutex_unlock(&e->lock);
+    /* A peer is connected: the handshake starts (QEMU's postcopy-recover),
+     * however long it says nothing. */
+    if (!lm_set_state(e, LM_STATUS_POSTCOPY_RECOVER_SETUP, LM_STATUS_POSTCOPY_RECOVER)) {
+        return -ECANCELED;
+    }
     uint8_t type;
     uint16_t cmd, len;
     ret = lm_stream_read_header(c->ch, &c->err);
@@ -551,9 +563,6 @@ static int accept_resume(dst_ctx *c, lm_listener *l)
     }
     if (ret == 0 && (type != LM_REC_COMMAND || cmd != LM_CMD_POSTCOPY_RESUME || len != 0)) {
         ret = lm_error_set(&c->err, -EBADMSG, "a recovery stream must start with POSTCOPY_RESUME");
-    }
-    if (ret == 0 && !lm_set_state(e, LM_STATUS_POSTCOPY_RECOVER_SETUP, LM_STATUS_POSTCOPY_RECOVER)) {
-        ret = -ECANCELED;
     }
     lm_pc_dst_reset_main(c->pc);
     if (ret == 0) {

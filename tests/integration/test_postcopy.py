@@ -313,6 +313,36 @@ class Recovery(PostcopyBase):
         self.recover(src, dst, "rec2.sock")
         self.finish(src, dst)
 
+    def test_recovery_retried_on_destination(self):
+        """QEMU's double-failure cases on the destination: migrate-recover
+        listens and nobody comes (reconnect), or a peer connects and never
+        speaks (handshake).  Each time migrate-pause kicks the destination
+        back to postcopy-paused and migrate-recover is issued again."""
+        src, dst = self.paused_pair()
+        # Nobody connects: postcopy-recover-setup, then paused again.
+        dst.cmd("migrate-recover", uri="unix:" + self.path("rec1.sock"))
+        dst.wait_migration(statuses=("postcopy-recover-setup",))
+        dst.cmd("migrate-pause")
+        dst.wait_migration(statuses=("postcopy-paused",))
+        # A silent peer connects: postcopy-recover (the handshake), stuck
+        # until migrate-pause.
+        dst.cmd("migrate-recover", uri="unix:" + self.path("rec2.sock"))
+        silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            silent.connect(self.path("rec2.sock"))
+            dst.wait_migration(statuses=("postcopy-recover",))
+            dst.cmd("migrate-pause")
+            dst.wait_migration(statuses=("postcopy-paused",))
+        finally:
+            silent.close()
+        devents = [e["data"]["status"] for e in dst.qmp.events if e["event"] == "MIGRATION"]
+        self.assertEqual(devents.count("postcopy-recover-setup"), 2)
+        # The guest ran on meanwhile, and the real source still resumes.
+        self.assertEqual(dst.status(), "running")
+        self.assertEqual(src.migration()["status"], "postcopy-paused")
+        self.recover(src, dst, "rec3.sock")
+        self.finish(src, dst)
+
     def test_recover_needs_paused(self):
         dst = self.vm("dst", memory=MEM, incoming="defer")
         with self.assertRaises(lmtest.QMPError):
