@@ -136,9 +136,9 @@ int lm_engine_continue(lm_engine *e, const char *state, lm_error *err);
 /* Postcopy (docs/postcopy.md).  Needs capability postcopy-ram on both
  * sides and a socket transport.
  *
- * Source: switch to postcopy at the next chance; may be called before
- * lm_engine_migrate(), then the switch happens as soon as the migration
- * has started. */
+ * Source: switch the migration in progress to postcopy at the next chance
+ * (right after lm_engine_migrate(): as soon as it has set up).  Refused
+ * when no migration is in progress; the request ends with its migration. */
 int lm_engine_start_postcopy(lm_engine *e, lm_error *err);
 /* Either side, in postcopy-active or postcopy-recover: break the
  * connection on purpose; both sides go to postcopy-paused (migrate-pause). */

@@ -211,6 +211,7 @@ static int begin(lm_engine *e, const char *uri, bool incoming, lm_error *err)
     e->saver.dirty_bytes = 0;
     e->saver.total_bytes = 0;
     e->postcopy_started = false;
+    e->postcopy_requested = false; /* a request belongs to one migration */
     e->resume_requested = false;
     e->pc_requests = e->pc_bytes = 0;
     e->bt_valid = false;
@@ -454,6 +455,13 @@ int lm_engine_start_postcopy(lm_engine *e, lm_error *err)
                            "the start of migration");
     } else if (e->incoming && lm_state_is_active(e->status)) {
         ret = lm_error_set(err, -EINVAL, "migrate-start-postcopy is for the source");
+    } else if (e->status == LM_STATUS_NONE) {
+        /* QEMU's rule: a request belongs to a migration, never to the next. */
+        ret = lm_error_set(err, -EINVAL, "Postcopy must be started after migration has been "
+                           "started");
+    } else if (!lm_state_is_active(e->status) || e->status == LM_STATUS_CANCELLING) {
+        ret = lm_error_set(err, -EINVAL, "migrate-start-postcopy: no migration is in progress "
+                           "(state %s)", lm_status_name(e->status));
     } else if (lm_status_is_postcopy(e->status) || e->status == LM_STATUS_DEVICE ||
                e->status == LM_STATUS_POSTCOPY_DEVICE) {
         ret = lm_error_set(err, -EINVAL, "Postcopy already started or switching over (state %s)",

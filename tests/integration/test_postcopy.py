@@ -214,6 +214,31 @@ class SourceSafety(PostcopyBase):
         self.assertNotEqual(dst.status(), "running")
         self.retry(src)
 
+    def test_start_postcopy_belongs_to_one_migration(self):
+        src = self.vm("src", memory=MEM, workload="random")
+        src.set_caps(postcopy_ram=True)
+        # No migration yet: refused (QEMU's rule).
+        with self.assertRaises(lmtest.QMPError) as cm:
+            src.cmd("migrate-start-postcopy")
+        self.assertIn("migration", cm.exception.desc)
+        # A migration that fails (nobody listens there)...
+        src.cmd("migrate", uri="unix:" + self.path("nobody.sock"))
+        src.wait_migration(statuses=("failed",))
+        # ...does not take a request afterwards.
+        with self.assertRaises(lmtest.QMPError):
+            src.cmd("migrate-start-postcopy")
+        # The next migration stays in precopy: stopped guest, byte for byte.
+        dst = self.vm("dst", memory=MEM, workload="random", incoming="defer")
+        dst.set_caps(postcopy_ram=True)
+        src.cmd("stop")
+        src.qmp.events.clear()
+        self.migrate(src, dst, "unix:" + self.path("mig.sock"))
+        events = [e["data"]["status"] for e in src.qmp.events if e["event"] == "MIGRATION"]
+        self.assertNotIn("postcopy-active", events)
+        self.assert_same_memory(src, dst)
+        dst.cmd("cont")
+        self.assert_guest_ok(dst)
+
 class Proxy(threading.Thread):
     """Accepts one connection on `listen`, connects to `target`, forwards
     what the source sends until the destination answers, then cuts both
