@@ -239,6 +239,22 @@ class SourceSafety(PostcopyBase):
         dst.cmd("cont")
         self.assert_guest_ok(dst)
 
+    def test_start_postcopy_acts_at_once_under_a_cap(self):
+        # 1 MiB/s: one 32 MiB slice would take half a minute.  The switch
+        # must come within a small batch of the request, counted in bytes.
+        src, dst = self.pair(params={"max-bandwidth": 1 << 20})
+        uri = "unix:" + self.path("mig.sock")
+        dst.cmd("migrate-incoming", uri=uri)
+        src.cmd("migrate", uri=uri)
+        src.wait_migration(statuses=("active",))
+        asked_at = src.migration()["ram"]["transferred"]
+        src.cmd("migrate-start-postcopy")
+        info = src.wait_migration(statuses=("postcopy-active", "completed"))
+        lag = info["ram"]["precopy-bytes"] - asked_at
+        self.assertLessEqual(lag, 4 << 20, "switched %d bytes after the request" % lag)
+        self.finish(src, dst)
+
+
 class Proxy(threading.Thread):
     """Accepts one connection on `listen`, connects to `target`, forwards
     what the source sends until the destination answers, then cuts both
