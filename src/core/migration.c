@@ -685,8 +685,10 @@ static int postcopy_wait_devices(src_ctx *c)
     if (ret == 0) {
         ret = lm_pc_src_wait_pong(c->pc, LM_PING_DEVICES_LOADED, &c->err);
     }
-    if (ret == 0 && !lm_set_state(e, LM_STATUS_POSTCOPY_DEVICE, LM_STATUS_POSTCOPY_ACTIVE)) {
-        ret = -ECANCELED; /* cancelled meanwhile: still ours to restart */
+    /* Cancelled meanwhile: still ours to restart. */
+    if (ret == 0 && (cancelled(e) ||
+                     !lm_set_state(e, LM_STATUS_POSTCOPY_DEVICE, LM_STATUS_POSTCOPY_ACTIVE))) {
+        ret = -ECANCELED;
     }
     return ret;
 }
