@@ -42,6 +42,8 @@ static void placer_free(lm_pc_placer *pl)
     pl->buf = NULL;
 }
 
+static int open_uffd(lm_pc_dst *d, lm_error *err);
+
 int lm_pc_dst_new(lm_engine *e, lm_ram_block **blocks, size_t nblocks, uint32_t flags,
                   lm_pc_dst **out, lm_error *err)
 {
@@ -79,6 +81,16 @@ int lm_pc_dst_new(lm_engine *e, lm_ram_block **blocks, size_t nblocks, uint32_t 
     d->nvcpus = e->nvcpus;
     memcpy(d->tids, e->vcpu_tids, sizeof(d->tids));
     pthread_mutex_unlock(&e->lock);
+    /* Refuse ADVISE now, while the source can still give postcopy up with
+     * its guest running, when userfaultfd is not there (QEMU checks the
+     * host at ADVISE too); LISTEN opens the one it uses. */
+    int ret = open_uffd(d, err);
+    if (ret < 0) {
+        lm_pc_dst_free(d);
+        return ret;
+    }
+    close(d->uffd);
+    d->uffd = -1;
     *out = d;
     return 0;
 }

@@ -22,7 +22,8 @@
 
 typedef struct lm_pc_dst lm_pc_dst;
 
-/* On ADVISE.  blocks: the source's order (wire index -> local block). */
+/* On ADVISE.  blocks: the source's order (wire index -> local block).
+ * Fails when this host has no usable userfaultfd. */
 int lm_pc_dst_new(lm_engine *e, lm_ram_block **blocks, size_t nblocks, uint32_t flags,
                   lm_pc_dst **out, lm_error *err);
 /* Stops every thread, unregisters guest RAM, frees. */

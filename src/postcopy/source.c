@@ -375,7 +375,8 @@ int lm_pc_src_advise(lm_pc_src *p, lm_channel *ch, const lm_uri *uri, lm_error *
     if (ret < 0 || type != LM_RP_PONG || value != LM_PING_POSTCOPY_ADVISED) {
         return lm_error_set(err, ret < 0 ? ret : -EPROTO,
                             "the destination refused postcopy (is its capability postcopy-ram "
-                            "on?): it did not accept POSTCOPY_ADVISE%s%s",
+                            "on, and userfaultfd available?): it did not accept "
+                            "POSTCOPY_ADVISE%s%s",
                             ret < 0 ? "; " : "", ret < 0 ? rerr.msg : "");
     }
     start_preempt(p, uri);
