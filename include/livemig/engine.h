@@ -45,6 +45,9 @@ typedef enum lm_status {
     LM_STATUS_FAILED,
     LM_STATUS_PRE_SWITCHOVER,
     LM_STATUS_DEVICE,
+    /* Postcopy's device phase: the destination loads the device state and
+     * has not run the guest; a failure here restarts the source guest. */
+    LM_STATUS_POSTCOPY_DEVICE,
     LM_STATUS__COUNT
 } lm_status;
 
@@ -139,9 +142,9 @@ LM_API int lm_engine_continue(lm_engine *e, const char *state, lm_error *err);
 /* Postcopy (docs/postcopy.md).  Needs capability postcopy-ram on both
  * sides and a socket transport.
  *
- * Source: switch to postcopy at the next chance; may be called before
- * lm_engine_migrate(), then the switch happens as soon as the migration
- * has started. */
+ * Source: switch the migration in progress to postcopy at the next chance
+ * (right after lm_engine_migrate(): as soon as it has set up).  Refused
+ * when no migration is in progress; the request ends with its migration. */
 LM_API int lm_engine_start_postcopy(lm_engine *e, lm_error *err);
 /* Either side, in postcopy-active or postcopy-recover: break the
  * connection on purpose; both sides go to postcopy-paused (migrate-pause). */

@@ -211,6 +211,7 @@ static int begin(lm_engine *e, const char *uri, bool incoming, lm_error *err)
     e->saver.dirty_bytes = 0;
     e->saver.total_bytes = 0;
     e->postcopy_started = false;
+    e->postcopy_requested = false; /* a request belongs to one migration */
     e->resume_requested = false;
     e->pc_requests = e->pc_bytes = 0;
     e->bt_valid = false;
@@ -454,7 +455,15 @@ int lm_engine_start_postcopy(lm_engine *e, lm_error *err)
                            "the start of migration");
     } else if (e->incoming && lm_state_is_active(e->status)) {
         ret = lm_error_set(err, -EINVAL, "migrate-start-postcopy is for the source");
-    } else if (lm_status_is_postcopy(e->status) || e->status == LM_STATUS_DEVICE) {
+    } else if (e->status == LM_STATUS_NONE) {
+        /* QEMU's rule: a request belongs to a migration, never to the next. */
+        ret = lm_error_set(err, -EINVAL, "Postcopy must be started after migration has been "
+                           "started");
+    } else if (!lm_state_is_active(e->status) || e->status == LM_STATUS_CANCELLING) {
+        ret = lm_error_set(err, -EINVAL, "migrate-start-postcopy: no migration is in progress "
+                           "(state %s)", lm_status_name(e->status));
+    } else if (lm_status_is_postcopy(e->status) || e->status == LM_STATUS_DEVICE ||
+               e->status == LM_STATUS_POSTCOPY_DEVICE) {
         ret = lm_error_set(err, -EINVAL, "Postcopy already started or switching over (state %s)",
                            lm_status_name(e->status));
     } else {
@@ -468,10 +477,20 @@ int lm_engine_pause(lm_engine *e, lm_error *err)
 {
     pthread_mutex_lock(&e->lock);
     int ret = 0;
-    if (e->status != LM_STATUS_POSTCOPY_ACTIVE && e->status != LM_STATUS_POSTCOPY_RECOVER) {
+    /* The destination may also be kicked out of postcopy-recover-setup
+     * (listening, maybe for a peer that never comes): migrate-recover can
+     * then be issued again. */
+    bool listening = e->incoming && e->status == LM_STATUS_POSTCOPY_RECOVER_SETUP;
+    if (e->status != LM_STATUS_POSTCOPY_ACTIVE && e->status != LM_STATUS_POSTCOPY_RECOVER &&
+        !listening) {
         ret = lm_error_set(err, -EINVAL, "migrate-pause is currently only supported during "
-                           "postcopy-active or postcopy-recover state");
+                           "postcopy-active, postcopy-recover-setup (destination) or "
+                           "postcopy-recover state");
     } else {
+        lm_listener *l = e->recover_listener ? e->recover_listener : e->listener;
+        if (listening && l) {
+            lm_listener_abort(l);
+        }
         /* Both connections share the fate of their sockets: shutting them
          * down pauses both sides, as a network failure would. */
         if (e->ch) {

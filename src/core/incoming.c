@@ -44,6 +44,8 @@ typedef struct dst_ctx {
     lm_pc_dst *pc;       /* postcopy: from ADVISE on */
     bool pc_listening;   /* LISTEN seen: guest RAM is registered; failures pause */
     bool pc_run;         /* RUN seen (or implied by a resume): the guest may run here */
+    bool pc_advised;     /* ADVISE seen: the source reads the return path from here on */
+    bool pc_acked;       /* the device state is loaded and said so: the source may commit */
     lm_multifd_dst *mf;  /* multifd: from MULTIFD_SETUP until its channels end */
     uint64_t multifd_bytes; /* read on multifd channels that ended */
     lm_mapped_ram_dst *mr;  /* mapped-ram: from CONFIG on */
@@ -336,12 +338,31 @@ static void postcopy_run(dst_ctx *c)
 {
     lm_engine *e = c->e;
     c->pc_run = true;
+    lm_set_state(e, LM_STATUS_POSTCOPY_DEVICE, LM_STATUS_POSTCOPY_ACTIVE);
     pthread_mutex_lock(&e->lock);
     bool autostart = e->autostart && c->source_running;
     pthread_mutex_unlock(&e->lock);
     if (autostart && e->cb.vm_start) {
         e->cb.vm_start(e->opaque);
     }
+}
+
+/* PING: everything before it is loaded; PONG says so on the return path
+ * (shared with the fault thread once LISTEN registered guest RAM). */
+static int answer_ping(dst_ctx *c, const uint8_t *body, uint16_t len)
+{
+    if (!c->have_config || len != 4) {
+        return lm_error_set(&c->err, -EBADMSG, "unexpected or malformed PING");
+    }
+    uint32_t value = lm_load_be32(body);
+    int ret = c->pc_listening ? lm_pc_dst_send_pong(c->pc, value) : lm_rp_write_pong(c->ch, value);
+    if (ret < 0) {
+        return lm_error_set(&c->err, ret, "cannot answer PING %u on the return path", value);
+    }
+    if (c->pc_listening && value == LM_PING_DEVICES_LOADED) {
+        c->pc_acked = true;
+    }
+    return 0;
 }
 
 static int load_command(dst_ctx *c)
@@ -363,7 +384,11 @@ static int load_command(dst_ctx *c)
     case LM_CMD_MULTIFD_SETUP:
         ret = multifd_start(c, body, len);
         break;
+    case LM_CMD_PING:
+        ret = answer_ping(c, body, len);
+        break;
     case LM_CMD_POSTCOPY_ADVISE:
+        c->pc_advised = true;
         if (!c->have_config || c->pc || len != 4) {
             ret = lm_error_set(&c->err, -EBADMSG, "unexpected or malformed POSTCOPY_ADVISE");
             break;
@@ -406,7 +431,7 @@ static int load_command(dst_ctx *c)
             c->pc_listening = true;
             ret = lm_pc_dst_set_rp(c->pc, c->ch, false, &c->err);
         }
-        if (ret == 0 && !lm_set_state(e, LM_STATUS_ACTIVE, LM_STATUS_POSTCOPY_ACTIVE)) {
+        if (ret == 0 && !lm_set_state(e, LM_STATUS_ACTIVE, LM_STATUS_POSTCOPY_DEVICE)) {
             ret = -ECANCELED;
         }
         break;
@@ -496,13 +521,20 @@ static int load_records(dst_ctx *c)
     }
 }
 
-/* Accepts the source's resume on the listener migrate-recover opened and
- * runs the destination's half of the handshake. */
+/* Accepts the source's resume on the listener migrate-recover opened
+ * (postcopy-recover-setup) and runs the destination's half of the
+ * handshake (postcopy-recover).  migrate-pause interrupts either: the
+ * listener is aborted or the connection shut down, and the caller goes
+ * back to postcopy-paused for another migrate-recover. */
 static int accept_resume(dst_ctx *c, lm_listener *l)
 {
     lm_engine *e = c->e;
     int fd, pid;
     int ret = lm_listener_accept(l, &fd, &pid, &c->err);
+    if (ret == -ECANCELED) {
+        lm_error_clear(&c->err);
+        return lm_error_set(&c->err, ret, "recovery interrupted while listening");
+    }
     if (ret < 0) {
         return ret;
     }
@@ -517,6 +549,11 @@ static int accept_resume(dst_ctx *c, lm_listener *l)
         lm_channel_shutdown(c->ch, -ECANCELED, "incoming migration cancelled");
     }
     pthread_mutex_unlock(&e->lock);
+    /* A peer is connected: the handshake starts (QEMU's postcopy-recover),
+     * however long it says nothing. */
+    if (!lm_set_state(e, LM_STATUS_POSTCOPY_RECOVER_SETUP, LM_STATUS_POSTCOPY_RECOVER)) {
+        return -ECANCELED;
+    }
     uint8_t type;
     uint16_t cmd, len;
     ret = lm_stream_read_header(c->ch, &c->err);
@@ -526,9 +563,6 @@ static int accept_resume(dst_ctx *c, lm_listener *l)
     }
     if (ret == 0 && (type != LM_REC_COMMAND || cmd != LM_CMD_POSTCOPY_RESUME || len != 0)) {
         ret = lm_error_set(&c->err, -EBADMSG, "a recovery stream must start with POSTCOPY_RESUME");
-    }
-    if (ret == 0 && !lm_set_state(e, LM_STATUS_POSTCOPY_RECOVER_SETUP, LM_STATUS_POSTCOPY_RECOVER)) {
-        ret = -ECANCELED;
     }
     lm_pc_dst_reset_main(c->pc);
     if (ret == 0) {
@@ -647,10 +681,13 @@ void *lm_incoming_thread(void *arg)
             pthread_mutex_unlock(&e->lock);
             ret = load_stream(c);
             /* Once the guest runs here, any failure pauses: the source keeps
-             * every page and a recovery may yet finish.  Between LISTEN and
-             * RUN a broken link pauses too (the source may have sent RUN and
-             * given its copy up); a malformed stream there fails. */
-            while (ret < 0 && (c->pc_run || (c->pc_listening && link_failure(ret)))) {
+             * every page and a recovery may yet finish.  Between the device
+             * state's PONG and RUN a broken link pauses too (the source may
+             * have committed and sent RUN); before that PONG the source has
+             * not committed (it restarts its guest), so this side fails.
+             * A cancel ends it (pausing again would only spin). */
+            while (ret < 0 && ret != -ECANCELED &&
+                   (c->pc_run || (c->pc_acked && link_failure(ret)))) {
                 ret = pause_and_recover(c);
                 if (ret == 0) {
                     ret = load_records(c);
@@ -695,7 +732,7 @@ void *lm_incoming_thread(void *arg)
         lm_pc_dst_free(c->pc);
         c->pc = NULL;
     }
-    if (c->ch && (c->cfg.flags & LM_CONFIG_RETURN_PATH) && !c->pc_listening) {
+    if (c->ch && ((c->cfg.flags & LM_CONFIG_RETURN_PATH) || c->pc_advised) && !c->pc_listening) {
         /* Tell the source whether it may give its copy up. */
         lm_rp_write_shut(c->ch, success ? 0 : 1);
     }

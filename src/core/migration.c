@@ -21,8 +21,11 @@
 #include "stream/stream.h"
 
 /* RAM is sent in slices of this size, so cancel and the devices' share are
- * looked at often. */
+ * looked at often... */
 #define SLICE_BYTES (32ull << 20)
+/* ...and under max-bandwidth, of what the cap lets through in 100 ms (one
+ * rate-limit window), but not less than this. */
+#define MIN_SLICE_BYTES (256ull << 10)
 /* Once everything fits in the downtime limit, keep iterating while passes
  * shrink what remains by at least this fraction (percent)... */
 #define SHRINK_PERCENT 10
@@ -435,6 +438,17 @@ static bool postcopy_wanted(src_ctx *c)
     return want;
 }
 
+/* A slice takes at most ~100 ms at the bandwidth cap, so that
+ * migrate-start-postcopy acts within a small batch of its request even
+ * under a low max-bandwidth (a 32 MiB slice at 3 MiB/s took 10 s). */
+static uint64_t slice_bytes(src_ctx *c)
+{
+    pthread_mutex_lock(&c->e->lock);
+    uint64_t cap = c->e->params.max_bandwidth;
+    pthread_mutex_unlock(&c->e->lock);
+    return cap ? LM_MIN(SLICE_BYTES, LM_MAX(cap / 10, MIN_SLICE_BYTES)) : SLICE_BYTES;
+}
+
 /* One pass: RAM slices interleaved with every iterative device's share. */
 static int send_pass(src_ctx *c)
 {
@@ -447,9 +461,10 @@ static int send_pass(src_ctx *c)
         if (postcopy_wanted(c)) {
             break; /* switch now: what is left moves in postcopy */
         }
-        int ret = send_ram_slice(c, LM_REC_SECTION_PART, SLICE_BYTES, &ram_done);
+        uint64_t slice = slice_bytes(c);
+        int ret = send_ram_slice(c, LM_REC_SECTION_PART, slice, &ram_done);
         if (ret == 0 && !devs_done) {
-            ret = lm_devices_save_iterate(e, c->ch, SLICE_BYTES, &devs_done, &c->err);
+            ret = lm_devices_save_iterate(e, c->ch, slice, &devs_done, &c->err);
         }
         if (ret < 0) {
             return ret;
@@ -547,8 +562,10 @@ static int postcopy_run(src_ctx *c, uint64_t stop_ns, uint64_t before);
  *   precopy:  the remaining RAM, device state, globalstate, [vmdesc], EOF,
  *             and the destination's confirmation on the return path;
  *   postcopy: the list of pages to discard, LISTEN, device state,
- *             globalstate and RUN; the guest runs there at once and the
- *             pages follow, those it faults on first.
+ *             globalstate and a PING; in postcopy-device until its PONG
+ *             says the destination loaded all of it (a failure until then
+ *             restarts our guest), then RUN: the guest runs there at once
+ *             and the pages follow, those it faults on first.
  * Postcopy never builds the JSON description: the stream is live. */
 static int switchover(src_ctx *c, bool postcopy)
 {
@@ -610,6 +627,10 @@ static int switchover(src_ctx *c, bool postcopy)
     if (ret == 0 && vmdesc) {
         ret = lm_devices_write_vmdesc(e, c->ch, &c->err);
     }
+    if (ret == 0 && postcopy) {
+        /* Its PONG says the device state is loaded there (postcopy-device). */
+        ret = lm_pc_write_ping(c->ch, LM_PING_DEVICES_LOADED);
+    }
     if (ret == 0 && !postcopy) {
         ret = lm_channel_put_u8(c->ch, LM_REC_EOF);
     }
@@ -650,28 +671,51 @@ static int precopy_confirm(src_ctx *c, uint64_t stop_ns, uint64_t before)
     return 0;
 }
 
-/* Postcopy: RUN, then serve requests and stream the rest until the
- * destination has every page, recovering from broken connections. */
+/* Postcopy's point of no return: nothing is committed until the
+ * destination has loaded the device state and said so (the PONG to the
+ * PING after it); until then any failure, or a cancel, restarts our guest,
+ * and the destination never got RUN. */
+static int postcopy_wait_devices(src_ctx *c)
+{
+    lm_engine *e = c->e;
+    int ret = lm_pc_src_start_rp(c->pc, c->ch, &c->err);
+    if (ret == 0 && !lm_set_state(e, LM_STATUS_DEVICE, LM_STATUS_POSTCOPY_DEVICE)) {
+        ret = -ECANCELED;
+    }
+    if (ret == 0) {
+        ret = lm_pc_src_wait_pong(c->pc, LM_PING_DEVICES_LOADED, &c->err);
+    }
+    /* Cancelled meanwhile: still ours to restart. */
+    if (ret == 0 && (cancelled(e) ||
+                     !lm_set_state(e, LM_STATUS_POSTCOPY_DEVICE, LM_STATUS_POSTCOPY_ACTIVE))) {
+        ret = -ECANCELED;
+    }
+    return ret;
+}
+
+/* Postcopy: commit, RUN, then serve requests and stream the rest until
+ * the destination has every page, recovering from broken connections. */
 static int postcopy_run(src_ctx *c, uint64_t stop_ns, uint64_t before)
 {
     lm_engine *e = c->e;
+    int ret = postcopy_wait_devices(c);
+    if (ret < 0) {
+        lm_pc_src_stop(c->pc);
+        return ret;
+    }
     /* From RUN on, the destination may run the guest: ours never runs
      * again, whatever happens to the connection. */
     pthread_mutex_lock(&e->lock);
     e->postcopy_started = true;
     e->guest_stopped_by_us = false;
     pthread_mutex_unlock(&e->lock);
-    lm_set_state(e, LM_STATUS_DEVICE, LM_STATUS_POSTCOPY_ACTIVE);
     lm_pc_write_command(c->ch, LM_CMD_POSTCOPY_RUN, NULL, 0);
-    int ret = lm_channel_flush(c->ch);
+    ret = lm_channel_flush(c->ch);
     pthread_mutex_lock(&e->lock);
     e->stats.downtime_ns = lm_now_ns() - stop_ns;
     e->stats.downtime_bytes = sent_bytes(c) - before;
     e->stats.precopy_bytes = before;
     pthread_mutex_unlock(&e->lock);
-    if (ret == 0) {
-        ret = lm_pc_src_start_rp(c->pc, c->ch, &c->err);
-    }
     for (;;) {
         bool dest_failed = false;
         if (ret == 0) {

@@ -47,7 +47,11 @@ enum lm_command {
     LM_CMD_POSTCOPY_RUN = 0x04,     /* empty: start the guest */
     LM_CMD_POSTCOPY_RESUME = 0x05,  /* empty: first record of a recovery stream */
     LM_CMD_MULTIFD_SETUP = 0x06,    /* be16 channels, u8 compression, u8 0, 16-byte id */
+    LM_CMD_PING = 0x07,             /* be32 value: PONG(value) once everything before is loaded */
 };
+/* The PINGs postcopy waits for (docs/postcopy.md). */
+#define LM_PING_POSTCOPY_ADVISED 1u /* after ADVISE: the destination can do postcopy */
+#define LM_PING_DEVICES_LOADED 2u   /* after the device state: postcopy may commit */
 #define LM_ADVISE_PREEMPT (1u << 0) /* urgent pages on a second connection */
 #define LM_COMMAND_MAX_LEN 65535u
 #define LM_DISCARD_MAX_RANGES 4095u /* (65535 - 4) / 16 */
@@ -55,7 +59,7 @@ enum lm_command {
 /* Return path (destination -> source) messages: be16 type, be16 len, body. */
 enum lm_rp_type {
     LM_RP_SHUT = 0x01,        /* be32 status: 0 = loaded and running, else failure */
-    LM_RP_PONG = 0x02,        /* be32 value (reserved: no PING is sent yet) */
+    LM_RP_PONG = 0x02,        /* be32 value: the answer to COMMAND PING(value) */
     LM_RP_REQ_PAGES = 0x03,   /* be16 block, be64 first page, be32 count (one host page) */
     LM_RP_RECV_BITMAP = 0x04, /* be16 block, be64 first word, be16 n, n x be64 words */
     LM_RP_RESUME_ACK = 0x05,  /* empty: the bitmaps are sent, resume postcopy */

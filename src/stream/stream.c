@@ -184,6 +184,14 @@ int lm_rp_write_shut(lm_channel *ch, uint32_t status)
     return lm_channel_flush(ch);
 }
 
+int lm_rp_write_pong(lm_channel *ch, uint32_t value)
+{
+    lm_channel_put_be16(ch, LM_RP_PONG);
+    lm_channel_put_be16(ch, 4);
+    lm_channel_put_be32(ch, value);
+    return lm_channel_flush(ch);
+}
+
 int lm_rp_read(lm_channel *ch, uint16_t *type, uint32_t *status, lm_error *err)
 {
     uint16_t len;
@@ -191,9 +199,9 @@ int lm_rp_read(lm_channel *ch, uint16_t *type, uint32_t *status, lm_error *err)
         return lm_channel_error(ch, err);
     }
     *status = 0;
-    if (*type == LM_RP_SHUT) {
+    if (*type == LM_RP_SHUT || *type == LM_RP_PONG) {
         if (len != 4 || lm_channel_get_be32(ch, status) < 0) {
-            return len != 4 ? lm_error_set(err, -EBADMSG, "malformed return-path SHUT message")
+            return len != 4 ? lm_error_set(err, -EBADMSG, "malformed return-path message 0x%x", *type)
                             : lm_channel_error(ch, err);
         }
         return 0;
