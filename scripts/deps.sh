@@ -5,6 +5,13 @@ set -euo pipefail
 
 LIVEMIG_PACKAGES=(gcc meson ninja-build pkg-config python3 libjansson-dev libzstd-dev
                   libgnutls28-dev libcmocka-dev)
+# Optional, for the RISC-V machine's checks (the core build needs none):
+# the bare-metal instruction tests (tests/riscv) and QEMU to compare with,
+LIVEMIG_RISCV_TEST_PACKAGES=(gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf make
+                             qemu-system-misc opensbi u-boot-qemu)
+# and the Linux guest (scripts/build-linux-guest.sh --install-deps).
+LIVEMIG_GUEST_PACKAGES=(gcc-riscv64-linux-gnu libc6-dev-riscv64-cross linux-source-6.1
+                        make bc flex bison cpio gzip xz-utils python3)
 
 livemig_install_deps() {
     local missing=()
