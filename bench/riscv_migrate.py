@@ -497,6 +497,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--progs", help="directory of the tests/riscv programs "
+                    "(default BUILD/tests/riscv)")
     ap.add_argument("--out", help="also write the tables (markdown) to this file")
     a = ap.parse_args()
     BUILD = a.build
@@ -531,7 +533,7 @@ def main():
             log("  ", rows[-1])
 
     speeds = []
-    progs = os.path.join(BUILD, "tests", "riscv")
+    progs = a.progs or os.path.join(BUILD, "tests", "riscv")
     if not a.no_speed:
         if not os.path.exists(os.path.join(progs, "speed.bin")):
             print("speed: %s/speed.bin not built (needs riscv64-unknown-elf-gcc)" % progs)
