@@ -1,0 +1,180 @@
+"""The riscv-virt machine with a real guest: Debian's OpenSBI and U-Boot.
+
+It boots to U-Boot's prompt and answers typed commands; its console
+matches QEMU's for the same firmware; and it migrates live while U-Boot
+fills and compares memory in a loop: the destination's console carries on
+where the source's stopped, every comparison still reports no difference,
+memory is byte for byte the source's, and a command typed afterwards runs.
+"""
+import difflib
+import os
+import re
+import shutil
+import subprocess
+import time
+import zlib
+
+import lmtest
+import rvtest
+from rvtest import PROMPT, RiscvTest
+
+# The loop the guest runs while it migrates: two 1 MiB regions filled with
+# the iteration's value and compared.  LOOPS bounds it; a migration that
+# takes longer than the loop still checks everything, just with a quieter
+# guest at the end.  U-Boot's numbers are hex.
+LOOPS = 40
+LOOP = ("setenv n 0; while itest $n -lt %x; do setexpr n $n + 1; echo it $n; "
+        "mw.q 0x81000000 $n 0x20000; mw.q 0x81200000 $n 0x20000; "
+        "cmp.q 0x81000000 0x81200000 0x20000; done" % LOOPS)
+
+# Lines that name the machine and differ from QEMU's on purpose: QEMU's
+# CPU has the H extension (hence its ISA string and delegation masks) and
+# a CFI flash, and its device tree differs in size (where U-Boot puts it).
+MACHINE_LINES = ("Boot HART Base ISA", "Boot HART MIDELEG", "Boot HART MEDELEG", "CPU:",
+                 "Core:", "Flash:", "Working FDT set to")
+
+
+class Boot(RiscvTest):
+    def test_commands(self):
+        vm = self.boot_to_prompt()
+        self.assertIn(b"OpenSBI v", vm.boot_log)
+        self.assertIn(b"Boot HART Priv Version    : v1.12", vm.boot_log)
+        c = vm.console
+        self.assertIn("U-Boot 20", c.command("version"))
+        # crc32 of 4 KiB of a pattern, against Python's.
+        c.command("mw.l 0x81000000 0x12345678 0x400")
+        out = c.command("crc32 0x81000000 0x1000")
+        want = zlib.crc32(bytes.fromhex("78563412") * 0x400)
+        self.assertIn("==> %08x" % want, out)
+        # random fills memory; cmp sees the difference and its position.
+        self.assertIn("4096 bytes filled with random data", c.command("random 0x81001000 0x1000 7"))
+        out = c.command("cmp.l 0x81000000 0x81001000 0x400")
+        self.assertIn("!=", out)
+        c.command("mw.l 0x81001000 0x12345678 0x400")
+        self.assertIn("Total of 1024 word(s) were the same",
+                      c.command("cmp.l 0x81000000 0x81001000 0x400"))
+        # A loop of the shell runs to its end.
+        out = c.command("for i in a b c; do echo x$i; done")
+        self.assertEqual(out.split(), ["xa", "xb", "xc"])
+
+    def test_console_matches_qemu(self):
+        qemu = shutil.which("qemu-system-riscv64")
+        if not qemu:
+            self.skipTest("qemu-system-riscv64 not installed (Debian package qemu-system-misc)")
+        ours = self.boot_to_prompt_unattended()
+        qlog = self.path("qemu.console")
+        proc = subprocess.Popen([qemu, "-M", "virt", "-m", "128M", "-smp", "1", "-display", "none",
+                                 "-monitor", "none", "-serial", "file:" + qlog,
+                                 "-bios", rvtest.OPENSBI, "-kernel", rvtest.UBOOT],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            theirs = wait_file(qlog, PROMPT)
+        finally:
+            proc.kill()
+            proc.wait()
+        a, b = normalise(theirs), normalise(ours)
+        if a != b:
+            diff = "\n".join(difflib.unified_diff(a, b, "qemu", "livemig-vm", lineterm=""))
+            self.fail("console differs from QEMU's:\n" + diff)
+
+    def boot_to_prompt_unattended(self):
+        vm = self.rvm("src")
+        return vm.console.wait(b"\n" + PROMPT)
+
+
+def wait_file(path, pattern, timeout=rvtest.TIMEOUT):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            if pattern in data:
+                return data[:data.index(pattern) + len(pattern)]
+        except FileNotFoundError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("%s: no %r after %ss" % (path, pattern, timeout))
+
+
+def normalise(data):
+    lines = data.decode(errors="replace").replace("\r", "").split("\n")
+    return [l for l in lines if not l.startswith(MACHINE_LINES)]
+
+
+class Migrate(RiscvTest):
+    """Live migration while U-Boot fills and compares memory."""
+
+    def start_loop(self, src):
+        src.console.type(LOOP + "\n")
+        src.console.wait(b"it 2\r\n")
+
+    def check_continues(self, src, dst, hash_check=True):
+        """dst: the destination, paused (-S) unless it already runs."""
+        if hash_check:
+            self.assertEqual(dst.status(), "paused")
+            self.assertEqual(src.status(), "postmigrate")
+            self.assertEqual(src.memory_hash(), dst.memory_hash())
+            dst.cmd("cont")
+        self.assertEqual(dst.status(), "running")
+        src.console.drain()
+        tail = dst.console.wait(b"it %x\r\n" % LOOPS)
+        tail += dst.console.wait(b"\n" + PROMPT)
+        whole = (src.console.log + tail).decode(errors="replace").replace("\r", "")
+        its = [int(x, 16) for x in re.findall(r"^it ([0-9a-f]+)$", whole, re.M)]
+        self.assertEqual(its, list(range(1, LOOPS + 1)), "the console did not carry on:\n" + whole)
+        self.assertNotIn("!=", whole)
+        self.assertEqual(whole.count("Total of 131072 double word(s) were the same"), LOOPS, whole)
+        self.assertIn("U-Boot 20", dst.console.command("version"))
+        self.assertIn("Total of 131072 double word(s) were the same",
+                      dst.console.command("cmp.q 0x81000000 0x81200000 0x20000"))
+
+    def pair(self, caps=None, dst_paused=True):
+        src = self.boot_to_prompt("src")
+        dst = self.rvm("dst", incoming="defer", paused=dst_paused)
+        if caps:
+            src.set_caps(**caps)
+            dst.set_caps(**caps)
+        self.start_loop(src)
+        return src, dst
+
+    def test_precopy_unix(self):
+        src, dst = self.pair()
+        self.migrate(src, dst, "unix:" + self.path("mig.sock"))
+        self.check_continues(src, dst)
+
+    def test_tcp_multifd(self):
+        src, dst = self.pair(caps={"multifd": True})
+        info = self.migrate(src, dst, "tcp:127.0.0.1:0")
+        self.assertGreater(info["ram"]["multifd-bytes"], 0)
+        self.check_continues(src, dst)
+
+    def test_postcopy_preempt(self):
+        src, dst = self.pair(caps={"postcopy_ram": True, "postcopy_preempt": True},
+                             dst_paused=False)
+        src.set_params(**{"max-bandwidth": 16 << 20})
+        dst.cmd("migrate-incoming", uri="unix:" + self.path("mig.sock"))
+        src.cmd("migrate", uri="unix:" + self.path("mig.sock"))
+        src.wait_migration(statuses=("active", "postcopy-active", "completed"))
+        src.cmd("migrate-start-postcopy")
+        info = src.wait_migration()
+        self.assertEqual(info["status"], "completed", info.get("error-desc"))
+        self.assertEqual(dst.wait_migration()["status"], "completed")
+        self.check_continues(src, dst, hash_check=False)
+
+    def test_mapped_ram_save_restore(self):
+        img = self.path("guest.img")
+        src = self.boot_to_prompt("src")
+        src.set_caps(**{"mapped-ram": True})
+        self.start_loop(src)
+        src.cmd("migrate", uri="file:" + img)
+        self.assertEqual(src.wait_migration()["status"], "completed")
+        dst = self.rvm("dst", incoming="defer", paused=True)
+        dst.set_caps(**{"mapped-ram": True})
+        dst.cmd("migrate-incoming", uri="file:" + img)
+        self.assertEqual(dst.wait_migration()["status"], "completed")
+        self.check_continues(src, dst)
+
+
+if __name__ == "__main__":
+    lmtest.main()
