@@ -5,8 +5,11 @@
  * float-to-integer conversions, and the accrued flags in fcsr.
  *
  * Compiled with -frounding-math: the rounding mode is set per instruction.
- * RMM (round to nearest, ties to max magnitude) has no host mode: it is
- * exact for conversions to integers and rounds as RNE elsewhere.
+ * RMM (round to nearest, ties to max magnitude) has no host mode: add, sub,
+ * mul, the single-precision FMAs and the conversions compute the exact
+ * result in binary128 and round it by hand; div, sqrt and the
+ * double-precision FMAs round as RNE (their exact results are never ties
+ * unless exact, except in rare double FMA cases).
  */
 #include <fenv.h>
 #include <math.h>
@@ -47,6 +50,50 @@ static bool is_snan_d(uint64_t u)
 {
     return (u & 0x7ff0000000000000ull) == 0x7ff0000000000000ull && (u & 0xfffffffffffffull) &&
            !(u & 0x8000000000000ull);
+}
+
+typedef __float128 f128;
+#define RM_RMM 4
+
+/* x (exact) rounded to double, ties away from zero. */
+static double rmm_double(f128 x)
+{
+    double d = (double)x; /* nearest; only a tie can be wrong */
+    if ((f128)d == x || isnan(d) || isinf(d)) {
+        return d;
+    }
+    f128 ax = x < 0 ? -x : x;
+    double ad = fabs(d), lo, hi;
+    if ((f128)ad < ax) {
+        lo = ad;
+        hi = nextafter(ad, INFINITY);
+    } else {
+        hi = ad;
+        lo = nextafter(ad, 0.0);
+    }
+    f128 mid = ((f128)lo + (f128)hi) / 2;
+    double r = ax >= mid ? hi : lo;
+    return x < 0 ? -r : r;
+}
+
+static float rmm_float(f128 x)
+{
+    float f = (float)x;
+    if ((f128)f == x || isnan(f) || isinf(f)) {
+        return f;
+    }
+    f128 ax = x < 0 ? -x : x;
+    float af = fabsf(f), lo, hi;
+    if ((f128)af < ax) {
+        lo = af;
+        hi = nextafterf(af, INFINITY);
+    } else {
+        hi = af;
+        lo = nextafterf(af, 0.0f);
+    }
+    f128 mid = ((f128)lo + (f128)hi) / 2;
+    float r = ax >= mid ? hi : lo;
+    return x < 0 ? -r : r;
 }
 
 static void set_rm(int rm)
@@ -189,7 +236,7 @@ static void exec_fp_single(rv_hart *h, uint32_t insn, uint32_t *fl)
     case 0x00: case 0x04: case 0x08: case 0x0c: case 0x2c: {
         rm = round_mode(h, insn);
         set_rm(rm);
-        float r;
+        volatile float r;
         switch (f7) {
         case 0x00: r = a + b; break;
         case 0x04: r = a - b; break;
@@ -198,6 +245,10 @@ static void exec_fp_single(rv_hart *h, uint32_t insn, uint32_t *fl)
         default: r = sqrtf(a); break;
         }
         *fl |= host_flags();
+        if (rm == RM_RMM && f7 <= 0x08 && !isnan(r)) {
+            f128 x = f7 == 0x00 ? (f128)a + (f128)b : f7 == 0x04 ? (f128)a - (f128)b : (f128)a * (f128)b;
+            r = rmm_float(x);
+        }
         h->f[rd] = canon_s(r);
         return;
     }
@@ -229,8 +280,11 @@ static void exec_fp_single(rv_hart *h, uint32_t insn, uint32_t *fl)
         rm = round_mode(h, insn);
         volatile double d = u2d(h->f[rs1]);
         set_rm(rm);
-        float r = (float)d;
+        volatile float r = (float)d;
         *fl |= host_flags();
+        if (rm == RM_RMM) {
+            r = rmm_float((f128)d);
+        }
         h->f[rd] = canon_s(r);
         return;
     }
@@ -258,9 +312,9 @@ static void exec_fp_single(rv_hart *h, uint32_t insn, uint32_t *fl)
     case 0x68: {
         if (rs2 > 3) rv_raise(h, RV_EXC_ILLEGAL, insn);
         rm = round_mode(h, insn);
-        uint64_t x = h->x[rs1];
+        volatile uint64_t x = h->x[rs1];
         set_rm(rm);
-        float r;
+        volatile float r;
         switch (rs2) {
         case 0: r = (float)(int32_t)x; break;
         case 1: r = (float)(uint32_t)x; break;
@@ -268,6 +322,11 @@ static void exec_fp_single(rv_hart *h, uint32_t insn, uint32_t *fl)
         default: r = (float)x; break;
         }
         *fl |= host_flags();
+        if (rm == RM_RMM) {
+            f128 e = rs2 == 0 ? (f128)(int32_t)x : rs2 == 1 ? (f128)(uint32_t)x
+                   : rs2 == 2 ? (f128)(int64_t)x : (f128)x;
+            r = rmm_float(e);
+        }
         h->f[rd] = box(f2u(r));
         return;
     }
@@ -302,7 +361,7 @@ static void exec_fp_double(rv_hart *h, uint32_t insn, uint32_t *fl)
     case 0x01: case 0x05: case 0x09: case 0x0d: case 0x2d: {
         rm = round_mode(h, insn);
         set_rm(rm);
-        double r;
+        volatile double r;
         switch (f7) {
         case 0x01: r = a + b; break;
         case 0x05: r = a - b; break;
@@ -311,6 +370,10 @@ static void exec_fp_double(rv_hart *h, uint32_t insn, uint32_t *fl)
         default: r = sqrt(a); break;
         }
         *fl |= host_flags();
+        if (rm == RM_RMM && f7 <= 0x09 && !isnan(r)) {
+            f128 x = f7 == 0x01 ? (f128)a + (f128)b : f7 == 0x05 ? (f128)a - (f128)b : (f128)a * (f128)b;
+            r = rmm_double(x);
+        }
         h->f[rd] = canon_d(r);
         return;
     }
@@ -370,9 +433,9 @@ static void exec_fp_double(rv_hart *h, uint32_t insn, uint32_t *fl)
     case 0x69: {
         if (rs2 > 3) rv_raise(h, RV_EXC_ILLEGAL, insn);
         rm = round_mode(h, insn);
-        uint64_t x = h->x[rs1];
+        volatile uint64_t x = h->x[rs1];
         set_rm(rm);
-        double r;
+        volatile double r;
         switch (rs2) {
         case 0: r = (double)(int32_t)x; break;
         case 1: r = (double)(uint32_t)x; break;
@@ -380,6 +443,11 @@ static void exec_fp_double(rv_hart *h, uint32_t insn, uint32_t *fl)
         default: r = (double)x; break;
         }
         *fl |= host_flags();
+        if (rm == RM_RMM) {
+            f128 e = rs2 == 0 ? (f128)(int32_t)x : rs2 == 1 ? (f128)(uint32_t)x
+                   : rs2 == 2 ? (f128)(int64_t)x : (f128)x;
+            r = rmm_double(e);
+        }
         h->f[rd] = d2u(r);
         return;
     }
@@ -415,15 +483,18 @@ static void exec_fma(rv_hart *h, uint32_t insn, uint32_t *fl)
         if (neg_prod) a = -a;
         if (neg_add) c = -c;
         set_rm(rm);
-        float r = fmaf(a, b, c);
+        volatile float r = fmaf(a, b, c);
         *fl |= host_flags();
+        if (rm == RM_RMM && !isnan(r)) {
+            r = rmm_float((f128)a * (f128)b + (f128)c);
+        }
         h->f[rd] = canon_s(r);
     } else if (fmt == 1) {
         volatile double a = u2d(h->f[rs1]), b = u2d(h->f[rs2]), c = u2d(h->f[rs3]);
         if (neg_prod) a = -a;
         if (neg_add) c = -c;
         set_rm(rm);
-        double r = fma(a, b, c);
+        volatile double r = fma(a, b, c);
         *fl |= host_flags();
         h->f[rd] = canon_d(r);
     } else {

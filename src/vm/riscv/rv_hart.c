@@ -883,8 +883,8 @@ static void exec_system(rv_hart *h, uint32_t insn, uint32_t orig, uint64_t next)
         switch (insn >> 20) {
         case 0x000: /* ecall */
             rv_raise(h, RV_EXC_ECALL_U + h->priv, 0);
-        case 0x001: /* ebreak */
-            rv_raise(h, RV_EXC_BREAKPOINT, h->pc);
+        case 0x001: /* ebreak: tval 0, as QEMU 7.2 */
+            rv_raise(h, RV_EXC_BREAKPOINT, 0);
         case 0x102: { /* sret */
             if (h->priv < RV_PRIV_S || (h->priv == RV_PRIV_S && (h->mstatus & RV_MS_TSR)) || RS1) {
                 illegal(h, orig);
