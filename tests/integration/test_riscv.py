@@ -129,9 +129,9 @@ class Migrate(RiscvTest):
         self.assertIn("Total of 131072 double word(s) were the same",
                       dst.console.command("cmp.q 0x81000000 0x81200000 0x20000"))
 
-    def pair(self, caps=None, dst_paused=True):
-        src = self.boot_to_prompt("src")
-        dst = self.rvm("dst", incoming="defer", paused=dst_paused)
+    def pair(self, caps=None, dst_paused=True, smp=1):
+        src = self.boot_to_prompt("src", smp=smp)
+        dst = self.rvm("dst", incoming="defer", paused=dst_paused, smp=smp)
         if caps:
             src.set_caps(**caps)
             dst.set_caps(**caps)
@@ -139,15 +139,45 @@ class Migrate(RiscvTest):
         return src, dst
 
     def test_precopy_unix(self):
+        """uffd-wp tracks the interpreter's stores to guest RAM."""
         src, dst = self.pair()
-        self.migrate(src, dst, "unix:" + self.path("mig.sock"))
+        src.set_params(**{"x-dirty-tracker": "uffd-wp"})
+        info = self.migrate(src, dst, "unix:" + self.path("mig.sock"))
+        self.assertEqual(info.get("dirty-tracker"), "uffd-wp-async")
         self.check_continues(src, dst)
 
-    def test_tcp_multifd(self):
-        src, dst = self.pair(caps={"multifd": True})
+    def test_precopy_manual_tracker(self):
+        """The interpreter reports its own stores (lm_ram_mark_dirty)."""
+        src, dst = self.pair()
+        src.set_params(**{"x-dirty-tracker": "manual"})
+        info = self.migrate(src, dst, "unix:" + self.path("mig.sock"))
+        self.assertEqual(info.get("dirty-tracker"), "manual")
+        self.check_continues(src, dst)
+
+    def test_tcp_multifd_smp2(self):
+        src, dst = self.pair(caps={"multifd": True}, smp=2)
         info = self.migrate(src, dst, "tcp:127.0.0.1:0")
         self.assertGreater(info["ram"]["multifd-bytes"], 0)
         self.check_continues(src, dst)
+
+    def test_cancel_then_retry(self):
+        """A cancelled migration leaves the source running, its console
+        printing; a second migration then completes."""
+        src = self.boot_to_prompt("src")
+        dst = self.rvm("dst", incoming="defer", paused=True)
+        src.set_params(**{"max-bandwidth": 1 << 20})
+        self.start_loop(src)
+        dst.cmd("migrate-incoming", uri="unix:" + self.path("mig.sock"))
+        src.cmd("migrate", uri="unix:" + self.path("mig.sock"))
+        src.wait_migration(statuses=("active",))
+        src.cmd("migrate_cancel")
+        self.assertEqual(src.wait_migration()["status"], "cancelled")
+        self.assertEqual(src.status(), "running")
+        src.console.wait(b"it 5\r\n")  # the guest carries on
+        dst2 = self.rvm("dst2", incoming="defer", paused=True)
+        src.set_params(**{"max-bandwidth": 0})
+        self.migrate(src, dst2, "unix:" + self.path("mig2.sock"))
+        self.check_continues(src, dst2)
 
     def test_postcopy_preempt(self):
         src, dst = self.pair(caps={"postcopy_ram": True, "postcopy_preempt": True},
@@ -160,6 +190,7 @@ class Migrate(RiscvTest):
         info = src.wait_migration()
         self.assertEqual(info["status"], "completed", info.get("error-desc"))
         self.assertEqual(dst.wait_migration()["status"], "completed")
+        self.assertGreater(info["ram"]["postcopy-bytes"], 0)
         self.check_continues(src, dst, hash_check=False)
 
     def test_mapped_ram_save_restore(self):
