@@ -263,6 +263,7 @@ static int riscv_new(vm *m, lm_error *err)
         .kernel = o->kernel,
         .initrd = o->initrd,
         .append = o->append,
+        .drive = o->drive,
         .serial = o->serial_spec,
         .incoming = o->incoming != NULL,
     };

@@ -53,6 +53,8 @@ static void usage(FILE *f, const char *prog)
 "      --kernel FILE          next stage at 0x80200000 (U-Boot, a Linux Image)\n"
 "      --initrd FILE          initial ramdisk\n"
 "      --append STRING        kernel command line (/chosen/bootargs)\n"
+"      --drive file=PATH      a virtio-blk disk on that image (both sides of a\n"
+"                             migration open the same file)\n"
 "      --serial unix:PATH     the console on a listening socket (also stdout,\n"
 "                             file:PATH, none; stdout reads input from stdin)\n"
 "  -h, --help                 this text\n"
@@ -185,6 +187,7 @@ enum {
     OPT_KERNEL,
     OPT_INITRD,
     OPT_APPEND,
+    OPT_DRIVE,
 };
 
 static const struct option long_opts[] = {
@@ -211,6 +214,7 @@ static const struct option long_opts[] = {
     { "kernel", required_argument, NULL, OPT_KERNEL },
     { "initrd", required_argument, NULL, OPT_INITRD },
     { "append", required_argument, NULL, OPT_APPEND },
+    { "drive", required_argument, NULL, OPT_DRIVE },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
 };
@@ -321,6 +325,9 @@ int vm_options_parse(vm_options *o, int argc, char **argv, lm_error *err)
         case OPT_APPEND:
             o->append = optarg;
             break;
+        case OPT_DRIVE:
+            o->drive = optarg;
+            break;
         case 'h':
             usage(stdout, argv[0]);
             return 1;
@@ -336,9 +343,9 @@ int vm_options_parse(vm_options *o, int argc, char **argv, lm_error *err)
         ret = lm_error_set(err, -EINVAL, "unexpected argument '%s' (see --help)", argv[optind]);
     }
     if (ret == 0 && o->machine == VM_MACHINE_SYNTHETIC) {
-        if (o->bios || o->kernel || o->initrd || o->append) {
-            ret = lm_error_set(err, -EINVAL, "--bios, --kernel, --initrd and --append need "
-                               "--machine riscv-virt");
+        if (o->bios || o->kernel || o->initrd || o->append || o->drive) {
+            ret = lm_error_set(err, -EINVAL, "--bios, --kernel, --initrd, --append and --drive "
+                               "need --machine riscv-virt");
         } else if (o->serial_spec) {
             ret = vm_serial_parse(o->serial_spec, &o->serial, &o->serial_path, err);
         }

@@ -25,6 +25,7 @@ typedef struct vm_options {
     const char *kernel;
     const char *initrd;
     const char *append;
+    const char *drive;        /* virtio-blk: file=PATH */
     const char *serial_spec;  /* --serial as given (riscv-virt also takes unix:PATH) */
     guest_ram_config ram;
     unsigned smp;

@@ -272,7 +272,13 @@ int rv_machine_new(const rv_machine_config *cfg, guest_ram *ram, rv_machine **ou
         goto fail;
     }
     for (unsigned i = 0; i < RV_VIRTIO_COUNT; i++) {
-        if ((ret = rv_virtio_empty_new(m, i, &m->virtio[i], err)) < 0) {
+        /* QEMU gives the first device the last slot (0x10008000). */
+        if (cfg->drive && i == RV_VIRTIO_COUNT - 1) {
+            ret = rv_virtio_blk_new(m, i, cfg->drive, &m->virtio[i], err);
+        } else {
+            ret = rv_virtio_empty_new(m, i, &m->virtio[i], err);
+        }
+        if (ret < 0) {
             goto fail;
         }
     }
@@ -307,6 +313,11 @@ int rv_machine_register(rv_machine *m, lm_engine *e, lm_error *err)
         (ret = rv_plic_register(m->plic, e, err)) < 0 ||
         (ret = rv_uart_register(m->uart, e, err)) < 0) {
         return ret;
+    }
+    for (unsigned i = 0; i < RV_VIRTIO_COUNT; i++) {
+        if ((ret = rv_virtio_register(m->virtio[i], e, err)) < 0) {
+            return ret;
+        }
     }
     return 0;
 }
