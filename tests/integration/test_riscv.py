@@ -203,6 +203,86 @@ class Migrate(RiscvTest):
         self.assertGreater(info["ram"]["multifd-bytes"], 0)
         self.check_continues(src, dst)
 
+    def test_cancel_fail_then_retry(self):
+        """A cancelled migration, then one whose destination dies, leave the
+        source running: its loop goes on to the end and it answers a
+        command; a third migration then completes."""
+        src = self.boot_to_prompt("src")
+        src.set_params(**{"max-bandwidth": 1 << 20})  # slow enough to interrupt
+        self.start_loop(src)
+        dst = self.rvm("dst", incoming="defer", paused=True)
+        dst.cmd("migrate-incoming", uri="unix:" + self.path("mig.sock"))
+        src.cmd("migrate", uri="unix:" + self.path("mig.sock"))
+        src.wait_migration(statuses=("active",))
+        src.cmd("migrate_cancel")
+        self.assertEqual(src.wait_migration()["status"], "cancelled")
+        self.assertEqual(src.status(), "running")
+
+        dstb = self.rvm("dstb", incoming="defer", paused=True)
+        dstb.cmd("migrate-incoming", uri="unix:" + self.path("migb.sock"))
+        src.cmd("migrate", uri="unix:" + self.path("migb.sock"))
+        src.wait_migration(statuses=("active",))
+        dstb.kill()
+        self.assertEqual(src.wait_migration()["status"], "failed")
+        self.assertEqual(src.status(), "running")
+
+        src.console.wait(b"it %x\r\n" % LOOPS)
+        src.console.wait(PROMPT)
+        whole = src.console.log.decode(errors="replace").replace("\r", "")
+        self.assertEqual(whole.count(SAME), LOOPS, whole)
+        self.assertNotIn("!=", whole)
+        self.assertIn("U-Boot 20", src.console.command("version"))
+
+        src.console.log = b""
+        src.set_params(**{"max-bandwidth": 0})
+        self.start_loop(src)
+        dst2 = self.rvm("dst2", incoming="defer", paused=True)
+        self.migrate(src, dst2, "unix:" + self.path("mig2.sock"))
+        self.check_continues(src, dst2)
+
+    def pair(self, caps=None, dst_paused=True, smp=1):
+        src = self.boot_to_prompt("src", smp=smp)
+        dst = self.rvm("dst", incoming="defer", paused=dst_paused, smp=smp)
+        if caps:
+            src.set_caps(**caps)
+            dst.set_caps(**caps)
+        self.start_loop(src)
+        return src, dst
+
+    def test_precopy_unix(self):
+        """uffd-wp tracks the interpreter's stores to guest RAM; the virtio
+        disk (both sides open the image) works on after the move."""
+        img = self.path("disk.img")
+        data = make_disk(img)
+        drive = ["--drive", "file=" + img]
+        src = self.boot_to_prompt("src", extra=drive)
+        dst = self.rvm("dst", incoming="defer", paused=True, extra=drive)
+        src.console.command("virtio scan")
+        self.assertIn("8 blocks read: OK", src.console.command("virtio read 0x81400000 0 8"))
+        self.start_loop(src)
+        src.set_params(**{"x-dirty-tracker": "uffd-wp"})
+        info = self.migrate(src, dst, "unix:" + self.path("mig.sock"))
+        self.assertEqual(info.get("dirty-tracker"), "uffd-wp-async")
+        self.check_continues(src, dst)
+        c = dst.console
+        self.assertIn("8 blocks read: OK", c.command("virtio read 0x81400000 0x14 8"))
+        self.assertIn("==> %08x" % zlib.crc32(data[20 * 512:28 * 512]),
+                      c.command("crc32 0x81400000 0x1000"))
+
+    def test_precopy_manual_tracker(self):
+        """The interpreter reports its own stores (lm_ram_mark_dirty)."""
+        src, dst = self.pair()
+        src.set_params(**{"x-dirty-tracker": "manual"})
+        info = self.migrate(src, dst, "unix:" + self.path("mig.sock"))
+        self.assertEqual(info.get("dirty-tracker"), "manual")
+        self.check_continues(src, dst)
+
+    def test_tcp_multifd_smp2(self):
+        src, dst = self.pair(caps={"multifd": True}, smp=2)
+        info = self.migrate(src, dst, "tcp:127.0.0.1:0")
+        self.assertGreater(info["ram"]["multifd-bytes"], 0)
+        self.check_continues(src, dst)
+
     def test_cancel_then_retry(self):
         """A cancelled migration leaves the source running, its console
         printing; a second migration then completes."""
