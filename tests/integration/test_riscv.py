@@ -134,6 +134,13 @@ class Disk(RiscvTest):
         self.assertEqual(rest[102 * 512:], data[102 * 512:])
 
 
+def read_mtime(vm):
+    """The CLINT's mtime (10 MHz) as the guest reads it.  (This machine does
+    not enforce PMP, so S-mode U-Boot can read it; QEMU's would fault.)"""
+    out = vm.console.command("md.q 0x200bff8 1")
+    return int(re.search(r"0200bff8: ([0-9a-f]{16})", out).group(1), 16)
+
+
 class Migrate(RiscvTest):
     """Live migration while U-Boot fills and compares memory."""
 
@@ -179,6 +186,8 @@ class Migrate(RiscvTest):
         dst = self.rvm("dst", incoming="defer", paused=True, extra=drive)
         src.console.command("virtio scan")
         self.assertIn("8 blocks read: OK", src.console.command("virtio read 0x81400000 0 8"))
+        h0 = time.monotonic()
+        t0 = read_mtime(src)
         self.start_loop(src)
         src.set_params(**{"x-dirty-tracker": "uffd-wp"})
         info = self.migrate(src, dst, "unix:" + self.path("mig.sock"))
@@ -188,6 +197,12 @@ class Migrate(RiscvTest):
         self.assertIn("8 blocks read: OK", c.command("virtio read 0x81400000 0x14 8"))
         self.assertIn("==> %08x" % zlib.crc32(data[20 * 512:28 * 512]),
                       c.command("crc32 0x81400000 0x1000"))
+        # Guest time carried on: forward, and by no more than the real time
+        # that passed (it stands still while the guest runs nowhere).
+        t1 = read_mtime(dst)
+        h1 = time.monotonic()
+        self.assertGreater(t1, t0)
+        self.assertLessEqual((t1 - t0) / 10e6, h1 - h0 + 0.001)
 
     def test_precopy_manual_tracker(self):
         """The interpreter reports its own stores (lm_ram_mark_dirty)."""
@@ -259,6 +274,8 @@ class Migrate(RiscvTest):
         dst = self.rvm("dst", incoming="defer", paused=True, extra=drive)
         src.console.command("virtio scan")
         self.assertIn("8 blocks read: OK", src.console.command("virtio read 0x81400000 0 8"))
+        h0 = time.monotonic()
+        t0 = read_mtime(src)
         self.start_loop(src)
         src.set_params(**{"x-dirty-tracker": "uffd-wp"})
         info = self.migrate(src, dst, "unix:" + self.path("mig.sock"))
@@ -268,6 +285,12 @@ class Migrate(RiscvTest):
         self.assertIn("8 blocks read: OK", c.command("virtio read 0x81400000 0x14 8"))
         self.assertIn("==> %08x" % zlib.crc32(data[20 * 512:28 * 512]),
                       c.command("crc32 0x81400000 0x1000"))
+        # Guest time carried on: forward, and by no more than the real time
+        # that passed (it stands still while the guest runs nowhere).
+        t1 = read_mtime(dst)
+        h1 = time.monotonic()
+        self.assertGreater(t1, t0)
+        self.assertLessEqual((t1 - t0) / 10e6, h1 - h0 + 0.001)
 
     def test_precopy_manual_tracker(self):
         """The interpreter reports its own stores (lm_ram_mark_dirty)."""
