@@ -18,6 +18,13 @@
 
 static bool guest_stop_locked(vm *m)
 {
+    if (m->rv) {
+        if (!rv_machine_running(m->rv)) {
+            return false;
+        }
+        rv_machine_pause(m->rv);
+        return true;
+    }
     if (!vcpus_running(m->cpus)) {
         return false;
     }
@@ -28,6 +35,13 @@ static bool guest_stop_locked(vm *m)
 
 static bool guest_start_locked(vm *m)
 {
+    if (m->rv) {
+        if (m->shutting_down || rv_machine_running(m->rv)) {
+            return false;
+        }
+        rv_machine_resume(m->rv);
+        return true;
+    }
     if (m->shutting_down || vcpus_running(m->cpus)) {
         return false;
     }
@@ -251,6 +265,45 @@ static void guest_tick(void *opaque)
 
 /* ------------------------------------------------------------------------ */
 
+/* The guest wrote the test device: power off (or reset, which this
+ * machine does as a power-off, as QEMU with -no-reboot). */
+static void riscv_shutdown(void *opaque, int code, bool reset)
+{
+    vm *m = opaque;
+    __atomic_store_n(&m->exit_code, code, __ATOMIC_RELAXED);
+    vm_request_quit(m, reset ? "guest-reset" : "guest-shutdown");
+}
+
+static int riscv_new(vm *m, lm_error *err)
+{
+    const vm_options *o = &m->opts;
+    int ret;
+    rv_machine_config cfg = {
+        .smp = o->smp,
+        .bios = o->bios,
+        .kernel = o->kernel,
+        .initrd = o->initrd,
+        .append = o->append,
+        .drive = o->drive,
+        .serial = o->serial_spec,
+        .incoming = o->incoming != NULL,
+    };
+    if ((ret = guest_ram_new(&o->ram, &m->ram, err)) < 0 ||
+        (ret = guest_ram_register(m->ram, m->engine, err)) < 0 ||
+        (ret = rv_machine_new(&cfg, m->ram, &m->rv, err)) < 0) {
+        return ret;
+    }
+    m->rv->shutdown = riscv_shutdown;
+    m->rv->shutdown_opaque = m;
+    if ((ret = rv_machine_register(m->rv, m->engine, err)) < 0) {
+        return ret;
+    }
+    if (o->has_uuid) {
+        lm_engine_set_uuid(m->engine, o->uuid);
+    }
+    return 0;
+}
+
 int vm_new(const vm_options *o, vm **out, lm_error *err)
 {
     int ret;
@@ -284,6 +337,14 @@ int vm_new(const vm_options *o, vm **out, lm_error *err)
     if (!m->engine) {
         ret = lm_error_is_set(err) ? err->code : -ENOMEM;
         goto fail;
+    }
+    if (o->machine == VM_MACHINE_RISCV_VIRT) {
+        ret = riscv_new(m, err);
+        if (ret < 0) {
+            goto fail;
+        }
+        *out = m;
+        return 0;
     }
     if ((ret = guest_ram_new(&o->ram, &m->ram, err)) < 0 ||
         (ret = guest_ram_register(m->ram, m->engine, err)) < 0 ||
@@ -373,7 +434,7 @@ void vm_free(vm *m)
     }
     pthread_mutex_lock(&m->lock);
     m->shutting_down = true;
-    if (m->cpus) {
+    if (m->cpus || m->rv) {
         guest_stop_locked(m);
     }
     pthread_mutex_unlock(&m->lock);
@@ -390,6 +451,7 @@ void vm_free(vm *m)
         lm_engine_cancel(m->engine, NULL);
         lm_engine_free(m->engine);
     }
+    rv_machine_free(m->rv);
     vcpus_free(m->cpus);
     vram_free(m->vram);
     workload_free(m->wl);
@@ -527,6 +589,18 @@ const char *vm_status(vm *m, bool *running)
 void vm_with_guest_frozen(vm *m, void (*fn)(vm *m, void *arg), void *arg)
 {
     pthread_mutex_lock(&m->lock);
+    if (m->rv) {
+        bool was = rv_machine_running(m->rv);
+        if (was) {
+            rv_machine_pause(m->rv);
+        }
+        fn(m, arg);
+        if (was) {
+            rv_machine_resume(m->rv);
+        }
+        pthread_mutex_unlock(&m->lock);
+        return;
+    }
     bool was = vcpus_running(m->cpus);
     if (was) {
         vcpus_pause(m->cpus);

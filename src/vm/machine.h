@@ -32,6 +32,7 @@
 #include "guest_ram.h"
 #include "options.h"
 #include "qmp/qmp.h"
+#include "riscv/rv_machine.h"
 #include "vcpu.h"
 #include "vram.h"
 #include "workload.h"
@@ -54,6 +55,8 @@ typedef struct vm {
     vm_clock clock;
     vm_serial serial;
     vram *vram;             /* NULL without --vram */
+    rv_machine *rv;         /* --machine riscv-virt: instead of wl, cpus, clock, serial */
+    int exit_code;          /* riscv-virt: what the guest asked to exit with */
 
     pthread_mutex_t lock;   /* the run state below */
     vm_runstate state;

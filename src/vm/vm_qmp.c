@@ -83,6 +83,11 @@ static json_t *cmd_verify_memory(void *opaque, json_t *args, lm_error *err)
     char msg[sizeof(job.res.message)];
 
     CHECK_NO_ARGS(args, err);
+    if (m->rv) {
+        lm_error_set(err, -ENOTSUP, "x-verify-memory: the riscv-virt guest checks itself "
+                     "(compare x-query-memory-hash instead)");
+        return NULL;
+    }
     vm_with_guest_frozen(m, do_verify, &job);
     if (job.error) {
         lm_error_set_errno(err, job.error, "x-verify-memory");
@@ -110,6 +115,10 @@ static json_t *cmd_query_workload(void *opaque, json_t *args, lm_error *err)
     uint64_t steps, passes;
 
     CHECK_NO_ARGS(args, err);
+    if (m->rv) {
+        lm_error_set(err, -ENOTSUP, "x-query-workload: riscv-virt runs no synthetic workload");
+        return NULL;
+    }
     vcpus_progress(m->cpus, &steps, &passes);
     return json_pack("{s:I, s:I, s:s, s:i}", "steps", (json_int_t)steps, "passes", (json_int_t)passes,
                      "workload", workload_kind_name(workload_get_kind(m->wl)),
