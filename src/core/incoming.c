@@ -47,7 +47,13 @@ typedef struct dst_ctx {
     lm_multifd_dst *mf;  /* multifd: from MULTIFD_SETUP until its channels end */
     uint64_t multifd_bytes; /* read on multifd channels that ended */
     lm_mapped_ram_dst *mr;  /* mapped-ram: from CONFIG on */
+    /* Per registered device (e->devs order): DEV_STARTED once its START
+     * loaded, DEV_COMPLETE once its END or FULL did; checked at EOF. */
+    uint8_t *dev_loaded;
+    bool globalstate_loaded;
 } dst_ctx;
+
+enum { DEV_STARTED = 1, DEV_COMPLETE = 2 };
 
 static void publish_progress(dst_ctx *c)
 {
@@ -213,6 +219,10 @@ static int load_config(dst_ctx *c)
         }
     }
     c->have_config = true;
+    c->dev_loaded = calloc(e->ndevs + 1, 1);
+    if (!c->dev_loaded) {
+        return lm_error_set(&c->err, -ENOMEM, "out of memory");
+    }
     ret = lm_ram_load_setup(&c->loader, c->map, e->nblocks, &c->err);
     return ret < 0 ? ret : mapped_ram_start(c);
 }
@@ -314,7 +324,38 @@ static int load_section(dst_ctx *c, uint8_t type)
     if (ret == 0) {
         ret = lm_stream_read_footer(c->ch, (uint32_t)id, &c->err);
     }
+    if (ret == 0 && s->kind == SECTION_DEVICE) {
+        uint8_t *st = &c->dev_loaded[s->dev - c->e->devs];
+        bool last = type == LM_REC_SECTION_END || type == LM_REC_SECTION_FULL;
+        *st = last ? DEV_COMPLETE : LM_MAX(*st, DEV_STARTED);
+    } else if (ret == 0 && s->kind == SECTION_GLOBALSTATE) {
+        c->globalstate_loaded = true;
+    }
     return ret;
+}
+
+/* Precopy's EOF: the guest starts only if the stream carried everything:
+ * every page of every block, every registered device's last section (END
+ * or FULL), and the source's run state. */
+static int check_complete(dst_ctx *c)
+{
+    lm_engine *e = c->e;
+    int ret = lm_ram_load_check_complete(&c->loader, &c->err);
+    if (ret < 0) {
+        return ret;
+    }
+    for (size_t i = 0; i < e->ndevs; i++) {
+        if (c->dev_loaded[i] != DEV_COMPLETE) {
+            const lm_device_entry *d = &e->devs[i];
+            return lm_error_set(&c->err, -EBADMSG, "the stream is incomplete: device '%s' "
+                                "instance %u %s", d->idstr, d->instance,
+                                c->dev_loaded[i] ? "has no END section" : "has no section");
+        }
+    }
+    if (!c->globalstate_loaded) {
+        return lm_error_set(&c->err, -EBADMSG, "the stream is incomplete: no globalstate section");
+    }
+    return 0;
 }
 
 static int skip_vmdesc(dst_ctx *c)
@@ -481,7 +522,7 @@ static int load_records(dst_ctx *c)
             if (ret < 0) {
                 return ret;
             }
-            return c->have_config ? 0
+            return c->have_config ? check_complete(c)
                                   : lm_error_set(&c->err, -EBADMSG, "stream ended before its configuration");
         default:
             return lm_error_set(&c->err, -EBADMSG, "unknown record type 0x%02x after %llu bytes", type,
@@ -713,6 +754,7 @@ void *lm_incoming_thread(void *arg)
     if (c->have_config) {
         lm_ram_load_cleanup(&c->loader);
     }
+    free(c->dev_loaded);
     if (success) {
         lm_set_state(e, c->pc_listening ? LM_STATUS_POSTCOPY_ACTIVE : LM_STATUS_ACTIVE,
                      LM_STATUS_COMPLETED);

@@ -31,6 +31,24 @@ void lm_ram_load_cleanup(lm_ram_loader *l)
     }
 }
 
+int lm_ram_load_check_complete(const lm_ram_loader *l, lm_error *err)
+{
+    for (size_t i = 0; i < l->nblocks; i++) {
+        const lm_ram_block *b = l->blocks[i];
+        uint64_t p = lm_bitmap_next_clear(b->received, b->npages, 0);
+        if (p >= b->npages) {
+            continue;
+        }
+        uint64_t q = lm_bitmap_next_set(b->received, b->npages, p);
+        uint64_t missing = b->npages - lm_bitmap_count(b->received, b->npages);
+        return lm_error_set(err, -EBADMSG,
+                            "the stream is incomplete: RAM block '%s' pages %" PRIu64 "-%" PRIu64
+                            " never arrived (%" PRIu64 " of %" PRIu64 " pages missing)",
+                            b->name, p, q - 1, missing, b->npages);
+    }
+    return 0;
+}
+
 int lm_ram_load_check_range(lm_ram_block **blocks, size_t nblocks, uint16_t bi, uint64_t first,
                             uint32_t count, lm_ram_block **out, lm_error *err)
 {

@@ -50,5 +50,10 @@ int lm_ram_load_setup(lm_ram_loader *l, lm_ram_block **blocks, size_t nblocks, l
 /* Reads RAM records up to and including LM_RAM_EOS. */
 int lm_ram_load_section(lm_ram_loader *l, lm_channel *ch, lm_error *err);
 void lm_ram_load_cleanup(lm_ram_loader *l);
+/* At the end of a precopy stream: every page of every block was settled
+ * at least once (data, a zero record or run, a mapped-ram slot or hole).
+ * Otherwise fails naming the block, its first missing range and how many
+ * pages are missing in all. */
+int lm_ram_load_check_complete(const lm_ram_loader *l, lm_error *err);
 
 #endif

@@ -313,9 +313,38 @@ static void put_device_full(lm_wbuf *w, uint32_t id, int seed)
     lm_wbuf_put_be32(w, id);
 }
 
+#define ITER_ID 2u   /* section id the valid stream uses for iter0 */
+#define GLOBAL_ID 9u /* ... and for globalstate */
+
+/* What completes a stream besides RAM and dev0: iter0's (empty) START and
+ * END sections and the source's run state (running). */
+static void put_iter_and_globalstate(lm_wbuf *w)
+{
+    put_section_full(w, LM_REC_SECTION_START, ITER_ID, "iter0", 0, ITER_VERSION);
+    lm_wbuf_put_be32(w, 0);
+    lm_wbuf_put_be32(w, ITER_ID);
+    put_section_short(w, LM_REC_SECTION_END, ITER_ID);
+    lm_wbuf_put_be32(w, 0);
+    lm_wbuf_put_be32(w, ITER_ID);
+    put_section_full(w, LM_REC_SECTION_FULL, GLOBAL_ID, LM_GLOBALSTATE_IDSTR, 0, 1);
+    lm_wbuf_put_be32(w, 1);
+    lm_wbuf_put_u8(w, 1);
+    lm_wbuf_put_be32(w, GLOBAL_ID);
+}
+
 /* The valid stream: RAM START (empty) / PART (data pages 0..3) / END (zero
- * run over the rest), the device's FULL section, EOF. */
-static void put_valid_stream(lm_wbuf *w, uint32_t flags, int seed)
+ * run over the rest), the device's FULL section, iter0's START and END,
+ * globalstate, EOF. */
+enum {
+    OMIT_PAGES = 1,       /* RAM PART's PAGES record (pages 0..3) */
+    OMIT_DEV = 2,         /* dev0's FULL section */
+    OMIT_ITER_END = 4,    /* iter0's END section */
+    OMIT_GLOBALSTATE = 8, /* the globalstate section */
+    OMIT_ITER = 16,       /* both of iter0's sections */
+};
+
+/* The valid stream, less the records named by `omit`. */
+static void put_stream_omit(lm_wbuf *w, uint32_t flags, int seed, unsigned omit)
 {
     put_header(w);
     put_config(w, flags);
@@ -323,10 +352,12 @@ static void put_valid_stream(lm_wbuf *w, uint32_t flags, int seed)
     lm_wbuf_put_u8(w, LM_RAM_EOS);
     lm_wbuf_put_be32(w, 0);
     put_section_short(w, LM_REC_SECTION_PART, 0);
-    put_ram_hdr(w, LM_RAM_PAGES, 0, 0, 4);
-    for (uint64_t p = 0; p < 4; p++) {
-        for (size_t i = 0; i < PAGE; i++) {
-            lm_wbuf_put_u8(w, pattern(seed, p, i));
+    if (!(omit & OMIT_PAGES)) {
+        put_ram_hdr(w, LM_RAM_PAGES, 0, 0, 4);
+        for (uint64_t p = 0; p < 4; p++) {
+            for (size_t i = 0; i < PAGE; i++) {
+                lm_wbuf_put_u8(w, pattern(seed, p, i));
+            }
         }
     }
     lm_wbuf_put_u8(w, LM_RAM_EOS);
@@ -335,9 +366,38 @@ static void put_valid_stream(lm_wbuf *w, uint32_t flags, int seed)
     put_ram_hdr(w, LM_RAM_ZERO, 0, 4, NPAGES - 4);
     lm_wbuf_put_u8(w, LM_RAM_EOS);
     lm_wbuf_put_be32(w, 0);
-    put_device_full(w, DEV_ID, seed);
+    if (!(omit & OMIT_DEV)) {
+        put_device_full(w, DEV_ID, seed);
+    }
+    size_t mark = w->len;
+    put_iter_and_globalstate(w);
+    if (omit & (OMIT_ITER_END | OMIT_GLOBALSTATE | OMIT_ITER)) {
+        /* Rebuild the tail without what is omitted. */
+        w->len = mark;
+        if (!(omit & OMIT_ITER)) {
+            put_section_full(w, LM_REC_SECTION_START, ITER_ID, "iter0", 0, ITER_VERSION);
+            lm_wbuf_put_be32(w, 0);
+            lm_wbuf_put_be32(w, ITER_ID);
+        }
+        if (!(omit & (OMIT_ITER | OMIT_ITER_END))) {
+            put_section_short(w, LM_REC_SECTION_END, ITER_ID);
+            lm_wbuf_put_be32(w, 0);
+            lm_wbuf_put_be32(w, ITER_ID);
+        }
+        if (!(omit & OMIT_GLOBALSTATE)) {
+            put_section_full(w, LM_REC_SECTION_FULL, GLOBAL_ID, LM_GLOBALSTATE_IDSTR, 0, 1);
+            lm_wbuf_put_be32(w, 1);
+            lm_wbuf_put_u8(w, 1);
+            lm_wbuf_put_be32(w, GLOBAL_ID);
+        }
+    }
     lm_wbuf_put_u8(w, LM_REC_EOF);
     assert_int_equal(w->error, 0);
+}
+
+static void put_valid_stream(lm_wbuf *w, uint32_t flags, int seed)
+{
+    put_stream_omit(w, flags, seed, 0);
 }
 
 /* ---- running a stream ---- */
@@ -518,6 +578,15 @@ static void check_failure_v(fixture *f, const lm_wbuf *w, int ram_untouched, va_
     }
 }
 
+/* check_failure_v alone (for machines the valid stream does not fit). */
+static void check_failure(fixture *f, const lm_wbuf *w, int ram_untouched, ...)
+{
+    va_list ap;
+    va_start(ap, ram_untouched);
+    check_failure_v(f, w, ram_untouched, ap);
+    va_end(ap);
+}
+
 /* check_failure_v, then a valid migration into the same engine must
  * succeed (retry works).  Empties w for the next stream. */
 static void expect_failure(fixture *f, lm_wbuf *w, int ram_untouched, ...)
@@ -577,6 +646,7 @@ static void test_valid_stream_edges(void **state)
     lm_wbuf_put_u8(&w, LM_REC_VMDESC);
     lm_wbuf_put_be32(&w, (uint32_t)strlen(desc));
     lm_wbuf_put(&w, desc, strlen(desc));
+    put_iter_and_globalstate(&w);
     lm_wbuf_put_u8(&w, LM_REC_EOF);
     lm_info info;
     run_stream(f, w.data, w.len, &info, NULL, NULL);
@@ -1421,6 +1491,10 @@ static void test_iterative_device_valid(void **state)
     put_iter_chunk(&w, LM_REC_SECTION_PART, 2, 0, "", 0);
     put_iter_chunk(&w, LM_REC_SECTION_END, 2, 0, "f", 1);
     put_device_full(&w, DEV_ID, 1);
+    put_section_full(&w, LM_REC_SECTION_FULL, GLOBAL_ID, LM_GLOBALSTATE_IDSTR, 0, 1);
+    lm_wbuf_put_be32(&w, 1);
+    lm_wbuf_put_u8(&w, 1);
+    lm_wbuf_put_be32(&w, GLOBAL_ID);
     lm_wbuf_put_u8(&w, LM_REC_EOF);
     lm_info info;
     run_stream(f, w.data, w.len, &info, NULL, NULL);
@@ -1546,8 +1620,12 @@ static void test_two_blocks_source_order(void **state)
     put_ram_start(&w);
     put_ram_pages_fill(&w, 0, RAM2_SIZE / PAGE - 1, 1, 1, 0x61); /* ram1's last page */
     put_ram_pages_fill(&w, 1, NPAGES - 1, 1, 1, 0x62);           /* ram0's last page */
+    put_ram_hdr(&w, LM_RAM_ZERO, 0, 0, RAM2_SIZE / PAGE - 1);
+    put_ram_hdr(&w, LM_RAM_ZERO, 1, 0, NPAGES - 1);
     lm_wbuf_put_u8(&w, LM_RAM_EOS);
     lm_wbuf_put_be32(&w, 0);
+    put_device_full(&w, DEV_ID, 1);
+    put_iter_and_globalstate(&w);
     lm_wbuf_put_u8(&w, LM_REC_EOF);
     lm_info info;
     run_stream(f, w.data, w.len, &info, NULL, NULL);
@@ -1629,6 +1707,64 @@ static void test_two_blocks_errors(void **state)
     lm_wbuf_free(&w);
     assert_int_equal(info.status, LM_STATUS_FAILED);
     assert_non_null(strstr(info.error_desc, "the source has 1 RAM blocks, this side has 2"));
+}
+
+/* ======================= incomplete streams ======================= */
+
+/* A stream that lost a record is refused at EOF, naming what is missing;
+ * nothing is started, and the same engine then loads a whole stream. */
+static void test_incomplete_missing_pages(void **state)
+{
+    FIXTURE;
+    put_stream_omit(&w, 0, 1, OMIT_PAGES);
+    expect_failure(f, &w, RAM_MAY_CHANGE, "incomplete", "RAM block 'ram0' pages 0-3",
+                   "4 of 256 pages missing", NULL);
+}
+
+static void test_incomplete_missing_device(void **state)
+{
+    FIXTURE;
+    put_stream_omit(&w, 1u, 1, OMIT_DEV);
+    expect_failure(f, &w, RAM_MAY_CHANGE, "incomplete", "device 'dev0' instance 0 has no section",
+                   NULL);
+    put_stream_omit(&w, 0, 1, OMIT_ITER);
+    expect_failure(f, &w, RAM_MAY_CHANGE, "device 'iter0' instance 0 has no section", NULL);
+}
+
+static void test_incomplete_missing_end(void **state)
+{
+    FIXTURE;
+    put_stream_omit(&w, 0, 1, OMIT_ITER_END);
+    expect_failure(f, &w, RAM_MAY_CHANGE, "incomplete", "device 'iter0' instance 0 has no END",
+                   NULL);
+}
+
+static void test_incomplete_missing_globalstate(void **state)
+{
+    FIXTURE;
+    put_stream_omit(&w, 0, 1, OMIT_GLOBALSTATE);
+    expect_failure(f, &w, RAM_MAY_CHANGE, "incomplete", "no globalstate section", NULL);
+}
+
+/* A page of one block missing while the other block is whole: the error
+ * names the block, the first missing range and the count. */
+static void test_incomplete_two_blocks(void **state)
+{
+    FIXTURE;
+    put_header(&w);
+    put_config_ex(&w, 0, 2, two_blocks, 2);
+    put_ram_start(&w);
+    put_ram_hdr(&w, LM_RAM_ZERO, 0, 0, NPAGES);
+    put_ram_hdr(&w, LM_RAM_ZERO, 1, 0, 5);
+    put_ram_hdr(&w, LM_RAM_ZERO, 1, 7, RAM2_SIZE / PAGE - 8); /* 5, 6 and the last one lost */
+    lm_wbuf_put_u8(&w, LM_RAM_EOS);
+    lm_wbuf_put_be32(&w, 0);
+    put_device_full(&w, DEV_ID, 1);
+    put_iter_and_globalstate(&w);
+    lm_wbuf_put_u8(&w, LM_REC_EOF);
+    check_failure(f, &w, RAM_MAY_CHANGE, "RAM block 'ram1' pages 5-6", "3 of 16 pages missing",
+                  NULL);
+    lm_wbuf_free(&w);
 }
 
 /* ======================= stalled streams ======================= */
@@ -1754,6 +1890,11 @@ int main(void)
         T(test_iterative_device_errors),
         T2(test_two_blocks_source_order),
         T2(test_two_blocks_errors),
+        T(test_incomplete_missing_pages),
+        T(test_incomplete_missing_device),
+        T(test_incomplete_missing_end),
+        T(test_incomplete_missing_globalstate),
+        T2(test_incomplete_two_blocks),
         T(test_cancel_stalled_incoming_socket),
         T(test_cancel_stalled_incoming_pipe),
     };
