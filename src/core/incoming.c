@@ -36,6 +36,7 @@ typedef struct dst_ctx {
     lm_channel *ch;
     lm_error err;
     lm_stream_config cfg;
+    uint32_t version;    /* the header's */
     bool have_config;
     lm_ram_block *map[LM_MAX_RAM_BLOCKS];
     lm_ram_loader loader;
@@ -138,6 +139,10 @@ static int multifd_start(dst_ctx *c, const uint8_t *body, uint16_t len)
     pthread_mutex_lock(&e->lock);
     lm_listener *l = e->listener;
     pthread_mutex_unlock(&e->lock);
+    if (!(su.flags & LM_MULTIFD_SETUP_CHECKSUM) != !(c->cfg.flags & LM_CONFIG_CHECKSUM)) {
+        return lm_error_set(&c->err, -EBADMSG, "MULTIFD_SETUP and the configuration disagree "
+                            "about checksums");
+    }
     ret = lm_multifd_dst_start(l, &su, c->map, e->nblocks, multifd_failed, e, &c->mf, &c->err);
     pthread_mutex_lock(&e->lock);
     e->mf_dst = c->mf;
@@ -177,7 +182,8 @@ static int mapped_ram_start(dst_ctx *c)
     if (!stream) {
         return 0;
     }
-    int ret = lm_mapped_ram_dst_new(c->map, e->nblocks, threads, &c->mr, &c->err);
+    int ret = lm_mapped_ram_dst_new(c->map, e->nblocks, threads, c->loader.checksum, &c->mr,
+                                    &c->err);
     if (ret == 0) {
         c->loader.mapped_block = mapped_block;
         c->loader.mapped_opaque = c;
@@ -209,6 +215,10 @@ static int load_config(dst_ctx *c)
     if (ret < 0) {
         return ret;
     }
+    if ((c->cfg.flags & LM_CONFIG_CHECKSUM) && c->version < LM_STREAM_VERSION_CHECKSUM) {
+        return lm_error_set(&c->err, -EBADMSG, "a version %u stream cannot carry checksums",
+                            c->version);
+    }
     if (lm_cap(e, LM_CAP_VALIDATE_UUID)) {
         pthread_mutex_lock(&e->lock);
         bool same = !memcmp(c->cfg.uuid, e->uuid, LM_UUID_LEN);
@@ -224,6 +234,7 @@ static int load_config(dst_ctx *c)
         return lm_error_set(&c->err, -ENOMEM, "out of memory");
     }
     ret = lm_ram_load_setup(&c->loader, c->map, e->nblocks, &c->err);
+    c->loader.checksum = c->cfg.flags & LM_CONFIG_CHECKSUM;
     return ret < 0 ? ret : mapped_ram_start(c);
 }
 
@@ -471,7 +482,7 @@ static int load_records(dst_ctx *c);
 
 static int load_stream(dst_ctx *c)
 {
-    int ret = lm_stream_read_header(c->ch, &c->err);
+    int ret = lm_stream_read_header_version(c->ch, &c->version, &c->err);
     if (ret < 0) {
         return ret;
     }
@@ -697,6 +708,14 @@ void *lm_incoming_thread(void *arg)
                     ret = load_records(c);
                 }
             }
+        }
+    }
+    if (ret < 0 && c->mf) {
+        /* A receiver's failure woke the load thread: report its cause. */
+        lm_error mf_err = LM_ERROR_INIT;
+        if (lm_multifd_dst_error(c->mf, &mf_err) < 0) {
+            lm_error_clear(&c->err);
+            lm_error_propagate(&c->err, &mf_err);
         }
     }
     multifd_close(c);

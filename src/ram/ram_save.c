@@ -8,18 +8,30 @@
 #include "livemig/buffer.h"
 #include "ram/ram_save.h"
 #include "ram/zero.h"
+#include "stream/checksum.h"
 #include "stream/format.h"
 
 #define REC_HDR_LEN 15          /* u8 type, be16 block, be64 first, be32 count */
+#define CSUM_LEN 8              /* be64 xxh3 of the header (and page table) */
+/* Room for the page tables of the records of one batch (checksums). */
+#define CSUM_TABLE_ROOM (((CSUM_BATCH_BYTES + MAX_RUN_BYTES) / 4096 + 1) * 8)
+/* With checksums, the gathered pages are written once this many bytes are
+ * queued: each was hashed when queued and is read again by the write, so
+ * both reads should find it in the cache. */
+#define CSUM_BATCH_BYTES (512u << 10)
 #define BATCH_IOV 128           /* iovecs gathered before one writev */
 #define MAX_RUN_BYTES (1u << 20) /* one PAGES record carries at most 1 MiB */
 
 /* Gathers record headers and page payloads into one writev. */
 struct lm_ram_batch {
     struct iovec iov[BATCH_IOV];
-    uint8_t hdr[BATCH_IOV][REC_HDR_LEN];
+    /* Headers (with checksums: and page tables), back to back. */
+    uint8_t hdr[BATCH_IOV * (REC_HDR_LEN + CSUM_LEN) + CSUM_TABLE_ROOM];
+    size_t hoff;
     int niov;
     int nhdr;
+    bool checksum;   /* records carry their xxh3 */
+    size_t bytes;    /* page bytes queued (checksums only) */
 };
 typedef struct lm_ram_batch batch;
 
@@ -86,31 +98,51 @@ static int batch_flush(batch *b, lm_channel *ch)
 {
     int ret = b->niov ? lm_channel_put_ext(ch, b->iov, b->niov) : 0;
     b->niov = b->nhdr = 0;
+    b->hoff = b->bytes = 0;
     return ret;
 }
 
 static int batch_record(batch *b, lm_channel *ch, uint8_t type, const lm_ram_block *blk,
                         uint64_t first, uint32_t count, void *data, size_t len)
 {
-    if (b->niov + 2 > BATCH_IOV || b->nhdr + 1 > BATCH_IOV) {
+    uint64_t tpages = b->checksum ? len >> blk->page_shift : 0;
+    size_t hlen = REC_HDR_LEN + (b->checksum ? CSUM_LEN + tpages * CSUM_LEN : 0);
+    if (b->niov + 2 > BATCH_IOV || b->nhdr + 1 > BATCH_IOV || b->hoff + hlen > sizeof(b->hdr)) {
         int ret = batch_flush(b, ch);
         if (ret < 0) {
             return ret;
         }
     }
-    uint8_t *h = b->hdr[b->nhdr++];
+    uint8_t *h = b->hdr + b->hoff;
+    b->hoff += hlen;
+    b->nhdr++;
     h[0] = type;
     lm_store_be16(h + 1, (uint16_t)blk->idx);
     lm_store_be64(h + 3, first);
     lm_store_be32(h + 11, count);
+    if (b->checksum) {
+        /* Each page's own checksum (a page the guest changes while it is
+         * read is sent again later and settles alone), then one over the
+         * header and that table: both come from here, never from guest
+         * memory, so a mismatch there is corruption for sure. */
+        uint8_t *t = h + REC_HDR_LEN;
+        for (uint64_t i = 0; i < tpages; i++) {
+            lm_store_be64(t + i * CSUM_LEN, lm_csum_page((uint8_t *)data + (i << blk->page_shift),
+                                                         blk->page_size, first + i));
+        }
+        lm_store_be64(t + tpages * CSUM_LEN, lm_csum(h, REC_HDR_LEN + tpages * CSUM_LEN, 0));
+    }
     /* Zero records are headers only: merge consecutive headers into one iovec. */
     if (b->niov && (uint8_t *)b->iov[b->niov - 1].iov_base + b->iov[b->niov - 1].iov_len == h) {
-        b->iov[b->niov - 1].iov_len += REC_HDR_LEN;
+        b->iov[b->niov - 1].iov_len += hlen;
     } else {
-        b->iov[b->niov++] = (struct iovec){ h, REC_HDR_LEN };
+        b->iov[b->niov++] = (struct iovec){ h, hlen };
     }
     if (len) {
         b->iov[b->niov++] = (struct iovec){ data, len };
+    }
+    if (b->checksum && (b->bytes += len) >= CSUM_BATCH_BYTES) {
+        return batch_flush(b, ch);
     }
     return 0;
 }
@@ -220,13 +252,14 @@ static int batch_run(void *opaque, uint8_t type, lm_ram_block *blk, uint64_t p, 
 {
     run_to_batch *r = opaque;
     lm_ram_save_count(r->s, type, blk, count);
+    size_t hlen = REC_HDR_LEN + (r->b->checksum ? CSUM_LEN : 0);
     if (type == LM_RAM_ZERO) {
-        r->wire += REC_HDR_LEN;
+        r->wire += hlen;
         return batch_record(r->b, r->ch, LM_RAM_ZERO, blk, p, count, NULL, 0);
     }
     size_t len = (size_t)count << blk->page_shift;
-    r->wire += REC_HDR_LEN + len;
-    if (lm_ram_block_has_fd(blk)) {
+    r->wire += hlen + len + (r->b->checksum ? (size_t)count * CSUM_LEN : 0);
+    if (lm_ram_block_has_fd(blk) && !r->b->checksum) {
         /* The gathered headers, this one last, then the pages out of the
          * page cache. */
         int ret = batch_record(r->b, r->ch, LM_RAM_PAGES, blk, p, count, NULL, 0);
@@ -236,6 +269,7 @@ static int batch_run(void *opaque, uint8_t type, lm_ram_block *blk, uint64_t p, 
                                       lm_ram_block_page(blk, p), len);
         }
         r->b->niov = r->b->nhdr = 0;
+        r->b->hoff = 0;
         return ret;
     }
     return batch_record(r->b, r->ch, LM_RAM_PAGES, blk, p, count, lm_ram_block_page(blk, p), len);
@@ -297,6 +331,8 @@ int lm_ram_save_send(lm_ram_saver *s, lm_channel *ch, uint64_t budget, uint64_t 
     int ret = 0;
     *pass_done = false;
     b->niov = b->nhdr = 0;
+    b->hoff = b->bytes = 0;
+    b->checksum = s->checksum;
     while (done < budget) {
         lm_ram_block *blk;
         uint64_t p, q;

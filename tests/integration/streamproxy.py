@@ -47,8 +47,11 @@ def sock_reader(s):
     return read
 
 
-def walk(read):
-    """Yields (kind, raw, info) units of a plain stream (see module doc)."""
+def walk(read, seek=None):
+    """Yields (kind, raw, info) units of a stream (see module doc); with
+    seek (a file), a mapped-ram block is one ("mapped", raw, {block,
+    bitmap_offset, pages_offset}) unit and the walk goes on after its pages."""
+    blocks = []
     yield "header", read(8), {}
     page_size = {}
     checksum = False
@@ -60,7 +63,7 @@ def walk(read):
             ln = read(4)
             body = read(struct.unpack(">I", ln)[0])
             flags, n = struct.unpack(">II", body[16:24])
-            pos, blocks = 24, []
+            pos = 24
             for i in range(n):
                 l = body[pos]
                 name = body[pos + 1:pos + 1 + l].decode()
@@ -91,10 +94,20 @@ def walk(read):
                     if r[0] == RAM_MULTIFD_SYNC:
                         yield "ram", r + read(8), {"rtype": r[0]}
                         continue
+                    if r[0] == RAM_MAPPED_BLOCK and seek:
+                        rec = read(26)
+                        blk, _, _, boff, poff = struct.unpack(">HIIQQ", rec)
+                        yield "mapped", r + rec, {"block": blk, "bitmap_offset": boff,
+                                                  "pages_offset": poff}
+                        seek(poff + blocks[blk][1])
+                        continue
                     if r[0] not in (RAM_PAGES, RAM_ZERO):
                         raise ValueError("RAM record 0x%02x not walked" % r[0])
-                    h = read(14 + (8 if checksum else 0))
+                    h = read(14)
                     blk, first, count = struct.unpack(">HQI", h[:14])
+                    if checksum:
+                        # Page checksums (PAGES), then one over header and table.
+                        h += read((count * 8 if r[0] == RAM_PAGES else 0) + 8)
                     data = read(count * page_size[blk]) if r[0] == RAM_PAGES else b""
                     yield "ram", r + h + data, {"rtype": r[0], "block": blk, "first": first,
                                                 "count": count, "data_at": 1 + len(h)}
@@ -126,10 +139,15 @@ def walk_multifd(read):
             flags, nruns, plen = struct.unpack(">IHI", h[:10])
             table = read(15 * nruns)
             runs = [struct.unpack(">BHQI", table[i * 15:i * 15 + 15]) for i in range(nruns)]
+            sums = trailer = b""
+            if flags & 2 and not flags & 1:
+                # Uncompressed: page checksums, one over header, runs and those.
+                sums = read(8 * sum(r[3] for r in runs if r[0] == RAM_PAGES) + 8)
             payload = read(plen)
-            trailer = read(8) if flags & 2 else b""
-            yield "packet", t + h + table + payload + trailer, {
-                "type": 1, "flags": flags, "runs": runs, "payload_at": 12 + 15 * nruns}
+            if flags & 2 and flags & 1:
+                trailer = read(8)
+            yield "packet", t + h + table + sums + payload + trailer, {
+                "type": 1, "flags": flags, "runs": runs, "payload_at": 12 + 15 * nruns + len(sums)}
         elif t[0] == 2:
             yield "packet", t + read(8), {"type": 2}
         elif t[0] == 3:

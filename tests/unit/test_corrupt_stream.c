@@ -28,6 +28,7 @@
 #include <cmocka.h>
 
 #include "livemig/livemig.h"
+#include "stream/checksum.h"
 #include "stream/format.h"
 
 #define PAGE 4096u
@@ -684,10 +685,10 @@ static void test_bad_version(void **state)
 {
     FIXTURE;
     lm_wbuf_put_be32(&w, LM_STREAM_MAGIC);
-    lm_wbuf_put_be32(&w, 2);
+    lm_wbuf_put_be32(&w, 3);
     put_config(&w, 0);
     lm_wbuf_put_u8(&w, LM_REC_EOF);
-    expect_failure(f, &w, RAM_UNTOUCHED, "unsupported stream version 2", NULL);
+    expect_failure(f, &w, RAM_UNTOUCHED, "unsupported stream version 3", NULL);
     lm_wbuf_put_be32(&w, LM_STREAM_MAGIC);
     lm_wbuf_put_be32(&w, 0);
     expect_failure(f, &w, RAM_UNTOUCHED, "unsupported stream version 0", NULL);
@@ -1767,6 +1768,121 @@ static void test_incomplete_two_blocks(void **state)
     lm_wbuf_free(&w);
 }
 
+/* ======================= checksums ======================= */
+
+#define CONFIG_CHECKSUM 4u /* CONFIG flag bit 2 (§4d) */
+
+/* A PAGES (data != NULL, count pages of it) or ZERO record with
+ * checksums: the header, each page's xxh3 (seeded with its index), one
+ * over header and table; `flip` (>= 0) changes that byte of the data
+ * after the checksums were taken. */
+static void put_ram_csum(lm_wbuf *w, uint8_t type, uint16_t block, uint64_t first, uint32_t count,
+                         const uint8_t *data, long flip)
+{
+    uint8_t hdr[15 + 8 * 8];
+    hdr[0] = type;
+    lm_store_be16(hdr + 1, block);
+    lm_store_be64(hdr + 3, first);
+    lm_store_be32(hdr + 11, count);
+    size_t len = data ? (size_t)count * PAGE : 0;
+    size_t n = data ? count : 0;
+    assert_true(n <= 8);
+    for (size_t i = 0; i < n; i++) {
+        lm_store_be64(hdr + 15 + i * 8, lm_csum_page(data + i * PAGE, PAGE, first + i));
+    }
+    lm_wbuf_put(w, hdr, 15 + n * 8);
+    lm_wbuf_put_be64(w, lm_csum(hdr, 15 + n * 8, 0));
+    if (len) {
+        uint8_t *p = lm_wbuf_reserve(w, len);
+        assert_non_null(p);
+        memcpy(p, data, len);
+        if (flip >= 0) {
+            p[flip] ^= 0x01;
+        }
+    }
+}
+
+enum { CS_CLEAN, CS_FLIP_DATA, CS_FLIP_THEN_RESEND, CS_BAD_ZERO, CS_VERSION1 };
+
+/* The valid stream with checksums (version 2, CONFIG bit 2); `how` breaks
+ * it (or not) as named. */
+static void put_csum_stream(lm_wbuf *w, int seed, int how)
+{
+    static uint8_t data[4 * PAGE];
+    for (uint64_t p = 0; p < 4; p++) {
+        for (size_t i = 0; i < PAGE; i++) {
+            data[p * PAGE + i] = pattern(seed, p, i);
+        }
+    }
+    lm_wbuf_put_be32(w, LM_STREAM_MAGIC);
+    lm_wbuf_put_be32(w, how == CS_VERSION1 ? 1 : 2);
+    put_config(w, CONFIG_CHECKSUM);
+    put_ram_start(w);
+    lm_wbuf_put_u8(w, LM_RAM_EOS);
+    lm_wbuf_put_be32(w, 0);
+    put_section_short(w, LM_REC_SECTION_PART, 0);
+    /* Page 2, byte 100 of the data flipped: "bit rot". */
+    bool flip = how == CS_FLIP_DATA || how == CS_FLIP_THEN_RESEND;
+    put_ram_csum(w, LM_RAM_PAGES, 0, 0, 4, data, flip ? (long)(2 * PAGE + 100) : -1L);
+    lm_wbuf_put_u8(w, LM_RAM_EOS);
+    lm_wbuf_put_be32(w, 0);
+    put_section_short(w, LM_REC_SECTION_END, 0);
+    if (how == CS_FLIP_THEN_RESEND) {
+        /* A live source sends a page again when it changed while it was
+         * read: the later, matching record settles it. */
+        put_ram_csum(w, LM_RAM_PAGES, 0, 2, 1, data + 2 * PAGE, -1);
+    }
+    size_t zero_at = w->len;
+    put_ram_csum(w, LM_RAM_ZERO, 0, 4, NPAGES - 4, NULL, -1);
+    if (how == CS_BAD_ZERO) {
+        w->data[zero_at + 15] ^= 0x80; /* the header's checksum */
+    }
+    lm_wbuf_put_u8(w, LM_RAM_EOS);
+    lm_wbuf_put_be32(w, 0);
+    put_device_full(w, DEV_ID, seed);
+    put_iter_and_globalstate(w);
+    lm_wbuf_put_u8(w, LM_REC_EOF);
+    assert_int_equal(w->error, 0);
+}
+
+static void test_checksum_clean_and_resent(void **state)
+{
+    FIXTURE;
+    for (int how = CS_CLEAN; how <= CS_FLIP_THEN_RESEND; how += CS_FLIP_THEN_RESEND) {
+        put_csum_stream(&w, 7, how);
+        lm_info info;
+        run_stream(f, w.data, w.len, &info, NULL, NULL);
+        lm_wbuf_free(&w);
+        lm_wbuf_init(&w);
+        if (info.status != LM_STATUS_COMPLETED) {
+            fail_msg("checksummed stream (%d) ended in '%s': %s", how, lm_status_name(info.status),
+                     info.error_desc);
+        }
+        for (uint64_t p = 0; p < 4; p++) {
+            for (size_t i = 0; i < PAGE; i++) {
+                assert_int_equal(f->ram[p * PAGE + i], pattern(7, p, i));
+            }
+        }
+    }
+}
+
+static void test_checksum_mismatch(void **state)
+{
+    FIXTURE;
+    put_csum_stream(&w, 1, CS_FLIP_DATA);
+    expect_failure(f, &w, RAM_MAY_CHANGE, "checksum mismatch", "RAM block 'ram0' pages 2-2",
+                   "(1 pages in all)", "corrupt", NULL);
+    /* A header's checksum fails at once: it never came from guest memory. */
+    put_csum_stream(&w, 1, CS_BAD_ZERO);
+    char range[64];
+    snprintf(range, sizeof(range), "block 'ram0' pages 4-%u", NPAGES - 1);
+    expect_failure(f, &w, RAM_MAY_CHANGE, "checksum mismatch: the header", range, NULL);
+    /* The flag in a version 1 stream: refused (an old reader would have
+     * misread the longer records). */
+    put_csum_stream(&w, 1, CS_VERSION1);
+    expect_failure(f, &w, RAM_UNTOUCHED, "version 1 stream cannot carry checksums", NULL);
+}
+
 /* ======================= stalled streams ======================= */
 
 /* Waits up to ms for the migration to end; returns its status. */
@@ -1895,6 +2011,8 @@ int main(void)
         T(test_incomplete_missing_end),
         T(test_incomplete_missing_globalstate),
         T2(test_incomplete_two_blocks),
+        T(test_checksum_clean_and_resent),
+        T(test_checksum_mismatch),
         T(test_cancel_stalled_incoming_socket),
         T(test_cancel_stalled_incoming_pipe),
     };
