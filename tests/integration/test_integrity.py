@@ -11,9 +11,11 @@ with memory verified.  Saved files (plain and mapped-ram, checksummed by
 default) are corrupted in place and must fail to restore, naming the block
 and page range, while the intact file restores and verifies.
 """
+import json
 import os
 import shutil
 import struct
+import subprocess
 
 import lmtest
 import streamproxy
@@ -271,6 +273,87 @@ class FileChecksums(MigrationTest):
         self.assertIn("checksum mismatch: mapped-ram RAM block 'ram0' pages %d-%d" % (
             chunk, chunk + 255), info["error-desc"])
         self.restore(path, "dst-good", mapped=True)
+
+
+class Analyze(FileChecksums):
+    """livemig analyze on saved files: good ones (plain with vmdesc,
+    mapped-ram) described right, broken ones located to the byte."""
+
+    def analyze(self, path, expect_rc):
+        r = subprocess.run([lmtest.CLI_BIN, "analyze", "--json", path], capture_output=True,
+                           text=True, timeout=120)
+        self.assertEqual(r.returncode, expect_rc, r.stderr + r.stdout[-2000:])
+        return json.loads(r.stdout)
+
+    def test_plain_file(self):
+        self.src.set_params(**{"x-vmdesc": True})
+        path = self.path("save.lm")
+        self.save(path)
+        rep = self.analyze(path, 0)
+        self.assertTrue(rep["ok"] and rep["eof"] and rep["vmdesc"])
+        self.assertEqual(rep["header"]["version"], 2)
+        self.assertIn("checksum", rep["config_flags"])
+        blk = rep["ram_blocks"][0]
+        self.assertEqual(blk["name"], "ram0")
+        self.assertEqual(blk["pages_settled"], blk["pages"])
+        self.assertEqual(blk["data_pages"] + blk["zero_pages"], blk["pages"])  # guest stopped
+        self.assertEqual(blk["checksums"]["bad"], 0)
+        self.assertEqual(blk["checksums"]["ok"], blk["data_pages"])
+        cpus = [s for s in rep["sections"] if s["idstr"] == "cpu"]
+        self.assertEqual([c["instance"] for c in cpus], [0, 1])
+        self.assertEqual(cpus[0]["type"], "FULL")
+        # Decoded through the vmdesc: the workload's registers.
+        self.assertEqual(cpus[0]["fields"]["cpu"], 0)
+        self.assertEqual(cpus[1]["fields"]["cpu"], 1)
+        self.assertGreater(cpus[0]["fields"]["steps"], 0)
+        self.assertIn("globalstate", [s["idstr"] for s in rep["sections"]])
+
+        # Truncated: where and why.
+        size = os.path.getsize(path)
+        cut = self.path("cut.lm")
+        with open(path, "rb") as f, open(cut, "wb") as g:
+            g.write(f.read(size // 2))
+        rep = self.analyze(cut, 1)
+        self.assertFalse(rep["ok"])
+        self.assertLessEqual(rep["error"]["offset"], size // 2)
+        self.assertIn("the file ends inside", rep["error"]["reason"])
+
+        # A record type byte overwritten: the error names its offset.
+        at = cpus[1]["offset"]
+        bad = self.path("badtype.lm")
+        shutil.copyfile(path, bad)
+        with open(bad, "r+b") as f:
+            f.seek(at)
+            f.write(b"\x7f")
+        rep = self.analyze(bad, 1)
+        self.assertEqual(rep["error"]["offset"], at)
+        self.assertIn("unknown record type 0x7f", rep["error"]["reason"])
+
+        # A bit of page data flipped: the checksum names the record and page.
+        flipped, page = self.corrupt_copy(path, mapped=False)
+        rep = self.analyze(flipped, 1)
+        first_bad = rep["ram_blocks"][0]["first_bad_checksum"]
+        self.assertEqual((first_bad["first_page"], first_bad["last_page"]), (page, page))
+        self.assertEqual(rep["ram_blocks"][0]["checksums"]["bad"], 1)
+        text = subprocess.run([lmtest.CLI_BIN, "analyze", flipped], capture_output=True, text=True,
+                              timeout=120)
+        self.assertEqual(text.returncode, 1)
+        self.assertIn("BROKEN", text.stdout)
+
+    def test_mapped_ram_file(self):
+        path = self.path("save-mapped.lm")
+        self.save(path, mapped=True)
+        rep = self.analyze(path, 0)
+        self.assertTrue(rep["ok"])
+        self.assertEqual(rep["config_flags"], ["mapped-ram", "checksum"])
+        blk = rep["ram_blocks"][0]
+        self.assertEqual(blk["pages_settled"], blk["pages"])
+        self.assertEqual(blk["checksums"], {"ok": blk["pages"] // 256, "bad": 0})
+        flipped, page = self.corrupt_copy(path, mapped=True)
+        rep = self.analyze(flipped, 1)
+        first_bad = rep["ram_blocks"][0]["first_bad_checksum"]
+        self.assertEqual(first_bad["first_page"], page // 256 * 256)
+        self.assertIn("mapped-ram", first_bad["in"])
 
 
 if __name__ == "__main__":
