@@ -124,8 +124,7 @@ void lm_ram_load_mark(lm_ram_block *b, uint64_t first, uint32_t count)
 /* Checksums: after a record's 15 header bytes in hdr, its page table
  * (PAGES) and the checksum over header and table.  Both were made by the
  * source, not read from guest memory: a mismatch fails at once. */
-static int read_csum_header(lm_channel *ch, uint8_t *hdr, const lm_ram_block *b, size_t *tlen,
-                            lm_error *err)
+static int read_csum_header(lm_channel *ch, uint8_t *hdr, const lm_ram_block *b, lm_error *err)
 {
     uint32_t count = lm_load_be32(hdr + 11);
     uint64_t first = lm_load_be64(hdr + 3);
@@ -142,7 +141,6 @@ static int read_csum_header(lm_channel *ch, uint8_t *hdr, const lm_ram_block *b,
                             "block '%s' pages %" PRIu64 "-%" PRIu64 ": the stream is corrupt",
                             b->name, first, first + count - 1);
     }
-    *tlen = n * 8;
     return 0;
 }
 
@@ -202,9 +200,8 @@ int lm_ram_load_section(lm_ram_loader *l, lm_channel *ch, lm_error *err)
         if (l->place && l->checksum) {
             return lm_error_set(err, -EBADMSG, "postcopy with checksums is not supported");
         }
-        size_t tlen = 0;
         if (l->checksum) {
-            ret = read_csum_header(ch, hdr, b, &tlen, err);
+            ret = read_csum_header(ch, hdr, b, err);
             if (ret < 0) {
                 return ret;
             }

@@ -1,5 +1,6 @@
 #include <errno.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 #include <sys/sysinfo.h>
 
@@ -13,6 +14,8 @@
 
 #define REC_HDR_LEN 15          /* u8 type, be16 block, be64 first, be32 count */
 #define CSUM_LEN 8              /* be64 xxh3 of the header (and page table) */
+/* File-backed pages read for checksums wait here until their batch is written. */
+#define BOUNCE_BYTES (CSUM_BATCH_BYTES + MAX_RUN_BYTES)
 /* Room for the page tables of the records of one batch (checksums). */
 #define CSUM_TABLE_ROOM (((CSUM_BATCH_BYTES + MAX_RUN_BYTES) / 4096 + 1) * 8)
 /* With checksums, the gathered pages are written once this many bytes are
@@ -32,6 +35,8 @@ struct lm_ram_batch {
     int nhdr;
     bool checksum;   /* records carry their xxh3 */
     size_t bytes;    /* page bytes queued (checksums only) */
+    uint8_t *bounce; /* checksums: file-backed pages read from the file */
+    size_t bounce_used;
 };
 typedef struct lm_ram_batch batch;
 
@@ -98,7 +103,7 @@ static int batch_flush(batch *b, lm_channel *ch)
 {
     int ret = b->niov ? lm_channel_put_ext(ch, b->iov, b->niov) : 0;
     b->niov = b->nhdr = 0;
-    b->hoff = b->bytes = 0;
+    b->hoff = b->bytes = b->bounce_used = 0;
     return ret;
 }
 
@@ -241,6 +246,43 @@ int lm_ram_save_split(lm_ram_saver *s, lm_ram_block *blk, uint64_t p, uint64_t q
     return 0;
 }
 
+/* Checksums, a file-backed block: reading its pages through the mapping
+ * would map them, which the dirty tracker takes for writes (every page
+ * would go twice), so they are read from the file into the batch's bounce
+ * buffer, hashed and sent from there while still in the cache. */
+static int bounce_read(batch *b, lm_channel *ch, const lm_ram_block *blk, uint64_t p, size_t len,
+                       uint8_t **out)
+{
+    if (!b->bounce && !(b->bounce = malloc(BOUNCE_BYTES))) {
+        return lm_channel_set_error(ch, -ENOMEM, "out of memory");
+    }
+    /* Flush first if batch_record would: the bytes read must stay put. */
+    size_t hlen = REC_HDR_LEN + CSUM_LEN * (1 + (len >> blk->page_shift));
+    if (b->bounce_used + len > BOUNCE_BYTES || b->niov + 2 > BATCH_IOV ||
+        b->nhdr + 1 > BATCH_IOV || b->hoff + hlen > sizeof(b->hdr)) {
+        int ret = batch_flush(b, ch);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    uint8_t *dst = b->bounce + b->bounce_used;
+    uint64_t off = blk->fd_offset + (p << blk->page_shift);
+    for (size_t done = 0; done < len;) {
+        ssize_t n = pread(blk->fd, dst + done, len - done, (off_t)(off + done));
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return lm_channel_set_error(ch, n < 0 ? -errno : -EIO, "cannot read RAM block '%s' "
+                                        "from its file", blk->name);
+        }
+        done += (size_t)n;
+    }
+    b->bounce_used += len;
+    *out = dst;
+    return 0;
+}
+
 typedef struct run_to_batch {
     lm_ram_saver *s;
     batch *b;
@@ -259,7 +301,12 @@ static int batch_run(void *opaque, uint8_t type, lm_ram_block *blk, uint64_t p, 
     }
     size_t len = (size_t)count << blk->page_shift;
     r->wire += hlen + len + (r->b->checksum ? (size_t)count * CSUM_LEN : 0);
-    if (lm_ram_block_has_fd(blk) && !r->b->checksum) {
+    if (lm_ram_block_has_fd(blk) && r->b->checksum) {
+        uint8_t *data = NULL;
+        int ret = bounce_read(r->b, r->ch, blk, p, len, &data);
+        return ret < 0 ? ret : batch_record(r->b, r->ch, LM_RAM_PAGES, blk, p, count, data, len);
+    }
+    if (lm_ram_block_has_fd(blk)) {
         /* The gathered headers, this one last, then the pages out of the
          * page cache. */
         int ret = batch_record(r->b, r->ch, LM_RAM_PAGES, blk, p, count, NULL, 0);
@@ -367,6 +414,9 @@ struct lm_ram_batch *lm_ram_batch_new(void)
 
 void lm_ram_batch_free(struct lm_ram_batch *b)
 {
+    if (b) {
+        free(b->bounce);
+    }
     free(b);
 }
 
@@ -395,7 +445,7 @@ void lm_ram_save_freeze_hint(lm_ram_saver *s)
 
 void lm_ram_save_cleanup(lm_ram_saver *s)
 {
-    free(s->batch);
+    lm_ram_batch_free(s->batch);
     s->batch = NULL;
     if (s->tracker) {
         lm_dirty_tracker_stop(s->tracker);
