@@ -188,6 +188,31 @@ static int copy_from_ram_file(int out, const lm_ram_block *blk, uint64_t first, 
     return 0;
 }
 
+/* The checksums of pages [first, first+count) of blk.  A file-backed
+ * block's pages are read from its file: through the mapping they would be
+ * mapped, which the dirty tracker takes for writes. */
+static int sum_pages(lm_mapped_ram_src *mr, const lm_ram_block *blk, uint64_t first, uint32_t count)
+{
+    uint64_t *sums = mr->page_sum[blk->idx];
+    if (!lm_ram_block_has_fd(blk)) {
+        for (uint64_t p = first; p < first + count; p++) {
+            sums[p] = page_csum(blk, p);
+        }
+        return 0;
+    }
+    uint8_t *buf = malloc(blk->page_size);
+    if (!buf) {
+        return -ENOMEM;
+    }
+    int ret = 0;
+    for (uint64_t p = first; p < first + count && ret == 0; p++) {
+        ret = pio_full(blk->fd, false, buf, blk->page_size, blk->fd_offset + (p << blk->page_shift));
+        sums[p] = lm_csum(buf, blk->page_size, p);
+    }
+    free(buf);
+    return ret;
+}
+
 /* Data pages [first, first+count) of blk to their slots in the file. */
 static int write_data(lm_mapped_ram_src *mr, lm_ram_block *blk, uint64_t first, uint32_t count)
 {
@@ -216,8 +241,12 @@ static int write_data(lm_mapped_ram_src *mr, lm_ram_block *blk, uint64_t first, 
         /* Hashed after the write: if the guest changed a page since it was
          * claimed, it is dirty again and this slot and sum are rewritten by
          * a later pass, so the last write's sum is the slot's. */
-        for (uint64_t p = first; p < first + count; p++) {
-            mr->page_sum[blk->idx][p] = page_csum(blk, p);
+        ret = sum_pages(mr, blk, first, count);
+        if (ret < 0) {
+            lm_error e = LM_ERROR_INIT;
+            lm_error_set_errno(&e, ret, "mapped-ram: cannot read RAM block '%s' from its file",
+                               blk->name);
+            return src_fail(mr, &e);
         }
     }
     lm_bitmap_set_range_atomic(mr->present[blk->idx], first, count);
