@@ -14,6 +14,7 @@ static const struct {
     { "info", cli_info, "show a machine's migration state (like QEMU's `info migrate`)" },
     { "qmp", cli_qmp, "run any QMP command and print the reply" },
     { "demo", cli_demo, "start two livemig-vm machines and migrate one to the other" },
+    { "analyze", cli_analyze, "print the records of a saved stream and check it (--json)" },
 };
 
 static void usage(FILE *f)

@@ -344,7 +344,7 @@ int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err)
     bool postcopy = e->caps[LM_CAP_POSTCOPY_RAM], preempt = e->caps[LM_CAP_POSTCOPY_PREEMPT];
     bool multifd = e->caps[LM_CAP_MULTIFD], zero_copy = e->params.zero_copy_send;
     bool compress = strcmp(e->params.multifd_compression, "none") != 0;
-    bool mapped_ram = e->caps[LM_CAP_MAPPED_RAM];
+    bool mapped_ram = e->caps[LM_CAP_MAPPED_RAM], checksum = e->caps[LM_CAP_X_CHECKSUM];
     pthread_mutex_unlock(&e->lock);
     if (inc) {
         return lm_error_set(err, -EBUSY, "Guest is waiting for an incoming migration");
@@ -366,6 +366,12 @@ int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err)
     }
     if (zero_copy && compress) {
         return lm_error_set(err, -EINVAL, "zero-copy-send does not work with multifd-compression");
+    }
+    /* Checksums hash what is written; the kernel reads zero-copy pages
+     * later, and postcopy places pages without them. */
+    if (checksum && (zero_copy || postcopy)) {
+        return lm_error_set(err, -EINVAL, "x-checksum is incompatible with %s",
+                            zero_copy ? "zero-copy-send" : "postcopy-ram");
     }
     int r = 0;
     if (multifd) {

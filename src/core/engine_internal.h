@@ -41,6 +41,7 @@ enum lm_capability {
     LM_CAP_MULTIFD,
     LM_CAP_ZERO_COPY_SEND, /* the same switch as the zero-copy-send parameter */
     LM_CAP_MAPPED_RAM,
+    LM_CAP_X_CHECKSUM, /* page data checksums on any transport (always on for file:) */
     LM_CAP__COUNT
 };
 

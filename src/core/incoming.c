@@ -36,6 +36,7 @@ typedef struct dst_ctx {
     lm_channel *ch;
     lm_error err;
     lm_stream_config cfg;
+    uint32_t version;    /* the header's */
     bool have_config;
     lm_ram_block *map[LM_MAX_RAM_BLOCKS];
     lm_ram_loader loader;
@@ -49,7 +50,13 @@ typedef struct dst_ctx {
     lm_multifd_dst *mf;  /* multifd: from MULTIFD_SETUP until its channels end */
     uint64_t multifd_bytes; /* read on multifd channels that ended */
     lm_mapped_ram_dst *mr;  /* mapped-ram: from CONFIG on */
+    /* Per registered device (e->devs order): DEV_STARTED once its START
+     * loaded, DEV_COMPLETE once its END or FULL did; checked at EOF. */
+    uint8_t *dev_loaded;
+    bool globalstate_loaded;
 } dst_ctx;
+
+enum { DEV_STARTED = 1, DEV_COMPLETE = 2 };
 
 static void publish_progress(dst_ctx *c)
 {
@@ -134,6 +141,10 @@ static int multifd_start(dst_ctx *c, const uint8_t *body, uint16_t len)
     pthread_mutex_lock(&e->lock);
     lm_listener *l = e->listener;
     pthread_mutex_unlock(&e->lock);
+    if (!(su.flags & LM_MULTIFD_SETUP_CHECKSUM) != !(c->cfg.flags & LM_CONFIG_CHECKSUM)) {
+        return lm_error_set(&c->err, -EBADMSG, "MULTIFD_SETUP and the configuration disagree "
+                            "about checksums");
+    }
     ret = lm_multifd_dst_start(l, &su, c->map, e->nblocks, multifd_failed, e, &c->mf, &c->err);
     pthread_mutex_lock(&e->lock);
     e->mf_dst = c->mf;
@@ -173,7 +184,8 @@ static int mapped_ram_start(dst_ctx *c)
     if (!stream) {
         return 0;
     }
-    int ret = lm_mapped_ram_dst_new(c->map, e->nblocks, threads, &c->mr, &c->err);
+    int ret = lm_mapped_ram_dst_new(c->map, e->nblocks, threads, c->loader.checksum, &c->mr,
+                                    &c->err);
     if (ret == 0) {
         c->loader.mapped_block = mapped_block;
         c->loader.mapped_opaque = c;
@@ -205,6 +217,10 @@ static int load_config(dst_ctx *c)
     if (ret < 0) {
         return ret;
     }
+    if ((c->cfg.flags & LM_CONFIG_CHECKSUM) && c->version < LM_STREAM_VERSION_CHECKSUM) {
+        return lm_error_set(&c->err, -EBADMSG, "a version %u stream cannot carry checksums",
+                            c->version);
+    }
     if (lm_cap(e, LM_CAP_VALIDATE_UUID)) {
         pthread_mutex_lock(&e->lock);
         bool same = !memcmp(c->cfg.uuid, e->uuid, LM_UUID_LEN);
@@ -215,7 +231,12 @@ static int load_config(dst_ctx *c)
         }
     }
     c->have_config = true;
+    c->dev_loaded = calloc(e->ndevs + 1, 1);
+    if (!c->dev_loaded) {
+        return lm_error_set(&c->err, -ENOMEM, "out of memory");
+    }
     ret = lm_ram_load_setup(&c->loader, c->map, e->nblocks, &c->err);
+    c->loader.checksum = c->cfg.flags & LM_CONFIG_CHECKSUM;
     return ret < 0 ? ret : mapped_ram_start(c);
 }
 
@@ -316,7 +337,38 @@ static int load_section(dst_ctx *c, uint8_t type)
     if (ret == 0) {
         ret = lm_stream_read_footer(c->ch, (uint32_t)id, &c->err);
     }
+    if (ret == 0 && s->kind == SECTION_DEVICE) {
+        uint8_t *st = &c->dev_loaded[s->dev - c->e->devs];
+        bool last = type == LM_REC_SECTION_END || type == LM_REC_SECTION_FULL;
+        *st = last ? DEV_COMPLETE : LM_MAX(*st, DEV_STARTED);
+    } else if (ret == 0 && s->kind == SECTION_GLOBALSTATE) {
+        c->globalstate_loaded = true;
+    }
     return ret;
+}
+
+/* Precopy's EOF: the guest starts only if the stream carried everything:
+ * every page of every block, every registered device's last section (END
+ * or FULL), and the source's run state. */
+static int check_complete(dst_ctx *c)
+{
+    lm_engine *e = c->e;
+    int ret = lm_ram_load_check_complete(&c->loader, &c->err);
+    if (ret < 0) {
+        return ret;
+    }
+    for (size_t i = 0; i < e->ndevs; i++) {
+        if (c->dev_loaded[i] != DEV_COMPLETE) {
+            const lm_device_entry *d = &e->devs[i];
+            return lm_error_set(&c->err, -EBADMSG, "the stream is incomplete: device '%s' "
+                                "instance %u %s", d->idstr, d->instance,
+                                c->dev_loaded[i] ? "has no END section" : "has no section");
+        }
+    }
+    if (!c->globalstate_loaded) {
+        return lm_error_set(&c->err, -EBADMSG, "the stream is incomplete: no globalstate section");
+    }
+    return 0;
 }
 
 static int skip_vmdesc(dst_ctx *c)
@@ -455,7 +507,7 @@ static int load_records(dst_ctx *c);
 
 static int load_stream(dst_ctx *c)
 {
-    int ret = lm_stream_read_header(c->ch, &c->err);
+    int ret = lm_stream_read_header_version(c->ch, &c->version, &c->err);
     if (ret < 0) {
         return ret;
     }
@@ -506,7 +558,7 @@ static int load_records(dst_ctx *c)
             if (ret < 0) {
                 return ret;
             }
-            return c->have_config ? 0
+            return c->have_config ? check_complete(c)
                                   : lm_error_set(&c->err, -EBADMSG, "stream ended before its configuration");
         default:
             return lm_error_set(&c->err, -EBADMSG, "unknown record type 0x%02x after %llu bytes", type,
@@ -695,6 +747,14 @@ void *lm_incoming_thread(void *arg)
             }
         }
     }
+    if (ret < 0 && c->mf) {
+        /* A receiver's failure woke the load thread: report its cause. */
+        lm_error mf_err = LM_ERROR_INIT;
+        if (lm_multifd_dst_error(c->mf, &mf_err) < 0) {
+            lm_error_clear(&c->err);
+            lm_error_propagate(&c->err, &mf_err);
+        }
+    }
     multifd_close(c);
     mapped_ram_close(c);
     publish_progress(c);
@@ -750,6 +810,7 @@ void *lm_incoming_thread(void *arg)
     if (c->have_config) {
         lm_ram_load_cleanup(&c->loader);
     }
+    free(c->dev_loaded);
     if (success) {
         lm_set_state(e, c->pc_listening ? LM_STATUS_POSTCOPY_ACTIVE : LM_STATUS_ACTIVE,
                      LM_STATUS_COMPLETED);

@@ -49,6 +49,7 @@ typedef struct src_ctx {
     lm_multifd_src *mf; /* multifd: pages go on its channels while it is open */
     bool mf_open;       /* not yet finished (END sent) */
     lm_mapped_ram_src *mr; /* mapped-ram: pages go to fixed offsets in the file */
+    bool checksum;      /* page data carries xxh3 checksums (file:, or x-checksum) */
 } src_ctx;
 
 static bool cancelled(lm_engine *e)
@@ -144,6 +145,7 @@ static int mapped_ram_setup(src_ctx *c)
     cfg.threads = e->caps[LM_CAP_MULTIFD] ? (unsigned)e->params.multifd_channels : 0;
     cfg.zero_detect = strcmp(e->params.zero_page_detection, "none") != 0;
     pthread_mutex_unlock(&e->lock);
+    cfg.checksum = c->checksum;
     return lm_mapped_ram_src_new(&cfg, &e->saver, &c->mr, &c->err);
 }
 
@@ -208,13 +210,15 @@ static int multifd_setup(src_ctx *c)
                                                                   : LM_ZERO_MULTIFD;
     cfg.zero_copy = e->params.zero_copy_send;
     pthread_mutex_unlock(&e->lock);
+    cfg.checksum = c->checksum;
     for (size_t i = 0; i < e->nblocks; i++) {
         if (e->blocks[i]->page_size > LM_MULTIFD_MAX_PAYLOAD / 2) {
             return lm_error_set(&c->err, -EINVAL, "multifd: RAM block '%s' has pages too large",
                                 e->blocks[i]->name);
         }
     }
-    lm_multifd_setup su = { .channels = (uint16_t)cfg.channels, .compression = cfg.compression };
+    lm_multifd_setup su = { .channels = (uint16_t)cfg.channels, .compression = cfg.compression,
+                            .flags = cfg.checksum ? LM_MULTIFD_SETUP_CHECKSUM : 0 };
     if (getrandom(su.id, sizeof(su.id), 0) != (ssize_t)sizeof(su.id)) {
         /* Not secret, only distinct per migration. */
         uint64_t t = lm_now_ns();
@@ -273,15 +277,20 @@ static int setup(src_ctx *c)
                      (e->uri.kind == LM_TRANSPORT_UNIX || e->uri.kind == LM_TRANSPORT_TCP);
 
     bool mapped_ram = lm_cap(e, LM_CAP_MAPPED_RAM);
+    /* A saved file is checked when it is restored, maybe years later: on
+     * by default there.  On a socket TLS covers the wire; x-checksum asks. */
+    c->checksum = e->uri.kind == LM_TRANSPORT_FILE || lm_cap(e, LM_CAP_X_CHECKSUM);
     lm_stream_config cfg = { .flags = (c->return_path ? LM_CONFIG_RETURN_PATH : 0) |
-                                      (mapped_ram ? LM_CONFIG_MAPPED_RAM : 0) };
+                                      (mapped_ram ? LM_CONFIG_MAPPED_RAM : 0) |
+                                      (c->checksum ? LM_CONFIG_CHECKSUM : 0) };
     pthread_mutex_lock(&e->lock);
     memcpy(cfg.uuid, e->uuid, LM_UUID_LEN);
     char tracker[16];
     snprintf(tracker, sizeof(tracker), "%s", e->params.x_dirty_tracker);
     pthread_mutex_unlock(&e->lock);
 
-    lm_stream_write_header(c->ch);
+    lm_stream_write_header_version(c->ch, c->checksum ? LM_STREAM_VERSION_CHECKSUM
+                                                      : LM_STREAM_VERSION);
     lm_stream_write_config(c->ch, &cfg, e->blocks, e->nblocks);
     if (lm_cap(e, LM_CAP_MULTIFD) && !mapped_ram) {
         ret = multifd_setup(c);
@@ -303,6 +312,7 @@ static int setup(src_ctx *c)
     if (ret < 0) {
         return ret;
     }
+    e->saver.checksum = c->checksum;
     pthread_mutex_lock(&e->lock);
     snprintf(e->stats.dirty_tracker, sizeof(e->stats.dirty_tracker), "%s",
              lm_dirty_tracker_name(e->saver.tracker));

@@ -22,6 +22,7 @@ static const char *const cap_names[LM_CAP__COUNT + 1] = {
     [LM_CAP_MULTIFD] = "multifd",
     [LM_CAP_ZERO_COPY_SEND] = "zero-copy-send",
     [LM_CAP_MAPPED_RAM] = "mapped-ram",
+    [LM_CAP_X_CHECKSUM] = "x-checksum",
     [LM_CAP__COUNT] = NULL,
 };
 

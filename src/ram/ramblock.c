@@ -56,7 +56,8 @@ void lm_ram_block_release_bitmaps(lm_ram_block *b)
     lm_bitmap_free(b->unpopulated);
     lm_bitmap_free(b->zero_unread);
     lm_bitmap_free(b->received);
-    b->dirty = b->unpopulated = b->zero_unread = b->received = NULL;
+    lm_bitmap_free(b->csum_bad);
+    b->dirty = b->unpopulated = b->zero_unread = b->received = b->csum_bad = NULL;
 }
 
 void lm_ram_block_free(lm_ram_block *b)
@@ -90,7 +91,8 @@ int lm_ram_block_prepare_source(lm_ram_block *b, lm_error *err)
 
 int lm_ram_block_prepare_dest(lm_ram_block *b, lm_error *err)
 {
-    return fresh_bitmap(&b->received, b->npages, err);
+    int ret = fresh_bitmap(&b->received, b->npages, err);
+    return ret < 0 ? ret : fresh_bitmap(&b->csum_bad, b->npages, err);
 }
 
 void lm_ram_mark_dirty(lm_ram_block *b, uint64_t offset, uint64_t len)

@@ -43,6 +43,10 @@ struct lm_ram_block {
     /* Destination: pages written by the loader (a fresh private page that
      * was never written is known to be zero). */
     uint64_t *received;
+    /* Destination: pages whose latest record failed its checksum (set and
+     * cleared atomically; a later record of a page that verifies clears
+     * it: a live source sends a page again when it changed mid-send). */
+    uint64_t *csum_bad;
     /* Destination: a load wrote into this block before (a failed earlier
      * attempt), so its pages can no longer be assumed zero. */
     bool dest_used;

@@ -8,11 +8,22 @@
 
 int lm_stream_write_header(lm_channel *ch)
 {
+    return lm_stream_write_header_version(ch, LM_STREAM_VERSION);
+}
+
+int lm_stream_write_header_version(lm_channel *ch, uint32_t version)
+{
     lm_channel_put_be32(ch, LM_STREAM_MAGIC);
-    return lm_channel_put_be32(ch, LM_STREAM_VERSION);
+    return lm_channel_put_be32(ch, version);
 }
 
 int lm_stream_read_header(lm_channel *ch, lm_error *err)
+{
+    uint32_t version;
+    return lm_stream_read_header_version(ch, &version, err);
+}
+
+int lm_stream_read_header_version(lm_channel *ch, uint32_t *out, lm_error *err)
 {
     uint32_t magic, version;
     if (lm_channel_get_be32(ch, &magic) < 0 || lm_channel_get_be32(ch, &version) < 0) {
@@ -21,11 +32,12 @@ int lm_stream_read_header(lm_channel *ch, lm_error *err)
     if (magic != LM_STREAM_MAGIC) {
         return lm_error_set(err, -EBADMSG, "not a livemig stream (bad magic 0x%08x)", magic);
     }
-    if (version != LM_STREAM_VERSION) {
+    if (version != LM_STREAM_VERSION && version != LM_STREAM_VERSION_CHECKSUM) {
         return lm_error_set(err, -EPROTONOSUPPORT,
-                            "unsupported stream version %u (this build reads version %u)", version,
-                            LM_STREAM_VERSION);
+                            "unsupported stream version %u (this build reads versions %u and %u)",
+                            version, LM_STREAM_VERSION, LM_STREAM_VERSION_CHECKSUM);
     }
+    *out = version;
     return 0;
 }
 
