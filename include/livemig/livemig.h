@@ -7,6 +7,7 @@
 #include "livemig/engine.h"
 #include "livemig/error.h"
 #include "livemig/ram.h"
+#include "livemig/tls.h"
 
 #define LIVEMIG_VERSION_STRING "0.1.0"
 

@@ -31,6 +31,7 @@
 #include "devices.h"
 #include "guest_ram.h"
 #include "options.h"
+#include "qmp/objects.h"
 #include "qmp/qmp.h"
 #include "vcpu.h"
 #include "vram.h"
@@ -54,6 +55,7 @@ typedef struct vm {
     vm_clock clock;
     vm_serial serial;
     vram *vram;             /* NULL without --vram */
+    qmp_objects *objects;   /* TLS credentials and authz: --object, object-add */
 
     pthread_mutex_t lock;   /* the run state below */
     vm_runstate state;

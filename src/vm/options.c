@@ -46,9 +46,13 @@ static void usage(FILE *f, const char *prog)
 "      --name NAME            guest name (serial output, default 'vm')\n"
 "      --uuid UUID            machine UUID, 8-4-4-4-12 hex\n"
 "      --serial stdout|file:PATH|none   console output (default stdout)\n"
+"      --object TYPE,id=ID,...|JSON     create an object as QMP object-add\n"
+"                             does (tls-creds-x509, tls-creds-psk, authz-simple,\n"
+"                             authz-list)\n"
 "  -h, --help                 this text\n"
 "\n"
-"QMP: the migration commands, stop, cont, query-status, quit, and\n"
+"QMP: the migration commands, object-add, object-del, stop, cont,\n"
+"query-status, quit, and\n"
 "x-verify-memory, x-query-workload, x-query-memory-hash.\n",
             prog);
 }
@@ -171,6 +175,7 @@ enum {
     OPT_NAME,
     OPT_UUID,
     OPT_SERIAL,
+    OPT_OBJECT,
 };
 
 static const struct option long_opts[] = {
@@ -192,6 +197,7 @@ static const struct option long_opts[] = {
     { "name", required_argument, NULL, OPT_NAME },
     { "uuid", required_argument, NULL, OPT_UUID },
     { "serial", required_argument, NULL, OPT_SERIAL },
+    { "object", required_argument, NULL, OPT_OBJECT },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
 };
@@ -279,6 +285,13 @@ int vm_options_parse(vm_options *o, int argc, char **argv, lm_error *err)
             break;
         case OPT_SERIAL:
             ret = vm_serial_parse(optarg, &o->serial, &o->serial_path, err);
+            break;
+        case OPT_OBJECT:
+            if (o->nobjects == VM_MAX_OBJECTS) {
+                ret = lm_error_set(err, -E2BIG, "at most %d --object", VM_MAX_OBJECTS);
+            } else {
+                o->objects[o->nobjects++] = optarg;
+            }
             break;
         case 'h':
             usage(stdout, argv[0]);
