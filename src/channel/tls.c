@@ -34,6 +34,9 @@ struct lm_tls_session {
     gnutls_session_t s;
     bool psk;
     char name[64]; /* the channel's, for messages */
+    /* The socket's last errors, for messages: errno itself does not
+     * survive GnuTLS.  One writer and one reader thread at most. */
+    int send_errno, recv_errno;
 };
 
 lm_tls_config *lm_tls_config_new(lm_tls_creds *creds, lm_authz *authz, const char *authz_id,
@@ -70,6 +73,9 @@ static ssize_t push_fn(gnutls_transport_ptr_t ptr, const void *data, size_t len)
     do {
         n = send(t->fd, data, len, MSG_NOSIGNAL);
     } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        t->send_errno = errno;
+    }
     return n;
 }
 
@@ -80,6 +86,9 @@ static ssize_t pull_fn(gnutls_transport_ptr_t ptr, void *data, size_t len)
     do {
         n = recv(t->fd, data, len, 0);
     } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        t->recv_errno = errno;
+    }
     return n;
 }
 
@@ -141,7 +150,8 @@ static int alert_error(lm_tls_session *t, lm_error *err)
 /* A GnuTLS failure of the handshake or of record I/O as -errno + message. */
 static int gnutls_failure(lm_tls_session *t, int rc, const char *what, lm_error *err)
 {
-    int saved = errno;
+    int saved = rc == GNUTLS_E_PUSH_ERROR ? t->send_errno
+                : rc == GNUTLS_E_PULL_ERROR ? t->recv_errno : errno;
     switch (rc) {
     case GNUTLS_E_FATAL_ALERT_RECEIVED:
         return alert_error(t, err);
