@@ -56,7 +56,7 @@ class TwoHosts(MigrationTest):
         print("\n  link: %s" % link.kind)
         return link
 
-    def pair(self, link, workload="increment", caps=None, dst_paused=True, dirty_rate="1M"):
+    def pair(self, link, workload="increment", caps=None, dst_paused=True, dirty_rate="256K"):
         src = self.vm("src", memory=MEM, workload=workload, wrapper=link.run_in(link.src_ns),
                       extra=["--dirty-rate", dirty_rate])
         dst = self.vm("dst", memory=MEM, workload=workload, wrapper=link.run_in(link.dst_ns),

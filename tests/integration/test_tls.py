@@ -44,9 +44,11 @@ def tearDownModule():
 
 
 class TLSBase(MigrationTest):
+    # A live guest that dirties slowly enough for any migration to outrun
+    # it, also on a loaded machine under ASan.
     def pair(self, caps=None, workload="increment", dst_paused=True, extra=()):
         src = self.vm("src", memory=MEM, workload=workload,
-                      extra=["--dirty-rate", "8M"] + list(extra))
+                      extra=["--dirty-rate", "256K"] + list(extra))
         dst = self.vm("dst", memory=MEM, workload=workload, incoming="defer",
                       paused=dst_paused, extra=list(extra))
         if caps:
