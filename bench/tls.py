@@ -92,17 +92,23 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
 
     print("\n## TLS cost: %s random RAM, tcp loopback, best of %d\n" % (args.size, args.reps))
-    print("| engine | mode | plain MB/s | TLS MB/s | TLS cost | TLS downtime ms | verified |")
-    print("|---|---|---|---|---|---|---|")
+    print("| engine | mode | plain MB/s | TLS MB/s | TLS cost | CPU s plain (src+dst) | CPU s TLS "
+          "(src+dst) | TLS downtime ms | verified |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for ename, mode, plain, tls in rows:
         a, b = rate(plain, size), rate(tls, size)
         cost = "%.0f %%" % (100.0 * (1 - b / a)) if a and b else "-"
         ver = "%s/%s" % (plain.get("verified", plain.get("error")),
                          tls.get("verified", tls.get("error")))
-        print("| %s | %s | %s | %s | %s | %s | %s |" % (
+        def cpu(r):
+            return "%.2f" % (r["cpu_src"] + r["cpu_dst"]) if "cpu_src" in r else "-"
+        print("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             ename, mode, "%.0f" % a if a else plain.get("error"),
-            "%.0f" % b if b else tls.get("error"), cost, tls.get("downtime_ms", "-"), ver))
-    print("\nMB/s = guest RAM size / total-time.  TLS: x509, verify-peer on both sides, "
+            "%.0f" % b if b else tls.get("error"), cost, cpu(plain), cpu(tls),
+            tls.get("downtime_ms", "-"), ver))
+    print("\nMB/s = guest RAM size / total-time; CPU = utime+stime of both processes over "
+          "the migration (what TLS adds, whatever else loads the machine).")
+    print("MB/s = guest RAM size / total-time.  TLS: x509, verify-peer on both sides, "
           "GnuTLS default priorities (TLS 1.3, AES-GCM).")
 
 
