@@ -55,6 +55,7 @@ struct lm_channel {
 
     bool zerocopy;   /* lm_channel_put_ext_zerocopy sends with MSG_ZEROCOPY */
     bool no_sendfile; /* sendfile() refused this fd: put_file writes from memory */
+    bool no_pread;    /* TLS: pread() refused the RAM fd: put_file writes from memory */
     lm_zerocopy zc;
     /* TLS (channel/tls.h): every read and write goes through the session;
      * a return path shares its main channel's. */
@@ -375,6 +376,39 @@ static ssize_t sendfile_nosignal(int out, int in, off_t *off, size_t len)
     return n;
 }
 
+/* TLS encrypts in this process, so the pages must pass through it: read
+ * from the file (page cache) into the write buffer, not through the
+ * mapping, whose first touch would populate page tables behind the dirty
+ * tracker's back (every page read that way looks written at the next
+ * sync, and is sent twice). */
+static int put_file_tls(lm_channel *ch, const struct iovec *hdr, int nhdr, int fd, uint64_t off,
+                        size_t len, const void *mem)
+{
+    int ret = nhdr ? lm_channel_put_ext(ch, hdr, nhdr) : lm_channel_flush(ch);
+    size_t done = 0;
+    while (ret == 0 && done < len) {
+        ssize_t n = pread(fd, ch->wbuf, LM_MIN(len - done, (size_t)WBUF_SIZE),
+                          (off_t)(off + done));
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && done == 0 && (errno == EBADF || errno == EINVAL)) {
+            /* A write-only RAM fd: from memory from now on. */
+            ch->no_pread = true;
+            struct iovec data = { (void *)mem, len };
+            return lm_channel_put_ext(ch, &data, 1);
+        }
+        if (n <= 0) {
+            int code = n < 0 ? -errno : -EIO;
+            return sticky(ch) ? sticky(ch) : io_error(ch, code, "reading RAM from its file");
+        }
+        struct iovec data = { ch->wbuf, (size_t)n };
+        ret = write_iov(ch, &data, 1);
+        done += (size_t)n;
+    }
+    return ret;
+}
+
 int lm_channel_put_file(lm_channel *ch, const struct iovec *hdr, int nhdr, int fd, uint64_t off,
                         const void *mem, size_t len)
 {
@@ -417,6 +451,9 @@ int lm_channel_put_file(lm_channel *ch, const struct iovec *hdr, int nhdr, int f
             return sticky(ch);
         }
         nhdr = 0; /* already sent */
+    }
+    if (ch->tls && !ch->no_pread) {
+        return put_file_tls(ch, hdr, nhdr, fd, off, len, mem);
     }
     struct iovec data = { (void *)mem, len };
     int ret = nhdr ? lm_channel_put_ext(ch, hdr, nhdr) : 0;
