@@ -4,7 +4,7 @@
 set -euo pipefail
 
 LIVEMIG_PACKAGES=(gcc g++ meson ninja-build pkg-config python3 libjansson-dev libzstd-dev
-                  libgnutls28-dev libcmocka-dev libfdt-dev
+                  libgnutls28-dev gnutls-bin libcmocka-dev libfdt-dev
                   libxxhash-dev)
 # Optional, for the RISC-V machine's checks (the core build needs none):
 # the bare-metal instruction tests (tests/riscv) and QEMU to compare with,

@@ -8,6 +8,7 @@
 #include "livemig/error.h"
 #include "livemig/log.h"
 #include "livemig/ram.h"
+#include "livemig/tls.h"
 #include "livemig/version.h"
 
 #endif

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "channel/tls.h"
 #include "common/clock.h"
 #include "common/util.h"
 #include "core/engine_internal.h"
@@ -608,7 +609,10 @@ static int accept_resume(dst_ctx *c, lm_listener *l)
     }
     uint8_t type;
     uint16_t cmd, len;
-    ret = lm_stream_read_header(c->ch, &c->err);
+    ret = lm_tls_server(c->ch, l, &c->err);
+    if (ret == 0) {
+        ret = lm_stream_read_header(c->ch, &c->err);
+    }
     if (ret == 0 && (lm_channel_get_u8(c->ch, &type) < 0 || lm_channel_get_be16(c->ch, &cmd) < 0 ||
                      lm_channel_get_be16(c->ch, &len) < 0)) {
         ret = lm_channel_error(c->ch, &c->err);
@@ -731,7 +735,10 @@ void *lm_incoming_thread(void *arg)
                 lm_channel_shutdown(c->ch, -ECANCELED, "incoming migration cancelled");
             }
             pthread_mutex_unlock(&e->lock);
-            ret = load_stream(c);
+            ret = lm_tls_server(c->ch, e->listener, &c->err);
+            if (ret == 0) {
+                ret = load_stream(c);
+            }
             /* Once the guest runs here, any failure pauses: the source keeps
              * every page and a recovery may yet finish.  Between the device
              * state's PONG and RUN a broken link pauses too (the source may

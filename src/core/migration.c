@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "channel/tls.h"
 #include "common/clock.h"
 #include "common/util.h"
 #include "core/engine_internal.h"
@@ -273,6 +274,10 @@ static int setup(src_ctx *c)
     }
     lm_channel_set_child(c->ch, pid);
     set_channel(e, c->ch);
+    ret = lm_tls_client(c->ch, &e->uri, &c->err);
+    if (ret < 0) {
+        return ret;
+    }
     c->return_path = lm_cap(e, LM_CAP_RETURN_PATH) &&
                      (e->uri.kind == LM_TRANSPORT_UNIX || e->uri.kind == LM_TRANSPORT_TCP);
 
@@ -543,6 +548,9 @@ static int postcopy_pause_and_resume(src_ctx *c)
         }
         if (ret == 0) {
             set_channel(e, c->ch);
+            ret = lm_tls_client(c->ch, &uri, &c->err);
+        }
+        if (ret == 0) {
             lm_set_state(e, LM_STATUS_POSTCOPY_RECOVER_SETUP, LM_STATUS_POSTCOPY_RECOVER);
             ret = lm_pc_src_recover(c->pc, c->ch, &uri, &c->err);
         }

@@ -8,6 +8,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "channel/tls.h"
 #include "common/bitmap.h"
 #include "common/clock.h"
 #include "common/util.h"
@@ -445,14 +446,9 @@ int lm_pc_dst_set_rp(lm_pc_dst *d, lm_channel *main_ch, bool resume, lm_error *e
 {
     lm_channel *rp = NULL;
     if (main_ch) {
-        int fd = dup(lm_channel_fd(main_ch));
-        if (fd < 0) {
-            return lm_error_set_errno(err, -errno, "cannot duplicate the migration socket");
-        }
-        rp = lm_channel_new(fd, "return path", NULL);
-        if (!rp) {
-            close(fd);
-            return lm_error_set(err, -ENOMEM, "out of memory");
+        int dret = lm_channel_dup(main_ch, "return path", &rp, err);
+        if (dret < 0) {
+            return dret;
         }
     }
     int ret = 0;
@@ -547,6 +543,11 @@ static void *pre_thread_fn(void *arg)
     if (!ch) {
         close(fd);
         lm_error_set(&err, -ENOMEM, "out of memory");
+        pre_failed(d, &err);
+        return NULL;
+    }
+    if (lm_tls_server(ch, d->pre_listener, &err) < 0) {
+        lm_channel_close(ch, NULL);
         pre_failed(d, &err);
         return NULL;
     }

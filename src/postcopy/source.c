@@ -3,6 +3,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "channel/tls.h"
 #include "common/bitmap.h"
 #include "common/clock.h"
 #include "common/util.h"
@@ -226,16 +227,7 @@ out:
 
 static int open_rp(lm_pc_src *p, lm_channel *main_ch, lm_error *err)
 {
-    int fd = dup(lm_channel_fd(main_ch));
-    if (fd < 0) {
-        return lm_error_set_errno(err, -errno, "cannot duplicate the migration socket");
-    }
-    p->rp = lm_channel_new(fd, "return path", NULL);
-    if (!p->rp) {
-        close(fd);
-        return lm_error_set(err, -ENOMEM, "out of memory");
-    }
-    return 0;
+    return lm_channel_dup(main_ch, "return path", &p->rp, err);
 }
 
 static int start_rp_thread(lm_pc_src *p, lm_error *err)
@@ -281,6 +273,13 @@ static void *pre_thread_fn(void *arg)
     lm_channel *ch = lm_channel_new(fd, "postcopy preempt channel", NULL);
     if (!ch) {
         close(fd);
+        return NULL;
+    }
+    if (lm_tls_client(ch, &p->uri, &err) < 0) {
+        if (!pre_should_abort(p)) {
+            lm_warn("postcopy preempt: %s; urgent pages use the main channel", err.msg);
+        }
+        lm_channel_close(ch, NULL);
         return NULL;
     }
     lm_channel_put_be32(ch, LM_PREEMPT_MAGIC);

@@ -10,6 +10,7 @@
 
 #include <zstd.h>
 
+#include "channel/tls.h"
 #include "channel/channel.h"
 #include "livemig/buffer.h"
 #include "ram/multifd.h"
@@ -460,7 +461,10 @@ int lm_multifd_dst_start(lm_listener *l, const lm_multifd_setup *setup, lm_ram_b
         }
         uint8_t hb[LM_MULTIFD_HELLO_LEN];
         lm_multifd_hello h;
-        ret = lm_channel_get(ch, hb, sizeof(hb)) < 0 ? lm_channel_error(ch, err) : 0;
+        ret = lm_tls_server(ch, l, err);
+        if (ret == 0) {
+            ret = lm_channel_get(ch, hb, sizeof(hb)) < 0 ? lm_channel_error(ch, err) : 0;
+        }
         if (ret == 0) {
             ret = lm_multifd_hello_parse(hb, (uint16_t)n, setup->id, &h, err);
         }

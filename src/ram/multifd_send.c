@@ -11,6 +11,7 @@
 
 #include <zstd.h>
 
+#include "channel/tls.h"
 #include "channel/channel.h"
 #include "common/util.h"
 #include "livemig/buffer.h"
@@ -594,6 +595,10 @@ static int open_channel(lm_multifd_src *mf, sender *s, const uint8_t *id, lm_err
     if (!s->ch) {
         close(fd);
         return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    ret = lm_tls_client(s->ch, mf->cfg.uri, err);
+    if (ret < 0) {
+        return ret;
     }
     if (mf->cfg.zero_copy) {
         ret = lm_channel_enable_zerocopy(s->ch, err);

@@ -365,6 +365,18 @@ int vm_new(const vm_options *o, vm **out, lm_error *err)
     if (o->has_uuid) {
         lm_engine_set_uuid(m->engine, o->uuid);
     }
+    m->objects = qmp_objects_new();
+    if (!m->objects) {
+        ret = lm_error_set(err, -ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (unsigned i = 0; i < o->nobjects; i++) {
+        if ((ret = qmp_objects_add_opts(m->objects, o->objects[i], err)) < 0) {
+            goto fail;
+        }
+    }
+    lm_tls_resolver r = qmp_objects_tls_resolver(m->objects);
+    lm_engine_set_tls_resolver(m->engine, &r);
     *out = m;
     return 0;
 
@@ -384,6 +396,7 @@ int vm_launch(vm *m, lm_error *err)
             return lm_error_is_set(err) ? err->code : -EINVAL;
         }
         qmp_register_migration_commands(s, m->engine);
+        qmp_register_object_commands(s, m->objects);
         vm_qmp_register(m, s);
         int ret = qmp_server_start(s, err);
         if (ret < 0) {
@@ -452,6 +465,7 @@ void vm_free(vm *m)
         lm_engine_free(m->engine);
     }
     rv_machine_free(m->rv);
+    qmp_objects_free(m->objects);
     vcpus_free(m->cpus);
     vram_free(m->vram);
     workload_free(m->wl);

@@ -31,6 +31,7 @@
 #include "devices.h"
 #include "guest_ram.h"
 #include "options.h"
+#include "qmp/objects.h"
 #include "qmp/qmp.h"
 #include "riscv/rv_machine.h"
 #include "vcpu.h"
@@ -57,6 +58,7 @@ typedef struct vm {
     vram *vram;             /* NULL without --vram */
     rv_machine *rv;         /* --machine riscv-virt: instead of wl, cpus, clock, serial */
     int exit_code;          /* riscv-virt: what the guest asked to exit with */
+    qmp_objects *objects;   /* TLS credentials and authz: --object, object-add */
 
     pthread_mutex_t lock;   /* the run state below */
     vm_runstate state;

@@ -47,6 +47,9 @@ static void usage(FILE *f, const char *prog)
 "      --name NAME            guest name (serial output, default 'vm')\n"
 "      --uuid UUID            machine UUID, 8-4-4-4-12 hex\n"
 "      --serial stdout|file:PATH|none   console output (default stdout)\n"
+"      --object TYPE,id=ID,...|JSON     create an object as QMP object-add\n"
+"                             does (tls-creds-x509, tls-creds-psk, authz-simple,\n"
+"                             authz-list)\n"
 "\n"
 "RISC-V machine (--machine riscv-virt: QEMU's virt platform, RV64GC harts):\n"
 "      --machine synthetic|riscv-virt   the machine (default synthetic)\n"
@@ -60,7 +63,8 @@ static void usage(FILE *f, const char *prog)
 "                             file:PATH, none; stdout reads input from stdin)\n"
 "  -h, --help                 this text\n"
 "\n"
-"QMP: the migration commands, stop, cont, query-status, quit, and\n"
+"QMP: the migration commands, object-add, object-del, stop, cont,\n"
+"query-status, quit, and\n"
 "x-verify-memory, x-query-workload, x-query-memory-hash.\n",
             prog);
 }
@@ -190,6 +194,7 @@ enum {
     OPT_INITRD,
     OPT_APPEND,
     OPT_DRIVE,
+    OPT_OBJECT,
 };
 
 static const struct option long_opts[] = {
@@ -218,6 +223,7 @@ static const struct option long_opts[] = {
     { "initrd", required_argument, NULL, OPT_INITRD },
     { "append", required_argument, NULL, OPT_APPEND },
     { "drive", required_argument, NULL, OPT_DRIVE },
+    { "object", required_argument, NULL, OPT_OBJECT },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
 };
@@ -333,6 +339,13 @@ int vm_options_parse(vm_options *o, int argc, char **argv, lm_error *err)
             break;
         case OPT_DRIVE:
             o->drive = optarg;
+            break;
+        case OPT_OBJECT:
+            if (o->nobjects == VM_MAX_OBJECTS) {
+                ret = lm_error_set(err, -E2BIG, "at most %d --object", VM_MAX_OBJECTS);
+            } else {
+                o->objects[o->nobjects++] = optarg;
+            }
             break;
         case 'h':
             usage(stdout, argv[0]);

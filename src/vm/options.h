@@ -40,6 +40,10 @@ typedef struct vm_options {
     uint8_t uuid[16];
     serial_target serial;
     const char *serial_path;
+    /* --object: TLS credentials and authz objects, as object-add makes them. */
+#define VM_MAX_OBJECTS 16
+    const char *objects[VM_MAX_OBJECTS];
+    unsigned nobjects;
 } vm_options;
 
 /* Returns 0, 1 when --help was printed (exit 0), or -errno with err set. */
