@@ -22,7 +22,7 @@ void lm_ratelimit_init(lm_ratelimit *rl, uint64_t bytes_per_sec)
     rl->bytes_per_sec = bytes_per_sec;
     rl->next_free_ns = 0;
     rl->aborted = 0;
-    rl->lifted = 0;
+    rl->lifted = false;
     rl->waiters = 0;
     rl->held_since_ns = 0;
     rl->held_ns = 0;
@@ -53,7 +53,7 @@ void lm_ratelimit_abort(lm_ratelimit *rl, bool aborted)
 void lm_ratelimit_lift(lm_ratelimit *rl, bool lifted)
 {
     pthread_mutex_lock(&rl->lock);
-    __atomic_store_n(&rl->lifted, lifted ? 1 : 0, __ATOMIC_RELEASE);
+    rl->lifted = lifted;
     rl->next_free_ns = 0;
     pthread_cond_broadcast(&rl->cond);
     pthread_mutex_unlock(&rl->lock);
@@ -70,9 +70,10 @@ uint64_t lm_ratelimit_held_ns(lm_ratelimit *rl)
     return held;
 }
 
-static bool limited(lm_ratelimit *rl)
+/* Called with the lock. */
+static bool limited(const lm_ratelimit *rl)
 {
-    return rl->bytes_per_sec && !__atomic_load_n(&rl->lifted, __ATOMIC_ACQUIRE);
+    return rl->bytes_per_sec && !rl->lifted;
 }
 
 /* Counts the wall time during which any writer sleeps (the union of the
@@ -135,7 +136,7 @@ void lm_ratelimit_consume(lm_ratelimit *rl, uint64_t n)
     /* Write only once the budget has drained to within one window; a
      * switchover that lifts the limit, or a cancel, ends the wait. */
     while (until > lm_now_ns() + WINDOW_NS && !__atomic_load_n(&rl->aborted, __ATOMIC_ACQUIRE) &&
-           !__atomic_load_n(&rl->lifted, __ATOMIC_ACQUIRE)) {
+           !rl->lifted) {
         uint64_t wake = until - WINDOW_NS;
         struct timespec ts = { .tv_sec = (time_t)(wake / 1000000000ull),
                                .tv_nsec = (long)(wake % 1000000000ull) };

@@ -16,8 +16,8 @@ typedef struct lm_ratelimit {
     uint64_t bytes_per_sec; /* 0: unlimited */
     uint64_t next_free_ns;  /* when what was accounted has drained */
     int aborted;            /* atomic: waiting writers return at once */
-    int lifted;             /* atomic: stop-copy, the limit does not apply */
-    unsigned waiters;       /* writers sleeping for budget now */
+    bool lifted;            /* stop-copy: the limit does not apply (lock) */
+    unsigned waiters;       /* writers sleeping for budget now (lock) */
     uint64_t held_since_ns; /* since when one of them sleeps */
     uint64_t held_ns;       /* wall time during which writers slept */
 } lm_ratelimit;

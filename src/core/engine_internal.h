@@ -141,8 +141,12 @@ struct lm_engine {
 
     lm_stats stats;
     /* What a switchover costs on this host besides moving bytes, learned
-     * from the breakdowns of the switchovers so far (0: none yet). */
+     * from the breakdowns of the switchovers so far (0: none yet): the
+     * median of the last LM_FIXED_SAMPLES. */
+#define LM_FIXED_SAMPLES 8
     uint64_t learned_fixed_ns;
+    uint64_t fixed_samples[LM_FIXED_SAMPLES];
+    unsigned nfixed;
     lm_bd *bd_src;       /* source, during switchover: devices.c marks each save */
     lm_ram_saver saver;  /* source RAM state; stats read with atomics */
     uint64_t dest_pages; /* destination: pages loaded */

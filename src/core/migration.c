@@ -34,7 +34,7 @@
 /* Below this, switching over costs nothing worth another pass. */
 #define NEGLIGIBLE_BYTES (64ull << 10)
 /* A pass this small says little about the rate: keep the last estimate. */
-#define RATE_SAMPLE_BYTES (1ull << 20)
+#define RATE_SAMPLE_BYTES (64ull << 10)
 /* The drain before a switchover may take at most this share of the
  * downtime limit (percent); longer, and the guest dirtied too much
  * meanwhile: another pass first. */
@@ -58,8 +58,8 @@ typedef struct src_ctx {
     /* The switchover's accounting (docs/architecture.md, convergence). */
     uint64_t pass_start_held;  /* lm_ratelimit_held_ns() when the pass began */
     unsigned syncs;
-    uint64_t sent_total_passes; /* bytes of every pass so far */
-    uint64_t busy_total_ns;     /* the passes' time not held back by max-bandwidth */
+    uint64_t unlimited_bw;     /* bytes/s of the last pass, not counting the time
+                                * max-bandwidth held the writers back */
     uint32_t ping_seq;
     lm_bd bd;                  /* this switchover's source parts */
     lm_bd bd_dst;              /* the destination's, from the return path */
@@ -472,15 +472,13 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
      * bursts, which the socket buffers hide: set avail-switchover-bandwidth
      * there). */
     uint64_t busy = lm_sat_sub(elapsed, held - c->pass_start_held);
-    if (c->syncs++ > 0) { /* before the first sync: setup, not a pass */
-        c->sent_total_passes += sent;
-        c->busy_total_ns += busy;
+    /* The last pass that moved enough to say something: the first full
+     * pass reads every zero page too, which the tail does not, so later
+     * passes (dirtied pages, like the tail) replace its estimate. */
+    if (c->syncs++ > 0 && sent >= RATE_SAMPLE_BYTES && busy > 0) {
+        c->unlimited_bw = (uint64_t)((double)sent * 1e9 / (double)busy);
     }
-    /* Over the whole migration: single small passes say little. */
-    uint64_t unlimited_bw = c->sent_total_passes >= RATE_SAMPLE_BYTES && c->busy_total_ns
-                                ? (uint64_t)((double)c->sent_total_passes * 1e9 /
-                                             (double)c->busy_total_ns)
-                                : 0;
+    uint64_t unlimited_bw = c->unlimited_bw;
 
     pthread_mutex_lock(&e->lock);
     lm_stats *st = &e->stats;
@@ -783,6 +781,20 @@ static int switchover(src_ctx *c, bool postcopy)
 
 /* Precopy: the destination confirms it loaded everything and runs the
  * guest; only then is the source's copy given up. */
+static uint64_t median(const uint64_t *v, unsigned n)
+{
+    uint64_t s[LM_FIXED_SAMPLES];
+    memcpy(s, v, n * sizeof(*s));
+    for (unsigned i = 1; i < n; i++) { /* n <= 8: insertion sort */
+        for (unsigned k = i; k > 0 && s[k - 1] > s[k]; k--) {
+            uint64_t t = s[k];
+            s[k] = s[k - 1];
+            s[k - 1] = t;
+        }
+    }
+    return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
 /* The switchover is over (t_end): joins the destination's parts (if it
  * sent them) onto the source's, keeps the breakdown for query-migrate and
  * learns the fixed cost of a switchover from it. */
@@ -823,9 +835,11 @@ static void record_breakdown(src_ctx *c, uint64_t t_sent, uint64_t t_end)
     st->bd_expected_ns = st->expected_downtime_ns;
     st->bd_fixed_ns = st->expected_fixed_ns;
     st->has_breakdown = true;
-    /* Half the old estimate, half this switchover: one odd run on a loaded
-     * host moves it only so far. */
-    e->learned_fixed_ns = e->learned_fixed_ns ? (e->learned_fixed_ns + fixed) / 2 : fixed;
+    /* The median of the last switchovers: one odd run on a loaded host
+     * (a vCPU thread descheduled for 50 ms) does not move it. */
+    e->fixed_samples[e->nfixed++ % LM_FIXED_SAMPLES] = fixed;
+    e->learned_fixed_ns = median(e->fixed_samples,
+                                 e->nfixed < LM_FIXED_SAMPLES ? e->nfixed : LM_FIXED_SAMPLES);
     pthread_mutex_unlock(&e->lock);
 }
 
