@@ -220,6 +220,7 @@ typedef struct lm_info {
     lm_downtime_breakdown downtime_breakdown;
     uint64_t switchover_bandwidth; /* bytes/s the stop-copy is expected to get */
     uint64_t destination_backlog;  /* bytes it had not loaded at its last report */
+    uint64_t destination_drains;   /* times the source waited for it to catch up */
 } lm_info;
 
 void lm_engine_query(lm_engine *e, lm_info *out);

@@ -689,6 +689,7 @@ void lm_engine_query(lm_engine *e, lm_info *out)
         }
         out->switchover_bandwidth = st->switchover_bw;
         out->destination_backlog = st->dest_backlog;
+        out->destination_drains = st->drains;
         if (st->has_breakdown) {
             breakdown_export(st, &out->downtime_breakdown);
             out->has_downtime_breakdown = true;

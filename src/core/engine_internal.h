@@ -95,6 +95,7 @@ typedef struct lm_stats {
     uint64_t rtt_ns;         /* lowest PING..BACKLOG round trip (0: none yet) */
     uint64_t dest_lag_ns;    /* the last PING..BACKLOG: the destination caught up */
     uint64_t dest_backlog;   /* bytes the destination had not loaded at its last BACKLOG */
+    uint64_t drains;         /* PING..BACKLOG round trips */
     bool has_breakdown;      /* source: the switchover ended, bd holds it */
     uint64_t bd_expected_ns; /* expected downtime at the switchover decision */
     uint64_t bd_fixed_ns;    /* the fixed part it used */

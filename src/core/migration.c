@@ -429,6 +429,7 @@ static int drain_destination(src_ctx *c, uint64_t limit_ns, bool *switch_now)
     lm_stats *st = &e->stats;
     st->dest_lag_ns = lag;
     st->dest_backlog = backlog;
+    st->drains++;
     if (!st->rtt_ns || lag < st->rtt_ns) {
         st->rtt_ns = lag;
     }

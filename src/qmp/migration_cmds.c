@@ -497,6 +497,7 @@ json_t *qmp_migration_info_json(const lm_info *info)
         if (!info->incoming && info->switchover_bandwidth) {
             json_object_set_new(o, "x-switchover-bandwidth", ju64(info->switchover_bandwidth));
             json_object_set_new(o, "x-destination-backlog", ju64(info->destination_backlog));
+            json_object_set_new(o, "x-destination-drains", ju64(info->destination_drains));
         }
         if (info->has_downtime_breakdown) {
             json_object_set_new(o, "x-downtime-breakdown",

@@ -43,6 +43,10 @@ class CappedSwitchover(MigrationTest):
         self.assertTrue(src.wait_running_steps())
         info = self.migrate(src, dst, "unix:" + self.path("mig.sock"), timeout=120)
         self.assertGreaterEqual(info["ram"]["dirty-sync-count"], 2)
+        # The destination was drained (PING answered by BACKLOG) before the
+        # stop: nothing of the pass before it was still queued there.
+        self.assertGreaterEqual(info["x-destination-drains"], 1)
+        self.assertEqual(info["x-destination-backlog"], 0)
 
         # The blackout as the guest saw it: stopped on the source, resumed
         # on the destination, on the host's one monotonic clock.
