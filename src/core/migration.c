@@ -711,7 +711,9 @@ static int switchover(src_ctx *c, bool postcopy)
     if (ret < 0) {
         return ret;
     }
-    lm_bd_mark(&c->bd, "pause");
+    if (lm_cap(e, LM_CAP_PAUSE_BEFORE_SWITCHOVER)) {
+        lm_bd_mark(&c->bd, "pause"); /* waiting for migrate-continue */
+    }
     if (c->return_path && !postcopy) {
         /* The destination's clock for its share of the blackout starts here. */
         ret = lm_pc_write_command(c->ch, LM_CMD_SWITCHOVER, NULL, 0);
