@@ -782,8 +782,6 @@ static int switchover(src_ctx *c, bool postcopy)
     return postcopy ? postcopy_run(c, stop_ns, before) : precopy_confirm(c, stop_ns, before);
 }
 
-/* Precopy: the destination confirms it loaded everything and runs the
- * guest; only then is the source's copy given up. */
 static uint64_t median(const uint64_t *v, unsigned n)
 {
     uint64_t s[LM_FIXED_SAMPLES];
@@ -831,7 +829,6 @@ static void record_breakdown(src_ctx *c, uint64_t t_sent, uint64_t t_end)
     uint64_t fixed = lm_bd_fixed_ns(&joined);
     pthread_mutex_lock(&e->lock);
     lm_stats *st = &e->stats;
-    st->downtime_ns = t_end - c->bd.start_ns;
     st->bd = joined;
     st->bd_dst = c->bd_dst;
     st->bd_dst.n = c->have_bd_dst ? c->bd_dst.n : 0;
@@ -846,12 +843,13 @@ static void record_breakdown(src_ctx *c, uint64_t t_sent, uint64_t t_end)
     pthread_mutex_unlock(&e->lock);
 }
 
+/* Precopy: the destination confirms it loaded everything and runs the
+ * guest; only then is the source's copy given up. */
 static int precopy_confirm(src_ctx *c, uint64_t stop_ns, uint64_t before)
 {
     lm_engine *e = c->e;
     uint64_t t_sent = lm_now_ns();
     lm_bd_mark_at(&c->bd, "send", t_sent);
-    (void)stop_ns;
     pthread_mutex_lock(&e->lock);
     e->stats.downtime_bytes = sent_bytes(c) - before;
     e->stats.precopy_bytes = before;
@@ -892,7 +890,11 @@ static int precopy_confirm(src_ctx *c, uint64_t stop_ns, uint64_t before)
             return lm_error_set(&c->err, -EIO, "the destination failed to load the migration");
         }
     }
-    record_breakdown(c, t_sent, lm_now_ns());
+    uint64_t t_end = lm_now_ns();
+    pthread_mutex_lock(&e->lock);
+    e->stats.downtime_ns = t_end - stop_ns;
+    pthread_mutex_unlock(&e->lock);
+    record_breakdown(c, t_sent, t_end);
     return 0;
 }
 
@@ -910,13 +912,13 @@ static int postcopy_run(src_ctx *c, uint64_t stop_ns, uint64_t before)
     lm_set_state(e, LM_STATUS_DEVICE, LM_STATUS_POSTCOPY_ACTIVE);
     lm_pc_write_command(c->ch, LM_CMD_POSTCOPY_RUN, NULL, 0);
     int ret = lm_channel_flush(c->ch);
+    uint64_t t_run = lm_now_ns();
     if (ret == 0) {
-        uint64_t t = lm_now_ns();
-        lm_bd_mark_at(&c->bd, "send", t);
-        record_breakdown(c, t, t); /* the guest may run there now: no destination part */
+        lm_bd_mark_at(&c->bd, "send", t_run);
+        record_breakdown(c, t_run, t_run); /* the guest may run there now: no destination part */
     }
     pthread_mutex_lock(&e->lock);
-    e->stats.downtime_ns = lm_now_ns() - stop_ns;
+    e->stats.downtime_ns = t_run - stop_ns;
     e->stats.downtime_bytes = sent_bytes(c) - before;
     e->stats.precopy_bytes = before;
     pthread_mutex_unlock(&e->lock);

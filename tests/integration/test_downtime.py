@@ -140,6 +140,12 @@ class PostcopyBandwidth(MigrationTest):
         self.assertGreater(dst.workload()["steps"], steps)
         self.assertEqual(info["status"], "postcopy-active")
         self.assertLess(info["ram"]["postcopy-bytes"], 64 << 20)
+        # Postcopy's breakdown: the source's parts, up to RUN, tile its downtime.
+        bd = info["x-downtime-breakdown"]
+        parts = {p["name"]: p["us"] for p in bd["parts"]}
+        self.assertIn("discard", parts, bd)
+        self.assertLessEqual(abs(sum(parts.values()) - bd["downtime-us"]), len(parts), bd)
+        self.assertEqual(bd["destination"], [])
         # Lifting the budget lets the background finish.
         src.set_params(**{"max-postcopy-bandwidth": 0})
         self.assertEqual(src.wait_migration()["status"], "completed")
