@@ -35,10 +35,6 @@
 #define NEGLIGIBLE_BYTES (64ull << 10)
 /* A pass this small says little about the rate: keep the last estimate. */
 #define RATE_SAMPLE_BYTES (64ull << 10)
-/* The drain before a switchover may take at most this share of the
- * downtime limit (percent); longer, and the guest dirtied too much
- * meanwhile: another pass first. */
-#define DRAIN_PERCENT 25
 
 typedef struct src_ctx {
     lm_engine *e;
@@ -366,6 +362,19 @@ static void maybe_throttle(src_ctx *c, uint64_t dirtied, uint64_t sent)
     }
 }
 
+/* A non-negative double as uint64_t, saturated (casting one out of range
+ * is undefined). */
+static uint64_t sat_u64(double v)
+{
+    return v >= 18446744073709549568.0 ? UINT64_MAX : (uint64_t)v;
+}
+
+/* a * 1e9 / b: bytes and ns to bytes/s, or bytes and bytes/s to ns. */
+static uint64_t per_second(uint64_t a, uint64_t b)
+{
+    return sat_u64((double)a * 1e9 / (double)b);
+}
+
 /* What a switchover costs besides moving bytes: learned from the
  * breakdowns of the switchovers so far; before the first one, what this
  * migration measured of it: the dirty sync.  (Not the drain's round trip:
@@ -381,10 +390,14 @@ static uint64_t fixed_cost_ns(lm_engine *e)
  * not loaded yet must be loaded before the guest can run there.  Before
  * stopping the guest, ask it to answer once everything sent so far is
  * loaded (PING, answered by BACKLOG), and wait: the switchover then starts
- * with nothing queued there.  The wait is measured; when it took more
- * than DRAIN_PERCENT of the limit, the guest dirtied too much meanwhile
- * and *switch_now is cleared: another pass first. */
-static int drain_destination(src_ctx *c, uint64_t limit_ns, bool *switch_now)
+ * with nothing queued there.  Meanwhile the guest ran on: what it
+ * dirtied during the wait (at the last pass's dirty rate) joins the tail,
+ * and what the destination says is queued behind the PING joins it too.
+ * *expected becomes the prediction with both; when it no longer fits the
+ * limit (and more than a negligible amount is involved), *switch_now is
+ * cleared: another pass first. */
+static int drain_destination(src_ctx *c, uint64_t limit_ns, uint64_t pending, uint64_t bw,
+                             uint64_t dirty_bps, uint64_t *expected, bool *switch_now)
 {
     lm_engine *e = c->e;
     uint8_t body[4];
@@ -425,6 +438,8 @@ static int drain_destination(src_ctx *c, uint64_t limit_ns, bool *switch_now)
         return ret;
     }
     uint64_t lag = lm_now_ns() - t;
+    uint64_t more = lm_sat_add(sat_u64((double)dirty_bps * (double)lag / 1e9), backlog);
+    *expected = lm_sat_add(*expected, per_second(more, bw));
     pthread_mutex_lock(&e->lock);
     lm_stats *st = &e->stats;
     st->dest_lag_ns = lag;
@@ -433,8 +448,9 @@ static int drain_destination(src_ctx *c, uint64_t limit_ns, bool *switch_now)
     if (!st->rtt_ns || lag < st->rtt_ns) {
         st->rtt_ns = lag;
     }
+    st->expected_downtime_ns = *expected;
     pthread_mutex_unlock(&e->lock);
-    if (lag > limit_ns / 100 * DRAIN_PERCENT) {
+    if (*expected > limit_ns && lm_sat_add(pending, more) > NEGLIGIBLE_BYTES) {
         *switch_now = false;
     }
     lm_debug("destination drained in %llu us (%llu bytes queued behind the PING)",
@@ -477,7 +493,7 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
      * pass reads every zero page too, which the tail does not, so later
      * passes (dirtied pages, like the tail) replace its estimate. */
     if (c->syncs++ > 0 && sent >= RATE_SAMPLE_BYTES && busy > 0) {
-        c->unlimited_bw = (uint64_t)((double)sent * 1e9 / (double)busy);
+        c->unlimited_bw = per_second(sent, busy);
     }
     uint64_t unlimited_bw = c->unlimited_bw;
 
@@ -508,7 +524,7 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
          * bandwidth), plus what a switchover costs besides bytes, plus what
          * the destination last said it had received but not loaded. */
         uint64_t bytes = lm_sat_add(pending, st->dest_backlog);
-        expected = lm_sat_add(fixed, (uint64_t)((double)bytes * 1e9 / (double)bw));
+        expected = lm_sat_add(fixed, per_second(bytes, bw));
         st->expected_downtime_ns = expected;
         st->expected_fixed_ns = fixed;
     }
@@ -542,7 +558,8 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
             c->fitting_passes = 0;
         }
         if (*switch_now && c->return_path) {
-            ret = drain_destination(c, limit_ns, switch_now);
+            uint64_t dirty_bps = elapsed ? per_second(new_bytes, elapsed) : 0;
+            ret = drain_destination(c, limit_ns, pending, bw, dirty_bps, &expected, switch_now);
             if (ret < 0) {
                 return ret;
             }

@@ -183,20 +183,3 @@ int lm_rp_write_shut(lm_channel *ch, uint32_t status)
     lm_channel_put_be32(ch, status);
     return lm_channel_flush(ch);
 }
-
-int lm_rp_read(lm_channel *ch, uint16_t *type, uint32_t *status, lm_error *err)
-{
-    uint16_t len;
-    if (lm_channel_get_be16(ch, type) < 0 || lm_channel_get_be16(ch, &len) < 0) {
-        return lm_channel_error(ch, err);
-    }
-    *status = 0;
-    if (*type == LM_RP_SHUT) {
-        if (len != 4 || lm_channel_get_be32(ch, status) < 0) {
-            return len != 4 ? lm_error_set(err, -EBADMSG, "malformed return-path SHUT message")
-                            : lm_channel_error(ch, err);
-        }
-        return 0;
-    }
-    return lm_channel_skip(ch, len) < 0 ? lm_channel_error(ch, err) : 0;
-}

@@ -45,7 +45,6 @@ int lm_stream_write_payload(lm_channel *ch, const void *data, size_t len);
 
 /* Return path messages. */
 int lm_rp_write_shut(lm_channel *ch, uint32_t status);
-/* Reads one message; fills type and (for SHUT) status. */
-int lm_rp_read(lm_channel *ch, uint16_t *type, uint32_t *status, lm_error *err);
+/* Reading them: postcopy/return_path.h (lm_rp_read_msg). */
 
 #endif
