@@ -19,6 +19,32 @@ static const char *sz(json_t *obj, const char *key, char *buf, size_t len)
     return cli_fmt_size(cli_json_u64(obj, key), buf, len);
 }
 
+/* x-downtime-breakdown: the parts that tile the downtime, in µs. */
+static void print_breakdown(json_t *bd, FILE *f)
+{
+    if (!bd) {
+        return;
+    }
+    fprintf(f, "Downtime breakdown (us): total=%llu, expected=%llu (fixed %llu)\n",
+            (unsigned long long)cli_json_u64(bd, "downtime-us"),
+            (unsigned long long)cli_json_u64(bd, "expected-downtime-us"),
+            (unsigned long long)cli_json_u64(bd, "fixed-us"));
+    const char *lists[2] = { "parts", "destination" };
+    for (int l = 0; l < 2; l++) {
+        json_t *parts = json_object_get(bd, lists[l]);
+        if (!json_array_size(parts)) {
+            continue;
+        }
+        fprintf(f, "  %-22s", l == 0 ? "Parts:" : "Destination's own:");
+        for (size_t i = 0; i < json_array_size(parts); i++) {
+            json_t *p = json_array_get(parts, i);
+            fprintf(f, "%s%s=%llu", i ? ", " : "", cli_json_str(p, "name"),
+                    (unsigned long long)cli_json_u64(p, "us"));
+        }
+        fputc('\n', f);
+    }
+}
+
 static void print_info(json_t *info, FILE *f)
 {
     char a[32], b[32], c[32];
@@ -105,6 +131,7 @@ static void print_info(json_t *info, FILE *f)
         }
         fputc('\n', f);
     }
+    print_breakdown(json_object_get(info, "x-downtime-breakdown"), f);
 }
 
 int cli_info(int argc, char **argv)

@@ -163,6 +163,23 @@ LM_API bool lm_engine_is_incoming(lm_engine *e);
 
 #define LM_URI_MAX 512
 
+/* x-downtime-breakdown: where the downtime of the last switchover went. */
+#define LM_DOWNTIME_PARTS_MAX 64
+typedef struct lm_downtime_part {
+    char name[48];  /* "stop", "sync", "ram-tail", "save:DEV", "dst:load:DEV", ... */
+    uint64_t us;
+} lm_downtime_part;
+
+typedef struct lm_downtime_breakdown {
+    uint64_t downtime_us;          /* guest stopped here .. the destination confirmed */
+    uint64_t expected_us;          /* expected-downtime at the switchover decision */
+    uint64_t fixed_us;             /* its part that does not depend on bytes */
+    unsigned nparts;               /* parts: they tile downtime_us */
+    lm_downtime_part parts[LM_DOWNTIME_PARTS_MAX];
+    unsigned ndest;                /* the destination's own parts, on its clock */
+    lm_downtime_part dest[LM_DOWNTIME_PARTS_MAX];
+} lm_downtime_breakdown;
+
 /* A snapshot of the migration's state and statistics (query-migrate). */
 typedef struct lm_info {
     lm_status status;
@@ -207,6 +224,12 @@ typedef struct lm_info {
     uint64_t postcopy_blocktime_ms;
     unsigned nvcpus;
     uint64_t vcpu_blocktime_ms[LM_MAX_VCPUS];
+    /* Source, once switched over. */
+    bool has_downtime_breakdown;
+    lm_downtime_breakdown downtime_breakdown;
+    uint64_t switchover_bandwidth; /* bytes/s the stop-copy is expected to get */
+    uint64_t destination_backlog;  /* bytes it had not loaded at its last report */
+    uint64_t destination_drains;   /* times the source waited for it to catch up */
 } lm_info;
 
 LM_API void lm_engine_query(lm_engine *e, lm_info *out);

@@ -4,6 +4,7 @@
  * destination.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -153,6 +154,11 @@ int lm_devices_save_complete(lm_engine *e, lm_channel *ch, lm_error *err)
         }
         if (ret == 0) {
             ret = write_chunk(e, ch, d->ops ? LM_REC_SECTION_END : LM_REC_SECTION_FULL, d, &b);
+        }
+        if (e->bd_src) {
+            char part[LM_BD_NAME_MAX];
+            snprintf(part, sizeof(part), "save:%.40s", d->idstr); /* names are cut to fit */
+            lm_bd_mark(e->bd_src, part);
         }
     }
     lm_wbuf_free(&b);

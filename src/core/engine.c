@@ -691,6 +691,26 @@ static uint64_t ms_since(uint64_t from_ns, uint64_t to_ns)
     return to_ns > from_ns ? (to_ns - from_ns) / 1000000ull : 0;
 }
 
+static void export_parts(const lm_bd *b, lm_downtime_part *out, unsigned *n)
+{
+    *n = b->n < LM_DOWNTIME_PARTS_MAX ? b->n : LM_DOWNTIME_PARTS_MAX;
+    for (unsigned i = 0; i < *n; i++) {
+        snprintf(out[i].name, sizeof(out[i].name), "%s", b->part[i].name);
+        /* Rounded to the nearest µs: the parts still add up to the total
+         * within one µs each. */
+        out[i].us = (b->part[i].ns + 500) / 1000;
+    }
+}
+
+static void breakdown_export(const lm_stats *st, lm_downtime_breakdown *out)
+{
+    out->downtime_us = (st->downtime_ns + 500) / 1000;
+    out->expected_us = (st->bd_expected_ns + 500) / 1000;
+    out->fixed_us = (st->bd_fixed_ns + 500) / 1000;
+    export_parts(&st->bd, out->parts, &out->nparts);
+    export_parts(&st->bd_dst, out->dest, &out->ndest);
+}
+
 void lm_engine_query(lm_engine *e, lm_info *out)
 {
     memset(out, 0, sizeof(*out));
@@ -774,13 +794,20 @@ void lm_engine_query(lm_engine *e, lm_info *out)
         /* Expected downtime and system-wide remaining, on demand, from the
          * same numbers the switchover decision uses (seed 004). */
         uint64_t remaining = running ? lm_sat_add(out->ram_remaining, st->pending_devices) : 0;
-        uint64_t bw = e->params.avail_switchover_bandwidth ? e->params.avail_switchover_bandwidth
-                                                           : st->bandwidth;
         out->remaining = remaining;
-        if (running && bw) {
-            out->expected_downtime_ms = lm_sat_mul(remaining, 1000) / bw;
+        /* expected-downtime is computed once per dirty sync (QEMU), by the
+         * migration thread: see docs/architecture.md, convergence. */
+        if (running && st->expected_downtime_ns) {
+            out->expected_downtime_ms = (st->expected_downtime_ns + 500000) / 1000000;
         } else if (running) {
             out->expected_downtime_ms = e->params.downtime_limit;
+        }
+        out->switchover_bandwidth = st->switchover_bw;
+        out->destination_backlog = st->dest_backlog;
+        out->destination_drains = st->drains;
+        if (st->has_breakdown) {
+            breakdown_export(st, &out->downtime_breakdown);
+            out->has_downtime_breakdown = true;
         }
     }
     out->mbps = (double)out->ram_transferred * 8.0 / 1e6 / ((double)elapsed_ms / 1000.0);

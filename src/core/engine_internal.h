@@ -14,6 +14,7 @@
 #include "channel/channel.h"
 #include "channel/ratelimit.h"
 #include "channel/transport.h"
+#include "core/breakdown.h"
 #include "livemig/engine.h"
 #include "livemig/tls.h"
 #include "ram/ram_save.h"
@@ -91,6 +92,20 @@ typedef struct lm_stats {
     uint64_t zc_missed;      /* dirty-sync-missed-zero-copy, once it ended */
     uint64_t zc_sends;       /* zero-copy-send: MSG_ZEROCOPY sends, once it ended */
     uint64_t zc_copied;      /* of those, the ones the kernel copied */
+    /* The switchover's accounting (docs/architecture.md, convergence). */
+    uint64_t expected_downtime_ns; /* computed at the last dirty sync */
+    uint64_t expected_fixed_ns;    /* its part that does not depend on bytes */
+    uint64_t switchover_bw;  /* bytes/s the stop-copy is expected to get */
+    uint64_t sync_ns;        /* the last dirty sync took */
+    uint64_t rtt_ns;         /* lowest PING..BACKLOG round trip (0: none yet) */
+    uint64_t dest_lag_ns;    /* the last PING..BACKLOG: the destination caught up */
+    uint64_t dest_backlog;   /* bytes the destination had not loaded at its last BACKLOG */
+    uint64_t drains;         /* PING..BACKLOG round trips */
+    bool has_breakdown;      /* source: the switchover ended, bd holds it */
+    uint64_t bd_expected_ns; /* expected downtime at the switchover decision */
+    uint64_t bd_fixed_ns;    /* the fixed part it used */
+    lm_bd bd;                /* joined: tiles the downtime */
+    lm_bd bd_dst;            /* the destination's own parts */
 } lm_stats;
 
 struct lm_engine {
@@ -135,6 +150,14 @@ struct lm_engine {
     char socket_address[LM_URI_MAX];
 
     lm_stats stats;
+    /* What a switchover costs on this host besides moving bytes, learned
+     * from the breakdowns of the switchovers so far (0: none yet): the
+     * median of the last LM_FIXED_SAMPLES. */
+#define LM_FIXED_SAMPLES 8
+    uint64_t learned_fixed_ns;
+    uint64_t fixed_samples[LM_FIXED_SAMPLES];
+    unsigned nfixed;
+    lm_bd *bd_src;       /* source, during switchover: devices.c marks each save */
     lm_ram_saver saver;  /* source RAM state; stats read with atomics */
     uint64_t dest_pages; /* destination: pages loaded */
     uint64_t dest_zero;

@@ -8,8 +8,10 @@
  * was wrong, never a write outside guest RAM.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "channel/tls.h"
@@ -18,6 +20,7 @@
 #include "core/engine_internal.h"
 #include "livemig/buffer.h"
 #include "postcopy/dest.h"
+#include "postcopy/return_path.h"
 #include "ram/mapped_ram.h"
 #include "ram/multifd.h"
 #include "ram/ram_load.h"
@@ -55,6 +58,7 @@ typedef struct dst_ctx {
      * loaded, DEV_COMPLETE once its END or FULL did; checked at EOF. */
     uint8_t *dev_loaded;
     bool globalstate_loaded;
+    lm_bd bd;               /* this side's share of the blackout, from SWITCHOVER on */
 } dst_ctx;
 
 enum { DEV_STARTED = 1, DEV_COMPLETE = 2 };
@@ -345,6 +349,13 @@ static int load_section(dst_ctx *c, uint8_t type)
     } else if (ret == 0 && s->kind == SECTION_GLOBALSTATE) {
         c->globalstate_loaded = true;
     }
+    if (c->bd.on) {
+        char part[LM_BD_NAME_MAX];
+        snprintf(part, sizeof(part), "dst:%s%.30s", s->kind == SECTION_RAM ? "ram-tail" : "load:",
+                 s->kind == SECTION_DEVICE ? s->dev->idstr
+                 : s->kind == SECTION_GLOBALSTATE ? "globalstate" : "");
+        lm_bd_mark(&c->bd, part);
+    }
     return ret;
 }
 
@@ -370,6 +381,25 @@ static int check_complete(dst_ctx *c)
         return lm_error_set(&c->err, -EBADMSG, "the stream is incomplete: no globalstate section");
     }
     return 0;
+}
+
+/* DRAIN: everything before it is loaded (the records are loaded in order,
+ * multifd's pages up to the sync point before it); answer with what has
+ * arrived behind it and is not loaded yet. */
+static int answer_drain(dst_ctx *c, const uint8_t *body, uint16_t len)
+{
+    if (len != 4) {
+        return lm_error_set(&c->err, -EBADMSG, "malformed DRAIN");
+    }
+    if (!(c->cfg.flags & LM_CONFIG_RETURN_PATH) || c->pc_listening) {
+        return lm_error_set(&c->err, -EBADMSG, "DRAIN without a return path");
+    }
+    int queued = 0;
+    if (ioctl(lm_channel_fd(c->ch), FIONREAD, &queued) < 0 || queued < 0) {
+        queued = 0; /* not a socket: nothing to say */
+    }
+    int ret = lm_rp_send_backlog(c->ch, lm_load_be32(body), (uint64_t)queued);
+    return ret < 0 ? lm_channel_error(c->ch, &c->err) : 0;
 }
 
 static int skip_vmdesc(dst_ctx *c)
@@ -439,6 +469,14 @@ static int load_command(dst_ctx *c)
         break;
     case LM_CMD_PING:
         ret = answer_ping(c, body, len);
+        break;
+    case LM_CMD_DRAIN:
+        ret = answer_drain(c, body, len);
+        break;
+    case LM_CMD_SWITCHOVER:
+        /* The source's guest stopped: this side's share starts now. */
+        ret = len ? lm_error_set(&c->err, -EBADMSG, "malformed SWITCHOVER") : 0;
+        lm_bd_start(&c->bd, lm_now_ns());
         break;
     case LM_CMD_POSTCOPY_ADVISE:
         c->pc_advised = true;
@@ -527,6 +565,7 @@ static int load_records(dst_ctx *c)
         if (lm_channel_get_u8(c->ch, &type) < 0) {
             return lm_channel_error(c->ch, &c->err);
         }
+        lm_bd_mark(&c->bd, "dst:wait");
         switch (type) {
         case LM_REC_CONFIG:
             ret = load_config(c);
@@ -553,6 +592,7 @@ static int load_records(dst_ctx *c)
             }
             /* Pages still travelling on the multifd channels. */
             ret = multifd_finish(c);
+            lm_bd_mark(&c->bd, "dst:multifd");
             if (ret == 0 && c->mr) {
                 ret = lm_mapped_ram_dst_check_complete(c->mr, &c->err);
             }
@@ -778,6 +818,7 @@ void *lm_incoming_thread(void *arg)
         if (e->cb.incoming_done) {
             e->cb.incoming_done(e->opaque, true);
         }
+        lm_bd_mark(&c->bd, "dst:restart");
     }
     if (c->pc) {
         /* No page moves any more; the return path is shared with the
@@ -800,7 +841,11 @@ void *lm_incoming_thread(void *arg)
         c->pc = NULL;
     }
     if (c->ch && ((c->cfg.flags & LM_CONFIG_RETURN_PATH) || c->pc_advised) && !c->pc_listening) {
-        /* Tell the source whether it may give its copy up. */
+        /* Tell the source where the blackout went here, and whether it may
+         * give its copy up. */
+        if (success && c->bd.on) {
+            lm_rp_send_downtime(c->ch, &c->bd);
+        }
         lm_rp_write_shut(c->ch, success ? 0 : 1);
     }
     pthread_mutex_lock(&e->lock);

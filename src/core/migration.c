@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <sys/random.h>
 #include <string.h>
 #include <unistd.h>
@@ -15,6 +16,8 @@
 #include "common/clock.h"
 #include "common/util.h"
 #include "core/engine_internal.h"
+#include "livemig/buffer.h"
+#include "postcopy/return_path.h"
 #include "postcopy/postcopy.h"
 #include "postcopy/source.h"
 #include "ram/mapped_ram.h"
@@ -34,6 +37,8 @@
 #define MAX_FITTING_PASSES 10
 /* Below this, switching over costs nothing worth another pass. */
 #define NEGLIGIBLE_BYTES (64ull << 10)
+/* A pass this small says little about the rate: keep the last estimate. */
+#define RATE_SAMPLE_BYTES (64ull << 10)
 
 typedef struct src_ctx {
     lm_engine *e;
@@ -51,6 +56,15 @@ typedef struct src_ctx {
     bool mf_open;       /* not yet finished (END sent) */
     lm_mapped_ram_src *mr; /* mapped-ram: pages go to fixed offsets in the file */
     bool checksum;      /* page data carries xxh3 checksums (file:, or x-checksum) */
+    /* The switchover's accounting (docs/architecture.md, convergence). */
+    uint64_t pass_start_held;  /* lm_ratelimit_held_ns() when the pass began */
+    unsigned syncs;
+    uint64_t unlimited_bw;     /* bytes/s of the last pass, not counting the time
+                                * max-bandwidth held the writers back */
+    uint32_t ping_seq;
+    lm_bd bd;                  /* this switchover's source parts */
+    lm_bd bd_dst;              /* the destination's, from the return path */
+    bool have_bd_dst;
 } src_ctx;
 
 static bool cancelled(lm_engine *e)
@@ -366,6 +380,102 @@ static void maybe_throttle(src_ctx *c, uint64_t dirtied, uint64_t sent)
     }
 }
 
+/* A non-negative double as uint64_t, saturated (casting one out of range
+ * is undefined). */
+static uint64_t sat_u64(double v)
+{
+    return v >= 18446744073709549568.0 ? UINT64_MAX : (uint64_t)v;
+}
+
+/* a * 1e9 / b: bytes and ns to bytes/s, or bytes and bytes/s to ns. */
+static uint64_t per_second(uint64_t a, uint64_t b)
+{
+    return sat_u64((double)a * 1e9 / (double)b);
+}
+
+/* What a switchover costs besides moving bytes: learned from the
+ * breakdowns of the switchovers so far; before the first one, what this
+ * migration measured of it: the dirty sync.  (Not the drain's round trip:
+ * it includes the destination catching up with multifd pages still held
+ * back by max-bandwidth, which the stop-copy does not pay.)  Called with
+ * the engine lock. */
+static uint64_t fixed_cost_ns(lm_engine *e)
+{
+    return e->learned_fixed_ns ? e->learned_fixed_ns : e->stats.sync_ns;
+}
+
+/* The destination owns part of the blackout: whatever it received but has
+ * not loaded yet must be loaded before the guest can run there.  Before
+ * stopping the guest, ask it to answer once everything sent so far is
+ * loaded (PING, answered by BACKLOG), and wait: the switchover then starts
+ * with nothing queued there.  Meanwhile the guest ran on: what it
+ * dirtied during the wait (at the last pass's dirty rate) joins the tail,
+ * and what the destination says is queued behind the PING joins it too.
+ * *expected becomes the prediction with both; when it no longer fits the
+ * limit (and more than a negligible amount is involved), *switch_now is
+ * cleared: another pass first. */
+static int drain_destination(src_ctx *c, uint64_t limit_ns, uint64_t pending, uint64_t bw,
+                             uint64_t dirty_bps, uint64_t *expected, bool *switch_now)
+{
+    lm_engine *e = c->e;
+    uint8_t body[4];
+    lm_store_be32(body, ++c->ping_seq);
+    uint64_t t = lm_now_ns();
+    int ret = lm_pc_write_command(c->ch, LM_CMD_DRAIN, body, sizeof(body));
+    if (ret == 0) {
+        ret = lm_channel_flush(c->ch);
+    }
+    if (ret < 0) {
+        return lm_channel_error(c->ch, &c->err);
+    }
+    lm_rp_msg *m = malloc(sizeof(*m));
+    if (!m) {
+        return lm_error_set(&c->err, -ENOMEM, "out of memory");
+    }
+    for (;;) {
+        ret = lm_rp_read_msg(c->ch, m, &c->err);
+        if (ret < 0) {
+            break;
+        }
+        if (m->type == LM_RP_BACKLOG && m->status == c->ping_seq) {
+            break;
+        }
+        if (m->type == LM_RP_SHUT) {
+            ret = lm_error_set(&c->err, -EIO, "the destination failed to load the migration");
+            break;
+        }
+        if (m->type != LM_RP_BACKLOG) {
+            ret = lm_error_set(&c->err, -EBADMSG, "unexpected return-path message 0x%x in precopy",
+                               m->type);
+            break;
+        }
+    }
+    uint64_t backlog = m->backlog;
+    free(m);
+    if (ret < 0) {
+        return ret;
+    }
+    uint64_t lag = lm_now_ns() - t;
+    uint64_t more = lm_sat_add(sat_u64((double)dirty_bps * (double)lag / 1e9), backlog);
+    *expected = lm_sat_add(*expected, per_second(more, bw));
+    pthread_mutex_lock(&e->lock);
+    lm_stats *st = &e->stats;
+    st->dest_lag_ns = lag;
+    st->dest_backlog = backlog;
+    st->drains++;
+    if (!st->rtt_ns || lag < st->rtt_ns) {
+        st->rtt_ns = lag;
+    }
+    st->expected_downtime_ns = *expected;
+    pthread_mutex_unlock(&e->lock);
+    if (*expected > limit_ns && lm_sat_add(pending, more) > NEGLIGIBLE_BYTES) {
+        *switch_now = false;
+    }
+    lm_debug("destination drained in %llu us (%llu bytes queued behind the PING)",
+             (unsigned long long)(lag / 1000), (unsigned long long)backlog);
+    return 0;
+}
+
 /* Syncs the dirty log, measures the last pass and decides whether to switch
  * over now.  The downtime limit is a ceiling, not a target: while passes
  * keep shrinking what remains, keep iterating. */
@@ -379,16 +489,31 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     }
     uint64_t now = lm_now_ns();
     uint64_t sent_total = sent_bytes(c);
+    uint64_t held = lm_ratelimit_held_ns(&e->rl);
     uint64_t new_bytes = 0;
     ret = lm_ram_save_sync(&e->saver, &new_bytes, &c->err);
     if (ret < 0) {
         return ret;
     }
+    uint64_t sync_ns = lm_now_ns() - now;
     uint64_t pending_ram = lm_ram_save_pending(&e->saver);
     uint64_t pending_dev = lm_devices_pending(e, true, NULL);
     uint64_t pending = lm_sat_add(pending_ram, pending_dev);
     uint64_t elapsed = now - c->pass_start_ns;
     uint64_t sent = sent_total - c->pass_start_bytes;
+    /* max-bandwidth held the writers back for part of the pass; in the
+     * rest they moved `sent`: the rate the stop-copy gets once the limit is
+     * lifted (an upper bound where the link is slower than the limit's
+     * bursts, which the socket buffers hide: set avail-switchover-bandwidth
+     * there). */
+    uint64_t busy = lm_sat_sub(elapsed, held - c->pass_start_held);
+    /* The last pass that moved enough to say something: the first full
+     * pass reads every zero page too, which the tail does not, so later
+     * passes (dirtied pages, like the tail) replace its estimate. */
+    if (c->syncs++ > 0 && sent >= RATE_SAMPLE_BYTES && busy > 0) {
+        c->unlimited_bw = per_second(sent, busy);
+    }
+    uint64_t unlimited_bw = c->unlimited_bw;
 
     pthread_mutex_lock(&e->lock);
     lm_stats *st = &e->stats;
@@ -402,9 +527,25 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     st->pending_ram = pending_ram;
     st->pending_devices = pending_dev;
     st->precopy_bytes = sent_total;
+    st->sync_ns = sync_ns;
+    /* The stop-copy runs without max-bandwidth: avail-switchover-bandwidth
+     * when set (QEMU), else the rate measured while not held back. */
     uint64_t bw = e->params.avail_switchover_bandwidth ? e->params.avail_switchover_bandwidth
-                                                       : st->bandwidth;
-    uint64_t limit_ms = e->params.downtime_limit;
+                  : unlimited_bw                      ? unlimited_bw
+                                                      : st->bandwidth;
+    st->switchover_bw = bw;
+    uint64_t limit_ns = lm_sat_mul(e->params.downtime_limit, 1000000);
+    uint64_t fixed = fixed_cost_ns(e);
+    uint64_t expected = 0;
+    if (bw) {
+        /* QEMU's expected-downtime (what was dirty at this sync over the
+         * bandwidth), plus what a switchover costs besides bytes, plus what
+         * the destination last said it had received but not loaded. */
+        uint64_t bytes = lm_sat_add(pending, st->dest_backlog);
+        expected = lm_sat_add(fixed, per_second(bytes, bw));
+        st->expected_downtime_ns = expected;
+        st->expected_fixed_ns = fixed;
+    }
     pthread_mutex_unlock(&e->lock);
 
     lm_emit_pass(e, pass);
@@ -414,10 +555,15 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
 
     *switch_now = false;
     /* The first pass has not run yet: there is no bandwidth to judge by. */
-    if (pass > 1) {
-        uint64_t budget = lm_sat_mul(bw, limit_ms) / 1000;
-        bool fits = pending <= budget;
-        if (pending <= NEGLIGIBLE_BYTES && fits) {
+    if (pass > 1 && bw) {
+        bool fits = expected <= limit_ns;
+        if (pending <= NEGLIGIBLE_BYTES) {
+            /* Another pass cannot make the fixed part smaller. */
+            if (!fits) {
+                lm_warn("switching over with an expected downtime of %llu us over the limit: "
+                        "nearly nothing is dirty, another pass would not help",
+                        (unsigned long long)(expected / 1000));
+            }
             *switch_now = true;
         } else if (fits) {
             c->fitting_passes++;
@@ -429,15 +575,23 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
         } else {
             c->fitting_passes = 0;
         }
-        lm_debug("pass %llu: pending %llu (ram %llu dev %llu) bw %llu B/s budget %llu -> %s",
+        if (*switch_now && c->return_path) {
+            uint64_t dirty_bps = elapsed ? per_second(new_bytes, elapsed) : 0;
+            ret = drain_destination(c, limit_ns, pending, bw, dirty_bps, &expected, switch_now);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        lm_debug("pass %llu: pending %llu (ram %llu dev %llu) bw %llu B/s expected %llu us -> %s",
                  (unsigned long long)pass, (unsigned long long)pending,
                  (unsigned long long)pending_ram, (unsigned long long)pending_dev,
-                 (unsigned long long)bw, (unsigned long long)budget,
+                 (unsigned long long)bw, (unsigned long long)(expected / 1000),
                  *switch_now ? "switchover" : "iterate");
     }
     c->prev_pending = pending;
     c->pass_start_ns = lm_now_ns();
     c->pass_start_bytes = sent_bytes(c);
+    c->pass_start_held = lm_ratelimit_held_ns(&e->rl);
     return 0;
 }
 
@@ -590,9 +744,14 @@ static int switchover(src_ctx *c, bool postcopy)
     lm_engine *e = c->e;
     bool was_running = e->cb.vm_is_running ? e->cb.vm_is_running(e->opaque) : true;
     uint64_t stop_ns = lm_now_ns();
+    lm_bd_start(&c->bd, stop_ns);
     if (e->cb.vm_stop) {
         e->cb.vm_stop(e->opaque);
     }
+    lm_bd_mark(&c->bd, "stop");
+    /* QEMU's stop-copy: max-bandwidth no longer applies (main channel,
+     * multifd and mapped-ram share e->rl; writers asleep on it wake). */
+    lm_ratelimit_lift(&e->rl, true);
     pthread_mutex_lock(&e->lock);
     e->guest_stopped_by_us = was_running;
     e->guest_was_running = was_running;
@@ -603,6 +762,19 @@ static int switchover(src_ctx *c, bool postcopy)
     int ret = maybe_pause(c);
     if (ret < 0) {
         return ret;
+    }
+    if (lm_cap(e, LM_CAP_PAUSE_BEFORE_SWITCHOVER)) {
+        lm_bd_mark(&c->bd, "pause"); /* waiting for migrate-continue */
+    }
+    if (c->return_path && !postcopy) {
+        /* The destination's clock for its share of the blackout starts here. */
+        ret = lm_pc_write_command(c->ch, LM_CMD_SWITCHOVER, NULL, 0);
+        if (ret == 0) {
+            ret = lm_channel_flush(c->ch);
+        }
+        if (ret < 0) {
+            return lm_channel_error(c->ch, &c->err);
+        }
     }
     lm_status from = lm_cap(e, LM_CAP_PAUSE_BEFORE_SWITCHOVER) ? LM_STATUS_PRE_SWITCHOVER
                                                                 : LM_STATUS_ACTIVE;
@@ -619,6 +791,7 @@ static int switchover(src_ctx *c, bool postcopy)
     if (ret == 0) {
         ret = lm_ram_save_sync(&e->saver, &newly, &c->err);
     }
+    lm_bd_mark(&c->bd, "sync");
     if (ret == 0 && postcopy) {
         lm_ram_save_freeze_hint(&e->saver);
         ret = lm_pc_src_send_discards(c->pc, c->ch, &c->err);
@@ -632,8 +805,11 @@ static int switchover(src_ctx *c, bool postcopy)
             c->mf_open = false;
         }
     }
+    lm_bd_mark(&c->bd, postcopy ? "discard" : "ram-tail");
     if (ret == 0) {
+        e->bd_src = &c->bd; /* each device's save gets its own part */
         ret = lm_devices_save_complete(e, c->ch, &c->err);
+        e->bd_src = NULL;
     }
     if (ret == 0) {
         uint8_t running = was_running;
@@ -662,30 +838,119 @@ static int switchover(src_ctx *c, bool postcopy)
     return postcopy ? postcopy_run(c, stop_ns, before) : precopy_confirm(c, stop_ns, before);
 }
 
+static uint64_t median(const uint64_t *v, unsigned n)
+{
+    uint64_t s[LM_FIXED_SAMPLES];
+    memcpy(s, v, n * sizeof(*s));
+    for (unsigned i = 1; i < n; i++) { /* n <= 8: insertion sort */
+        for (unsigned k = i; k > 0 && s[k - 1] > s[k]; k--) {
+            uint64_t t = s[k];
+            s[k] = s[k - 1];
+            s[k - 1] = t;
+        }
+    }
+    return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
+/* The switchover is over (t_end): joins the destination's parts (if it
+ * sent them) onto the source's, keeps the breakdown for query-migrate and
+ * learns the fixed cost of a switchover from it. */
+static void record_breakdown(src_ctx *c, uint64_t t_sent, uint64_t t_end)
+{
+    lm_engine *e = c->e;
+    lm_bd joined;
+    pthread_mutex_lock(&e->lock);
+    uint64_t latency = e->stats.rtt_ns / 2;
+    pthread_mutex_unlock(&e->lock);
+    /* What the destination did after it read the last record (its parts
+     * after its last wait for bytes) happened after t_sent: the latency
+     * cannot eat into it.  (The round trip includes the destination's own
+     * work, so half of it overstates the latency.) */
+    uint64_t after_eof = 0;
+    for (unsigned i = c->have_bd_dst ? c->bd_dst.n : 0; i-- > 0;) {
+        if (!strcmp(c->bd_dst.part[i].name, "dst:wait")) {
+            break;
+        }
+        after_eof += c->bd_dst.part[i].ns;
+    }
+    uint64_t wait = t_end > t_sent ? t_end - t_sent : 0;
+    if (latency > lm_sat_sub(wait, after_eof)) {
+        latency = lm_sat_sub(wait, after_eof);
+    }
+    if (c->have_bd_dst || t_end > t_sent) {
+        lm_bd_join(&c->bd, t_sent, t_end, c->have_bd_dst ? &c->bd_dst : NULL, latency, &joined);
+    } else {
+        joined = c->bd;
+    }
+    uint64_t fixed = lm_bd_fixed_ns(&joined);
+    pthread_mutex_lock(&e->lock);
+    lm_stats *st = &e->stats;
+    st->bd = joined;
+    st->bd_dst = c->bd_dst;
+    st->bd_dst.n = c->have_bd_dst ? c->bd_dst.n : 0;
+    st->bd_expected_ns = st->expected_downtime_ns;
+    st->bd_fixed_ns = st->expected_fixed_ns;
+    st->has_breakdown = true;
+    /* The median of the last switchovers: one odd run on a loaded host
+     * (a vCPU thread descheduled for 50 ms) does not move it. */
+    e->fixed_samples[e->nfixed++ % LM_FIXED_SAMPLES] = fixed;
+    e->learned_fixed_ns = median(e->fixed_samples,
+                                 e->nfixed < LM_FIXED_SAMPLES ? e->nfixed : LM_FIXED_SAMPLES);
+    pthread_mutex_unlock(&e->lock);
+}
+
 /* Precopy: the destination confirms it loaded everything and runs the
  * guest; only then is the source's copy given up. */
 static int precopy_confirm(src_ctx *c, uint64_t stop_ns, uint64_t before)
 {
     lm_engine *e = c->e;
+    uint64_t t_sent = lm_now_ns();
+    lm_bd_mark_at(&c->bd, "send", t_sent);
     pthread_mutex_lock(&e->lock);
     e->stats.downtime_bytes = sent_bytes(c) - before;
     e->stats.precopy_bytes = before;
     pthread_mutex_unlock(&e->lock);
     if (c->return_path) {
-        uint16_t type;
-        uint32_t status;
-        int ret = lm_rp_read(c->ch, &type, &status, &c->err);
-        if (ret < 0) {
+        /* The destination's share of the blackout, then its verdict. */
+        lm_rp_msg *m = malloc(sizeof(*m));
+        if (!m) {
+            return lm_error_set(&c->err, -ENOMEM, "out of memory");
+        }
+        int ret;
+        for (;;) {
+            ret = lm_rp_read_msg(c->ch, m, &c->err);
+            if (ret < 0 || m->type == LM_RP_SHUT) {
+                break;
+            }
+            if (m->type == LM_RP_DOWNTIME) {
+                c->bd_dst = m->bd;
+                c->have_bd_dst = true;
+            } else if (m->type != LM_RP_BACKLOG) {
+                ret = lm_error_set(&c->err, -EBADMSG, "unexpected return-path message 0x%x at the "
+                                   "end of precopy", m->type);
+                break;
+            }
+        }
+        uint32_t status = m->status;
+        bool shut = ret == 0;
+        free(m);
+        if (ret < 0 && ret != -EBADMSG) {
+            lm_error_clear(&c->err);
             lm_error_set(&c->err, ret, "lost the destination before it confirmed the load");
             return ret;
         }
-        if (type != LM_RP_SHUT || status != 0) {
+        if (ret < 0) {
+            return ret;
+        }
+        if (!shut || status != 0) {
             return lm_error_set(&c->err, -EIO, "the destination failed to load the migration");
         }
     }
+    uint64_t t_end = lm_now_ns();
     pthread_mutex_lock(&e->lock);
-    e->stats.downtime_ns = lm_now_ns() - stop_ns;
+    e->stats.downtime_ns = t_end - stop_ns;
     pthread_mutex_unlock(&e->lock);
+    record_breakdown(c, t_sent, t_end);
     return 0;
 }
 
@@ -729,8 +994,13 @@ static int postcopy_run(src_ctx *c, uint64_t stop_ns, uint64_t before)
     pthread_mutex_unlock(&e->lock);
     lm_pc_write_command(c->ch, LM_CMD_POSTCOPY_RUN, NULL, 0);
     ret = lm_channel_flush(c->ch);
+    uint64_t t_run = lm_now_ns();
+    if (ret == 0) {
+        lm_bd_mark_at(&c->bd, "send", t_run);
+        record_breakdown(c, t_run, t_run); /* the guest may run there now: no destination part */
+    }
     pthread_mutex_lock(&e->lock);
-    e->stats.downtime_ns = lm_now_ns() - stop_ns;
+    e->stats.downtime_ns = t_run - stop_ns;
     e->stats.downtime_bytes = sent_bytes(c) - before;
     e->stats.precopy_bytes = before;
     pthread_mutex_unlock(&e->lock);
@@ -781,6 +1051,7 @@ static void finish(src_ctx *c, int ret)
     }
     lm_ram_save_cleanup(&e->saver);
     lm_devices_save_cleanup(e);
+    lm_ratelimit_lift(&e->rl, false); /* a retry runs under max-bandwidth again */
     set_channel(e, NULL);
     if (c->ch) {
         lm_error cerr = LM_ERROR_INIT;
@@ -859,6 +1130,7 @@ void *lm_migration_thread(void *arg)
     }
     c.pass_start_ns = lm_now_ns();
     c.pass_start_bytes = c.ch ? sent_bytes(&c) : 0;
+    c.pass_start_held = lm_ratelimit_held_ns(&e->rl);
     while (ret == 0) {
         bool switch_now;
         ret = sync_and_decide(&c, &switch_now);

@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "common/bitmap.h"
+#include "common/util.h"
 #include "postcopy/return_path.h"
 
 static void put_hdr(lm_channel *ch, uint16_t type, uint16_t len)
@@ -38,6 +39,23 @@ int lm_rp_send_recv_bitmap(lm_channel *ch, uint16_t block, const uint64_t *map, 
 int lm_rp_send_resume_ack(lm_channel *ch)
 {
     put_hdr(ch, LM_RP_RESUME_ACK, 0);
+    return lm_channel_flush(ch);
+}
+
+int lm_rp_send_backlog(lm_channel *ch, uint32_t seq, uint64_t backlog)
+{
+    put_hdr(ch, LM_RP_BACKLOG, 12);
+    lm_channel_put_be32(ch, seq);
+    lm_channel_put_be64(ch, backlog);
+    return lm_channel_flush(ch);
+}
+
+int lm_rp_send_downtime(lm_channel *ch, const lm_bd *bd)
+{
+    uint8_t buf[LM_BD_WIRE_MAX];
+    size_t len = lm_bd_encode(bd, buf, sizeof(buf));
+    put_hdr(ch, LM_RP_DOWNTIME, (uint16_t)len);
+    lm_channel_put(ch, buf, len);
     return lm_channel_flush(ch);
 }
 
@@ -90,6 +108,32 @@ int lm_rp_read_msg(lm_channel *ch, lm_rp_msg *m, lm_error *err)
             return lm_error_set(err, -EBADMSG, "return path: RESUME_ACK of %u bytes", len);
         }
         break;
+    case LM_RP_BACKLOG:
+        if (len != 12) {
+            return lm_error_set(err, -EBADMSG, "return path: BACKLOG of %u bytes", len);
+        }
+        if ((ret = lm_channel_get_be32(ch, &m->status)) == 0) {
+            ret = lm_channel_get_be64(ch, &m->backlog);
+        }
+        break;
+    case LM_RP_DOWNTIME: {
+        uint8_t buf[LM_BD_WIRE_MAX];
+        if (len > sizeof(buf)) {
+            return lm_error_set(err, -EBADMSG, "return path: DOWNTIME of %u bytes", len);
+        }
+        if (lm_channel_get(ch, buf, len) < 0) {
+            return lm_channel_error(ch, err);
+        }
+        /* Only accounting, and the stream is still in step: a malformed
+         * breakdown is dropped, it never fails a migration whose guest may
+         * already run on the destination. */
+        lm_error bad = LM_ERROR_INIT;
+        if (lm_bd_decode(buf, len, &m->bd, &bad) < 0) {
+            lm_warn("%s", bad.msg);
+            m->bd.n = 0;
+        }
+        return 0;
+    }
     default:
         return lm_error_set(err, -EBADMSG, "return path: unknown message type 0x%x", m->type);
     }

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "channel/channel.h"
+#include "core/breakdown.h"
 #include "livemig/error.h"
 #include "stream/format.h"
 
@@ -23,6 +24,8 @@ typedef struct lm_rp_msg {
     uint64_t first;   /* REQ_PAGES: first page; RECV_BITMAP: first word */
     uint32_t count;   /* REQ_PAGES: pages; RECV_BITMAP: words */
     uint64_t words[LM_RP_BITMAP_MAX_WORDS]; /* RECV_BITMAP */
+    uint64_t backlog; /* BACKLOG: bytes received, not yet loaded (seq in status) */
+    lm_bd bd;         /* DOWNTIME */
 } lm_rp_msg;
 
 /* Writers flush: a message is useful only once it is on the wire. */
@@ -30,6 +33,9 @@ int lm_rp_send_req_pages(lm_channel *ch, uint16_t block, uint64_t first, uint32_
 /* The whole bitmap of one block, in chunks of LM_RP_BITMAP_MAX_WORDS. */
 int lm_rp_send_recv_bitmap(lm_channel *ch, uint16_t block, const uint64_t *map, uint64_t npages);
 int lm_rp_send_resume_ack(lm_channel *ch);
+/* Precopy's accounting of the switchover (source: migration.c). */
+int lm_rp_send_backlog(lm_channel *ch, uint32_t seq, uint64_t backlog);
+int lm_rp_send_downtime(lm_channel *ch, const lm_bd *bd);
 
 /* Reads one message of any type; unknown types are an error. */
 int lm_rp_read_msg(lm_channel *ch, lm_rp_msg *m, lm_error *err);

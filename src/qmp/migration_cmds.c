@@ -658,6 +658,28 @@ static json_t *socket_address_json(const char *addr)
     return list;
 }
 
+static json_t *downtime_parts_json(const lm_downtime_part *p, unsigned n)
+{
+    json_t *a = json_array();
+    for (unsigned i = 0; i < n; i++) {
+        json_array_append_new(a, json_pack("{s:s, s:I}", "name", p[i].name, "us", (json_int_t)p[i].us));
+    }
+    return a;
+}
+
+/* x-downtime-breakdown (docs/architecture.md, convergence): "parts" tile
+ * "downtime-us"; "destination" is the destination's own measure. */
+static json_t *downtime_breakdown_json(const lm_downtime_breakdown *b)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "downtime-us", ju64(b->downtime_us));
+    json_object_set_new(o, "expected-downtime-us", ju64(b->expected_us));
+    json_object_set_new(o, "fixed-us", ju64(b->fixed_us));
+    json_object_set_new(o, "parts", downtime_parts_json(b->parts, b->nparts));
+    json_object_set_new(o, "destination", downtime_parts_json(b->dest, b->ndest));
+    return o;
+}
+
 json_t *qmp_migration_info_json(const lm_info *info)
 {
     json_t *o = json_object();
@@ -700,6 +722,15 @@ json_t *qmp_migration_info_json(const lm_info *info)
         json_object_set_new(ram, "postcopy-bytes", ju64(info->postcopy_bytes));
         json_object_set_new(o, "ram", ram);
 
+        if (!info->incoming && info->switchover_bandwidth) {
+            json_object_set_new(o, "x-switchover-bandwidth", ju64(info->switchover_bandwidth));
+            json_object_set_new(o, "x-destination-backlog", ju64(info->destination_backlog));
+            json_object_set_new(o, "x-destination-drains", ju64(info->destination_drains));
+        }
+        if (info->has_downtime_breakdown) {
+            json_object_set_new(o, "x-downtime-breakdown",
+                                downtime_breakdown_json(&info->downtime_breakdown));
+        }
         if (info->cpu_throttle_percentage != 0) {
             json_object_set_new(o, "cpu-throttle-percentage",
                                 json_integer(info->cpu_throttle_percentage));

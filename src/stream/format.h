@@ -52,6 +52,9 @@ enum lm_command {
     LM_CMD_POSTCOPY_RESUME = 0x05,  /* empty: first record of a recovery stream */
     LM_CMD_MULTIFD_SETUP = 0x06,    /* be16 channels, u8 compression, u8 0, 16-byte id */
     LM_CMD_PING = 0x07,             /* be32 value: PONG(value) once everything before is loaded */
+    /* The switchover's accounting (docs/architecture.md, convergence). */
+    LM_CMD_DRAIN = 0x10,            /* be32 seq: answer BACKLOG once everything before is placed */
+    LM_CMD_SWITCHOVER = 0x11,       /* empty: the source stopped its guest; the blackout began */
 };
 /* The PINGs postcopy waits for (docs/postcopy.md). */
 #define LM_PING_POSTCOPY_ADVISED 1u /* after ADVISE: the destination can do postcopy */
@@ -67,6 +70,8 @@ enum lm_rp_type {
     LM_RP_REQ_PAGES = 0x03,   /* be16 block, be64 first page, be32 count (one host page) */
     LM_RP_RECV_BITMAP = 0x04, /* be16 block, be64 first word, be16 n, n x be64 words */
     LM_RP_RESUME_ACK = 0x05,  /* empty: the bitmaps are sent, resume postcopy */
+    LM_RP_BACKLOG = 0x10,     /* be32 seq of the PING, be64 bytes received but not yet loaded */
+    LM_RP_DOWNTIME = 0x11,    /* the destination's share of the blackout (core/breakdown.h) */
 };
 #define LM_RP_BITMAP_MAX_WORDS 4096u
 

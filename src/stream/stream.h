@@ -54,5 +54,6 @@ int lm_rp_write_shut(lm_channel *ch, uint32_t status);
 int lm_rp_write_pong(lm_channel *ch, uint32_t value);
 /* Reads one message; fills type and (for SHUT and PONG) its value. */
 int lm_rp_read(lm_channel *ch, uint16_t *type, uint32_t *status, lm_error *err);
+/* Reading them: postcopy/return_path.h (lm_rp_read_msg). */
 
 #endif

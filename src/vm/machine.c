@@ -28,6 +28,7 @@ static bool guest_stop_locked(vm *m)
     if (!vcpus_running(m->cpus)) {
         return false;
     }
+    m->last_stop_ns = vm_now_ns();
     vcpus_pause(m->cpus);
     vm_clock_stop(&m->clock);
     return true;
@@ -47,6 +48,7 @@ static bool guest_start_locked(vm *m)
     }
     vm_clock_start(&m->clock);
     vcpus_resume(m->cpus);
+    m->last_start_ns = vm_now_ns();
     return true;
 }
 

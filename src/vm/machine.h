@@ -69,6 +69,11 @@ typedef struct vm {
                              * fails (migrate-incoming's exit-on-error) */
     bool postcopy_seen;     /* outgoing: the destination ran the guest */
     bool shutting_down;
+    /* CLOCK_MONOTONIC (one clock for every process of the host): when the
+     * vCPUs last stopped and last resumed, so a test can measure a
+     * switchover's blackout across the two processes (x-query-workload). */
+    uint64_t last_stop_ns;
+    uint64_t last_start_ns;
 
     pthread_mutex_t qmp_lock; /* qmp, so events never race its teardown */
     qmp_server *qmp;

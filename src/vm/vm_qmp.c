@@ -120,9 +120,13 @@ static json_t *cmd_query_workload(void *opaque, json_t *args, lm_error *err)
         return NULL;
     }
     vcpus_progress(m->cpus, &steps, &passes);
-    return json_pack("{s:I, s:I, s:s, s:i}", "steps", (json_int_t)steps, "passes", (json_int_t)passes,
-                     "workload", workload_kind_name(workload_get_kind(m->wl)),
-                     "vcpus", (int)vcpus_count(m->cpus));
+    pthread_mutex_lock(&m->lock);
+    uint64_t stop_ns = m->last_stop_ns, start_ns = m->last_start_ns;
+    pthread_mutex_unlock(&m->lock);
+    return json_pack("{s:I, s:I, s:s, s:i, s:I, s:I}", "steps", (json_int_t)steps, "passes",
+                     (json_int_t)passes, "workload", workload_kind_name(workload_get_kind(m->wl)),
+                     "vcpus", (int)vcpus_count(m->cpus), "x-last-stop-ns", (json_int_t)stop_ns,
+                     "x-last-start-ns", (json_int_t)start_ns);
 }
 
 static void do_hash(vm *m, void *arg)

@@ -1,0 +1,74 @@
+/*
+ * Where the downtime went (x-downtime-breakdown).
+ *
+ * A breakdown is a list of named parts that tile one interval: each mark
+ * gives the time since the previous mark to a name, so the parts add up
+ * to the interval exactly, whatever the clock does.  The source tiles its
+ * own share of the blackout (stop, sync, RAM tail, each device's save,
+ * the flush); the destination tiles its share (waiting for bytes, the
+ * RAM tail, each device's load, the restart) and sends it on the return
+ * path; lm_bd_join() lays the destination's parts onto the source's wait
+ * for the confirmation, so the joined parts tile the measured downtime.
+ */
+#ifndef LM_CORE_BREAKDOWN_H
+#define LM_CORE_BREAKDOWN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "livemig/error.h"
+
+#define LM_BD_MAX_PARTS 64
+#define LM_BD_NAME_MAX 48
+
+typedef struct lm_bd_part {
+    char name[LM_BD_NAME_MAX];
+    uint64_t ns;
+} lm_bd_part;
+
+typedef struct lm_bd {
+    unsigned n;
+    lm_bd_part part[LM_BD_MAX_PARTS];
+    uint64_t start_ns; /* the interval began */
+    uint64_t last_ns;  /* the last mark */
+    bool on;
+} lm_bd;
+
+/* Starts a fresh interval at now_ns. */
+void lm_bd_start(lm_bd *b, uint64_t now_ns);
+/* The time since the last mark goes to `name` (appended, or added to the
+ * last part when it has the same name: the order is kept for the join).
+ * Nothing happens while the breakdown is not started. */
+void lm_bd_mark(lm_bd *b, const char *name);
+void lm_bd_mark_at(lm_bd *b, const char *name, uint64_t now_ns);
+/* Adds ns to the part called name wherever it is (or appends it). */
+void lm_bd_add(lm_bd *b, const char *name, uint64_t ns);
+uint64_t lm_bd_total(const lm_bd *b);
+
+/* Wire form (return path DOWNTIME, docs/stream-format.md §5): be16 n, then
+ * n x (u8 len, len bytes of name, be64 ns).  encode returns the length
+ * written (at most cap); decode checks every length against len. */
+size_t lm_bd_encode(const lm_bd *b, uint8_t *buf, size_t cap);
+int lm_bd_decode(const uint8_t *buf, size_t len, lm_bd *b, lm_error *err);
+/* Longest encoding. */
+#define LM_BD_WIRE_MAX (2 + LM_BD_MAX_PARTS * (1 + LM_BD_NAME_MAX + 8))
+
+/* The joined breakdown of a precopy switchover.  src tiles [t0, t4] (the
+ * guest stopped .. the last byte handed to the kernel); the source then
+ * waited until t5 for the destination's confirmation.  dst tiles the
+ * destination's switchover on its own clock, ending when it sent the
+ * confirmation; latency_ns is the one-way delay of the return path (half
+ * the lowest round trip seen, 0 if unknown).  The destination's parts are
+ * laid back from t5 - latency and cut at t4 (what they did before t4 ran
+ * beside the source's own parts); its waiting for bytes after t4, and any
+ * gap before its first part, count as "transfer", and the last stretch as
+ * "confirmation".  out tiles [t0, t5] exactly. */
+void lm_bd_join(const lm_bd *src, uint64_t t4_ns, uint64_t t5_ns, const lm_bd *dst,
+                uint64_t latency_ns, lm_bd *out);
+/* The parts of a joined breakdown that do not grow with the bytes to
+ * move (everything but the RAM tail and the transfer): what a switchover
+ * costs on this host however little is dirty. */
+uint64_t lm_bd_fixed_ns(const lm_bd *joined);
+
+#endif

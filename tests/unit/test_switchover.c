@@ -1,0 +1,185 @@
+/*
+ * The switchover's accounting: max-bandwidth lifted for the stop-copy
+ * (channel/ratelimit.h) and the downtime breakdown (core/breakdown.h).
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <pthread.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "channel/ratelimit.h"
+#include "common/clock.h"
+#include "core/breakdown.h"
+
+typedef struct writer {
+    lm_ratelimit *rl;
+    int done; /* atomic */
+} writer;
+
+static void *write_a_lot(void *opaque)
+{
+    writer *w = opaque;
+    /* 64 MB at 1 MB/s: a minute, unless the limit is lifted. */
+    for (int i = 0; i < 64; i++) {
+        lm_ratelimit_consume(w->rl, 1u << 20);
+    }
+    __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* A writer asleep on max-bandwidth wakes when the stop-copy lifts it, and
+ * the time it slept was counted. */
+static void test_lift_wakes_writer(void **state)
+{
+    (void)state;
+    lm_ratelimit rl;
+    lm_ratelimit_init(&rl, 1u << 20);
+    writer w = { .rl = &rl };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, write_a_lot, &w), 0);
+    /* Wait until it is held back (bounded: 30 s on any machine). */
+    for (int i = 0; i < 3000 && lm_ratelimit_held_ns(&rl) == 0; i++) {
+        usleep(10000);
+    }
+    assert_true(lm_ratelimit_held_ns(&rl) > 0);
+    assert_int_equal(__atomic_load_n(&w.done, __ATOMIC_ACQUIRE), 0);
+    lm_ratelimit_lift(&rl, true);
+    for (int i = 0; i < 3000 && !__atomic_load_n(&w.done, __ATOMIC_ACQUIRE); i++) {
+        usleep(10000);
+    }
+    assert_int_equal(__atomic_load_n(&w.done, __ATOMIC_ACQUIRE), 1);
+    pthread_join(t, NULL);
+    /* Lifted: nothing is held back, nothing is counted. */
+    uint64_t held = lm_ratelimit_held_ns(&rl);
+    lm_ratelimit_consume(&rl, 64u << 20);
+    assert_int_equal(lm_ratelimit_delay_ns(&rl), 0);
+    assert_int_equal(lm_ratelimit_held_ns(&rl), held);
+    /* Put back: the limit applies again (a retry). */
+    lm_ratelimit_lift(&rl, false);
+    lm_ratelimit_charge(&rl, 16u << 20);
+    assert_true(lm_ratelimit_delay_ns(&rl) > 0);
+    lm_ratelimit_destroy(&rl);
+}
+
+/* Marks tile the interval; consecutive marks of one name merge. */
+static void test_marks_tile(void **state)
+{
+    (void)state;
+    lm_bd b;
+    memset(&b, 0, sizeof(b));
+    lm_bd_mark_at(&b, "ignored", 5); /* not started */
+    assert_int_equal(b.n, 0);
+    lm_bd_start(&b, 1000);
+    lm_bd_mark_at(&b, "stop", 1100);
+    lm_bd_mark_at(&b, "sync", 1300);
+    lm_bd_mark_at(&b, "sync", 1350);
+    lm_bd_mark_at(&b, "send", 2000);
+    assert_int_equal(b.n, 3);
+    assert_int_equal(b.part[1].ns, 250);
+    assert_int_equal(lm_bd_total(&b), 1000);
+    /* More parts than slots: the time still counts. */
+    lm_bd_start(&b, 0);
+    char name[16];
+    for (int i = 0; i < LM_BD_MAX_PARTS + 10; i++) {
+        snprintf(name, sizeof(name), "p%d", i);
+        lm_bd_mark_at(&b, name, (uint64_t)(i + 1) * 10);
+    }
+    assert_int_equal(b.n, LM_BD_MAX_PARTS);
+    assert_int_equal(lm_bd_total(&b), (LM_BD_MAX_PARTS + 10) * 10);
+}
+
+/* The joined parts tile [t0, t5] exactly, whatever the destination says. */
+static void test_join_tiles(void **state)
+{
+    (void)state;
+    lm_bd src, dst, out;
+    lm_bd_start(&src, 0);
+    lm_bd_mark_at(&src, "stop", 100);
+    lm_bd_mark_at(&src, "ram-tail", 400);
+    lm_bd_mark_at(&src, "send", 500); /* t4 = 500 */
+    lm_bd_start(&dst, 7000000);       /* another clock */
+    lm_bd_mark_at(&dst, "dst:wait", 7000200);
+    lm_bd_mark_at(&dst, "dst:ram-tail", 7000450);
+    lm_bd_mark_at(&dst, "dst:wait", 7000460);
+    lm_bd_mark_at(&dst, "dst:load:cpu", 7000500);
+    lm_bd_mark_at(&dst, "dst:restart", 7000600);
+    /* t5 = 800, latency 50: the destination's parts end at 750 and are cut
+     * at 500: restart 100, load 40, wait 10 -> transfer, ram-tail 100. */
+    lm_bd_join(&src, 500, 800, &dst, 50, &out);
+    assert_int_equal(lm_bd_total(&out), 800);
+    uint64_t got[6] = { 0 };
+    const char *names[6] = { "dst:restart", "dst:load:cpu", "transfer", "dst:ram-tail",
+                             "confirmation", "stop" };
+    for (unsigned i = 0; i < out.n; i++) {
+        for (int k = 0; k < 6; k++) {
+            if (!strcmp(out.part[i].name, names[k])) {
+                got[k] = out.part[i].ns;
+            }
+        }
+    }
+    assert_int_equal(got[0], 100);
+    assert_int_equal(got[1], 40);
+    assert_int_equal(got[2], 10);
+    assert_int_equal(got[3], 100);
+    assert_int_equal(got[4], 50);
+    assert_int_equal(got[5], 100);
+    /* The bytes-dependent parts are not fixed cost. */
+    assert_int_equal(lm_bd_fixed_ns(&out), 800 - 300 - 10 - 100);
+    /* A destination that claims more than the wait, or nothing at all. */
+    dst.part[0].ns = 1000000;
+    lm_bd_join(&src, 500, 800, &dst, 10000, &out);
+    assert_int_equal(lm_bd_total(&out), 800);
+    lm_bd_join(&src, 500, 800, NULL, 0, &out);
+    assert_int_equal(lm_bd_total(&out), 800);
+}
+
+/* The wire form round-trips; malformed bodies are refused. */
+static void test_wire(void **state)
+{
+    (void)state;
+    lm_bd b, d;
+    lm_bd_start(&b, 0);
+    lm_bd_mark_at(&b, "dst:wait", 10);
+    lm_bd_mark_at(&b, "dst:load:a-device-with-a-rather-long-name-that-is-cut", 30);
+    uint8_t buf[LM_BD_WIRE_MAX];
+    size_t len = lm_bd_encode(&b, buf, sizeof(buf));
+    lm_error err = LM_ERROR_INIT;
+    assert_int_equal(lm_bd_decode(buf, len, &d, &err), 0);
+    assert_int_equal(d.n, 2);
+    assert_string_equal(d.part[1].name, b.part[1].name);
+    assert_int_equal(d.part[1].ns, 20);
+    /* Cut short, trailing bytes, a zero-length name, too many parts. */
+    assert_int_equal(lm_bd_decode(buf, len - 1, &d, &err), -EBADMSG);
+    assert_int_equal(lm_bd_decode(buf, 1, &d, &err), -EBADMSG);
+    uint8_t more[LM_BD_WIRE_MAX + 1];
+    memcpy(more, buf, len);
+    more[len] = 0;
+    assert_int_equal(lm_bd_decode(more, len + 1, &d, &err), -EBADMSG);
+    uint8_t zero[] = { 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1 };
+    assert_int_equal(lm_bd_decode(zero, sizeof(zero), &d, &err), -EBADMSG);
+    uint8_t many[] = { 0xff, 0xff };
+    assert_int_equal(lm_bd_decode(many, sizeof(many), &d, &err), -EBADMSG);
+    /* Unprintable bytes in a name never reach JSON or a terminal. */
+    uint8_t odd[] = { 0, 1, 2, 'a', 0x1b, 0, 0, 0, 0, 0, 0, 0, 7 };
+    assert_int_equal(lm_bd_decode(odd, sizeof(odd), &d, &err), 0);
+    assert_string_equal(d.part[0].name, "a?");
+    assert_int_equal(d.part[0].ns, 7);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_lift_wakes_writer),
+        cmocka_unit_test(test_marks_tile),
+        cmocka_unit_test(test_join_tiles),
+        cmocka_unit_test(test_wire),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
