@@ -5,6 +5,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
+# The RISC-V machine's checks (OpenSBI, U-Boot, the cross compiler for the
+# instruction tests, QEMU to compare with) are part of the suite; set
+# LIVEMIG_RISCV_TESTS=0 to skip installing them (those tests then skip,
+# saying why).
+export LIVEMIG_RISCV_TESTS=${LIVEMIG_RISCV_TESTS:-1}
 livemig_install_deps
 
 status=0
