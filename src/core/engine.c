@@ -433,6 +433,9 @@ int lm_engine_cancel(lm_engine *e, lm_error *err)
         if (e->mf_src) {
             lm_multifd_src_shutdown(e->mf_src, -ECANCELED, "migration cancelled");
         }
+        if (e->mf_dst) {
+            lm_multifd_dst_cancel(e->mf_dst, -ECANCELED, "incoming migration cancelled");
+        }
         lm_ratelimit_abort(&e->rl, true);
         lm_ratelimit_abort(&e->pc_rl, true);
         pthread_cond_broadcast(&e->cond);

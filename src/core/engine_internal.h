@@ -61,6 +61,7 @@ typedef struct lm_params {
     uint64_t multifd_zstd_level;         /* 1..20 */
     char zero_page_detection[16];        /* none | legacy | multifd */
     bool zero_copy_send;                 /* MSG_ZEROCOPY on multifd senders */
+    uint64_t x_handshake_timeout;        /* ms an incoming connection may take to say hello */
 } lm_params;
 
 /* Statistics of the current (or last) migration; guarded by the engine lock

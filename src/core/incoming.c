@@ -111,6 +111,16 @@ static int multifd_finish(dst_ctx *c)
     return ret;
 }
 
+/* x-handshake-timeout: how long an accepted connection may take to send
+ * its first bytes before it is dropped for the next one. */
+static unsigned handshake_ms(lm_engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    unsigned ms = (unsigned)e->params.x_handshake_timeout;
+    pthread_mutex_unlock(&e->lock);
+    return ms;
+}
+
 static int multifd_start(dst_ctx *c, const uint8_t *body, uint16_t len)
 {
     lm_engine *e = c->e;
@@ -132,7 +142,8 @@ static int multifd_start(dst_ctx *c, const uint8_t *body, uint16_t len)
     pthread_mutex_lock(&e->lock);
     lm_listener *l = e->listener;
     pthread_mutex_unlock(&e->lock);
-    ret = lm_multifd_dst_start(l, &su, c->map, e->nblocks, multifd_failed, e, &c->mf, &c->err);
+    ret = lm_multifd_dst_start(l, &su, c->map, e->nblocks, handshake_ms(e), multifd_failed, e,
+                               &c->mf, &c->err);
     pthread_mutex_lock(&e->lock);
     e->mf_dst = c->mf;
     pthread_mutex_unlock(&e->lock);
@@ -631,7 +642,8 @@ void *lm_incoming_thread(void *arg)
     c->e = e;
     c->source_running = true;
     int fd, pid;
-    ret = lm_listener_accept(e->listener, &fd, &pid, &c->err);
+    ret = lm_listener_accept_ready(e->listener, 8 /* magic, version */, handshake_ms(e), &fd, &pid,
+                                   &c->err);
     if (ret == 0) {
         c->ch = lm_channel_new(fd, "incoming migration channel", NULL);
         if (!c->ch) {

@@ -51,6 +51,7 @@ enum param_id {
     P_MULTIFD_ZSTD_LEVEL,
     P_ZERO_PAGE_DETECTION,
     P_ZERO_COPY_SEND,
+    P_X_HANDSHAKE_TIMEOUT,
     P__COUNT
 };
 
@@ -71,6 +72,7 @@ static const lm_param_desc param_descs[P__COUNT + 1] = {
     [P_MULTIFD_ZSTD_LEVEL] = { "multifd-zstd-level", LM_PARAM_U64, 1, 20, NULL },
     [P_ZERO_PAGE_DETECTION] = { "zero-page-detection", LM_PARAM_STR, 0, 0, zero_choices },
     [P_ZERO_COPY_SEND] = { "zero-copy-send", LM_PARAM_BOOL, 0, 1, NULL },
+    [P_X_HANDSHAKE_TIMEOUT] = { "x-handshake-timeout", LM_PARAM_U64, 1, 3600000, NULL },
     [P__COUNT] = { NULL, 0, 0, 0, NULL },
 };
 
@@ -94,6 +96,7 @@ void lm_params_defaults(lm_engine *e)
     snprintf(p->multifd_compression, sizeof(p->multifd_compression), "none");
     p->multifd_zstd_level = 1;
     snprintf(p->zero_page_detection, sizeof(p->zero_page_detection), "multifd");
+    p->x_handshake_timeout = 30000;
     memset(e->caps, 0, sizeof(e->caps));
     e->caps[LM_CAP_RETURN_PATH] = true; /* see docs/architecture.md: confirms the load */
 }
@@ -183,6 +186,7 @@ static uint64_t *u64_slot(lm_params *p, int id)
     case P_MAX_POSTCOPY_BANDWIDTH: return &p->max_postcopy_bandwidth;
     case P_MULTIFD_CHANNELS: return &p->multifd_channels;
     case P_MULTIFD_ZSTD_LEVEL: return &p->multifd_zstd_level;
+    case P_X_HANDSHAKE_TIMEOUT: return &p->x_handshake_timeout;
     default: return NULL;
     }
 }
