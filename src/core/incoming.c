@@ -214,13 +214,16 @@ static int load_config(dst_ctx *c)
     if (ret < 0) {
         return ret;
     }
-    if (lm_cap(e, LM_CAP_VALIDATE_UUID)) {
+    /* As QEMU: the source's validate-uuid decides (it sends its UUID for
+     * checking); the destination's capability plays no part. */
+    if (c->cfg.flags & LM_CONFIG_VALIDATE_UUID) {
         pthread_mutex_lock(&e->lock);
         bool same = !memcmp(c->cfg.uuid, e->uuid, LM_UUID_LEN);
         pthread_mutex_unlock(&e->lock);
         if (!same) {
             return lm_error_set(&c->err, -EINVAL,
-                                "UUID of the source does not match this machine's (validate-uuid)");
+                                "UUID of the source does not match this machine's (the source set "
+                                "validate-uuid)");
         }
     }
     c->have_config = true;

@@ -271,7 +271,8 @@ static int setup(src_ctx *c)
 
     bool mapped_ram = lm_cap(e, LM_CAP_MAPPED_RAM);
     lm_stream_config cfg = { .flags = (c->return_path ? LM_CONFIG_RETURN_PATH : 0) |
-                                      (mapped_ram ? LM_CONFIG_MAPPED_RAM : 0) };
+                                      (mapped_ram ? LM_CONFIG_MAPPED_RAM : 0) |
+                                      (lm_cap(e, LM_CAP_VALIDATE_UUID) ? LM_CONFIG_VALIDATE_UUID : 0) };
     pthread_mutex_lock(&e->lock);
     memcpy(cfg.uuid, e->uuid, LM_UUID_LEN);
     char tracker[16];

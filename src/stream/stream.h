@@ -18,6 +18,7 @@
 /* Config flags (be32 in the configuration record). */
 #define LM_CONFIG_RETURN_PATH (1u << 0) /* source waits for RP_SHUT */
 #define LM_CONFIG_MAPPED_RAM (1u << 1)  /* RAM lies at fixed offsets in the file (§4c) */
+#define LM_CONFIG_VALIDATE_UUID (1u << 2) /* the source asks that its UUID be checked */
 
 int lm_stream_write_header(lm_channel *ch);
 int lm_stream_read_header(lm_channel *ch, lm_error *err);
