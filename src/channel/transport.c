@@ -157,10 +157,17 @@ static int spawn_command(const char *cmd, int *fd, int *pid, lm_error *err)
     return 0;
 }
 
+/* A save never follows a symbolic link in its last component: a link
+ * planted where the image goes cannot redirect guest memory elsewhere. */
+#define SAVE_OPEN_FLAGS (O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC)
+
 static int open_file(const lm_uri *u, bool writing, int *fd, lm_error *err)
 {
-    int f = writing ? open(u->path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600)
-                    : open(u->path, O_RDONLY | O_CLOEXEC);
+    int f = writing ? open(u->path, SAVE_OPEN_FLAGS, 0600) : open(u->path, O_RDONLY | O_CLOEXEC);
+    if (f < 0 && writing && errno == ELOOP) {
+        return lm_error_set(err, -ELOOP, "cannot open '%s' for writing: it is a symbolic link",
+                            u->path);
+    }
     if (f < 0) {
         return lm_error_set_errno(err, -errno, "cannot open '%s'", u->path);
     }
@@ -176,6 +183,25 @@ static int open_file(const lm_uri *u, bool writing, int *fd, lm_error *err)
                                   (unsigned long long)u->offset);
     }
     *fd = f;
+    return 0;
+}
+
+int lm_transport_check_file(const lm_uri *u, lm_error *err)
+{
+    if (u->kind != LM_TRANSPORT_FILE) {
+        return 0;
+    }
+    /* Opened as the save will open it, but not truncated: nothing changes
+     * yet. */
+    int f = open(u->path, SAVE_OPEN_FLAGS, 0600);
+    if (f < 0 && errno == ELOOP) {
+        return lm_error_set(err, -ELOOP, "cannot open '%s' for writing: it is a symbolic link",
+                            u->path);
+    }
+    if (f < 0) {
+        return lm_error_set_errno(err, -errno, "cannot open '%s'", u->path);
+    }
+    close(f);
     return 0;
 }
 

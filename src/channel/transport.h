@@ -46,6 +46,11 @@ bool lm_uri_multi_channel(const lm_uri *u);
 int lm_transport_connect(const lm_uri *u, int *fd, int *pid, bool (*should_abort)(void *),
                          void *opaque, lm_error *err);
 
+/* Outgoing file: opens the file as a save will (creating it, never
+ * through a symbolic link) without changing it, so that `migrate` itself
+ * reports a path that cannot be written.  0 for other transports. */
+int lm_transport_check_file(const lm_uri *u, lm_error *err);
+
 typedef struct lm_listener lm_listener;
 
 /* Incoming: listen on a socket URI, or open the single stream of the others. */

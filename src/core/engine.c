@@ -376,6 +376,13 @@ int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err)
     if (r == 0 && postcopy) {
         r = require_socket_uri(uri, &u, "postcopy-ram", " for its return path", err);
     }
+    if (r == 0) {
+        /* A file that cannot be written is the command's error (QEMU). */
+        r = lm_uri_parse(uri, &u, err);
+    }
+    if (r == 0) {
+        r = lm_transport_check_file(&u, err);
+    }
     if (r < 0) {
         return r;
     }

@@ -139,6 +139,17 @@ static int multifd_start(dst_ctx *c, const uint8_t *body, uint16_t len)
     if (!lm_uri_multi_channel(&e->uri)) {
         return lm_error_set(&c->err, -EINVAL, "multifd needs a socket transport (unix: or tcp:)");
     }
+    /* As QEMU: both sides must be set to the same compression. */
+    pthread_mutex_lock(&e->lock);
+    char mine[sizeof(e->params.multifd_compression)];
+    memcpy(mine, e->params.multifd_compression, sizeof(mine));
+    pthread_mutex_unlock(&e->lock);
+    const char *theirs = su.compression == LM_MULTIFD_COMP_ZSTD ? "zstd" : "none";
+    if (strcmp(mine, theirs)) {
+        return lm_error_set(&c->err, -EINVAL, "the source sends multifd-compression %s, but this "
+                            "destination has multifd-compression %s (set the same on both sides)",
+                            theirs, mine);
+    }
     pthread_mutex_lock(&e->lock);
     lm_listener *l = e->listener;
     pthread_mutex_unlock(&e->lock);

@@ -265,6 +265,9 @@ static int setup(src_ctx *c)
         return lm_error_set(&c->err, -ENOMEM, "out of memory");
     }
     lm_channel_set_child(c->ch, pid);
+    if (e->uri.kind == LM_TRANSPORT_EXEC) {
+        lm_channel_set_child_command(c->ch, e->uri.path);
+    }
     set_channel(e, c->ch);
     c->return_path = lm_cap(e, LM_CAP_RETURN_PATH) &&
                      (e->uri.kind == LM_TRANSPORT_UNIX || e->uri.kind == LM_TRANSPORT_TCP);
@@ -726,6 +729,11 @@ static void finish(src_ctx *c, int ret)
         int cret = lm_channel_close(c->ch, &cerr);
         if (ret == 0 && cret < 0) {
             ret = cret;
+            lm_error_propagate(&c->err, &cerr);
+        } else if ((ret == -EPIPE || ret == -ECONNRESET) && cret < 0) {
+            /* An exec: command that closed the stream by failing: its exit
+             * status says why, "connection closed by peer" does not. */
+            lm_error_clear(&c->err);
             lm_error_propagate(&c->err, &cerr);
         }
         c->ch = NULL;
