@@ -192,8 +192,12 @@ int lm_transport_check_file(const lm_uri *u, lm_error *err)
         return 0;
     }
     /* Opened as the save will open it, but not truncated: nothing changes
-     * yet. */
-    int f = open(u->path, SAVE_OPEN_FLAGS, 0600);
+     * yet.  Non-blocking, so a FIFO without a reader does not hold the
+     * command (ENXIO): the migration thread waits for that one. */
+    int f = open(u->path, SAVE_OPEN_FLAGS | O_NONBLOCK, 0600);
+    if (f < 0 && errno == ENXIO) {
+        return 0;
+    }
     if (f < 0 && errno == ELOOP) {
         return lm_error_set(err, -ELOOP, "cannot open '%s' for writing: it is a symbolic link",
                             u->path);
