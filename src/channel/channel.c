@@ -36,6 +36,7 @@ struct lm_channel {
     int fd;
     int wake[2];     /* non-socket reads poll on this too, so shutdown wakes them */
     int child_pid;
+    char child_cmd[128]; /* the exec: command, for its exit status message */
     bool is_socket;
     char name[64];
     lm_ratelimit *rl;
@@ -94,6 +95,11 @@ void lm_channel_set_child(lm_channel *ch, int pid)
     ch->child_pid = pid;
 }
 
+void lm_channel_set_child_command(lm_channel *ch, const char *cmd)
+{
+    snprintf(ch->child_cmd, sizeof(ch->child_cmd), "%s", cmd);
+}
+
 int lm_channel_fd(const lm_channel *ch)
 {
     return ch->fd;
@@ -131,8 +137,13 @@ int lm_channel_close(lm_channel *ch, lm_error *err)
         if (r < 0) {
             ret = lm_error_set_errno(err, -errno, "%s: cannot wait for the command", ch->name);
         } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-            ret = lm_error_set(err, -EIO, "%s: command exited with status %d", ch->name,
-                               WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+            int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+            if (ch->child_cmd[0]) {
+                ret = lm_error_set(err, -EIO, "exec: '%s' exited with status %d", ch->child_cmd,
+                                   code);
+            } else {
+                ret = lm_error_set(err, -EIO, "%s: command exited with status %d", ch->name, code);
+            }
         }
     }
     pthread_mutex_destroy(&ch->err_lock);

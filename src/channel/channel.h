@@ -25,6 +25,9 @@ typedef struct lm_channel lm_channel;
 /* Takes ownership of fd.  pid > 0: a child process (exec:) reaped on close. */
 lm_channel *lm_channel_new(int fd, const char *name, lm_ratelimit *rl);
 void lm_channel_set_child(lm_channel *ch, int pid);
+/* The child's command line: a failed exit then reads "exec: 'CMD' exited
+ * with status N" (close's error). */
+void lm_channel_set_child_command(lm_channel *ch, const char *cmd);
 /* Closes the fd, waits for a child.  Returns the child's failure, if any. */
 int lm_channel_close(lm_channel *ch, lm_error *err);
 int lm_channel_fd(const lm_channel *ch);

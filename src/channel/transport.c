@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include "channel/transport.h"
+#include "common/clock.h"
+#include "common/util.h"
 
 struct lm_listener {
     lm_uri uri;
@@ -155,10 +157,17 @@ static int spawn_command(const char *cmd, int *fd, int *pid, lm_error *err)
     return 0;
 }
 
+/* A save never follows a symbolic link in its last component: a link
+ * planted where the image goes cannot redirect guest memory elsewhere. */
+#define SAVE_OPEN_FLAGS (O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC)
+
 static int open_file(const lm_uri *u, bool writing, int *fd, lm_error *err)
 {
-    int f = writing ? open(u->path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600)
-                    : open(u->path, O_RDONLY | O_CLOEXEC);
+    int f = writing ? open(u->path, SAVE_OPEN_FLAGS, 0600) : open(u->path, O_RDONLY | O_CLOEXEC);
+    if (f < 0 && writing && errno == ELOOP) {
+        return lm_error_set(err, -ELOOP, "cannot open '%s' for writing: it is a symbolic link",
+                            u->path);
+    }
     if (f < 0) {
         return lm_error_set_errno(err, -errno, "cannot open '%s'", u->path);
     }
@@ -174,6 +183,29 @@ static int open_file(const lm_uri *u, bool writing, int *fd, lm_error *err)
                                   (unsigned long long)u->offset);
     }
     *fd = f;
+    return 0;
+}
+
+int lm_transport_check_file(const lm_uri *u, lm_error *err)
+{
+    if (u->kind != LM_TRANSPORT_FILE) {
+        return 0;
+    }
+    /* Opened as the save will open it, but not truncated: nothing changes
+     * yet.  Non-blocking, so a FIFO without a reader does not hold the
+     * command (ENXIO): the migration thread waits for that one. */
+    int f = open(u->path, SAVE_OPEN_FLAGS | O_NONBLOCK, 0600);
+    if (f < 0 && errno == ENXIO) {
+        return 0;
+    }
+    if (f < 0 && errno == ELOOP) {
+        return lm_error_set(err, -ELOOP, "cannot open '%s' for writing: it is a symbolic link",
+                            u->path);
+    }
+    if (f < 0) {
+        return lm_error_set_errno(err, -errno, "cannot open '%s'", u->path);
+    }
+    close(f);
     return 0;
 }
 
@@ -416,6 +448,79 @@ int lm_listener_accept(lm_listener *l, int *fd, int *pid, lm_error *err)
         tune_socket(s, l->uri.kind == LM_TRANSPORT_TCP);
         *fd = s;
         return 0;
+    }
+}
+
+/* Waits until `need` bytes can be peeked on s, the abort pipe fires, or
+ * the deadline (0: none) passes.  0: ready; -ETIMEDOUT; -EPIPE: the peer
+ * closed first; -ECANCELED; other -errno. */
+static int wait_handshake(lm_listener *l, int s, size_t need, uint64_t deadline_ns)
+{
+    char peek[64];
+    for (;;) {
+        ssize_t n = recv(s, peek, LM_MIN(need, sizeof(peek)), MSG_PEEK | MSG_DONTWAIT);
+        if (n >= 0 && (size_t)n >= LM_MIN(need, sizeof(peek))) {
+            return 0;
+        }
+        if (n == 0) {
+            return -EPIPE;
+        }
+        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            return -errno;
+        }
+        int wait_ms = -1;
+        if (deadline_ns) {
+            uint64_t now = lm_now_ns();
+            if (now >= deadline_ns) {
+                return -ETIMEDOUT;
+            }
+            wait_ms = (int)LM_MIN((deadline_ns - now + 999999) / 1000000, (uint64_t)INT32_MAX);
+        }
+        /* Part of the handshake is there: poll would report the socket
+         * readable at once, so look again in a little while instead. */
+        bool partial = n > 0;
+        if (partial && (wait_ms < 0 || wait_ms > 10)) {
+            wait_ms = 10;
+        }
+        struct pollfd p[2] = { { l->wake[0], POLLIN, 0 }, { s, partial ? 0 : POLLIN, 0 } };
+        if (poll(p, 2, wait_ms) < 0 && errno != EINTR) {
+            return -errno;
+        }
+        if (p[0].revents) {
+            return -ECANCELED;
+        }
+    }
+}
+
+int lm_listener_accept_ready(lm_listener *l, size_t need, unsigned timeout_ms, int *fd, int *pid,
+                             lm_error *err)
+{
+    if (l->listen_fd < 0 || need == 0) {
+        return lm_listener_accept(l, fd, pid, err);
+    }
+    for (;;) {
+        int s;
+        int ret = lm_listener_accept(l, &s, pid, err);
+        if (ret < 0) {
+            return ret;
+        }
+        uint64_t deadline = timeout_ms ? lm_now_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
+        ret = wait_handshake(l, s, need, deadline);
+        if (ret == 0) {
+            *fd = s;
+            return 0;
+        }
+        close(s);
+        if (ret == -ECANCELED) {
+            return lm_error_set(err, -ECANCELED, "incoming migration cancelled");
+        }
+        if (ret == -ETIMEDOUT) {
+            lm_warn("%s: dropped a connection that did not complete its handshake within %u ms",
+                    l->address, timeout_ms);
+        } else {
+            lm_warn("%s: dropped a connection that closed before its handshake (%s)", l->address,
+                    strerror(-ret));
+        }
     }
 }
 

@@ -49,6 +49,11 @@ bool lm_uri_multi_channel(const lm_uri *u);
 int lm_transport_connect(const lm_uri *u, int *fd, int *pid, bool (*should_abort)(void *),
                          void *opaque, lm_error *err);
 
+/* Outgoing file: opens the file as a save will (creating it, never
+ * through a symbolic link) without changing it, so that `migrate` itself
+ * reports a path that cannot be written.  0 for other transports. */
+int lm_transport_check_file(const lm_uri *u, lm_error *err);
+
 typedef struct lm_listener lm_listener;
 
 /* Incoming: listen on a socket URI, or open the single stream of the others. */
@@ -56,6 +61,16 @@ int lm_transport_listen(const lm_uri *u, lm_listener **out, lm_error *err);
 /* Wait for the next connection; -ECANCELED once lm_listener_abort() ran,
  * -EPIPE when a single-stream transport has already been handed out. */
 int lm_listener_accept(lm_listener *l, int *fd, int *pid, lm_error *err);
+/* Like lm_listener_accept, but hands out only a connection that has sent
+ * its first `need` bytes (peeked, left for the reader) within timeout_ms
+ * of being accepted (the handshake timeout; 0: no limit).  A socket peer
+ * that stays silent, stalls part-way or closes first is dropped with a
+ * warning and the next connection is waited for: one bad client cannot
+ * hold the migration.  Everything waits on the abort pipe too, so cancel
+ * reaches a connection in its handshake.  Single-stream transports are
+ * handed out at once.  need: at most 64. */
+int lm_listener_accept_ready(lm_listener *l, size_t need, unsigned timeout_ms, int *fd, int *pid,
+                             lm_error *err);
 /* The address clients connect to ("tcp:127.0.0.1:40123", "unix:/p"), empty
  * for single-stream transports. */
 const char *lm_listener_address(const lm_listener *l);

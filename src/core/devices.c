@@ -221,6 +221,38 @@ lm_device_entry *lm_devices_find(lm_engine *e, const char *idstr, uint32_t insta
     return NULL;
 }
 
+/* Reads a chunk of len bytes (len within LM_DEVICE_CHUNK_MAX) into a
+ * buffer that grows as the bytes arrive: a peer that promises 64 MiB and
+ * sends 9 costs 64 KiB, not 64 MiB. */
+static int read_chunk(lm_channel *ch, uint32_t len, uint8_t **out, lm_error *err)
+{
+    size_t cap = len < (64u << 10) ? (len ? len : 1) : (64u << 10);
+    size_t got = 0;
+    uint8_t *buf = malloc(cap);
+    while (buf && got < len) {
+        if (got == cap) {
+            size_t next = cap * 2 < len ? cap * 2 : len;
+            uint8_t *grown = realloc(buf, next);
+            if (!grown) {
+                break;
+            }
+            buf = grown;
+            cap = next;
+        }
+        if (lm_channel_get(ch, buf + got, cap - got) < 0) {
+            free(buf);
+            return lm_channel_error(ch, err);
+        }
+        got = cap;
+    }
+    if (!buf || got < len) {
+        free(buf);
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    *out = buf;
+    return 0;
+}
+
 int lm_devices_load(lm_engine *e, lm_device_entry *d, uint32_t version, lm_channel *ch,
                     lm_error *err)
 {
@@ -232,14 +264,10 @@ int lm_devices_load(lm_engine *e, lm_device_entry *d, uint32_t version, lm_chann
         return lm_error_set(err, -EBADMSG, "device '%s': chunk of %u bytes exceeds the %u limit",
                             d->idstr, len, LM_DEVICE_CHUNK_MAX);
     }
-    uint8_t *buf = malloc(len ? len : 1);
-    if (!buf) {
-        return lm_error_set(err, -ENOMEM, "out of memory");
-    }
-    int ret = lm_channel_get(ch, buf, len);
+    uint8_t *buf = NULL;
+    int ret = read_chunk(ch, len, &buf, err);
     if (ret < 0) {
-        free(buf);
-        return lm_channel_error(ch, err);
+        return ret;
     }
     lm_rbuf r;
     lm_rbuf_init(&r, buf, len);

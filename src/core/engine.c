@@ -470,6 +470,13 @@ int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err)
     if (r == 0 && postcopy) {
         r = require_socket_uri(uri, &u, "postcopy-ram", " for its return path", err);
     }
+    if (r == 0) {
+        /* A file that cannot be written is the command's error (QEMU). */
+        r = lm_uri_parse(uri, &u, err);
+    }
+    if (r == 0) {
+        r = lm_transport_check_file(&u, err);
+    }
     if (r < 0) {
         return r;
     }
@@ -526,6 +533,9 @@ int lm_engine_cancel(lm_engine *e, lm_error *err)
         }
         if (e->mf_src) {
             lm_multifd_src_shutdown(e->mf_src, -ECANCELED, "migration cancelled");
+        }
+        if (e->mf_dst) {
+            lm_multifd_dst_cancel(e->mf_dst, -ECANCELED, "incoming migration cancelled");
         }
         lm_ratelimit_abort(&e->rl, true);
         lm_ratelimit_abort(&e->pc_rl, true);

@@ -61,12 +61,13 @@ typedef struct lm_params {
     uint64_t max_postcopy_bandwidth;     /* bytes/s of the background stream, 0 = unlimited */
     uint64_t multifd_channels;           /* 1..64 */
     char multifd_compression[16];        /* none | zstd */
-    uint64_t multifd_zstd_level;         /* 1..20 */
+    uint64_t multifd_zstd_level;         /* 0..20 (0: zstd's default) */
     char zero_page_detection[16];        /* none | legacy | multifd */
     bool zero_copy_send;                 /* MSG_ZEROCOPY on multifd senders */
     char tls_creds[128];                 /* id of a tls-creds-* object; "": no TLS */
     char tls_hostname[256];              /* the server certificate's name; "": the tcp: host */
     char tls_authz[128];                 /* id of an authz-* object checking clients */
+    uint64_t x_handshake_timeout;        /* ms an incoming connection may take to say hello */
 } lm_params;
 
 /* Statistics of the current (or last) migration; guarded by the engine lock

@@ -125,6 +125,16 @@ static int multifd_finish(dst_ctx *c)
     return ret;
 }
 
+/* x-handshake-timeout: how long an accepted connection may take to send
+ * its first bytes before it is dropped for the next one. */
+static unsigned handshake_ms(lm_engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    unsigned ms = (unsigned)e->params.x_handshake_timeout;
+    pthread_mutex_unlock(&e->lock);
+    return ms;
+}
+
 static int multifd_start(dst_ctx *c, const uint8_t *body, uint16_t len)
 {
     lm_engine *e = c->e;
@@ -143,6 +153,17 @@ static int multifd_start(dst_ctx *c, const uint8_t *body, uint16_t len)
     if (!lm_uri_multi_channel(&e->uri)) {
         return lm_error_set(&c->err, -EINVAL, "multifd needs a socket transport (unix: or tcp:)");
     }
+    /* As QEMU: both sides must be set to the same compression. */
+    pthread_mutex_lock(&e->lock);
+    char mine[sizeof(e->params.multifd_compression)];
+    memcpy(mine, e->params.multifd_compression, sizeof(mine));
+    pthread_mutex_unlock(&e->lock);
+    const char *theirs = su.compression == LM_MULTIFD_COMP_ZSTD ? "zstd" : "none";
+    if (strcmp(mine, theirs)) {
+        return lm_error_set(&c->err, -EINVAL, "the source sends multifd-compression %s, but this "
+                            "destination has multifd-compression %s (set the same on both sides)",
+                            theirs, mine);
+    }
     pthread_mutex_lock(&e->lock);
     lm_listener *l = e->listener;
     pthread_mutex_unlock(&e->lock);
@@ -150,7 +171,8 @@ static int multifd_start(dst_ctx *c, const uint8_t *body, uint16_t len)
         return lm_error_set(&c->err, -EBADMSG, "MULTIFD_SETUP and the configuration disagree "
                             "about checksums");
     }
-    ret = lm_multifd_dst_start(l, &su, c->map, e->nblocks, multifd_failed, e, &c->mf, &c->err);
+    ret = lm_multifd_dst_start(l, &su, c->map, e->nblocks, handshake_ms(e), multifd_failed, e,
+                               &c->mf, &c->err);
     pthread_mutex_lock(&e->lock);
     e->mf_dst = c->mf;
     pthread_mutex_unlock(&e->lock);
@@ -226,13 +248,16 @@ static int load_config(dst_ctx *c)
         return lm_error_set(&c->err, -EBADMSG, "a version %u stream cannot carry checksums",
                             c->version);
     }
-    if (lm_cap(e, LM_CAP_VALIDATE_UUID)) {
+    /* As QEMU: the source's validate-uuid decides (it sends its UUID for
+     * checking); the destination's capability plays no part. */
+    if (c->cfg.flags & LM_CONFIG_VALIDATE_UUID) {
         pthread_mutex_lock(&e->lock);
         bool same = !memcmp(c->cfg.uuid, e->uuid, LM_UUID_LEN);
         pthread_mutex_unlock(&e->lock);
         if (!same) {
             return lm_error_set(&c->err, -EINVAL,
-                                "UUID of the source does not match this machine's (validate-uuid)");
+                                "UUID of the source does not match this machine's (the source set "
+                                "validate-uuid)");
         }
     }
     c->have_config = true;
@@ -761,7 +786,8 @@ void *lm_incoming_thread(void *arg)
     c->e = e;
     c->source_running = true;
     int fd, pid;
-    ret = lm_listener_accept(e->listener, &fd, &pid, &c->err);
+    ret = lm_listener_accept_ready(e->listener, 8 /* magic, version */, handshake_ms(e), &fd, &pid,
+                                   &c->err);
     if (ret == 0) {
         c->ch = lm_channel_new(fd, "incoming migration channel", NULL);
         if (!c->ch) {

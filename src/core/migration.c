@@ -287,6 +287,9 @@ static int setup(src_ctx *c)
         return lm_error_set(&c->err, -ENOMEM, "out of memory");
     }
     lm_channel_set_child(c->ch, pid);
+    if (e->uri.kind == LM_TRANSPORT_EXEC) {
+        lm_channel_set_child_command(c->ch, e->uri.path);
+    }
     set_channel(e, c->ch);
     ret = lm_tls_client(c->ch, &e->uri, &c->err);
     if (ret < 0) {
@@ -301,7 +304,8 @@ static int setup(src_ctx *c)
     c->checksum = e->uri.kind == LM_TRANSPORT_FILE || lm_cap(e, LM_CAP_X_CHECKSUM);
     lm_stream_config cfg = { .flags = (c->return_path ? LM_CONFIG_RETURN_PATH : 0) |
                                       (mapped_ram ? LM_CONFIG_MAPPED_RAM : 0) |
-                                      (c->checksum ? LM_CONFIG_CHECKSUM : 0) };
+                                      (c->checksum ? LM_CONFIG_CHECKSUM : 0) |
+                                      (lm_cap(e, LM_CAP_VALIDATE_UUID) ? LM_CONFIG_VALIDATE_UUID : 0) };
     pthread_mutex_lock(&e->lock);
     memcpy(cfg.uuid, e->uuid, LM_UUID_LEN);
     char tracker[16];
@@ -1058,6 +1062,11 @@ static void finish(src_ctx *c, int ret)
         int cret = lm_channel_close(c->ch, &cerr);
         if (ret == 0 && cret < 0) {
             ret = cret;
+            lm_error_propagate(&c->err, &cerr);
+        } else if ((ret == -EPIPE || ret == -ECONNRESET) && cret < 0) {
+            /* An exec: command that closed the stream by failing: its exit
+             * status says why, "connection closed by peer" does not. */
+            lm_error_clear(&c->err);
             lm_error_propagate(&c->err, &cerr);
         }
         c->ch = NULL;

@@ -55,6 +55,7 @@ enum param_id {
     P_TLS_CREDS,
     P_TLS_HOSTNAME,
     P_TLS_AUTHZ,
+    P_X_HANDSHAKE_TIMEOUT,
     P__COUNT
 };
 
@@ -72,12 +73,13 @@ static const lm_param_desc param_descs[P__COUNT + 1] = {
     [P_MAX_POSTCOPY_BANDWIDTH] = { "max-postcopy-bandwidth", LM_PARAM_U64, 0, INT64_MAX, NULL },
     [P_MULTIFD_CHANNELS] = { "multifd-channels", LM_PARAM_U64, 1, 64, NULL },
     [P_MULTIFD_COMPRESSION] = { "multifd-compression", LM_PARAM_STR, 0, 0, compression_choices },
-    [P_MULTIFD_ZSTD_LEVEL] = { "multifd-zstd-level", LM_PARAM_U64, 1, 20, NULL },
+    [P_MULTIFD_ZSTD_LEVEL] = { "multifd-zstd-level", LM_PARAM_U64, 0, 20, NULL },
     [P_ZERO_PAGE_DETECTION] = { "zero-page-detection", LM_PARAM_STR, 0, 0, zero_choices },
     [P_ZERO_COPY_SEND] = { "zero-copy-send", LM_PARAM_BOOL, 0, 1, NULL },
     [P_TLS_CREDS] = { "tls-creds", LM_PARAM_STR, 0, 0, NULL },
     [P_TLS_HOSTNAME] = { "tls-hostname", LM_PARAM_STR, 0, 0, NULL },
     [P_TLS_AUTHZ] = { "tls-authz", LM_PARAM_STR, 0, 0, NULL },
+    [P_X_HANDSHAKE_TIMEOUT] = { "x-handshake-timeout", LM_PARAM_U64, 1, 3600000, NULL },
     [P__COUNT] = { NULL, 0, 0, 0, NULL },
 };
 
@@ -101,6 +103,7 @@ void lm_params_defaults(lm_engine *e)
     snprintf(p->multifd_compression, sizeof(p->multifd_compression), "none");
     p->multifd_zstd_level = 1;
     snprintf(p->zero_page_detection, sizeof(p->zero_page_detection), "multifd");
+    p->x_handshake_timeout = 30000;
     memset(e->caps, 0, sizeof(e->caps));
     e->caps[LM_CAP_RETURN_PATH] = true; /* see docs/architecture.md: confirms the load */
 }
@@ -113,6 +116,18 @@ bool lm_cap(lm_engine *e, enum lm_capability c)
     return on;
 }
 
+/* Capabilities and most parameters are fixed while a migration runs.  A
+ * destination still waiting for its first connection has not begun (QEMU
+ * lets `-incoming URI` be followed by migrate-set-capabilities; its own
+ * tests rely on it).  Called with e->lock held. */
+static bool migration_locks_settings(const lm_engine *e)
+{
+    if (e->incoming && e->status == LM_STATUS_SETUP && !e->ch) {
+        return false;
+    }
+    return lm_state_is_active(e->status);
+}
+
 static int find_cap(const char *name, lm_error *err)
 {
     for (int i = 0; i < LM_CAP__COUNT; i++) {
@@ -123,6 +138,22 @@ static int find_cap(const char *name, lm_error *err)
     return lm_error_set(err, -ENOENT, "Capability '%s' not found", name);
 }
 
+/* Combinations QEMU refuses when they are set (migrate_caps_check), not
+ * only at `migrate`. */
+static int check_caps(const bool *caps, lm_error *err)
+{
+    if (caps[LM_CAP_POSTCOPY_PREEMPT] && !caps[LM_CAP_POSTCOPY_RAM]) {
+        return lm_error_set(err, -EINVAL, "Postcopy preempt requires postcopy-ram");
+    }
+    if (caps[LM_CAP_ZERO_COPY_SEND] && !caps[LM_CAP_MULTIFD]) {
+        return lm_error_set(err, -EINVAL, "zero-copy-send requires the multifd capability");
+    }
+    if (caps[LM_CAP_MAPPED_RAM] && caps[LM_CAP_POSTCOPY_RAM]) {
+        return lm_error_set(err, -EINVAL, "mapped-ram is incompatible with postcopy-ram");
+    }
+    return 0;
+}
+
 int lm_engine_set_capability(lm_engine *e, const char *name, bool on, lm_error *err)
 {
     int c = find_cap(name, err);
@@ -131,9 +162,15 @@ int lm_engine_set_capability(lm_engine *e, const char *name, bool on, lm_error *
     }
     pthread_mutex_lock(&e->lock);
     int ret = 0;
-    if (lm_state_is_active(e->status)) {
+    if (migration_locks_settings(e)) {
         ret = lm_error_set(err, -EBUSY, "There's a migration process in progress");
     } else {
+        bool next[LM_CAP__COUNT];
+        memcpy(next, e->caps, sizeof(next));
+        next[c] = on;
+        ret = check_caps(next, err);
+    }
+    if (ret == 0) {
         e->caps[c] = on;
         if (c == LM_CAP_ZERO_COPY_SEND) {
             /* QEMU made zero-copy-send a capability; it began as a
@@ -190,6 +227,7 @@ static uint64_t *u64_slot(lm_params *p, int id)
     case P_MAX_POSTCOPY_BANDWIDTH: return &p->max_postcopy_bandwidth;
     case P_MULTIFD_CHANNELS: return &p->multifd_channels;
     case P_MULTIFD_ZSTD_LEVEL: return &p->multifd_zstd_level;
+    case P_X_HANDSHAKE_TIMEOUT: return &p->x_handshake_timeout;
     default: return NULL;
     }
 }
@@ -220,9 +258,20 @@ static char *str_slot(lm_params *p, int id, size_t *size)
 
 static int check_settable(lm_engine *e, int id, lm_error *err)
 {
-    if (!live_param(id) && lm_state_is_active(e->status)) {
+    if (!live_param(id) && migration_locks_settings(e)) {
         return lm_error_set(err, -EBUSY, "Parameter '%s' cannot change while a migration runs",
                             param_descs[id].name);
+    }
+    return 0;
+}
+
+/* QEMU's migrate_params_check: the throttle may not start above its cap. */
+static int check_params(const lm_params *p, lm_error *err)
+{
+    if (p->max_cpu_throttle < p->cpu_throttle_initial) {
+        return lm_error_set(err, -ERANGE, "Parameter 'max-cpu-throttle' expects an integer in the "
+                            "range of cpu-throttle-initial (%llu) to 99",
+                            (unsigned long long)p->cpu_throttle_initial);
     }
     return 0;
 }
@@ -241,6 +290,11 @@ int lm_engine_set_param_u64(lm_engine *e, const char *name, uint64_t v, lm_error
     }
     pthread_mutex_lock(&e->lock);
     int ret = check_settable(e, id, err);
+    if (!ret) {
+        lm_params next = e->params;
+        *u64_slot(&next, id) = v;
+        ret = check_params(&next, err);
+    }
     if (!ret) {
         *u64_slot(&e->params, id) = v;
         if (id == P_MAX_BANDWIDTH) {
@@ -262,6 +316,12 @@ int lm_engine_set_param_bool(lm_engine *e, const char *name, bool v, lm_error *e
     }
     pthread_mutex_lock(&e->lock);
     int ret = check_settable(e, id, err);
+    if (!ret && id == P_ZERO_COPY_SEND) {
+        bool next[LM_CAP__COUNT];
+        memcpy(next, e->caps, sizeof(next));
+        next[LM_CAP_ZERO_COPY_SEND] = v;
+        ret = check_caps(next, err);
+    }
     if (!ret) {
         *bool_slot(&e->params, id) = v;
         if (id == P_ZERO_COPY_SEND) {

@@ -405,30 +405,51 @@ static json_t *cmd_migrate_set_capabilities(void *opaque, json_t *args, lm_error
         }
     }
 
-    /* Apply.  The engine may still refuse a combination (or a change while
-     * a migration runs); then restore what was already applied. */
+    /* Apply.  The engine refuses a change while a migration runs and a
+     * combination QEMU refuses; then restore what was already applied. */
     size_t n = json_array_size(caps);
     bool *old = calloc(n ? n : 1, sizeof(*old));
-    if (!old) {
+    bool *done = calloc(n ? n : 1, sizeof(*done));
+    if (!old || !done) {
+        free(old);
+        free(done);
         lm_error_set(err, -ENOMEM, "out of memory");
         return NULL;
     }
     json_array_foreach(caps, i, ent) {
         const char *name = json_string_value(json_object_get(ent, "capability"));
-        bool state = json_is_true(json_object_get(ent, "state"));
-        if (lm_engine_get_capability(e, name, &old[i], err) < 0 ||
-            lm_engine_set_capability(e, name, state, err) < 0) {
-            while (i-- > 0) {
-                const char *nm = json_string_value(
-                    json_object_get(json_array_get(caps, i), "capability"));
-                lm_engine_set_capability(e, nm, old[i], NULL);
+        lm_engine_get_capability(e, name, &old[i], NULL);
+    }
+    /* QEMU checks the request as a whole: an entry refused only because a
+     * later one (postcopy-ram for postcopy-preempt, say) is not applied
+     * yet is tried again while a round makes progress. */
+    size_t left = n;
+    bool progress = true;
+    while (left && progress) {
+        progress = false;
+        lm_error_clear(err);
+        json_array_foreach(caps, i, ent) {
+            const char *name = json_string_value(json_object_get(ent, "capability"));
+            bool state = json_is_true(json_object_get(ent, "state"));
+            if (!done[i] && lm_engine_set_capability(e, name, state, err) == 0) {
+                done[i] = true;
+                left--;
+                progress = true;
             }
-            free(old);
-            return NULL;
+        }
+    }
+    if (left) {
+        /* Back to the old set: it was valid, so the same rounds restore it. */
+        for (size_t round = 0; round <= n; round++) {
+            json_array_foreach(caps, i, ent) {
+                const char *name = json_string_value(json_object_get(ent, "capability"));
+                lm_engine_set_capability(e, name, old[i], NULL);
+            }
         }
     }
     free(old);
-    return json_object();
+    free(done);
+    return left ? NULL : json_object();
 }
 
 static json_t *cmd_query_migrate_capabilities(void *opaque, json_t *args, lm_error *err)
@@ -575,28 +596,46 @@ static json_t *cmd_migrate_set_parameters(void *opaque, json_t *args, lm_error *
     json_t *old = json_object();
     json_object_foreach(args, key, val) {
         const lm_param_desc *d = param_find(key);
-        if (!d) {
-            continue; /* validated above: cannot happen */
-        }
-        json_t *prev = param_get(e, d);
+        json_t *prev = d ? param_get(e, d) : NULL;
         if (prev) {
             json_object_set_new(old, key, prev);
         }
-        if (param_apply(e, d, val, err) < 0) {
-            const char *k2;
-            json_t *v2;
-            json_object_foreach(old, k2, v2) {
-                const lm_param_desc *d2 = param_find(k2);
-                if (d2) {
-                    param_apply(e, d2, v2, NULL);
-                }
+    }
+    /* QEMU checks the merged parameters: cpu-throttle-initial 60 with
+     * max-cpu-throttle 70 is fine whichever comes first, so an entry
+     * refused in one round is tried again while a round makes progress. */
+    json_t *left = json_deep_copy(args);
+    bool progress = true;
+    while (left && json_object_size(left) && progress) {
+        progress = false;
+        lm_error_clear(err);
+        void *tmp;
+        json_object_foreach_safe(left, tmp, key, val) {
+            const lm_param_desc *d = param_find(key);
+            if (d && param_apply(e, d, val, err) == 0) {
+                json_object_del(left, key);
+                progress = true;
             }
-            json_decref(old);
-            return NULL;
         }
     }
+    bool ok = left && json_object_size(left) == 0;
+    if (!left) {
+        lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    if (!ok) {
+        /* The old values were valid together: the same rounds restore them. */
+        for (size_t round = 0; round <= json_object_size(old); round++) {
+            json_object_foreach(old, key, val) {
+                const lm_param_desc *d = param_find(key);
+                if (d) {
+                    param_apply(e, d, val, NULL);
+                }
+            }
+        }
+    }
+    json_decref(left);
     json_decref(old);
-    return json_object();
+    return ok ? json_object() : NULL;
 }
 
 static json_t *cmd_query_migrate_parameters(void *opaque, json_t *args, lm_error *err)

@@ -33,7 +33,11 @@ typedef struct qmp_server qmp_server;
  * The handler reports bad arguments through err (use -EINVAL). */
 typedef json_t *(*qmp_handler)(void *opaque, json_t *args, lm_error *err);
 
+/* The socket gets mode 0600 whatever the umask. */
 qmp_server *qmp_server_new(const char *socket_path, lm_error *err);
+/* The same with the socket's permission bits set to mode (e.g. 0660 to let
+ * a management group in). */
+qmp_server *qmp_server_new_mode(const char *socket_path, unsigned mode, lm_error *err);
 void qmp_server_register(qmp_server *s, const char *name, qmp_handler fn, void *opaque);
 /* Marks a registered command as out-of-band capable: a client that enabled
  * the "oob" capability may send it with "exec-oob", and it then runs at

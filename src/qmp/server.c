@@ -1161,6 +1161,11 @@ static void *server_thread(void *opaque)
 
 qmp_server *qmp_server_new(const char *socket_path, lm_error *err)
 {
+    return qmp_server_new_mode(socket_path, 0600, err);
+}
+
+qmp_server *qmp_server_new_mode(const char *socket_path, unsigned mode, lm_error *err)
+{
     struct sockaddr_un addr = { .sun_family = AF_UNIX };
     if (!socket_path || !*socket_path) {
         lm_error_set(err, -EINVAL, "QMP socket path is empty");
@@ -1214,8 +1219,20 @@ qmp_server *qmp_server_new(const char *socket_path, lm_error *err)
         lm_error_set_errno(err, -errno, "QMP socket");
         goto fail;
     }
+    /* Whoever can connect controls the machine: the socket is created
+     * owner-only whatever the umask (Linux takes the socket's own mode at
+     * bind, so there is no window), then set to exactly `mode`. */
+    if (fchmod(s->listen_fd, 0600) < 0) {
+        lm_error_set_errno(err, -errno, "QMP socket: fchmod");
+        goto fail;
+    }
     if (bind(s->listen_fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
         lm_error_set_errno(err, -errno, "QMP socket: bind to '%s'", socket_path);
+        goto fail;
+    }
+    if (chmod(socket_path, (mode_t)(mode & 0777)) < 0) {
+        lm_error_set_errno(err, -errno, "QMP socket: chmod '%s' to %04o", socket_path, mode & 0777);
+        unlink(socket_path);
         goto fail;
     }
     if (listen(s->listen_fd, 16) < 0) {

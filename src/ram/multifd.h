@@ -81,10 +81,14 @@ typedef struct lm_multifd_dst lm_multifd_dst;
 
 /* Accepts setup->channels connections on l (the main one is already
  * taken), checks their hellos and starts a receiver for each.  blocks: the
- * source's order.  on_fail wakes the load thread when a receiver fails. */
+ * source's order.  A connection that does not send its hello within
+ * handshake_ms (0: no limit) is dropped and the next one taken.  on_fail
+ * wakes the load thread when a receiver fails; a receiver that fails while
+ * others are still awaited also aborts l (the load fails with its error).
+ * *out is set even on failure (free it). */
 int lm_multifd_dst_start(lm_listener *l, const lm_multifd_setup *setup, lm_ram_block **blocks,
-                         size_t nblocks, void (*on_fail)(void *), void *opaque,
-                         lm_multifd_dst **out, lm_error *err);
+                         size_t nblocks, unsigned handshake_ms, void (*on_fail)(void *),
+                         void *opaque, lm_multifd_dst **out, lm_error *err);
 /* Load thread, at MULTIFD_SYNC seq: waits until every receiver has loaded
  * everything before its SYNC seq, then lets them go on. */
 int lm_multifd_dst_sync(lm_multifd_dst *d, uint64_t seq, lm_error *err);
@@ -93,6 +97,9 @@ int lm_multifd_dst_sync(lm_multifd_dst *d, uint64_t seq, lm_error *err);
 int lm_multifd_dst_finish(lm_multifd_dst *d, lm_error *err);
 /* The first receiver's failure, if any (its code; 0 when none). */
 int lm_multifd_dst_error(lm_multifd_dst *d, lm_error *err);
+/* Any thread (cancel): fails the receivers with code, wakes the load
+ * thread where it waits for them and every receiver blocked in I/O. */
+void lm_multifd_dst_cancel(lm_multifd_dst *d, int code, const char *why);
 /* Stops the receivers (shuts their connections down and joins them). */
 void lm_multifd_dst_stop(lm_multifd_dst *d);
 /* Stops them if needed, and frees. */

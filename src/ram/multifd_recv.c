@@ -44,6 +44,7 @@ struct lm_multifd_dst {
     void (*on_fail)(void *);
     void *opaque;
     pthread_mutex_t lock;
+    lm_listener *accepting; /* while lm_multifd_dst_start waits for channels (lock) */
     pthread_cond_t cond;
     uint64_t released;  /* the load thread passed MULTIFD_SYNC this seq */
     bool stopping;
@@ -63,6 +64,11 @@ static void dst_fail(lm_multifd_dst *d, int code, const lm_error *err)
         if (err) {
             lm_error_propagate(&d->err, err);
         }
+    }
+    if (d->accepting) {
+        /* The load thread still waits for the other channels: a failed
+         * one fails the load now, not when (if ever) they connect. */
+        lm_listener_abort(d->accepting);
     }
     pthread_cond_broadcast(&d->cond);
     pthread_mutex_unlock(&d->lock);
@@ -397,6 +403,25 @@ void lm_multifd_dst_stop(lm_multifd_dst *d)
     }
 }
 
+void lm_multifd_dst_cancel(lm_multifd_dst *d, int code, const char *why)
+{
+    /* Not dst_fail: the caller (cancel) holds the engine lock that
+     * on_fail takes, and wakes the main channel itself. */
+    pthread_mutex_lock(&d->lock);
+    if (!d->err_code) {
+        d->err_code = code;
+        lm_error_set(&d->err, code, "%s", why);
+    }
+    pthread_cond_broadcast(&d->cond);
+    pthread_mutex_unlock(&d->lock);
+    for (unsigned i = 0; i < d->n; i++) {
+        /* A channel is set before its thread starts and stays until free. */
+        if (__atomic_load_n(&d->r[i].started, __ATOMIC_ACQUIRE)) {
+            lm_channel_shutdown(d->r[i].ch, code, why);
+        }
+    }
+}
+
 void lm_multifd_dst_free(lm_multifd_dst *d)
 {
     if (!d) {
@@ -426,9 +451,14 @@ void lm_multifd_dst_stats(const lm_multifd_dst *d, uint64_t *pages, uint64_t *ze
     }
 }
 
+/* Accepts and starts the receivers; a failure leaves d->err_code unset
+ * unless a receiver failed (see lm_multifd_dst_start). */
+static int accept_channels(lm_multifd_dst *d, lm_listener *l, const lm_multifd_setup *setup,
+                           unsigned handshake_ms, lm_error *err);
+
 int lm_multifd_dst_start(lm_listener *l, const lm_multifd_setup *setup, lm_ram_block **blocks,
-                         size_t nblocks, void (*on_fail)(void *), void *opaque,
-                         lm_multifd_dst **out, lm_error *err)
+                         size_t nblocks, unsigned handshake_ms, void (*on_fail)(void *),
+                         void *opaque, lm_multifd_dst **out, lm_error *err)
 {
     unsigned n = setup->channels;
     lm_multifd_dst *d = calloc(1, sizeof(*d) + n * sizeof(receiver));
@@ -445,12 +475,36 @@ int lm_multifd_dst_start(lm_listener *l, const lm_multifd_setup *setup, lm_ram_b
     d->n = n;
     pthread_mutex_init(&d->lock, NULL);
     pthread_cond_init(&d->cond, NULL);
+    pthread_mutex_lock(&d->lock);
+    d->accepting = l;
+    pthread_mutex_unlock(&d->lock);
+    lm_error aerr = LM_ERROR_INIT;
+    int ret = accept_channels(d, l, setup, handshake_ms, &aerr);
+    pthread_mutex_lock(&d->lock);
+    d->accepting = NULL;
+    if (ret < 0 && d->err_code) {
+        /* A receiver failed and aborted the accept: its error is the cause. */
+        ret = d->err_code;
+        lm_error_propagate(err, &d->err);
+    } else if (ret < 0) {
+        lm_error_propagate(err, &aerr);
+    }
+    pthread_mutex_unlock(&d->lock);
+    return ret;
+}
+
+static int accept_channels(lm_multifd_dst *d, lm_listener *l, const lm_multifd_setup *setup,
+                           unsigned handshake_ms, lm_error *err)
+{
+    unsigned n = d->n;
     /* The source connects them right after MULTIFD_SETUP, before any other
      * connection (a postcopy preempt one comes after ADVISE); their hellos
-     * say which is which. */
+     * say which is which.  A connection is taken once its whole hello has
+     * arrived, so the read below never blocks: cancel and a failing
+     * receiver reach every wait here through the listener. */
     for (unsigned k = 0; k < n; k++) {
         int fd, pid;
-        int ret = lm_listener_accept(l, &fd, &pid, err);
+        int ret = lm_listener_accept_ready(l, LM_MULTIFD_HELLO_LEN, handshake_ms, &fd, &pid, err);
         if (ret < 0) {
             return ret;
         }
@@ -491,7 +545,7 @@ int lm_multifd_dst_start(lm_listener *l, const lm_multifd_setup *setup, lm_ram_b
         if (rc) {
             return lm_error_set(err, -rc, "cannot create a multifd receiver thread");
         }
-        r->started = true;
+        __atomic_store_n(&r->started, true, __ATOMIC_RELEASE);
     }
     return 0;
 }

@@ -19,6 +19,7 @@
 #define LM_CONFIG_RETURN_PATH (1u << 0) /* source waits for RP_SHUT */
 #define LM_CONFIG_MAPPED_RAM (1u << 1)  /* RAM lies at fixed offsets in the file (§4c) */
 #define LM_CONFIG_CHECKSUM (1u << 2)    /* page data carries xxh3 checksums (§4d) */
+#define LM_CONFIG_VALIDATE_UUID (1u << 3) /* the source asks that its UUID be checked */
 
 int lm_stream_write_header(lm_channel *ch);
 /* version: LM_STREAM_VERSION, or LM_STREAM_VERSION_CHECKSUM when the

@@ -393,7 +393,7 @@ int vm_launch(vm *m, lm_error *err)
     bool started = false;
 
     if (o->qmp_path) {
-        qmp_server *s = qmp_server_new(o->qmp_path, err);
+        qmp_server *s = qmp_server_new_mode(o->qmp_path, o->qmp_mode, err);
         if (!s) {
             return lm_error_is_set(err) ? err->code : -EINVAL;
         }

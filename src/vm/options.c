@@ -42,6 +42,7 @@ static void usage(FILE *f, const char *prog)
 "Machine:\n"
 "      --incoming URI|defer   wait for an incoming migration\n"
 "      --qmp unix:PATH        QMP control socket (a bare PATH works too)\n"
+"      --qmp-mode MODE        its permissions, octal (default 0600: owner only)\n"
 "  -S, --paused               do not start the guest until 'cont' (also after\n"
 "                             an incoming migration completes)\n"
 "      --name NAME            guest name (serial output, default 'vm')\n"
@@ -185,6 +186,7 @@ enum {
     OPT_VRAM_RATE,
     OPT_INCOMING,
     OPT_QMP,
+    OPT_QMP_MODE,
     OPT_NAME,
     OPT_UUID,
     OPT_SERIAL,
@@ -213,6 +215,7 @@ static const struct option long_opts[] = {
     { "vram-rate", required_argument, NULL, OPT_VRAM_RATE },
     { "incoming", required_argument, NULL, OPT_INCOMING },
     { "qmp", required_argument, NULL, OPT_QMP },
+    { "qmp-mode", required_argument, NULL, OPT_QMP_MODE },
     { "paused", no_argument, NULL, 'S' },
     { "name", required_argument, NULL, OPT_NAME },
     { "uuid", required_argument, NULL, OPT_UUID },
@@ -242,6 +245,7 @@ int vm_options_parse(vm_options *o, int argc, char **argv, lm_error *err)
     o->workload.ws_percent = 100;
     o->workload.seed = 1;
     o->vram_rate = DEFAULT_VRAM_RATE;
+    o->qmp_mode = 0600;
     o->name = "vm";
     o->serial = SERIAL_STDOUT;
 
@@ -300,6 +304,17 @@ int vm_options_parse(vm_options *o, int argc, char **argv, lm_error *err)
                 ret = lm_error_set(err, -EINVAL, "--qmp: expected unix:PATH");
             }
             break;
+        case OPT_QMP_MODE: {
+            char *end;
+            errno = 0;
+            unsigned long mode = strtoul(optarg, &end, 8);
+            if (!*optarg || *end || errno || mode > 0777 || (mode & 0600) != 0600) {
+                ret = lm_error_set(err, -EINVAL, "--qmp-mode: expected octal permissions from 0600 "
+                                   "to 0777 (the owner keeps read and write), not '%s'", optarg);
+            }
+            o->qmp_mode = (unsigned)mode;
+            break;
+        }
         case 'S':
             o->paused = true;
             break;

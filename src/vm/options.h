@@ -34,6 +34,7 @@ typedef struct vm_options {
     uint64_t vram_rate;       /* bytes/s the vram device rewrites */
     const char *incoming;     /* URI or "defer"; NULL: not a destination */
     const char *qmp_path;     /* NULL: no QMP socket */
+    unsigned qmp_mode;        /* its permission bits (default 0600) */
     bool paused;
     const char *name;
     bool has_uuid;

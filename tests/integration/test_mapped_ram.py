@@ -138,10 +138,11 @@ class Refusals(MappedRamBase):
             with self.subTest(word=word):
                 src.set_caps(**{"mapped-ram": True, "multifd": False, "postcopy-ram": False})
                 src.set_params(**{"multifd-compression": "none"})
-                src.set_caps(**caps)
-                if params:
-                    src.set_params(**params)
+                # Refused when set (postcopy-ram, as QEMU) or at migrate.
                 with self.assertRaises(QMPError) as cm:
+                    src.set_caps(**caps)
+                    if params:
+                        src.set_params(**params)
                     src.cmd("migrate", uri=img)
                 self.assertIn(word, cm.exception.desc)
                 self.assertEqual(src.status(), "running")

@@ -134,12 +134,33 @@ class Compression(MultifdBase):
     def test_zstd(self):
         for level in (1, 5):
             with self.subTest(level=level):
-                src, dst, info = self.live("unix:" + self.path("zstd%d.sock" % level),
-                                           tag=str(level), multifd_compression="zstd",
-                                           workload="random", extra=["--dirty-rate", "32M"],
-                                           multifd_zstd_level=level,
-                                           multifd_channels=4)
+                params = {"multifd-compression": "zstd", "multifd-zstd-level": level,
+                          "multifd-channels": 4}
+                src, dst = self.pair("random", params, tag=str(level),
+                                     extra=["--dirty-rate", "32M"])
+                dst.set_params(**{"multifd-compression": "zstd", "multifd-channels": 4})
+                info = self.migrate(src, dst, "unix:" + self.path("zstd%d.sock" % level))
+                self.check(src, dst, info)
                 self.stop_all()
+
+    def test_mismatch(self):
+        """The sides must agree (QEMU): zstd into a destination set to none
+        fails naming both; the source runs on and a retry that agrees works."""
+        params = {"multifd-compression": "zstd"}
+        src, dst = self.pair("random", params, extra=["--dirty-rate", "32M"])
+        dst.cmd("migrate-incoming", uri="unix:" + self.path("m.sock"))
+        src.cmd("migrate", uri="unix:" + self.path("m.sock"))
+        dinfo = dst.wait_migration(statuses=("failed",))
+        self.assertIn("multifd-compression zstd", dinfo["error-desc"])
+        self.assertIn("multifd-compression none", dinfo["error-desc"])
+        self.assertEqual(src.wait_migration(statuses=("failed",))["status"], "failed")
+        self.assertTrue(src.wait_running_steps())
+        dst2 = self.vm("dst2", memory=MEM, workload="random", extra=["--dirty-rate", "32M"],
+                       incoming="defer", paused=True)
+        dst2.set_caps(multifd=True)
+        dst2.set_params(**params)
+        info = self.migrate(src, dst2, "unix:" + self.path("m2.sock"))
+        self.check(src, dst2, info)
 
 
 class ZeroCopy(MultifdBase):
@@ -179,12 +200,12 @@ class ZeroCopy(MultifdBase):
 
     def test_refused(self):
         src = self.vm("src", memory=MEM)
-        uri = "unix:" + self.path("zc.sock")
-        src.set_params(zero_copy_send=True)
+        # Refused when set, as QEMU, not only at migrate.
         with self.assertRaises(QMPError) as cm:
-            src.cmd("migrate", uri=uri)
+            src.set_params(zero_copy_send=True)
         self.assertIn("requires the multifd capability", cm.exception.desc)
         src.set_caps(multifd=True)
+        src.set_params(zero_copy_send=True)
         src.set_params(multifd_compression="zstd")
         with self.assertRaises(QMPError) as cm:
             src.cmd("migrate", uri="tcp:127.0.0.1:1")

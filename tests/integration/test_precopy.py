@@ -300,11 +300,14 @@ class Modes(MigrationTest):
         self.assert_guest_ok(dst)
 
     def test_validate_uuid(self):
+        """The source's validate-uuid decides (QEMU): a destination with
+        another UUID fails; the destination's own capability plays no part."""
         u1 = "11111111-2222-3333-4444-555555555555"
         u2 = "11111111-2222-3333-4444-666666666666"
-        src = self.vm("src", memory=MEM, extra=["--uuid", u1])
-        bad = self.vm("bad", memory=MEM, incoming="defer", extra=["--uuid", u2])
-        bad.set_caps(validate_uuid=True)
+        # A dirty rate any migration outruns: three migrations must complete.
+        src = self.vm("src", memory=MEM, workload="random", extra=["--uuid", u1, "--dirty-rate", "4M"])
+        src.set_caps(validate_uuid=True)
+        bad = self.vm("bad", memory=MEM, workload="random", incoming="defer", extra=["--uuid", u2])
         bad.cmd("migrate-incoming", uri="unix:" + self.path("bad.sock"))
         src.cmd("migrate", uri="unix:" + self.path("bad.sock"))
         self.assertEqual(src.wait_migration()["status"], "failed")
@@ -312,8 +315,17 @@ class Modes(MigrationTest):
         self.assertEqual(dinfo["status"], "failed")
         self.assertIn("UUID", dinfo["error-desc"])
         self.assertEqual(src.status(), "running")
-        good = self.vm("good", memory=MEM, incoming="defer", extra=["--uuid", u1])
-        good.set_caps(validate_uuid=True)
+        # Only the destination asks: not checked.
+        src.set_caps(validate_uuid=False)
+        other = self.vm("other", memory=MEM, workload="random", incoming="defer", paused=True,
+                        extra=["--uuid", u2])
+        other.set_caps(validate_uuid=True)
+        self.migrate(src, other, "unix:" + self.path("other.sock"))
+        self.assert_same_memory(src, other)
+        other.cmd("quit")
+        src.cmd("cont")
+        src.set_caps(validate_uuid=True)
+        good = self.vm("good", memory=MEM, workload="random", incoming="defer", extra=["--uuid", u1])
         self.migrate(src, good, "unix:" + self.path("good.sock"))
         self.assert_guest_ok(good)
 
