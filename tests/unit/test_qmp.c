@@ -742,8 +742,9 @@ static void test_slow_client_dropped(void **state)
     char pad[4000];
     memset(pad, 'p', sizeof(pad) - 1);
     pad[sizeof(pad) - 1] = 0;
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    /* emit never blocks on the slow client: were it to, this loop would
+     * stall with the slow client's buffers full (and the test time out),
+     * since nobody ever reads them. */
     for (int i = 0; i < 10000; i++) {
         qmp_server_emit(f->srv, "BIG", json_pack("{s:s}", "pad", pad));
         if (i % 100 == 99) {
@@ -755,9 +756,6 @@ static void test_slow_client_dropped(void **state)
             }
         }
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    /* emit never blocked on the slow client. */
-    assert_true(t1.tv_sec - t0.tv_sec < 10);
 
     /* The good client still gets answers. */
     cl_send(good, "{\"execute\": \"echo\", \"arguments\": {\"msg\": \"ok\"}, \"id\": \"g\"}");
