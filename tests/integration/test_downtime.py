@@ -123,8 +123,8 @@ class PostcopyBandwidth(MigrationTest):
         self.assertTrue(src.wait_running_steps())
         uri = "unix:" + self.path("mig.sock")
         dst.cmd("migrate-incoming", uri=uri)
-        src.cmd("migrate-start-postcopy")
         src.cmd("migrate", uri=uri)
+        src.cmd("migrate-start-postcopy")  # belongs to the migration just started
         src.wait_migration(statuses=("postcopy-active",))
         deadline = time.time() + 30
         while dst.status() != "running" and time.time() < deadline:

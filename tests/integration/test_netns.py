@@ -121,8 +121,8 @@ class Shaped(TwoHosts):
                              caps={"postcopy_ram": True, "postcopy_preempt": True})
         src.set_params(**{"downtime-limit": 1, "max-bandwidth": 4 << 20})
         uri = self.listen(dst, link)
-        src.cmd("migrate-start-postcopy")
         src.cmd("migrate", uri=uri)
+        src.cmd("migrate-start-postcopy")  # belongs to the migration just started
         info = src.wait_migration(timeout=180)
         self.assertEqual(info["status"], "completed", info.get("error-desc"))
         dinfo = dst.wait_migration(timeout=60)
@@ -164,8 +164,8 @@ class LinkCut(TwoHosts):
         src.set_params(**{"downtime-limit": 1, "max-bandwidth": 4 << 20,
                           "max-postcopy-bandwidth": 2 << 20})
         uri = self.listen(dst, link)
-        src.cmd("migrate-start-postcopy")
         src.cmd("migrate", uri=uri)
+        src.cmd("migrate-start-postcopy")  # belongs to the migration just started
         src.wait_migration(statuses=("postcopy-active",))
         self.wait_until("postcopy bytes",
                         lambda: src.migration()["ram"]["postcopy-bytes"] >= (256 << 10))

@@ -350,8 +350,8 @@ class Postcopy(TLSBase):
 
     def postcopy(self, src, dst, uri):
         dst.cmd("migrate-incoming", uri=uri)
-        src.cmd("migrate-start-postcopy")
         src.cmd("migrate", uri=uri)
+        src.cmd("migrate-start-postcopy")  # belongs to the migration just started
         info = src.wait_migration()
         self.assertEqual(info["status"], "completed", info.get("error-desc"))
         dinfo = dst.wait_migration()
