@@ -4,7 +4,7 @@
 set -euo pipefail
 
 LIVEMIG_PACKAGES=(gcc meson ninja-build pkg-config python3 libjansson-dev libzstd-dev
-                  libgnutls28-dev libcmocka-dev)
+                  libgnutls28-dev libcmocka-dev clang libclang-rt-14-dev)
 
 livemig_install_deps() {
     local missing=()

@@ -31,6 +31,10 @@ typedef json_t *(*qmp_handler)(void *opaque, json_t *args, lm_error *err);
 
 qmp_server *qmp_server_new(const char *socket_path, lm_error *err);
 void qmp_server_register(qmp_server *s, const char *name, qmp_handler fn, void *opaque);
+/* The handler registered under name and its opaque (NULL when none), so a
+ * caller can wrap a command (the QMP fuzzer keeps migrate from opening
+ * anything). */
+qmp_handler qmp_server_lookup(qmp_server *s, const char *name, void **opaque);
 int qmp_server_start(qmp_server *s, lm_error *err); /* spawns the server thread */
 /* Broadcast an event to every negotiated client.  Takes ownership of data
  * (may be NULL).  Safe from any thread. */

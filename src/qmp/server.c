@@ -238,6 +238,16 @@ void qmp_server_register(qmp_server *s, const char *name, qmp_handler fn, void *
     pthread_mutex_unlock(&s->lock);
 }
 
+qmp_handler qmp_server_lookup(qmp_server *s, const char *name, void **opaque)
+{
+    pthread_mutex_lock(&s->lock);
+    qmp_cmd *c = find_cmd_locked(s, name);
+    qmp_handler fn = c ? c->fn : NULL;
+    *opaque = c ? c->opaque : NULL;
+    pthread_mutex_unlock(&s->lock);
+    return fn;
+}
+
 static json_t *cmd_query_commands(void *opaque, json_t *args, lm_error *err)
 {
     qmp_server *s = opaque;
