@@ -14,7 +14,7 @@
  *
  * Each case migrates RAM filled with non-zero data from this process (the
  * source) to a forked destination over a unix socket, in postcopy from the
- * start (lm_engine_start_postcopy before lm_engine_migrate), with
+ * start (lm_engine_start_postcopy right after lm_engine_migrate), with
  * max-postcopy-bandwidth 0.  The destination's "vCPU" thread, started by
  * vm_start (RUN), reads one 8-byte word of random not-yet-touched host
  * pages one at a time and times each read.  A read counts as a fault when
@@ -945,7 +945,7 @@ static void run_case(const case_cfg *c, const char *uri, rep_result *r, uint64_t
         (c->preempt && lm_engine_set_capability(e, "postcopy-preempt", true, &err) < 0) ||
         lm_engine_set_param_u64(e, "max-bandwidth", 0, &err) < 0 ||
         lm_engine_set_param_u64(e, "max-postcopy-bandwidth", g_pc_bandwidth, &err) < 0 ||
-        lm_engine_start_postcopy(e, &err) < 0 || lm_engine_migrate(e, uri, false, &err) < 0) {
+        lm_engine_migrate(e, uri, false, &err) < 0 || lm_engine_start_postcopy(e, &err) < 0) {
         snprintf(r->why, sizeof(r->why), "source: %s", err.msg);
         goto out;
     }

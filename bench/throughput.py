@@ -285,6 +285,8 @@ class Livemig:
                 self.caps.add("multifd")
             if "postcopy-ram" in caps and "migrate-start-postcopy" in cmds:
                 self.caps.add("postcopy-ram")
+            if "x-checksum" in caps:
+                self.caps.add("x-checksum")
             self.listed = caps
         return self.caps
 
@@ -305,6 +307,10 @@ class Livemig:
                 elif mode == "postcopy":
                     m.cmd("migrate-set-capabilities",
                           capabilities=[{"capability": "postcopy-ram", "state": True}])
+            if mode == "precopy-checksum":
+                # Page data checksums (stream-format.md §4d): the source asks.
+                src.cmd("migrate-set-capabilities",
+                        capabilities=[{"capability": "x-checksum", "state": True}])
             if transport == "unix":
                 uri = "unix:" + os.path.join(self.tmp, "lm-mig-%d.sock" % self.seq)
                 dst.cmd("migrate-incoming", uri=uri)
@@ -576,7 +582,8 @@ def main():
     ap.add_argument("--data", default="random,zero-file,zero-anon")
     ap.add_argument("--transports", default="unix,tcp")
     ap.add_argument("--modes", default="precopy,multifd2,multifd4,postcopy",
-                    help="comma-separated subset of precopy,multifd2,multifd4,postcopy")
+                    help="comma-separated subset of precopy,precopy-checksum,multifd2,multifd4,"
+                         "postcopy (default: all but precopy-checksum)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per migration")
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--rawcopy", default=None, help="bench/rawcopy binary")
@@ -602,8 +609,8 @@ def main():
     header["busy"] = busy_processes()
     header["accel"] = qemu.pick_accel() if qemu else "-"
     caps = lm.capabilities()
-    modes = [("precopy", None), ("multifd2", "multifd"), ("multifd4", "multifd"),
-             ("postcopy", "postcopy-ram")]
+    modes = [("precopy", None), ("precopy-checksum", "x-checksum"), ("multifd2", "multifd"),
+             ("multifd4", "multifd"), ("postcopy", "postcopy-ram")]
     modes = [m for m in modes if m[0] in args.modes.split(",")]
     log("livemig capabilities: %s; usable optional modes: %s" %
         (", ".join(sorted(lm.listed)), ", ".join(sorted(caps)) or "none"))

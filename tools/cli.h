@@ -23,6 +23,7 @@ int cli_migrate(int argc, char **argv);
 int cli_info(int argc, char **argv);
 int cli_qmp(int argc, char **argv);
 int cli_demo(int argc, char **argv);
+int cli_analyze(int argc, char **argv);
 
 /* Set by SIGINT/SIGTERM once cli_install_signals() ran. */
 extern volatile sig_atomic_t cli_interrupted;
@@ -41,6 +42,8 @@ int cli_parse_seconds(const char *s, double *out);
 uint64_t cli_json_u64(json_t *obj, const char *key);
 double cli_json_num(json_t *obj, const char *key);
 const char *cli_json_str(json_t *obj, const char *key); /* "" when absent */
+/* query-migrate's status, "none" for the {} of a machine that never migrated. */
+const char *cli_migration_status(json_t *info);
 
 /* Milliseconds on the monotonic clock. */
 int64_t cli_now_ms(void);

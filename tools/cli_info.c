@@ -22,7 +22,7 @@ static const char *sz(json_t *obj, const char *key, char *buf, size_t len)
 static void print_info(json_t *info, FILE *f)
 {
     char a[32], b[32], c[32];
-    const char *status = cli_json_str(info, "status");
+    const char *status = cli_migration_status(info);
 
     fprintf(f, "%-24s%s", "Status:", status);
     const char *edesc = cli_json_str(info, "error-desc");

@@ -14,6 +14,7 @@ static const struct {
     { "info", cli_info, "show a machine's migration state (like QEMU's `info migrate`)" },
     { "qmp", cli_qmp, "run any QMP command and print the reply" },
     { "demo", cli_demo, "start two livemig-vm machines and migrate one to the other" },
+    { "analyze", cli_analyze, "print the records of a saved stream and check it (--json)" },
 };
 
 static void usage(FILE *f)
@@ -47,7 +48,7 @@ int main(int argc, char **argv)
         return CLI_EXIT_OK;
     }
     if (strcmp(cmd, "-V") == 0 || strcmp(cmd, "--version") == 0) {
-        printf("livemig %s\n", LIVEMIG_VERSION_STRING);
+        printf("livemig %s\n", lm_version());
         return CLI_EXIT_OK;
     }
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {

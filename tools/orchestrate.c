@@ -133,7 +133,7 @@ static void drain_events(qmpc *c)
 static void record(mig_result *res, json_t *info)
 {
     json_t *ram = json_object_get(info, "ram");
-    snprintf(res->status, sizeof(res->status), "%s", cli_json_str(info, "status"));
+    snprintf(res->status, sizeof(res->status), "%s", cli_migration_status(info));
     res->total_ms = cli_json_u64(info, "total-time");
     res->setup_ms = cli_json_u64(info, "setup-time");
     res->downtime_ms = cli_json_u64(info, "downtime");
@@ -167,7 +167,7 @@ static int follow_source(qmpc *src, const mig_opts *o, mig_result *res, lm_error
             drain_events(src);
             progress_update(&bar, info);
             record(res, info);
-            const char *status = cli_json_str(info, "status");
+            const char *status = cli_migration_status(info);
             if (is_terminal(status)) {
                 progress_finish(&bar);
                 if (strcmp(status, "completed") == 0 && !why[0]) {
@@ -246,7 +246,7 @@ static int wait_destination(qmpc *dst, lm_error *err)
             return side_error(err, "destination", &e);
         }
         drain_events(dst);
-        const char *status = cli_json_str(info, "status");
+        const char *status = cli_migration_status(info);
         if (strcmp(status, "completed") == 0) {
             json_decref(info);
             return 0;
@@ -339,7 +339,7 @@ int mig_run(const mig_opts *o, mig_result *res, lm_error *err)
         r = side_error(err, "source", &e);
         goto out;
     }
-    const char *st = cli_json_str(info, "status");
+    const char *st = cli_migration_status(info);
     if (strcmp(st, "none") != 0 && !is_terminal(st)) {
         r = lm_error_set(err, -EBUSY, "source: a migration is already in progress (status %s)", st);
         json_decref(info);

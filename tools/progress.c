@@ -35,7 +35,7 @@ static uint64_t remaining_of(json_t *info)
 
 static int percent_of(json_t *info)
 {
-    const char *status = cli_json_str(info, "status");
+    const char *status = cli_migration_status(info);
     if (strcmp(status, "completed") == 0) {
         return 100;
     }
@@ -84,7 +84,7 @@ void progress_describe(json_t *info, char *buf, size_t len)
 
 void progress_update(progress *p, json_t *info)
 {
-    const char *status = cli_json_str(info, "status");
+    const char *status = cli_migration_status(info);
     char desc[256];
     progress_describe(info, desc, sizeof(desc));
     int pct = percent_of(info);

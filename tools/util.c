@@ -109,6 +109,12 @@ const char *cli_json_str(json_t *obj, const char *key)
     return s ? s : "";
 }
 
+const char *cli_migration_status(json_t *info)
+{
+    const char *s = cli_json_str(info, "status");
+    return s[0] ? s : "none"; /* query-migrate says {} before the first one */
+}
+
 int64_t cli_now_ms(void)
 {
     struct timespec ts;

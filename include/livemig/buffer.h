@@ -11,8 +11,14 @@
 #ifndef LIVEMIG_BUFFER_H
 #define LIVEMIG_BUFFER_H
 
+#include "livemig/api.h"
+
 #include <stddef.h>
 #include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 typedef struct lm_wbuf {
     uint8_t *data;
@@ -21,18 +27,18 @@ typedef struct lm_wbuf {
     int error; /* -ENOMEM once an allocation failed; sticky */
 } lm_wbuf;
 
-void lm_wbuf_init(lm_wbuf *b);
-void lm_wbuf_free(lm_wbuf *b);
-void lm_wbuf_reset(lm_wbuf *b);
+LM_API void lm_wbuf_init(lm_wbuf *b);
+LM_API void lm_wbuf_free(lm_wbuf *b);
+LM_API void lm_wbuf_reset(lm_wbuf *b);
 /* Make room for n more bytes; returns a pointer to them or NULL (error set). */
-uint8_t *lm_wbuf_reserve(lm_wbuf *b, size_t n);
-void lm_wbuf_put(lm_wbuf *b, const void *p, size_t n);
-void lm_wbuf_put_u8(lm_wbuf *b, uint8_t v);
-void lm_wbuf_put_be16(lm_wbuf *b, uint16_t v);
-void lm_wbuf_put_be32(lm_wbuf *b, uint32_t v);
-void lm_wbuf_put_be64(lm_wbuf *b, uint64_t v);
+LM_API uint8_t *lm_wbuf_reserve(lm_wbuf *b, size_t n);
+LM_API void lm_wbuf_put(lm_wbuf *b, const void *p, size_t n);
+LM_API void lm_wbuf_put_u8(lm_wbuf *b, uint8_t v);
+LM_API void lm_wbuf_put_be16(lm_wbuf *b, uint16_t v);
+LM_API void lm_wbuf_put_be32(lm_wbuf *b, uint32_t v);
+LM_API void lm_wbuf_put_be64(lm_wbuf *b, uint64_t v);
 /* u8 length + bytes; fails (error -EINVAL) when s is longer than 255. */
-void lm_wbuf_put_str8(lm_wbuf *b, const char *s);
+LM_API void lm_wbuf_put_str8(lm_wbuf *b, const char *s);
 
 typedef struct lm_rbuf {
     const uint8_t *data;
@@ -53,13 +59,13 @@ static inline size_t lm_rbuf_remaining(const lm_rbuf *r)
 }
 
 /* Each returns 0 or -EBADMSG (nothing consumed) when too few bytes remain. */
-int lm_rbuf_get(lm_rbuf *r, void *p, size_t n);
-int lm_rbuf_get_u8(lm_rbuf *r, uint8_t *v);
-int lm_rbuf_get_be16(lm_rbuf *r, uint16_t *v);
-int lm_rbuf_get_be32(lm_rbuf *r, uint32_t *v);
-int lm_rbuf_get_be64(lm_rbuf *r, uint64_t *v);
+LM_API int lm_rbuf_get(lm_rbuf *r, void *p, size_t n);
+LM_API int lm_rbuf_get_u8(lm_rbuf *r, uint8_t *v);
+LM_API int lm_rbuf_get_be16(lm_rbuf *r, uint16_t *v);
+LM_API int lm_rbuf_get_be32(lm_rbuf *r, uint32_t *v);
+LM_API int lm_rbuf_get_be64(lm_rbuf *r, uint64_t *v);
 /* Reads a u8-length string into out (size >= 256), NUL-terminated. */
-int lm_rbuf_get_str8(lm_rbuf *r, char *out, size_t outsz);
+LM_API int lm_rbuf_get_str8(lm_rbuf *r, char *out, size_t outsz);
 
 /* Plain big-endian helpers for fixed-layout headers. */
 static inline void lm_store_be16(uint8_t *p, uint16_t v)
@@ -92,5 +98,9 @@ static inline uint64_t lm_load_be64(const uint8_t *p)
 {
     return ((uint64_t)lm_load_be32(p) << 32) | lm_load_be32(p + 4);
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -25,6 +25,10 @@
 #include "livemig/buffer.h"
 #include "livemig/error.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum lm_field_type {
     LM_FIELD_U8,
     LM_FIELD_U16,
@@ -82,5 +86,9 @@ typedef struct lm_iter_ops {
     /* Source: the migration ended (completed, failed or cancelled). */
     void (*save_cleanup)(void *opaque);
 } lm_iter_ops;
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

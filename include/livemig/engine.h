@@ -15,12 +15,18 @@
 #ifndef LIVEMIG_ENGINE_H
 #define LIVEMIG_ENGINE_H
 
+#include "livemig/api.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 
 #include "livemig/device.h"
 #include "livemig/error.h"
 #include "livemig/ram.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 typedef struct lm_engine lm_engine;
 
@@ -39,10 +45,13 @@ typedef enum lm_status {
     LM_STATUS_FAILED,
     LM_STATUS_PRE_SWITCHOVER,
     LM_STATUS_DEVICE,
+    /* Postcopy's device phase: the destination loads the device state and
+     * has not run the guest; a failure here restarts the source guest. */
+    LM_STATUS_POSTCOPY_DEVICE,
     LM_STATUS__COUNT
 } lm_status;
 
-const char *lm_status_name(lm_status s);
+LM_API const char *lm_status_name(lm_status s);
 
 typedef enum lm_event_kind {
     LM_EVENT_MIGRATION,      /* status changed: ev.status */
@@ -75,22 +84,22 @@ typedef struct lm_callbacks {
     void (*incoming_done)(void *opaque, bool success);
 } lm_callbacks;
 
-lm_engine *lm_engine_new(const lm_callbacks *cb, void *opaque, lm_error *err);
-void lm_engine_free(lm_engine *e);
+LM_API lm_engine *lm_engine_new(const lm_callbacks *cb, void *opaque, lm_error *err);
+LM_API void lm_engine_free(lm_engine *e);
 
 /* Registration: before the first migration. */
-int lm_engine_add_ram(lm_engine *e, const lm_ram_desc *desc,
+LM_API int lm_engine_add_ram(lm_engine *e, const lm_ram_desc *desc,
                       lm_ram_block **block_out, lm_error *err);
-int lm_engine_add_device(lm_engine *e, const char *idstr, uint32_t instance,
+LM_API int lm_engine_add_device(lm_engine *e, const char *idstr, uint32_t instance,
                          const lm_vmstate *vms, void *opaque, lm_error *err);
-int lm_engine_add_iterative(lm_engine *e, const char *idstr, uint32_t instance,
+LM_API int lm_engine_add_iterative(lm_engine *e, const char *idstr, uint32_t instance,
                             uint32_t version, const lm_iter_ops *ops,
                             void *opaque, lm_error *err);
-void lm_engine_set_uuid(lm_engine *e, const uint8_t uuid[16]);
+LM_API void lm_engine_set_uuid(lm_engine *e, const uint8_t uuid[16]);
 /* Destination only: start the guest when the migration completes (default
  * true).  Off is QEMU's -S: the guest stays paused until the embedder
  * starts it. */
-void lm_engine_set_autostart(lm_engine *e, bool autostart);
+LM_API void lm_engine_set_autostart(lm_engine *e, bool autostart);
 
 /* Capabilities and parameters, by QEMU's names (qapi/migration.json). */
 typedef enum lm_param_type {
@@ -106,51 +115,51 @@ typedef struct lm_param_desc {
     const char *const *choices; /* LM_PARAM_STR enumerations, NULL-terminated; NULL = free text */
 } lm_param_desc;
 
-const char *const *lm_capability_names(void); /* NULL-terminated */
-int lm_engine_set_capability(lm_engine *e, const char *name, bool on, lm_error *err);
-int lm_engine_get_capability(lm_engine *e, const char *name, bool *on, lm_error *err);
+LM_API const char *const *lm_capability_names(void); /* NULL-terminated */
+LM_API int lm_engine_set_capability(lm_engine *e, const char *name, bool on, lm_error *err);
+LM_API int lm_engine_get_capability(lm_engine *e, const char *name, bool *on, lm_error *err);
 
-const lm_param_desc *lm_param_descs(void); /* terminated by name == NULL */
-int lm_engine_set_param_u64(lm_engine *e, const char *name, uint64_t v, lm_error *err);
-int lm_engine_set_param_bool(lm_engine *e, const char *name, bool v, lm_error *err);
-int lm_engine_set_param_str(lm_engine *e, const char *name, const char *v, lm_error *err);
-int lm_engine_get_param_u64(lm_engine *e, const char *name, uint64_t *v, lm_error *err);
-int lm_engine_get_param_bool(lm_engine *e, const char *name, bool *v, lm_error *err);
+LM_API const lm_param_desc *lm_param_descs(void); /* terminated by name == NULL */
+LM_API int lm_engine_set_param_u64(lm_engine *e, const char *name, uint64_t v, lm_error *err);
+LM_API int lm_engine_set_param_bool(lm_engine *e, const char *name, bool v, lm_error *err);
+LM_API int lm_engine_set_param_str(lm_engine *e, const char *name, const char *v, lm_error *err);
+LM_API int lm_engine_get_param_u64(lm_engine *e, const char *name, uint64_t *v, lm_error *err);
+LM_API int lm_engine_get_param_bool(lm_engine *e, const char *name, bool *v, lm_error *err);
 /* Copies into buf (NUL-terminated, truncated to bufsz). */
-int lm_engine_get_param_str(lm_engine *e, const char *name, char *buf, size_t bufsz, lm_error *err);
+LM_API int lm_engine_get_param_str(lm_engine *e, const char *name, char *buf, size_t bufsz, lm_error *err);
 
 /* Source: start migrating to uri ("unix:PATH", "tcp:HOST:PORT", "fd:N",
  * "exec:CMD", "file:PATH[,offset=N]").  Returns once the migration thread
  * runs; progress is reported by events and lm_engine_query(). */
-int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err);
+LM_API int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err);
 /* Destination: listen on (or open) uri and load the incoming migration. */
-int lm_engine_incoming(lm_engine *e, const char *uri, lm_error *err);
+LM_API int lm_engine_incoming(lm_engine *e, const char *uri, lm_error *err);
 /* Cancel the running migration (source or destination). */
-int lm_engine_cancel(lm_engine *e, lm_error *err);
+LM_API int lm_engine_cancel(lm_engine *e, lm_error *err);
 /* Leave a pause state (pre-switchover) named by `state`. */
-int lm_engine_continue(lm_engine *e, const char *state, lm_error *err);
+LM_API int lm_engine_continue(lm_engine *e, const char *state, lm_error *err);
 
 /* Postcopy (docs/postcopy.md).  Needs capability postcopy-ram on both
  * sides and a socket transport.
  *
- * Source: switch to postcopy at the next chance; may be called before
- * lm_engine_migrate(), then the switch happens as soon as the migration
- * has started. */
-int lm_engine_start_postcopy(lm_engine *e, lm_error *err);
+ * Source: switch the migration in progress to postcopy at the next chance
+ * (right after lm_engine_migrate(): as soon as it has set up).  Refused
+ * when no migration is in progress; the request ends with its migration. */
+LM_API int lm_engine_start_postcopy(lm_engine *e, lm_error *err);
 /* Either side, in postcopy-active or postcopy-recover: break the
  * connection on purpose; both sides go to postcopy-paused (migrate-pause). */
-int lm_engine_pause(lm_engine *e, lm_error *err);
+LM_API int lm_engine_pause(lm_engine *e, lm_error *err);
 /* Destination, in postcopy-paused: listen on uri for the source's resume
  * (migrate-recover).  The source then calls lm_engine_migrate(uri, true). */
-int lm_engine_recover(lm_engine *e, const char *uri, lm_error *err);
+LM_API int lm_engine_recover(lm_engine *e, const char *uri, lm_error *err);
 /* Destination: thread id of vCPU `index`, for postcopy-blocktime's
  * per-vCPU figures.  Call at registration time. */
 #define LM_MAX_VCPUS 64
-int lm_engine_set_vcpu_thread(lm_engine *e, unsigned index, int tid, lm_error *err);
+LM_API int lm_engine_set_vcpu_thread(lm_engine *e, unsigned index, int tid, lm_error *err);
 
 /* True while this engine is the destination of a migration (from
  * lm_engine_incoming() until the load finished or failed). */
-bool lm_engine_is_incoming(lm_engine *e);
+LM_API bool lm_engine_is_incoming(lm_engine *e);
 
 #define LM_URI_MAX 512
 
@@ -189,7 +198,7 @@ typedef struct lm_info {
     uint64_t pages_per_second;
     uint64_t device_bytes;      /* device state sent */
     int cpu_throttle_percentage;
-    char dirty_tracker[32];     /* "uffd-wp-async", "manual" */
+    char dirty_tracker[32];     /* "uffd-wp-async", "manual", "dirty-log", "…+dirty-log" */
     char error_desc[LM_ERROR_MSG_MAX];
     char socket_address[LM_URI_MAX]; /* listening address (port 0 resolved) */
     /* Destination with postcopy-blocktime: time during which every vCPU
@@ -200,6 +209,10 @@ typedef struct lm_info {
     uint64_t vcpu_blocktime_ms[LM_MAX_VCPUS];
 } lm_info;
 
-void lm_engine_query(lm_engine *e, lm_info *out);
+LM_API void lm_engine_query(lm_engine *e, lm_info *out);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -11,7 +11,13 @@
 #ifndef LIVEMIG_ERROR_H
 #define LIVEMIG_ERROR_H
 
+#include "livemig/api.h"
+
 #include <stdbool.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 #define LM_ERROR_MSG_MAX 512
 
@@ -25,15 +31,15 @@ typedef struct lm_error {
 /* Record an error (code is a negative errno) unless one is already set.
  * Returns code, so callers can write `return lm_error_set(err, -EINVAL, ...)`.
  * err may be NULL. */
-int lm_error_set(lm_error *err, int code, const char *fmt, ...)
+LM_API int lm_error_set(lm_error *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* Like lm_error_set, appending ": strerror(-code)". */
-int lm_error_set_errno(lm_error *err, int code, const char *fmt, ...)
+LM_API int lm_error_set_errno(lm_error *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* Copy src into dst (if dst has no error yet). */
-void lm_error_propagate(lm_error *dst, const lm_error *src);
+LM_API void lm_error_propagate(lm_error *dst, const lm_error *src);
 
 static inline bool lm_error_is_set(const lm_error *err)
 {
@@ -47,5 +53,9 @@ static inline void lm_error_clear(lm_error *err)
         err->msg[0] = '\0';
     }
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -6,8 +6,9 @@
 #include "livemig/device.h"
 #include "livemig/engine.h"
 #include "livemig/error.h"
+#include "livemig/log.h"
 #include "livemig/ram.h"
-
-#define LIVEMIG_VERSION_STRING "0.1.0"
+#include "livemig/tls.h"
+#include "livemig/version.h"
 
 #endif

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "channel/channel.h"
+#include "channel/tls.h"
 #include "channel/zerocopy.h"
 #include "common/util.h"
 #include "livemig/buffer.h"
@@ -54,7 +55,11 @@ struct lm_channel {
 
     bool zerocopy;   /* lm_channel_put_ext_zerocopy sends with MSG_ZEROCOPY */
     bool no_sendfile; /* sendfile() refused this fd: put_file writes from memory */
+    bool no_pread;    /* TLS: pread() refused the RAM fd: put_file writes from memory */
     lm_zerocopy zc;
+    /* TLS (channel/tls.h): every read and write goes through the session;
+     * a return path shares its main channel's. */
+    lm_tls_session *tls;
 };
 
 lm_channel *lm_channel_new(int fd, const char *name, lm_ratelimit *rl)
@@ -113,6 +118,7 @@ int lm_channel_close(lm_channel *ch, lm_error *err)
     if (ch->fd >= 0) {
         close(ch->fd);
     }
+    lm_tls_session_unref(ch->tls);
     if (ch->wake[0] >= 0) {
         close(ch->wake[0]);
         close(ch->wake[1]);
@@ -206,8 +212,17 @@ static uint64_t charge_iov(lm_channel *ch, const struct iovec *iov, int cnt)
     return total;
 }
 
+/* A TLS write sets the channel's error itself (its message says more). */
 static int write_all(lm_channel *ch, struct iovec *iov, int cnt, int flags)
 {
+    if (ch->tls) {
+        lm_error terr = LM_ERROR_INIT;
+        int ret = lm_tls_writev(ch->tls, iov, cnt, &terr);
+        if (ret < 0 && !sticky(ch)) {
+            lm_channel_set_error(ch, ret, "%s", terr.msg);
+        }
+        return ret;
+    }
     if (!ch->is_socket) {
         return lm_writev_full(ch->fd, iov, cnt);
     }
@@ -403,10 +418,44 @@ static ssize_t sendfile_nosignal(int out, int in, off_t *off, size_t len)
     return n;
 }
 
+/* TLS encrypts in this process, so the pages must pass through it: read
+ * from the file (page cache) into the write buffer, not through the
+ * mapping, whose first touch would populate page tables behind the dirty
+ * tracker's back (every page read that way looks written at the next
+ * sync, and is sent twice). */
+static int put_file_tls(lm_channel *ch, const struct iovec *hdr, int nhdr, int fd, uint64_t off,
+                        size_t len, const void *mem)
+{
+    int ret = nhdr ? lm_channel_put_ext(ch, hdr, nhdr) : lm_channel_flush(ch);
+    size_t done = 0;
+    while (ret == 0 && done < len) {
+        ssize_t n = pread(fd, ch->wbuf, LM_MIN(len - done, (size_t)WBUF_SIZE),
+                          (off_t)(off + done));
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && done == 0 && (errno == EBADF || errno == EINVAL)) {
+            /* A write-only RAM fd: from memory from now on. */
+            ch->no_pread = true;
+            struct iovec data = { (void *)mem, len };
+            return lm_channel_put_ext(ch, &data, 1);
+        }
+        if (n <= 0) {
+            int code = n < 0 ? -errno : -EIO;
+            return sticky(ch) ? sticky(ch) : io_error(ch, code, "reading RAM from its file");
+        }
+        struct iovec data = { ch->wbuf, (size_t)n };
+        ret = write_iov(ch, &data, 1);
+        done += (size_t)n;
+    }
+    return ret;
+}
+
 int lm_channel_put_file(lm_channel *ch, const struct iovec *hdr, int nhdr, int fd, uint64_t off,
                         const void *mem, size_t len)
 {
-    if (!ch->no_sendfile) {
+    /* TLS encrypts in this process: the kernel cannot send the page cache. */
+    if (!ch->no_sendfile && !ch->tls) {
         /* MSG_MORE: TCP may put the headers in the data's first segment. */
         int ret = put_ext_flags(ch, hdr, nhdr, MSG_MORE);
         if (ret < 0) {
@@ -445,6 +494,9 @@ int lm_channel_put_file(lm_channel *ch, const struct iovec *hdr, int nhdr, int f
         }
         nhdr = 0; /* already sent */
     }
+    if (ch->tls && !ch->no_pread) {
+        return put_file_tls(ch, hdr, nhdr, fd, off, len, mem);
+    }
     struct iovec data = { (void *)mem, len };
     int ret = nhdr ? lm_channel_put_ext(ch, hdr, nhdr) : 0;
     return ret < 0 ? ret : lm_channel_put_ext(ch, &data, 1);
@@ -454,6 +506,10 @@ int lm_channel_enable_zerocopy(lm_channel *ch, lm_error *err)
 {
     if (!ch->is_socket) {
         return lm_error_set(err, -ENOTSOCK, "%s: zero-copy sends need a socket", ch->name);
+    }
+    if (ch->tls) {
+        return lm_error_set(err, -EINVAL, "%s: zero-copy sends cannot go through TLS "
+                            "(records are encrypted into new buffers)", ch->name);
     }
     int ret = lm_zerocopy_enable(ch->fd, ch->name, err);
     if (ret == 0) {
@@ -612,6 +668,23 @@ static int wait_readable(lm_channel *ch)
     }
 }
 
+/* One read of up to n bytes into p, through TLS when the channel has it:
+ * >0, 0 at end of stream, or -errno (TLS: the message already recorded). */
+static ssize_t read_some(lm_channel *ch, void *p, size_t n)
+{
+    if (ch->tls) {
+        lm_error terr = LM_ERROR_INIT;
+        ssize_t r = lm_tls_read(ch->tls, p, n, &terr);
+        if (r < 0) {
+            lm_channel_set_error(ch, (int)r, "%s", terr.msg);
+            errno = (int)-r;
+            return -1;
+        }
+        return r;
+    }
+    return read(ch->fd, p, n);
+}
+
 /* Refill the read buffer with whatever is available (at least one byte). */
 static int fill(lm_channel *ch)
 {
@@ -620,7 +693,7 @@ static int fill(lm_channel *ch)
         if (w < 0) {
             return sticky(ch) ? sticky(ch) : io_error(ch, w, "reading");
         }
-        ssize_t r = read(ch->fd, ch->rbuf, RBUF_SIZE);
+        ssize_t r = read_some(ch, ch->rbuf, RBUF_SIZE);
         if (r > 0) {
             ch->rpos = 0;
             ch->rlen = (size_t)r;
@@ -661,7 +734,7 @@ int lm_channel_get(lm_channel *ch, void *p, size_t n)
             if (w < 0) {
                 return sticky(ch) ? sticky(ch) : io_error(ch, w, "reading");
             }
-            ssize_t r = read(ch->fd, out, n);
+            ssize_t r = read_some(ch, out, n);
             if (r > 0) {
                 __atomic_fetch_add(&ch->bytes_in, (uint64_t)r, __ATOMIC_RELAXED);
                 out += r;
@@ -737,6 +810,36 @@ int lm_channel_skip(lm_channel *ch, uint64_t n)
         }
         n -= take;
     }
+    return 0;
+}
+
+void lm_channel_attach_tls(lm_channel *ch, lm_tls_session *t)
+{
+    ch->tls = lm_tls_session_ref(t);
+    ch->no_sendfile = true;
+}
+
+bool lm_channel_is_tls(const lm_channel *ch)
+{
+    return ch->tls != NULL;
+}
+
+int lm_channel_dup(lm_channel *ch, const char *name, lm_channel **out, lm_error *err)
+{
+    *out = NULL;
+    int fd = dup(ch->fd);
+    if (fd < 0) {
+        return lm_error_set_errno(err, -errno, "cannot duplicate the migration socket");
+    }
+    lm_channel *c = lm_channel_new(fd, name, NULL);
+    if (!c) {
+        close(fd);
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    if (ch->tls) {
+        lm_channel_attach_tls(c, ch->tls);
+    }
+    *out = c;
     return 0;
 }
 

@@ -88,6 +88,17 @@ int lm_channel_error(lm_channel *ch, lm_error *err);
  * channel fails with code. */
 void lm_channel_shutdown(lm_channel *ch, int code, const char *why);
 
+/* TLS (channel/tls.h): from now on every read and write goes through the
+ * session (the channel takes a reference); sendfile and zero-copy sends
+ * fall back to, or are refused in favour of, plain writes through it. */
+struct lm_tls_session;
+void lm_channel_attach_tls(lm_channel *ch, struct lm_tls_session *t);
+bool lm_channel_is_tls(const lm_channel *ch);
+/* A second channel on the same connection (a dup of its descriptor) that
+ * shares its TLS session: the return path.  One thread may read through
+ * one while another writes through the other; never both the same way. */
+int lm_channel_dup(lm_channel *ch, const char *name, lm_channel **out, lm_error *err);
+
 /* Seekable files only (mapped-ram places guest pages at fixed offsets
  * around the stream).  tell: the file offset the next read or write
  * starts at, buffered bytes included.  seek: writes are flushed first,

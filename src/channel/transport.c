@@ -424,6 +424,11 @@ const char *lm_listener_address(const lm_listener *l)
     return l->address;
 }
 
+const lm_uri *lm_listener_uri(const lm_listener *l)
+{
+    return &l->uri;
+}
+
 void lm_listener_abort(lm_listener *l)
 {
     char c = 1;

@@ -34,6 +34,9 @@ typedef struct lm_uri {
     char port[16];   /* tcp */
     int fd;          /* fd: */
     uint64_t offset; /* file: */
+    /* Set by the engine, not parsed: every connection made to or accepted
+     * on this URI runs TLS with it (channel/tls.h). */
+    const struct lm_tls_config *tls;
 } lm_uri;
 
 int lm_uri_parse(const char *uri, lm_uri *out, lm_error *err);
@@ -56,6 +59,8 @@ int lm_listener_accept(lm_listener *l, int *fd, int *pid, lm_error *err);
 /* The address clients connect to ("tcp:127.0.0.1:40123", "unix:/p"), empty
  * for single-stream transports. */
 const char *lm_listener_address(const lm_listener *l);
+/* The URI it listens on (its tls: the accepted connections'). */
+const lm_uri *lm_listener_uri(const lm_listener *l);
 /* Make a blocked lm_listener_accept() return -ECANCELED (any thread). */
 void lm_listener_abort(lm_listener *l);
 void lm_listener_close(lm_listener *l);

@@ -1,5 +1,6 @@
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,6 +8,7 @@
 
 #include "common/clock.h"
 #include "common/util.h"
+#include "livemig/log.h"
 
 void lm_sleep_ns(uint64_t ns)
 {
@@ -97,11 +99,32 @@ int lm_read_full(int fd, void *buf, size_t n)
     return 0;
 }
 
-static void vlog(const char *prefix, const char *fmt, va_list ap)
+/* The embedder's log handler (lm_set_log_handler), NULL for stderr. */
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static lm_log_fn log_fn;
+static void *log_opaque;
+
+void lm_set_log_handler(lm_log_fn fn, void *opaque)
+{
+    pthread_mutex_lock(&log_lock);
+    log_fn = fn;
+    log_opaque = opaque;
+    pthread_mutex_unlock(&log_lock);
+}
+
+static void vlog(lm_log_level level, const char *fmt, va_list ap)
 {
     char line[1024];
     vsnprintf(line, sizeof(line), fmt, ap);
-    fprintf(stderr, "livemig: %s%s\n", prefix, line);
+    pthread_mutex_lock(&log_lock);
+    lm_log_fn fn = log_fn;
+    void *opaque = log_opaque;
+    pthread_mutex_unlock(&log_lock);
+    if (fn) {
+        fn(opaque, level, line);
+    } else {
+        fprintf(stderr, "livemig: %s%s\n", level == LM_LOG_DEBUG ? "debug: " : "warning: ", line);
+    }
 }
 
 void lm_debug(const char *fmt, ...)
@@ -115,7 +138,7 @@ void lm_debug(const char *fmt, ...)
     }
     va_list ap;
     va_start(ap, fmt);
-    vlog("debug: ", fmt, ap);
+    vlog(LM_LOG_DEBUG, fmt, ap);
     va_end(ap);
 }
 
@@ -123,6 +146,6 @@ void lm_warn(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vlog("warning: ", fmt, ap);
+    vlog(LM_LOG_WARNING, fmt, ap);
     va_end(ap);
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "channel/tls.h"
 #include "channel/zerocopy.h"
 #include "common/clock.h"
 #include "common/util.h"
@@ -59,6 +60,7 @@ void lm_engine_free(lm_engine *e)
         lm_ram_block_free(e->blocks[i]);
     }
     free(e->devs);
+    lm_tls_config_free(e->tls);
     lm_ratelimit_destroy(&e->rl);
     lm_ratelimit_destroy(&e->pc_rl);
     pthread_cond_destroy(&e->cond);
@@ -173,12 +175,87 @@ void lm_engine_set_autostart(lm_engine *e, bool autostart)
     pthread_mutex_unlock(&e->lock);
 }
 
+void lm_engine_set_tls_resolver(lm_engine *e, const lm_tls_resolver *r)
+{
+    pthread_mutex_lock(&e->lock);
+    if (r) {
+        e->tls_resolver = *r;
+    } else {
+        memset(&e->tls_resolver, 0, sizeof(e->tls_resolver));
+    }
+    pthread_mutex_unlock(&e->lock);
+}
+
+/* tls-creds / tls-authz / tls-hostname into the configuration every
+ * connection of the migration about to start uses (*out NULL: no TLS). */
+static int resolve_tls(lm_engine *e, bool incoming, lm_tls_config **out, lm_error *err)
+{
+    pthread_mutex_lock(&e->lock);
+    lm_params p = e->params;
+    lm_tls_resolver r = e->tls_resolver;
+    pthread_mutex_unlock(&e->lock);
+    *out = NULL;
+    if (!p.tls_creds[0]) {
+        return 0;
+    }
+    lm_tls_creds *creds = r.creds ? r.creds(r.opaque, p.tls_creds) : NULL;
+    if (!creds) {
+        return lm_error_set(err, -ENOENT, "No TLS credentials with id '%s'", p.tls_creds);
+    }
+    lm_tls_endpoint want = incoming ? LM_TLS_ENDPOINT_SERVER : LM_TLS_ENDPOINT_CLIENT;
+    if (lm_tls_creds_endpoint(creds) != want) {
+        lm_tls_creds_unref(creds);
+        return lm_error_set(err, -EINVAL, "Expecting TLS credentials with a %s endpoint",
+                            incoming ? "server" : "client");
+    }
+    lm_authz *authz = NULL;
+    if (incoming && p.tls_authz[0]) {
+        authz = r.authz ? r.authz(r.opaque, p.tls_authz) : NULL;
+        if (!authz) {
+            lm_tls_creds_unref(creds);
+            return lm_error_set(err, -ENOENT, "No authorization object with id '%s'", p.tls_authz);
+        }
+    }
+    *out = lm_tls_config_new(creds, authz, p.tls_authz, p.tls_hostname);
+    return *out ? 0 : lm_error_set(err, -ENOMEM, "out of memory");
+}
+
+/* Where QEMU refuses TLS, or where there is no peer to talk TLS with. */
+static int check_tls(lm_engine *e, const char *uri, lm_error *err)
+{
+    pthread_mutex_lock(&e->lock);
+    bool tls = e->params.tls_creds[0] != '\0';
+    bool mapped_ram = e->caps[LM_CAP_MAPPED_RAM], zero_copy = e->params.zero_copy_send;
+    pthread_mutex_unlock(&e->lock);
+    if (!tls) {
+        return 0;
+    }
+    if (mapped_ram) {
+        return lm_error_set(err, -EINVAL, "Cannot use TLS with mapped-ram");
+    }
+    if (zero_copy) {
+        return lm_error_set(err, -EINVAL,
+                            "Zero copy only available for non-compressed non-TLS multifd migration");
+    }
+    lm_uri u;
+    int ret = lm_uri_parse(uri, &u, err);
+    if (ret == 0 && (u.kind == LM_TRANSPORT_FILE || u.kind == LM_TRANSPORT_EXEC)) {
+        ret = lm_error_set(err, -EINVAL,
+                           "TLS (tls-creds) needs a socket transport (tcp:, unix:, or fd: of a "
+                           "socket), not '%s': a file has no peer to authenticate", uri);
+    }
+    return ret;
+}
+
 /* Common start: checks no migration runs, joins the previous thread, resets
  * the per-migration state and moves to setup. */
 static int begin(lm_engine *e, const char *uri, bool incoming, lm_error *err)
 {
     lm_uri u;
     int ret = lm_uri_parse(uri, &u, err);
+    if (ret == 0) {
+        ret = check_tls(e, uri, err);
+    }
     if (ret < 0) {
         return ret;
     }
@@ -192,9 +269,18 @@ static int begin(lm_engine *e, const char *uri, bool incoming, lm_error *err)
         return lm_error_set(err, -EINVAL, "no guest RAM registered");
     }
     pthread_mutex_unlock(&e->lock);
+    lm_tls_config *tls;
+    ret = resolve_tls(e, incoming, &tls, err);
+    if (ret < 0) {
+        return ret;
+    }
     join_thread(e);
 
     pthread_mutex_lock(&e->lock);
+    /* The previous migration's threads are gone: nobody uses its TLS. */
+    lm_tls_config_free(e->tls);
+    e->tls = tls;
+    u.tls = tls;
     e->uri = u;
     e->incoming = incoming;
     e->cancel_requested = false;
@@ -211,6 +297,7 @@ static int begin(lm_engine *e, const char *uri, bool incoming, lm_error *err)
     e->saver.dirty_bytes = 0;
     e->saver.total_bytes = 0;
     e->postcopy_started = false;
+    e->postcopy_requested = false; /* a request belongs to one migration */
     e->resume_requested = false;
     e->pc_requests = e->pc_bytes = 0;
     e->bt_valid = false;
@@ -326,6 +413,7 @@ static int resume_postcopy(lm_engine *e, const char *uri, lm_error *err)
                            lm_status_name(e->status));
     } else {
         e->resume_uri = u;
+        e->resume_uri.tls = e->tls; /* the recovery's connections run TLS too */
         e->resume_requested = true;
         pthread_cond_broadcast(&e->cond);
     }
@@ -343,7 +431,7 @@ int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err)
     bool postcopy = e->caps[LM_CAP_POSTCOPY_RAM], preempt = e->caps[LM_CAP_POSTCOPY_PREEMPT];
     bool multifd = e->caps[LM_CAP_MULTIFD], zero_copy = e->params.zero_copy_send;
     bool compress = strcmp(e->params.multifd_compression, "none") != 0;
-    bool mapped_ram = e->caps[LM_CAP_MAPPED_RAM];
+    bool mapped_ram = e->caps[LM_CAP_MAPPED_RAM], checksum = e->caps[LM_CAP_X_CHECKSUM];
     pthread_mutex_unlock(&e->lock);
     if (inc) {
         return lm_error_set(err, -EBUSY, "Guest is waiting for an incoming migration");
@@ -365,6 +453,12 @@ int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err)
     }
     if (zero_copy && compress) {
         return lm_error_set(err, -EINVAL, "zero-copy-send does not work with multifd-compression");
+    }
+    /* Checksums hash what is written; the kernel reads zero-copy pages
+     * later, and postcopy places pages without them. */
+    if (checksum && (zero_copy || postcopy)) {
+        return lm_error_set(err, -EINVAL, "x-checksum is incompatible with %s",
+                            zero_copy ? "zero-copy-send" : "postcopy-ram");
     }
     int r = 0;
     if (multifd) {
@@ -454,7 +548,15 @@ int lm_engine_start_postcopy(lm_engine *e, lm_error *err)
                            "the start of migration");
     } else if (e->incoming && lm_state_is_active(e->status)) {
         ret = lm_error_set(err, -EINVAL, "migrate-start-postcopy is for the source");
-    } else if (lm_status_is_postcopy(e->status) || e->status == LM_STATUS_DEVICE) {
+    } else if (e->status == LM_STATUS_NONE) {
+        /* QEMU's rule: a request belongs to a migration, never to the next. */
+        ret = lm_error_set(err, -EINVAL, "Postcopy must be started after migration has been "
+                           "started");
+    } else if (!lm_state_is_active(e->status) || e->status == LM_STATUS_CANCELLING) {
+        ret = lm_error_set(err, -EINVAL, "migrate-start-postcopy: no migration is in progress "
+                           "(state %s)", lm_status_name(e->status));
+    } else if (lm_status_is_postcopy(e->status) || e->status == LM_STATUS_DEVICE ||
+               e->status == LM_STATUS_POSTCOPY_DEVICE) {
         ret = lm_error_set(err, -EINVAL, "Postcopy already started or switching over (state %s)",
                            lm_status_name(e->status));
     } else {
@@ -468,10 +570,20 @@ int lm_engine_pause(lm_engine *e, lm_error *err)
 {
     pthread_mutex_lock(&e->lock);
     int ret = 0;
-    if (e->status != LM_STATUS_POSTCOPY_ACTIVE && e->status != LM_STATUS_POSTCOPY_RECOVER) {
+    /* The destination may also be kicked out of postcopy-recover-setup
+     * (listening, maybe for a peer that never comes): migrate-recover can
+     * then be issued again. */
+    bool listening = e->incoming && e->status == LM_STATUS_POSTCOPY_RECOVER_SETUP;
+    if (e->status != LM_STATUS_POSTCOPY_ACTIVE && e->status != LM_STATUS_POSTCOPY_RECOVER &&
+        !listening) {
         ret = lm_error_set(err, -EINVAL, "migrate-pause is currently only supported during "
-                           "postcopy-active or postcopy-recover state");
+                           "postcopy-active, postcopy-recover-setup (destination) or "
+                           "postcopy-recover state");
     } else {
+        lm_listener *l = e->recover_listener ? e->recover_listener : e->listener;
+        if (listening && l) {
+            lm_listener_abort(l);
+        }
         /* Both connections share the fate of their sockets: shutting them
          * down pauses both sides, as a network failure would. */
         if (e->ch) {
@@ -500,6 +612,9 @@ int lm_engine_recover(lm_engine *e, const char *uri, lm_error *err)
         return lm_error_set(err, -EINVAL, "Migrate recover can only be run when postcopy is paused "
                             "(state %s)", lm_status_name(st));
     }
+    pthread_mutex_lock(&e->lock);
+    u.tls = e->tls; /* the recovery's connections run TLS too */
+    pthread_mutex_unlock(&e->lock);
     lm_listener *l;
     ret = lm_transport_listen(&u, &l, err);
     if (ret < 0) {

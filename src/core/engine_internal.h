@@ -15,6 +15,7 @@
 #include "channel/ratelimit.h"
 #include "channel/transport.h"
 #include "livemig/engine.h"
+#include "livemig/tls.h"
 #include "ram/ram_save.h"
 #include "stream/format.h"
 
@@ -41,6 +42,7 @@ enum lm_capability {
     LM_CAP_MULTIFD,
     LM_CAP_ZERO_COPY_SEND, /* the same switch as the zero-copy-send parameter */
     LM_CAP_MAPPED_RAM,
+    LM_CAP_X_CHECKSUM, /* page data checksums on any transport (always on for file:) */
     LM_CAP__COUNT
 };
 
@@ -54,13 +56,16 @@ typedef struct lm_params {
     uint64_t max_cpu_throttle;
     bool cpu_throttle_tailslow;
     bool x_vmdesc;                       /* send the JSON device description */
-    char x_dirty_tracker[16];            /* auto | uffd-wp | manual */
+    char x_dirty_tracker[16];            /* auto | uffd-wp | manual | dirty-log */
     uint64_t max_postcopy_bandwidth;     /* bytes/s of the background stream, 0 = unlimited */
     uint64_t multifd_channels;           /* 1..64 */
     char multifd_compression[16];        /* none | zstd */
     uint64_t multifd_zstd_level;         /* 1..20 */
     char zero_page_detection[16];        /* none | legacy | multifd */
     bool zero_copy_send;                 /* MSG_ZEROCOPY on multifd senders */
+    char tls_creds[128];                 /* id of a tls-creds-* object; "": no TLS */
+    char tls_hostname[256];              /* the server certificate's name; "": the tcp: host */
+    char tls_authz[128];                 /* id of an authz-* object checking clients */
 } lm_params;
 
 /* Statistics of the current (or last) migration; guarded by the engine lock
@@ -119,6 +124,10 @@ struct lm_engine {
     bool guest_stopped_by_us;
     bool guest_was_running;  /* source: at switchover */
     lm_uri uri;
+    /* TLS of the current (or last) migration, resolved from tls-creds at
+     * its start and kept until the next one: its connections point at it. */
+    struct lm_tls_config *tls;
+    lm_tls_resolver tls_resolver;
     lm_channel *ch;        /* set while a channel is open (for cancel) */
     lm_listener *listener; /* destination */
     lm_ratelimit rl;

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "channel/tls.h"
 #include "common/clock.h"
 #include "common/util.h"
 #include "core/engine_internal.h"
@@ -36,6 +37,7 @@ typedef struct dst_ctx {
     lm_channel *ch;
     lm_error err;
     lm_stream_config cfg;
+    uint32_t version;    /* the header's */
     bool have_config;
     lm_ram_block *map[LM_MAX_RAM_BLOCKS];
     lm_ram_loader loader;
@@ -44,10 +46,18 @@ typedef struct dst_ctx {
     lm_pc_dst *pc;       /* postcopy: from ADVISE on */
     bool pc_listening;   /* LISTEN seen: guest RAM is registered; failures pause */
     bool pc_run;         /* RUN seen (or implied by a resume): the guest may run here */
+    bool pc_advised;     /* ADVISE seen: the source reads the return path from here on */
+    bool pc_acked;       /* the device state is loaded and said so: the source may commit */
     lm_multifd_dst *mf;  /* multifd: from MULTIFD_SETUP until its channels end */
     uint64_t multifd_bytes; /* read on multifd channels that ended */
     lm_mapped_ram_dst *mr;  /* mapped-ram: from CONFIG on */
+    /* Per registered device (e->devs order): DEV_STARTED once its START
+     * loaded, DEV_COMPLETE once its END or FULL did; checked at EOF. */
+    uint8_t *dev_loaded;
+    bool globalstate_loaded;
 } dst_ctx;
+
+enum { DEV_STARTED = 1, DEV_COMPLETE = 2 };
 
 static void publish_progress(dst_ctx *c)
 {
@@ -132,6 +142,10 @@ static int multifd_start(dst_ctx *c, const uint8_t *body, uint16_t len)
     pthread_mutex_lock(&e->lock);
     lm_listener *l = e->listener;
     pthread_mutex_unlock(&e->lock);
+    if (!(su.flags & LM_MULTIFD_SETUP_CHECKSUM) != !(c->cfg.flags & LM_CONFIG_CHECKSUM)) {
+        return lm_error_set(&c->err, -EBADMSG, "MULTIFD_SETUP and the configuration disagree "
+                            "about checksums");
+    }
     ret = lm_multifd_dst_start(l, &su, c->map, e->nblocks, multifd_failed, e, &c->mf, &c->err);
     pthread_mutex_lock(&e->lock);
     e->mf_dst = c->mf;
@@ -171,7 +185,8 @@ static int mapped_ram_start(dst_ctx *c)
     if (!stream) {
         return 0;
     }
-    int ret = lm_mapped_ram_dst_new(c->map, e->nblocks, threads, &c->mr, &c->err);
+    int ret = lm_mapped_ram_dst_new(c->map, e->nblocks, threads, c->loader.checksum, &c->mr,
+                                    &c->err);
     if (ret == 0) {
         c->loader.mapped_block = mapped_block;
         c->loader.mapped_opaque = c;
@@ -203,6 +218,10 @@ static int load_config(dst_ctx *c)
     if (ret < 0) {
         return ret;
     }
+    if ((c->cfg.flags & LM_CONFIG_CHECKSUM) && c->version < LM_STREAM_VERSION_CHECKSUM) {
+        return lm_error_set(&c->err, -EBADMSG, "a version %u stream cannot carry checksums",
+                            c->version);
+    }
     if (lm_cap(e, LM_CAP_VALIDATE_UUID)) {
         pthread_mutex_lock(&e->lock);
         bool same = !memcmp(c->cfg.uuid, e->uuid, LM_UUID_LEN);
@@ -213,7 +232,12 @@ static int load_config(dst_ctx *c)
         }
     }
     c->have_config = true;
+    c->dev_loaded = calloc(e->ndevs + 1, 1);
+    if (!c->dev_loaded) {
+        return lm_error_set(&c->err, -ENOMEM, "out of memory");
+    }
     ret = lm_ram_load_setup(&c->loader, c->map, e->nblocks, &c->err);
+    c->loader.checksum = c->cfg.flags & LM_CONFIG_CHECKSUM;
     return ret < 0 ? ret : mapped_ram_start(c);
 }
 
@@ -314,7 +338,38 @@ static int load_section(dst_ctx *c, uint8_t type)
     if (ret == 0) {
         ret = lm_stream_read_footer(c->ch, (uint32_t)id, &c->err);
     }
+    if (ret == 0 && s->kind == SECTION_DEVICE) {
+        uint8_t *st = &c->dev_loaded[s->dev - c->e->devs];
+        bool last = type == LM_REC_SECTION_END || type == LM_REC_SECTION_FULL;
+        *st = last ? DEV_COMPLETE : LM_MAX(*st, DEV_STARTED);
+    } else if (ret == 0 && s->kind == SECTION_GLOBALSTATE) {
+        c->globalstate_loaded = true;
+    }
     return ret;
+}
+
+/* Precopy's EOF: the guest starts only if the stream carried everything:
+ * every page of every block, every registered device's last section (END
+ * or FULL), and the source's run state. */
+static int check_complete(dst_ctx *c)
+{
+    lm_engine *e = c->e;
+    int ret = lm_ram_load_check_complete(&c->loader, &c->err);
+    if (ret < 0) {
+        return ret;
+    }
+    for (size_t i = 0; i < e->ndevs; i++) {
+        if (c->dev_loaded[i] != DEV_COMPLETE) {
+            const lm_device_entry *d = &e->devs[i];
+            return lm_error_set(&c->err, -EBADMSG, "the stream is incomplete: device '%s' "
+                                "instance %u %s", d->idstr, d->instance,
+                                c->dev_loaded[i] ? "has no END section" : "has no section");
+        }
+    }
+    if (!c->globalstate_loaded) {
+        return lm_error_set(&c->err, -EBADMSG, "the stream is incomplete: no globalstate section");
+    }
+    return 0;
 }
 
 static int skip_vmdesc(dst_ctx *c)
@@ -336,12 +391,31 @@ static void postcopy_run(dst_ctx *c)
 {
     lm_engine *e = c->e;
     c->pc_run = true;
+    lm_set_state(e, LM_STATUS_POSTCOPY_DEVICE, LM_STATUS_POSTCOPY_ACTIVE);
     pthread_mutex_lock(&e->lock);
     bool autostart = e->autostart && c->source_running;
     pthread_mutex_unlock(&e->lock);
     if (autostart && e->cb.vm_start) {
         e->cb.vm_start(e->opaque);
     }
+}
+
+/* PING: everything before it is loaded; PONG says so on the return path
+ * (shared with the fault thread once LISTEN registered guest RAM). */
+static int answer_ping(dst_ctx *c, const uint8_t *body, uint16_t len)
+{
+    if (!c->have_config || len != 4) {
+        return lm_error_set(&c->err, -EBADMSG, "unexpected or malformed PING");
+    }
+    uint32_t value = lm_load_be32(body);
+    int ret = c->pc_listening ? lm_pc_dst_send_pong(c->pc, value) : lm_rp_write_pong(c->ch, value);
+    if (ret < 0) {
+        return lm_error_set(&c->err, ret, "cannot answer PING %u on the return path", value);
+    }
+    if (c->pc_listening && value == LM_PING_DEVICES_LOADED) {
+        c->pc_acked = true;
+    }
+    return 0;
 }
 
 static int load_command(dst_ctx *c)
@@ -363,7 +437,11 @@ static int load_command(dst_ctx *c)
     case LM_CMD_MULTIFD_SETUP:
         ret = multifd_start(c, body, len);
         break;
+    case LM_CMD_PING:
+        ret = answer_ping(c, body, len);
+        break;
     case LM_CMD_POSTCOPY_ADVISE:
+        c->pc_advised = true;
         if (!c->have_config || c->pc || len != 4) {
             ret = lm_error_set(&c->err, -EBADMSG, "unexpected or malformed POSTCOPY_ADVISE");
             break;
@@ -406,7 +484,7 @@ static int load_command(dst_ctx *c)
             c->pc_listening = true;
             ret = lm_pc_dst_set_rp(c->pc, c->ch, false, &c->err);
         }
-        if (ret == 0 && !lm_set_state(e, LM_STATUS_ACTIVE, LM_STATUS_POSTCOPY_ACTIVE)) {
+        if (ret == 0 && !lm_set_state(e, LM_STATUS_ACTIVE, LM_STATUS_POSTCOPY_DEVICE)) {
             ret = -ECANCELED;
         }
         break;
@@ -430,7 +508,7 @@ static int load_records(dst_ctx *c);
 
 static int load_stream(dst_ctx *c)
 {
-    int ret = lm_stream_read_header(c->ch, &c->err);
+    int ret = lm_stream_read_header_version(c->ch, &c->version, &c->err);
     if (ret < 0) {
         return ret;
     }
@@ -481,7 +559,7 @@ static int load_records(dst_ctx *c)
             if (ret < 0) {
                 return ret;
             }
-            return c->have_config ? 0
+            return c->have_config ? check_complete(c)
                                   : lm_error_set(&c->err, -EBADMSG, "stream ended before its configuration");
         default:
             return lm_error_set(&c->err, -EBADMSG, "unknown record type 0x%02x after %llu bytes", type,
@@ -496,13 +574,20 @@ static int load_records(dst_ctx *c)
     }
 }
 
-/* Accepts the source's resume on the listener migrate-recover opened and
- * runs the destination's half of the handshake. */
+/* Accepts the source's resume on the listener migrate-recover opened
+ * (postcopy-recover-setup) and runs the destination's half of the
+ * handshake (postcopy-recover).  migrate-pause interrupts either: the
+ * listener is aborted or the connection shut down, and the caller goes
+ * back to postcopy-paused for another migrate-recover. */
 static int accept_resume(dst_ctx *c, lm_listener *l)
 {
     lm_engine *e = c->e;
     int fd, pid;
     int ret = lm_listener_accept(l, &fd, &pid, &c->err);
+    if (ret == -ECANCELED) {
+        lm_error_clear(&c->err);
+        return lm_error_set(&c->err, ret, "recovery interrupted while listening");
+    }
     if (ret < 0) {
         return ret;
     }
@@ -517,18 +602,23 @@ static int accept_resume(dst_ctx *c, lm_listener *l)
         lm_channel_shutdown(c->ch, -ECANCELED, "incoming migration cancelled");
     }
     pthread_mutex_unlock(&e->lock);
+    /* A peer is connected: the handshake starts (QEMU's postcopy-recover),
+     * however long it says nothing. */
+    if (!lm_set_state(e, LM_STATUS_POSTCOPY_RECOVER_SETUP, LM_STATUS_POSTCOPY_RECOVER)) {
+        return -ECANCELED;
+    }
     uint8_t type;
     uint16_t cmd, len;
-    ret = lm_stream_read_header(c->ch, &c->err);
+    ret = lm_tls_server(c->ch, l, &c->err);
+    if (ret == 0) {
+        ret = lm_stream_read_header(c->ch, &c->err);
+    }
     if (ret == 0 && (lm_channel_get_u8(c->ch, &type) < 0 || lm_channel_get_be16(c->ch, &cmd) < 0 ||
                      lm_channel_get_be16(c->ch, &len) < 0)) {
         ret = lm_channel_error(c->ch, &c->err);
     }
     if (ret == 0 && (type != LM_REC_COMMAND || cmd != LM_CMD_POSTCOPY_RESUME || len != 0)) {
         ret = lm_error_set(&c->err, -EBADMSG, "a recovery stream must start with POSTCOPY_RESUME");
-    }
-    if (ret == 0 && !lm_set_state(e, LM_STATUS_POSTCOPY_RECOVER_SETUP, LM_STATUS_POSTCOPY_RECOVER)) {
-        ret = -ECANCELED;
     }
     lm_pc_dst_reset_main(c->pc);
     if (ret == 0) {
@@ -645,17 +735,31 @@ void *lm_incoming_thread(void *arg)
                 lm_channel_shutdown(c->ch, -ECANCELED, "incoming migration cancelled");
             }
             pthread_mutex_unlock(&e->lock);
-            ret = load_stream(c);
+            ret = lm_tls_server(c->ch, e->listener, &c->err);
+            if (ret == 0) {
+                ret = load_stream(c);
+            }
             /* Once the guest runs here, any failure pauses: the source keeps
-             * every page and a recovery may yet finish.  Between LISTEN and
-             * RUN a broken link pauses too (the source may have sent RUN and
-             * given its copy up); a malformed stream there fails. */
-            while (ret < 0 && (c->pc_run || (c->pc_listening && link_failure(ret)))) {
+             * every page and a recovery may yet finish.  Between the device
+             * state's PONG and RUN a broken link pauses too (the source may
+             * have committed and sent RUN); before that PONG the source has
+             * not committed (it restarts its guest), so this side fails.
+             * A cancel ends it (pausing again would only spin). */
+            while (ret < 0 && ret != -ECANCELED &&
+                   (c->pc_run || (c->pc_acked && link_failure(ret)))) {
                 ret = pause_and_recover(c);
                 if (ret == 0) {
                     ret = load_records(c);
                 }
             }
+        }
+    }
+    if (ret < 0 && c->mf) {
+        /* A receiver's failure woke the load thread: report its cause. */
+        lm_error mf_err = LM_ERROR_INIT;
+        if (lm_multifd_dst_error(c->mf, &mf_err) < 0) {
+            lm_error_clear(&c->err);
+            lm_error_propagate(&c->err, &mf_err);
         }
     }
     multifd_close(c);
@@ -695,7 +799,7 @@ void *lm_incoming_thread(void *arg)
         lm_pc_dst_free(c->pc);
         c->pc = NULL;
     }
-    if (c->ch && (c->cfg.flags & LM_CONFIG_RETURN_PATH) && !c->pc_listening) {
+    if (c->ch && ((c->cfg.flags & LM_CONFIG_RETURN_PATH) || c->pc_advised) && !c->pc_listening) {
         /* Tell the source whether it may give its copy up. */
         lm_rp_write_shut(c->ch, success ? 0 : 1);
     }
@@ -713,6 +817,7 @@ void *lm_incoming_thread(void *arg)
     if (c->have_config) {
         lm_ram_load_cleanup(&c->loader);
     }
+    free(c->dev_loaded);
     if (success) {
         lm_set_state(e, c->pc_listening ? LM_STATUS_POSTCOPY_ACTIVE : LM_STATUS_ACTIVE,
                      LM_STATUS_COMPLETED);

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "channel/tls.h"
 #include "common/clock.h"
 #include "common/util.h"
 #include "core/engine_internal.h"
@@ -21,8 +22,11 @@
 #include "stream/stream.h"
 
 /* RAM is sent in slices of this size, so cancel and the devices' share are
- * looked at often. */
+ * looked at often... */
 #define SLICE_BYTES (32ull << 20)
+/* ...and under max-bandwidth, of what the cap lets through in 100 ms (one
+ * rate-limit window), but not less than this. */
+#define MIN_SLICE_BYTES (256ull << 10)
 /* Once everything fits in the downtime limit, keep iterating while passes
  * shrink what remains by at least this fraction (percent)... */
 #define SHRINK_PERCENT 10
@@ -46,6 +50,7 @@ typedef struct src_ctx {
     lm_multifd_src *mf; /* multifd: pages go on its channels while it is open */
     bool mf_open;       /* not yet finished (END sent) */
     lm_mapped_ram_src *mr; /* mapped-ram: pages go to fixed offsets in the file */
+    bool checksum;      /* page data carries xxh3 checksums (file:, or x-checksum) */
 } src_ctx;
 
 static bool cancelled(lm_engine *e)
@@ -141,6 +146,7 @@ static int mapped_ram_setup(src_ctx *c)
     cfg.threads = e->caps[LM_CAP_MULTIFD] ? (unsigned)e->params.multifd_channels : 0;
     cfg.zero_detect = strcmp(e->params.zero_page_detection, "none") != 0;
     pthread_mutex_unlock(&e->lock);
+    cfg.checksum = c->checksum;
     return lm_mapped_ram_src_new(&cfg, &e->saver, &c->mr, &c->err);
 }
 
@@ -205,13 +211,15 @@ static int multifd_setup(src_ctx *c)
                                                                   : LM_ZERO_MULTIFD;
     cfg.zero_copy = e->params.zero_copy_send;
     pthread_mutex_unlock(&e->lock);
+    cfg.checksum = c->checksum;
     for (size_t i = 0; i < e->nblocks; i++) {
         if (e->blocks[i]->page_size > LM_MULTIFD_MAX_PAYLOAD / 2) {
             return lm_error_set(&c->err, -EINVAL, "multifd: RAM block '%s' has pages too large",
                                 e->blocks[i]->name);
         }
     }
-    lm_multifd_setup su = { .channels = (uint16_t)cfg.channels, .compression = cfg.compression };
+    lm_multifd_setup su = { .channels = (uint16_t)cfg.channels, .compression = cfg.compression,
+                            .flags = cfg.checksum ? LM_MULTIFD_SETUP_CHECKSUM : 0 };
     if (getrandom(su.id, sizeof(su.id), 0) != (ssize_t)sizeof(su.id)) {
         /* Not secret, only distinct per migration. */
         uint64_t t = lm_now_ns();
@@ -266,19 +274,28 @@ static int setup(src_ctx *c)
     }
     lm_channel_set_child(c->ch, pid);
     set_channel(e, c->ch);
+    ret = lm_tls_client(c->ch, &e->uri, &c->err);
+    if (ret < 0) {
+        return ret;
+    }
     c->return_path = lm_cap(e, LM_CAP_RETURN_PATH) &&
                      (e->uri.kind == LM_TRANSPORT_UNIX || e->uri.kind == LM_TRANSPORT_TCP);
 
     bool mapped_ram = lm_cap(e, LM_CAP_MAPPED_RAM);
+    /* A saved file is checked when it is restored, maybe years later: on
+     * by default there.  On a socket TLS covers the wire; x-checksum asks. */
+    c->checksum = e->uri.kind == LM_TRANSPORT_FILE || lm_cap(e, LM_CAP_X_CHECKSUM);
     lm_stream_config cfg = { .flags = (c->return_path ? LM_CONFIG_RETURN_PATH : 0) |
-                                      (mapped_ram ? LM_CONFIG_MAPPED_RAM : 0) };
+                                      (mapped_ram ? LM_CONFIG_MAPPED_RAM : 0) |
+                                      (c->checksum ? LM_CONFIG_CHECKSUM : 0) };
     pthread_mutex_lock(&e->lock);
     memcpy(cfg.uuid, e->uuid, LM_UUID_LEN);
     char tracker[16];
     snprintf(tracker, sizeof(tracker), "%s", e->params.x_dirty_tracker);
     pthread_mutex_unlock(&e->lock);
 
-    lm_stream_write_header(c->ch);
+    lm_stream_write_header_version(c->ch, c->checksum ? LM_STREAM_VERSION_CHECKSUM
+                                                      : LM_STREAM_VERSION);
     lm_stream_write_config(c->ch, &cfg, e->blocks, e->nblocks);
     if (lm_cap(e, LM_CAP_MULTIFD) && !mapped_ram) {
         ret = multifd_setup(c);
@@ -300,6 +317,7 @@ static int setup(src_ctx *c)
     if (ret < 0) {
         return ret;
     }
+    e->saver.checksum = c->checksum;
     pthread_mutex_lock(&e->lock);
     snprintf(e->stats.dirty_tracker, sizeof(e->stats.dirty_tracker), "%s",
              lm_dirty_tracker_name(e->saver.tracker));
@@ -435,6 +453,17 @@ static bool postcopy_wanted(src_ctx *c)
     return want;
 }
 
+/* A slice takes at most ~100 ms at the bandwidth cap, so that
+ * migrate-start-postcopy acts within a small batch of its request even
+ * under a low max-bandwidth (a 32 MiB slice at 3 MiB/s took 10 s). */
+static uint64_t slice_bytes(src_ctx *c)
+{
+    pthread_mutex_lock(&c->e->lock);
+    uint64_t cap = c->e->params.max_bandwidth;
+    pthread_mutex_unlock(&c->e->lock);
+    return cap ? LM_MIN(SLICE_BYTES, LM_MAX(cap / 10, MIN_SLICE_BYTES)) : SLICE_BYTES;
+}
+
 /* One pass: RAM slices interleaved with every iterative device's share. */
 static int send_pass(src_ctx *c)
 {
@@ -447,9 +476,10 @@ static int send_pass(src_ctx *c)
         if (postcopy_wanted(c)) {
             break; /* switch now: what is left moves in postcopy */
         }
-        int ret = send_ram_slice(c, LM_REC_SECTION_PART, SLICE_BYTES, &ram_done);
+        uint64_t slice = slice_bytes(c);
+        int ret = send_ram_slice(c, LM_REC_SECTION_PART, slice, &ram_done);
         if (ret == 0 && !devs_done) {
-            ret = lm_devices_save_iterate(e, c->ch, SLICE_BYTES, &devs_done, &c->err);
+            ret = lm_devices_save_iterate(e, c->ch, slice, &devs_done, &c->err);
         }
         if (ret < 0) {
             return ret;
@@ -518,6 +548,9 @@ static int postcopy_pause_and_resume(src_ctx *c)
         }
         if (ret == 0) {
             set_channel(e, c->ch);
+            ret = lm_tls_client(c->ch, &uri, &c->err);
+        }
+        if (ret == 0) {
             lm_set_state(e, LM_STATUS_POSTCOPY_RECOVER_SETUP, LM_STATUS_POSTCOPY_RECOVER);
             ret = lm_pc_src_recover(c->pc, c->ch, &uri, &c->err);
         }
@@ -547,8 +580,10 @@ static int postcopy_run(src_ctx *c, uint64_t stop_ns, uint64_t before);
  *   precopy:  the remaining RAM, device state, globalstate, [vmdesc], EOF,
  *             and the destination's confirmation on the return path;
  *   postcopy: the list of pages to discard, LISTEN, device state,
- *             globalstate and RUN; the guest runs there at once and the
- *             pages follow, those it faults on first.
+ *             globalstate and a PING; in postcopy-device until its PONG
+ *             says the destination loaded all of it (a failure until then
+ *             restarts our guest), then RUN: the guest runs there at once
+ *             and the pages follow, those it faults on first.
  * Postcopy never builds the JSON description: the stream is live. */
 static int switchover(src_ctx *c, bool postcopy)
 {
@@ -610,6 +645,10 @@ static int switchover(src_ctx *c, bool postcopy)
     if (ret == 0 && vmdesc) {
         ret = lm_devices_write_vmdesc(e, c->ch, &c->err);
     }
+    if (ret == 0 && postcopy) {
+        /* Its PONG says the device state is loaded there (postcopy-device). */
+        ret = lm_pc_write_ping(c->ch, LM_PING_DEVICES_LOADED);
+    }
     if (ret == 0 && !postcopy) {
         ret = lm_channel_put_u8(c->ch, LM_REC_EOF);
     }
@@ -650,28 +689,51 @@ static int precopy_confirm(src_ctx *c, uint64_t stop_ns, uint64_t before)
     return 0;
 }
 
-/* Postcopy: RUN, then serve requests and stream the rest until the
- * destination has every page, recovering from broken connections. */
+/* Postcopy's point of no return: nothing is committed until the
+ * destination has loaded the device state and said so (the PONG to the
+ * PING after it); until then any failure, or a cancel, restarts our guest,
+ * and the destination never got RUN. */
+static int postcopy_wait_devices(src_ctx *c)
+{
+    lm_engine *e = c->e;
+    int ret = lm_pc_src_start_rp(c->pc, c->ch, &c->err);
+    if (ret == 0 && !lm_set_state(e, LM_STATUS_DEVICE, LM_STATUS_POSTCOPY_DEVICE)) {
+        ret = -ECANCELED;
+    }
+    if (ret == 0) {
+        ret = lm_pc_src_wait_pong(c->pc, LM_PING_DEVICES_LOADED, &c->err);
+    }
+    /* Cancelled meanwhile: still ours to restart. */
+    if (ret == 0 && (cancelled(e) ||
+                     !lm_set_state(e, LM_STATUS_POSTCOPY_DEVICE, LM_STATUS_POSTCOPY_ACTIVE))) {
+        ret = -ECANCELED;
+    }
+    return ret;
+}
+
+/* Postcopy: commit, RUN, then serve requests and stream the rest until
+ * the destination has every page, recovering from broken connections. */
 static int postcopy_run(src_ctx *c, uint64_t stop_ns, uint64_t before)
 {
     lm_engine *e = c->e;
+    int ret = postcopy_wait_devices(c);
+    if (ret < 0) {
+        lm_pc_src_stop(c->pc);
+        return ret;
+    }
     /* From RUN on, the destination may run the guest: ours never runs
      * again, whatever happens to the connection. */
     pthread_mutex_lock(&e->lock);
     e->postcopy_started = true;
     e->guest_stopped_by_us = false;
     pthread_mutex_unlock(&e->lock);
-    lm_set_state(e, LM_STATUS_DEVICE, LM_STATUS_POSTCOPY_ACTIVE);
     lm_pc_write_command(c->ch, LM_CMD_POSTCOPY_RUN, NULL, 0);
-    int ret = lm_channel_flush(c->ch);
+    ret = lm_channel_flush(c->ch);
     pthread_mutex_lock(&e->lock);
     e->stats.downtime_ns = lm_now_ns() - stop_ns;
     e->stats.downtime_bytes = sent_bytes(c) - before;
     e->stats.precopy_bytes = before;
     pthread_mutex_unlock(&e->lock);
-    if (ret == 0) {
-        ret = lm_pc_src_start_rp(c->pc, c->ch, &c->err);
-    }
     for (;;) {
         bool dest_failed = false;
         if (ret == 0) {

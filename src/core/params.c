@@ -22,6 +22,7 @@ static const char *const cap_names[LM_CAP__COUNT + 1] = {
     [LM_CAP_MULTIFD] = "multifd",
     [LM_CAP_ZERO_COPY_SEND] = "zero-copy-send",
     [LM_CAP_MAPPED_RAM] = "mapped-ram",
+    [LM_CAP_X_CHECKSUM] = "x-checksum",
     [LM_CAP__COUNT] = NULL,
 };
 
@@ -30,7 +31,7 @@ const char *const *lm_capability_names(void)
     return cap_names;
 }
 
-static const char *const tracker_choices[] = { "auto", "uffd-wp", "manual", NULL };
+static const char *const tracker_choices[] = { "auto", "uffd-wp", "manual", "dirty-log", NULL };
 static const char *const compression_choices[] = { "none", "zstd", NULL };
 static const char *const zero_choices[] = { "none", "legacy", "multifd", NULL };
 
@@ -51,6 +52,9 @@ enum param_id {
     P_MULTIFD_ZSTD_LEVEL,
     P_ZERO_PAGE_DETECTION,
     P_ZERO_COPY_SEND,
+    P_TLS_CREDS,
+    P_TLS_HOSTNAME,
+    P_TLS_AUTHZ,
     P__COUNT
 };
 
@@ -71,6 +75,9 @@ static const lm_param_desc param_descs[P__COUNT + 1] = {
     [P_MULTIFD_ZSTD_LEVEL] = { "multifd-zstd-level", LM_PARAM_U64, 1, 20, NULL },
     [P_ZERO_PAGE_DETECTION] = { "zero-page-detection", LM_PARAM_STR, 0, 0, zero_choices },
     [P_ZERO_COPY_SEND] = { "zero-copy-send", LM_PARAM_BOOL, 0, 1, NULL },
+    [P_TLS_CREDS] = { "tls-creds", LM_PARAM_STR, 0, 0, NULL },
+    [P_TLS_HOSTNAME] = { "tls-hostname", LM_PARAM_STR, 0, 0, NULL },
+    [P_TLS_AUTHZ] = { "tls-authz", LM_PARAM_STR, 0, 0, NULL },
     [P__COUNT] = { NULL, 0, 0, 0, NULL },
 };
 
@@ -204,6 +211,9 @@ static char *str_slot(lm_params *p, int id, size_t *size)
     case P_X_DIRTY_TRACKER: *size = sizeof(p->x_dirty_tracker); return p->x_dirty_tracker;
     case P_MULTIFD_COMPRESSION: *size = sizeof(p->multifd_compression); return p->multifd_compression;
     case P_ZERO_PAGE_DETECTION: *size = sizeof(p->zero_page_detection); return p->zero_page_detection;
+    case P_TLS_CREDS: *size = sizeof(p->tls_creds); return p->tls_creds;
+    case P_TLS_HOSTNAME: *size = sizeof(p->tls_hostname); return p->tls_hostname;
+    case P_TLS_AUTHZ: *size = sizeof(p->tls_authz); return p->tls_authz;
     default: *size = 0; return NULL;
     }
 }
@@ -276,11 +286,15 @@ int lm_engine_set_param_str(lm_engine *e, const char *name, const char *v, lm_er
     if (!ok) {
         return lm_error_set(err, -EINVAL, "Parameter '%s' does not accept '%s'", name, v);
     }
+    size_t size;
+    char *slot = str_slot(&e->params, id, &size);
+    if (strlen(v) >= size) {
+        return lm_error_set(err, -ENAMETOOLONG, "Parameter '%s' is longer than %zu characters",
+                            name, size - 1);
+    }
     pthread_mutex_lock(&e->lock);
     int ret = check_settable(e, id, err);
     if (!ret) {
-        size_t size;
-        char *slot = str_slot(&e->params, id, &size);
         snprintf(slot, size, "%s", v);
     }
     pthread_mutex_unlock(&e->lock);

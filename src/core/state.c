@@ -2,7 +2,8 @@
  * The migration state machine (DESIGN.md §4):
  *
  *   none -> setup -> active -> [pre-switchover] -> device -> completed
- *   active/device -> postcopy-active -> ... -> completed
+ *   device -> postcopy-device -> postcopy-active -> ... -> completed (source)
+ *   active -> postcopy-device (LISTEN) -> postcopy-active (RUN) (destination)
  *   any running state -> failed | cancelling -> cancelled
  *
  * Every transition is checked against the table below and emits a QMP
@@ -26,6 +27,7 @@ static const char *const status_names[LM_STATUS__COUNT] = {
     [LM_STATUS_FAILED] = "failed",
     [LM_STATUS_PRE_SWITCHOVER] = "pre-switchover",
     [LM_STATUS_DEVICE] = "device",
+    [LM_STATUS_POSTCOPY_DEVICE] = "postcopy-device",
 };
 
 const char *lm_status_name(lm_status s)
@@ -41,9 +43,13 @@ static const unsigned allowed[LM_STATUS__COUNT] = {
     [LM_STATUS_NONE] = BIT(LM_STATUS_SETUP),
     [LM_STATUS_SETUP] = BIT(LM_STATUS_ACTIVE) | ENDS,
     [LM_STATUS_ACTIVE] = BIT(LM_STATUS_PRE_SWITCHOVER) | BIT(LM_STATUS_DEVICE) |
-                         BIT(LM_STATUS_POSTCOPY_ACTIVE) | BIT(LM_STATUS_COMPLETED) | ENDS,
+                         BIT(LM_STATUS_POSTCOPY_DEVICE) | BIT(LM_STATUS_COMPLETED) | ENDS,
     [LM_STATUS_PRE_SWITCHOVER] = BIT(LM_STATUS_DEVICE) | ENDS,
-    [LM_STATUS_DEVICE] = BIT(LM_STATUS_COMPLETED) | BIT(LM_STATUS_POSTCOPY_ACTIVE) | ENDS,
+    [LM_STATUS_DEVICE] = BIT(LM_STATUS_COMPLETED) | BIT(LM_STATUS_POSTCOPY_DEVICE) | ENDS,
+    /* Not committed yet: it may still fail or be cancelled (the source
+     * guest runs on); the destination pauses once it acknowledged. */
+    [LM_STATUS_POSTCOPY_DEVICE] = BIT(LM_STATUS_POSTCOPY_ACTIVE) | BIT(LM_STATUS_POSTCOPY_PAUSED) |
+                                  ENDS,
     [LM_STATUS_POSTCOPY_ACTIVE] = BIT(LM_STATUS_POSTCOPY_PAUSED) | BIT(LM_STATUS_COMPLETED) |
                                   BIT(LM_STATUS_FAILED),
     [LM_STATUS_POSTCOPY_PAUSED] = BIT(LM_STATUS_POSTCOPY_RECOVER_SETUP) |
@@ -121,6 +127,7 @@ bool lm_state_is_active(lm_status s)
     case LM_STATUS_PRE_SWITCHOVER:
     case LM_STATUS_DEVICE:
     case LM_STATUS_CANCELLING:
+    case LM_STATUS_POSTCOPY_DEVICE:
     case LM_STATUS_POSTCOPY_ACTIVE:
     case LM_STATUS_POSTCOPY_PAUSED:
     case LM_STATUS_POSTCOPY_RECOVER_SETUP:

@@ -8,6 +8,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "channel/tls.h"
 #include "common/bitmap.h"
 #include "common/clock.h"
 #include "common/util.h"
@@ -41,6 +42,8 @@ static void placer_free(lm_pc_placer *pl)
     }
     pl->buf = NULL;
 }
+
+static int open_uffd(lm_pc_dst *d, lm_error *err);
 
 int lm_pc_dst_new(lm_engine *e, lm_ram_block **blocks, size_t nblocks, uint32_t flags,
                   lm_pc_dst **out, lm_error *err)
@@ -79,6 +82,16 @@ int lm_pc_dst_new(lm_engine *e, lm_ram_block **blocks, size_t nblocks, uint32_t 
     d->nvcpus = e->nvcpus;
     memcpy(d->tids, e->vcpu_tids, sizeof(d->tids));
     pthread_mutex_unlock(&e->lock);
+    /* Refuse ADVISE now, while the source can still give postcopy up with
+     * its guest running, when userfaultfd is not there (QEMU checks the
+     * host at ADVISE too); LISTEN opens the one it uses. */
+    int ret = open_uffd(d, err);
+    if (ret < 0) {
+        lm_pc_dst_free(d);
+        return ret;
+    }
+    close(d->uffd);
+    d->uffd = -1;
     *out = d;
     return 0;
 }
@@ -433,14 +446,9 @@ int lm_pc_dst_set_rp(lm_pc_dst *d, lm_channel *main_ch, bool resume, lm_error *e
 {
     lm_channel *rp = NULL;
     if (main_ch) {
-        int fd = dup(lm_channel_fd(main_ch));
-        if (fd < 0) {
-            return lm_error_set_errno(err, -errno, "cannot duplicate the migration socket");
-        }
-        rp = lm_channel_new(fd, "return path", NULL);
-        if (!rp) {
-            close(fd);
-            return lm_error_set(err, -ENOMEM, "out of memory");
+        int dret = lm_channel_dup(main_ch, "return path", &rp, err);
+        if (dret < 0) {
+            return dret;
         }
     }
     int ret = 0;
@@ -477,18 +485,29 @@ int lm_pc_dst_set_rp(lm_pc_dst *d, lm_channel *main_ch, bool resume, lm_error *e
     return ret;
 }
 
-int lm_pc_dst_send_shut(lm_pc_dst *d, uint32_t status)
+/* SHUT or PONG: be32 value. */
+static int send_u32(lm_pc_dst *d, uint16_t type, uint32_t value)
 {
     int ret = -EPIPE;
     pthread_mutex_lock(&d->rp_lock);
     if (d->rp) {
-        lm_channel_put_be16(d->rp, LM_RP_SHUT);
+        lm_channel_put_be16(d->rp, type);
         lm_channel_put_be16(d->rp, 4);
-        lm_channel_put_be32(d->rp, status);
+        lm_channel_put_be32(d->rp, value);
         ret = lm_channel_flush(d->rp);
     }
     pthread_mutex_unlock(&d->rp_lock);
     return ret;
+}
+
+int lm_pc_dst_send_shut(lm_pc_dst *d, uint32_t status)
+{
+    return send_u32(d, LM_RP_SHUT, status);
+}
+
+int lm_pc_dst_send_pong(lm_pc_dst *d, uint32_t value)
+{
+    return send_u32(d, LM_RP_PONG, value);
 }
 
 /* ---- the preempt receiver ---- */
@@ -524,6 +543,11 @@ static void *pre_thread_fn(void *arg)
     if (!ch) {
         close(fd);
         lm_error_set(&err, -ENOMEM, "out of memory");
+        pre_failed(d, &err);
+        return NULL;
+    }
+    if (lm_tls_server(ch, d->pre_listener, &err) < 0) {
+        lm_channel_close(ch, NULL);
         pre_failed(d, &err);
         return NULL;
     }

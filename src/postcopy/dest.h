@@ -22,7 +22,8 @@
 
 typedef struct lm_pc_dst lm_pc_dst;
 
-/* On ADVISE.  blocks: the source's order (wire index -> local block). */
+/* On ADVISE.  blocks: the source's order (wire index -> local block).
+ * Fails when this host has no usable userfaultfd. */
 int lm_pc_dst_new(lm_engine *e, lm_ram_block **blocks, size_t nblocks, uint32_t flags,
                   lm_pc_dst **out, lm_error *err);
 /* Stops every thread, unregisters guest RAM, frees. */
@@ -40,6 +41,7 @@ int lm_pc_dst_listen(lm_pc_dst *d, lm_ram_loader *l, lm_error *err);
  * `resume`, then asks again for every page requested and not placed. */
 int lm_pc_dst_set_rp(lm_pc_dst *d, lm_channel *main_ch, bool resume, lm_error *err);
 int lm_pc_dst_send_shut(lm_pc_dst *d, uint32_t status);
+int lm_pc_dst_send_pong(lm_pc_dst *d, uint32_t value);
 
 /* The preempt receiver: accepts the second connection on l. */
 int lm_pc_dst_start_preempt(lm_pc_dst *d, lm_listener *l, lm_error *err);

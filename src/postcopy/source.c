@@ -3,6 +3,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "channel/tls.h"
 #include "common/bitmap.h"
 #include "common/clock.h"
 #include "common/util.h"
@@ -39,6 +40,8 @@ struct lm_pc_src {
     bool rp_done;
     bool shut_seen;
     uint32_t shut_status;
+    bool pong_seen;       /* the last PONG's value, for lm_pc_src_wait_pong */
+    uint32_t pong_value;
     bool failed;          /* a helper thread lost its connection */
     lm_error fail_err;
     bool pre_up;          /* the preempt channel is connected */
@@ -200,7 +203,13 @@ static void *rp_thread_fn(void *arg)
             pthread_cond_broadcast(&p->cond);
             pthread_mutex_unlock(&p->lock);
             break;
-        } else if (m->type != LM_RP_PONG) {
+        } else if (m->type == LM_RP_PONG) {
+            pthread_mutex_lock(&p->lock);
+            p->pong_seen = true;
+            p->pong_value = m->status;
+            pthread_cond_broadcast(&p->cond);
+            pthread_mutex_unlock(&p->lock);
+        } else {
             lm_error_set(&err, -EBADMSG, "unexpected return-path message 0x%x during postcopy",
                          m->type);
             fail(p, &err);
@@ -218,16 +227,7 @@ out:
 
 static int open_rp(lm_pc_src *p, lm_channel *main_ch, lm_error *err)
 {
-    int fd = dup(lm_channel_fd(main_ch));
-    if (fd < 0) {
-        return lm_error_set_errno(err, -errno, "cannot duplicate the migration socket");
-    }
-    p->rp = lm_channel_new(fd, "return path", NULL);
-    if (!p->rp) {
-        close(fd);
-        return lm_error_set(err, -ENOMEM, "out of memory");
-    }
-    return 0;
+    return lm_channel_dup(main_ch, "return path", &p->rp, err);
 }
 
 static int start_rp_thread(lm_pc_src *p, lm_error *err)
@@ -273,6 +273,13 @@ static void *pre_thread_fn(void *arg)
     lm_channel *ch = lm_channel_new(fd, "postcopy preempt channel", NULL);
     if (!ch) {
         close(fd);
+        return NULL;
+    }
+    if (lm_tls_client(ch, &p->uri, &err) < 0) {
+        if (!pre_should_abort(p)) {
+            lm_warn("postcopy preempt: %s; urgent pages use the main channel", err.msg);
+        }
+        lm_channel_close(ch, NULL);
         return NULL;
     }
     lm_channel_put_be32(ch, LM_PREEMPT_MAGIC);
@@ -342,13 +349,34 @@ static void start_preempt(lm_pc_src *p, const lm_uri *uri)
 
 /* ---- setup and switchover ---- */
 
+int lm_pc_write_ping(lm_channel *ch, uint32_t value)
+{
+    uint8_t body[4];
+    lm_store_be32(body, value);
+    return lm_pc_write_command(ch, LM_CMD_PING, body, sizeof(body));
+}
+
 int lm_pc_src_advise(lm_pc_src *p, lm_channel *ch, const lm_uri *uri, lm_error *err)
 {
     uint8_t body[4];
     lm_store_be32(body, p->preempt ? LM_ADVISE_PREEMPT : 0);
-    int ret = lm_pc_write_command(ch, LM_CMD_POSTCOPY_ADVISE, body, sizeof(body));
-    if (ret < 0) {
+    lm_pc_write_command(ch, LM_CMD_POSTCOPY_ADVISE, body, sizeof(body));
+    lm_pc_write_ping(ch, LM_PING_POSTCOPY_ADVISED);
+    if (lm_channel_flush(ch) < 0) {
         return lm_channel_error(ch, err);
+    }
+    /* Nothing else comes back before LISTEN: the main channel's reader
+     * holds no byte meant for the return-path thread. */
+    uint16_t type;
+    uint32_t value;
+    lm_error rerr = LM_ERROR_INIT;
+    int ret = lm_rp_read(ch, &type, &value, &rerr);
+    if (ret < 0 || type != LM_RP_PONG || value != LM_PING_POSTCOPY_ADVISED) {
+        return lm_error_set(err, ret < 0 ? ret : -EPROTO,
+                            "the destination refused postcopy (is its capability postcopy-ram "
+                            "on, and userfaultfd available?): it did not accept "
+                            "POSTCOPY_ADVISE%s%s",
+                            ret < 0 ? "; " : "", ret < 0 ? rerr.msg : "");
     }
     start_preempt(p, uri);
     return 0;
@@ -563,6 +591,29 @@ int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err)
     return ret < 0 ? lm_channel_error(ch, err) : 0;
 }
 
+int lm_pc_src_wait_pong(lm_pc_src *p, uint32_t value, lm_error *err)
+{
+    pthread_mutex_lock(&p->lock);
+    while (!(p->pong_seen && p->pong_value == value) && !p->shut_seen && !p->failed &&
+           !p->rp_done) {
+        pthread_cond_wait(&p->cond, &p->lock);
+    }
+    int ret = 0;
+    if (p->pong_seen && p->pong_value == value) {
+        ret = 0;
+    } else if (p->shut_seen) {
+        ret = lm_error_set(err, -EIO, "postcopy: the destination failed to load the device state "
+                           "(it reported status %u); the guest runs on here", p->shut_status);
+    } else {
+        lm_error cause = LM_ERROR_INIT;
+        lm_error_propagate(&cause, &p->fail_err);
+        ret = lm_error_set(err, -EPIPE, "postcopy: lost the destination before it loaded the "
+                           "device state%s%s", cause.msg[0] ? ": " : "", cause.msg);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return ret;
+}
+
 int lm_pc_src_wait_shut(lm_pc_src *p, bool *dest_failed, lm_error *err)
 {
     *dest_failed = false;
@@ -622,6 +673,7 @@ static void reset(lm_pc_src *p)
     p->failed = false;
     lm_error_clear(&p->fail_err);
     p->shut_seen = false;
+    p->pong_seen = false;
     p->rp_done = false;
     p->eof_sent = false;
     p->qhead = p->qlen = 0;

@@ -25,9 +25,17 @@ typedef struct lm_pc_src lm_pc_src;
 lm_pc_src *lm_pc_src_new(lm_engine *e, bool preempt);
 void lm_pc_src_free(lm_pc_src *p);
 
-/* Setup: sends ADVISE; with preempt, starts the preempt sender, which
- * connects to uri in the background (the switch never waits for it). */
+/* Setup: sends ADVISE and PING(POSTCOPY_ADVISED), and reads the answer on
+ * the main channel: postcopy is agreed before the guest can be stopped,
+ * and an error says so when the destination refused it.  Then, with
+ * preempt, starts the preempt sender, which connects to uri in the
+ * background (the switch never waits for it). */
 int lm_pc_src_advise(lm_pc_src *p, lm_channel *ch, const lm_uri *uri, lm_error *err);
+/* COMMAND PING(value), buffered. */
+int lm_pc_write_ping(lm_channel *ch, uint32_t value);
+/* With the return-path thread running: waits for PONG(value).  <0 with a
+ * message when the destination reported a failure (SHUT) or was lost. */
+int lm_pc_src_wait_pong(lm_pc_src *p, uint32_t value, lm_error *err);
 /* Switchover, guest stopped: widens dirty bits to whole host pages and
  * sends them as DISCARD commands (pages the destination must drop). */
 int lm_pc_src_send_discards(lm_pc_src *p, lm_channel *ch, lm_error *err);

@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,18 +13,170 @@
 #include "livemig/engine.h"
 #include "qmp/qmp.h"
 
+/* What migrate and migrate-incoming need beyond the engine: the server,
+ * for descriptors named with getfd. */
+typedef struct migration_cmds {
+    qmp_server *server;
+    lm_engine *engine;
+} migration_cmds;
+
+/* ------------------------------------------------------------------------ */
+/* Addresses: uri or channels, fd:NAME */
+
+static int uri_from_socket(json_t *addr, char *out, size_t outsz, lm_error *err)
+{
+    const char *type = NULL, *path = NULL, *host = NULL, *port = NULL, *str = NULL;
+    if (qmp_arg_str(addr, "type", true, &type, err) < 0) {
+        return -EINVAL;
+    }
+    int n;
+    if (strcmp(type, "unix") == 0) {
+        if (qmp_arg_str(addr, "path", true, &path, err) < 0) {
+            return -EINVAL;
+        }
+        n = snprintf(out, outsz, "unix:%s", path);
+    } else if (strcmp(type, "inet") == 0) {
+        if (qmp_arg_str(addr, "host", true, &host, err) < 0 ||
+            qmp_arg_str(addr, "port", true, &port, err) < 0) {
+            return -EINVAL;
+        }
+        bool v6 = strchr(host, ':') != NULL;
+        n = snprintf(out, outsz, "tcp:%s%s%s:%s", v6 ? "[" : "", host, v6 ? "]" : "", port);
+    } else if (strcmp(type, "fd") == 0) {
+        if (qmp_arg_str(addr, "str", true, &str, err) < 0) {
+            return -EINVAL;
+        }
+        n = snprintf(out, outsz, "fd:%s", str);
+    } else {
+        return lm_error_set(err, -EINVAL, "Parameter 'type' does not accept value '%s'", type);
+    }
+    return n < 0 || (size_t)n >= outsz ? lm_error_set(err, -ENAMETOOLONG, "address too long") : 0;
+}
+
+/* exec's argv as one shell command line, each argument single-quoted. */
+static int uri_from_exec(json_t *addr, char *out, size_t outsz, lm_error *err)
+{
+    json_t *argv = json_object_get(addr, "args");
+    if (!json_is_array(argv) || json_array_size(argv) == 0) {
+        return lm_error_set(err, -EINVAL, "Parameter 'args' expects a non-empty list of strings");
+    }
+    size_t len = (size_t)snprintf(out, outsz, "exec:");
+    size_t i;
+    json_t *a;
+    json_array_foreach(argv, i, a) {
+        if (!json_is_string(a)) {
+            return lm_error_set(err, -EINVAL, "Parameter 'args' expects a list of strings");
+        }
+        for (const char *p = i ? " '" : "'"; *p && len < outsz; p++) {
+            out[len++] = *p;
+        }
+        for (const char *p = json_string_value(a); *p && len + 4 < outsz; p++) {
+            if (*p == '\'') {
+                memcpy(out + len, "'\\''", 4);
+                len += 4;
+            } else {
+                out[len++] = *p;
+            }
+        }
+        if (len + 2 >= outsz) {
+            return lm_error_set(err, -ENAMETOOLONG, "exec command too long");
+        }
+        out[len++] = '\'';
+    }
+    out[len] = '\0';
+    return 0;
+}
+
+static int uri_from_channels(json_t *channels, char *out, size_t outsz, lm_error *err)
+{
+    if (!json_is_array(channels) || json_array_size(channels) != 1) {
+        return lm_error_set(err, -EINVAL, "Parameter 'channels' expects one channel of type main");
+    }
+    json_t *ch = json_array_get(channels, 0);
+    const char *ctype = NULL, *transport = NULL;
+    json_t *addr = json_is_object(ch) ? json_object_get(ch, "addr") : NULL;
+    if (!json_is_object(ch) || qmp_arg_str(ch, "channel-type", true, &ctype, err) < 0) {
+        return lm_error_set(err, -EINVAL, "Parameter 'channel-type' is missing");
+    }
+    if (strcmp(ctype, "main") != 0) {
+        return lm_error_set(err, -EINVAL, "Parameter 'channel-type' does not accept value '%s'",
+                            ctype);
+    }
+    if (!json_is_object(addr)) {
+        return lm_error_set(err, -EINVAL, "Parameter 'addr' is missing");
+    }
+    if (qmp_arg_str(addr, "transport", true, &transport, err) < 0) {
+        return -EINVAL;
+    }
+    if (strcmp(transport, "socket") == 0) {
+        return uri_from_socket(addr, out, outsz, err);
+    }
+    if (strcmp(transport, "exec") == 0) {
+        return uri_from_exec(addr, out, outsz, err);
+    }
+    if (strcmp(transport, "file") == 0) {
+        const char *filename = NULL;
+        uint64_t offset = 0;
+        if (qmp_arg_str(addr, "filename", true, &filename, err) < 0 ||
+            qmp_arg_u64(addr, "offset", false, &offset, err) < 0) {
+            return -EINVAL;
+        }
+        int n = offset ? snprintf(out, outsz, "file:%s,offset=%" PRIu64, filename, offset)
+                       : snprintf(out, outsz, "file:%s", filename);
+        return n < 0 || (size_t)n >= outsz ? lm_error_set(err, -ENAMETOOLONG, "file name too long")
+                                           : 0;
+    }
+    return lm_error_set(err, -EINVAL, "Parameter 'transport' does not accept value '%s'", transport);
+}
+
+int qmp_migration_uri(qmp_server *s, json_t *args, char *out, size_t outsz, lm_error *err)
+{
+    const char *uri = NULL;
+    json_t *channels = json_object_get(args, "channels");
+    if (qmp_arg_str(args, "uri", false, &uri, err) < 0) {
+        return -EINVAL;
+    }
+    if (uri && channels) {
+        return lm_error_set(err, -EINVAL, "'uri' and 'channels' arguments are mutually exclusive; "
+                            "exactly one of the two should be present");
+    }
+    if (!uri && !channels) {
+        return lm_error_set(err, -EINVAL, "Need either 'uri' or 'channels' argument");
+    }
+    if (uri) {
+        if ((size_t)snprintf(out, outsz, "%s", uri) >= outsz) {
+            return lm_error_set(err, -ENAMETOOLONG, "'uri' is too long");
+        }
+    } else if (uri_from_channels(channels, out, outsz, err) < 0) {
+        return -EINVAL;
+    }
+    /* fd:NAME: the descriptor a client passed with getfd; the migration
+     * takes it (QEMU's monitor hands it over the same way). */
+    if (strncmp(out, "fd:", 3) == 0 && out[3] && !isdigit((unsigned char)out[3])) {
+        char name[256];
+        snprintf(name, sizeof(name), "%s", out + 3);
+        int fd = qmp_server_take_fd(s, name, err);
+        if (fd < 0) {
+            return fd;
+        }
+        snprintf(out, outsz, "fd:%d", fd);
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* migrate, migrate-incoming, migrate_cancel, migrate-continue */
 
 static json_t *cmd_migrate(void *opaque, json_t *args, lm_error *err)
 {
-    static const char *const known[] = { "uri", "detach", "resume", "blk", "inc", NULL };
-    lm_engine *e = opaque;
-    const char *uri = NULL;
+    static const char *const known[] = { "uri", "channels", "detach", "resume", "blk", "inc",
+                                         NULL };
+    migration_cmds *mc = opaque;
+    lm_engine *e = mc->engine;
+    char uri[4096];
     bool detach = true, resume = false, blk = false, inc = false;
 
     if (qmp_args_check(args, known, err) < 0 ||
-        qmp_arg_str(args, "uri", true, &uri, err) < 0 ||
         qmp_arg_bool(args, "detach", false, &detach, err) < 0 ||
         qmp_arg_bool(args, "resume", false, &resume, err) < 0 ||
         qmp_arg_bool(args, "blk", false, &blk, err) < 0 ||
@@ -34,7 +187,8 @@ static json_t *cmd_migrate(void *opaque, json_t *args, lm_error *err)
         lm_error_set(err, -EINVAL, "Block migration is not supported");
         return NULL;
     }
-    if (lm_engine_migrate(e, uri, resume, err) < 0) {
+    if (qmp_migration_uri(mc->server, args, uri, sizeof(uri), err) < 0 ||
+        lm_engine_migrate(e, uri, resume, err) < 0) {
         return NULL;
     }
     return json_object();
@@ -42,15 +196,15 @@ static json_t *cmd_migrate(void *opaque, json_t *args, lm_error *err)
 
 static json_t *cmd_migrate_incoming(void *opaque, json_t *args, lm_error *err)
 {
-    static const char *const known[] = { "uri", NULL };
-    lm_engine *e = opaque;
-    const char *uri = NULL;
+    static const char *const known[] = { "uri", "channels", NULL };
+    migration_cmds *mc = opaque;
+    char uri[4096];
 
     if (qmp_args_check(args, known, err) < 0 ||
-        qmp_arg_str(args, "uri", true, &uri, err) < 0) {
+        qmp_migration_uri(mc->server, args, uri, sizeof(uri), err) < 0) {
         return NULL;
     }
-    if (lm_engine_incoming(e, uri, err) < 0) {
+    if (lm_engine_incoming(mc->engine, uri, err) < 0) {
         return NULL;
     }
     return json_object();
@@ -121,6 +275,80 @@ static json_t *cmd_migrate_recover(void *opaque, json_t *args, lm_error *err)
         return NULL;
     }
     return json_object();
+}
+
+/* yank {instances: [{type: "migration"}]}: drop the migration's
+ * connections now.  In postcopy that pauses it (recoverable, as QEMU);
+ * before postcopy livemig cancels it (QEMU fails it): the source runs on
+ * either way. */
+static bool migration_in_progress(lm_status st)
+{
+    return st != LM_STATUS_NONE && st != LM_STATUS_COMPLETED && st != LM_STATUS_FAILED &&
+           st != LM_STATUS_CANCELLED;
+}
+
+static json_t *cmd_yank(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { "instances", NULL };
+    json_t *inst = json_object_get(args, "instances");
+    if (qmp_args_check(args, known, err) < 0) {
+        return NULL;
+    }
+    if (!json_is_array(inst)) {
+        lm_error_set(err, -EINVAL, "Parameter 'instances' is missing");
+        return NULL;
+    }
+    size_t i;
+    json_t *it;
+    json_array_foreach(inst, i, it) {
+        const char *type = NULL;
+        if (!json_is_object(it) || qmp_arg_str(it, "type", true, &type, err) < 0) {
+            lm_error_set(err, -EINVAL, "Parameter 'type' is missing");
+            return NULL;
+        }
+        if (strcmp(type, "migration") != 0) {
+            lm_error_set(err, -ENOENT, "Instance '%s' not found", type);
+            return NULL;
+        }
+    }
+    lm_info *info = calloc(1, sizeof(*info));
+    if (!info) {
+        lm_error_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    lm_engine_query(opaque, info);
+    lm_status st = info->status;
+    free(info);
+    if (json_array_size(inst) == 0) {
+        return json_object();
+    }
+    if (!migration_in_progress(st)) {
+        lm_error_set(err, -ENOENT, "Instance 'migration' not found");
+        return NULL;
+    }
+    int r = st == LM_STATUS_POSTCOPY_ACTIVE ? lm_engine_pause(opaque, err)
+                                            : lm_engine_cancel(opaque, err);
+    return r < 0 ? NULL : json_object();
+}
+
+static json_t *cmd_query_yank(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { NULL };
+    if (qmp_args_check(args, known, err) < 0) {
+        return NULL;
+    }
+    lm_info *info = calloc(1, sizeof(*info));
+    if (!info) {
+        lm_error_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    lm_engine_query(opaque, info);
+    json_t *list = json_array();
+    if (migration_in_progress(info->status)) {
+        json_array_append_new(list, json_pack("{s:s}", "type", "migration"));
+    }
+    free(info);
+    return list;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -513,6 +741,11 @@ static json_t *cmd_query_migrate(void *opaque, json_t *args, lm_error *err)
         return NULL;
     }
     lm_engine_query(opaque, info);
+    if (info->status == LM_STATUS_NONE) {
+        /* As QEMU: nothing to report before the first migration. */
+        free(info);
+        return json_object();
+    }
     /* Strings from the engine are NUL-terminated by contract; make sure. */
     info->error_desc[sizeof(info->error_desc) - 1] = '\0';
     info->socket_address[sizeof(info->socket_address) - 1] = '\0';
@@ -525,13 +758,26 @@ static json_t *cmd_query_migrate(void *opaque, json_t *args, lm_error *err)
 
 void qmp_register_migration_commands(qmp_server *s, struct lm_engine *e)
 {
-    qmp_server_register(s, "migrate", cmd_migrate, e);
-    qmp_server_register(s, "migrate-incoming", cmd_migrate_incoming, e);
+    migration_cmds *mc = malloc(sizeof(*mc));
+    if (!mc || qmp_server_adopt(s, mc) < 0) {
+        free(mc);
+        return; /* out of memory at start-up: the commands stay unknown */
+    }
+    *mc = (migration_cmds){ s, e };
+    qmp_server_register(s, "migrate", cmd_migrate, mc);
+    qmp_server_register(s, "migrate-incoming", cmd_migrate_incoming, mc);
     qmp_server_register(s, "migrate_cancel", cmd_migrate_cancel, e);
     qmp_server_register(s, "migrate-continue", cmd_migrate_continue, e);
     qmp_server_register(s, "migrate-start-postcopy", cmd_migrate_start_postcopy, e);
     qmp_server_register(s, "migrate-pause", cmd_migrate_pause, e);
     qmp_server_register(s, "migrate-recover", cmd_migrate_recover, e);
+    qmp_server_register(s, "yank", cmd_yank, e);
+    qmp_server_register(s, "query-yank", cmd_query_yank, e);
+    /* What an operator needs when the in-band queue is stuck behind a
+     * command waiting on a dead network (QEMU marks the same allow-oob). */
+    qmp_server_allow_oob(s, "migrate-pause");
+    qmp_server_allow_oob(s, "migrate-recover");
+    qmp_server_allow_oob(s, "yank");
     qmp_server_register(s, "migrate-set-capabilities", cmd_migrate_set_capabilities, e);
     qmp_server_register(s, "query-migrate-capabilities", cmd_query_migrate_capabilities, e);
     qmp_server_register(s, "migrate-set-parameters", cmd_migrate_set_parameters, e);

@@ -4,9 +4,13 @@
  * One server thread accepts any number of clients and speaks the protocol
  * (greeting, qmp_capabilities negotiation, execute/arguments/id, return or
  * error {class, desc}, asynchronous events with timestamps).  Commands are
- * registered by name; a handler runs on the server thread, must not block
- * for long, and returns the reply's "return" value (a new reference; NULL
- * together with a set lm_error means failure).
+ * registered by name; a handler runs on the command worker, may take its
+ * time (the protocol goes on meanwhile), and returns the reply's "return"
+ * value (a new reference; NULL together with a set lm_error means failure).
+ *
+ * In-band commands run one at a time, in order, on the server's command
+ * worker thread; handlers registered with qmp_server_allow_oob() may also
+ * run on the server thread (exec-oob), concurrently with an in-band one.
  *
  * Requests larger than QMP_MAX_REQUEST bytes, malformed JSON, wrong types
  * and unknown commands get an error reply and the connection lives on.
@@ -35,6 +39,23 @@ void qmp_server_register(qmp_server *s, const char *name, qmp_handler fn, void *
  * caller can wrap a command (the QMP fuzzer keeps migrate from opening
  * anything). */
 qmp_handler qmp_server_lookup(qmp_server *s, const char *name, void **opaque);
+/* Marks a registered command as out-of-band capable: a client that enabled
+ * the "oob" capability may send it with "exec-oob", and it then runs at
+ * once on the server thread, ahead of in-band commands still queued or
+ * running (QEMU's allow-oob).  Such a handler must never block. */
+void qmp_server_allow_oob(qmp_server *s, const char *name);
+/* For a handler: takes the next file descriptor the client passed with
+ * SCM_RIGHTS together with (or before) this request; the caller owns it.
+ * -EINVAL with QEMU's message when there is none.  Descriptors a command
+ * does not take are closed after it. */
+int qmp_take_received_fd(lm_error *err);
+/* Takes the descriptor a client named with getfd out of the server's table
+ * (the caller owns it); -ENOENT with a message when there is none.  The
+ * server also offers closefd and query-version. */
+int qmp_server_take_fd(qmp_server *s, const char *name, lm_error *err);
+/* Frees ptr (malloc'd) when the server is freed: for the state that a set
+ * of commands shares and that lives as long as they are registered. */
+int qmp_server_adopt(qmp_server *s, void *ptr);
 int qmp_server_start(qmp_server *s, lm_error *err); /* spawns the server thread */
 /* Broadcast an event to every negotiated client.  Takes ownership of data
  * (may be NULL).  Safe from any thread. */
@@ -57,6 +78,12 @@ int qmp_args_check(json_t *args, const char *const *known, lm_error *err);
  * query-migrate-parameters, migrate_cancel, migrate-continue. */
 struct lm_engine;
 void qmp_register_migration_commands(qmp_server *s, struct lm_engine *e);
+/* The migration address of a migrate / migrate-incoming request, as a URI
+ * the engine takes: from "uri", or from QEMU's "channels" (one channel of
+ * type main: socket unix/inet/fd, exec, file); fd:NAME (a getfd name) is
+ * resolved into fd:N, the descriptor now owned by the migration.  The
+ * caller checks which other arguments it accepts. */
+int qmp_migration_uri(qmp_server *s, json_t *args, char *out, size_t outsz, lm_error *err);
 /* query-migrate's reply for a snapshot (a new reference). */
 struct lm_info;
 json_t *qmp_migration_info_json(const struct lm_info *info);

@@ -15,6 +15,19 @@
  * read from while it has more than QMP_OUT_SOFT_LIMIT bytes pending (its
  * requests wait), and is dropped once queued events push it past
  * QMP_OUT_HARD_LIMIT.
+ *
+ * In-band commands run on a second thread, the command worker, one at a
+ * time in arrival order, so a slow one (a scan of guest RAM) never stalls
+ * the protocol: the server thread keeps reading, and a request sent with
+ * "exec-oob" (QEMU's out-of-band execution, for clients that enabled the
+ * "oob" capability) to a command registered as out-of-band capable runs at
+ * once on the server thread and is answered ahead of the queue.  The
+ * worker posts each reply on the event queue addressed to its client, so a
+ * client always sees the events a command raised before its reply.
+ *
+ * File descriptors a client passes with SCM_RIGHTS travel with the next
+ * request it sends; that command's handler takes them with
+ * qmp_take_received_fd() (getfd, add-fd), the rest are closed.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -30,6 +43,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "livemig/version.h"
 #include "qmp/qmp.h"
 
 #define QMP_READ_CHUNK      (64 * 1024)
@@ -38,24 +52,51 @@
 #define QMP_MAX_CLIENTS     256
 #define QMP_MAX_QUEUED_EVENTS 65536
 #define QMP_DUMP_FLAGS      (JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(15))
+#define QMP_CLIENT_QUEUE    8       /* in-band requests before reading stops */
+#define QMP_MAX_QUEUED_REQS 4096    /* all clients: past it, refuse */
+#define QMP_MAX_CLIENT_FDS  16      /* fds held for a client's next request */
 
 typedef struct qmp_cmd {
     char *name;
     qmp_handler fn;
     void *opaque;
+    bool allow_oob;
 } qmp_cmd;
 
+/* An event for every negotiated client, or (target != 0) one command's
+ * reply for one client. */
 typedef struct qmp_event {
     struct qmp_event *next;
+    uint64_t target;
     size_t len;
     char text[]; /* serialized, "\r\n"-terminated */
 } qmp_event;
 
+/* An in-band request waiting for the command worker: a parsed request, or
+ * a reply made already (an error found while parsing) that must keep its
+ * place in the client's order. */
+typedef struct qmp_request {
+    struct qmp_request *next;
+    uint64_t client;
+    json_t *req;
+    json_t *reply;
+    int fds[QMP_MAX_CLIENT_FDS];
+    size_t nfds;
+} qmp_request;
+
 typedef struct qmp_client {
     struct qmp_client *next;
+    struct qmp_server *server;
+    uint64_t serial;  /* names the client to the worker's replies */
     int fd;
     bool negotiated;
+    bool oob;         /* enabled the "oob" capability */
     bool dead;
+    size_t queued;    /* its requests waiting for or in the worker */
+
+    /* Descriptors received with SCM_RIGHTS, for the next request. */
+    int fds[QMP_MAX_CLIENT_FDS];
+    size_t nfds;
 
     /* Input framer. */
     bool active;      /* inside a top-level value */
@@ -86,10 +127,38 @@ struct qmp_server {
     size_t evq_len;
     bool stop;
 
+    /* Command worker: requests queue, guarded by lock, signalled by
+     * req_cond; done_serials lists finished requests' clients for the
+     * server thread to count down (it owns the clients). */
+    pthread_t worker;
+    bool worker_started, worker_stop;
+    pthread_cond_t req_cond;
+    qmp_request *rq_head, *rq_tail;
+    size_t rq_len;
+
+    /* Descriptors named by getfd, until a command takes one (fd:NAME) or
+     * closefd closes it; guarded by lock. */
+    struct named_fd *named_fds;
+
+    /* Allocations freed with the server (qmp_server_adopt). */
+    void **adopted;
+    size_t nadopted;
+
     /* Server thread only. */
     qmp_client *clients;
     size_t nclients;
+    uint64_t next_serial;
 };
+
+typedef struct named_fd {
+    struct named_fd *next;
+    char *name;
+    int fd;
+} named_fd;
+
+/* The request the calling thread is executing (worker or server thread),
+ * for qmp_take_received_fd(). */
+static __thread qmp_request *current_request;
 
 /* ------------------------------------------------------------------------ */
 /* Output */
@@ -216,7 +285,7 @@ static void utf8_scrub(char *s)
     }
 }
 
-static void client_send_error(qmp_client *c, json_t *id, const char *cls, const char *desc)
+static json_t *error_reply(json_t *id, const char *cls, const char *desc)
 {
     json_t *reply = json_object();
     json_t *e = json_object();
@@ -231,24 +300,30 @@ static void client_send_error(qmp_client *c, json_t *id, const char *cls, const 
     if (id) {
         json_object_set(reply, "id", id);
     }
-    client_send_json(c, reply);
+    return reply;
 }
 
-static void client_send_return(qmp_client *c, json_t *id, json_t *ret)
+static json_t *return_reply(json_t *id, json_t *ret)
 {
     json_t *reply = json_object();
     json_object_set_new(reply, "return", ret ? ret : json_object());
     if (id) {
         json_object_set(reply, "id", id);
     }
-    client_send_json(c, reply);
+    return reply;
+}
+
+static void client_send_error(qmp_client *c, json_t *id, const char *cls, const char *desc)
+{
+    client_send_json(c, error_reply(id, cls, desc));
 }
 
 static void client_send_greeting(qmp_client *c)
 {
-    json_t *g = json_pack("{s:{s:{s:{s:i,s:i,s:i},s:s},s:[]}}",
-                          "QMP", "version", "qemu", "micro", 0, "minor", 1, "major", 0,
-                          "package", "livemig", "capabilities");
+    json_t *g = json_pack("{s:{s:{s:{s:i,s:i,s:i},s:s},s:[s]}}",
+                          "QMP", "version", "qemu", "micro", LM_VERSION_MICRO,
+                          "minor", LM_VERSION_MINOR, "major", LM_VERSION_MAJOR,
+                          "package", "livemig " LM_VERSION_STRING, "capabilities", "oob");
     client_send_json(c, g);
 }
 
@@ -287,7 +362,17 @@ void qmp_server_register(qmp_server *s, const char *name, qmp_handler fn, void *
     }
     char *dup = strdup(name);
     if (dup) {
-        s->cmds[s->ncmds++] = (qmp_cmd){ dup, fn, opaque };
+        s->cmds[s->ncmds++] = (qmp_cmd){ dup, fn, opaque, false };
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+void qmp_server_allow_oob(qmp_server *s, const char *name)
+{
+    pthread_mutex_lock(&s->lock);
+    qmp_cmd *c = find_cmd_locked(s, name);
+    if (c) {
+        c->allow_oob = true;
     }
     pthread_mutex_unlock(&s->lock);
 }
@@ -321,53 +406,184 @@ static json_t *cmd_qmp_capabilities(void *opaque, json_t *args, lm_error *err)
     return json_object();
 }
 
-static void handle_qmp_capabilities(qmp_client *c, json_t *id, json_t *args)
+/* ------------------------------------------------------------------------ */
+/* Named descriptors: getfd, closefd (QEMU's monitor fds) */
+
+static named_fd **find_named_fd_locked(qmp_server *s, const char *name)
 {
-    if (c->negotiated) {
-        client_send_error(c, id, "CommandNotFound",
-                          "Capabilities negotiation is already complete, command ignored");
-        return;
+    named_fd **pp = &s->named_fds;
+    while (*pp && strcmp((*pp)->name, name) != 0) {
+        pp = &(*pp)->next;
     }
+    return pp;
+}
+
+static json_t *cmd_getfd(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { "fdname", NULL };
+    qmp_server *s = opaque;
+    const char *name = NULL;
+    if (qmp_args_check(args, known, err) < 0 ||
+        qmp_arg_str(args, "fdname", true, &name, err) < 0) {
+        return NULL;
+    }
+    if (isdigit((unsigned char)name[0])) {
+        /* fd:NAME must not read as fd:N. */
+        lm_error_set(err, -EINVAL, "Parameter 'fdname' expects a name not starting with a digit");
+        return NULL;
+    }
+    int fd = qmp_take_received_fd(err);
+    if (fd < 0) {
+        return NULL;
+    }
+    char *dup = strdup(name);
+    named_fd *n = dup ? malloc(sizeof(*n)) : NULL;
+    if (!n) {
+        free(dup);
+        close(fd);
+        lm_error_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_lock(&s->lock);
+    named_fd **pp = find_named_fd_locked(s, name);
+    if (*pp) {
+        /* As QEMU: a name given again replaces (and closes) the old fd. */
+        close((*pp)->fd);
+        (*pp)->fd = fd;
+        free(dup);
+        free(n);
+    } else {
+        *n = (named_fd){ NULL, dup, fd };
+        *pp = n;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return json_object();
+}
+
+int qmp_server_adopt(qmp_server *s, void *ptr)
+{
+    pthread_mutex_lock(&s->lock);
+    void **p = realloc(s->adopted, (s->nadopted + 1) * sizeof(*p));
+    if (p) {
+        p[s->nadopted++] = ptr;
+        s->adopted = p;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return p ? 0 : -ENOMEM;
+}
+
+int qmp_server_take_fd(qmp_server *s, const char *name, lm_error *err)
+{
+    pthread_mutex_lock(&s->lock);
+    named_fd **pp = find_named_fd_locked(s, name);
+    named_fd *n = *pp;
+    if (n) {
+        *pp = n->next;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (!n) {
+        return lm_error_set(err, -ENOENT, "File descriptor named '%s' has not been found", name);
+    }
+    int fd = n->fd;
+    free(n->name);
+    free(n);
+    return fd;
+}
+
+static json_t *cmd_closefd(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { "fdname", NULL };
+    const char *name = NULL;
+    if (qmp_args_check(args, known, err) < 0 ||
+        qmp_arg_str(args, "fdname", true, &name, err) < 0) {
+        return NULL;
+    }
+    int fd = qmp_server_take_fd(opaque, name, err);
+    if (fd < 0) {
+        return NULL;
+    }
+    close(fd);
+    return json_object();
+}
+
+static json_t *cmd_query_version(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { NULL };
+    if (qmp_args_check(args, known, err) < 0) {
+        return NULL;
+    }
+    return json_pack("{s:{s:i,s:i,s:i},s:s}", "qemu", "major", LM_VERSION_MAJOR,
+                     "minor", LM_VERSION_MINOR, "micro", LM_VERSION_MICRO,
+                     "package", "livemig " LM_VERSION_STRING);
+}
+
+/* qmp_capabilities: leaves negotiation mode, enabling "oob" if asked.
+ * Returns the reply. */
+static json_t *handle_qmp_capabilities(qmp_client *c, json_t *id, json_t *args)
+{
+    char desc[256];
+    if (c->negotiated) {
+        return error_reply(id, "CommandNotFound",
+                           "Capabilities negotiation is already complete, command ignored");
+    }
+    bool oob = false;
     const char *key;
     json_t *val;
     json_object_foreach(args, key, val) {
         if (strcmp(key, "enable") != 0) {
-            char desc[256];
             snprintf(desc, sizeof(desc), "Parameter '%.200s' is unexpected", key);
-            client_send_error(c, id, "GenericError", desc);
-            return;
+            return error_reply(id, "GenericError", desc);
         }
         if (!json_is_array(val)) {
-            client_send_error(c, id, "GenericError",
-                              "Invalid parameter type for 'enable', expected: array");
-            return;
+            return error_reply(id, "GenericError",
+                               "Invalid parameter type for 'enable', expected: array");
         }
         size_t i;
         json_t *cap;
         json_array_foreach(val, i, cap) {
-            char desc[256];
             if (!json_is_string(cap)) {
-                client_send_error(c, id, "GenericError",
-                                  "Invalid parameter type for 'enable', expected: string");
-                return;
+                return error_reply(id, "GenericError",
+                                   "Invalid parameter type for 'enable', expected: string");
             }
-            snprintf(desc, sizeof(desc), "Capability '%.200s' not available",
-                     json_string_value(cap));
-            client_send_error(c, id, "GenericError", desc);
-            return;
+            if (strcmp(json_string_value(cap), "oob") != 0) {
+                snprintf(desc, sizeof(desc), "Capability '%.200s' not available",
+                         json_string_value(cap));
+                return error_reply(id, "GenericError", desc);
+            }
+            oob = true;
         }
     }
     c->negotiated = true;
-    client_send_return(c, id, NULL);
+    c->oob = oob;
+    return return_reply(id, NULL);
+}
+
+static qmp_client *find_client(qmp_server *s, uint64_t serial)
+{
+    for (qmp_client *c = s->clients; c; c = c->next) {
+        if (c->serial == serial) {
+            return c;
+        }
+    }
+    return NULL;
 }
 
 static void deliver_events(qmp_server *s, qmp_event *list)
 {
     while (list) {
         qmp_event *next = list->next;
-        for (qmp_client *c = s->clients; c; c = c->next) {
-            if (c->negotiated) {
+        if (list->target) {
+            /* A reply: to its client, if still there, whose queue it ends. */
+            qmp_client *c = find_client(s, list->target);
+            if (c) {
+                c->queued--;
                 client_write(c, list->text, list->len);
+            }
+        } else {
+            for (qmp_client *c = s->clients; c; c = c->next) {
+                if (c->negotiated) {
+                    client_write(c, list->text, list->len);
+                }
             }
         }
         free(list);
@@ -389,86 +605,288 @@ static bool flush_events(qmp_server *s)
     return stop;
 }
 
-/* Execute one parsed request. */
-static void dispatch(qmp_server *s, qmp_client *c, json_t *req)
+static void wake_server(qmp_server *s)
 {
-    char desc[LM_ERROR_MSG_MAX + 64];
+    /* Non-blocking: a full pipe already holds a pending wake-up. */
+    char b = 'e';
+    ssize_t r = write(s->pipe_w, &b, 1);
+    (void)r;
+}
 
-    if (!json_is_object(req)) {
-        client_send_error(c, NULL, "GenericError", "QMP input must be a JSON object");
+/* Queue serialized text (consumed) for the server thread to deliver.
+ * Events beyond QMP_MAX_QUEUED_EVENTS are dropped; replies never are. */
+static void queue_text(qmp_server *s, uint64_t target, char *text)
+{
+    size_t len = strlen(text);
+    qmp_event *q = malloc(sizeof(*q) + len + 3);
+    if (!q) {
+        free(text);
         return;
     }
-    json_t *id = json_object_get(req, "id");
-    json_t *exec = NULL, *args = NULL;
-    const char *key;
-    json_t *val;
-    json_object_foreach(req, key, val) {
-        if (strcmp(key, "execute") == 0) {
-            exec = val;
-        } else if (strcmp(key, "arguments") == 0) {
-            args = val;
-        } else if (strcmp(key, "id") != 0) {
-            snprintf(desc, sizeof(desc), "QMP input member '%.200s' is unexpected", key);
-            client_send_error(c, id, "GenericError", desc);
+    memcpy(q->text, text, len);
+    memcpy(q->text + len, "\r\n", 3);
+    q->len = len + 2;
+    q->target = target;
+    q->next = NULL;
+    free(text);
+
+    pthread_mutex_lock(&s->lock);
+    if (!target && s->evq_len >= QMP_MAX_QUEUED_EVENTS) {
+        pthread_mutex_unlock(&s->lock);
+        free(q);
+        return;
+    }
+    if (s->evq_tail) {
+        s->evq_tail->next = q;
+    } else {
+        s->evq_head = q;
+    }
+    s->evq_tail = q;
+    s->evq_len++;
+    pthread_mutex_unlock(&s->lock);
+    wake_server(s);
+}
+
+/* Post a command's reply (consumed) to its client through the queue. */
+static void post_reply(qmp_server *s, uint64_t client, json_t *reply)
+{
+    char *text = json_dumps(reply, QMP_DUMP_FLAGS);
+    json_decref(reply);
+    if (!text) {
+        text = strdup("{\"error\": {\"class\": \"GenericError\", \"desc\": \"out of memory\"}}");
+        if (!text) {
             return;
         }
     }
-    if (!exec) {
-        client_send_error(c, id, "GenericError", "QMP input lacks member 'execute'");
-        return;
-    }
-    if (!json_is_string(exec)) {
-        client_send_error(c, id, "GenericError", "QMP input member 'execute' must be a string");
-        return;
-    }
-    if (args && !json_is_object(args)) {
-        client_send_error(c, id, "GenericError", "QMP input member 'arguments' must be an object");
-        return;
-    }
-    const char *name = json_string_value(exec);
-    json_t *empty = NULL;
-    if (!args) {
-        args = empty = json_object();
-    }
+    queue_text(s, client, text);
+}
 
-    if (strcmp(name, "qmp_capabilities") == 0) {
-        handle_qmp_capabilities(c, id, args);
-        json_decref(empty);
-        return;
+/* ------------------------------------------------------------------------ */
+/* File descriptors passed with SCM_RIGHTS */
+
+static void close_fds(int *fds, size_t *nfds)
+{
+    for (size_t i = 0; i < *nfds; i++) {
+        close(fds[i]);
     }
-    if (!c->negotiated) {
-        client_send_error(c, id, "CommandNotFound",
-                          "Expecting capabilities negotiation with 'qmp_capabilities'");
-        json_decref(empty);
-        return;
+    *nfds = 0;
+}
+
+int qmp_take_received_fd(lm_error *err)
+{
+    qmp_request *r = current_request;
+    if (!r || r->nfds == 0) {
+        return lm_error_set(err, -EINVAL, "No file descriptor supplied via SCM_RIGHTS");
     }
+    int fd = r->fds[0];
+    memmove(r->fds, r->fds + 1, (r->nfds - 1) * sizeof(r->fds[0]));
+    r->nfds--;
+    return fd;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Running commands */
+
+/* Runs one validated request's command in the calling thread; returns the
+ * reply.  oob: it came as exec-oob. */
+static json_t *run_command(qmp_server *s, const char *name, json_t *args, json_t *id, bool oob)
+{
+    char desc[LM_ERROR_MSG_MAX + 64];
 
     pthread_mutex_lock(&s->lock);
     qmp_cmd *cmd = find_cmd_locked(s, name);
     qmp_handler fn = cmd ? cmd->fn : NULL;
     void *opaque = cmd ? cmd->opaque : NULL;
+    bool allow_oob = cmd && cmd->allow_oob;
     pthread_mutex_unlock(&s->lock);
 
     if (!fn) {
         snprintf(desc, sizeof(desc), "The command %.200s has not been found", name);
-        client_send_error(c, id, "CommandNotFound", desc);
+        return error_reply(id, "CommandNotFound", desc);
+    }
+    if (oob && !allow_oob) {
+        snprintf(desc, sizeof(desc), "The command %.200s does not support OOB", name);
+        return error_reply(id, "GenericError", desc);
+    }
+    lm_error err = LM_ERROR_INIT;
+    json_t *ret = fn(opaque, args, &err);
+    if (lm_error_is_set(&err)) {
+        json_decref(ret);
+        return error_reply(id, "GenericError", err.msg[0] ? err.msg : "Unknown error");
+    }
+    return return_reply(id, ret);
+}
+
+/* The command worker: runs in-band requests one at a time, in order. */
+static void *worker_thread(void *opaque)
+{
+    qmp_server *s = opaque;
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        while (!s->rq_head && !s->worker_stop) {
+            pthread_cond_wait(&s->req_cond, &s->lock);
+        }
+        if (s->worker_stop) {
+            pthread_mutex_unlock(&s->lock);
+            return NULL;
+        }
+        qmp_request *r = s->rq_head;
+        s->rq_head = r->next;
+        if (!s->rq_head) {
+            s->rq_tail = NULL;
+        }
+        s->rq_len--;
+        pthread_mutex_unlock(&s->lock);
+
+        json_t *reply = r->reply;
+        if (!reply) {
+            json_t *args = json_object_get(r->req, "arguments");
+            json_t *empty = args ? NULL : json_object();
+            current_request = r;
+            reply = run_command(s, json_string_value(json_object_get(r->req, "execute")),
+                                args ? args : empty, json_object_get(r->req, "id"), false);
+            current_request = NULL;
+            json_decref(empty);
+        }
+        /* The reply joins the event queue after every event the command
+         * raised: a client that sees `completed` in a reply has already
+         * been sent the MIGRATION event that announced it. */
+        post_reply(s, r->client, reply);
+        close_fds(r->fds, &r->nfds);
+        json_decref(r->req);
+        free(r);
+    }
+}
+
+/* Queue an in-band request (req and/or a ready reply, both consumed) with
+ * the fds the client passed before it. */
+static void queue_request(qmp_server *s, qmp_client *c, json_t *req, json_t *reply)
+{
+    qmp_request *r = calloc(1, sizeof(*r));
+    pthread_mutex_lock(&s->lock);
+    bool full = s->rq_len >= QMP_MAX_QUEUED_REQS;
+    pthread_mutex_unlock(&s->lock);
+    if (!r || full) {
+        free(r);
+        json_decref(reply);
+        client_send_error(c, json_object_get(req, "id"), "GenericError",
+                          full ? "Too many queued requests" : "out of memory");
+        json_decref(req);
+        return;
+    }
+    r->client = c->serial;
+    r->req = req;
+    r->reply = reply;
+    memcpy(r->fds, c->fds, c->nfds * sizeof(c->fds[0]));
+    r->nfds = c->nfds;
+    c->nfds = 0;
+    c->queued++;
+
+    pthread_mutex_lock(&s->lock);
+    if (s->rq_tail) {
+        s->rq_tail->next = r;
+    } else {
+        s->rq_head = r;
+    }
+    s->rq_tail = r;
+    s->rq_len++;
+    pthread_cond_signal(&s->req_cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* An error found while reading a client's input: in its place among the
+ * replies once the client negotiated, at once before. */
+static void client_reply_error(qmp_client *c, json_t *id, const char *desc)
+{
+    if (c->negotiated) {
+        queue_request(c->server, c, NULL, error_reply(id, "GenericError", desc));
+    } else {
+        client_send_error(c, id, "GenericError", desc);
+    }
+}
+
+/* Execute one parsed request (consumed). */
+static void dispatch(qmp_server *s, qmp_client *c, json_t *req)
+{
+    char desc[LM_ERROR_MSG_MAX + 64];
+
+    if (!json_is_object(req)) {
+        client_reply_error(c, NULL, "QMP input must be a JSON object");
+        json_decref(req);
+        return;
+    }
+    json_t *id = json_object_get(req, "id");
+    json_t *exec = NULL, *args = NULL;
+    bool oob = false;
+    const char *key;
+    json_t *val;
+    json_object_foreach(req, key, val) {
+        if (strcmp(key, "execute") == 0 && !exec) {
+            exec = val;
+        } else if (strcmp(key, "exec-oob") == 0 && !exec && c->oob) {
+            exec = val;
+            oob = true;
+        } else if (strcmp(key, "arguments") == 0) {
+            args = val;
+        } else if (strcmp(key, "id") != 0) {
+            snprintf(desc, sizeof(desc), "QMP input member '%.200s' is unexpected", key);
+            client_reply_error(c, id, desc);
+            json_decref(req);
+            return;
+        }
+    }
+    const char *why = !exec ? "QMP input lacks member 'execute'"
+                    : !json_is_string(exec) ? "QMP input member 'execute' must be a string"
+                    : args && !json_is_object(args)
+                        ? "QMP input member 'arguments' must be an object" : NULL;
+    if (why) {
+        if (oob) {
+            client_send_error(c, id, "GenericError", why);
+        } else {
+            client_reply_error(c, id, why);
+        }
+        json_decref(req);
+        return;
+    }
+    const char *name = json_string_value(exec);
+
+    if (!oob && strcmp(name, "qmp_capabilities") == 0) {
+        json_t *empty = args ? NULL : json_object();
+        json_t *reply = handle_qmp_capabilities(c, id, args ? args : empty);
         json_decref(empty);
+        if (c->queued) {
+            queue_request(s, c, NULL, reply);
+        } else {
+            client_send_json(c, reply);
+        }
+        json_decref(req);
+        return;
+    }
+    if (!c->negotiated) {
+        client_send_error(c, id, "CommandNotFound",
+                          "Expecting capabilities negotiation with 'qmp_capabilities'");
+        json_decref(req);
+        return;
+    }
+    if (!oob) {
+        queue_request(s, c, req, NULL);
         return;
     }
 
-    lm_error err = LM_ERROR_INIT;
-    json_t *ret = fn(opaque, args, &err);
+    /* Out of band: now, on this thread, ahead of the queue. */
+    qmp_request here = { .client = c->serial };
+    memcpy(here.fds, c->fds, c->nfds * sizeof(c->fds[0]));
+    here.nfds = c->nfds;
+    c->nfds = 0;
+    json_t *empty = args ? NULL : json_object();
+    current_request = &here;
+    json_t *reply = run_command(s, name, args ? args : empty, id, true);
+    current_request = NULL;
     json_decref(empty);
-    /* Events raised before or while the command ran go out ahead of its
-     * reply, as in QEMU: a client that sees `completed` in a reply has
-     * already been sent the MIGRATION event that announced it. */
+    close_fds(here.fds, &here.nfds);
     flush_events(s);
-    if (lm_error_is_set(&err)) {
-        json_decref(ret);
-        client_send_error(c, id, "GenericError", err.msg[0] ? err.msg : "Unknown error");
-        return;
-    }
-    client_send_return(c, id, ret);
+    client_send_json(c, reply);
+    json_decref(req);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -496,7 +914,7 @@ static void frame_append(qmp_client *c, char ch)
         char desc[128];
         snprintf(desc, sizeof(desc),
                  "JSON parse error, request exceeds the limit of %d bytes", QMP_MAX_REQUEST);
-        client_send_error(c, NULL, "GenericError", desc);
+        client_reply_error(c, NULL, desc);
         c->discarding = true;
         return;
     }
@@ -527,11 +945,10 @@ static void frame_complete(qmp_server *s, qmp_client *c)
     if (!req) {
         char desc[256];
         snprintf(desc, sizeof(desc), "JSON parse error, %s", jerr.text);
-        client_send_error(c, NULL, "GenericError", desc);
+        client_reply_error(c, NULL, desc);
         return;
     }
     dispatch(s, c, req);
-    json_decref(req);
 }
 
 static bool is_delim(char ch)
@@ -551,7 +968,7 @@ static void client_feed(qmp_server *s, qmp_client *c, const char *buf, size_t le
             if (ch == '}' || ch == ']' || ch == ',' || ch == ':') {
                 char desc[64];
                 snprintf(desc, sizeof(desc), "JSON parse error, stray '%c'", ch);
-                client_send_error(c, NULL, "GenericError", desc);
+                client_reply_error(c, NULL, desc);
                 continue;
             }
             c->active = true;
@@ -605,6 +1022,7 @@ static void client_feed(qmp_server *s, qmp_client *c, const char *buf, size_t le
 
 static void client_free(qmp_client *c)
 {
+    close_fds(c->fds, &c->nfds);
     close(c->fd);
     free(c->in);
     free(c->out);
@@ -628,6 +1046,8 @@ static void accept_clients(qmp_server *s)
             continue;
         }
         c->fd = fd;
+        c->server = s;
+        c->serial = ++s->next_serial;
         c->next = s->clients;
         s->clients = c;
         s->nclients++;
@@ -635,10 +1055,41 @@ static void accept_clients(qmp_server *s)
     }
 }
 
+/* Keep the descriptors a message carried for the client's next request;
+ * beyond QMP_MAX_CLIENT_FDS they are closed. */
+static void client_take_fds(qmp_client *c, struct msghdr *msg)
+{
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(msg); cm; cm = CMSG_NXTHDR(msg, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) {
+            continue;
+        }
+        size_t n = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < n; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(fd));
+            if (c->nfds < QMP_MAX_CLIENT_FDS) {
+                c->fds[c->nfds++] = fd;
+            } else {
+                close(fd);
+            }
+        }
+    }
+}
+
 static void client_read(qmp_server *s, qmp_client *c)
 {
     char buf[QMP_READ_CHUNK];
-    ssize_t n = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);
+    union {
+        char buf[CMSG_SPACE(QMP_MAX_CLIENT_FDS * sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct iovec iov = { .iov_base = buf, .iov_len = sizeof(buf) };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
+                          .msg_control = control.buf, .msg_controllen = sizeof(control.buf) };
+    ssize_t n = recvmsg(c->fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n >= 0) {
+        client_take_fds(c, &msg);
+    }
     if (n > 0) {
         client_feed(s, c, buf, (size_t)n);
     } else if (n == 0) {
@@ -684,40 +1135,9 @@ void qmp_server_emit(qmp_server *s, const char *event, json_t *data)
     }
     char *text = json_dumps(ev, QMP_DUMP_FLAGS);
     json_decref(ev);
-    if (!text) {
-        return;
+    if (text) {
+        queue_text(s, 0, text);
     }
-    size_t len = strlen(text);
-    qmp_event *q = malloc(sizeof(*q) + len + 3);
-    if (!q) {
-        free(text);
-        return;
-    }
-    memcpy(q->text, text, len);
-    memcpy(q->text + len, "\r\n", 3);
-    q->len = len + 2;
-    q->next = NULL;
-    free(text);
-
-    pthread_mutex_lock(&s->lock);
-    if (s->evq_len >= QMP_MAX_QUEUED_EVENTS) {
-        pthread_mutex_unlock(&s->lock);
-        free(q);
-        return;
-    }
-    if (s->evq_tail) {
-        s->evq_tail->next = q;
-    } else {
-        s->evq_head = q;
-    }
-    s->evq_tail = q;
-    s->evq_len++;
-    pthread_mutex_unlock(&s->lock);
-
-    /* Non-blocking: a full pipe already holds a pending wake-up. */
-    char b = 'e';
-    ssize_t r = write(s->pipe_w, &b, 1);
-    (void)r;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -746,7 +1166,7 @@ static void *server_thread(void *opaque)
         size_t i = 2;
         for (qmp_client *c = s->clients; c; c = c->next, i++) {
             short ev = 0;
-            if (client_pending(c) < QMP_OUT_SOFT_LIMIT) {
+            if (client_pending(c) < QMP_OUT_SOFT_LIMIT && c->queued < QMP_CLIENT_QUEUE) {
                 ev |= POLLIN;
             }
             if (client_pending(c) > 0) {
@@ -824,6 +1244,7 @@ qmp_server *qmp_server_new(const char *socket_path, lm_error *err)
     }
     s->listen_fd = s->pipe_r = s->pipe_w = -1;
     pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->req_cond, NULL);
     s->path = strdup(socket_path);
     if (!s->path) {
         lm_error_set(err, -ENOMEM, "out of memory");
@@ -877,12 +1298,16 @@ qmp_server *qmp_server_new(const char *socket_path, lm_error *err)
 
     qmp_server_register(s, "qmp_capabilities", cmd_qmp_capabilities, s);
     qmp_server_register(s, "query-commands", cmd_query_commands, s);
+    qmp_server_register(s, "query-version", cmd_query_version, s);
+    qmp_server_register(s, "getfd", cmd_getfd, s);
+    qmp_server_register(s, "closefd", cmd_closefd, s);
     return s;
 
 fail:
     if (s->listen_fd >= 0) {
         close(s->listen_fd);
     }
+    pthread_cond_destroy(&s->req_cond);
     pthread_mutex_destroy(&s->lock);
     free(s->path);
     free(s);
@@ -894,7 +1319,12 @@ int qmp_server_start(qmp_server *s, lm_error *err)
     if (s->started) {
         return lm_error_set(err, -EBUSY, "QMP server already started");
     }
-    int r = pthread_create(&s->thread, NULL, server_thread, s);
+    int r = pthread_create(&s->worker, NULL, worker_thread, s);
+    if (r != 0) {
+        return lm_error_set_errno(err, -r, "QMP server: cannot start its command worker");
+    }
+    s->worker_started = true;
+    r = pthread_create(&s->thread, NULL, server_thread, s);
     if (r != 0) {
         return lm_error_set_errno(err, -r, "QMP server: cannot start its thread");
     }
@@ -906,6 +1336,15 @@ void qmp_server_free(qmp_server *s)
 {
     if (!s) {
         return;
+    }
+    if (s->worker_started) {
+        /* The command in progress finishes (its reply still goes out);
+         * requests behind it are dropped. */
+        pthread_mutex_lock(&s->lock);
+        s->worker_stop = true;
+        pthread_cond_signal(&s->req_cond);
+        pthread_mutex_unlock(&s->lock);
+        pthread_join(s->worker, NULL);
     }
     if (s->started) {
         pthread_mutex_lock(&s->lock);
@@ -919,19 +1358,35 @@ void qmp_server_free(qmp_server *s)
         }
         pthread_join(s->thread, NULL);
     }
+    /* Replies and events still queued go out before the clients close. */
+    flush_events(s);
     while (s->clients) {
         qmp_client *c = s->clients;
         s->clients = c->next;
         client_flush(c);
         client_free(c);
     }
-    while (s->evq_head) {
-        qmp_event *q = s->evq_head;
-        s->evq_head = q->next;
-        free(q);
+    while (s->rq_head) {
+        qmp_request *r = s->rq_head;
+        s->rq_head = r->next;
+        close_fds(r->fds, &r->nfds);
+        json_decref(r->req);
+        json_decref(r->reply);
+        free(r);
     }
     for (size_t i = 0; i < s->ncmds; i++) {
         free(s->cmds[i].name);
+    }
+    for (size_t i = 0; i < s->nadopted; i++) {
+        free(s->adopted[i]);
+    }
+    free(s->adopted);
+    while (s->named_fds) {
+        named_fd *n = s->named_fds;
+        s->named_fds = n->next;
+        close(n->fd);
+        free(n->name);
+        free(n);
     }
     free(s->cmds);
     close(s->listen_fd);
@@ -939,6 +1394,7 @@ void qmp_server_free(qmp_server *s)
     close(s->pipe_w);
     unlink(s->path);
     free(s->path);
+    pthread_cond_destroy(&s->req_cond);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }

@@ -12,7 +12,9 @@
 
 #define SCAN_VEC_LEN 4096
 
-enum tracker_kind { TRACK_UFFD, TRACK_MANUAL };
+/* TRACK_DIRTY_LOG: only the embedders' pull-style logs; every kind also
+ * pulls them from the blocks that have one. */
+enum tracker_kind { TRACK_UFFD, TRACK_MANUAL, TRACK_DIRTY_LOG };
 
 struct lm_dirty_tracker {
     enum tracker_kind kind;
@@ -371,11 +373,92 @@ static int manual_sync(lm_dirty_tracker *t, uint64_t *newly)
     return 0;
 }
 
+/* ---- the embedder's pull-style dirty logs ---- */
+
+static void dirty_logs_stop(lm_dirty_tracker *t)
+{
+    for (size_t i = 0; i < t->nblocks; i++) {
+        lm_ram_block *b = t->blocks[i];
+        if (b->dlog_active) {
+            if (b->dlog_ops->stop) {
+                b->dlog_ops->stop(b->dlog_opaque, b);
+            }
+            b->dlog_active = false;
+        }
+    }
+}
+
+static int dirty_logs_start(lm_dirty_tracker *t, lm_error *err)
+{
+    for (size_t i = 0; i < t->nblocks; i++) {
+        lm_ram_block *b = t->blocks[i];
+        if (!b->dlog_ops) {
+            continue;
+        }
+        int ret = b->dlog_ops->start ? b->dlog_ops->start(b->dlog_opaque, b) : 0;
+        if (ret < 0) {
+            dirty_logs_stop(t);
+            return lm_error_set_errno(err, ret, "RAM block '%s': the dirty log did not start",
+                                      b->name);
+        }
+        b->dlog_active = true;
+    }
+    return 0;
+}
+
+static int dirty_logs_sync(lm_dirty_tracker *t, uint64_t *newly, lm_error *err)
+{
+    for (size_t i = 0; i < t->nblocks; i++) {
+        lm_ram_block *b = t->blocks[i];
+        if (!b->dlog_active) {
+            continue;
+        }
+        uint64_t *log = lm_bitmap_new(b->npages);
+        if (!log) {
+            return lm_error_set(err, -ENOMEM, "out of memory");
+        }
+        int ret = b->dlog_ops->sync(b->dlog_opaque, b, log, b->npages);
+        if (ret < 0) {
+            lm_bitmap_free(log);
+            return lm_error_set_errno(err, ret, "RAM block '%s': the dirty log sync failed",
+                                      b->name);
+        }
+        if (b->npages % 64) {
+            /* Bits past the block's end are the embedder's slip: ignore. */
+            log[b->npages / 64] &= (1ull << (b->npages % 64)) - 1;
+        }
+        for (uint64_t w = 0; w < LM_BITMAP_WORDS(b->npages); w++) {
+            *newly += (uint64_t)__builtin_popcountll(log[w] & ~b->dirty[w]);
+            b->dirty[w] |= log[w];
+        }
+        lm_bitmap_free(log);
+    }
+    return 0;
+}
+
+static bool any_dirty_log(lm_ram_block **blocks, size_t nblocks)
+{
+    for (size_t i = 0; i < nblocks; i++) {
+        if (blocks[i]->dlog_ops) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* ---- interface ---- */
 
-int lm_dirty_tracker_start(const char *kind, lm_ram_block **blocks, size_t nblocks,
-                           lm_dirty_tracker **out, lm_error *err)
+static int tracker_start(const char *kind, lm_ram_block **blocks, size_t nblocks,
+                         lm_dirty_tracker **out, lm_error *err)
 {
+    if (!strcmp(kind, "dirty-log")) {
+        if (!any_dirty_log(blocks, nblocks)) {
+            return lm_error_set(err, -EINVAL, "x-dirty-tracker 'dirty-log': no RAM block has a "
+                                "dirty log (lm_ram_set_dirty_log)");
+        }
+        *out = tracker_alloc(TRACK_DIRTY_LOG, blocks, nblocks);
+        return *out ? 0 : lm_error_set(err, -ENOMEM, "out of memory");
+    }
     bool want_uffd = !strcmp(kind, "uffd-wp") || !strcmp(kind, "auto");
     if (!want_uffd && strcmp(kind, "manual")) {
         return lm_error_set(err, -EINVAL, "unknown dirty tracker '%s'", kind);
@@ -411,10 +494,28 @@ int lm_dirty_tracker_start(const char *kind, lm_ram_block **blocks, size_t nbloc
     return 0;
 }
 
+int lm_dirty_tracker_start(const char *kind, lm_ram_block **blocks, size_t nblocks,
+                           lm_dirty_tracker **out, lm_error *err)
+{
+    int ret = tracker_start(kind, blocks, nblocks, out, err);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = dirty_logs_start(*out, err);
+    if (ret < 0) {
+        lm_dirty_tracker_stop(*out);
+        *out = NULL;
+    }
+    return ret;
+}
+
 int lm_dirty_tracker_sync(lm_dirty_tracker *t, uint64_t *newly, lm_error *err)
 {
     *newly = 0;
-    return t->kind == TRACK_UFFD ? uffd_sync(t, newly, err) : manual_sync(t, newly);
+    int ret = t->kind == TRACK_UFFD     ? uffd_sync(t, newly, err)
+              : t->kind == TRACK_MANUAL ? manual_sync(t, newly)
+                                        : 0;
+    return ret < 0 ? ret : dirty_logs_sync(t, newly, err);
 }
 
 void lm_dirty_tracker_stop(lm_dirty_tracker *t)
@@ -425,10 +526,20 @@ void lm_dirty_tracker_stop(lm_dirty_tracker *t)
     if (t->kind == TRACK_MANUAL) {
         set_reporting(t, 0);
     }
+    dirty_logs_stop(t);
     tracker_free(t);
 }
 
 const char *lm_dirty_tracker_name(const lm_dirty_tracker *t)
 {
-    return t->kind == TRACK_UFFD ? "uffd-wp-async" : "manual";
+    bool logs = any_dirty_log(t->blocks, t->nblocks);
+    switch (t->kind) {
+    case TRACK_UFFD:
+        return logs ? "uffd-wp-async+dirty-log" : "uffd-wp-async";
+    case TRACK_MANUAL:
+        return logs ? "manual+dirty-log" : "manual";
+    case TRACK_DIRTY_LOG:
+        break;
+    }
+    return "dirty-log";
 }

@@ -6,7 +6,10 @@
  *                  write-protects them again (get-and-reprotect).  Default
  *                  where the kernel has it.
  *   manual         the embedder reports writes with lm_ram_mark_dirty() (as a
- *                  KVM VMM feeds its dirty log or ring).
+ *                  KVM VMM feeds its dirty ring).
+ *   dirty-log      only the embedder's pull-style logs (lm_ram_set_dirty_log,
+ *                  as a KVM VMM hands over KVM_GET_DIRTY_LOG).  Every kind
+ *                  also pulls the logs of the blocks that have one.
  *
  * start() begins tracking (every page written after it is reported by a
  * later sync), sync() ORs the pages written since the last sync into each
@@ -23,7 +26,7 @@
 
 typedef struct lm_dirty_tracker lm_dirty_tracker;
 
-/* kind: "auto", "uffd-wp" or "manual".  "auto" picks uffd-wp when the kernel
+/* kind: "auto", "uffd-wp", "manual" or "dirty-log".  "auto" picks uffd-wp when the kernel
  * supports it and falls back to manual with a warning. */
 int lm_dirty_tracker_start(const char *kind, lm_ram_block **blocks, size_t nblocks,
                            lm_dirty_tracker **out, lm_error *err);
@@ -31,7 +34,8 @@ int lm_dirty_tracker_start(const char *kind, lm_ram_block **blocks, size_t nbloc
  * *newly counts pages that were not already dirty. */
 int lm_dirty_tracker_sync(lm_dirty_tracker *t, uint64_t *newly, lm_error *err);
 void lm_dirty_tracker_stop(lm_dirty_tracker *t);
-/* "uffd-wp-async" or "manual". */
+/* "uffd-wp-async", "manual" or "dirty-log" ("+dirty-log" when logs are
+ * pulled beside the engine's own tracker). */
 const char *lm_dirty_tracker_name(const lm_dirty_tracker *t);
 
 /* Marks in each private block's `unpopulated` bitmap the pages that were

@@ -12,6 +12,7 @@
 #include "livemig/buffer.h"
 #include "ram/mapped_ram.h"
 #include "ram/ram_load.h"
+#include "stream/checksum.h"
 #include "stream/format.h"
 
 /* Jobs waiting for a writer thread: enough to keep every thread busy while
@@ -36,6 +37,41 @@ static uint64_t bitmap_bytes(const lm_ram_block *b)
 static uint64_t align_up(uint64_t v, uint64_t align)
 {
     return LM_DIV_ROUND_UP(v, align) * align;
+}
+
+/* Checksum table: pages per chunk, and the table's size. */
+static uint64_t csum_chunk_pages(const lm_ram_block *b)
+{
+    return b->page_size >= LM_MAPPED_RAM_CSUM_CHUNK ? 1 : LM_MAPPED_RAM_CSUM_CHUNK >> b->page_shift;
+}
+
+static uint64_t csum_table_bytes(const lm_ram_block *b)
+{
+    return LM_DIV_ROUND_UP(b->npages, csum_chunk_pages(b)) * sizeof(uint64_t);
+}
+
+/* A page's own checksum, seeded with its index: a page read from the
+ * wrong slot fails too. */
+static uint64_t page_csum(const lm_ram_block *b, uint64_t p)
+{
+    return lm_csum(lm_ram_block_page(b, p), b->page_size, p);
+}
+
+/* A chunk's checksum: xxh3 of its pages' checksums (be64, 0 for a page the
+ * bitmap says absent), so the bitmap is covered too.  page_sum(p) gives a
+ * present page's checksum. */
+static uint64_t chunk_csum(const lm_ram_block *b, const uint64_t *present, uint64_t chunk,
+                           uint64_t (*page_sum)(const void *, const lm_ram_block *, uint64_t),
+                           const void *opaque)
+{
+    uint8_t buf[(LM_MAPPED_RAM_CSUM_CHUNK >> 12) * sizeof(uint64_t)];
+    uint64_t n = csum_chunk_pages(b), first = chunk * n;
+    n = LM_MIN(n, b->npages - first);
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t p = first + i;
+        lm_store_be64(buf + i * 8, lm_bitmap_test(present, p) ? page_sum(opaque, b, p) : 0);
+    }
+    return lm_csum(buf, n * 8, 0);
 }
 
 /* Where a block's pages start: after its bitmap, on a 1 MiB boundary, and
@@ -82,6 +118,7 @@ struct lm_mapped_ram_src {
     uint64_t *bitmap_off;  /* per block index */
     uint64_t *pages_off;
     uint64_t **present;    /* per block: pages whose slot holds their latest data */
+    uint64_t **page_sum;   /* checksum: per block, each written page's checksum */
     uint64_t bytes;        /* atomic */
 
     pthread_mutex_t lock;
@@ -151,6 +188,31 @@ static int copy_from_ram_file(int out, const lm_ram_block *blk, uint64_t first, 
     return 0;
 }
 
+/* The checksums of pages [first, first+count) of blk.  A file-backed
+ * block's pages are read from its file: through the mapping they would be
+ * mapped, which the dirty tracker takes for writes. */
+static int sum_pages(lm_mapped_ram_src *mr, const lm_ram_block *blk, uint64_t first, uint32_t count)
+{
+    uint64_t *sums = mr->page_sum[blk->idx];
+    if (!lm_ram_block_has_fd(blk)) {
+        for (uint64_t p = first; p < first + count; p++) {
+            sums[p] = page_csum(blk, p);
+        }
+        return 0;
+    }
+    uint8_t *buf = malloc(blk->page_size);
+    if (!buf) {
+        return -ENOMEM;
+    }
+    int ret = 0;
+    for (uint64_t p = first; p < first + count && ret == 0; p++) {
+        ret = pio_full(blk->fd, false, buf, blk->page_size, blk->fd_offset + (p << blk->page_shift));
+        sums[p] = lm_csum(buf, blk->page_size, p);
+    }
+    free(buf);
+    return ret;
+}
+
 /* Data pages [first, first+count) of blk to their slots in the file. */
 static int write_data(lm_mapped_ram_src *mr, lm_ram_block *blk, uint64_t first, uint32_t count)
 {
@@ -174,6 +236,18 @@ static int write_data(lm_mapped_ram_src *mr, lm_ram_block *blk, uint64_t first, 
         lm_error_set_errno(&e, ret, "mapped-ram: cannot write pages of block '%s' at offset %" PRIu64,
                            blk->name, off);
         return src_fail(mr, &e);
+    }
+    if (mr->cfg.checksum) {
+        /* Hashed after the write: if the guest changed a page since it was
+         * claimed, it is dirty again and this slot and sum are rewritten by
+         * a later pass, so the last write's sum is the slot's. */
+        ret = sum_pages(mr, blk, first, count);
+        if (ret < 0) {
+            lm_error e = LM_ERROR_INIT;
+            lm_error_set_errno(&e, ret, "mapped-ram: cannot read RAM block '%s' from its file",
+                               blk->name);
+            return src_fail(mr, &e);
+        }
     }
     lm_bitmap_set_range_atomic(mr->present[blk->idx], first, count);
     lm_ram_save_count(mr->saver, LM_RAM_PAGES, blk, count);
@@ -288,6 +362,10 @@ void lm_mapped_ram_src_free(lm_mapped_ram_src *mr)
     for (size_t i = 0; mr->present && i < mr->nblocks; i++) {
         lm_bitmap_free(mr->present[i]);
     }
+    for (size_t i = 0; mr->page_sum && i < mr->nblocks; i++) {
+        free(mr->page_sum[i]);
+    }
+    free(mr->page_sum);
     free(mr->present);
     free(mr->bitmap_off);
     free(mr->pages_off);
@@ -325,6 +403,14 @@ int lm_mapped_ram_src_new(const lm_mapped_ram_src_cfg *cfg, lm_ram_saver *saver,
         mr->present[i] = lm_bitmap_new(saver->blocks[i]->npages);
         ok = mr->present[i] != NULL;
     }
+    if (ok && cfg->checksum) {
+        mr->page_sum = calloc(mr->nblocks + 1, sizeof(uint64_t *));
+        ok = mr->page_sum != NULL;
+        for (size_t i = 0; ok && i < mr->nblocks; i++) {
+            mr->page_sum[i] = calloc(saver->blocks[i]->npages, sizeof(uint64_t));
+            ok = mr->page_sum[i] != NULL;
+        }
+    }
     if (!ok) {
         lm_mapped_ram_src_free(mr);
         return lm_error_set(err, -ENOMEM, "out of memory");
@@ -349,15 +435,18 @@ int lm_mapped_ram_src_layout(lm_mapped_ram_src *mr, lm_channel *ch, lm_error *er
         if (lm_channel_tell(ch, &pos) < 0) {
             return lm_channel_error(ch, err);
         }
-        /* The bitmap follows the record; the pages follow the bitmap. */
+        /* The bitmap follows the record, [the checksum table the bitmap,]
+         * the pages follow. */
         uint64_t boff = pos + 1 + LM_MAPPED_RAM_RECORD_LEN;
-        uint64_t poff = align_up(boff + bitmap_bytes(b), region_align(b));
+        uint64_t tlen = mr->cfg.checksum ? csum_table_bytes(b) : 0;
+        uint64_t poff = align_up(boff + bitmap_bytes(b) + tlen, region_align(b));
         mr->bitmap_off[b->idx] = boff;
         mr->pages_off[b->idx] = poff;
         uint8_t rec[1 + LM_MAPPED_RAM_RECORD_LEN];
         rec[0] = LM_RAM_MAPPED_BLOCK;
         lm_store_be16(rec + 1, (uint16_t)b->idx);
-        lm_store_be32(rec + 3, LM_MAPPED_RAM_VERSION);
+        lm_store_be32(rec + 3, mr->cfg.checksum ? LM_MAPPED_RAM_VERSION_CHECKSUM
+                                                : LM_MAPPED_RAM_VERSION);
         lm_store_be32(rec + 7, b->page_size);
         lm_store_be64(rec + 11, boff);
         lm_store_be64(rec + 19, poff);
@@ -408,6 +497,34 @@ int lm_mapped_ram_src_flush(lm_mapped_ram_src *mr, lm_error *err)
     return src_error(mr, err);
 }
 
+static uint64_t stored_sum(const void *opaque, const lm_ram_block *b, uint64_t p)
+{
+    const lm_mapped_ram_src *mr = opaque;
+    return mr->page_sum[b->idx][p];
+}
+
+/* After the final pass: each chunk's checksum from the pages' own, right
+ * after the block's bitmap. */
+static int write_csum_table(lm_mapped_ram_src *mr, lm_ram_block *b, lm_error *err)
+{
+    uint64_t n = csum_table_bytes(b) / 8;
+    uint8_t *buf = malloc(n * 8);
+    if (!buf) {
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    for (uint64_t k = 0; k < n; k++) {
+        lm_store_be64(buf + k * 8, chunk_csum(b, mr->present[b->idx], k, stored_sum, mr));
+    }
+    uint64_t off = mr->bitmap_off[b->idx] + bitmap_bytes(b);
+    int ret = pio_full(mr->cfg.fd, true, buf, n * 8, off);
+    free(buf);
+    if (ret < 0) {
+        return lm_error_set_errno(err, ret, "mapped-ram: cannot write the checksums of block '%s'",
+                                  b->name);
+    }
+    return 0;
+}
+
 int lm_mapped_ram_src_finish(lm_mapped_ram_src *mr, lm_error *err)
 {
     int ret = lm_mapped_ram_src_flush(mr, err);
@@ -427,6 +544,9 @@ int lm_mapped_ram_src_finish(lm_mapped_ram_src *mr, lm_error *err)
             return lm_error_set_errno(err, ret, "mapped-ram: cannot write the bitmap of block '%s'",
                                       b->name);
         }
+        if (mr->cfg.checksum) {
+            ret = write_csum_table(mr, b, err);
+        }
     }
     return ret;
 }
@@ -442,11 +562,12 @@ struct lm_mapped_ram_dst {
     lm_ram_block **blocks;
     size_t nblocks;
     unsigned threads;
+    bool checksum;
     bool *loaded;
     uint64_t pages, zero, bytes;
 };
 
-int lm_mapped_ram_dst_new(lm_ram_block **blocks, size_t nblocks, unsigned threads,
+int lm_mapped_ram_dst_new(lm_ram_block **blocks, size_t nblocks, unsigned threads, bool checksum,
                           lm_mapped_ram_dst **out, lm_error *err)
 {
     lm_mapped_ram_dst *mr = calloc(1, sizeof(*mr));
@@ -460,6 +581,7 @@ int lm_mapped_ram_dst_new(lm_ram_block **blocks, size_t nblocks, unsigned thread
     mr->blocks = blocks;
     mr->nblocks = nblocks;
     mr->threads = threads < 1 ? 1 : LM_MIN(threads, LM_MAPPED_RAM_MAX_THREADS);
+    mr->checksum = checksum;
     *out = mr;
     return 0;
 }
@@ -495,6 +617,7 @@ int lm_mapped_ram_dst_check_complete(const lm_mapped_ram_dst *mr, lm_error *err)
 typedef struct load_ctx {
     lm_ram_block *b;
     const uint64_t *map; /* present pages (host order) */
+    const uint64_t *sums; /* checksum table (host order), or NULL */
     int fd;
     uint64_t pages_off;
     uint64_t chunk_pages;
@@ -543,6 +666,36 @@ static int load_present(load_ctx *l, uint64_t p, uint64_t q)
     return 0;
 }
 
+static uint64_t loaded_sum(const void *opaque, const lm_ram_block *b, uint64_t p)
+{
+    (void)opaque;
+    return page_csum(b, p);
+}
+
+/* The checksum chunks inside [p, end) against the table (loader chunks
+ * are whole checksum chunks). */
+static int verify_chunks(load_ctx *l, uint64_t p, uint64_t end)
+{
+    lm_ram_block *b = l->b;
+    uint64_t n = csum_chunk_pages(b);
+    for (uint64_t k = p / n; k * n < end; k++) {
+        if (chunk_csum(b, l->map, k, loaded_sum, NULL) == l->sums[k]) {
+            continue;
+        }
+        uint64_t last = LM_MIN((k + 1) * n, b->npages) - 1;
+        pthread_mutex_lock(&l->lock);
+        if (!l->err_code) {
+            lm_error_set(&l->err, -EBADMSG, "checksum mismatch: mapped-ram RAM block '%s' pages "
+                         "%" PRIu64 "-%" PRIu64 " (file offset %" PRIu64 "): the file is corrupt",
+                         b->name, k * n, last, l->pages_off + ((k * n) << b->page_shift));
+            __atomic_store_n(&l->err_code, l->err.code, __ATOMIC_RELEASE);
+        }
+        pthread_mutex_unlock(&l->lock);
+        return -EBADMSG;
+    }
+    return 0;
+}
+
 static void *load_worker(void *arg)
 {
     load_ctx *l = arg;
@@ -567,6 +720,9 @@ static void *load_worker(void *arg)
                 __atomic_fetch_add(&l->zero, q - p, __ATOMIC_RELAXED);
             }
             p = q;
+        }
+        if (l->sums && verify_chunks(l, k * l->chunk_pages, end) < 0) {
+            return NULL;
         }
     }
     return NULL;
@@ -626,10 +782,33 @@ static int read_bitmap(int fd, lm_ram_block *b, uint64_t off, uint64_t **out, lm
     return 0;
 }
 
+/* Reads the block's checksum table (big-endian words) into host order. */
+static int read_csum_table(int fd, lm_ram_block *b, uint64_t off, uint64_t **out, lm_error *err)
+{
+    uint64_t n = csum_table_bytes(b) / 8;
+    uint64_t *t = malloc(n * 8);
+    if (!t) {
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    int ret = pio_full(fd, false, (uint8_t *)t, n * 8, off);
+    if (ret < 0) {
+        free(t);
+        return ret == -ENODATA ? lm_error_set(err, -EBADMSG, "mapped-ram: the file ends inside the "
+                                              "checksums of RAM block '%s'", b->name)
+                               : lm_error_set_errno(err, ret, "mapped-ram: cannot read the "
+                                                    "checksums of RAM block '%s'", b->name);
+    }
+    for (uint64_t k = 0; k < n; k++) {
+        t[k] = lm_load_be64((const uint8_t *)&t[k]);
+    }
+    *out = t;
+    return 0;
+}
+
 /* Every offset in the record is checked against the block and the file
  * before anything is read: a corrupt file fails here, never reads into
  * the wrong place. */
-static int check_record(lm_mapped_ram_dst *mr, const uint8_t *rec, uint64_t pos, uint64_t fsize,
+static int check_record(const lm_mapped_ram_dst *mr, const uint8_t *rec, uint64_t pos, uint64_t fsize,
                         uint16_t *bi_out, uint64_t *boff, uint64_t *poff, lm_error *err)
 {
     uint16_t bi = lm_load_be16(rec);
@@ -644,9 +823,11 @@ static int check_record(lm_mapped_ram_dst *mr, const uint8_t *rec, uint64_t pos,
     if (mr->loaded[bi]) {
         return lm_error_set(err, -EBADMSG, "mapped-ram: RAM block '%s' described twice", b->name);
     }
-    if (version != LM_MAPPED_RAM_VERSION) {
-        return lm_error_set(err, -EINVAL, "mapped-ram: unsupported version %u for RAM block '%s'",
-                            version, b->name);
+    uint32_t want = mr->checksum ? LM_MAPPED_RAM_VERSION_CHECKSUM : LM_MAPPED_RAM_VERSION;
+    if (version != want) {
+        return lm_error_set(err, -EINVAL, "mapped-ram: unsupported version %u for RAM block '%s' "
+                            "(the stream %s checksums)", version, b->name,
+                            mr->checksum ? "has" : "has no");
     }
     if (psize != b->page_size) {
         return lm_error_set(err, -EINVAL, "mapped-ram: RAM block '%s' saved with %u-byte pages, "
@@ -656,7 +837,7 @@ static int check_record(lm_mapped_ram_dst *mr, const uint8_t *rec, uint64_t pos,
         return lm_error_set(err, -EBADMSG, "mapped-ram: bitmap of RAM block '%s' at offset %" PRIu64
                             ", expected %" PRIu64, b->name, *boff, pos);
     }
-    uint64_t bmlen = bitmap_bytes(b);
+    uint64_t bmlen = bitmap_bytes(b) + (mr->checksum ? csum_table_bytes(b) : 0);
     if (*poff < *boff || *poff - *boff < bmlen || *poff % b->page_size) {
         return lm_error_set(err, -EBADMSG, "mapped-ram: pages of RAM block '%s' at offset %" PRIu64
                             " overlap its bitmap or are misaligned", b->name, *poff);
@@ -694,11 +875,20 @@ int lm_mapped_ram_dst_load_block(lm_mapped_ram_dst *mr, lm_channel *ch, lm_error
     if (ret < 0) {
         return ret;
     }
-    load_ctx l = { .b = b, .map = map, .fd = fd, .pages_off = poff };
+    uint64_t *sums = NULL;
+    if (mr->checksum) {
+        ret = read_csum_table(fd, b, boff + bitmap_bytes(b), &sums, err);
+        if (ret < 0) {
+            lm_bitmap_free(map);
+            return ret;
+        }
+    }
+    load_ctx l = { .b = b, .map = map, .sums = sums, .fd = fd, .pages_off = poff };
     pthread_mutex_init(&l.lock, NULL);
     ret = load_pages(mr, &l, err);
     pthread_mutex_destroy(&l.lock);
     lm_bitmap_free(map);
+    free(sums);
     if (ret < 0) {
         return ret;
     }

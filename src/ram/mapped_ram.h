@@ -33,6 +33,11 @@
 #include "ram/ramblock.h"
 
 #define LM_MAPPED_RAM_VERSION 1u
+/* MAPPED_BLOCK version of a block with a checksum table (§4d): the table
+ * lies right after the bitmap, one be64 per chunk of the pages region. */
+#define LM_MAPPED_RAM_VERSION_CHECKSUM 2u
+/* A chunk covers this many bytes of pages (one page if pages are larger). */
+#define LM_MAPPED_RAM_CSUM_CHUNK (1ull << 20)
 /* The pages region starts on this boundary (and on a page boundary). */
 #define LM_MAPPED_RAM_ALIGN (1ull << 20)
 /* MAPPED_BLOCK body: be16 block, be32 version, be32 page_size,
@@ -47,6 +52,7 @@ typedef struct lm_mapped_ram_src_cfg {
     int fd;             /* the file the main channel writes (pwrite only: no shared offset) */
     unsigned threads;   /* 0: the migration thread writes the pages itself */
     bool zero_detect;   /* zero-page-detection is not "none" */
+    bool checksum;      /* write a checksum table per block (version 2 records) */
     lm_ratelimit *rl;   /* max-bandwidth, shared with the main channel */
 } lm_mapped_ram_src_cfg;
 
@@ -74,8 +80,9 @@ void lm_mapped_ram_src_free(lm_mapped_ram_src *mr);
 typedef struct lm_mapped_ram_dst lm_mapped_ram_dst;
 
 /* blocks: the source's order (CONFIG).  threads: readers per block (≥ 1;
- * 1 = the load thread reads alone). */
-int lm_mapped_ram_dst_new(lm_ram_block **blocks, size_t nblocks, unsigned threads,
+ * 1 = the load thread reads alone).  checksum: CONFIG's flag; every block
+ * has its table, checked chunk by chunk as it is loaded. */
+int lm_mapped_ram_dst_new(lm_ram_block **blocks, size_t nblocks, unsigned threads, bool checksum,
                           lm_mapped_ram_dst **out, lm_error *err);
 /* Load thread, after the MAPPED_BLOCK type byte: checks the record, loads
  * the block's present pages into guest RAM, moves the channel past the

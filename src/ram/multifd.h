@@ -42,6 +42,7 @@ typedef struct lm_multifd_src_cfg {
     int zstd_level;
     enum lm_zero_detection zero;
     bool zero_copy;           /* MSG_ZEROCOPY on the senders' sockets (tcp) */
+    bool checksum;            /* DATA packets end with their xxh3 (not with zero_copy) */
     lm_ratelimit *rl;         /* shared with the main channel */
     const lm_uri *uri;
     bool (*should_abort)(void *opaque); /* a connect that waits asks this */
@@ -90,6 +91,8 @@ int lm_multifd_dst_sync(lm_multifd_dst *d, uint64_t seq, lm_error *err);
 /* Load thread, at EOF or before postcopy's LISTEN: waits until every
  * channel has ended (END), i.e. everything sent on them is in guest RAM. */
 int lm_multifd_dst_finish(lm_multifd_dst *d, lm_error *err);
+/* The first receiver's failure, if any (its code; 0 when none). */
+int lm_multifd_dst_error(lm_multifd_dst *d, lm_error *err);
 /* Stops the receivers (shuts their connections down and joins them). */
 void lm_multifd_dst_stop(lm_multifd_dst *d);
 /* Stops them if needed, and frees. */

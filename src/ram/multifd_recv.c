@@ -10,10 +10,13 @@
 
 #include <zstd.h>
 
+#include "channel/tls.h"
 #include "channel/channel.h"
 #include "livemig/buffer.h"
 #include "ram/multifd.h"
 #include "ram/ram_load.h"
+#include "stream/checksum.h"
+#include <inttypes.h>
 
 typedef struct receiver {
     lm_multifd_dst *d;
@@ -25,6 +28,9 @@ typedef struct receiver {
     bool ended;         /* END read (d->lock) */
     uint8_t table[LM_MULTIFD_MAX_RUNS * LM_MULTIFD_RUN_LEN];
     lm_multifd_run runs[LM_MULTIFD_MAX_RUNS];
+    /* Checksums, uncompressed: the packet's page checksums and the one
+     * over header, runs and those. */
+    uint8_t sums[(LM_MULTIFD_MAX_PAYLOAD / 4096 + 1) * 8];
     ZSTD_DCtx *dctx;
     uint8_t *zbuf;
     size_t zcap;
@@ -34,6 +40,7 @@ struct lm_multifd_dst {
     lm_ram_block **blocks;
     size_t nblocks;
     uint8_t compression;
+    bool checksum;      /* MULTIFD_SETUP said DATA packets carry their xxh3 */
     void (*on_fail)(void *);
     void *opaque;
     pthread_mutex_t lock;
@@ -99,6 +106,46 @@ static int decompress_runs(receiver *r, unsigned nruns, size_t len, lm_error *er
     return 0;
 }
 
+/* Reads a be64 checksum and compares: the bytes it covers were the
+ * sender's own (header, runs, page checksums, a compressed payload), never
+ * guest memory that may change under a live send, so a mismatch fails the
+ * load at once. */
+static int check_packet_csum(receiver *r, const lm_multifd_data_hdr *h, uint64_t sum, lm_error *err)
+{
+    uint64_t want;
+    if (lm_channel_get_be64(r->ch, &want) < 0) {
+        return lm_channel_error(r->ch, err);
+    }
+    if (sum != want) {
+        const lm_multifd_run *run = &r->runs[0];
+        return lm_error_set(err, -EBADMSG, "checksum mismatch: multifd channel %u, a packet of "
+                            "%u runs from RAM block '%s' pages %" PRIu64 "-%" PRIu64 ": the stream "
+                            "is corrupt", r->index, h->nruns, run->blk->name, run->first,
+                            run->first + run->count - 1);
+    }
+    return 0;
+}
+
+/* Uncompressed with checksums: one be64 per data page (in run order),
+ * then the checksum over header, runs and that table.  A page's own
+ * checksum is judged as it lands: a live source may have changed it while
+ * sending (then it sends it again), so a mismatch is held against the page
+ * until a later record settles it, and fails the load at EOF. */
+static int read_page_sums(receiver *r, const lm_multifd_data_hdr *h, lm_csum_state *st,
+                          lm_error *err)
+{
+    size_t n = 0;
+    for (unsigned i = 0; i < h->nruns; i++) {
+        n += r->runs[i].kind == LM_RAM_PAGES ? r->runs[i].count : 0;
+    }
+    /* The runs carry at most LM_MULTIFD_MAX_PAYLOAD bytes of 4 KiB pages or more. */
+    if (lm_channel_get(r->ch, r->sums, n * 8) < 0) {
+        return lm_channel_error(r->ch, err);
+    }
+    lm_csum_update(st, r->sums, n * 8);
+    return check_packet_csum(r, h, lm_csum_end(st), err);
+}
+
 static int recv_data(receiver *r, lm_error *err)
 {
     lm_multifd_dst *d = r->d;
@@ -119,17 +166,51 @@ static int recv_data(receiver *r, lm_error *err)
     if (ret < 0) {
         return ret;
     }
+    if (!(h.flags & LM_MULTIFD_FLAG_CSUM) != !d->checksum) {
+        return lm_error_set(err, -EBADMSG, "multifd channel %u: a packet %s a checksum, but "
+                            "MULTIFD_SETUP said %s", r->index, d->checksum ? "without" : "with",
+                            d->checksum ? "every packet has one" : "none has");
+    }
+    lm_csum_state st;
+    if (d->checksum) {
+        lm_csum_begin(&st, 0);
+        lm_csum_update(&st, hb, sizeof(hb));
+        lm_csum_update(&st, r->table, (size_t)h.nruns * LM_MULTIFD_RUN_LEN);
+    }
+    if (d->checksum && d->compression != LM_MULTIFD_COMP_ZSTD) {
+        ret = read_page_sums(r, &h, &st, err);
+        if (ret < 0) {
+            return ret;
+        }
+    } else if (d->checksum) {
+        /* zstd: the header and runs seed the payload's checksum. */
+        lm_csum_begin(&st, lm_csum_end(&st));
+    }
     if (d->compression == LM_MULTIFD_COMP_ZSTD) {
         /* payload_len <= compressBound(LM_MULTIFD_MAX_PAYLOAD) = zcap, checked above. */
         if (lm_channel_get(r->ch, r->zbuf, h.payload_len) < 0) {
             return lm_channel_error(r->ch, err);
         }
+        if (d->checksum) {
+            /* The compressed bytes came from the sender's own buffer, never
+             * from guest memory that changed under it: a mismatch is
+             * corruption, and nothing is decompressed. */
+            lm_csum_update(&st, r->zbuf, h.payload_len);
+            ret = check_packet_csum(r, &h, lm_csum_end(&st), err);
+            if (ret < 0) {
+                return ret;
+            }
+        }
     }
     uint64_t pages = 0, zero = 0;
+    const uint8_t *sum = r->sums;
     for (unsigned i = 0; i < h.nruns; i++) {
         lm_multifd_run *run = &r->runs[i];
         if (run->kind == LM_RAM_ZERO) {
             lm_ram_load_zero(run->blk, run->first, run->count);
+            if (d->checksum) {
+                lm_ram_load_csum_result(run->blk, run->first, run->count, true);
+            }
             zero += run->count;
             continue;
         }
@@ -138,11 +219,19 @@ static int recv_data(receiver *r, lm_error *err)
             continue;
         }
         /* Bulk read straight into guest memory. */
-        if (lm_channel_get(r->ch, lm_ram_load_data_begin(run->blk, run->first),
-                           (size_t)run->count << run->blk->page_shift) < 0) {
+        size_t len = (size_t)run->count << run->blk->page_shift;
+        void *host = lm_ram_load_data_begin(run->blk, run->first);
+        if (lm_channel_get(r->ch, host, len) < 0) {
             return lm_channel_error(r->ch, err);
         }
         lm_ram_load_mark(run->blk, run->first, run->count);
+        for (uint32_t k = 0; d->checksum && k < run->count; k++, sum += 8) {
+            /* Each page read back while it is still in the cache. */
+            uint64_t p = run->first + k;
+            bool ok = lm_csum_page(lm_ram_block_page(run->blk, p), run->blk->page_size, p) ==
+                      lm_load_be64(sum);
+            lm_ram_load_csum_result(run->blk, p, 1, ok);
+        }
     }
     if (d->compression == LM_MULTIFD_COMP_ZSTD) {
         ret = decompress_runs(r, h.nruns, h.payload_len, err);
@@ -279,6 +368,17 @@ int lm_multifd_dst_finish(lm_multifd_dst *d, lm_error *err)
     return ret;
 }
 
+int lm_multifd_dst_error(lm_multifd_dst *d, lm_error *err)
+{
+    pthread_mutex_lock(&d->lock);
+    int code = d->err_code;
+    if (code) {
+        lm_error_propagate(err, &d->err);
+    }
+    pthread_mutex_unlock(&d->lock);
+    return code;
+}
+
 void lm_multifd_dst_stop(lm_multifd_dst *d)
 {
     if (!d) {
@@ -339,6 +439,7 @@ int lm_multifd_dst_start(lm_listener *l, const lm_multifd_setup *setup, lm_ram_b
     d->blocks = blocks;
     d->nblocks = nblocks;
     d->compression = setup->compression;
+    d->checksum = setup->flags & LM_MULTIFD_SETUP_CHECKSUM;
     d->on_fail = on_fail;
     d->opaque = opaque;
     d->n = n;
@@ -360,7 +461,10 @@ int lm_multifd_dst_start(lm_listener *l, const lm_multifd_setup *setup, lm_ram_b
         }
         uint8_t hb[LM_MULTIFD_HELLO_LEN];
         lm_multifd_hello h;
-        ret = lm_channel_get(ch, hb, sizeof(hb)) < 0 ? lm_channel_error(ch, err) : 0;
+        ret = lm_tls_server(ch, l, err);
+        if (ret == 0) {
+            ret = lm_channel_get(ch, hb, sizeof(hb)) < 0 ? lm_channel_error(ch, err) : 0;
+        }
         if (ret == 0) {
             ret = lm_multifd_hello_parse(hb, (uint16_t)n, setup->id, &h, err);
         }

@@ -11,9 +11,12 @@
 
 #include <zstd.h>
 
+#include "channel/tls.h"
 #include "channel/channel.h"
 #include "common/util.h"
+#include "livemig/buffer.h"
 #include "ram/multifd.h"
+#include "stream/checksum.h"
 
 /* One job: what the migration thread hands a sender at once. */
 #define JOB_RUNS 128
@@ -42,8 +45,14 @@ typedef struct sender {
     job job;
     /* The packet being built: its header and run table, then the data. */
     uint8_t table[1 + LM_MULTIFD_DATA_HDR_LEN + LM_MULTIFD_MAX_RUNS * LM_MULTIFD_RUN_LEN];
-    struct iovec iov[1 + LM_MULTIFD_MAX_RUNS];
+    /* header and runs, [page checksums], data, [zstd: checksum] */
+    struct iovec iov[1 + 1 + LM_MULTIFD_MAX_RUNS + 1];
+    uint8_t csum[LM_MULTIFD_CSUM_LEN];
+    lm_csum_state st;
+    uint8_t sums[(LM_MULTIFD_MAX_PAYLOAD / 4096 + 1) * 8]; /* uncompressed */
     lm_ram_block *data_blk[LM_MULTIFD_MAX_RUNS]; /* the block of iov[1 + i] */
+    uint64_t data_first[LM_MULTIFD_MAX_RUNS];     /* ... and its first page */
+    uint8_t *bounce;    /* checksums: file-backed pages read from their file */
     unsigned nruns;
     unsigned ndata;
     uint64_t data_bytes;
@@ -102,7 +111,9 @@ static int failed(lm_multifd_src *mf, lm_error *err)
  * compression and MSG_ZEROCOPY need them mapped. */
 static bool from_file(const lm_multifd_src *mf, const lm_ram_block *blk)
 {
-    return lm_ram_block_has_fd(blk) && !mf->cfg.zero_copy &&
+    /* Checksums hash the pages from the mapping, and send them from there
+     * while they are still in the cache. */
+    return !mf->cfg.checksum && lm_ram_block_has_fd(blk) && !mf->cfg.zero_copy &&
            mf->cfg.compression == LM_MULTIFD_COMP_NONE;
 }
 
@@ -160,9 +171,41 @@ static int write_packet(sender *s)
     } else {
         h.payload_len = (uint32_t)s->data_bytes;
     }
+    if (mf->cfg.checksum) {
+        h.flags |= LM_MULTIFD_FLAG_CSUM;
+    }
     s->table[0] = LM_MULTIFD_DATA;
     lm_multifd_data_hdr_encode(&h, s->table + 1);
     s->iov[0] = (struct iovec){ s->table, tlen };
+    if (mf->cfg.checksum && mf->cfg.compression == LM_MULTIFD_COMP_ZSTD) {
+        /* The compressed payload (the sender's own buffer), seeded with
+         * the header and run table, after the payload. */
+        lm_csum_begin(&s->st, lm_csum_seed(s->table + 1, tlen - 1));
+        lm_csum_update(&s->st, s->zbuf, s->iov[1].iov_len * (niov > 1));
+        lm_store_be64(s->csum, lm_csum_end(&s->st));
+        s->iov[niov++] = (struct iovec){ s->csum, sizeof(s->csum) };
+    } else if (mf->cfg.checksum) {
+        /* Each data page's own checksum (a page the guest changes while it
+         * is read is sent again later and settles alone), then one over
+         * header, runs and that table, before the data. */
+        size_t n = 0;
+        for (int i = 1; i < niov; i++) {
+            const lm_ram_block *b = s->data_blk[i - 1];
+            const uint8_t *base = s->iov[i].iov_base;
+            uint64_t first = s->data_first[i - 1];
+            for (size_t off = 0; off < s->iov[i].iov_len; off += b->page_size, n++) {
+                lm_store_be64(s->sums + n * 8, lm_csum_page(base + off, b->page_size,
+                                                            first + (off >> b->page_shift)));
+            }
+        }
+        lm_csum_begin(&s->st, 0);
+        lm_csum_update(&s->st, s->table + 1, tlen - 1);
+        lm_csum_update(&s->st, s->sums, n * 8);
+        lm_store_be64(s->sums + n * 8, lm_csum_end(&s->st));
+        memmove(s->iov + 2, s->iov + 1, (size_t)(niov - 1) * sizeof(s->iov[0]));
+        s->iov[1] = (struct iovec){ s->sums, n * 8 + 8 };
+        niov++;
+    }
     uint64_t total = 0;
     for (int i = 0; i < niov; i++) {
         total += s->iov[i].iov_len;
@@ -190,6 +233,22 @@ static int write_packet(sender *s)
     return ret;
 }
 
+static int read_file(const lm_ram_block *blk, uint64_t first, uint8_t *dst, size_t len)
+{
+    uint64_t off = blk->fd_offset + (first << blk->page_shift);
+    for (size_t done = 0; done < len;) {
+        ssize_t n = pread(blk->fd, dst + done, len - done, (off_t)(off + done));
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return n < 0 ? -errno : -EIO;
+        }
+        done += (size_t)n;
+    }
+    return 0;
+}
+
 /* Adds one run of a kind to the packet, writing the packet first when the
  * run does not fit. */
 static int add_run(void *opaque, uint8_t kind, lm_ram_block *blk, uint64_t first, uint32_t count)
@@ -207,8 +266,22 @@ static int add_run(void *opaque, uint8_t kind, lm_ram_block *blk, uint64_t first
     lm_multifd_run_encode(r, kind, (uint16_t)blk->idx, first, count);
     s->nruns++;
     if (len) {
+        void *data = lm_ram_block_page(blk, first);
+        if (s->mf->cfg.checksum && lm_ram_block_has_fd(blk)) {
+            /* Read through the mapping, the pages would be mapped, which
+             * the dirty tracker takes for writes: read the file instead
+             * (the packet's data fits the bounce buffer: at most
+             * LM_MULTIFD_MAX_PAYLOAD). */
+            data = s->bounce + s->data_bytes;
+            int ret = read_file(blk, first, data, (size_t)len);
+            if (ret < 0) {
+                return lm_channel_set_error(s->ch, ret, "cannot read RAM block '%s' from its "
+                                            "file", blk->name);
+            }
+        }
         s->data_blk[s->ndata] = blk;
-        s->iov[1 + s->ndata++] = (struct iovec){ lm_ram_block_page(blk, first), (size_t)len };
+        s->data_first[s->ndata] = first;
+        s->iov[1 + s->ndata++] = (struct iovec){ data, (size_t)len };
         s->data_bytes += len;
     }
     return 0;
@@ -478,6 +551,7 @@ void lm_multifd_src_free(lm_multifd_src *mf)
         lm_channel_close(mf->s[i].ch, NULL);
         ZSTD_freeCCtx(mf->s[i].cctx);
         free(mf->s[i].zbuf);
+        free(mf->s[i].bounce);
     }
     pthread_mutex_destroy(&mf->lock);
     pthread_cond_destroy(&mf->cond);
@@ -522,11 +596,18 @@ static int open_channel(lm_multifd_src *mf, sender *s, const uint8_t *id, lm_err
         close(fd);
         return lm_error_set(err, -ENOMEM, "out of memory");
     }
+    ret = lm_tls_client(s->ch, mf->cfg.uri, err);
+    if (ret < 0) {
+        return ret;
+    }
     if (mf->cfg.zero_copy) {
         ret = lm_channel_enable_zerocopy(s->ch, err);
         if (ret < 0) {
             return ret;
         }
+    }
+    if (mf->cfg.checksum && !(s->bounce = malloc(LM_MULTIFD_MAX_PAYLOAD))) {
+        return lm_error_set(err, -ENOMEM, "out of memory");
     }
     if (mf->cfg.compression == LM_MULTIFD_COMP_ZSTD) {
         s->cctx = ZSTD_createCCtx();

@@ -47,7 +47,7 @@ void lm_multifd_setup_encode(const lm_multifd_setup *s, uint8_t out[LM_MULTIFD_S
 {
     lm_store_be16(out, s->channels);
     out[2] = s->compression;
-    out[3] = 0;
+    out[3] = s->flags;
     memcpy(out + 4, s->id, LM_MULTIFD_ID_LEN);
 }
 
@@ -58,13 +58,17 @@ int lm_multifd_setup_parse(const uint8_t *in, size_t len, lm_multifd_setup *out,
     }
     out->channels = lm_load_be16(in);
     out->compression = in[2];
+    out->flags = in[3];
     memcpy(out->id, in + 4, LM_MULTIFD_ID_LEN);
     if (out->channels == 0 || out->channels > LM_MULTIFD_MAX_CHANNELS) {
         return lm_error_set(err, -EBADMSG, "MULTIFD_SETUP: %u channels (1..%u)", out->channels,
                             LM_MULTIFD_MAX_CHANNELS);
     }
-    if (out->compression > LM_MULTIFD_COMP_ZSTD || in[3]) {
+    if (out->compression > LM_MULTIFD_COMP_ZSTD) {
         return lm_error_set(err, -EBADMSG, "MULTIFD_SETUP: unknown compression %u", out->compression);
+    }
+    if (out->flags & ~LM_MULTIFD_SETUP_CHECKSUM) {
+        return lm_error_set(err, -EBADMSG, "MULTIFD_SETUP: unknown flags 0x%02x", out->flags);
     }
     return 0;
 }
@@ -84,7 +88,7 @@ int lm_multifd_data_hdr_parse(const uint8_t in[LM_MULTIFD_DATA_HDR_LEN], uint8_t
     out->nruns = lm_load_be16(in + 4);
     out->payload_len = lm_load_be32(in + 6);
     uint32_t want = compression == LM_MULTIFD_COMP_ZSTD ? LM_MULTIFD_FLAG_ZSTD : 0;
-    if (out->flags != want || in[10]) {
+    if ((out->flags & ~LM_MULTIFD_FLAG_CSUM) != want || in[10]) {
         return lm_error_set(err, -EBADMSG, "multifd packet flags 0x%x (expected 0x%x)", out->flags,
                             want);
     }

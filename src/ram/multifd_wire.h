@@ -38,6 +38,10 @@ enum lm_multifd_packet {
 /* Data bytes one packet carries at most (before compression). */
 #define LM_MULTIFD_MAX_PAYLOAD (8u << 20)
 #define LM_MULTIFD_FLAG_ZSTD (1u << 0)
+/* The packet ends with a be64 xxh3 (seeded with the hash of its header
+ * and run table) of its payload: must match MULTIFD_SETUP's flag. */
+#define LM_MULTIFD_FLAG_CSUM (1u << 1)
+#define LM_MULTIFD_CSUM_LEN 8u
 
 /* Compression named in MULTIFD_SETUP. */
 enum lm_multifd_compression {
@@ -60,9 +64,11 @@ int lm_multifd_hello_parse(const uint8_t in[LM_MULTIFD_HELLO_LEN], uint16_t chan
 
 /* MULTIFD_SETUP command body (20 bytes). */
 #define LM_MULTIFD_SETUP_LEN 20u
+#define LM_MULTIFD_SETUP_CHECKSUM (1u << 0) /* flags: DATA packets carry checksums */
 typedef struct lm_multifd_setup {
     uint16_t channels;
     uint8_t compression;
+    uint8_t flags;       /* LM_MULTIFD_SETUP_* */
     uint8_t id[LM_MULTIFD_ID_LEN];
 } lm_multifd_setup;
 void lm_multifd_setup_encode(const lm_multifd_setup *s, uint8_t out[LM_MULTIFD_SETUP_LEN]);
@@ -75,7 +81,8 @@ typedef struct lm_multifd_data_hdr {
 } lm_multifd_data_hdr;
 
 void lm_multifd_data_hdr_encode(const lm_multifd_data_hdr *h, uint8_t out[LM_MULTIFD_DATA_HDR_LEN]);
-/* compression: what MULTIFD_SETUP announced; the flags must agree. */
+/* compression: what MULTIFD_SETUP announced; the flags must agree (but
+ * for LM_MULTIFD_FLAG_CSUM, which the receiver checks against the setup). */
 int lm_multifd_data_hdr_parse(const uint8_t in[LM_MULTIFD_DATA_HDR_LEN], uint8_t compression,
                               lm_multifd_data_hdr *out, lm_error *err);
 

@@ -7,6 +7,7 @@
 #include "livemig/buffer.h"
 #include "ram/ram_load.h"
 #include "ram/zero.h"
+#include "stream/checksum.h"
 #include "stream/format.h"
 
 int lm_ram_load_setup(lm_ram_loader *l, lm_ram_block **blocks, size_t nblocks, lm_error *err)
@@ -28,6 +29,45 @@ void lm_ram_load_cleanup(lm_ram_loader *l)
 {
     for (size_t i = 0; i < l->nblocks; i++) {
         lm_ram_block_release_bitmaps(l->blocks[i]);
+    }
+}
+
+int lm_ram_load_check_complete(const lm_ram_loader *l, lm_error *err)
+{
+    for (size_t i = 0; i < l->nblocks; i++) {
+        const lm_ram_block *b = l->blocks[i];
+        uint64_t p = lm_bitmap_next_clear(b->received, b->npages, 0);
+        if (p >= b->npages) {
+            continue;
+        }
+        uint64_t q = lm_bitmap_next_set(b->received, b->npages, p);
+        uint64_t missing = b->npages - lm_bitmap_count(b->received, b->npages);
+        return lm_error_set(err, -EBADMSG,
+                            "the stream is incomplete: RAM block '%s' pages %" PRIu64 "-%" PRIu64
+                            " never arrived (%" PRIu64 " of %" PRIu64 " pages missing)",
+                            b->name, p, q - 1, missing, b->npages);
+    }
+    for (size_t i = 0; i < l->nblocks; i++) {
+        const lm_ram_block *b = l->blocks[i];
+        uint64_t p = lm_bitmap_next_set(b->csum_bad, b->npages, 0);
+        if (p >= b->npages) {
+            continue;
+        }
+        uint64_t q = lm_bitmap_next_clear(b->csum_bad, b->npages, p);
+        return lm_error_set(err, -EBADMSG,
+                            "checksum mismatch: RAM block '%s' pages %" PRIu64 "-%" PRIu64
+                            " do not match their checksum (%" PRIu64 " pages in all): the stream "
+                            "is corrupt", b->name, p, q - 1, lm_bitmap_count(b->csum_bad, b->npages));
+    }
+    return 0;
+}
+
+void lm_ram_load_csum_result(lm_ram_block *b, uint64_t first, uint32_t count, bool ok)
+{
+    if (ok) {
+        lm_bitmap_clear_range_atomic(b->csum_bad, first, count);
+    } else {
+        lm_bitmap_set_range_atomic(b->csum_bad, first, count);
     }
 }
 
@@ -81,6 +121,29 @@ void lm_ram_load_mark(lm_ram_block *b, uint64_t first, uint32_t count)
     __atomic_store_n(&b->dest_used, true, __ATOMIC_RELAXED);
 }
 
+/* Checksums: after a record's 15 header bytes in hdr, its page table
+ * (PAGES) and the checksum over header and table.  Both were made by the
+ * source, not read from guest memory: a mismatch fails at once. */
+static int read_csum_header(lm_channel *ch, uint8_t *hdr, const lm_ram_block *b, lm_error *err)
+{
+    uint32_t count = lm_load_be32(hdr + 11);
+    uint64_t first = lm_load_be64(hdr + 3);
+    size_t n = hdr[0] == LM_RAM_PAGES ? count : 0;
+    if (n > LM_CSUM_MAX_PAGES) {
+        return lm_error_set(err, -EBADMSG, "a PAGES record of %u pages with checksums (at most %u)",
+                            count, LM_CSUM_MAX_PAGES);
+    }
+    if (lm_channel_get(ch, hdr + 15, n * 8 + 8) < 0) {
+        return lm_channel_error(ch, err);
+    }
+    if (lm_csum(hdr, 15 + n * 8, 0) != lm_load_be64(hdr + 15 + n * 8)) {
+        return lm_error_set(err, -EBADMSG, "checksum mismatch: the header of a RAM record for "
+                            "block '%s' pages %" PRIu64 "-%" PRIu64 ": the stream is corrupt",
+                            b->name, first, first + count - 1);
+    }
+    return 0;
+}
+
 int lm_ram_load_section(lm_ram_loader *l, lm_channel *ch, lm_error *err)
 {
     for (;;) {
@@ -119,17 +182,29 @@ int lm_ram_load_section(lm_ram_loader *l, lm_channel *ch, lm_error *err)
         if (type != LM_RAM_PAGES && type != LM_RAM_ZERO) {
             return lm_error_set(err, -EBADMSG, "unknown RAM record type 0x%02x", type);
         }
-        uint8_t hdr[14];
-        if (lm_channel_get(ch, hdr, sizeof(hdr)) < 0) {
+        /* The record's type and header, then (checksums) its pages'
+         * checksums and one over all of that. */
+        uint8_t hdr[15 + LM_CSUM_MAX_PAGES * 8 + 8];
+        hdr[0] = type;
+        if (lm_channel_get(ch, hdr + 1, 14) < 0) {
             return lm_channel_error(ch, err);
         }
-        uint16_t bi = lm_load_be16(hdr);
-        uint64_t first = lm_load_be64(hdr + 2);
-        uint32_t count = lm_load_be32(hdr + 10);
+        uint16_t bi = lm_load_be16(hdr + 1);
+        uint64_t first = lm_load_be64(hdr + 3);
+        uint32_t count = lm_load_be32(hdr + 11);
         lm_ram_block *b = NULL;
         ret = lm_ram_load_check_range(l->blocks, l->nblocks, bi, first, count, &b, err);
         if (ret < 0) {
             return ret;
+        }
+        if (l->place && l->checksum) {
+            return lm_error_set(err, -EBADMSG, "postcopy with checksums is not supported");
+        }
+        if (l->checksum) {
+            ret = read_csum_header(ch, hdr, b, err);
+            if (ret < 0) {
+                return ret;
+            }
         }
         if (l->place) {
             ret = l->place(l->place_opaque, type, b, first, count, ch, err);
@@ -145,6 +220,15 @@ int lm_ram_load_section(lm_ram_loader *l, lm_channel *ch, lm_error *err)
                 return lm_channel_error(ch, err);
             }
             lm_ram_load_mark(b, first, count);
+        }
+        if (l->checksum && type == LM_RAM_PAGES) {
+            /* Each page read back at once, while it is still in the cache. */
+            for (uint32_t i = 0; i < count; i++) {
+                uint64_t sum = lm_csum_page(lm_ram_block_page(b, first + i), b->page_size, first + i);
+                lm_ram_load_csum_result(b, first + i, 1, sum == lm_load_be64(hdr + 15 + i * 8));
+            }
+        } else if (l->checksum) {
+            lm_ram_load_csum_result(b, first, count, true);
         }
         if (type == LM_RAM_ZERO) {
             l->zero_pages += count;

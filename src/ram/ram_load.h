@@ -6,6 +6,7 @@
 #ifndef LM_RAM_RAM_LOAD_H
 #define LM_RAM_RAM_LOAD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -18,6 +19,9 @@ typedef struct lm_ram_loader {
     size_t nblocks;
     uint64_t pages_loaded;
     uint64_t zero_pages;
+    /* CONFIG said LM_CONFIG_CHECKSUM: PAGES and ZERO records carry a be64
+     * xxh3 after their header (set after lm_ram_load_setup). */
+    bool checksum;
     /* Postcopy, once guest RAM is registered with userfaultfd: every
      * record (range already checked) goes to place() instead of being
      * written into guest memory, which must never be written directly. */
@@ -45,10 +49,20 @@ void lm_ram_load_zero(lm_ram_block *b, uint64_t first, uint32_t count);
 /* data: returns where the bytes go; call _mark once they are there. */
 void *lm_ram_load_data_begin(lm_ram_block *b, uint64_t first);
 void lm_ram_load_mark(lm_ram_block *b, uint64_t first, uint32_t count);
+/* The checksum of a record or packet covering [first, first+count)
+ * matched (ok) or not; any thread.  A mismatch is held against the pages
+ * until a later record of theirs matches: it fails the load at EOF. */
+void lm_ram_load_csum_result(lm_ram_block *b, uint64_t first, uint32_t count, bool ok);
 
 int lm_ram_load_setup(lm_ram_loader *l, lm_ram_block **blocks, size_t nblocks, lm_error *err);
 /* Reads RAM records up to and including LM_RAM_EOS. */
 int lm_ram_load_section(lm_ram_loader *l, lm_channel *ch, lm_error *err);
 void lm_ram_load_cleanup(lm_ram_loader *l);
+/* At the end of a precopy stream: every page of every block was settled
+ * at least once (data, a zero record or run, a mapped-ram slot or hole).
+ * Otherwise fails naming the block, its first missing range and how many
+ * pages are missing in all.  Then, with checksums, no page's latest record
+ * may have failed its checksum (naming the block and range likewise). */
+int lm_ram_load_check_complete(const lm_ram_loader *l, lm_error *err);
 
 #endif

@@ -1,5 +1,6 @@
 #include <errno.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 #include <sys/sysinfo.h>
 
@@ -8,18 +9,34 @@
 #include "livemig/buffer.h"
 #include "ram/ram_save.h"
 #include "ram/zero.h"
+#include "stream/checksum.h"
 #include "stream/format.h"
 
 #define REC_HDR_LEN 15          /* u8 type, be16 block, be64 first, be32 count */
+#define CSUM_LEN 8              /* be64 xxh3 of the header (and page table) */
+/* File-backed pages read for checksums wait here until their batch is written. */
+#define BOUNCE_BYTES (CSUM_BATCH_BYTES + MAX_RUN_BYTES)
+/* Room for the page tables of the records of one batch (checksums). */
+#define CSUM_TABLE_ROOM (((CSUM_BATCH_BYTES + MAX_RUN_BYTES) / 4096 + 1) * 8)
+/* With checksums, the gathered pages are written once this many bytes are
+ * queued: each was hashed when queued and is read again by the write, so
+ * both reads should find it in the cache. */
+#define CSUM_BATCH_BYTES (512u << 10)
 #define BATCH_IOV 128           /* iovecs gathered before one writev */
 #define MAX_RUN_BYTES (1u << 20) /* one PAGES record carries at most 1 MiB */
 
 /* Gathers record headers and page payloads into one writev. */
 struct lm_ram_batch {
     struct iovec iov[BATCH_IOV];
-    uint8_t hdr[BATCH_IOV][REC_HDR_LEN];
+    /* Headers (with checksums: and page tables), back to back. */
+    uint8_t hdr[BATCH_IOV * (REC_HDR_LEN + CSUM_LEN) + CSUM_TABLE_ROOM];
+    size_t hoff;
     int niov;
     int nhdr;
+    bool checksum;   /* records carry their xxh3 */
+    size_t bytes;    /* page bytes queued (checksums only) */
+    uint8_t *bounce; /* checksums: file-backed pages read from the file */
+    size_t bounce_used;
 };
 typedef struct lm_ram_batch batch;
 
@@ -86,31 +103,51 @@ static int batch_flush(batch *b, lm_channel *ch)
 {
     int ret = b->niov ? lm_channel_put_ext(ch, b->iov, b->niov) : 0;
     b->niov = b->nhdr = 0;
+    b->hoff = b->bytes = b->bounce_used = 0;
     return ret;
 }
 
 static int batch_record(batch *b, lm_channel *ch, uint8_t type, const lm_ram_block *blk,
                         uint64_t first, uint32_t count, void *data, size_t len)
 {
-    if (b->niov + 2 > BATCH_IOV || b->nhdr + 1 > BATCH_IOV) {
+    uint64_t tpages = b->checksum ? len >> blk->page_shift : 0;
+    size_t hlen = REC_HDR_LEN + (b->checksum ? CSUM_LEN + tpages * CSUM_LEN : 0);
+    if (b->niov + 2 > BATCH_IOV || b->nhdr + 1 > BATCH_IOV || b->hoff + hlen > sizeof(b->hdr)) {
         int ret = batch_flush(b, ch);
         if (ret < 0) {
             return ret;
         }
     }
-    uint8_t *h = b->hdr[b->nhdr++];
+    uint8_t *h = b->hdr + b->hoff;
+    b->hoff += hlen;
+    b->nhdr++;
     h[0] = type;
     lm_store_be16(h + 1, (uint16_t)blk->idx);
     lm_store_be64(h + 3, first);
     lm_store_be32(h + 11, count);
+    if (b->checksum) {
+        /* Each page's own checksum (a page the guest changes while it is
+         * read is sent again later and settles alone), then one over the
+         * header and that table: both come from here, never from guest
+         * memory, so a mismatch there is corruption for sure. */
+        uint8_t *t = h + REC_HDR_LEN;
+        for (uint64_t i = 0; i < tpages; i++) {
+            lm_store_be64(t + i * CSUM_LEN, lm_csum_page((uint8_t *)data + (i << blk->page_shift),
+                                                         blk->page_size, first + i));
+        }
+        lm_store_be64(t + tpages * CSUM_LEN, lm_csum(h, REC_HDR_LEN + tpages * CSUM_LEN, 0));
+    }
     /* Zero records are headers only: merge consecutive headers into one iovec. */
     if (b->niov && (uint8_t *)b->iov[b->niov - 1].iov_base + b->iov[b->niov - 1].iov_len == h) {
-        b->iov[b->niov - 1].iov_len += REC_HDR_LEN;
+        b->iov[b->niov - 1].iov_len += hlen;
     } else {
-        b->iov[b->niov++] = (struct iovec){ h, REC_HDR_LEN };
+        b->iov[b->niov++] = (struct iovec){ h, hlen };
     }
     if (len) {
         b->iov[b->niov++] = (struct iovec){ data, len };
+    }
+    if (b->checksum && (b->bytes += len) >= CSUM_BATCH_BYTES) {
+        return batch_flush(b, ch);
     }
     return 0;
 }
@@ -209,6 +246,43 @@ int lm_ram_save_split(lm_ram_saver *s, lm_ram_block *blk, uint64_t p, uint64_t q
     return 0;
 }
 
+/* Checksums, a file-backed block: reading its pages through the mapping
+ * would map them, which the dirty tracker takes for writes (every page
+ * would go twice), so they are read from the file into the batch's bounce
+ * buffer, hashed and sent from there while still in the cache. */
+static int bounce_read(batch *b, lm_channel *ch, const lm_ram_block *blk, uint64_t p, size_t len,
+                       uint8_t **out)
+{
+    if (!b->bounce && !(b->bounce = malloc(BOUNCE_BYTES))) {
+        return lm_channel_set_error(ch, -ENOMEM, "out of memory");
+    }
+    /* Flush first if batch_record would: the bytes read must stay put. */
+    size_t hlen = REC_HDR_LEN + CSUM_LEN * (1 + (len >> blk->page_shift));
+    if (b->bounce_used + len > BOUNCE_BYTES || b->niov + 2 > BATCH_IOV ||
+        b->nhdr + 1 > BATCH_IOV || b->hoff + hlen > sizeof(b->hdr)) {
+        int ret = batch_flush(b, ch);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    uint8_t *dst = b->bounce + b->bounce_used;
+    uint64_t off = blk->fd_offset + (p << blk->page_shift);
+    for (size_t done = 0; done < len;) {
+        ssize_t n = pread(blk->fd, dst + done, len - done, (off_t)(off + done));
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return lm_channel_set_error(ch, n < 0 ? -errno : -EIO, "cannot read RAM block '%s' "
+                                        "from its file", blk->name);
+        }
+        done += (size_t)n;
+    }
+    b->bounce_used += len;
+    *out = dst;
+    return 0;
+}
+
 typedef struct run_to_batch {
     lm_ram_saver *s;
     batch *b;
@@ -220,12 +294,18 @@ static int batch_run(void *opaque, uint8_t type, lm_ram_block *blk, uint64_t p, 
 {
     run_to_batch *r = opaque;
     lm_ram_save_count(r->s, type, blk, count);
+    size_t hlen = REC_HDR_LEN + (r->b->checksum ? CSUM_LEN : 0);
     if (type == LM_RAM_ZERO) {
-        r->wire += REC_HDR_LEN;
+        r->wire += hlen;
         return batch_record(r->b, r->ch, LM_RAM_ZERO, blk, p, count, NULL, 0);
     }
     size_t len = (size_t)count << blk->page_shift;
-    r->wire += REC_HDR_LEN + len;
+    r->wire += hlen + len + (r->b->checksum ? (size_t)count * CSUM_LEN : 0);
+    if (lm_ram_block_has_fd(blk) && r->b->checksum) {
+        uint8_t *data = NULL;
+        int ret = bounce_read(r->b, r->ch, blk, p, len, &data);
+        return ret < 0 ? ret : batch_record(r->b, r->ch, LM_RAM_PAGES, blk, p, count, data, len);
+    }
     if (lm_ram_block_has_fd(blk)) {
         /* The gathered headers, this one last, then the pages out of the
          * page cache. */
@@ -236,6 +316,7 @@ static int batch_run(void *opaque, uint8_t type, lm_ram_block *blk, uint64_t p, 
                                       lm_ram_block_page(blk, p), len);
         }
         r->b->niov = r->b->nhdr = 0;
+        r->b->hoff = 0;
         return ret;
     }
     return batch_record(r->b, r->ch, LM_RAM_PAGES, blk, p, count, lm_ram_block_page(blk, p), len);
@@ -297,6 +378,8 @@ int lm_ram_save_send(lm_ram_saver *s, lm_channel *ch, uint64_t budget, uint64_t 
     int ret = 0;
     *pass_done = false;
     b->niov = b->nhdr = 0;
+    b->hoff = b->bytes = 0;
+    b->checksum = s->checksum;
     while (done < budget) {
         lm_ram_block *blk;
         uint64_t p, q;
@@ -331,6 +414,9 @@ struct lm_ram_batch *lm_ram_batch_new(void)
 
 void lm_ram_batch_free(struct lm_ram_batch *b)
 {
+    if (b) {
+        free(b->bounce);
+    }
     free(b);
 }
 
@@ -359,7 +445,7 @@ void lm_ram_save_freeze_hint(lm_ram_saver *s)
 
 void lm_ram_save_cleanup(lm_ram_saver *s)
 {
-    free(s->batch);
+    lm_ram_batch_free(s->batch);
     s->batch = NULL;
     if (s->tracker) {
         lm_dirty_tracker_stop(s->tracker);

@@ -38,6 +38,10 @@ typedef struct lm_ram_saver {
     lm_ram_stats stats;   /* updated by the sending thread; read with atomics */
     struct lm_ram_batch *batch; /* scratch iovecs for one writev */
     bool hint_on;         /* the never-populated hint is in use (no swap) */
+    /* Records carry checksums (LM_CONFIG_CHECKSUM); set after setup.  Data
+     * then goes from the mapping (hashed, then written while it is still in
+     * the cache), never by sendfile. */
+    bool checksum;
 } lm_ram_saver;
 
 /* Marks every page dirty, finds never-populated pages, starts tracking. */

@@ -56,7 +56,8 @@ void lm_ram_block_release_bitmaps(lm_ram_block *b)
     lm_bitmap_free(b->unpopulated);
     lm_bitmap_free(b->zero_unread);
     lm_bitmap_free(b->received);
-    b->dirty = b->unpopulated = b->zero_unread = b->received = NULL;
+    lm_bitmap_free(b->csum_bad);
+    b->dirty = b->unpopulated = b->zero_unread = b->received = b->csum_bad = NULL;
 }
 
 void lm_ram_block_free(lm_ram_block *b)
@@ -90,7 +91,8 @@ int lm_ram_block_prepare_source(lm_ram_block *b, lm_error *err)
 
 int lm_ram_block_prepare_dest(lm_ram_block *b, lm_error *err)
 {
-    return fresh_bitmap(&b->received, b->npages, err);
+    int ret = fresh_bitmap(&b->received, b->npages, err);
+    return ret < 0 ? ret : fresh_bitmap(&b->csum_bad, b->npages, err);
 }
 
 void lm_ram_mark_dirty(lm_ram_block *b, uint64_t offset, uint64_t len)
@@ -108,6 +110,24 @@ void lm_ram_mark_dirty(lm_ram_block *b, uint64_t offset, uint64_t len)
     } else {
         lm_bitmap_set_range_atomic(b->manual, first, last - first + 1);
     }
+}
+
+int lm_ram_set_dirty_log(lm_ram_block *b, const lm_dirty_log_ops *ops, void *opaque,
+                         lm_error *err)
+{
+    if (!b) {
+        return lm_error_set(err, -EINVAL, "no RAM block");
+    }
+    if (ops && !ops->sync) {
+        return lm_error_set(err, -EINVAL, "RAM block '%s': a dirty log needs a sync function",
+                            b->name);
+    }
+    if (b->dlog_active) {
+        return lm_error_set(err, -EBUSY, "RAM block '%s': a migration is tracking it", b->name);
+    }
+    b->dlog_ops = ops;
+    b->dlog_opaque = opaque;
+    return 0;
 }
 
 bool lm_ram_wants_dirty_reports(const lm_ram_block *b)

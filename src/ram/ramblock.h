@@ -35,10 +35,18 @@ struct lm_ram_block {
     /* Manual tracking: set by the embedder (atomically), drained by sync. */
     uint64_t *manual;
     int reporting;   /* atomic: the embedder should call lm_ram_mark_dirty */
+    /* The embedder's pull-style dirty log, if it gave one. */
+    const lm_dirty_log_ops *dlog_ops;
+    void *dlog_opaque;
+    bool dlog_active; /* between its start and stop, migration thread only */
 
     /* Destination: pages written by the loader (a fresh private page that
      * was never written is known to be zero). */
     uint64_t *received;
+    /* Destination: pages whose latest record failed its checksum (set and
+     * cleared atomically; a later record of a page that verifies clears
+     * it: a live source sends a page again when it changed mid-send). */
+    uint64_t *csum_bad;
     /* Destination: a load wrote into this block before (a failed earlier
      * attempt), so its pages can no longer be assumed zero. */
     bool dest_used;

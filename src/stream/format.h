@@ -16,6 +16,10 @@
 
 #define LM_STREAM_MAGIC 0x4c4d4947u /* "LMIG" */
 #define LM_STREAM_VERSION 1u
+/* A stream whose CONFIG has LM_CONFIG_CHECKSUM set says version 2, so a
+ * reader that knows only version 1 refuses it instead of misreading the
+ * longer RAM records; everything else is the same. */
+#define LM_STREAM_VERSION_CHECKSUM 2u
 
 enum lm_record_type {
     LM_REC_CONFIG = 0x01,
@@ -30,8 +34,8 @@ enum lm_record_type {
 
 /* Records inside the "ram" section's payload. */
 enum lm_ram_record_type {
-    LM_RAM_PAGES = 0x01, /* be16 block, be64 first, be32 count, count*page_size bytes */
-    LM_RAM_ZERO = 0x02,  /* be16 block, be64 first, be32 count */
+    LM_RAM_PAGES = 0x01, /* be16 block, be64 first, be32 count, [be64 csum], count*page_size bytes */
+    LM_RAM_ZERO = 0x02,  /* be16 block, be64 first, be32 count, [be64 csum] */
     LM_RAM_EOS = 0x03,   /* end of this section's RAM payload */
     LM_RAM_MULTIFD_SYNC = 0x04, /* be64 seq: every multifd channel's pages before its SYNC seq are loaded */
     LM_RAM_MAPPED_BLOCK = 0x05, /* mapped-ram: be16 block, be32 version, be32 page_size,
@@ -47,7 +51,11 @@ enum lm_command {
     LM_CMD_POSTCOPY_RUN = 0x04,     /* empty: start the guest */
     LM_CMD_POSTCOPY_RESUME = 0x05,  /* empty: first record of a recovery stream */
     LM_CMD_MULTIFD_SETUP = 0x06,    /* be16 channels, u8 compression, u8 0, 16-byte id */
+    LM_CMD_PING = 0x07,             /* be32 value: PONG(value) once everything before is loaded */
 };
+/* The PINGs postcopy waits for (docs/postcopy.md). */
+#define LM_PING_POSTCOPY_ADVISED 1u /* after ADVISE: the destination can do postcopy */
+#define LM_PING_DEVICES_LOADED 2u   /* after the device state: postcopy may commit */
 #define LM_ADVISE_PREEMPT (1u << 0) /* urgent pages on a second connection */
 #define LM_COMMAND_MAX_LEN 65535u
 #define LM_DISCARD_MAX_RANGES 4095u /* (65535 - 4) / 16 */
@@ -55,7 +63,7 @@ enum lm_command {
 /* Return path (destination -> source) messages: be16 type, be16 len, body. */
 enum lm_rp_type {
     LM_RP_SHUT = 0x01,        /* be32 status: 0 = loaded and running, else failure */
-    LM_RP_PONG = 0x02,        /* be32 value (reserved: no PING is sent yet) */
+    LM_RP_PONG = 0x02,        /* be32 value: the answer to COMMAND PING(value) */
     LM_RP_REQ_PAGES = 0x03,   /* be16 block, be64 first page, be32 count (one host page) */
     LM_RP_RECV_BITMAP = 0x04, /* be16 block, be64 first word, be16 n, n x be64 words */
     LM_RP_RESUME_ACK = 0x05,  /* empty: the bitmaps are sent, resume postcopy */
@@ -65,6 +73,10 @@ enum lm_rp_type {
 /* The postcopy preempt connection opens with be32 magic, be32 version,
  * then carries RAM records (PAGES/ZERO) of requested pages only. */
 #define LM_PREEMPT_MAGIC 0x4c4d5043u /* "LMPC" */
+
+/* With checksums, a PAGES record carries a table of its pages' checksums:
+ * at most this many pages (the source sends at most 1 MiB per record). */
+#define LM_CSUM_MAX_PAGES 1024u
 
 #define LM_RAM_SECTION_IDSTR "ram"
 /* Built-in FULL section: the source guest's run state at switchover

@@ -8,11 +8,22 @@
 
 int lm_stream_write_header(lm_channel *ch)
 {
+    return lm_stream_write_header_version(ch, LM_STREAM_VERSION);
+}
+
+int lm_stream_write_header_version(lm_channel *ch, uint32_t version)
+{
     lm_channel_put_be32(ch, LM_STREAM_MAGIC);
-    return lm_channel_put_be32(ch, LM_STREAM_VERSION);
+    return lm_channel_put_be32(ch, version);
 }
 
 int lm_stream_read_header(lm_channel *ch, lm_error *err)
+{
+    uint32_t version;
+    return lm_stream_read_header_version(ch, &version, err);
+}
+
+int lm_stream_read_header_version(lm_channel *ch, uint32_t *out, lm_error *err)
 {
     uint32_t magic, version;
     if (lm_channel_get_be32(ch, &magic) < 0 || lm_channel_get_be32(ch, &version) < 0) {
@@ -21,11 +32,12 @@ int lm_stream_read_header(lm_channel *ch, lm_error *err)
     if (magic != LM_STREAM_MAGIC) {
         return lm_error_set(err, -EBADMSG, "not a livemig stream (bad magic 0x%08x)", magic);
     }
-    if (version != LM_STREAM_VERSION) {
+    if (version != LM_STREAM_VERSION && version != LM_STREAM_VERSION_CHECKSUM) {
         return lm_error_set(err, -EPROTONOSUPPORT,
-                            "unsupported stream version %u (this build reads version %u)", version,
-                            LM_STREAM_VERSION);
+                            "unsupported stream version %u (this build reads versions %u and %u)",
+                            version, LM_STREAM_VERSION, LM_STREAM_VERSION_CHECKSUM);
     }
+    *out = version;
     return 0;
 }
 
@@ -184,6 +196,14 @@ int lm_rp_write_shut(lm_channel *ch, uint32_t status)
     return lm_channel_flush(ch);
 }
 
+int lm_rp_write_pong(lm_channel *ch, uint32_t value)
+{
+    lm_channel_put_be16(ch, LM_RP_PONG);
+    lm_channel_put_be16(ch, 4);
+    lm_channel_put_be32(ch, value);
+    return lm_channel_flush(ch);
+}
+
 int lm_rp_read(lm_channel *ch, uint16_t *type, uint32_t *status, lm_error *err)
 {
     uint16_t len;
@@ -191,9 +211,9 @@ int lm_rp_read(lm_channel *ch, uint16_t *type, uint32_t *status, lm_error *err)
         return lm_channel_error(ch, err);
     }
     *status = 0;
-    if (*type == LM_RP_SHUT) {
+    if (*type == LM_RP_SHUT || *type == LM_RP_PONG) {
         if (len != 4 || lm_channel_get_be32(ch, status) < 0) {
-            return len != 4 ? lm_error_set(err, -EBADMSG, "malformed return-path SHUT message")
+            return len != 4 ? lm_error_set(err, -EBADMSG, "malformed return-path message 0x%x", *type)
                             : lm_channel_error(ch, err);
         }
         return 0;

@@ -18,9 +18,15 @@
 /* Config flags (be32 in the configuration record). */
 #define LM_CONFIG_RETURN_PATH (1u << 0) /* source waits for RP_SHUT */
 #define LM_CONFIG_MAPPED_RAM (1u << 1)  /* RAM lies at fixed offsets in the file (§4c) */
+#define LM_CONFIG_CHECKSUM (1u << 2)    /* page data carries xxh3 checksums (§4d) */
 
 int lm_stream_write_header(lm_channel *ch);
+/* version: LM_STREAM_VERSION, or LM_STREAM_VERSION_CHECKSUM when the
+ * configuration will have LM_CONFIG_CHECKSUM. */
+int lm_stream_write_header_version(lm_channel *ch, uint32_t version);
 int lm_stream_read_header(lm_channel *ch, lm_error *err);
+/* The same, telling which version the stream has. */
+int lm_stream_read_header_version(lm_channel *ch, uint32_t *version, lm_error *err);
 
 typedef struct lm_stream_config {
     uint8_t uuid[LM_UUID_LEN];
@@ -45,7 +51,8 @@ int lm_stream_write_payload(lm_channel *ch, const void *data, size_t len);
 
 /* Return path messages. */
 int lm_rp_write_shut(lm_channel *ch, uint32_t status);
-/* Reads one message; fills type and (for SHUT) status. */
+int lm_rp_write_pong(lm_channel *ch, uint32_t value);
+/* Reads one message; fills type and (for SHUT and PONG) its value. */
 int lm_rp_read(lm_channel *ch, uint16_t *type, uint32_t *status, lm_error *err);
 
 #endif

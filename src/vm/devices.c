@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "devices.h"
@@ -177,7 +178,14 @@ void vm_serial_print(vm_serial *s, int64_t guest_ns, uint64_t steps, uint64_t pa
 static int serial_post_load(void *opaque, uint32_t version, lm_error *err)
 {
     vm_serial *s = opaque;
+    const char *refuse = getenv("LIVEMIG_VM_FAIL_LOAD");
 
+    /* Test hook: lets a test fail a migration in its device phase (a
+     * device section the destination cannot load) without a broken
+     * stream. */
+    if (refuse && strcmp(refuse, "serial") == 0) {
+        return lm_error_set(err, -EINVAL, "serial: state refused (LIVEMIG_VM_FAIL_LOAD=serial)");
+    }
     if (s->next_ns < 0) {
         return lm_error_set(err, -EINVAL, "serial: negative next-line time %" PRId64, s->next_ns);
     }

@@ -213,6 +213,13 @@ int guest_ram_new(const guest_ram_config *cfg, guest_ram **out, lm_error *err)
     }
     r->fd = -1;
     r->size = cfg->size;
+    if (cfg->dirty_log) {
+        r->log = calloc((cfg->size / VM_PAGE_SIZE + 63) / 64, sizeof(uint64_t));
+        if (!r->log) {
+            free(r);
+            return lm_error_set(err, -ENOMEM, "out of memory");
+        }
+    }
     r->npages = cfg->size >> VM_PAGE_SHIFT;
     r->nblocks = cfg->nblocks;
     r->block_size = cfg->size / cfg->nblocks;
@@ -248,6 +255,82 @@ int guest_ram_new(const guest_ram_config *cfg, guest_ram **out, lm_error *err)
     return 0;
 }
 
+/* ---- the dirty log handed to the engine (--dirty-log) ---- */
+
+void guest_ram_log_write(guest_ram *r, uint64_t off, uint64_t len)
+{
+    if (!len || off >= r->size) {
+        return;
+    }
+    uint64_t first = off >> VM_PAGE_SHIFT;
+    uint64_t last = (off + len - 1) >> VM_PAGE_SHIFT;
+    for (uint64_t p = first; p <= last && p < r->npages; p++) {
+        __atomic_fetch_or(&r->log[p / 64], 1ull << (p % 64), __ATOMIC_RELAXED);
+    }
+}
+
+static unsigned log_block_index(const guest_ram *r, const lm_ram_block *b)
+{
+    unsigned i = 0;
+    while (i < r->nblocks && r->blocks[i] != b) {
+        i++;
+    }
+    return i;
+}
+
+static int log_start(void *opaque, lm_ram_block *b)
+{
+    guest_ram *r = opaque;
+    /* Writes before this point are not asked for: the engine sends the
+     * whole block in its first pass. */
+    __atomic_fetch_add(&r->logging, 1, __ATOMIC_SEQ_CST);
+    return log_block_index(r, b) < r->nblocks ? 0 : -ENOENT;
+}
+
+/* Hands over (and clears) the block's part of the log, converted to the
+ * block's page size. */
+static int log_sync(void *opaque, lm_ram_block *b, uint64_t *bitmap, uint64_t npages)
+{
+    guest_ram *r = opaque;
+    unsigned i = log_block_index(r, b);
+    if (i >= r->nblocks) {
+        return -ENOENT;
+    }
+    uint64_t base = (uint64_t)i * (r->block_size >> VM_PAGE_SHIFT);
+    uint64_t per = r->page_size >> VM_PAGE_SHIFT; /* 4 KiB pages per block page */
+    uint64_t n4k = r->block_size >> VM_PAGE_SHIFT;
+    for (uint64_t p = 0; p < n4k;) {
+        uint64_t g = base + p;
+        if (per == 1 && p % 64 == 0 && g % 64 == 0 && p + 64 <= n4k) {
+            uint64_t w = __atomic_exchange_n(&r->log[g / 64], 0, __ATOMIC_ACQ_REL);
+            bitmap[p / 64] |= w;
+            p += 64;
+            continue;
+        }
+        uint64_t bit = 1ull << (g % 64);
+        if (__atomic_fetch_and(&r->log[g / 64], ~bit, __ATOMIC_ACQ_REL) & bit) {
+            uint64_t bp = p / per;
+            if (bp < npages) {
+                bitmap[bp / 64] |= 1ull << (bp % 64);
+            }
+        }
+        p++;
+    }
+    return 0;
+}
+
+static void log_stop(void *opaque, lm_ram_block *b)
+{
+    guest_ram *r = opaque;
+    __atomic_fetch_sub(&r->logging, 1, __ATOMIC_SEQ_CST);
+}
+
+static const lm_dirty_log_ops guest_ram_log_ops = {
+    .start = log_start,
+    .sync = log_sync,
+    .stop = log_stop,
+};
+
 int guest_ram_register(guest_ram *r, lm_engine *e, lm_error *err)
 {
     for (unsigned i = 0; i < r->nblocks; i++) {
@@ -271,6 +354,12 @@ int guest_ram_register(guest_ram *r, lm_engine *e, lm_error *err)
         if (ret < 0) {
             return ret;
         }
+        if (r->log) {
+            ret = lm_ram_set_dirty_log(r->blocks[i], &guest_ram_log_ops, r, err);
+            if (ret < 0) {
+                return ret;
+            }
+        }
     }
     return 0;
 }
@@ -287,6 +376,7 @@ void guest_ram_free(guest_ram *r)
         close(r->fd);
     }
     free(r->blocks);
+    free(r->log);
     free(r);
 }
 

@@ -37,6 +37,8 @@ typedef struct guest_ram_config {
     const char *path;        /* GUEST_RAM_FILE */
     bool thp;                /* GUEST_RAM_ANON: postcopy places 2M pages (LM_RAM_THP) */
     bool no_thp_advice;      /* GUEST_RAM_ANON: no MADV_HUGEPAGE (given by default) */
+    bool dirty_log;          /* keep a dirty log and hand it to the engine
+                              * (lm_ram_set_dirty_log), as a KVM VMM does */
 } guest_ram_config;
 
 /* The fields are public so the vCPUs' hot path can inline page access;
@@ -50,6 +52,10 @@ typedef struct guest_ram {
     uint32_t page_size;      /* the page size given to the engine */
     unsigned flags;          /* lm_ram_flags */
     lm_ram_block **blocks;   /* engine handles, NULL until registered */
+    /* The machine's own dirty log (--dirty-log): one bit per 4 KiB page of
+     * all of RAM, set by every write while the engine logs (atomic). */
+    uint64_t *log;
+    int logging;             /* atomic: blocks whose log the engine reads */
     /* private */
     uint64_t map_size;
     uint8_t *map;
@@ -73,8 +79,14 @@ static inline uint8_t *guest_ram_page(const guest_ram *r, uint64_t pfn)
  * Cheap when the engine does not want manual reports. */
 void guest_ram_wrote_slow(guest_ram *r, uint64_t off, uint64_t len);
 
+/* Sets the dirty log's bits for a write (guest_ram_wrote does the check). */
+void guest_ram_log_write(guest_ram *r, uint64_t off, uint64_t len);
+
 static inline void guest_ram_wrote(guest_ram *r, uint64_t off, uint64_t len)
 {
+    if (__atomic_load_n(&r->logging, __ATOMIC_RELAXED)) {
+        guest_ram_log_write(r, off, len);
+    }
     if (r->nblocks == 1) {
         /* The common case: no division, no loop. */
         lm_ram_block *b = r->blocks[0];

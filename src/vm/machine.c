@@ -18,6 +18,13 @@
 
 static bool guest_stop_locked(vm *m)
 {
+    if (m->rv) {
+        if (!rv_machine_running(m->rv)) {
+            return false;
+        }
+        rv_machine_pause(m->rv);
+        return true;
+    }
     if (!vcpus_running(m->cpus)) {
         return false;
     }
@@ -28,6 +35,13 @@ static bool guest_stop_locked(vm *m)
 
 static bool guest_start_locked(vm *m)
 {
+    if (m->rv) {
+        if (m->shutting_down || rv_machine_running(m->rv)) {
+            return false;
+        }
+        rv_machine_resume(m->rv);
+        return true;
+    }
     if (m->shutting_down || vcpus_running(m->cpus)) {
         return false;
     }
@@ -150,8 +164,12 @@ static void cb_on_event(void *opaque, const lm_event *ev)
     vm *m = opaque;
     bool started = false;
 
+    /* As QEMU: MIGRATION and MIGRATION_PASS go out only with the
+     * `events` capability on (management tools turn it on). */
+    bool events = false;
+    lm_engine_get_capability(m->engine, "events", &events, NULL);
     pthread_mutex_lock(&m->qmp_lock);
-    if (m->qmp) {
+    if (m->qmp && events) {
         qmp_emit_migration_event(m->qmp, ev);
     }
     pthread_mutex_unlock(&m->qmp_lock);
@@ -204,10 +222,27 @@ static void cb_incoming_done(void *opaque, bool success)
             m->state = VM_PAUSED;
         }
     }
+    bool exit_on_error = m->exit_on_error;
     pthread_mutex_unlock(&m->lock);
-    if (!success) {
-        fprintf(stderr, "livemig-vm: incoming migration failed; still waiting (inmigrate)\n");
+    if (success) {
+        return;
     }
+    lm_info *info = calloc(1, sizeof(*info));
+    if (info) {
+        lm_engine_query(m->engine, info);
+    }
+    const char *why = info && info->error_desc[0] ? info->error_desc : "unknown error";
+    if (exit_on_error) {
+        /* QEMU's default: a destination whose migration failed holds no
+         * guest worth keeping; the management tool reads the exit status. */
+        fprintf(stderr, "livemig-vm: incoming migration failed: %s; exiting (exit-on-error)\n",
+                why);
+        vm_request_quit(m, VM_QUIT_INCOMING_FAILED);
+    } else {
+        fprintf(stderr, "livemig-vm: incoming migration failed: %s; still waiting (inmigrate)\n",
+                why);
+    }
+    free(info);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -229,6 +264,45 @@ static void guest_tick(void *opaque)
 }
 
 /* ------------------------------------------------------------------------ */
+
+/* The guest wrote the test device: power off (or reset, which this
+ * machine does as a power-off, as QEMU with -no-reboot). */
+static void riscv_shutdown(void *opaque, int code, bool reset)
+{
+    vm *m = opaque;
+    __atomic_store_n(&m->exit_code, code, __ATOMIC_RELAXED);
+    vm_request_quit(m, reset ? "guest-reset" : "guest-shutdown");
+}
+
+static int riscv_new(vm *m, lm_error *err)
+{
+    const vm_options *o = &m->opts;
+    int ret;
+    rv_machine_config cfg = {
+        .smp = o->smp,
+        .bios = o->bios,
+        .kernel = o->kernel,
+        .initrd = o->initrd,
+        .append = o->append,
+        .drive = o->drive,
+        .serial = o->serial_spec,
+        .incoming = o->incoming != NULL,
+    };
+    if ((ret = guest_ram_new(&o->ram, &m->ram, err)) < 0 ||
+        (ret = guest_ram_register(m->ram, m->engine, err)) < 0 ||
+        (ret = rv_machine_new(&cfg, m->ram, &m->rv, err)) < 0) {
+        return ret;
+    }
+    m->rv->shutdown = riscv_shutdown;
+    m->rv->shutdown_opaque = m;
+    if ((ret = rv_machine_register(m->rv, m->engine, err)) < 0) {
+        return ret;
+    }
+    if (o->has_uuid) {
+        lm_engine_set_uuid(m->engine, o->uuid);
+    }
+    return 0;
+}
 
 int vm_new(const vm_options *o, vm **out, lm_error *err)
 {
@@ -264,6 +338,14 @@ int vm_new(const vm_options *o, vm **out, lm_error *err)
         ret = lm_error_is_set(err) ? err->code : -ENOMEM;
         goto fail;
     }
+    if (o->machine == VM_MACHINE_RISCV_VIRT) {
+        ret = riscv_new(m, err);
+        if (ret < 0) {
+            goto fail;
+        }
+        *out = m;
+        return 0;
+    }
     if ((ret = guest_ram_new(&o->ram, &m->ram, err)) < 0 ||
         (ret = guest_ram_register(m->ram, m->engine, err)) < 0 ||
         (ret = workload_new(&o->workload, m->ram, o->smp, &m->wl, err)) < 0 ||
@@ -283,6 +365,18 @@ int vm_new(const vm_options *o, vm **out, lm_error *err)
     if (o->has_uuid) {
         lm_engine_set_uuid(m->engine, o->uuid);
     }
+    m->objects = qmp_objects_new();
+    if (!m->objects) {
+        ret = lm_error_set(err, -ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (unsigned i = 0; i < o->nobjects; i++) {
+        if ((ret = qmp_objects_add_opts(m->objects, o->objects[i], err)) < 0) {
+            goto fail;
+        }
+    }
+    lm_tls_resolver r = qmp_objects_tls_resolver(m->objects);
+    lm_engine_set_tls_resolver(m->engine, &r);
     *out = m;
     return 0;
 
@@ -302,6 +396,7 @@ int vm_launch(vm *m, lm_error *err)
             return lm_error_is_set(err) ? err->code : -EINVAL;
         }
         qmp_register_migration_commands(s, m->engine);
+        qmp_register_object_commands(s, m->objects);
         vm_qmp_register(m, s);
         int ret = qmp_server_start(s, err);
         if (ret < 0) {
@@ -352,7 +447,7 @@ void vm_free(vm *m)
     }
     pthread_mutex_lock(&m->lock);
     m->shutting_down = true;
-    if (m->cpus) {
+    if (m->cpus || m->rv) {
         guest_stop_locked(m);
     }
     pthread_mutex_unlock(&m->lock);
@@ -369,6 +464,8 @@ void vm_free(vm *m)
         lm_engine_cancel(m->engine, NULL);
         lm_engine_free(m->engine);
     }
+    rv_machine_free(m->rv);
+    qmp_objects_free(m->objects);
     vcpus_free(m->cpus);
     vram_free(m->vram);
     workload_free(m->wl);
@@ -506,6 +603,18 @@ const char *vm_status(vm *m, bool *running)
 void vm_with_guest_frozen(vm *m, void (*fn)(vm *m, void *arg), void *arg)
 {
     pthread_mutex_lock(&m->lock);
+    if (m->rv) {
+        bool was = rv_machine_running(m->rv);
+        if (was) {
+            rv_machine_pause(m->rv);
+        }
+        fn(m, arg);
+        if (was) {
+            rv_machine_resume(m->rv);
+        }
+        pthread_mutex_unlock(&m->lock);
+        return;
+    }
     bool was = vcpus_running(m->cpus);
     if (was) {
         vcpus_pause(m->cpus);

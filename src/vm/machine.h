@@ -31,7 +31,9 @@
 #include "devices.h"
 #include "guest_ram.h"
 #include "options.h"
+#include "qmp/objects.h"
 #include "qmp/qmp.h"
+#include "riscv/rv_machine.h"
 #include "vcpu.h"
 #include "vram.h"
 #include "workload.h"
@@ -54,12 +56,17 @@ typedef struct vm {
     vm_clock clock;
     vm_serial serial;
     vram *vram;             /* NULL without --vram */
+    rv_machine *rv;         /* --machine riscv-virt: instead of wl, cpus, clock, serial */
+    int exit_code;          /* riscv-virt: what the guest asked to exit with */
+    qmp_objects *objects;   /* TLS credentials and authz: --object, object-add */
 
     pthread_mutex_t lock;   /* the run state below */
     vm_runstate state;
     vm_runstate state_before_switchover; /* restored if the migration fails */
     bool autostart;         /* destination: run once the migration is in */
     bool incoming_loaded;   /* destination: an incoming migration succeeded */
+    bool exit_on_error;     /* destination: exit when the incoming migration
+                             * fails (migrate-incoming's exit-on-error) */
     bool postcopy_seen;     /* outgoing: the destination ran the guest */
     bool shutting_down;
 
@@ -75,6 +82,10 @@ int vm_new(const vm_options *o, vm **out, lm_error *err);
 int vm_launch(vm *m, lm_error *err);
 /* Stops everything and frees it; the QMP socket is unlinked. */
 void vm_free(vm *m);
+
+/* The quit reason of a destination that exits because its incoming
+ * migration failed (exit status 1). */
+#define VM_QUIT_INCOMING_FAILED "incoming-migration-failed"
 
 /* Ask main() to exit (QMP quit); safe from any thread. */
 void vm_request_quit(vm *m, const char *reason);

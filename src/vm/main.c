@@ -62,10 +62,11 @@ int main(int argc, char **argv)
     } else {
         snprintf(size, sizeof(size), "%" PRIu64 " KiB", opts.ram.size >> 10);
     }
-    fprintf(stderr, "livemig-vm: '%s' %s (%s, %u block%s), %u vCPU%s, workload %s%s%s%s\n",
+    fprintf(stderr, "livemig-vm: '%s' %s (%s, %u block%s), %u vCPU%s, %s %s%s%s%s\n",
             opts.name, size, guest_ram_backend_name(opts.ram.backend),
             opts.ram.nblocks, opts.ram.nblocks == 1 ? "" : "s", opts.smp, opts.smp == 1 ? "" : "s",
-            workload_kind_name(opts.workload.kind),
+            opts.machine == VM_MACHINE_RISCV_VIRT ? "machine" : "workload",
+            opts.machine == VM_MACHINE_RISCV_VIRT ? "riscv-virt" : workload_kind_name(opts.workload.kind),
             opts.incoming ? ", incoming " : "", opts.incoming ? opts.incoming : "",
             opts.paused ? ", paused" : "");
 
@@ -95,8 +96,14 @@ int main(int argc, char **argv)
             }
         }
     }
-    vm_emit(m, "SHUTDOWN", json_pack("{s:b, s:s}", "guest", 0, "reason", reason ? reason : "host-error"));
+    bool by_guest = reason && strncmp(reason, "guest-", 6) == 0;
+    vm_emit(m, "SHUTDOWN", json_pack("{s:b, s:s}", "guest", by_guest, "reason",
+                                     reason ? reason : "host-error"));
+    int code = by_guest ? __atomic_load_n(&m->exit_code, __ATOMIC_RELAXED) : 0;
     vm_free(m);
     close(sfd);
-    return 0;
+    if (reason && strcmp(reason, VM_QUIT_INCOMING_FAILED) == 0) {
+        code = 1;
+    }
+    return code;
 }

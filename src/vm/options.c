@@ -28,6 +28,7 @@ static void usage(FILE *f, const char *prog)
 "      --memory-backend B     anon (default), memfd, hugetlbfs or file:PATH\n"
 "      --thp                  postcopy places anon RAM in 2M huge pages\n"
 "      --no-thp               no MADV_HUGEPAGE advice on anon RAM (given by default)\n"
+"      --dirty-log            keep a dirty log the engine pulls at each sync (as KVM's)\n"
 "\n"
 "Guest:\n"
 "      --smp N                vCPU threads (default 1)\n"
@@ -46,9 +47,24 @@ static void usage(FILE *f, const char *prog)
 "      --name NAME            guest name (serial output, default 'vm')\n"
 "      --uuid UUID            machine UUID, 8-4-4-4-12 hex\n"
 "      --serial stdout|file:PATH|none   console output (default stdout)\n"
+"      --object TYPE,id=ID,...|JSON     create an object as QMP object-add\n"
+"                             does (tls-creds-x509, tls-creds-psk, authz-simple,\n"
+"                             authz-list)\n"
+"\n"
+"RISC-V machine (--machine riscv-virt: QEMU's virt platform, RV64GC harts):\n"
+"      --machine synthetic|riscv-virt   the machine (default synthetic)\n"
+"      --bios FILE            M-mode firmware (default Debian's OpenSBI fw_dynamic.bin)\n"
+"      --kernel FILE          next stage at 0x80200000 (U-Boot, a Linux Image)\n"
+"      --initrd FILE          initial ramdisk\n"
+"      --append STRING        kernel command line (/chosen/bootargs)\n"
+"      --drive file=PATH      a virtio-blk disk on that image (both sides of a\n"
+"                             migration open the same file)\n"
+"      --serial unix:PATH     the console on a listening socket (also stdout,\n"
+"                             file:PATH, none; stdout reads input from stdin)\n"
 "  -h, --help                 this text\n"
 "\n"
-"QMP: the migration commands, stop, cont, query-status, quit, and\n"
+"QMP: the migration commands, object-add, object-del, stop, cont,\n"
+"query-status, quit, and\n"
 "x-verify-memory, x-query-workload, x-query-memory-hash.\n",
             prog);
 }
@@ -159,6 +175,7 @@ enum {
     OPT_BACKEND,
     OPT_THP,
     OPT_NO_THP,
+    OPT_DIRTY_LOG,
     OPT_SMP,
     OPT_WORKLOAD,
     OPT_DIRTY_RATE,
@@ -171,6 +188,13 @@ enum {
     OPT_NAME,
     OPT_UUID,
     OPT_SERIAL,
+    OPT_MACHINE,
+    OPT_BIOS,
+    OPT_KERNEL,
+    OPT_INITRD,
+    OPT_APPEND,
+    OPT_DRIVE,
+    OPT_OBJECT,
 };
 
 static const struct option long_opts[] = {
@@ -179,6 +203,7 @@ static const struct option long_opts[] = {
     { "memory-backend", required_argument, NULL, OPT_BACKEND },
     { "thp", no_argument, NULL, OPT_THP },
     { "no-thp", no_argument, NULL, OPT_NO_THP },
+    { "dirty-log", no_argument, NULL, OPT_DIRTY_LOG },
     { "smp", required_argument, NULL, OPT_SMP },
     { "workload", required_argument, NULL, OPT_WORKLOAD },
     { "dirty-rate", required_argument, NULL, OPT_DIRTY_RATE },
@@ -192,6 +217,13 @@ static const struct option long_opts[] = {
     { "name", required_argument, NULL, OPT_NAME },
     { "uuid", required_argument, NULL, OPT_UUID },
     { "serial", required_argument, NULL, OPT_SERIAL },
+    { "machine", required_argument, NULL, OPT_MACHINE },
+    { "bios", required_argument, NULL, OPT_BIOS },
+    { "kernel", required_argument, NULL, OPT_KERNEL },
+    { "initrd", required_argument, NULL, OPT_INITRD },
+    { "append", required_argument, NULL, OPT_APPEND },
+    { "drive", required_argument, NULL, OPT_DRIVE },
+    { "object", required_argument, NULL, OPT_OBJECT },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
 };
@@ -229,6 +261,9 @@ int vm_options_parse(vm_options *o, int argc, char **argv, lm_error *err)
             break;
         case OPT_THP:
             o->ram.thp = true;
+            break;
+        case OPT_DIRTY_LOG:
+            o->ram.dirty_log = true;
             break;
         case OPT_NO_THP:
             o->ram.no_thp_advice = true;
@@ -278,7 +313,39 @@ int vm_options_parse(vm_options *o, int argc, char **argv, lm_error *err)
             o->has_uuid = true;
             break;
         case OPT_SERIAL:
-            ret = vm_serial_parse(optarg, &o->serial, &o->serial_path, err);
+            o->serial_spec = optarg; /* checked once the machine is known */
+            break;
+        case OPT_MACHINE:
+            if (strcmp(optarg, "synthetic") == 0) {
+                o->machine = VM_MACHINE_SYNTHETIC;
+            } else if (strcmp(optarg, "riscv-virt") == 0) {
+                o->machine = VM_MACHINE_RISCV_VIRT;
+            } else {
+                ret = lm_error_set(err, -EINVAL, "--machine '%s': expected synthetic or riscv-virt",
+                                   optarg);
+            }
+            break;
+        case OPT_BIOS:
+            o->bios = optarg;
+            break;
+        case OPT_KERNEL:
+            o->kernel = optarg;
+            break;
+        case OPT_INITRD:
+            o->initrd = optarg;
+            break;
+        case OPT_APPEND:
+            o->append = optarg;
+            break;
+        case OPT_DRIVE:
+            o->drive = optarg;
+            break;
+        case OPT_OBJECT:
+            if (o->nobjects == VM_MAX_OBJECTS) {
+                ret = lm_error_set(err, -E2BIG, "at most %d --object", VM_MAX_OBJECTS);
+            } else {
+                o->objects[o->nobjects++] = optarg;
+            }
             break;
         case 'h':
             usage(stdout, argv[0]);
@@ -293,6 +360,25 @@ int vm_options_parse(vm_options *o, int argc, char **argv, lm_error *err)
     }
     if (ret == 0 && optind < argc) {
         ret = lm_error_set(err, -EINVAL, "unexpected argument '%s' (see --help)", argv[optind]);
+    }
+    if (ret == 0 && o->machine == VM_MACHINE_SYNTHETIC) {
+        if (o->bios || o->kernel || o->initrd || o->append || o->drive) {
+            ret = lm_error_set(err, -EINVAL, "--bios, --kernel, --initrd, --append and --drive "
+                               "need --machine riscv-virt");
+        } else if (o->serial_spec) {
+            ret = vm_serial_parse(o->serial_spec, &o->serial, &o->serial_path, err);
+        }
+    }
+    if (ret == 0 && o->machine == VM_MACHINE_RISCV_VIRT) {
+        if (!o->bios) {
+            o->bios = VM_DEFAULT_BIOS;
+        }
+        if (!o->serial_spec) {
+            o->serial_spec = "stdout";
+        }
+        if (o->initrd && !o->kernel) {
+            ret = lm_error_set(err, -EINVAL, "--initrd needs --kernel");
+        }
     }
     return ret;
 }

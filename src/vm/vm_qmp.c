@@ -83,6 +83,11 @@ static json_t *cmd_verify_memory(void *opaque, json_t *args, lm_error *err)
     char msg[sizeof(job.res.message)];
 
     CHECK_NO_ARGS(args, err);
+    if (m->rv) {
+        lm_error_set(err, -ENOTSUP, "x-verify-memory: the riscv-virt guest checks itself "
+                     "(compare x-query-memory-hash instead)");
+        return NULL;
+    }
     vm_with_guest_frozen(m, do_verify, &job);
     if (job.error) {
         lm_error_set_errno(err, job.error, "x-verify-memory");
@@ -110,6 +115,10 @@ static json_t *cmd_query_workload(void *opaque, json_t *args, lm_error *err)
     uint64_t steps, passes;
 
     CHECK_NO_ARGS(args, err);
+    if (m->rv) {
+        lm_error_set(err, -ENOTSUP, "x-query-workload: riscv-virt runs no synthetic workload");
+        return NULL;
+    }
     vcpus_progress(m->cpus, &steps, &passes);
     return json_pack("{s:I, s:I, s:s, s:i}", "steps", (json_int_t)steps, "passes", (json_int_t)passes,
                      "workload", workload_kind_name(workload_get_kind(m->wl)),
@@ -142,12 +151,13 @@ static json_t *cmd_query_memory_hash(void *opaque, json_t *args, lm_error *err)
  */
 static json_t *cmd_migrate_incoming(void *opaque, json_t *args, lm_error *err)
 {
-    static const char *const known[] = { "uri", NULL };
+    static const char *const known[] = { "uri", "channels", "exit-on-error", NULL };
     vm *m = opaque;
-    const char *uri = NULL;
-    bool running;
+    char uri[4096];
+    bool running, exit_on_error = true;
 
-    if (qmp_args_check(args, known, err) < 0 || qmp_arg_str(args, "uri", true, &uri, err) < 0) {
+    if (qmp_args_check(args, known, err) < 0 ||
+        qmp_arg_bool(args, "exit-on-error", false, &exit_on_error, err) < 0) {
         return NULL;
     }
     if (lm_engine_is_incoming(m->engine)) {
@@ -159,7 +169,13 @@ static json_t *cmd_migrate_incoming(void *opaque, json_t *args, lm_error *err)
                      "machine with --incoming defer");
         return NULL;
     }
-    if (lm_engine_incoming(m->engine, uri, err) < 0) {
+    /* The address last: an fd:NAME is taken from the table only when the
+     * command will use it. */
+    pthread_mutex_lock(&m->lock);
+    m->exit_on_error = exit_on_error;
+    pthread_mutex_unlock(&m->lock);
+    if (qmp_migration_uri(m->qmp, args, uri, sizeof(uri), err) < 0 ||
+        lm_engine_incoming(m->engine, uri, err) < 0) {
         return NULL;
     }
     return json_object();

@@ -60,11 +60,16 @@ static void die(const char *what, const char *detail)
 
 /* Parses args' "uri" as the engine would, then runs the real handler with
  * the URI renamed to an unknown scheme. */
-static json_t *inert_uri(json_t *args, qmp_handler real, lm_error *err)
+typedef struct wrapped {
+    qmp_handler fn;
+    void *opaque;
+} wrapped;
+
+static json_t *inert_uri(json_t *args, const wrapped *real, lm_error *err)
 {
     json_t *uri = json_object_get(args, "uri");
     if (!json_is_string(uri)) {
-        return real(engine, args, err); /* the handler's own type errors */
+        return real->fn(real->opaque, args, err); /* the handler's own type errors */
     }
     lm_uri parsed;
     lm_error perr = LM_ERROR_INIT;
@@ -73,29 +78,29 @@ static json_t *inert_uri(json_t *args, qmp_handler real, lm_error *err)
     }
     json_t *copy = json_deep_copy(args);
     if (!copy) {
-        return real(engine, args, err);
+        return real->fn(real->opaque, args, err);
     }
     json_object_set_new(copy, "uri", json_string("fuzz-inert:nowhere"));
-    json_t *ret = real(engine, copy, err);
+    json_t *ret = real->fn(real->opaque, copy, err);
     json_decref(copy);
     return ret;
 }
 
-static qmp_handler real_migrate, real_incoming, real_recover;
+static wrapped real_migrate, real_incoming, real_recover;
 
 static json_t *cmd_migrate(void *opaque, json_t *args, lm_error *err)
 {
-    return inert_uri(args, real_migrate, err);
+    return inert_uri(args, &real_migrate, err);
 }
 
 static json_t *cmd_incoming(void *opaque, json_t *args, lm_error *err)
 {
-    return inert_uri(args, real_incoming, err);
+    return inert_uri(args, &real_incoming, err);
 }
 
 static json_t *cmd_recover(void *opaque, json_t *args, lm_error *err)
 {
-    return inert_uri(args, real_recover, err);
+    return inert_uri(args, &real_recover, err);
 }
 
 /* A fresh engine behind the migration commands (between two clients: the
@@ -109,11 +114,10 @@ static void fresh_engine(void)
         die("lm_engine_new", err.msg);
     }
     qmp_register_migration_commands(server, e);
-    void *opaque;
-    real_migrate = qmp_server_lookup(server, "migrate", &opaque);
-    real_incoming = qmp_server_lookup(server, "migrate-incoming", &opaque);
-    real_recover = qmp_server_lookup(server, "migrate-recover", &opaque);
-    if (!real_migrate || !real_incoming || !real_recover) {
+    real_migrate.fn = qmp_server_lookup(server, "migrate", &real_migrate.opaque);
+    real_incoming.fn = qmp_server_lookup(server, "migrate-incoming", &real_incoming.opaque);
+    real_recover.fn = qmp_server_lookup(server, "migrate-recover", &real_recover.opaque);
+    if (!real_migrate.fn || !real_incoming.fn || !real_recover.fn) {
         die("a migration command is not registered", NULL);
     }
     lm_engine *old = engine;
@@ -262,6 +266,40 @@ static void check_replies(out_buf *out)
     }
 }
 
+/* In-band commands run one at a time, in order, on the server's command
+ * worker: once a later client's command has been answered, every command
+ * of the input has finished and the engine may be swapped.  (The reply is
+ * read before this client hangs up: a hung-up client's replies are
+ * dropped, its commands may still be running.) */
+static void barrier(void)
+{
+    static const char req[] = "{\"execute\": \"qmp_capabilities\"}\n"
+                              "{\"execute\": \"query-migrate\"}\n";
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock_path);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        send(fd, req, sizeof(req) - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof(req) - 1)) {
+        die("barrier", strerror(errno));
+    }
+    out_buf out = { NULL, 0, 0 };
+    unsigned returns = 0;
+    while (returns < 2) {
+        char buf[4096];
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        if (n <= 0) {
+            die("the barrier's query-migrate got no answer", out.data);
+        }
+        out_append(&out, buf, (size_t)n);
+        returns = 0;
+        for (const char *p = out.data; (p = strstr(p, "\"return\"")); p++) {
+            returns++;
+        }
+    }
+    free(out.data);
+    close(fd);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size > 2 * QMP_MAX_REQUEST) {
@@ -273,6 +311,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     dup2(real_stderr, 2);
     check_replies(&out);
     free(out.data);
+    barrier();
     fresh_engine();
     return 0;
 }

@@ -41,7 +41,7 @@ class QMPError(Exception):
 class QMP:
     """A blocking QMP client with event collection."""
 
-    def __init__(self, path, timeout=DEFAULT_TIMEOUT):
+    def __init__(self, path, timeout=DEFAULT_TIMEOUT, enable=None):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.sock.connect(path)
@@ -49,7 +49,11 @@ class QMP:
         self.events = []
         greeting = self._read()
         assert "QMP" in greeting, greeting
-        self.cmd("qmp_capabilities")
+        self.greeting = greeting
+        if enable:
+            self.cmd("qmp_capabilities", enable=enable)
+        else:
+            self.cmd("qmp_capabilities")
 
     def _read(self):
         dec = json.JSONDecoder()
@@ -120,6 +124,10 @@ class VM:
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
                                      pass_fds=pass_fds)
         self.qmp = self._connect()
+        # MIGRATION events need the `events` capability (as QEMU); the
+        # tests read them.
+        self.qmp.cmd("migrate-set-capabilities",
+                     capabilities=[{"capability": "events", "state": True}])
 
     def _connect(self):
         deadline = time.time() + 20
@@ -149,6 +157,11 @@ class VM:
             return ""
 
     def cmd(self, name, **args):
+        if name == "migrate-incoming":
+            # QEMU's default exit-on-error=true ends a destination whose
+            # migration failed; tests keep it up to read its error unless
+            # they ask otherwise.
+            args.setdefault("exit_on_error", False)
         return self.qmp.cmd(name, **args)
 
     def status(self):
@@ -164,7 +177,8 @@ class VM:
         return self.cmd("x-query-memory-hash")["hash"]
 
     def migration(self):
-        return self.cmd("query-migrate")
+        # query-migrate answers {} before the first migration (as QEMU).
+        return self.cmd("query-migrate") or {"status": "none"}
 
     def set_caps(self, **caps):
         self.cmd("migrate-set-capabilities",

@@ -213,7 +213,8 @@ class CorruptFiles(MappedRamBase):
     def test_corrupt_records(self):
         data, body = self.saved()
         block, version, psize, boff, poff = struct.unpack_from(">HIIQQ", data, body)
-        self.assertEqual((block, version, psize, boff), (0, 1, 4096, body + 26))
+        # Version 2: a file: save carries checksums by default (stream-format.md §4d).
+        self.assertEqual((block, version, psize, boff), (0, 2, 4096, body + 26))
         self.assertEqual(poff % MIB, 0)
 
         def patched(fmt, off, value):
@@ -223,7 +224,7 @@ class CorruptFiles(MappedRamBase):
 
         cases = [
             (patched(">H", 0, 7), "record names block 7"),
-            (patched(">I", 2, 2), "unsupported version 2"),
+            (patched(">I", 2, 1), "unsupported version 1"),
             (patched(">I", 6, 65536), "65536-byte pages"),
             (patched(">Q", 10, boff + 8), "expected"),
             (patched(">Q", 18, boff + 4096 * 8), "overlap its bitmap"),

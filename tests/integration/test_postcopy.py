@@ -36,10 +36,16 @@ class PostcopyBase(MigrationTest):
     def start(self, src, dst, early=False):
         uri = "unix:" + self.path("mig.sock")
         dst.cmd("migrate-incoming", uri=uri)
-        if early:
-            src.cmd("migrate-start-postcopy")
         src.cmd("migrate", uri=uri)
-        if not early:
+        if early:
+            # At once: the switch comes as soon as the migration has set
+            # up.  (A migration that failed already refuses the request.)
+            try:
+                src.cmd("migrate-start-postcopy")
+            except lmtest.QMPError:
+                if src.migration()["status"] != "failed":
+                    raise
+        else:
             src.wait_migration(statuses=("active",))
             time.sleep(0.3)  # let precopy move a part of RAM
             src.cmd("migrate-start-postcopy")
@@ -72,7 +78,7 @@ class Postcopy(PostcopyBase):
         # transferred counts every byte: precopy, blackout and postcopy.
         self.assertGreaterEqual(info["ram"]["transferred"], info["ram"]["postcopy-bytes"])
 
-    def test_start_postcopy_before_migrate(self):
+    def test_start_postcopy_at_once(self):
         src, dst = self.pair()
         self.start(src, dst, early=True)
         info, dinfo = self.finish(src, dst)
@@ -147,6 +153,106 @@ class Postcopy(PostcopyBase):
         src = self.vm("src", memory=MEM)
         with self.assertRaises(lmtest.QMPError):
             src.cmd("migrate-start-postcopy")
+
+
+class SourceSafety(PostcopyBase):
+    """Postcopy never strands the source (issue 9, items 3, 4, 6, 7): until
+    the destination has agreed to postcopy and loaded the device state, a
+    failure leaves the source guest running with its memory intact, and a
+    retry completes."""
+
+    def assert_source_runs_on(self, src, info):
+        self.assertEqual(info["status"], "failed")
+        events = [e["data"]["status"] for e in src.qmp.events if e["event"] == "MIGRATION"]
+        self.assertNotIn("postcopy-active", events)
+        self.assertEqual(src.status(), "running")
+        self.assert_guest_ok(src)
+
+    def retry(self, src, memory=MEM, early=True):
+        """A second destination, able to do it: postcopy completes."""
+        dst2 = self.vm("dst2", memory=memory, workload="random", incoming="defer")
+        dst2.set_caps(postcopy_ram=True)
+        src.qmp.events.clear()
+        self.start(src, dst2, early=early)
+        self.finish(src, dst2)
+
+    def test_destination_refuses_postcopy(self):
+        # The destination's postcopy-ram is off: it refuses the ADVISE.
+        src = self.vm("src", memory=MEM, workload="random")
+        dst = self.vm("dst", memory=MEM, workload="random", incoming="defer")
+        src.set_caps(postcopy_ram=True)
+        src.set_params(**{"downtime-limit": 1, "max-bandwidth": 32 << 20})
+        self.assertTrue(src.wait_running_steps())
+        self.start(src, dst, early=True)
+        info = src.wait_migration(statuses=("failed",), timeout=30)
+        self.assertIn("postcopy", info.get("error-desc", ""))
+        self.assertIn("destination", info.get("error-desc", ""))
+        self.assert_source_runs_on(src, info)
+        self.retry(src)
+
+    def test_device_load_fails_before_commit(self):
+        # The destination cannot load the serial device's state (a test
+        # hook of livemig-vm): postcopy was not committed, the source runs on.
+        src = self.vm("src", memory=MEM, workload="random")
+        os.environ["LIVEMIG_VM_FAIL_LOAD"] = "serial"
+        try:
+            dst = self.vm("dst", memory=MEM, workload="random", incoming="defer")
+        finally:
+            del os.environ["LIVEMIG_VM_FAIL_LOAD"]
+        for vm in (src, dst):
+            vm.set_caps(postcopy_ram=True)
+        src.set_params(**{"downtime-limit": 1, "max-bandwidth": 32 << 20})
+        self.assertTrue(src.wait_running_steps())
+        self.start(src, dst, early=True)
+        info = src.wait_migration(statuses=("failed",), timeout=30)
+        self.assertIn("device state", info.get("error-desc", ""))
+        events = [e["data"]["status"] for e in src.qmp.events if e["event"] == "MIGRATION"]
+        self.assertIn("postcopy-device", events)
+        self.assert_source_runs_on(src, info)
+        dinfo = dst.wait_migration(statuses=("failed",), timeout=30)
+        self.assertIn("serial", dinfo.get("error-desc", ""))
+        self.assertNotEqual(dst.status(), "running")
+        self.retry(src)
+
+    def test_start_postcopy_belongs_to_one_migration(self):
+        src = self.vm("src", memory=MEM, workload="random")
+        src.set_caps(postcopy_ram=True)
+        # No migration yet: refused (QEMU's rule).
+        with self.assertRaises(lmtest.QMPError) as cm:
+            src.cmd("migrate-start-postcopy")
+        self.assertIn("migration", cm.exception.desc)
+        # A migration that fails (nobody listens there)...
+        src.cmd("migrate", uri="unix:" + self.path("nobody.sock"))
+        src.wait_migration(statuses=("failed",))
+        # ...does not take a request afterwards.
+        with self.assertRaises(lmtest.QMPError):
+            src.cmd("migrate-start-postcopy")
+        # The next migration stays in precopy: stopped guest, byte for byte.
+        dst = self.vm("dst", memory=MEM, workload="random", incoming="defer")
+        dst.set_caps(postcopy_ram=True)
+        src.cmd("stop")
+        src.qmp.events.clear()
+        self.migrate(src, dst, "unix:" + self.path("mig.sock"))
+        events = [e["data"]["status"] for e in src.qmp.events if e["event"] == "MIGRATION"]
+        self.assertNotIn("postcopy-active", events)
+        self.assert_same_memory(src, dst)
+        dst.cmd("cont")
+        self.assert_guest_ok(dst)
+
+    def test_start_postcopy_acts_at_once_under_a_cap(self):
+        # 1 MiB/s: one 32 MiB slice would take half a minute.  The switch
+        # must come within a small batch of the request, counted in bytes.
+        src, dst = self.pair(params={"max-bandwidth": 1 << 20})
+        uri = "unix:" + self.path("mig.sock")
+        dst.cmd("migrate-incoming", uri=uri)
+        src.cmd("migrate", uri=uri)
+        src.wait_migration(statuses=("active",))
+        asked_at = src.migration()["ram"]["transferred"]
+        src.cmd("migrate-start-postcopy")
+        info = src.wait_migration(statuses=("postcopy-active", "completed"))
+        lag = info["ram"]["precopy-bytes"] - asked_at
+        self.assertLessEqual(lag, 4 << 20, "switched %d bytes after the request" % lag)
+        self.finish(src, dst)
 
 
 class Proxy(threading.Thread):
@@ -246,6 +352,36 @@ class Recovery(PostcopyBase):
         src.wait_migration(statuses=("postcopy-paused",))
         # Second recovery succeeds.
         self.recover(src, dst, "rec2.sock")
+        self.finish(src, dst)
+
+    def test_recovery_retried_on_destination(self):
+        """QEMU's double-failure cases on the destination: migrate-recover
+        listens and nobody comes (reconnect), or a peer connects and never
+        speaks (handshake).  Each time migrate-pause kicks the destination
+        back to postcopy-paused and migrate-recover is issued again."""
+        src, dst = self.paused_pair()
+        # Nobody connects: postcopy-recover-setup, then paused again.
+        dst.cmd("migrate-recover", uri="unix:" + self.path("rec1.sock"))
+        dst.wait_migration(statuses=("postcopy-recover-setup",))
+        dst.cmd("migrate-pause")
+        dst.wait_migration(statuses=("postcopy-paused",))
+        # A silent peer connects: postcopy-recover (the handshake), stuck
+        # until migrate-pause.
+        dst.cmd("migrate-recover", uri="unix:" + self.path("rec2.sock"))
+        silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            silent.connect(self.path("rec2.sock"))
+            dst.wait_migration(statuses=("postcopy-recover",))
+            dst.cmd("migrate-pause")
+            dst.wait_migration(statuses=("postcopy-paused",))
+        finally:
+            silent.close()
+        devents = [e["data"]["status"] for e in dst.qmp.events if e["event"] == "MIGRATION"]
+        self.assertEqual(devents.count("postcopy-recover-setup"), 2)
+        # The guest ran on meanwhile, and the real source still resumes.
+        self.assertEqual(dst.status(), "running")
+        self.assertEqual(src.migration()["status"], "postcopy-paused")
+        self.recover(src, dst, "rec3.sock")
         self.finish(src, dst)
 
     def test_recover_needs_paused(self):

@@ -28,6 +28,7 @@
 #include <cmocka.h>
 
 #include "livemig/livemig.h"
+#include "stream/checksum.h"
 #include "stream/format.h"
 
 #define PAGE 4096u
@@ -313,9 +314,38 @@ static void put_device_full(lm_wbuf *w, uint32_t id, int seed)
     lm_wbuf_put_be32(w, id);
 }
 
+#define ITER_ID 2u   /* section id the valid stream uses for iter0 */
+#define GLOBAL_ID 9u /* ... and for globalstate */
+
+/* What completes a stream besides RAM and dev0: iter0's (empty) START and
+ * END sections and the source's run state (running). */
+static void put_iter_and_globalstate(lm_wbuf *w)
+{
+    put_section_full(w, LM_REC_SECTION_START, ITER_ID, "iter0", 0, ITER_VERSION);
+    lm_wbuf_put_be32(w, 0);
+    lm_wbuf_put_be32(w, ITER_ID);
+    put_section_short(w, LM_REC_SECTION_END, ITER_ID);
+    lm_wbuf_put_be32(w, 0);
+    lm_wbuf_put_be32(w, ITER_ID);
+    put_section_full(w, LM_REC_SECTION_FULL, GLOBAL_ID, LM_GLOBALSTATE_IDSTR, 0, 1);
+    lm_wbuf_put_be32(w, 1);
+    lm_wbuf_put_u8(w, 1);
+    lm_wbuf_put_be32(w, GLOBAL_ID);
+}
+
 /* The valid stream: RAM START (empty) / PART (data pages 0..3) / END (zero
- * run over the rest), the device's FULL section, EOF. */
-static void put_valid_stream(lm_wbuf *w, uint32_t flags, int seed)
+ * run over the rest), the device's FULL section, iter0's START and END,
+ * globalstate, EOF. */
+enum {
+    OMIT_PAGES = 1,       /* RAM PART's PAGES record (pages 0..3) */
+    OMIT_DEV = 2,         /* dev0's FULL section */
+    OMIT_ITER_END = 4,    /* iter0's END section */
+    OMIT_GLOBALSTATE = 8, /* the globalstate section */
+    OMIT_ITER = 16,       /* both of iter0's sections */
+};
+
+/* The valid stream, less the records named by `omit`. */
+static void put_stream_omit(lm_wbuf *w, uint32_t flags, int seed, unsigned omit)
 {
     put_header(w);
     put_config(w, flags);
@@ -323,10 +353,12 @@ static void put_valid_stream(lm_wbuf *w, uint32_t flags, int seed)
     lm_wbuf_put_u8(w, LM_RAM_EOS);
     lm_wbuf_put_be32(w, 0);
     put_section_short(w, LM_REC_SECTION_PART, 0);
-    put_ram_hdr(w, LM_RAM_PAGES, 0, 0, 4);
-    for (uint64_t p = 0; p < 4; p++) {
-        for (size_t i = 0; i < PAGE; i++) {
-            lm_wbuf_put_u8(w, pattern(seed, p, i));
+    if (!(omit & OMIT_PAGES)) {
+        put_ram_hdr(w, LM_RAM_PAGES, 0, 0, 4);
+        for (uint64_t p = 0; p < 4; p++) {
+            for (size_t i = 0; i < PAGE; i++) {
+                lm_wbuf_put_u8(w, pattern(seed, p, i));
+            }
         }
     }
     lm_wbuf_put_u8(w, LM_RAM_EOS);
@@ -335,9 +367,38 @@ static void put_valid_stream(lm_wbuf *w, uint32_t flags, int seed)
     put_ram_hdr(w, LM_RAM_ZERO, 0, 4, NPAGES - 4);
     lm_wbuf_put_u8(w, LM_RAM_EOS);
     lm_wbuf_put_be32(w, 0);
-    put_device_full(w, DEV_ID, seed);
+    if (!(omit & OMIT_DEV)) {
+        put_device_full(w, DEV_ID, seed);
+    }
+    size_t mark = w->len;
+    put_iter_and_globalstate(w);
+    if (omit & (OMIT_ITER_END | OMIT_GLOBALSTATE | OMIT_ITER)) {
+        /* Rebuild the tail without what is omitted. */
+        w->len = mark;
+        if (!(omit & OMIT_ITER)) {
+            put_section_full(w, LM_REC_SECTION_START, ITER_ID, "iter0", 0, ITER_VERSION);
+            lm_wbuf_put_be32(w, 0);
+            lm_wbuf_put_be32(w, ITER_ID);
+        }
+        if (!(omit & (OMIT_ITER | OMIT_ITER_END))) {
+            put_section_short(w, LM_REC_SECTION_END, ITER_ID);
+            lm_wbuf_put_be32(w, 0);
+            lm_wbuf_put_be32(w, ITER_ID);
+        }
+        if (!(omit & OMIT_GLOBALSTATE)) {
+            put_section_full(w, LM_REC_SECTION_FULL, GLOBAL_ID, LM_GLOBALSTATE_IDSTR, 0, 1);
+            lm_wbuf_put_be32(w, 1);
+            lm_wbuf_put_u8(w, 1);
+            lm_wbuf_put_be32(w, GLOBAL_ID);
+        }
+    }
     lm_wbuf_put_u8(w, LM_REC_EOF);
     assert_int_equal(w->error, 0);
+}
+
+static void put_valid_stream(lm_wbuf *w, uint32_t flags, int seed)
+{
+    put_stream_omit(w, flags, seed, 0);
 }
 
 /* ---- running a stream ---- */
@@ -518,6 +579,15 @@ static void check_failure_v(fixture *f, const lm_wbuf *w, int ram_untouched, va_
     }
 }
 
+/* check_failure_v alone (for machines the valid stream does not fit). */
+static void check_failure(fixture *f, const lm_wbuf *w, int ram_untouched, ...)
+{
+    va_list ap;
+    va_start(ap, ram_untouched);
+    check_failure_v(f, w, ram_untouched, ap);
+    va_end(ap);
+}
+
 /* check_failure_v, then a valid migration into the same engine must
  * succeed (retry works).  Empties w for the next stream. */
 static void expect_failure(fixture *f, lm_wbuf *w, int ram_untouched, ...)
@@ -577,6 +647,7 @@ static void test_valid_stream_edges(void **state)
     lm_wbuf_put_u8(&w, LM_REC_VMDESC);
     lm_wbuf_put_be32(&w, (uint32_t)strlen(desc));
     lm_wbuf_put(&w, desc, strlen(desc));
+    put_iter_and_globalstate(&w);
     lm_wbuf_put_u8(&w, LM_REC_EOF);
     lm_info info;
     run_stream(f, w.data, w.len, &info, NULL, NULL);
@@ -614,10 +685,10 @@ static void test_bad_version(void **state)
 {
     FIXTURE;
     lm_wbuf_put_be32(&w, LM_STREAM_MAGIC);
-    lm_wbuf_put_be32(&w, 2);
+    lm_wbuf_put_be32(&w, 3);
     put_config(&w, 0);
     lm_wbuf_put_u8(&w, LM_REC_EOF);
-    expect_failure(f, &w, RAM_UNTOUCHED, "unsupported stream version 2", NULL);
+    expect_failure(f, &w, RAM_UNTOUCHED, "unsupported stream version 3", NULL);
     lm_wbuf_put_be32(&w, LM_STREAM_MAGIC);
     lm_wbuf_put_be32(&w, 0);
     expect_failure(f, &w, RAM_UNTOUCHED, "unsupported stream version 0", NULL);
@@ -1421,6 +1492,10 @@ static void test_iterative_device_valid(void **state)
     put_iter_chunk(&w, LM_REC_SECTION_PART, 2, 0, "", 0);
     put_iter_chunk(&w, LM_REC_SECTION_END, 2, 0, "f", 1);
     put_device_full(&w, DEV_ID, 1);
+    put_section_full(&w, LM_REC_SECTION_FULL, GLOBAL_ID, LM_GLOBALSTATE_IDSTR, 0, 1);
+    lm_wbuf_put_be32(&w, 1);
+    lm_wbuf_put_u8(&w, 1);
+    lm_wbuf_put_be32(&w, GLOBAL_ID);
     lm_wbuf_put_u8(&w, LM_REC_EOF);
     lm_info info;
     run_stream(f, w.data, w.len, &info, NULL, NULL);
@@ -1546,8 +1621,12 @@ static void test_two_blocks_source_order(void **state)
     put_ram_start(&w);
     put_ram_pages_fill(&w, 0, RAM2_SIZE / PAGE - 1, 1, 1, 0x61); /* ram1's last page */
     put_ram_pages_fill(&w, 1, NPAGES - 1, 1, 1, 0x62);           /* ram0's last page */
+    put_ram_hdr(&w, LM_RAM_ZERO, 0, 0, RAM2_SIZE / PAGE - 1);
+    put_ram_hdr(&w, LM_RAM_ZERO, 1, 0, NPAGES - 1);
     lm_wbuf_put_u8(&w, LM_RAM_EOS);
     lm_wbuf_put_be32(&w, 0);
+    put_device_full(&w, DEV_ID, 1);
+    put_iter_and_globalstate(&w);
     lm_wbuf_put_u8(&w, LM_REC_EOF);
     lm_info info;
     run_stream(f, w.data, w.len, &info, NULL, NULL);
@@ -1629,6 +1708,179 @@ static void test_two_blocks_errors(void **state)
     lm_wbuf_free(&w);
     assert_int_equal(info.status, LM_STATUS_FAILED);
     assert_non_null(strstr(info.error_desc, "the source has 1 RAM blocks, this side has 2"));
+}
+
+/* ======================= incomplete streams ======================= */
+
+/* A stream that lost a record is refused at EOF, naming what is missing;
+ * nothing is started, and the same engine then loads a whole stream. */
+static void test_incomplete_missing_pages(void **state)
+{
+    FIXTURE;
+    put_stream_omit(&w, 0, 1, OMIT_PAGES);
+    expect_failure(f, &w, RAM_MAY_CHANGE, "incomplete", "RAM block 'ram0' pages 0-3",
+                   "4 of 256 pages missing", NULL);
+}
+
+static void test_incomplete_missing_device(void **state)
+{
+    FIXTURE;
+    put_stream_omit(&w, 1u, 1, OMIT_DEV);
+    expect_failure(f, &w, RAM_MAY_CHANGE, "incomplete", "device 'dev0' instance 0 has no section",
+                   NULL);
+    put_stream_omit(&w, 0, 1, OMIT_ITER);
+    expect_failure(f, &w, RAM_MAY_CHANGE, "device 'iter0' instance 0 has no section", NULL);
+}
+
+static void test_incomplete_missing_end(void **state)
+{
+    FIXTURE;
+    put_stream_omit(&w, 0, 1, OMIT_ITER_END);
+    expect_failure(f, &w, RAM_MAY_CHANGE, "incomplete", "device 'iter0' instance 0 has no END",
+                   NULL);
+}
+
+static void test_incomplete_missing_globalstate(void **state)
+{
+    FIXTURE;
+    put_stream_omit(&w, 0, 1, OMIT_GLOBALSTATE);
+    expect_failure(f, &w, RAM_MAY_CHANGE, "incomplete", "no globalstate section", NULL);
+}
+
+/* A page of one block missing while the other block is whole: the error
+ * names the block, the first missing range and the count. */
+static void test_incomplete_two_blocks(void **state)
+{
+    FIXTURE;
+    put_header(&w);
+    put_config_ex(&w, 0, 2, two_blocks, 2);
+    put_ram_start(&w);
+    put_ram_hdr(&w, LM_RAM_ZERO, 0, 0, NPAGES);
+    put_ram_hdr(&w, LM_RAM_ZERO, 1, 0, 5);
+    put_ram_hdr(&w, LM_RAM_ZERO, 1, 7, RAM2_SIZE / PAGE - 8); /* 5, 6 and the last one lost */
+    lm_wbuf_put_u8(&w, LM_RAM_EOS);
+    lm_wbuf_put_be32(&w, 0);
+    put_device_full(&w, DEV_ID, 1);
+    put_iter_and_globalstate(&w);
+    lm_wbuf_put_u8(&w, LM_REC_EOF);
+    check_failure(f, &w, RAM_MAY_CHANGE, "RAM block 'ram1' pages 5-6", "3 of 16 pages missing",
+                  NULL);
+    lm_wbuf_free(&w);
+}
+
+/* ======================= checksums ======================= */
+
+#define CONFIG_CHECKSUM 4u /* CONFIG flag bit 2 (§4d) */
+
+/* A PAGES (data != NULL, count pages of it) or ZERO record with
+ * checksums: the header, each page's xxh3 (seeded with its index), one
+ * over header and table; `flip` (>= 0) changes that byte of the data
+ * after the checksums were taken. */
+static void put_ram_csum(lm_wbuf *w, uint8_t type, uint16_t block, uint64_t first, uint32_t count,
+                         const uint8_t *data, long flip)
+{
+    uint8_t hdr[15 + 8 * 8];
+    hdr[0] = type;
+    lm_store_be16(hdr + 1, block);
+    lm_store_be64(hdr + 3, first);
+    lm_store_be32(hdr + 11, count);
+    size_t len = data ? (size_t)count * PAGE : 0;
+    size_t n = data ? count : 0;
+    assert_true(n <= 8);
+    for (size_t i = 0; i < n; i++) {
+        lm_store_be64(hdr + 15 + i * 8, lm_csum_page(data + i * PAGE, PAGE, first + i));
+    }
+    lm_wbuf_put(w, hdr, 15 + n * 8);
+    lm_wbuf_put_be64(w, lm_csum(hdr, 15 + n * 8, 0));
+    if (len) {
+        uint8_t *p = lm_wbuf_reserve(w, len);
+        assert_non_null(p);
+        memcpy(p, data, len);
+        if (flip >= 0) {
+            p[flip] ^= 0x01;
+        }
+    }
+}
+
+enum { CS_CLEAN, CS_FLIP_DATA, CS_FLIP_THEN_RESEND, CS_BAD_ZERO, CS_VERSION1 };
+
+/* The valid stream with checksums (version 2, CONFIG bit 2); `how` breaks
+ * it (or not) as named. */
+static void put_csum_stream(lm_wbuf *w, int seed, int how)
+{
+    static uint8_t data[4 * PAGE];
+    for (uint64_t p = 0; p < 4; p++) {
+        for (size_t i = 0; i < PAGE; i++) {
+            data[p * PAGE + i] = pattern(seed, p, i);
+        }
+    }
+    lm_wbuf_put_be32(w, LM_STREAM_MAGIC);
+    lm_wbuf_put_be32(w, how == CS_VERSION1 ? 1 : 2);
+    put_config(w, CONFIG_CHECKSUM);
+    put_ram_start(w);
+    lm_wbuf_put_u8(w, LM_RAM_EOS);
+    lm_wbuf_put_be32(w, 0);
+    put_section_short(w, LM_REC_SECTION_PART, 0);
+    /* Page 2, byte 100 of the data flipped: "bit rot". */
+    bool flip = how == CS_FLIP_DATA || how == CS_FLIP_THEN_RESEND;
+    put_ram_csum(w, LM_RAM_PAGES, 0, 0, 4, data, flip ? (long)(2 * PAGE + 100) : -1L);
+    lm_wbuf_put_u8(w, LM_RAM_EOS);
+    lm_wbuf_put_be32(w, 0);
+    put_section_short(w, LM_REC_SECTION_END, 0);
+    if (how == CS_FLIP_THEN_RESEND) {
+        /* A live source sends a page again when it changed while it was
+         * read: the later, matching record settles it. */
+        put_ram_csum(w, LM_RAM_PAGES, 0, 2, 1, data + 2 * PAGE, -1);
+    }
+    size_t zero_at = w->len;
+    put_ram_csum(w, LM_RAM_ZERO, 0, 4, NPAGES - 4, NULL, -1);
+    if (how == CS_BAD_ZERO) {
+        w->data[zero_at + 15] ^= 0x80; /* the header's checksum */
+    }
+    lm_wbuf_put_u8(w, LM_RAM_EOS);
+    lm_wbuf_put_be32(w, 0);
+    put_device_full(w, DEV_ID, seed);
+    put_iter_and_globalstate(w);
+    lm_wbuf_put_u8(w, LM_REC_EOF);
+    assert_int_equal(w->error, 0);
+}
+
+static void test_checksum_clean_and_resent(void **state)
+{
+    FIXTURE;
+    for (int how = CS_CLEAN; how <= CS_FLIP_THEN_RESEND; how += CS_FLIP_THEN_RESEND) {
+        put_csum_stream(&w, 7, how);
+        lm_info info;
+        run_stream(f, w.data, w.len, &info, NULL, NULL);
+        lm_wbuf_free(&w);
+        lm_wbuf_init(&w);
+        if (info.status != LM_STATUS_COMPLETED) {
+            fail_msg("checksummed stream (%d) ended in '%s': %s", how, lm_status_name(info.status),
+                     info.error_desc);
+        }
+        for (uint64_t p = 0; p < 4; p++) {
+            for (size_t i = 0; i < PAGE; i++) {
+                assert_int_equal(f->ram[p * PAGE + i], pattern(7, p, i));
+            }
+        }
+    }
+}
+
+static void test_checksum_mismatch(void **state)
+{
+    FIXTURE;
+    put_csum_stream(&w, 1, CS_FLIP_DATA);
+    expect_failure(f, &w, RAM_MAY_CHANGE, "checksum mismatch", "RAM block 'ram0' pages 2-2",
+                   "(1 pages in all)", "corrupt", NULL);
+    /* A header's checksum fails at once: it never came from guest memory. */
+    put_csum_stream(&w, 1, CS_BAD_ZERO);
+    char range[64];
+    snprintf(range, sizeof(range), "block 'ram0' pages 4-%u", NPAGES - 1);
+    expect_failure(f, &w, RAM_MAY_CHANGE, "checksum mismatch: the header", range, NULL);
+    /* The flag in a version 1 stream: refused (an old reader would have
+     * misread the longer records). */
+    put_csum_stream(&w, 1, CS_VERSION1);
+    expect_failure(f, &w, RAM_UNTOUCHED, "version 1 stream cannot carry checksums", NULL);
 }
 
 /* ======================= stalled streams ======================= */
@@ -1754,6 +2006,13 @@ int main(void)
         T(test_iterative_device_errors),
         T2(test_two_blocks_source_order),
         T2(test_two_blocks_errors),
+        T(test_incomplete_missing_pages),
+        T(test_incomplete_missing_device),
+        T(test_incomplete_missing_end),
+        T(test_incomplete_missing_globalstate),
+        T2(test_incomplete_two_blocks),
+        T(test_checksum_clean_and_resent),
+        T(test_checksum_mismatch),
         T(test_cancel_stalled_incoming_socket),
         T(test_cancel_stalled_incoming_pipe),
     };

@@ -157,7 +157,14 @@ static void test_setup(void **state)
     assert_memory_equal(out.id, ID, sizeof(ID));
     expect_err(lm_multifd_setup_parse(b, LM_MULTIFD_SETUP_LEN + 1, &out, &err), &err, "malformed");
     lm_error_clear(&err);
-    b[3] = 1; /* reserved byte */
+    b[3] = 1; /* flags: checksums */
+    assert_int_equal(lm_multifd_setup_parse(b, LM_MULTIFD_SETUP_LEN, &out, &err), 0);
+    assert_int_equal(out.flags, LM_MULTIFD_SETUP_CHECKSUM);
+    b[3] = 2; /* an unknown flag */
+    expect_err(lm_multifd_setup_parse(b, LM_MULTIFD_SETUP_LEN, &out, &err), &err, "flags");
+    lm_error_clear(&err);
+    b[3] = 0;
+    b[2] = 2; /* an unknown compression */
     expect_err(lm_multifd_setup_parse(b, LM_MULTIFD_SETUP_LEN, &out, &err), &err, "compression");
 }
 

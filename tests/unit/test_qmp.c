@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include "livemig/engine.h"
+#include "livemig/version.h"
 #include "qmp/qmp.h"
 
 #define TIMEOUT_MS 5000
@@ -65,6 +66,29 @@ static json_t *cmd_emit(void *opaque, json_t *args, lm_error *err)
     return json_object();
 }
 
+/* Holds the command worker until the test releases it (or 20 s pass). */
+static int slow_released;
+
+static json_t *cmd_slow(void *opaque, json_t *args, lm_error *err)
+{
+    for (int i = 0; i < 20000 && !__atomic_load_n(&slow_released, __ATOMIC_ACQUIRE); i++) {
+        usleep(1000);
+    }
+    return json_pack("{s:b}", "released", __atomic_load_n(&slow_released, __ATOMIC_ACQUIRE));
+}
+
+/* Writes "x" into the descriptor the client passed, then closes it. */
+static json_t *cmd_takefd(void *opaque, json_t *args, lm_error *err)
+{
+    int fd = qmp_take_received_fd(err);
+    if (fd < 0) {
+        return NULL;
+    }
+    ssize_t n = write(fd, "x", 1);
+    close(fd);
+    return json_pack("{s:b}", "written", n == 1);
+}
+
 static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof(*f));
@@ -79,6 +103,11 @@ static int setup(void **state)
     qmp_server_register(f->srv, "fail", cmd_fail, NULL);
     qmp_server_register(f->srv, "null", cmd_null, NULL);
     qmp_server_register(f->srv, "emit", cmd_emit, f->srv);
+    qmp_server_register(f->srv, "slow", cmd_slow, NULL);
+    qmp_server_register(f->srv, "takefd", cmd_takefd, NULL);
+    qmp_server_register(f->srv, "ping", cmd_null, NULL);
+    qmp_server_allow_oob(f->srv, "ping");
+    qmp_server_allow_oob(f->srv, "takefd");
     assert_int_equal(qmp_server_start(f->srv, &err), 0);
     *state = f;
     return 0;
@@ -231,13 +260,15 @@ static void test_greeting(void **state)
     json_t *g = cl_recv(c);
     json_t *ver = json_object_get(json_object_get(json_object_get(g, "QMP"), "version"), "qemu");
     assert_non_null(ver);
-    assert_int_equal(json_integer_value(json_object_get(ver, "major")), 0);
-    assert_int_equal(json_integer_value(json_object_get(ver, "minor")), 1);
-    assert_int_equal(json_integer_value(json_object_get(ver, "micro")), 0);
+    assert_int_equal(json_integer_value(json_object_get(ver, "major")), LM_VERSION_MAJOR);
+    assert_int_equal(json_integer_value(json_object_get(ver, "minor")), LM_VERSION_MINOR);
+    assert_int_equal(json_integer_value(json_object_get(ver, "micro")), LM_VERSION_MICRO);
     assert_string_equal(json_string_value(json_object_get(
                             json_object_get(json_object_get(g, "QMP"), "version"), "package")),
-                        "livemig");
-    assert_true(json_is_array(json_object_get(json_object_get(g, "QMP"), "capabilities")));
+                        "livemig " LM_VERSION_STRING);
+    json_t *caps = json_object_get(json_object_get(g, "QMP"), "capabilities");
+    assert_int_equal(json_array_size(caps), 1);
+    assert_string_equal(json_string_value(json_array_get(caps, 0)), "oob");
     json_decref(g);
     cl_close(c);
 }
@@ -252,8 +283,8 @@ static void test_negotiation(void **state)
                  "Expecting capabilities negotiation with 'qmp_capabilities'");
     json_decref(r);
 
-    r = cl_cmd(c, "{\"execute\": \"qmp_capabilities\", \"arguments\": {\"enable\": [\"oob\"]}}");
-    assert_error(r, "GenericError", "Capability 'oob' not available");
+    r = cl_cmd(c, "{\"execute\": \"qmp_capabilities\", \"arguments\": {\"enable\": [\"nope\"]}}");
+    assert_error(r, "GenericError", "Capability 'nope' not available");
     json_decref(r);
 
     r = cl_cmd(c, "{\"execute\": \"qmp_capabilities\"}");
@@ -269,6 +300,87 @@ static void test_negotiation(void **state)
     assert_return(r);
     assert_string_equal(json_string_value(json_object_get(json_object_get(r, "return"), "msg")), "hi");
     json_decref(r);
+    cl_close(c);
+}
+
+/* An out-of-band command is answered while an in-band one still runs;
+ * the in-band reply follows, and in-band replies keep their order. */
+static void test_oob(void **state)
+{
+    __atomic_store_n(&slow_released, 0, __ATOMIC_RELEASE);
+    client *c = cl_connect(*state);
+    json_decref(cl_recv(c));
+
+    /* The client enables oob; a slow in-band command holds the worker. */
+    json_t *r = cl_cmd(c, "{\"execute\": \"qmp_capabilities\", \"arguments\": {\"enable\": [\"oob\"]}}");
+    assert_return(r);
+    json_decref(r);
+
+    cl_send(c, "{\"execute\": \"slow\", \"id\": \"s\"}"
+               "{\"execute\": \"echo\", \"arguments\": {\"msg\": \"after\"}, \"id\": \"e\"}"
+               "{\"exec-oob\": \"ping\", \"id\": \"p\"}");
+    r = cl_reply(c);
+    assert_return(r);
+    assert_string_equal(json_string_value(json_object_get(r, "id")), "p");
+    json_decref(r);
+
+    r = cl_cmd(c, "{\"exec-oob\": \"echo\", \"arguments\": {\"msg\": \"x\"}, \"id\": \"o\"}");
+    assert_error(r, "GenericError", "The command echo does not support OOB");
+    assert_string_equal(json_string_value(json_object_get(r, "id")), "o");
+    json_decref(r);
+
+    __atomic_store_n(&slow_released, 1, __ATOMIC_RELEASE);
+    r = cl_reply(c);
+    assert_string_equal(json_string_value(json_object_get(r, "id")), "s");
+    assert_true(json_is_true(json_object_get(json_object_get(r, "return"), "released")));
+    json_decref(r);
+    r = cl_reply(c);
+    assert_string_equal(json_string_value(json_object_get(r, "id")), "e");
+    json_decref(r);
+    cl_close(c);
+
+    /* A client that did not enable oob cannot use exec-oob. */
+    c = cl_ready(*state);
+    r = cl_cmd(c, "{\"exec-oob\": \"ping\"}");
+    assert_error(r, "GenericError", "QMP input member 'exec-oob' is unexpected");
+    json_decref(r);
+    cl_close(c);
+}
+
+/* A descriptor passed with SCM_RIGHTS reaches the command sent with it. */
+static void test_fd_passing(void **state)
+{
+    client *c = cl_ready(*state);
+    json_t *r = cl_cmd(c, "{\"execute\": \"takefd\"}");
+    assert_error(r, "GenericError", "No file descriptor supplied via SCM_RIGHTS");
+    json_decref(r);
+
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    const char *req = "{\"execute\": \"takefd\"}";
+    struct iovec iov = { .iov_base = (void *)req, .iov_len = strlen(req) };
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
+                          .msg_control = control.buf, .msg_controllen = sizeof(control.buf) };
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &p[1], sizeof(int));
+    assert_int_equal(sendmsg(c->fd, &msg, 0), (ssize_t)strlen(req));
+    close(p[1]);
+    r = cl_reply(c);
+    assert_true(json_is_true(json_object_get(json_object_get(r, "return"), "written")));
+    json_decref(r);
+    char b = 0;
+    assert_int_equal(read(p[0], &b, 1), 1);
+    assert_int_equal(b, 'x');
+    /* The server holds no copy: the pipe reports EOF once ours is gone. */
+    assert_int_equal(read(p[0], &b, 1), 0);
+    close(p[0]);
     cl_close(c);
 }
 
@@ -858,6 +970,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_events_threads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_client_dropped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_query_commands, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_oob, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fd_passing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stale_socket, setup, teardown),
         cmocka_unit_test(test_arg_helpers),
         cmocka_unit_test(test_migration_info_json),

@@ -1,0 +1,231 @@
+"""QMP for management stacks (QEMU's semantics): descriptors passed with
+SCM_RIGHTS and named by getfd, migrate's channels argument, out-of-band
+execution, query-version, and query-migrate's {} before any migration.
+
+Every migration verifies the destination's memory byte for byte against
+the stopped source and that the guest runs on there.
+"""
+import json
+import os
+import signal
+import socket
+import time
+
+import lmtest
+from lmtest import MigrationTest, QMPError
+from test_postcopy import PostcopyBase
+
+MEM = "64M"
+
+
+def send_with_fd(vm, request, fd):
+    """One request on the machine's QMP connection, with fd attached."""
+    socket.send_fds(vm.qmp.sock, [json.dumps(request).encode()], [fd])
+    return vm.qmp.read_reply()
+
+
+class Management(MigrationTest):
+    def pair(self):
+        src = self.vm("src", memory=MEM, workload="increment")
+        dst = self.vm("dst", memory=MEM, workload="increment", incoming="defer")
+        self.assertTrue(src.wait_running_steps())
+        return src, dst
+
+    def finish(self, src, dst):
+        info = src.wait_migration()
+        self.assertEqual(info["status"], "completed", info.get("error-desc"))
+        dinfo = dst.wait_migration()
+        self.assertEqual(dinfo["status"], "completed", dinfo.get("error-desc"))
+        self.assert_same_memory(src, dst)
+        dst.cmd("cont")  # the source was stopped: so is the destination
+        self.assert_guest_ok(dst)
+
+    def test_version_commands_and_empty_query(self):
+        vm = self.vm("m", memory=MEM, workload="idle")
+        v = vm.cmd("query-version")
+        self.assertEqual(sorted(v["qemu"]), ["major", "micro", "minor"])
+        self.assertTrue(v["package"].startswith("livemig "))
+        names = {c["name"] for c in vm.cmd("query-commands")}
+        for n in ("getfd", "closefd", "query-version", "yank", "query-yank", "migrate"):
+            self.assertIn(n, names)
+        # As QEMU: nothing to report before the first migration.
+        self.assertEqual(vm.cmd("query-migrate"), {})
+        self.assertEqual(vm.cmd("query-yank"), [])
+
+    def test_events_capability(self):
+        """MIGRATION events only with the `events` capability, as QEMU."""
+        src, dst = self.pair()
+        for vm in (src, dst):
+            vm.set_caps(events=False)
+        src.cmd("stop")
+        self.migrate(src, dst, "unix:" + self.path("quiet.sock"))
+        for vm in (src, dst):
+            vm.qmp.cmd("query-status")  # collect whatever was sent
+            self.assertFalse([e for e in vm.qmp.events
+                              if e["event"] in ("MIGRATION", "MIGRATION_PASS")], vm.name)
+        dst.cmd("cont")
+        self.assert_guest_ok(dst)
+        # Back on: the next migration (from the destination) reports again.
+        dst2 = self.vm("dst2", memory=MEM, workload="increment", incoming="defer")
+        dst.cmd("stop")
+        dst.set_caps(events=True)
+        self.migrate(dst, dst2, "unix:" + self.path("loud.sock"))
+        seen = [e["data"]["status"] for e in dst.qmp.events if e["event"] == "MIGRATION"]
+        self.assertEqual(seen[-1], "completed")
+        self.assertIn("MIGRATION_PASS", [e["event"] for e in dst.qmp.events])
+
+    def _feed_garbage(self, dst, sock):
+        dst.qmp.cmd("migrate-incoming", uri="unix:" + sock,
+                    **({} if dst.name == "dflt" else {"exit-on-error": False}))
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(sock)
+        c.sendall(b"this is not a migration stream" * 4)
+        c.close()
+
+    def test_exit_on_error(self):
+        # Default (QEMU's): the destination exits, status 1, saying why.
+        dflt = self.vm("dflt", memory=MEM, workload="idle", incoming="defer")
+        self._feed_garbage(dflt, self.path("d.sock"))
+        self.assertEqual(dflt.proc.wait(timeout=60), 1)
+        self.assertIn("exiting (exit-on-error)", dflt.read_log())
+        # exit-on-error false: it stays up and query-migrate says why.
+        keep = self.vm("keep", memory=MEM, workload="idle", incoming="defer")
+        self._feed_garbage(keep, self.path("k.sock"))
+        info = keep.wait_migration(statuses=("failed",))
+        self.assertTrue(info.get("error-desc"), info)
+        self.assertTrue(keep.alive())
+        self.assertEqual(keep.status(), "inmigrate")
+
+    def test_getfd_then_migrate_fd_name(self):
+        src, dst = self.pair()
+        a, b = socket.socketpair()
+        try:
+            r = send_with_fd(dst, {"execute": "getfd", "arguments": {"fdname": "mig"}}, b.fileno())
+            self.assertEqual(r, {"return": {}})
+            r = send_with_fd(src, {"execute": "getfd", "arguments": {"fdname": "mig"}}, a.fileno())
+            self.assertEqual(r, {"return": {}})
+        finally:
+            a.close()
+            b.close()
+        # A stopped guest: this test is about the address, not convergence.
+        src.cmd("stop")
+        dst.cmd("migrate-incoming", uri="fd:mig")
+        src.cmd("migrate", uri="fd:mig")
+        self.finish(src, dst)
+        # The migration took the descriptor: the name is gone.
+        with self.assertRaisesRegex(QMPError, "File descriptor named 'mig' has not been found"):
+            src.cmd("closefd", fdname="mig")
+
+    def test_getfd_errors(self):
+        vm = self.vm("m", memory=MEM, workload="idle")
+        with self.assertRaisesRegex(QMPError, "No file descriptor supplied via SCM_RIGHTS"):
+            vm.cmd("getfd", fdname="x")
+        r, w = os.pipe()
+        try:
+            reply = send_with_fd(vm, {"execute": "getfd", "arguments": {"fdname": "7up"}}, w)
+            self.assertIn("not starting with a digit", reply["error"]["desc"])
+            reply = send_with_fd(vm, {"execute": "getfd", "arguments": {"fdname": "p"}}, w)
+            self.assertEqual(reply, {"return": {}})
+        finally:
+            os.close(w)
+        # closefd closes the machine's copy: the pipe reads EOF.
+        vm.cmd("closefd", fdname="p")
+        self.assertEqual(os.read(r, 1), b"")
+        os.close(r)
+        with self.assertRaisesRegex(QMPError, "File descriptor named 'nope' has not been found"):
+            vm.cmd("migrate", uri="fd:nope")
+        self.assertEqual(vm.status(), "running")
+
+    def test_channels(self):
+        src, dst = self.pair()
+        sock = self.path("ch.sock")
+        chan = [{"channel-type": "main",
+                 "addr": {"transport": "socket", "type": "unix", "path": sock}}]
+        with self.assertRaisesRegex(QMPError, "mutually exclusive"):
+            src.cmd("migrate", uri="unix:" + sock, channels=chan)
+        with self.assertRaisesRegex(QMPError, "Need either 'uri' or 'channels'"):
+            src.cmd("migrate")
+        with self.assertRaisesRegex(QMPError, "channel-type"):
+            src.cmd("migrate", channels=[{"channel-type": "other", "addr": chan[0]["addr"]}])
+        src.cmd("stop")
+        dst.cmd("migrate-incoming", channels=chan)
+        src.cmd("migrate", channels=chan)
+        self.finish(src, dst)
+
+    def test_channels_file_and_exec(self):
+        src = self.vm("src", memory=MEM, workload="increment")
+        self.assertTrue(src.wait_running_steps())
+        src.cmd("stop")
+        img = self.path("guest.img")
+        # exec: argv, each argument kept whole (a space inside one).
+        os.mkdir(self.path("a dir"))
+        target = os.path.join(self.path("a dir"), "out.img")
+        src.cmd("migrate", channels=[{"channel-type": "main", "addr": {
+            "transport": "exec", "args": ["/bin/sh", "-c", 'cat > "$0"', target]}}])
+        self.assertEqual(src.wait_migration()["status"], "completed")
+        self.assertTrue(os.path.getsize(target) > 0)
+        # file: with an offset, restored through channels too.
+        src2 = self.vm("src2", memory=MEM, workload="increment")
+        self.assertTrue(src2.wait_running_steps())
+        src2.cmd("stop")
+        fileaddr = {"transport": "file", "filename": img, "offset": 4096}
+        src2.cmd("migrate", channels=[{"channel-type": "main", "addr": fileaddr}])
+        self.assertEqual(src2.wait_migration()["status"], "completed")
+        dst = self.vm("dst", memory=MEM, workload="increment", incoming="defer")
+        dst.cmd("migrate-incoming", channels=[{"channel-type": "main", "addr": fileaddr}])
+        self.assertEqual(dst.wait_migration()["status"], "completed")
+        self.assertEqual(src2.memory_hash(), dst.memory_hash())
+        dst.cmd("cont")
+        self.assert_guest_ok(dst)
+
+
+class OutOfBand(PostcopyBase):
+    def test_oob_pause_and_recover_while_inband_waits(self):
+        """QEMU's case for out-of-band execution: the destination's in-band
+        queue is stuck behind a command that waits on guest pages that can
+        no longer arrive (the source is frozen); migrate-pause and
+        migrate-recover still run, out of band, and recovery unblocks it."""
+        src, dst = self.pair(params={"max-postcopy-bandwidth": 1 << 20})
+        oob = lmtest.QMP(dst.qmp_path, enable=["oob"])
+
+        self.start(src, dst)
+        deadline = time.time() + 20
+        while dst.status() != "running" and time.time() < deadline:
+            time.sleep(0.01)
+        os.kill(src.proc.pid, signal.SIGSTOP)
+        try:
+            # In band: reads every page of guest RAM; the pages still on the
+            # frozen source fault and wait.
+            oob.send_raw(json.dumps({"execute": "x-verify-memory", "id": "verify"}))
+            oob.send_raw(json.dumps({"exec-oob": "migrate-pause", "id": "pause"}))
+            first = oob.read_reply()
+            self.assertEqual(first.get("id"), "pause", first)
+            self.assertIn("return", first, first)
+            # Every in-band queue is blocked (one command worker, as QEMU's
+            # main loop): the state change is seen through the event.
+            while not any(e["event"] == "MIGRATION" and
+                          e["data"]["status"] == "postcopy-paused" for e in oob.events):
+                oob.events.append(oob._read())
+            # Recovery goes out of band too.
+            oob.send_raw(json.dumps({"exec-oob": "migrate-recover", "id": "recover",
+                                     "arguments": {"uri": "unix:" + self.path("rec.sock")}}))
+            for _ in range(50):
+                r = oob.read_reply()
+                if r.get("id") == "recover":
+                    break
+                self.assertNotEqual(r.get("id"), "verify", "in-band reply overtook OOB")
+            self.assertIn("return", r, r)
+        finally:
+            os.kill(src.proc.pid, signal.SIGCONT)
+        src.wait_migration(statuses=("postcopy-paused",))
+        src.cmd("migrate", uri="unix:" + self.path("rec.sock"), resume=True)
+        src.set_params(**{"max-postcopy-bandwidth": 0})
+        verify = oob.read_reply()
+        self.assertEqual(verify.get("id"), "verify", verify)
+        self.assertTrue(verify["return"]["ok"], verify)
+        oob.close()
+        self.finish(src, dst)
+
+
+if __name__ == "__main__":
+    lmtest.main()
