@@ -26,5 +26,11 @@ if [ "${LIVEMIG_SKIP_SANITIZERS:-0}" != 1 ]; then
         meson test -C build-asan --print-errorlogs --num-processes 1 || status=1
 fi
 
-python3 scripts/summary.py build build-asan
+# libFuzzer targets (clang, ASan/UBSan): LIVEMIG_FUZZ_SECONDS each (60; 0 skips).
+rm -f build-fuzz/fuzz-results.json
+if [ "${LIVEMIG_FUZZ_SECONDS:-60}" != 0 ]; then
+    scripts/fuzz.sh "${LIVEMIG_FUZZ_SECONDS:-60}" || status=1
+fi
+
+python3 scripts/summary.py build build-asan build-fuzz
 exit $status

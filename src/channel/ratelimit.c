@@ -103,6 +103,18 @@ void lm_ratelimit_charge(lm_ratelimit *rl, uint64_t n)
     pthread_mutex_unlock(&rl->lock);
 }
 
+uint64_t lm_ratelimit_window_bytes(lm_ratelimit *rl)
+{
+    pthread_mutex_lock(&rl->lock);
+    uint64_t bps = rl->bytes_per_sec;
+    pthread_mutex_unlock(&rl->lock);
+    if (bps == 0) {
+        return 0;
+    }
+    uint64_t w = (uint64_t)((double)bps * (double)WINDOW_NS / 1e9);
+    return w < (64u << 10) ? (64u << 10) : w;
+}
+
 uint64_t lm_ratelimit_delay_ns(lm_ratelimit *rl)
 {
     pthread_mutex_lock(&rl->lock);

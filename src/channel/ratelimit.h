@@ -40,6 +40,9 @@ void lm_ratelimit_charge(lm_ratelimit *rl, uint64_t n);
 /* How long a writer should wait before its next write is within budget
  * (0: now).  Lets a writer wait on something else meanwhile. */
 uint64_t lm_ratelimit_delay_ns(lm_ratelimit *rl);
+/* What one window (100 ms) of the budget allows, at least 64 KiB; 0 when
+ * unlimited.  Writers split bigger writes into pieces of this size. */
+uint64_t lm_ratelimit_window_bytes(lm_ratelimit *rl);
 /* Account n bytes about to be written; sleeps while over budget. */
 void lm_ratelimit_consume(lm_ratelimit *rl, uint64_t n);
 

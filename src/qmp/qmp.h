@@ -39,6 +39,10 @@ qmp_server *qmp_server_new(const char *socket_path, lm_error *err);
  * a management group in). */
 qmp_server *qmp_server_new_mode(const char *socket_path, unsigned mode, lm_error *err);
 void qmp_server_register(qmp_server *s, const char *name, qmp_handler fn, void *opaque);
+/* The handler registered under name and its opaque (NULL when none), so a
+ * caller can wrap a command (the QMP fuzzer keeps migrate from opening
+ * anything). */
+qmp_handler qmp_server_lookup(qmp_server *s, const char *name, void **opaque);
 /* Marks a registered command as out-of-band capable: a client that enabled
  * the "oob" capability may send it with "exec-oob", and it then runs at
  * once on the server thread, ahead of in-band commands still queued or

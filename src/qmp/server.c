@@ -236,12 +236,66 @@ static void client_send_json(qmp_client *c, json_t *obj)
     free(text);
 }
 
+/* Length of the valid UTF-8 sequence at s (as jansson checks it: no
+ * overlong forms, no surrogates, nothing above U+10FFFF), 0 when invalid. */
+static size_t utf8_seq_len(const unsigned char *s)
+{
+    unsigned char c = s[0];
+    size_t n;
+    unsigned char lo = 0x80, hi = 0xbf; /* range of the second byte */
+    if (c < 0x80) {
+        return 1;
+    } else if (c >= 0xc2 && c <= 0xdf) {
+        n = 2;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        n = 3;
+        lo = c == 0xe0 ? 0xa0 : 0x80;
+        hi = c == 0xed ? 0x9f : 0xbf;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4;
+        lo = c == 0xf0 ? 0x90 : 0x80;
+        hi = c == 0xf4 ? 0x8f : 0xbf;
+    } else {
+        return 0;
+    }
+    if (s[1] < lo || s[1] > hi) {
+        return 0;
+    }
+    for (size_t i = 2; i < n; i++) {
+        if (s[i] < 0x80 || s[i] > 0xbf) {
+            return 0;
+        }
+    }
+    return n;
+}
+
+/* An error's desc quotes what the client sent (a bad token, a name cut at
+ * 200 bytes): replace each byte that is not valid UTF-8 with '?', or the
+ * reply could not carry it (JSON strings are UTF-8). */
+static void utf8_scrub(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+    while (*p) {
+        size_t n = utf8_seq_len(p);
+        if (n == 0) {
+            *p++ = '?';
+        } else {
+            p += n;
+        }
+    }
+}
+
 static json_t *error_reply(json_t *id, const char *cls, const char *desc)
 {
     json_t *reply = json_object();
     json_t *e = json_object();
+    char *text = strdup(desc);
+    if (text) {
+        utf8_scrub(text);
+    }
     json_object_set_new(e, "class", json_string(cls));
-    json_object_set_new(e, "desc", json_string(desc));
+    json_object_set_new(e, "desc", json_string(text ? text : "out of memory"));
+    free(text);
     json_object_set_new(reply, "error", e);
     if (id) {
         json_object_set(reply, "id", id);
@@ -321,6 +375,16 @@ void qmp_server_allow_oob(qmp_server *s, const char *name)
         c->allow_oob = true;
     }
     pthread_mutex_unlock(&s->lock);
+}
+
+qmp_handler qmp_server_lookup(qmp_server *s, const char *name, void **opaque)
+{
+    pthread_mutex_lock(&s->lock);
+    qmp_cmd *c = find_cmd_locked(s, name);
+    qmp_handler fn = c ? c->fn : NULL;
+    *opaque = c ? c->opaque : NULL;
+    pthread_mutex_unlock(&s->lock);
+    return fn;
 }
 
 static json_t *cmd_query_commands(void *opaque, json_t *args, lm_error *err)

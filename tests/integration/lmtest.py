@@ -19,6 +19,16 @@ BUILD = os.environ.get("LIVEMIG_BUILD", os.path.join(os.path.dirname(__file__), 
 VM_BIN = os.path.join(BUILD, "livemig-vm")
 CLI_BIN = os.path.join(BUILD, "livemig")
 DEFAULT_TIMEOUT = 60.0
+# A dirty rate every migration outruns, whatever the load: tests that need
+# a live guest and a migration that completes give the source this.  An
+# unbounded writer (increment rewrites every page of RAM in a moment)
+# converges only once all of RAM fits in the downtime limit, i.e. only on
+# a machine fast enough; under ASan on a loaded 2-core host a file sink
+# was measured at 80 MB/s, ten times this.
+LIVE_RATE = ["--dirty-rate", "8M"]
+# A max-bandwidth well below LIVE_RATE: a migration of a LIVE_RATE guest
+# under it never converges, so it stays active until the test ends it.
+SLOW_BANDWIDTH = 1 << 20
 
 
 class QMPError(Exception):

@@ -19,7 +19,7 @@ class CommandLine(MigrationTest):
             self.assertIn("sage", r.stdout + r.stderr)
 
     def test_migrate_info_qmp(self):
-        src = self.vm("src", memory="128M", workload="random", extra=["--dirty-rate", "32M"])
+        src = self.vm("src", memory="128M", workload="random", extra=lmtest.LIVE_RATE)
         dst = self.vm("dst", memory="128M", workload="random", incoming="defer")
         r = run("migrate", "--from", src.qmp_path, "--to", dst.qmp_path,
                 "--uri", "unix:" + self.path("m.sock"), "--param", "downtime-limit=100",
@@ -52,7 +52,8 @@ class CommandLine(MigrationTest):
 
     def test_demo(self):
         env = dict(os.environ, LIVEMIG_VM=lmtest.VM_BIN)
-        r = subprocess.run([CLI_BIN, "demo", "--memory", "256M"], capture_output=True, text=True,
+        r = subprocess.run([CLI_BIN, "demo", "--memory", "256M"] + lmtest.LIVE_RATE,
+                           capture_output=True, text=True,
                            timeout=300, env=env)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("verif", (r.stdout + r.stderr).lower())

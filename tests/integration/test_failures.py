@@ -9,14 +9,14 @@ import lmtest
 from lmtest import MigrationTest
 
 MEM = "128M"
-SLOW = 8 << 20  # max-bandwidth that keeps a 128M migration of touched RAM active for ~16 s
+SLOW = lmtest.SLOW_BANDWIDTH  # keeps the migration active until the test ends it
 
 
 class Cancel(MigrationTest):
     def setUp(self):
         super().setUp()
-        # increment touches every page within a second: all of RAM must move.
-        self.src = self.vm("src", memory=MEM, workload="increment")
+        # A dirty rate any migration outruns (the retries), above SLOW.
+        self.src = self.vm("src", memory=MEM, workload="increment", extra=lmtest.LIVE_RATE)
         self.assertTrue(self.src.wait_running_steps())
 
     def retry_succeeds(self, name="dst2"):
@@ -143,7 +143,7 @@ class Failures(MigrationTest):
         self.assertEqual(src.status(), "running")
 
     def test_kill_destination_mid_migration(self):
-        src = self.vm("src", memory=MEM, workload="increment")
+        src = self.vm("src", memory=MEM, workload="increment", extra=lmtest.LIVE_RATE)
         dst = self.vm("dst", memory=MEM, workload="increment", incoming="defer")
         self.assertTrue(src.wait_running_steps())
         time.sleep(0.5)
@@ -166,7 +166,7 @@ class Failures(MigrationTest):
     def test_kill_destination_during_switchover_wait(self):
         """The source waits for the destination's confirmation; losing the
         destination then fails the migration and the source runs on."""
-        src = self.vm("src", memory=MEM)
+        src = self.vm("src", memory=MEM, extra=lmtest.LIVE_RATE)
         dst = self.vm("dst", memory=MEM, incoming="defer")
         src.set_caps(pause_before_switchover=True)
         dst.cmd("migrate-incoming", uri="unix:" + self.path("dst.sock"))

@@ -39,6 +39,8 @@ class MultifdBase(MigrationTest):
         self.assert_guest_ok(dst)
 
     def live(self, uri, workload="increment", tag="", extra=(), **params):
+        if "--dirty-rate" not in extra:
+            extra = list(extra) + lmtest.LIVE_RATE
         src, dst = self.pair(workload, params, tag=tag, extra=extra)
         info = self.migrate(src, dst, uri)
         self.check(src, dst, info)
@@ -112,8 +114,7 @@ class ZeroDetection(MultifdBase):
                 src, dst, info = self.live("unix:" + self.path("%s%s.sock" % (sock, mode)),
                                            tag=mode, zero_page_detection=mode,
                                            workload="random",
-                                           extra=extra + ["--working-set", "50%",
-                                                          "--dirty-rate", "32M"],
+                                           extra=extra + ["--working-set", "50%"],
                                            multifd_channels=channels)
                 if mode == "none":
                     self.assertEqual(info["ram"]["duplicate"], 0)
@@ -137,7 +138,7 @@ class Compression(MultifdBase):
                 params = {"multifd-compression": "zstd", "multifd-zstd-level": level,
                           "multifd-channels": 4}
                 src, dst = self.pair("random", params, tag=str(level),
-                                     extra=["--dirty-rate", "32M"])
+                                     extra=lmtest.LIVE_RATE)
                 dst.set_params(**{"multifd-compression": "zstd", "multifd-channels": 4})
                 info = self.migrate(src, dst, "unix:" + self.path("zstd%d.sock" % level))
                 self.check(src, dst, info)
@@ -181,14 +182,13 @@ class ZeroCopy(MultifdBase):
         for n in (2, 4):
             with self.subTest(channels=n):
                 src, dst, info = self.live("tcp:127.0.0.1:0", workload="random", tag=str(n),
-                                           extra=["--dirty-rate", "64M"],
                                            multifd_channels=n, zero_copy_send=True)
                 self.check_zero_copy(info)
                 self.stop_all()
 
     def test_tcp_capability(self):
         """QEMU's spelling: the zero-copy-send capability is the same switch."""
-        src = self.vm("src", memory=MEM, workload="random", extra=["--dirty-rate", "64M"])
+        src = self.vm("src", memory=MEM, workload="random", extra=lmtest.LIVE_RATE)
         dst = self.vm("dst", memory=MEM, workload="random", incoming="defer", paused=True)
         src.set_caps(multifd=True, zero_copy_send=True)
         dst.set_caps(multifd=True)
@@ -220,7 +220,7 @@ class ZeroCopy(MultifdBase):
     def test_unix_refused_then_retry(self):
         """The kernel has no SO_ZEROCOPY for unix sockets: migrate says so,
         the source runs on, and the same migration without zero-copy works."""
-        src, dst = self.pair(src_params={"zero-copy-send": True})
+        src, dst = self.pair(src_params={"zero-copy-send": True}, extra=lmtest.LIVE_RATE)
         uri = "unix:" + self.path("zc.sock")
         dst.cmd("migrate-incoming", uri=uri)
         with self.assertRaises(QMPError) as cm:
@@ -245,8 +245,9 @@ class ZeroCopy(MultifdBase):
     def test_cancel_and_dead_peer_do_not_hang(self):
         """A sender waiting for completions (or for room) is woken by
         cancel, and by a destination that dies; the source runs on."""
-        src, dst = self.pair(src_params={"max-bandwidth": 8 << 20, "multifd-channels": 4,
-                                         "zero-copy-send": True})
+        src, dst = self.pair(src_params={"max-bandwidth": lmtest.SLOW_BANDWIDTH,
+                                         "multifd-channels": 4, "zero-copy-send": True},
+                             extra=lmtest.LIVE_RATE)
         # A frozen destination: nothing more is read, the sends back up.
         self.start_tcp(src, dst)
         os.kill(dst.proc.pid, signal.SIGSTOP)
@@ -281,7 +282,8 @@ class ZeroCopy(MultifdBase):
                    "--bounding-set=-ipc_lock", "--"]
         if not shutil.which("prlimit") or not shutil.which("setpriv") or os.geteuid() != 0:
             self.skipTest("needs root, prlimit and setpriv to drop CAP_IPC_LOCK")
-        src = self.vm("src", memory=MEM, workload="random", wrapper=wrapper)
+        src = self.vm("src", memory=MEM, workload="random", wrapper=wrapper,
+                      extra=lmtest.LIVE_RATE)
         dst = self.vm("dst", memory=MEM, workload="random", incoming="defer", paused=True)
         src.set_caps(multifd=True)
         dst.set_caps(multifd=True)
@@ -305,7 +307,8 @@ class ZeroCopy(MultifdBase):
 
 class Failures(MultifdBase):
     def test_cancel_then_retry(self):
-        src, dst = self.pair(src_params={"max-bandwidth": 8 << 20, "multifd-channels": 4})
+        src, dst = self.pair(src_params={"max-bandwidth": lmtest.SLOW_BANDWIDTH,
+                                         "multifd-channels": 4}, extra=lmtest.LIVE_RATE)
         uri = "unix:" + self.path("mig.sock")
         dst.cmd("migrate-incoming", uri=uri)
         src.cmd("migrate", uri=uri)

@@ -16,6 +16,8 @@ MEM = "128M"
 
 class LiveBase(MigrationTest):
     def _live(self, uri, dst_uri=None, workload="increment", extra=(), dst_extra=None):
+        if workload != "idle" and "--dirty-rate" not in extra:
+            extra = list(extra) + lmtest.LIVE_RATE
         src = self.vm("src", memory=MEM, workload=workload, extra=extra)
         dst = self.vm("dst", memory=MEM, workload=workload,
                       extra=extra if dst_extra is None else dst_extra,
@@ -46,7 +48,7 @@ class Transports(LiveBase):
             s.close()
         except OSError:
             self.skipTest("::1 is not configured on this host")
-        src = self.vm("src", memory=MEM)
+        src = self.vm("src", memory=MEM, extra=lmtest.LIVE_RATE)
         dst = self.vm("dst", memory=MEM, incoming="defer", paused=True)
         dst.cmd("migrate-incoming", uri="tcp:[::1]:0")
         addr = dst.migration()["socket-address"][0]
@@ -61,7 +63,7 @@ class Transports(LiveBase):
     def test_fd(self):
         a, b = socket.socketpair()
         fa, fb = a.fileno(), b.fileno()
-        src = self.vm("src", memory=MEM, pass_fds=(fa,))
+        src = self.vm("src", memory=MEM, pass_fds=(fa,), extra=lmtest.LIVE_RATE)
         dst = self.vm("dst", memory=MEM, incoming="defer", paused=True, pass_fds=(fb,))
         a.close()
         b.close()
@@ -78,13 +80,13 @@ class Transports(LiveBase):
         # that rewrites all of its RAM faster than that never converges
         # (QEMU's neither).  A bounded dirty rate keeps the test about the
         # transport.
-        src = self.vm("src", memory=MEM, extra=["--dirty-rate", "32M"])
+        src = self.vm("src", memory=MEM, extra=lmtest.LIVE_RATE)
         self.assertTrue(src.wait_running_steps())
         src.cmd("migrate", uri=save_uri)
         info = src.wait_migration()
         self.assertEqual(info["status"], "completed", info.get("error-desc"))
         dst = self.vm("dst", memory=MEM, incoming="defer", paused=True,
-                      extra=["--dirty-rate", "32M"])
+                      extra=lmtest.LIVE_RATE)
         dst.cmd("migrate-incoming", uri=load_uri)
         dinfo = dst.wait_migration()
         self.assertEqual(dinfo["status"], "completed", dinfo.get("error-desc"))
@@ -132,7 +134,7 @@ class Transports(LiveBase):
 
     def test_incoming_uri_on_command_line(self):
         sock = self.path("mig.sock")
-        src = self.vm("src", memory=MEM)
+        src = self.vm("src", memory=MEM, extra=lmtest.LIVE_RATE)
         dst = self.vm("dst", memory=MEM, incoming="unix:" + sock)
         self.assertEqual(dst.status(), "inmigrate")
         self.migrate(src, dst, "unix:" + sock, dst_uri=False)
@@ -141,12 +143,13 @@ class Transports(LiveBase):
 
 class Workloads(LiveBase):
     def test_random(self):
-        self._live("unix:" + self.path("m.sock"), workload="random",
-                   extra=["--dirty-rate", "64M"])
+        self._live("unix:" + self.path("m.sock"), workload="random")
 
     def test_random_unlimited_converges_by_downtime_limit(self):
+        # Unbounded writes to a working set small enough to fit the downtime
+        # limit even at a few MB/s.
         src, dst, info = self._live("unix:" + self.path("m.sock"), workload="random",
-                                    extra=["--working-set", "10%"])
+                                    extra=["--working-set", "2M", "--dirty-rate", "0"])
         self.assertIn("downtime", info)
 
     def test_idle_switches_with_nothing_left(self):
@@ -155,7 +158,7 @@ class Workloads(LiveBase):
 
     def test_several_blocks(self):
         self._live("unix:" + self.path("m.sock"), workload="random",
-                   extra=["--blocks", "3", "--dirty-rate", "32M", "--memory", "96M"])
+                   extra=["--blocks", "3", "--memory", "96M"])
 
     def test_memfd_backend(self):
         self._live("unix:" + self.path("m.sock"), extra=["--memory-backend", "memfd"])
@@ -176,8 +179,7 @@ class Workloads(LiveBase):
             self.skipTest("cannot reserve %d huge pages of 2 MiB: %s" % (need, e))
         try:
             src, dst, info = self._live("unix:" + self.path("m.sock"), workload="random",
-                                        extra=["--memory-backend", "hugetlbfs", "--memory", "64M",
-                                               "--dirty-rate", "16M"])
+                                        extra=["--memory-backend", "hugetlbfs", "--memory", "64M"])
             self.assertEqual(info["ram"]["page-size"], 2 << 20)
         finally:
             for vm in self.vms:
@@ -242,7 +244,7 @@ class Workloads(LiveBase):
 
 class Trackers(MigrationTest):
     def _with_tracker(self, tracker):
-        src = self.vm("src", memory=MEM, workload="random", extra=["--dirty-rate", "64M"])
+        src = self.vm("src", memory=MEM, workload="random", extra=lmtest.LIVE_RATE)
         dst = self.vm("dst", memory=MEM, workload="random", incoming="defer")
         src.set_params(**{"x-dirty-tracker": tracker})
         self.assertTrue(src.wait_running_steps())
@@ -276,7 +278,7 @@ class Modes(MigrationTest):
         self.assert_guest_ok(dst)
 
     def test_pause_before_switchover(self):
-        src = self.vm("src", memory=MEM)
+        src = self.vm("src", memory=MEM, extra=lmtest.LIVE_RATE)
         dst = self.vm("dst", memory=MEM, incoming="defer")
         src.set_caps(pause_before_switchover=True)
         dst.cmd("migrate-incoming", uri="unix:" + self.path("m.sock"))
@@ -291,7 +293,7 @@ class Modes(MigrationTest):
         self.assertEqual(events[-3:], ["pre-switchover", "device", "completed"])
 
     def test_device_state_on_every_switchover(self):
-        src = self.vm("src", memory=MEM)
+        src = self.vm("src", memory=MEM, extra=lmtest.LIVE_RATE)
         dst = self.vm("dst", memory=MEM, incoming="defer")
         self.migrate(src, dst, "unix:" + self.path("m.sock"))
         events = [e["data"]["status"] for e in src.qmp.events if e["event"] == "MIGRATION"]
@@ -330,7 +332,7 @@ class Modes(MigrationTest):
         self.assert_guest_ok(good)
 
     def test_statistics(self):
-        src = self.vm("src", memory=MEM, workload="random", extra=["--dirty-rate", "32M"])
+        src = self.vm("src", memory=MEM, workload="random", extra=lmtest.LIVE_RATE)
         dst = self.vm("dst", memory=MEM, workload="random", incoming="defer")
         info = self.migrate(src, dst, "unix:" + self.path("m.sock"))
         ram = info["ram"]

@@ -457,6 +457,29 @@ static void test_malformed_json(void **state)
     cl_close(c);
 }
 
+/* An error's desc that quotes bytes which are not UTF-8 (jansson's "near"
+ * token, a name cut at 200 bytes inside a character) still arrives, with
+ * those bytes as '?' (found by fuzz-qmp: the reply had no desc). */
+static void test_error_desc_not_utf8(void **state)
+{
+    client *c = cl_ready(*state);
+    json_t *r = cl_cmd(c, "{\"execute\": \"echo\", \"arguments\": {\"msg\": \"\xc3\xa3\xcf\xcf\"}}");
+    assert_error(r, "GenericError", "JSON parse error, ");
+    json_decref(r);
+
+    char req[512] = "{\"execute\": \"a";
+    for (int i = 0; i < 150; i++) {
+        strcat(req, "\xc3\xa9");
+    }
+    strcat(req, "\"}");
+    r = cl_cmd(c, req);
+    assert_error(r, "CommandNotFound", "The command a\xc3\xa9");
+    const char *desc = json_string_value(json_object_get(json_object_get(r, "error"), "desc"));
+    assert_non_null(strstr(desc, "?"));
+    json_decref(r);
+    cl_close(c);
+}
+
 static void test_wrong_types(void **state)
 {
     client *c = cl_ready(*state);
@@ -933,6 +956,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_negotiation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_id_echo, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_json, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_error_desc_not_utf8, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrong_types, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_command, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_argument, setup, teardown),
