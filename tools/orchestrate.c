@@ -403,7 +403,10 @@ int mig_run(const mig_opts *o, mig_result *res, lm_error *err)
         uri = uri_buf;
     }
     if (!o->no_incoming) {
-        if ((r = qmpc_execute(dst, "migrate-incoming", json_pack("{s:s}", "uri", uri),
+        /* exit-on-error off: the destination stays up after a failure, so
+         * its error can be read and reported. */
+        if ((r = qmpc_execute(dst, "migrate-incoming",
+                              json_pack("{s:s,s:b}", "uri", uri, "exit-on-error", 0),
                               QMPC_DEFAULT_TIMEOUT_MS, NULL, &e)) < 0) {
             r = side_error(err, "destination: migrate-incoming", &e);
             goto out;
