@@ -471,6 +471,10 @@ int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err)
         r = require_socket_uri(uri, &u, "postcopy-ram", " for its return path", err);
     }
     if (r == 0) {
+        /* Refusals first: a refused migration must not leave a file behind. */
+        r = check_tls(e, uri, err);
+    }
+    if (r == 0) {
         /* A file that cannot be written is the command's error (QEMU). */
         r = lm_uri_parse(uri, &u, err);
     }
