@@ -281,10 +281,19 @@ static json_t *cmd_migrate_recover(void *opaque, json_t *args, lm_error *err)
  * connections now.  In postcopy that pauses it (recoverable, as QEMU);
  * before postcopy livemig cancels it (QEMU fails it): the source runs on
  * either way. */
-static bool migration_in_progress(lm_status st)
+/* Whether a migration is in progress; -ENOMEM (err set) when the snapshot
+ * cannot be taken. */
+static int migration_in_progress(lm_engine *e, lm_status *st, lm_error *err)
 {
-    return st != LM_STATUS_NONE && st != LM_STATUS_COMPLETED && st != LM_STATUS_FAILED &&
-           st != LM_STATUS_CANCELLED;
+    lm_info *info = calloc(1, sizeof(*info));
+    if (!info) {
+        return lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    lm_engine_query(e, info);
+    *st = info->status;
+    free(info);
+    return *st != LM_STATUS_NONE && *st != LM_STATUS_COMPLETED && *st != LM_STATUS_FAILED &&
+           *st != LM_STATUS_CANCELLED;
 }
 
 static json_t *cmd_yank(void *opaque, json_t *args, lm_error *err)
@@ -311,18 +320,15 @@ static json_t *cmd_yank(void *opaque, json_t *args, lm_error *err)
             return NULL;
         }
     }
-    lm_info *info = calloc(1, sizeof(*info));
-    if (!info) {
-        lm_error_set(err, -ENOMEM, "out of memory");
+    lm_status st;
+    int busy = migration_in_progress(opaque, &st, err);
+    if (busy < 0) {
         return NULL;
     }
-    lm_engine_query(opaque, info);
-    lm_status st = info->status;
-    free(info);
     if (json_array_size(inst) == 0) {
         return json_object();
     }
-    if (!migration_in_progress(st)) {
+    if (!busy) {
         lm_error_set(err, -ENOENT, "Instance 'migration' not found");
         return NULL;
     }
@@ -337,17 +343,15 @@ static json_t *cmd_query_yank(void *opaque, json_t *args, lm_error *err)
     if (qmp_args_check(args, known, err) < 0) {
         return NULL;
     }
-    lm_info *info = calloc(1, sizeof(*info));
-    if (!info) {
-        lm_error_set(err, -ENOMEM, "out of memory");
+    lm_status st;
+    int busy = migration_in_progress(opaque, &st, err);
+    if (busy < 0) {
         return NULL;
     }
-    lm_engine_query(opaque, info);
     json_t *list = json_array();
-    if (migration_in_progress(info->status)) {
+    if (busy) {
         json_array_append_new(list, json_pack("{s:s}", "type", "migration"));
     }
-    free(info);
     return list;
 }
 
