@@ -245,6 +245,10 @@ typedef struct lm_dirtyrate_info {
     bool has_rate;           /* measured and the tracker worked */
     uint64_t dirty_rate;     /* MiB/s over all blocks */
     uint64_t dirty_pages;
+    /* The window, CLOCK_MONOTONIC ns: lets a caller compare the rate with
+     * its own counters over exactly the same time. */
+    uint64_t window_start_ns;
+    uint64_t window_end_ns;
     char tracker[32];        /* the tracker that measured */
     char error[LM_ERROR_MSG_MAX]; /* measured without a rate: why */
     size_t nblocks;

@@ -97,7 +97,7 @@ static int measure(lm_engine *e, struct lm_dirtyrate *d, lm_ram_block **blocks, 
      * would count whole transparent huge pages that one write populated. */
     uint64_t newly;
     ret = lm_dirty_tracker_sync(t, &newly, err);
-    uint64_t elapsed = lm_now_ns() - start;
+    uint64_t end = lm_now_ns(), elapsed = end - start;
     lm_dirty_tracker_stop(t);
     if (ret < 0) {
         return ret;
@@ -122,6 +122,8 @@ static int measure(lm_engine *e, struct lm_dirtyrate *d, lm_ram_block **blocks, 
     d->info.dirty_rate = mib_per_s(total_bytes, elapsed);
     /* As QEMU: once measured, calc-time is the time actually measured. */
     d->info.calc_time_ms = (elapsed + 500000u) / 1000000u;
+    d->info.window_start_ns = start;
+    d->info.window_end_ns = end;
     d->info.has_rate = true;
     pthread_mutex_unlock(&e->lock);
     return 0;

@@ -837,6 +837,8 @@ static json_t *cmd_query_dirty_rate(void *opaque, json_t *args, lm_error *err)
         json_object_set_new(o, "dirty-rate", json_integer((json_int_t)info->dirty_rate));
         json_object_set_new(o, "x-dirty-pages", json_integer((json_int_t)info->dirty_pages));
         json_object_set_new(o, "x-dirty-tracker", json_string(info->tracker));
+        json_object_set_new(o, "x-window-start-ns", json_integer((json_int_t)info->window_start_ns));
+        json_object_set_new(o, "x-window-end-ns", json_integer((json_int_t)info->window_end_ns));
         json_object_set_new(o, "x-blocks", blocks);
     } else if (o && info->status == LM_DIRTYRATE_MEASURED) {
         json_object_set_new(o, "x-error", json_string(info->error));

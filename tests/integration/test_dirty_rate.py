@@ -34,7 +34,7 @@ def random_layout(mem_bytes, ws_bytes=None):
 
 
 class DirtyRateTest(MigrationTest):
-    def warm_up(self, vm, rate, timeout=20.0):
+    def warm_up(self, vm, rate, timeout=6.0):
         """A fresh guest's first touches are slow on a loaded machine: give
         the workload a while to reach its set rate (the checks do not need
         it to)."""
@@ -46,25 +46,45 @@ class DirtyRateTest(MigrationTest):
                 return
 
     def measure(self, vm, calc_ms, **args):
-        """Runs one measurement; returns (query-dirty-rate, steps/s of the
-        workload around it)."""
-        s0, t0 = vm.workload()["steps"], time.monotonic()
+        """Runs one measurement; returns (query-dirty-rate, the workload's
+        steps/s over exactly the measured window).  The workload's counter
+        is sampled all along (CLOCK_MONOTONIC, as the engine's window) and
+        interpolated at the window's ends."""
+        samples = []
+
+        def sample():
+            t0 = time.monotonic_ns()
+            steps = vm.workload()["steps"]
+            samples.append(((t0 + time.monotonic_ns()) / 2, steps))
+
+        sample()
         vm.cmd("calc-dirty-rate", calc_time=calc_ms, calc_time_unit="millisecond", **args)
         deadline = time.time() + 60
         while True:
+            sample()
             r = vm.cmd("query-dirty-rate")
             if r["status"] == "measured":
                 break
             self.assertEqual(r["status"], "measuring")
             self.assertLess(time.time(), deadline, "measurement never ended")
-            time.sleep(0.02)
-        s1, t1 = vm.workload()["steps"], time.monotonic()
-        return r, (s1 - s0) / (t1 - t0)
+            time.sleep(0.01)
+        sample()
+        if "x-window-start-ns" not in r:
+            return r, 0.0
+
+        def steps_at(t):
+            for (ta, sa), (tb, sb) in zip(samples, samples[1:]):
+                if ta <= t <= tb:
+                    return sa + (sb - sa) * (t - ta) / (tb - ta) if tb > ta else sa
+            self.fail("window %d not within the samples %s" % (t, samples))
+
+        start, end = r["x-window-start-ns"], r["x-window-end-ns"]
+        return r, (steps_at(end) - steps_at(start)) * 1e9 / (end - start)
 
     def check_against_workload(self, r, steps_per_s, ws_pages, table_pages):
         self.assertEqual(r["mode"], "dirty-bitmap")
         self.assertEqual(r["calc-time-unit"], "millisecond")
-        window = r["calc-time"] / 1000.0
+        window = (r["x-window-end-ns"] - r["x-window-start-ns"]) / 1e9
         steps = steps_per_s * window
         # Each step also writes its data page's entry in the version table.
         expected = (ws_pages * (1 - math.exp(-steps / ws_pages)) +
@@ -85,12 +105,16 @@ class DirtyRateTest(MigrationTest):
 
     def test_random_matches_set_rate(self):
         mem, rate = 256 * MIB, 32 * MIB
-        vm = self.vm("src", memory="256M", workload="random", extra=["--dirty-rate", "32M"])
+        vm = self.vm("src", memory="256M", workload="random",
+                     extra=["--dirty-rate", "32M", "--blocks", "2"])
         self.assertTrue(vm.wait_running_steps())
         self.warm_up(vm, rate)
         r, steps_per_s = self.measure(vm, 1000)
         ws, table = random_layout(mem)
         self.check_against_workload(r, steps_per_s, ws, table)
+        # Two blocks, and the random pages fall in both.
+        self.assertEqual([b["name"] for b in r["x-blocks"]], ["ram0", "ram1"])
+        self.assertTrue(all(b["dirty-pages"] > 0 for b in r["x-blocks"]), r["x-blocks"])
         # Where the workload kept its set rate (a loaded machine may slow it
         # down), the reported MB/s is within 20 % of --dirty-rate too.
         if steps_per_s >= 0.9 * rate / PAGE:
@@ -113,7 +137,8 @@ class DirtyRateTest(MigrationTest):
         ws, table = random_layout(128 * MIB, 8 * MIB)
         expected = self.check_against_workload(r, steps_per_s, ws, table)
         self.assertLessEqual(r["x-dirty-pages"], ws + table)
-        self.assertLess(expected, 0.8 * steps_per_s * r["calc-time"] / 1000.0 + 1)
+        window = (r["x-window-end-ns"] - r["x-window-start-ns"]) / 1e9
+        self.assertLess(expected, 0.8 * steps_per_s * window + 1)
         self.assertTrue(vm.verify()["ok"])
         self.assertTrue(vm.wait_running_steps())
 
