@@ -91,9 +91,9 @@ static int measure(lm_engine *e, struct lm_dirtyrate *d, lm_ram_block **blocks, 
     bool stopped = d->stop;
     pthread_mutex_unlock(&e->lock);
 
-    /* Only what the tracker saw: it reports first touches of never-populated
-     * pages too (uffd-wp's WP_UNPOPULATED; the manual and log kinds hear of
-     * every write).  The migration's extra "turned up populated" check
+    /* Only what the tracker saw: it reports first touches of holes too (the
+     * new entry lacks the write-protect bit; the manual and log kinds hear
+     * of every write).  The migration's extra "turned up populated" check
      * would count whole transparent huge pages that one write populated. */
     uint64_t newly;
     ret = lm_dirty_tracker_sync(t, &newly, err);
