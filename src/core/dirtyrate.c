@@ -78,16 +78,21 @@ static int measure(lm_engine *e, struct lm_dirtyrate *d, lm_ram_block **blocks, 
             return ret;
         }
     }
+    /* Arming and the final sync walk the blocks page by page: a write
+     * during either counts or not depending on where the walk was, so the
+     * window runs from the middle of one to the middle of the other. */
     lm_dirty_tracker *t;
+    uint64_t arm = lm_now_ns();
     int ret = lm_dirty_tracker_start(d->tracker_kind, blocks, n, &t, err);
     if (ret < 0) {
         return ret;
     }
-    uint64_t start = lm_now_ns();
+    uint64_t armed = lm_now_ns();
+    uint64_t start = arm + (armed - arm) / 2;
 
     pthread_mutex_lock(&e->lock);
     snprintf(d->info.tracker, sizeof(d->info.tracker), "%s", lm_dirty_tracker_name(t));
-    wait_until(e, d, start + d->info.calc_time_ms * 1000000u);
+    wait_until(e, d, armed + d->info.calc_time_ms * 1000000u);
     bool stopped = d->stop;
     pthread_mutex_unlock(&e->lock);
 
@@ -95,9 +100,10 @@ static int measure(lm_engine *e, struct lm_dirtyrate *d, lm_ram_block **blocks, 
      * new entry lacks the write-protect bit; the manual and log kinds hear
      * of every write).  The migration's extra "turned up populated" check
      * would count whole transparent huge pages that one write populated. */
-    uint64_t newly;
+    uint64_t newly, sync = lm_now_ns();
     ret = lm_dirty_tracker_sync(t, &newly, err);
-    uint64_t end = lm_now_ns(), elapsed = end - start;
+    uint64_t synced = lm_now_ns();
+    uint64_t end = sync + (synced - sync) / 2, elapsed = end - start;
     lm_dirty_tracker_stop(t);
     if (ret < 0) {
         return ret;
@@ -241,6 +247,9 @@ int lm_engine_calc_dirty_rate(lm_engine *e, uint64_t calc_time_ms, const char *m
         }
     }
     struct lm_dirtyrate *d = e->dirtyrate;
+    /* Taken now, so that neither another calc nor a migration gets in
+     * while the last measurement's thread is joined below. */
+    d->info.status = LM_DIRTYRATE_MEASURING;
     bool joinable = d->thread_started;
     d->thread_started = false;
     pthread_mutex_unlock(&e->lock);
