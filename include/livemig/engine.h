@@ -234,6 +234,52 @@ typedef struct lm_info {
 
 LM_API void lm_engine_query(lm_engine *e, lm_info *out);
 
+/* Dirty-rate measurement (QEMU's calc-dirty-rate / query-dirty-rate): how
+ * fast the guest dirties its RAM, measured with the migration's own dirty
+ * tracker while no migration runs.  mode: "dirty-bitmap" (our tracker; the
+ * default when NULL), "page-sampling" and "dirty-ring" are refused.
+ * calc_time_ms: 50..60000.  sample_pages: page-sampling's pages per GiB,
+ * recorded as QEMU does (0 = its default, 512; else 128..4096).  Returns at once; the measurement runs on its own
+ * thread.  Refused while a migration runs, and a migration is refused while
+ * a measurement runs. */
+LM_API int lm_engine_calc_dirty_rate(lm_engine *e, uint64_t calc_time_ms, const char *mode,
+                                     uint64_t sample_pages, lm_error *err);
+
+typedef enum lm_dirtyrate_status {
+    LM_DIRTYRATE_UNSTARTED,
+    LM_DIRTYRATE_MEASURING,
+    LM_DIRTYRATE_MEASURED,
+} lm_dirtyrate_status;
+
+#define LM_DIRTYRATE_MAX_BLOCKS 256
+
+typedef struct lm_dirtyrate_block {
+    char name[LM_RAM_NAME_MAX];
+    uint64_t dirty_pages;    /* distinct pages written during the window */
+    uint64_t dirty_rate;     /* MiB/s (QEMU's "MB/s") */
+} lm_dirtyrate_block;
+
+typedef struct lm_dirtyrate_info {
+    lm_dirtyrate_status status;
+    int64_t start_time;      /* seconds since the Epoch */
+    uint64_t calc_time_ms;   /* asked for while measuring, measured once done */
+    char mode[16];
+    uint64_t sample_pages;
+    bool has_rate;           /* measured and the tracker worked */
+    uint64_t dirty_rate;     /* MiB/s over all blocks */
+    uint64_t dirty_pages;
+    /* The window, CLOCK_MONOTONIC ns: lets a caller compare the rate with
+     * its own counters over exactly the same time. */
+    uint64_t window_start_ns;
+    uint64_t window_end_ns;
+    char tracker[32];        /* the tracker that measured */
+    char error[LM_ERROR_MSG_MAX]; /* measured without a rate: why */
+    size_t nblocks;
+    lm_dirtyrate_block blocks[LM_DIRTYRATE_MAX_BLOCKS];
+} lm_dirtyrate_info;
+
+LM_API void lm_engine_query_dirty_rate(lm_engine *e, lm_dirtyrate_info *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -13,6 +13,7 @@
 #include "channel/zerocopy.h"
 #include "common/clock.h"
 #include "common/util.h"
+#include "core/dirtyrate.h"
 #include "core/engine_internal.h"
 #include "postcopy/dest.h"
 #include "ram/multifd.h"
@@ -49,12 +50,18 @@ static void join_thread(lm_engine *e)
     }
 }
 
+void lm_engine_join_thread(lm_engine *e)
+{
+    join_thread(e);
+}
+
 void lm_engine_free(lm_engine *e)
 {
     if (!e) {
         return;
     }
     lm_engine_cancel(e, NULL);
+    lm_dirtyrate_free(e);
     join_thread(e);
     for (size_t i = 0; i < e->nblocks; i++) {
         lm_ram_block_free(e->blocks[i]);
@@ -263,6 +270,11 @@ static int begin(lm_engine *e, const char *uri, bool incoming, lm_error *err)
     if (lm_state_is_active(e->status)) {
         pthread_mutex_unlock(&e->lock);
         return lm_error_set(err, -EBUSY, "There's a migration process in progress");
+    }
+    if (lm_dirtyrate_busy(e)) {
+        pthread_mutex_unlock(&e->lock);
+        return lm_error_set(err, -EBUSY, "the dirty rate is being measured (calc-dirty-rate); "
+                                         "retry once query-dirty-rate says measured");
     }
     if (e->nblocks == 0) {
         pthread_mutex_unlock(&e->lock);

@@ -185,6 +185,8 @@ struct lm_engine {
     uint64_t bt_total_ms;
     unsigned bt_nvcpus;
     uint64_t bt_vcpu_ms[LM_MAX_VCPUS];
+
+    struct lm_dirtyrate *dirtyrate; /* calc-dirty-rate (dirtyrate.c), NULL until first used */
 };
 
 /* Postcopy: a failure that pauses (both sides) instead of failing. */
@@ -204,6 +206,10 @@ bool lm_state_is_active(lm_status s);
 void lm_emit_pass(lm_engine *e, uint64_t pass);
 /* Records the migration's error (the first one sticks). */
 void lm_engine_fail(lm_engine *e, const lm_error *err);
+
+/* engine.c: join the migration / load thread once it ended (it may still
+ * be releasing its tracker and bitmaps after the final status). */
+void lm_engine_join_thread(lm_engine *e);
 
 /* engine.c: wake the thread blocked on the main channel (a helper thread
  * saw its own connection fail); the main channel fails with code. */

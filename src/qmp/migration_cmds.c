@@ -18,6 +18,7 @@
 typedef struct migration_cmds {
     qmp_server *server;
     lm_engine *engine;
+    bool dirty_rate_in_ms; /* the last calc-dirty-rate's calc-time-unit */
 } migration_cmds;
 
 /* ------------------------------------------------------------------------ */
@@ -829,6 +830,101 @@ static json_t *cmd_query_migrate(void *opaque, json_t *args, lm_error *err)
 }
 
 /* ------------------------------------------------------------------------ */
+/* calc-dirty-rate / query-dirty-rate (QEMU 5.2+; calc-time-unit 8.2). */
+
+static json_t *cmd_calc_dirty_rate(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { "calc-time", "calc-time-unit", "sample-pages", "mode",
+                                         NULL };
+    migration_cmds *mc = opaque;
+    uint64_t calc_time = 0, sample_pages = 0;
+    const char *unit = NULL, *mode = NULL;
+    if (qmp_args_check(args, known, err) < 0 ||
+        qmp_arg_u64(args, "calc-time", true, &calc_time, err) < 0 ||
+        qmp_arg_str(args, "calc-time-unit", false, &unit, err) < 0 ||
+        qmp_arg_u64(args, "sample-pages", false, &sample_pages, err) < 0 ||
+        qmp_arg_str(args, "mode", false, &mode, err) < 0) {
+        return NULL;
+    }
+    bool in_ms = unit && strcmp(unit, "millisecond") == 0;
+    if (unit && !in_ms && strcmp(unit, "second") != 0) {
+        lm_error_set(err, -EINVAL, "calc-time-unit '%s': expected second or millisecond", unit);
+        return NULL;
+    }
+    if (json_object_get(args, "sample-pages") && mode && strcmp(mode, "dirty-ring") == 0) {
+        lm_error_set(err, -EINVAL, "sample-pages is used only in page-sampling mode");
+        return NULL;
+    }
+    uint64_t ms = in_ms ? calc_time : (calc_time > UINT64_MAX / 1000 ? UINT64_MAX : calc_time * 1000);
+    if (json_object_get(args, "sample-pages") && sample_pages == 0) {
+        lm_error_set(err, -EINVAL, "sample-pages is out of range [128, 4096]");
+        return NULL;
+    }
+    if (lm_engine_calc_dirty_rate(mc->engine, ms, mode, sample_pages, err) < 0) {
+        return NULL;
+    }
+    mc->dirty_rate_in_ms = in_ms;
+    return json_object();
+}
+
+static const char *const dirtyrate_status_names[] = { "unstarted", "measuring", "measured" };
+
+static json_t *cmd_query_dirty_rate(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { "calc-time-unit", NULL };
+    migration_cmds *mc = opaque;
+    const char *unit = NULL;
+    if (qmp_args_check(args, known, err) < 0 ||
+        qmp_arg_str(args, "calc-time-unit", false, &unit, err) < 0) {
+        return NULL;
+    }
+    bool in_ms = unit ? strcmp(unit, "millisecond") == 0 : mc->dirty_rate_in_ms;
+    if (unit && !in_ms && strcmp(unit, "second") != 0) {
+        lm_error_set(err, -EINVAL, "calc-time-unit '%s': expected second or millisecond", unit);
+        return NULL;
+    }
+    lm_dirtyrate_info *info = calloc(1, sizeof(*info));
+    if (!info) {
+        lm_error_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    lm_engine_query_dirty_rate(mc->engine, info);
+    info->mode[sizeof(info->mode) - 1] = '\0';
+    info->tracker[sizeof(info->tracker) - 1] = '\0';
+    info->error[sizeof(info->error) - 1] = '\0';
+    unsigned st = info->status <= LM_DIRTYRATE_MEASURED ? info->status : 0;
+    json_t *o = json_pack("{s:s, s:I, s:I, s:s, s:I, s:s}", "status", dirtyrate_status_names[st],
+                          "start-time", (json_int_t)info->start_time, "calc-time",
+                          (json_int_t)(in_ms ? info->calc_time_ms : info->calc_time_ms / 1000),
+                          "calc-time-unit", in_ms ? "millisecond" : "second", "sample-pages",
+                          (json_int_t)info->sample_pages, "mode", info->mode);
+    if (o && info->status == LM_DIRTYRATE_MEASURED && info->has_rate) {
+        /* livemig's extensions: the pages behind the rate, per RAM block. */
+        json_t *blocks = json_array();
+        for (size_t i = 0; i < info->nblocks && i < LM_DIRTYRATE_MAX_BLOCKS; i++) {
+            const lm_dirtyrate_block *b = &info->blocks[i];
+            json_array_append_new(blocks, json_pack("{s:s%, s:I, s:I}", "name", b->name,
+                                                    strnlen(b->name, sizeof(b->name)),
+                                                    "dirty-pages", (json_int_t)b->dirty_pages,
+                                                    "dirty-rate", (json_int_t)b->dirty_rate));
+        }
+        json_object_set_new(o, "dirty-rate", json_integer((json_int_t)info->dirty_rate));
+        json_object_set_new(o, "x-dirty-pages", json_integer((json_int_t)info->dirty_pages));
+        json_object_set_new(o, "x-dirty-tracker", json_string(info->tracker));
+        json_object_set_new(o, "x-window-start-ns", json_integer((json_int_t)info->window_start_ns));
+        json_object_set_new(o, "x-window-end-ns", json_integer((json_int_t)info->window_end_ns));
+        json_object_set_new(o, "x-blocks", blocks);
+    } else if (o && info->status == LM_DIRTYRATE_MEASURED) {
+        json_object_set_new(o, "x-error", json_string(info->error));
+    }
+    free(info);
+    if (!o) {
+        lm_error_set(err, -ENOMEM, "out of memory");
+    }
+    return o;
+}
+
+/* ------------------------------------------------------------------------ */
 
 void qmp_register_migration_commands(qmp_server *s, struct lm_engine *e)
 {
@@ -837,7 +933,7 @@ void qmp_register_migration_commands(qmp_server *s, struct lm_engine *e)
         free(mc);
         return; /* out of memory at start-up: the commands stay unknown */
     }
-    *mc = (migration_cmds){ s, e };
+    *mc = (migration_cmds){ s, e, false };
     qmp_server_register(s, "migrate", cmd_migrate, mc);
     qmp_server_register(s, "migrate-incoming", cmd_migrate_incoming, mc);
     qmp_server_register(s, "migrate_cancel", cmd_migrate_cancel, e);
@@ -857,6 +953,8 @@ void qmp_register_migration_commands(qmp_server *s, struct lm_engine *e)
     qmp_server_register(s, "migrate-set-parameters", cmd_migrate_set_parameters, e);
     qmp_server_register(s, "query-migrate-parameters", cmd_query_migrate_parameters, e);
     qmp_server_register(s, "query-migrate", cmd_query_migrate, e);
+    qmp_server_register(s, "calc-dirty-rate", cmd_calc_dirty_rate, mc);
+    qmp_server_register(s, "query-dirty-rate", cmd_query_dirty_rate, mc);
 }
 
 void qmp_emit_migration_event(qmp_server *s, const struct lm_event *ev)
