@@ -517,7 +517,7 @@ void rv_exec_fp(rv_hart *h, uint32_t insn)
         return;
     }
     case 0x27: {
-        uint64_t va = h->x[rs1] + (uint64_t)(((int64_t)(int32_t)insn >> 25 << 5) | ((insn >> 7) & 31));
+        uint64_t va = h->x[rs1] + (uint64_t)((int64_t)((uint64_t)((int64_t)(int32_t)insn >> 25) << 5) | ((insn >> 7) & 31));
         if (f3 == 2) rv_store(h, va, 4, h->f[rs2]);
         else if (f3 == 3) rv_store(h, va, 8, h->f[rs2]);
         else rv_raise(h, RV_EXC_ILLEGAL, insn);

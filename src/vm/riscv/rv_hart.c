@@ -475,7 +475,7 @@ static inline uint32_t fetch(rv_hart *h, uint64_t pc)
 #define F3 ((insn >> 12) & 7)
 #define F7 (insn >> 25)
 #define IMM_I ((int64_t)(int32_t)insn >> 20)
-#define IMM_S (((int64_t)(int32_t)insn >> 25 << 5) | ((insn >> 7) & 31))
+#define IMM_S ((int64_t)((uint64_t)((int64_t)(int32_t)insn >> 25) << 5) | ((insn >> 7) & 31))
 #define X(r) (h->x[r])
 
 static __attribute__((noreturn)) void illegal(rv_hart *h, uint32_t orig)
@@ -974,7 +974,7 @@ static inline void exec(rv_hart *h, uint32_t insn, uint32_t orig, unsigned len)
         v = pc + (uint64_t)(int64_t)(int32_t)(insn & 0xfffff000);
         break;
     case 0x6f: { /* jal */
-        int64_t imm = ((int64_t)(int32_t)insn >> 31 << 20) | (insn & 0xff000) |
+        int64_t imm = (int64_t)((uint64_t)((int64_t)(int32_t)insn >> 31) << 20) | (insn & 0xff000) |
                       ((insn >> 20) & 1) << 11 | ((insn >> 21) & 0x3ff) << 1;
         if (RD) X(RD) = next;
         h->pc = pc + (uint64_t)imm;
@@ -1000,7 +1000,7 @@ static inline void exec(rv_hart *h, uint32_t insn, uint32_t orig, unsigned len)
         default: illegal(h, orig);
         }
         if (take) {
-            int64_t imm = ((int64_t)(int32_t)insn >> 31 << 12) | ((insn >> 7) & 1) << 11 |
+            int64_t imm = (int64_t)((uint64_t)((int64_t)(int32_t)insn >> 31) << 12) | ((insn >> 7) & 1) << 11 |
                           ((insn >> 25) & 0x3f) << 5 | ((insn >> 8) & 0xf) << 1;
             h->pc = pc + (uint64_t)imm;
         } else {
