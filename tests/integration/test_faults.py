@@ -239,9 +239,17 @@ class Faults(MigrationTest):
         self.assertTrue(v["ok"], v)
         self.assertTrue(src.wait_running_steps(), "the source guest does not run")
         if t["fault"] == "cut" and dst.alive():
-            dinfo = dst.wait_migration(statuses=ENDED)
+            try:
+                dinfo = dst.wait_migration(statuses=ENDED)
+            except TimeoutError:
+                # Cut before the destination read a byte: a connection that
+                # never spoke is not a migration (issue 9 item 9), so it
+                # still listens, in setup; the operator cancels it.
+                self.assertEqual(dst.migration().get("status"), "setup")
+                dst.cmd("migrate_cancel")
+                dinfo = dst.wait_migration(statuses=ENDED)
             if info["status"] != "completed":
-                self.assertEqual(dinfo["status"], "failed", dinfo)
+                self.assertIn(dinfo["status"], ("failed", "cancelled"), dinfo)
                 self.assertNotEqual(dst.status(), "running")
         if dst.alive():
             os.kill(dst.proc.pid, signal.SIGCONT)
