@@ -278,17 +278,32 @@ static void barrier(void)
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock_path);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
-        send(fd, req, sizeof(req) - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof(req) - 1)) {
-        die("barrier", strerror(errno));
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        die("barrier: connect", strerror(errno));
+    }
+    /* libFuzzer's -timeout alarm interrupts blocking calls (no
+     * SA_RESTART): EINTR is a retry, not an answer. */
+    for (size_t sent = 0; sent < sizeof(req) - 1;) {
+        ssize_t n = send(fd, req + sent, sizeof(req) - 1 - sent, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            die("barrier: send", strerror(errno));
+        }
+        sent += (size_t)n;
     }
     out_buf out = { NULL, 0, 0 };
     unsigned returns = 0;
     while (returns < 2) {
         char buf[4096];
         ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
         if (n <= 0) {
-            die("the barrier's query-migrate got no answer", out.data);
+            die(n == 0 ? "the server closed the barrier before query-migrate's answer" :
+                         "barrier: recv", n == 0 ? out.data : strerror(errno));
         }
         out_append(&out, buf, (size_t)n);
         returns = 0;
