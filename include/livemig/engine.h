@@ -136,6 +136,15 @@ LM_API int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_erro
 LM_API int lm_engine_incoming(lm_engine *e, const char *uri, lm_error *err);
 /* Cancel the running migration (source or destination). */
 LM_API int lm_engine_cancel(lm_engine *e, lm_error *err);
+/* The migration threads running now (QEMU's query-migrationthreads): the
+ * source's migration thread "mig/src/main" and its multifd senders
+ * "mig/src/send_N", each with its kernel thread id.  fn is called once per
+ * thread under an internal lock, so it must not call into the engine.
+ * Returns how many there were.  Any thread. */
+LM_API size_t lm_engine_migration_threads(lm_engine *e,
+                                          void (*fn)(void *opaque, const char *name,
+                                                     int thread_id),
+                                          void *opaque);
 /* Leave a pause state (pre-switchover) named by `state`. */
 LM_API int lm_engine_continue(lm_engine *e, const char *state, lm_error *err);
 

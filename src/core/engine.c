@@ -27,6 +27,7 @@ lm_engine *lm_engine_new(const lm_callbacks *cb, void *opaque, lm_error *err)
     }
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->cond, NULL);
+    lm_thread_list_init(&e->threads);
     if (cb) {
         e->cb = *cb;
     }
@@ -70,6 +71,7 @@ void lm_engine_free(lm_engine *e)
     lm_tls_config_free(e->tls);
     lm_ratelimit_destroy(&e->rl);
     lm_ratelimit_destroy(&e->pc_rl);
+    lm_thread_list_destroy(&e->threads);
     pthread_cond_destroy(&e->cond);
     pthread_mutex_destroy(&e->lock);
     free(e);
@@ -529,6 +531,13 @@ int lm_engine_incoming(lm_engine *e, const char *uri, lm_error *err)
     snprintf(e->socket_address, sizeof(e->socket_address), "%s", lm_listener_address(l));
     pthread_mutex_unlock(&e->lock);
     return spawn(e, lm_incoming_thread, err);
+}
+
+size_t lm_engine_migration_threads(lm_engine *e,
+                                   void (*fn)(void *opaque, const char *name, int thread_id),
+                                   void *opaque)
+{
+    return lm_thread_list_foreach(&e->threads, fn, opaque);
 }
 
 int lm_engine_cancel(lm_engine *e, lm_error *err)

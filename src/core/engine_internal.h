@@ -14,6 +14,7 @@
 #include "channel/channel.h"
 #include "channel/ratelimit.h"
 #include "channel/transport.h"
+#include "common/threadlist.h"
 #include "core/breakdown.h"
 #include "livemig/engine.h"
 #include "livemig/tls.h"
@@ -112,6 +113,9 @@ typedef struct lm_stats {
 struct lm_engine {
     pthread_mutex_t lock;
     pthread_cond_t cond;
+    /* The migration threads running now (query-migrationthreads); its own
+     * lock, taken under nothing else. */
+    lm_thread_list threads;
     lm_callbacks cb;
     void *opaque;
 

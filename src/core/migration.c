@@ -214,6 +214,7 @@ static int multifd_setup(src_ctx *c)
         .should_abort = connect_should_abort,
         .on_fail = multifd_failed,
         .opaque = e,
+        .threads = &e->threads,
     };
     pthread_mutex_lock(&e->lock);
     cfg.channels = (unsigned)e->params.multifd_channels;
@@ -1129,6 +1130,7 @@ void *lm_migration_thread(void *arg)
 {
     src_ctx c = { .e = arg };
     lm_engine *e = c.e;
+    lm_thread_list_add(&e->threads, "mig/src/main"); /* QEMU's name */
     memset(&c.err, 0, sizeof(c.err));
     int ret = setup(&c);
     pthread_mutex_lock(&e->lock);
@@ -1155,5 +1157,6 @@ void *lm_migration_thread(void *arg)
         ret = -ECANCELED;
     }
     finish(&c, ret);
+    lm_thread_list_remove(&e->threads);
     return NULL;
 }

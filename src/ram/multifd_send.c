@@ -310,6 +310,9 @@ static void *sender_thread(void *arg)
 {
     sender *s = arg;
     lm_multifd_src *mf = s->mf;
+    if (mf->cfg.threads) {
+        lm_thread_list_add(mf->cfg.threads, "mig/src/send_%u", s->index); /* QEMU's name */
+    }
     for (;;) {
         pthread_mutex_lock(&mf->lock);
         while (!s->busy && !mf->quit) {
@@ -318,6 +321,9 @@ static void *sender_thread(void *arg)
         bool quit = mf->quit;
         pthread_mutex_unlock(&mf->lock);
         if (quit) {
+            if (mf->cfg.threads) {
+                lm_thread_list_remove(mf->cfg.threads);
+            }
             return NULL;
         }
         int ret = send_job(s);
@@ -333,6 +339,9 @@ static void *sender_thread(void *arg)
         pthread_cond_broadcast(&mf->cond);
         pthread_mutex_unlock(&mf->lock);
         if (ret < 0) {
+            if (mf->cfg.threads) {
+                lm_thread_list_remove(mf->cfg.threads);
+            }
             return NULL;
         }
     }
