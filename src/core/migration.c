@@ -22,6 +22,7 @@
 #include "postcopy/source.h"
 #include "ram/mapped_ram.h"
 #include "ram/multifd.h"
+#include "ram/stream_config.h"
 #include "stream/stream.h"
 
 /* RAM is sent in slices of this size, so cancel and the devices' share are
