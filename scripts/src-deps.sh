@@ -13,7 +13,9 @@ src=${1:-$(dirname "$0")/../src}
 edges=$(cd "$src" &&
     grep -rHoE '^[[:space:]]*#[[:space:]]*include[[:space:]]+"[a-z_]+/' --include='*.c' --include='*.h' . |
     sed -E 's|^\./([^/]+)/.*include[[:space:]]+"([a-z_]+)/$|\1 \2|' |
-    awk '$1 != $2 && system("test -d " $2) == 0' | sort -u)
+    awk -v dirs="$(ls -d */ | tr -d / | tr '\n' ' ')" '
+        BEGIN { n = split(dirs, d, " "); for (i = 1; i <= n; i++) folder[d[i]] = 1 }
+        $1 != $2 && ($2 in folder)' | sort -u)
 case $mode in
 text) echo "$edges" | awk 'NF { print $1 " -> " $2 }' ;;
 dot)
