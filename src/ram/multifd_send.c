@@ -13,6 +13,7 @@
 
 #include "channel/tls.h"
 #include "channel/channel.h"
+#include "common/failure.h"
 #include "common/util.h"
 #include "livemig/buffer.h"
 #include "ram/multifd.h"
@@ -83,16 +84,7 @@ struct lm_multifd_src {
  * the caller is the one stopping everything, e.g. cancel under its lock). */
 static void fail(lm_multifd_src *mf, int code, const lm_error *err, bool notify)
 {
-    pthread_mutex_lock(&mf->lock);
-    bool first = !mf->err_code;
-    if (first) {
-        mf->err_code = code ? code : -EIO;
-        if (err) {
-            lm_error_propagate(&mf->err, err);
-        }
-    }
-    pthread_cond_broadcast(&mf->cond);
-    pthread_mutex_unlock(&mf->lock);
+    bool first = lm_failure_record(&mf->lock, &mf->cond, &mf->err_code, &mf->err, code, err);
     if (first && notify && mf->cfg.on_fail) {
         mf->cfg.on_fail(mf->cfg.opaque);
     }
