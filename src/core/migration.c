@@ -244,7 +244,7 @@ static int multifd_setup(src_ctx *c)
     }
     uint8_t body[LM_MULTIFD_SETUP_LEN];
     lm_multifd_setup_encode(&su, body);
-    lm_pc_write_command(c->ch, LM_CMD_MULTIFD_SETUP, body, sizeof(body));
+    lm_stream_write_command(c->ch, LM_CMD_MULTIFD_SETUP, body, sizeof(body));
     int ret = lm_channel_flush(c->ch);
     if (ret < 0) {
         return lm_channel_error(c->ch, &c->err);
@@ -427,7 +427,7 @@ static int drain_destination(src_ctx *c, uint64_t limit_ns, uint64_t pending, ui
     uint8_t body[4];
     lm_store_be32(body, ++c->ping_seq);
     uint64_t t = lm_now_ns();
-    int ret = lm_pc_write_command(c->ch, LM_CMD_DRAIN, body, sizeof(body));
+    int ret = lm_stream_write_command(c->ch, LM_CMD_DRAIN, body, sizeof(body));
     if (ret == 0) {
         ret = lm_channel_flush(c->ch);
     }
@@ -774,7 +774,7 @@ static int switchover(src_ctx *c, bool postcopy)
     }
     if (c->return_path && !postcopy) {
         /* The destination's clock for its share of the blackout starts here. */
-        ret = lm_pc_write_command(c->ch, LM_CMD_SWITCHOVER, NULL, 0);
+        ret = lm_stream_write_command(c->ch, LM_CMD_SWITCHOVER, NULL, 0);
         if (ret == 0) {
             ret = lm_channel_flush(c->ch);
         }

@@ -34,7 +34,7 @@ static inline uint64_t lm_pc_hp_bytes(const lm_ram_block *b)
     return lm_pc_hp_pages(b) << b->page_shift;
 }
 
-/* u8 REC_COMMAND, be16 cmd, be16 len, body (buffered, not flushed). */
+/* lm_stream_write_command (stream/stream.h), for postcopy's commands. */
 int lm_pc_write_command(lm_channel *ch, uint16_t cmd, const void *body, uint16_t len);
 
 /* Postcopy's bitmaps are shared between threads: the atomic family of

@@ -41,6 +41,14 @@ int lm_stream_read_header_version(lm_channel *ch, uint32_t *out, lm_error *err)
     return 0;
 }
 
+int lm_stream_write_command(lm_channel *ch, uint16_t cmd, const void *body, uint16_t len)
+{
+    lm_channel_put_u8(ch, LM_REC_COMMAND);
+    lm_channel_put_be16(ch, cmd);
+    lm_channel_put_be16(ch, len);
+    return len ? lm_channel_put(ch, body, len) : lm_channel_error(ch, NULL);
+}
+
 int lm_stream_write_section_full(lm_channel *ch, uint8_t type, uint32_t id, const char *idstr,
                                  uint32_t instance, uint32_t version)
 {

@@ -20,6 +20,10 @@
 #define LM_CONFIG_CHECKSUM (1u << 2)    /* page data carries xxh3 checksums (§4d) */
 #define LM_CONFIG_VALIDATE_UUID (1u << 3) /* the source asks that its UUID be checked */
 
+/* A COMMAND record: u8 REC_COMMAND, be16 cmd, be16 len, body (buffered,
+ * not flushed). */
+int lm_stream_write_command(lm_channel *ch, uint16_t cmd, const void *body, uint16_t len);
+
 int lm_stream_write_header(lm_channel *ch);
 /* version: LM_STREAM_VERSION, or LM_STREAM_VERSION_CHECKSUM when the
  * configuration will have LM_CONFIG_CHECKSUM. */
