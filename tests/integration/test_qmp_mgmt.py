@@ -237,25 +237,26 @@ class Management(MigrationTest):
         for vm in (src, dst):
             vm.set_caps(multifd=True)
             vm.set_params(**{"multifd-channels": 2})
-        # Slow enough that the threads are there when asked.
-        src.set_params(**{"max-bandwidth": 4 << 20})
+        # Held before the switchover, every thread still there when asked.
+        src.set_caps(**{"pause-before-switchover": True})
         src.cmd("stop")
         sock = "unix:" + self.path("thr.sock")
         dst.cmd("migrate-incoming", uri=sock)
         src.cmd("migrate", uri=sock)
-        names = []
-        while src.migration().get("status") in (None, "setup", "active"):
-            threads = src.cmd("query-migrationthreads")
-            names = sorted(t["name"] for t in threads)
-            if len(names) == 3:
-                break
-            time.sleep(0.05)
-        self.assertEqual(names, ["mig/src/main", "mig/src/send_0", "mig/src/send_1"])
+        src.wait_migration(statuses=("pre-switchover",))
+        threads = src.cmd("query-migrationthreads")
+        self.assertEqual(sorted(t["name"] for t in threads),
+                         ["mig/src/main", "mig/src/send_0", "mig/src/send_1"])
         for t in threads:
             # A thread of the machine's process.
             self.assertTrue(os.path.exists("/proc/%d/task/%d" % (src.proc.pid, t["thread-id"])))
-        src.set_params(**{"max-bandwidth": 0})
+        src.cmd("migrate-continue", state="pre-switchover")
         self.finish(src, dst)
+        # The migration thread lists itself off as it returns, just after
+        # the final status (as QEMU's).
+        deadline = time.time() + 30
+        while src.cmd("query-migrationthreads") and time.time() < deadline:
+            time.sleep(0.05)
         self.assertEqual(src.cmd("query-migrationthreads"), [])
 
     def test_channels(self):
