@@ -811,7 +811,7 @@ static void run_destination(const case_cfg *c, const char *uri, int ready_fd, in
     if (write(ready_fd, &ok, 1) != 1) {
         _exit(3);
     }
-    lm_info info;
+    lm_info info = LM_INFO_INIT;
     uint64_t deadline = now_ns() + CASE_TIMEOUT_MS * 1000000ull;
     for (;;) {
         lm_engine_query(d.engine, &info);
@@ -949,7 +949,7 @@ static void run_case(const case_cfg *c, const char *uri, rep_result *r, uint64_t
         snprintf(r->why, sizeof(r->why), "source: %s", err.msg);
         goto out;
     }
-    lm_info info;
+    lm_info info = LM_INFO_INIT;
     uint64_t deadline = now_ns() + CASE_TIMEOUT_MS * 1000000ull;
     for (;;) {
         lm_engine_query(e, &info);

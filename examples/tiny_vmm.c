@@ -179,12 +179,13 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    lm_callbacks cb = { .vm_stop = vm_stop, .vm_start = vm_start,
+    /* struct_size: the layout this program was built with (engine.h). */
+    lm_callbacks cb = { .struct_size = sizeof(cb), .vm_stop = vm_stop, .vm_start = vm_start,
                         .vm_is_running = vm_is_running, .incoming_done = incoming_done };
     lm_error err = LM_ERROR_INIT;
     lm_engine *e = lm_engine_new(&cb, &m, &err);
-    lm_ram_desc ram = { .name = "ram0", .host = m.ram, .size = (uint64_t)NPAGES * PAGE,
-                        .page_size = PAGE };
+    lm_ram_desc ram = { .struct_size = sizeof(ram), .name = "ram0", .host = m.ram,
+                        .size = (uint64_t)NPAGES * PAGE, .page_size = PAGE };
     lm_ram_block *blk;
     if (!e || lm_engine_add_ram(e, &ram, &blk, &err) < 0 ||
         lm_ram_set_dirty_log(blk, &log_ops, &m, &err) < 0 ||
@@ -203,6 +204,7 @@ int main(int argc, char **argv)
             return fail("migrate", &err);
         }
         lm_info *info = calloc(1, sizeof(*info));
+        info->struct_size = sizeof(*info);
         do {
             wait_ms(20);
             lm_engine_query(e, info);

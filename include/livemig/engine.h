@@ -17,6 +17,7 @@
 
 #include "livemig/api.h"
 
+#include <stddef.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -64,7 +65,19 @@ typedef struct lm_event {
     uint64_t pass;
 } lm_event;
 
+/* Growable structs (lm_callbacks, lm_info, lm_dirtyrate_info, and
+ * lm_ram_desc in ram.h): the caller sets the first member, struct_size, to
+ * sizeof() the struct as its headers declare it (the LM_*_INIT macros do).
+ * The library reads (callbacks, descriptions) or writes (query results)
+ * only that many bytes, so a program built against an older, smaller
+ * layout keeps working with a newer library: the members it does not know
+ * count as zero / NULL.  A query sets struct_size to the bytes it wrote,
+ * so a newer program sees what an older library did not fill.  0 stands
+ * for the first layout (livemig 0.1).  Members are only ever added at the
+ * end.  (lm_vmstate, lm_field and lm_iter_ops are fixed: a new need gets
+ * a new struct.) */
 typedef struct lm_callbacks {
+    size_t struct_size; /* sizeof(lm_callbacks), or 0 (see above) */
     /* Stop every vCPU and return once none runs (guest memory frozen). */
     void (*vm_stop)(void *opaque);
     /* Start (or resume) the vCPUs. */
@@ -83,6 +96,8 @@ typedef struct lm_callbacks {
      * waits for the embedder to start it.  May be NULL. */
     void (*incoming_done)(void *opaque, bool success);
 } lm_callbacks;
+
+#define LM_CALLBACKS_INIT { .struct_size = sizeof(lm_callbacks) }
 
 LM_API lm_engine *lm_engine_new(const lm_callbacks *cb, void *opaque, lm_error *err);
 LM_API void lm_engine_free(lm_engine *e);
@@ -136,6 +151,15 @@ LM_API int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_erro
 LM_API int lm_engine_incoming(lm_engine *e, const char *uri, lm_error *err);
 /* Cancel the running migration (source or destination). */
 LM_API int lm_engine_cancel(lm_engine *e, lm_error *err);
+/* The migration threads running now (QEMU's query-migrationthreads): the
+ * source's migration thread "mig/src/main" and its multifd senders
+ * "mig/src/send_N", each with its kernel thread id.  fn is called once per
+ * thread under an internal lock, so it must not call into the engine.
+ * Returns how many there were.  Any thread. */
+LM_API size_t lm_engine_migration_threads(lm_engine *e,
+                                          void (*fn)(void *opaque, const char *name,
+                                                     int thread_id),
+                                          void *opaque);
 /* Leave a pause state (pre-switchover) named by `state`. */
 LM_API int lm_engine_continue(lm_engine *e, const char *state, lm_error *err);
 
@@ -182,6 +206,7 @@ typedef struct lm_downtime_breakdown {
 
 /* A snapshot of the migration's state and statistics (query-migrate). */
 typedef struct lm_info {
+    size_t struct_size;         /* in: sizeof(lm_info); out: bytes filled */
     lm_status status;
     bool incoming;              /* this side is the destination */
     bool has_stats;             /* a migration ran since start-up */
@@ -232,6 +257,9 @@ typedef struct lm_info {
     uint64_t destination_drains;   /* times the source waited for it to catch up */
 } lm_info;
 
+#define LM_INFO_INIT { .struct_size = sizeof(lm_info) }
+
+/* Fills the first out->struct_size bytes of *out (see lm_callbacks). */
 LM_API void lm_engine_query(lm_engine *e, lm_info *out);
 
 /* Dirty-rate measurement (QEMU's calc-dirty-rate / query-dirty-rate): how
@@ -260,6 +288,7 @@ typedef struct lm_dirtyrate_block {
 } lm_dirtyrate_block;
 
 typedef struct lm_dirtyrate_info {
+    size_t struct_size;      /* in: sizeof(lm_dirtyrate_info); out: bytes filled */
     lm_dirtyrate_status status;
     int64_t start_time;      /* seconds since the Epoch */
     uint64_t calc_time_ms;   /* asked for while measuring, measured once done */
@@ -278,6 +307,9 @@ typedef struct lm_dirtyrate_info {
     lm_dirtyrate_block blocks[LM_DIRTYRATE_MAX_BLOCKS];
 } lm_dirtyrate_info;
 
+#define LM_DIRTYRATE_INFO_INIT { .struct_size = sizeof(lm_dirtyrate_info) }
+
+/* Fills the first out->struct_size bytes of *out (see lm_callbacks). */
 LM_API void lm_engine_query_dirty_rate(lm_engine *e, lm_dirtyrate_info *out);
 
 #ifdef __cplusplus

@@ -7,6 +7,7 @@
 #include "livemig/api.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -30,7 +31,9 @@ enum lm_ram_flags {
     LM_RAM_FD = 1u << 3,
 };
 
+/* Growable: struct_size as lm_callbacks' (engine.h). */
 typedef struct lm_ram_desc {
+    size_t struct_size; /* sizeof(lm_ram_desc), or 0 for the first layout */
     const char *name;   /* unique, at most LM_RAM_NAME_MAX-1 bytes */
     void *host;         /* page-aligned host address */
     uint64_t size;      /* multiple of page_size */
@@ -39,6 +42,8 @@ typedef struct lm_ram_desc {
     int fd;             /* with LM_RAM_FD: the backing file (not owned) */
     uint64_t fd_offset; /* with LM_RAM_FD: the file offset of host[0] */
 } lm_ram_desc;
+
+#define LM_RAM_DESC_INIT { .struct_size = sizeof(lm_ram_desc) }
 
 typedef struct lm_ram_block lm_ram_block;
 

@@ -16,6 +16,7 @@
 #include "channel/channel.h"
 #include "channel/tls.h"
 #include "channel/zerocopy.h"
+#include "common/failure.h"
 #include "common/util.h"
 #include "livemig/buffer.h"
 
@@ -155,16 +156,14 @@ int lm_channel_close(lm_channel *ch, lm_error *err)
 
 int lm_channel_set_error(lm_channel *ch, int code, const char *fmt, ...)
 {
+    lm_error e = LM_ERROR_INIT;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e.msg, sizeof(e.msg), fmt, ap);
+    va_end(ap);
+    e.code = code;
     pthread_mutex_lock(&ch->err_lock);
-    if (!ch->err_code) {
-        va_list ap;
-        char msg[LM_ERROR_MSG_MAX];
-        va_start(ap, fmt);
-        vsnprintf(msg, sizeof(msg), fmt, ap);
-        va_end(ap);
-        lm_error_set(&ch->err, code, "%s", msg);
-        __atomic_store_n(&ch->err_code, code, __ATOMIC_RELEASE);
-    }
+    lm_failure_set_locked(&ch->err_code, &ch->err, code, &e);
     code = ch->err_code;
     pthread_mutex_unlock(&ch->err_lock);
     return code;

@@ -90,21 +90,35 @@ int lm_uri_parse(const char *uri, lm_uri *u, lm_error *err)
     }
     if (!strncmp(uri, "file:", 5)) {
         u->kind = LM_TRANSPORT_FILE;
-        const char *comma = strstr(uri + 5, ",offset=");
-        size_t len = comma ? (size_t)(comma - uri - 5) : strlen(uri + 5);
+        /* Options follow the path: ",offset=N" and ",fd=M" (a descriptor
+         * already open on the file, e.g. dup'ed from a QMP fd set). */
+        const char *opt_off = strstr(uri + 5, ",offset=");
+        const char *opt_fd = strstr(uri + 5, ",fd=");
+        const char *end_path = opt_off && (!opt_fd || opt_off < opt_fd) ? opt_off : opt_fd;
+        size_t len = end_path ? (size_t)(end_path - uri - 5) : strlen(uri + 5);
         if (!len || len >= sizeof(u->path)) {
             return lm_error_set(err, -EINVAL, "invalid file path in '%s'", uri);
         }
         memcpy(u->path, uri + 5, len);
-        if (comma) {
+        if (opt_off) {
             char *end;
-            const char *num = comma + 8;
+            const char *num = opt_off + 8;
             errno = 0;
             unsigned long long off = strtoull(num, &end, 0);
-            if (!*num || *end || errno || *num == '-') {
+            if (!*num || (*end && *end != ',') || errno || *num == '-') {
                 return lm_error_set(err, -EINVAL, "invalid offset in '%s'", uri);
             }
             u->offset = off;
+        }
+        if (opt_fd) {
+            char *end;
+            const char *num = opt_fd + 4;
+            long fd = strtol(num, &end, 10);
+            if (!*num || (*end && *end != ',') || fd < 0 || fd > 1 << 20 ||
+                fcntl((int)fd, F_GETFD) < 0) {
+                return lm_error_set(err, -EBADF, "'%s': not an open file descriptor", uri);
+            }
+            u->fd = (int)fd;
         }
         return 0;
     }
@@ -161,9 +175,37 @@ static int spawn_command(const char *cmd, int *fd, int *pid, lm_error *err)
  * planted where the image goes cannot redirect guest memory elsewhere. */
 #define SAVE_OPEN_FLAGS (O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC)
 
+/* A descriptor handed over in the URI (",fd=M") must allow what the
+ * migration does with it: QEMU's fd sets match on the access mode. */
+static int check_fd_access(const lm_uri *u, bool writing, lm_error *err)
+{
+    int fl = fcntl(u->fd, F_GETFL);
+    if (fl < 0) {
+        return lm_error_set_errno(err, -errno, "'%s': descriptor %d", u->path, u->fd);
+    }
+    int mode = fl & O_ACCMODE;
+    if (writing ? mode == O_RDONLY : mode == O_WRONLY) {
+        return lm_error_set(err, -EACCES, "'%s': descriptor %d is not open for %s", u->path,
+                            u->fd, writing ? "writing" : "reading");
+    }
+    return 0;
+}
+
+/* Opens the file, or with ",fd=M" uses M: a save takes M over once it
+ * succeeded (on failure M stays with whoever put it in the URI), a restore
+ * works on a duplicate, so the caller closes its M once listen returned. */
 static int open_file(const lm_uri *u, bool writing, int *fd, lm_error *err)
 {
-    int f = writing ? open(u->path, SAVE_OPEN_FLAGS, 0600) : open(u->path, O_RDONLY | O_CLOEXEC);
+    int f;
+    if (u->fd >= 0) {
+        int ret = check_fd_access(u, writing, err);
+        if (ret < 0) {
+            return ret;
+        }
+        f = writing ? u->fd : fcntl(u->fd, F_DUPFD_CLOEXEC, 3);
+    } else {
+        f = writing ? open(u->path, SAVE_OPEN_FLAGS, 0600) : open(u->path, O_RDONLY | O_CLOEXEC);
+    }
     if (f < 0 && writing && errno == ELOOP) {
         return lm_error_set(err, -ELOOP, "cannot open '%s' for writing: it is a symbolic link",
                             u->path);
@@ -171,16 +213,18 @@ static int open_file(const lm_uri *u, bool writing, int *fd, lm_error *err)
     if (f < 0) {
         return lm_error_set_errno(err, -errno, "cannot open '%s'", u->path);
     }
+    int ret = 0;
     if (writing && ftruncate(f, (off_t)u->offset) < 0) {
-        int code = -errno;
-        close(f);
-        return lm_error_set_errno(err, code, "cannot truncate '%s'", u->path);
+        ret = lm_error_set_errno(err, -errno, "cannot truncate '%s'", u->path);
+    } else if (lseek(f, (off_t)u->offset, SEEK_SET) < 0) {
+        ret = lm_error_set_errno(err, -errno, "cannot seek '%s' to %llu", u->path,
+                                 (unsigned long long)u->offset);
     }
-    if (lseek(f, (off_t)u->offset, SEEK_SET) < 0) {
-        int code = -errno;
-        close(f);
-        return lm_error_set_errno(err, code, "cannot seek '%s' to %llu", u->path,
-                                  (unsigned long long)u->offset);
+    if (ret < 0) {
+        if (f != u->fd) {
+            close(f);
+        }
+        return ret;
     }
     *fd = f;
     return 0;
@@ -190,6 +234,9 @@ int lm_transport_check_file(const lm_uri *u, lm_error *err)
 {
     if (u->kind != LM_TRANSPORT_FILE) {
         return 0;
+    }
+    if (u->fd >= 0) {
+        return check_fd_access(u, true, err);
     }
     /* Opened as the save will open it, but not truncated: nothing changes
      * yet.  Non-blocking, so a FIFO without a reader does not hold the

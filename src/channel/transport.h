@@ -7,6 +7,10 @@
  *   fd:N                    an already open descriptor N (a socket, pipe or file)
  *   exec:COMMAND            /bin/sh -c COMMAND; its stdin and stdout are the stream
  *   file:PATH[,offset=N]    save to / restore from a file, at byte offset N
+ *   file:PATH,fd=M          the same through descriptor M, already open on
+ *                           PATH (QMP resolves file:/dev/fdset/ID into it):
+ *                           a successful connect takes M over, listen
+ *                           works on a duplicate (the caller closes M)
  *
  * Socket transports can open several connections (multifd, postcopy
  * preempt); the others carry exactly one stream.
@@ -32,7 +36,7 @@ typedef struct lm_uri {
     char path[512];  /* unix path, file path, exec command */
     char host[256];  /* tcp */
     char port[16];   /* tcp */
-    int fd;          /* fd: */
+    int fd;          /* fd:, or file: with fd=M (-1: none) */
     uint64_t offset; /* file: */
     /* Set by the engine, not parsed: every connection made to or accepted
      * on this URI runs TLS with it (channel/tls.h). */

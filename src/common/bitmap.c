@@ -37,14 +37,36 @@ void lm_bitmap_clear_range(uint64_t *map, uint64_t start, uint64_t n)
     FOR_EACH_WORD_MASK(start, n, map[word] &= ~mask);
 }
 
-void lm_bitmap_set_range_atomic(uint64_t *map, uint64_t start, uint64_t n)
+/* Orders: see bitmap.h. */
+uint64_t lm_bitmap_set_range_atomic(uint64_t *map, uint64_t start, uint64_t n)
 {
-    FOR_EACH_WORD_MASK(start, n, __atomic_fetch_or(&map[word], mask, __ATOMIC_RELEASE));
+    uint64_t changed = 0;
+    FOR_EACH_WORD_MASK(start, n, {
+        uint64_t old = __atomic_fetch_or(&map[word], mask, __ATOMIC_ACQ_REL);
+        changed += (uint64_t)__builtin_popcountll(~old & mask);
+    });
+    return changed;
 }
 
-void lm_bitmap_clear_range_atomic(uint64_t *map, uint64_t start, uint64_t n)
+uint64_t lm_bitmap_clear_range_atomic(uint64_t *map, uint64_t start, uint64_t n)
 {
-    FOR_EACH_WORD_MASK(start, n, __atomic_fetch_and(&map[word], ~mask, __ATOMIC_RELEASE));
+    uint64_t changed = 0;
+    FOR_EACH_WORD_MASK(start, n, {
+        uint64_t old = __atomic_fetch_and(&map[word], ~mask, __ATOMIC_ACQ_REL);
+        changed += (uint64_t)__builtin_popcountll(old & mask);
+    });
+    return changed;
+}
+
+bool lm_bitmap_all_set_atomic(const uint64_t *map, uint64_t start, uint64_t n)
+{
+    bool all = true;
+    FOR_EACH_WORD_MASK(start, n, {
+        if (all && (__atomic_load_n(&map[word], __ATOMIC_ACQUIRE) & mask) != mask) {
+            all = false;
+        }
+    });
+    return all;
 }
 
 /* First bit at or after `from` whose value XOR flip is 1 (flip: 0 finds

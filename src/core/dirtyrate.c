@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/abi.h"
 #include "common/bitmap.h"
 #include "common/clock.h"
 #include "core/dirtyrate.h"
@@ -279,16 +280,26 @@ int lm_engine_calc_dirty_rate(lm_engine *e, uint64_t calc_time_ms, const char *m
 
 void lm_engine_query_dirty_rate(lm_engine *e, lm_dirtyrate_info *out)
 {
+    size_t n = lm_abi_size(out->struct_size, LM_ABI_END(lm_dirtyrate_info, blocks),
+                           sizeof(lm_dirtyrate_info));
+    lm_dirtyrate_info *all = calloc(1, sizeof(*all));
+    if (!all) {
+        memset(out, 0, n);
+        out->struct_size = 0;
+        return;
+    }
     pthread_mutex_lock(&e->lock);
     if (e->dirtyrate) {
-        *out = e->dirtyrate->info;
+        *all = e->dirtyrate->info;
     } else {
-        memset(out, 0, sizeof(*out));
-        out->status = LM_DIRTYRATE_UNSTARTED;
-        snprintf(out->mode, sizeof(out->mode), "dirty-bitmap");
-        out->sample_pages = SAMPLE_PAGES_DEFAULT;
+        all->status = LM_DIRTYRATE_UNSTARTED;
+        snprintf(all->mode, sizeof(all->mode), "dirty-bitmap");
+        all->sample_pages = SAMPLE_PAGES_DEFAULT;
     }
     pthread_mutex_unlock(&e->lock);
+    memcpy(out, all, n);
+    out->struct_size = n;
+    free(all);
 }
 
 void lm_dirtyrate_free(lm_engine *e)

@@ -11,6 +11,7 @@
 
 #include "channel/tls.h"
 #include "channel/zerocopy.h"
+#include "common/abi.h"
 #include "common/clock.h"
 #include "common/util.h"
 #include "core/dirtyrate.h"
@@ -27,8 +28,14 @@ lm_engine *lm_engine_new(const lm_callbacks *cb, void *opaque, lm_error *err)
     }
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->cond, NULL);
+    lm_thread_list_init(&e->threads);
     if (cb) {
-        e->cb = *cb;
+        /* A caller built against an older layout: what it does not know
+         * stays NULL. */
+        size_t n = lm_abi_size(cb->struct_size, LM_ABI_END(lm_callbacks, incoming_done),
+                               sizeof(lm_callbacks));
+        memcpy(&e->cb, cb, n);
+        e->cb.struct_size = n;
     }
     e->opaque = opaque;
     e->autostart = true;
@@ -70,6 +77,7 @@ void lm_engine_free(lm_engine *e)
     lm_tls_config_free(e->tls);
     lm_ratelimit_destroy(&e->rl);
     lm_ratelimit_destroy(&e->pc_rl);
+    lm_thread_list_destroy(&e->threads);
     pthread_cond_destroy(&e->cond);
     pthread_mutex_destroy(&e->lock);
     free(e);
@@ -83,9 +91,12 @@ static int check_registration_open(lm_engine *e, lm_error *err)
     return 0;
 }
 
-int lm_engine_add_ram(lm_engine *e, const lm_ram_desc *desc, lm_ram_block **block_out,
+int lm_engine_add_ram(lm_engine *e, const lm_ram_desc *given, lm_ram_block **block_out,
                       lm_error *err)
 {
+    lm_ram_desc full = { 0 }, *desc = &full;
+    memcpy(&full, given, lm_abi_size(given->struct_size, LM_ABI_END(lm_ram_desc, fd_offset),
+                                     sizeof(full)));
     pthread_mutex_lock(&e->lock);
     int ret = check_registration_open(e, err);
     if (!ret && e->nblocks >= LM_MAX_RAM_BLOCKS) {
@@ -531,6 +542,13 @@ int lm_engine_incoming(lm_engine *e, const char *uri, lm_error *err)
     return spawn(e, lm_incoming_thread, err);
 }
 
+size_t lm_engine_migration_threads(lm_engine *e,
+                                   void (*fn)(void *opaque, const char *name, int thread_id),
+                                   void *opaque)
+{
+    return lm_thread_list_foreach(&e->threads, fn, opaque);
+}
+
 int lm_engine_cancel(lm_engine *e, lm_error *err)
 {
     pthread_mutex_lock(&e->lock);
@@ -737,7 +755,7 @@ static void breakdown_export(const lm_stats *st, lm_downtime_breakdown *out)
     export_parts(&st->bd_dst, out->dest, &out->ndest);
 }
 
-void lm_engine_query(lm_engine *e, lm_info *out)
+static void query_all(lm_engine *e, lm_info *out)
 {
     memset(out, 0, sizeof(*out));
     pthread_mutex_lock(&e->lock);
@@ -838,4 +856,20 @@ void lm_engine_query(lm_engine *e, lm_info *out)
     }
     out->mbps = (double)out->ram_transferred * 8.0 / 1e6 / ((double)elapsed_ms / 1000.0);
     pthread_mutex_unlock(&e->lock);
+}
+
+void lm_engine_query(lm_engine *e, lm_info *out)
+{
+    /* Filled whole, then copied as far as the caller's layout goes. */
+    size_t n = lm_abi_size(out->struct_size, LM_ABI_END(lm_info, destination_drains), sizeof(lm_info));
+    lm_info *all = malloc(sizeof(*all));
+    if (!all) {
+        memset(out, 0, n);
+        out->struct_size = 0;
+        return;
+    }
+    query_all(e, all);
+    memcpy(out, all, n);
+    out->struct_size = n;
+    free(all);
 }

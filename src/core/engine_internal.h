@@ -14,6 +14,7 @@
 #include "channel/channel.h"
 #include "channel/ratelimit.h"
 #include "channel/transport.h"
+#include "common/threadlist.h"
 #include "core/breakdown.h"
 #include "livemig/engine.h"
 #include "livemig/tls.h"
@@ -109,9 +110,33 @@ typedef struct lm_stats {
     lm_bd bd_dst;            /* the destination's own parts */
 } lm_stats;
 
+/*
+ * Locks of an engine, outermost first.  A thread holding one may take any
+ * below it, never one above:
+ *
+ *   1. e->lock: every member below not marked otherwise (atomics and the
+ *      thread list say so beside them).  Registration (blocks, devs, uuid)
+ *      is written under it only before the first migration and read
+ *      without it by the migration threads afterwards.
+ *   2. Locks of what the engine stops, wakes or reads while holding
+ *      e->lock (cancel, migrate-pause, yank, wake_main, query): a channel's
+ *      error lock (lm_channel_shutdown), a listener's abort, a rate limit,
+ *      multifd's lock (lm_multifd_src_shutdown, lm_multifd_dst_cancel),
+ *      the postcopy destination's blocktime lock (lm_pc_dst_blocktime).
+ *   3. Leaves, taken under anything, taking nothing: threads' lock, the
+ *      log handler's.
+ *
+ * Calls back into the engine from level 2 (multifd's on_fail, postcopy's
+ * lm_engine_wake_main) are made after their own lock is released: that is
+ * what lets them take e->lock.  The embedder's callbacks (lm_callbacks)
+ * are called with no engine lock held.
+ */
 struct lm_engine {
     pthread_mutex_t lock;
     pthread_cond_t cond;
+    /* The migration threads running now (query-migrationthreads); its own
+     * lock, taken under nothing else. */
+    lm_thread_list threads;
     lm_callbacks cb;
     void *opaque;
 

@@ -24,6 +24,7 @@
 #include "ram/mapped_ram.h"
 #include "ram/multifd.h"
 #include "ram/ram_load.h"
+#include "ram/stream_config.h"
 #include "stream/stream.h"
 
 enum section_kind { SECTION_RAM, SECTION_DEVICE, SECTION_GLOBALSTATE };

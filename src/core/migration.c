@@ -22,6 +22,7 @@
 #include "postcopy/source.h"
 #include "ram/mapped_ram.h"
 #include "ram/multifd.h"
+#include "ram/stream_config.h"
 #include "stream/stream.h"
 
 /* RAM is sent in slices of this size, so cancel and the devices' share are
@@ -214,6 +215,7 @@ static int multifd_setup(src_ctx *c)
         .should_abort = connect_should_abort,
         .on_fail = multifd_failed,
         .opaque = e,
+        .threads = &e->threads,
     };
     pthread_mutex_lock(&e->lock);
     cfg.channels = (unsigned)e->params.multifd_channels;
@@ -242,7 +244,7 @@ static int multifd_setup(src_ctx *c)
     }
     uint8_t body[LM_MULTIFD_SETUP_LEN];
     lm_multifd_setup_encode(&su, body);
-    lm_pc_write_command(c->ch, LM_CMD_MULTIFD_SETUP, body, sizeof(body));
+    lm_stream_write_command(c->ch, LM_CMD_MULTIFD_SETUP, body, sizeof(body));
     int ret = lm_channel_flush(c->ch);
     if (ret < 0) {
         return lm_channel_error(c->ch, &c->err);
@@ -425,7 +427,7 @@ static int drain_destination(src_ctx *c, uint64_t limit_ns, uint64_t pending, ui
     uint8_t body[4];
     lm_store_be32(body, ++c->ping_seq);
     uint64_t t = lm_now_ns();
-    int ret = lm_pc_write_command(c->ch, LM_CMD_DRAIN, body, sizeof(body));
+    int ret = lm_stream_write_command(c->ch, LM_CMD_DRAIN, body, sizeof(body));
     if (ret == 0) {
         ret = lm_channel_flush(c->ch);
     }
@@ -772,7 +774,7 @@ static int switchover(src_ctx *c, bool postcopy)
     }
     if (c->return_path && !postcopy) {
         /* The destination's clock for its share of the blackout starts here. */
-        ret = lm_pc_write_command(c->ch, LM_CMD_SWITCHOVER, NULL, 0);
+        ret = lm_stream_write_command(c->ch, LM_CMD_SWITCHOVER, NULL, 0);
         if (ret == 0) {
             ret = lm_channel_flush(c->ch);
         }
@@ -1129,6 +1131,7 @@ void *lm_migration_thread(void *arg)
 {
     src_ctx c = { .e = arg };
     lm_engine *e = c.e;
+    lm_thread_list_add(&e->threads, "mig/src/main"); /* QEMU's name */
     memset(&c.err, 0, sizeof(c.err));
     int ret = setup(&c);
     pthread_mutex_lock(&e->lock);
@@ -1155,5 +1158,6 @@ void *lm_migration_thread(void *arg)
         ret = -ECANCELED;
     }
     finish(&c, ret);
+    lm_thread_list_remove(&e->threads);
     return NULL;
 }

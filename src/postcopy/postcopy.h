@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "channel/channel.h"
+#include "common/bitmap.h"
 #include "ram/ramblock.h"
 #include "stream/format.h"
 
@@ -33,19 +34,30 @@ static inline uint64_t lm_pc_hp_bytes(const lm_ram_block *b)
     return lm_pc_hp_pages(b) << b->page_shift;
 }
 
-/* u8 REC_COMMAND, be16 cmd, be16 len, body (buffered, not flushed). */
+/* lm_stream_write_command (stream/stream.h), for postcopy's commands. */
 int lm_pc_write_command(lm_channel *ch, uint16_t cmd, const void *body, uint16_t len);
 
-/* Atomic bitmap helpers: postcopy's bitmaps are shared between threads. */
+/* Postcopy's bitmaps are shared between threads: the atomic family of
+ * common/bitmap.h (the same one RAM loading uses on the same maps), under
+ * the names postcopy's code calls it by. */
 static inline bool lm_pc_test(const uint64_t *map, uint64_t bit)
 {
-    return (__atomic_load_n(&map[bit / 64], __ATOMIC_ACQUIRE) >> (bit % 64)) & 1;
+    return lm_bitmap_test_atomic(map, bit);
 }
 /* Clears [first, first+n) and returns how many of those bits were set. */
-uint64_t lm_pc_clear_range(uint64_t *map, uint64_t first, uint64_t n);
+static inline uint64_t lm_pc_clear_range(uint64_t *map, uint64_t first, uint64_t n)
+{
+    return lm_bitmap_clear_range_atomic(map, first, n);
+}
 /* Sets [first, first+n) and returns how many of those bits were clear. */
-uint64_t lm_pc_set_range(uint64_t *map, uint64_t first, uint64_t n);
+static inline uint64_t lm_pc_set_range(uint64_t *map, uint64_t first, uint64_t n)
+{
+    return lm_bitmap_set_range_atomic(map, first, n);
+}
 /* Every bit of [first, first+n) set? */
-bool lm_pc_all_set(const uint64_t *map, uint64_t first, uint64_t n);
+static inline bool lm_pc_all_set(const uint64_t *map, uint64_t first, uint64_t n)
+{
+    return lm_bitmap_all_set_atomic(map, first, n);
+}
 
 #endif

@@ -3,12 +3,14 @@
  * (qapi/migration.json).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "livemig/engine.h"
 #include "qmp/qmp.h"
@@ -165,6 +167,39 @@ int qmp_migration_uri(qmp_server *s, json_t *args, char *out, size_t outsz, lm_e
     return 0;
 }
 
+int qmp_migration_uri_fdset(qmp_server *s, char *uri, size_t urisz, bool writing, int *fd,
+                            lm_error *err)
+{
+    static const char prefix[] = "file:/dev/fdset/";
+    *fd = -1;
+    if (strncmp(uri, prefix, sizeof(prefix) - 1) != 0) {
+        return 0;
+    }
+    const char *num = uri + sizeof(prefix) - 1;
+    char *end;
+    errno = 0;
+    long long id = strtoll(num, &end, 10);
+    if (!isdigit((unsigned char)*num) || errno || (*end && *end != ',')) {
+        size_t len = strcspn(uri + 5, ",");
+        return lm_error_set(err, -EINVAL, "Could not parse fdset %.*s: Invalid argument",
+                            (int)len, uri + 5);
+    }
+    /* The flags QEMU opens a migration file with. */
+    int flags = writing ? O_CREAT | O_TRUNC | O_WRONLY : O_RDONLY;
+    int dup_fd = qmp_server_fdset_dup(s, id, flags, err);
+    if (dup_fd < 0) {
+        return dup_fd;
+    }
+    size_t len = strlen(uri);
+    if ((size_t)snprintf(uri + len, urisz - len, ",fd=%d", dup_fd) >= urisz - len) {
+        uri[len] = '\0';
+        close(dup_fd);
+        return lm_error_set(err, -ENAMETOOLONG, "'uri' is too long");
+    }
+    *fd = dup_fd;
+    return 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* migrate, migrate-incoming, migrate_cancel, migrate-continue */
 
@@ -188,8 +223,15 @@ static json_t *cmd_migrate(void *opaque, json_t *args, lm_error *err)
         lm_error_set(err, -EINVAL, "Block migration is not supported");
         return NULL;
     }
+    int fdset_fd = -1;
     if (qmp_migration_uri(mc->server, args, uri, sizeof(uri), err) < 0 ||
-        lm_engine_migrate(e, uri, resume, err) < 0) {
+        qmp_migration_uri_fdset(mc->server, uri, sizeof(uri), true, &fdset_fd, err) < 0) {
+        return NULL;
+    }
+    if (lm_engine_migrate(e, uri, resume, err) < 0) {
+        if (fdset_fd >= 0) {
+            close(fdset_fd);
+        }
         return NULL;
     }
     return json_object();
@@ -201,14 +243,17 @@ static json_t *cmd_migrate_incoming(void *opaque, json_t *args, lm_error *err)
     migration_cmds *mc = opaque;
     char uri[4096];
 
+    int fdset_fd = -1;
     if (qmp_args_check(args, known, err) < 0 ||
-        qmp_migration_uri(mc->server, args, uri, sizeof(uri), err) < 0) {
+        qmp_migration_uri(mc->server, args, uri, sizeof(uri), err) < 0 ||
+        qmp_migration_uri_fdset(mc->server, uri, sizeof(uri), false, &fdset_fd, err) < 0) {
         return NULL;
     }
-    if (lm_engine_incoming(mc->engine, uri, err) < 0) {
-        return NULL;
+    int ret = lm_engine_incoming(mc->engine, uri, err);
+    if (fdset_fd >= 0) {
+        close(fdset_fd); /* the restore works on a duplicate */
     }
-    return json_object();
+    return ret < 0 ? NULL : json_object();
 }
 
 static json_t *cmd_migrate_cancel(void *opaque, json_t *args, lm_error *err)
@@ -244,6 +289,22 @@ static json_t *cmd_migrate_continue(void *opaque, json_t *args, lm_error *err)
         return NULL;
     }
     return json_object();
+}
+
+static void add_thread_json(void *opaque, const char *name, int thread_id)
+{
+    json_array_append_new(opaque, json_pack("{s:s,s:i}", "name", name, "thread-id", thread_id));
+}
+
+static json_t *cmd_query_migrationthreads(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { NULL };
+    if (qmp_args_check(args, known, err) < 0) {
+        return NULL;
+    }
+    json_t *list = json_array();
+    lm_engine_migration_threads(opaque, add_thread_json, list);
+    return list;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -937,6 +998,7 @@ void qmp_register_migration_commands(qmp_server *s, struct lm_engine *e)
     qmp_server_register(s, "migrate", cmd_migrate, mc);
     qmp_server_register(s, "migrate-incoming", cmd_migrate_incoming, mc);
     qmp_server_register(s, "migrate_cancel", cmd_migrate_cancel, e);
+    qmp_server_register(s, "query-migrationthreads", cmd_query_migrationthreads, e);
     qmp_server_register(s, "migrate-continue", cmd_migrate_continue, e);
     qmp_server_register(s, "migrate-start-postcopy", cmd_migrate_start_postcopy, e);
     qmp_server_register(s, "migrate-pause", cmd_migrate_pause, e);

@@ -57,6 +57,12 @@ int qmp_take_received_fd(lm_error *err);
  * (the caller owns it); -ENOENT with a message when there is none.  The
  * server also offers closefd and query-version. */
 int qmp_server_take_fd(qmp_server *s, const char *name, lm_error *err);
+/* A duplicate of the first descriptor of fd set id (add-fd) whose access
+ * mode (O_ACCMODE) is that of flags, with flags' other status flags, as
+ * QEMU's qemu_open() of "/dev/fdset/ID"; the caller owns it.  -ENOENT: no
+ * such set, -EACCES: none with that access mode.  The server also offers
+ * add-fd, remove-fd and query-fdsets. */
+int qmp_server_fdset_dup(qmp_server *s, int64_t id, int flags, lm_error *err);
 /* Frees ptr (malloc'd) when the server is freed: for the state that a set
  * of commands shares and that lives as long as they are registered. */
 int qmp_server_adopt(qmp_server *s, void *ptr);
@@ -88,6 +94,14 @@ void qmp_register_migration_commands(qmp_server *s, struct lm_engine *e);
  * resolved into fd:N, the descriptor now owned by the migration.  The
  * caller checks which other arguments it accepts. */
 int qmp_migration_uri(qmp_server *s, json_t *args, char *out, size_t outsz, lm_error *err);
+/* A file: URI naming an fd set ("file:/dev/fdset/ID[,offset=N]") gets a
+ * duplicate of the set's descriptor for writing (the source) or reading
+ * (the destination) appended as ",fd=M", as QEMU opens the path at the
+ * command; *fd is M (-1 for any other URI).  M is the caller's: it closes
+ * it after migrate-incoming, and after migrate only when that failed (the
+ * migration took it over). */
+int qmp_migration_uri_fdset(qmp_server *s, char *uri, size_t urisz, bool writing, int *fd,
+                            lm_error *err);
 /* query-migrate's reply for a snapshot (a new reference). */
 struct lm_info;
 json_t *qmp_migration_info_json(const struct lm_info *info);

@@ -32,6 +32,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -139,6 +140,8 @@ struct qmp_server {
     /* Descriptors named by getfd, until a command takes one (fd:NAME) or
      * closefd closes it; guarded by lock. */
     struct named_fd *named_fds;
+    /* File descriptor sets (add-fd), ordered by id; guarded by lock. */
+    struct fdset *fdsets;
 
     /* Allocations freed with the server (qmp_server_adopt). */
     void **adopted;
@@ -155,6 +158,21 @@ typedef struct named_fd {
     char *name;
     int fd;
 } named_fd;
+
+/* A set of descriptors a client passed with add-fd, opened on one file
+ * with different access modes; "/dev/fdset/ID" in a file: URI names it
+ * (QEMU's monitor/fds.c). */
+typedef struct fdset_fd {
+    struct fdset_fd *next;
+    int fd;
+    char *opaque; /* the client's note, or NULL */
+} fdset_fd;
+
+typedef struct fdset {
+    struct fdset *next;
+    int64_t id;
+    fdset_fd *fds; /* in the order they were added */
+} fdset;
 
 /* The request the calling thread is executing (worker or server thread),
  * for qmp_take_received_fd(). */
@@ -504,6 +522,215 @@ static json_t *cmd_closefd(void *opaque, json_t *args, lm_error *err)
     }
     close(fd);
     return json_object();
+}
+
+/* ------------------------------------------------------------------------ */
+/* File descriptor sets: add-fd, remove-fd, query-fdsets */
+
+static void fdset_fd_free(fdset_fd *f)
+{
+    close(f->fd);
+    free(f->opaque);
+    free(f);
+}
+
+/* The set with this id, or where it would be inserted (the list is
+ * ordered by id). */
+static fdset **find_fdset_locked(qmp_server *s, int64_t id)
+{
+    fdset **pp = &s->fdsets;
+    while (*pp && (*pp)->id < id) {
+        pp = &(*pp)->next;
+    }
+    return pp;
+}
+
+/* fdset-id: optional, a non-negative integer. */
+static int arg_fdset_id(json_t *args, bool required, bool *has, int64_t *id, lm_error *err)
+{
+    json_t *v = json_object_get(args, "fdset-id");
+    *has = v != NULL;
+    if (!v) {
+        return required ? lm_error_set(err, -EINVAL, "Parameter 'fdset-id' is missing") : 0;
+    }
+    if (!json_is_integer(v)) {
+        return lm_error_set(err, -EINVAL, "Invalid parameter type for 'fdset-id', expected: integer");
+    }
+    *id = json_integer_value(v);
+    return 0;
+}
+
+static json_t *cmd_add_fd(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { "fdset-id", "opaque", NULL };
+    qmp_server *s = opaque;
+    const char *note = NULL;
+    bool has_id;
+    int64_t id = 0;
+    if (qmp_args_check(args, known, err) < 0 ||
+        arg_fdset_id(args, false, &has_id, &id, err) < 0 ||
+        qmp_arg_str(args, "opaque", false, &note, err) < 0) {
+        return NULL;
+    }
+    if (has_id && id < 0) {
+        lm_error_set(err, -EINVAL, "Parameter 'fdset-id' expects a non-negative value");
+        return NULL;
+    }
+    int fd = qmp_take_received_fd(err);
+    if (fd < 0) {
+        return NULL;
+    }
+    fdset_fd *f = calloc(1, sizeof(*f));
+    fdset *fresh = calloc(1, sizeof(*fresh));
+    if (!f || !fresh || (note && !(f->opaque = strdup(note)))) {
+        free(fresh);
+        free(f ? f->opaque : NULL);
+        free(f);
+        close(fd);
+        lm_error_set(err, -ENOMEM, "out of memory");
+        return NULL;
+    }
+    f->fd = fd;
+    pthread_mutex_lock(&s->lock);
+    if (!has_id) {
+        /* As QEMU: the lowest id no set uses. */
+        id = 0;
+        for (fdset *it = s->fdsets; it && it->id == id; it = it->next) {
+            id++;
+        }
+    }
+    fdset **pp = find_fdset_locked(s, id);
+    fdset *set = *pp;
+    if (!set || set->id != id) {
+        set = fresh;
+        fresh = NULL;
+        set->id = id;
+        set->next = *pp;
+        *pp = set;
+    }
+    fdset_fd **tail = &set->fds;
+    while (*tail) {
+        tail = &(*tail)->next;
+    }
+    *tail = f;
+    pthread_mutex_unlock(&s->lock);
+    free(fresh);
+    return json_pack("{s:I,s:i}", "fdset-id", (json_int_t)id, "fd", fd);
+}
+
+static json_t *cmd_remove_fd(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { "fdset-id", "fd", NULL };
+    qmp_server *s = opaque;
+    bool has_id;
+    int64_t id = 0;
+    json_t *jfd = json_object_get(args, "fd");
+    if (qmp_args_check(args, known, err) < 0 ||
+        arg_fdset_id(args, true, &has_id, &id, err) < 0) {
+        return NULL;
+    }
+    if (jfd && !json_is_integer(jfd)) {
+        lm_error_set(err, -EINVAL, "Invalid parameter type for 'fd', expected: integer");
+        return NULL;
+    }
+    fdset_fd *gone = NULL;
+    bool found = false;
+    pthread_mutex_lock(&s->lock);
+    fdset **pp = find_fdset_locked(s, id);
+    fdset *set = *pp && (*pp)->id == id ? *pp : NULL;
+    if (set && !jfd) {
+        gone = set->fds;
+        set->fds = NULL;
+        found = true;
+    } else if (set) {
+        for (fdset_fd **fp = &set->fds; *fp; fp = &(*fp)->next) {
+            if ((*fp)->fd == json_integer_value(jfd)) {
+                gone = *fp;
+                *fp = gone->next;
+                gone->next = NULL;
+                found = true;
+                break;
+            }
+        }
+    }
+    if (set && !set->fds) {
+        /* An empty set is gone: the migrations that use one of its
+         * descriptors hold duplicates of their own. */
+        *pp = set->next;
+        free(set);
+    }
+    pthread_mutex_unlock(&s->lock);
+    while (gone) {
+        fdset_fd *next = gone->next;
+        fdset_fd_free(gone);
+        gone = next;
+    }
+    if (!found) {
+        if (jfd) {
+            lm_error_set(err, -ENOENT, "File descriptor named 'fdset-id:%" PRId64 ", fd:%" PRId64
+                         "' not found", id, (int64_t)json_integer_value(jfd));
+        } else {
+            lm_error_set(err, -ENOENT, "File descriptor named 'fdset-id:%" PRId64 "' not found",
+                         id);
+        }
+        return NULL;
+    }
+    return json_object();
+}
+
+static json_t *cmd_query_fdsets(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { NULL };
+    qmp_server *s = opaque;
+    if (qmp_args_check(args, known, err) < 0) {
+        return NULL;
+    }
+    json_t *list = json_array();
+    pthread_mutex_lock(&s->lock);
+    for (fdset *set = s->fdsets; set; set = set->next) {
+        json_t *fds = json_array();
+        for (fdset_fd *f = set->fds; f; f = f->next) {
+            json_t *o = json_pack("{s:i}", "fd", f->fd);
+            if (f->opaque) {
+                json_object_set_new(o, "opaque", json_string(f->opaque));
+            }
+            json_array_append_new(fds, o);
+        }
+        json_array_append_new(list, json_pack("{s:I,s:o}", "fdset-id", (json_int_t)set->id,
+                                              "fds", fds));
+    }
+    pthread_mutex_unlock(&s->lock);
+    return list;
+}
+
+int qmp_server_fdset_dup(qmp_server *s, int64_t id, int flags, lm_error *err)
+{
+    int found = -ENOENT, dup_fd = -1;
+    pthread_mutex_lock(&s->lock);
+    fdset *set = *find_fdset_locked(s, id);
+    if (set && set->id == id) {
+        found = -EACCES;
+        for (fdset_fd *f = set->fds; f; f = f->next) {
+            int fl = fcntl(f->fd, F_GETFL);
+            if (fl >= 0 && (fl & O_ACCMODE) == (flags & O_ACCMODE)) {
+                /* QEMU's rule: the first descriptor whose access mode is
+                 * the one asked for; its duplicate gets the status flags
+                 * asked for (what F_SETFL can change). */
+                dup_fd = fcntl(f->fd, F_DUPFD_CLOEXEC, 3);
+                found = dup_fd < 0 ? -errno : 0;
+                if (dup_fd >= 0) {
+                    fcntl(dup_fd, F_SETFL, flags & ~O_ACCMODE);
+                }
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (found < 0) {
+        return lm_error_set_errno(err, found, "Could not dup FD for /dev/fdset/%" PRId64
+                                  " flags %x", id, (unsigned)flags);
+    }
+    return dup_fd;
 }
 
 static json_t *cmd_query_version(void *opaque, json_t *args, lm_error *err)
@@ -1318,6 +1545,9 @@ qmp_server *qmp_server_new_mode(const char *socket_path, unsigned mode, lm_error
     qmp_server_register(s, "query-version", cmd_query_version, s);
     qmp_server_register(s, "getfd", cmd_getfd, s);
     qmp_server_register(s, "closefd", cmd_closefd, s);
+    qmp_server_register(s, "add-fd", cmd_add_fd, s);
+    qmp_server_register(s, "remove-fd", cmd_remove_fd, s);
+    qmp_server_register(s, "query-fdsets", cmd_query_fdsets, s);
     return s;
 
 fail:
@@ -1404,6 +1634,16 @@ void qmp_server_free(qmp_server *s)
         close(n->fd);
         free(n->name);
         free(n);
+    }
+    while (s->fdsets) {
+        fdset *set = s->fdsets;
+        s->fdsets = set->next;
+        while (set->fds) {
+            fdset_fd *f = set->fds;
+            set->fds = f->next;
+            fdset_fd_free(f);
+        }
+        free(set);
     }
     free(s->cmds);
     close(s->listen_fd);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "common/bitmap.h"
+#include "common/failure.h"
 #include "common/util.h"
 #include "livemig/buffer.h"
 #include "ram/mapped_ram.h"
@@ -137,10 +138,7 @@ struct lm_mapped_ram_src {
 static int src_fail(lm_mapped_ram_src *mr, const lm_error *e)
 {
     pthread_mutex_lock(&mr->lock);
-    if (!mr->err_code) {
-        mr->err_code = e->code ? e->code : -EIO;
-        lm_error_propagate(&mr->err, e);
-    }
+    lm_failure_set_locked(&mr->err_code, &mr->err, e->code, e);
     int code = mr->err_code;
     pthread_cond_broadcast(&mr->idle);
     pthread_mutex_unlock(&mr->lock);
@@ -631,17 +629,16 @@ typedef struct load_ctx {
 
 static void load_fail(load_ctx *l, int code, uint64_t page)
 {
-    pthread_mutex_lock(&l->lock);
-    if (!l->err_code) {
-        if (code == -ENODATA) {
-            lm_error_set(&l->err, -EBADMSG, "mapped-ram: the file ends inside the pages of RAM "
-                         "block '%s' (page %" PRIu64 ")", l->b->name, page);
-        } else {
-            lm_error_set_errno(&l->err, code, "mapped-ram: cannot read pages of RAM block '%s'",
-                               l->b->name);
-        }
-        __atomic_store_n(&l->err_code, l->err.code, __ATOMIC_RELEASE);
+    lm_error e = LM_ERROR_INIT;
+    if (code == -ENODATA) {
+        lm_error_set(&e, -EBADMSG, "mapped-ram: the file ends inside the pages of RAM "
+                     "block '%s' (page %" PRIu64 ")", l->b->name, page);
+    } else {
+        lm_error_set_errno(&e, code, "mapped-ram: cannot read pages of RAM block '%s'",
+                           l->b->name);
     }
+    pthread_mutex_lock(&l->lock);
+    lm_failure_set_locked(&l->err_code, &l->err, e.code, &e);
     pthread_mutex_unlock(&l->lock);
 }
 
@@ -683,13 +680,12 @@ static int verify_chunks(load_ctx *l, uint64_t p, uint64_t end)
             continue;
         }
         uint64_t last = LM_MIN((k + 1) * n, b->npages) - 1;
+        lm_error e = LM_ERROR_INIT;
+        lm_error_set(&e, -EBADMSG, "checksum mismatch: mapped-ram RAM block '%s' pages "
+                     "%" PRIu64 "-%" PRIu64 " (file offset %" PRIu64 "): the file is corrupt",
+                     b->name, k * n, last, l->pages_off + ((k * n) << b->page_shift));
         pthread_mutex_lock(&l->lock);
-        if (!l->err_code) {
-            lm_error_set(&l->err, -EBADMSG, "checksum mismatch: mapped-ram RAM block '%s' pages "
-                         "%" PRIu64 "-%" PRIu64 " (file offset %" PRIu64 "): the file is corrupt",
-                         b->name, k * n, last, l->pages_off + ((k * n) << b->page_shift));
-            __atomic_store_n(&l->err_code, l->err.code, __ATOMIC_RELEASE);
-        }
+        lm_failure_set_locked(&l->err_code, &l->err, e.code, &e);
         pthread_mutex_unlock(&l->lock);
         return -EBADMSG;
     }

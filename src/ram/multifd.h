@@ -25,6 +25,7 @@
 
 #include "channel/ratelimit.h"
 #include "channel/transport.h"
+#include "common/threadlist.h"
 #include "livemig/error.h"
 #include "ram/multifd_wire.h"
 #include "ram/ram_save.h"
@@ -48,6 +49,7 @@ typedef struct lm_multifd_src_cfg {
     bool (*should_abort)(void *opaque); /* a connect that waits asks this */
     void (*on_fail)(void *opaque);      /* a sender failed: wake the migration thread */
     void *opaque;
+    lm_thread_list *threads;  /* optional: each sender lists itself there */
 } lm_multifd_src_cfg;
 
 typedef struct lm_multifd_src lm_multifd_src;

@@ -12,6 +12,7 @@
 
 #include "channel/tls.h"
 #include "channel/channel.h"
+#include "common/failure.h"
 #include "livemig/buffer.h"
 #include "ram/multifd.h"
 #include "ram/ram_load.h"
@@ -58,13 +59,7 @@ struct lm_multifd_dst {
 static void dst_fail(lm_multifd_dst *d, int code, const lm_error *err)
 {
     pthread_mutex_lock(&d->lock);
-    bool report = !d->err_code && !d->stopping;
-    if (!d->err_code) {
-        d->err_code = code ? code : -EIO;
-        if (err) {
-            lm_error_propagate(&d->err, err);
-        }
-    }
+    bool report = lm_failure_set_locked(&d->err_code, &d->err, code, err) && !d->stopping;
     if (d->accepting) {
         /* The load thread still waits for the other channels: a failed
          * one fails the load now, not when (if ever) they connect. */
@@ -407,11 +402,10 @@ void lm_multifd_dst_cancel(lm_multifd_dst *d, int code, const char *why)
 {
     /* Not dst_fail: the caller (cancel) holds the engine lock that
      * on_fail takes, and wakes the main channel itself. */
+    lm_error e = LM_ERROR_INIT;
+    lm_error_set(&e, code, "%s", why);
     pthread_mutex_lock(&d->lock);
-    if (!d->err_code) {
-        d->err_code = code;
-        lm_error_set(&d->err, code, "%s", why);
-    }
+    lm_failure_set_locked(&d->err_code, &d->err, code, &e);
     pthread_cond_broadcast(&d->cond);
     pthread_mutex_unlock(&d->lock);
     for (unsigned i = 0; i < d->n; i++) {

@@ -13,6 +13,7 @@
 
 #include "channel/tls.h"
 #include "channel/channel.h"
+#include "common/failure.h"
 #include "common/util.h"
 #include "livemig/buffer.h"
 #include "ram/multifd.h"
@@ -83,16 +84,7 @@ struct lm_multifd_src {
  * the caller is the one stopping everything, e.g. cancel under its lock). */
 static void fail(lm_multifd_src *mf, int code, const lm_error *err, bool notify)
 {
-    pthread_mutex_lock(&mf->lock);
-    bool first = !mf->err_code;
-    if (first) {
-        mf->err_code = code ? code : -EIO;
-        if (err) {
-            lm_error_propagate(&mf->err, err);
-        }
-    }
-    pthread_cond_broadcast(&mf->cond);
-    pthread_mutex_unlock(&mf->lock);
+    bool first = lm_failure_record(&mf->lock, &mf->cond, &mf->err_code, &mf->err, code, err);
     if (first && notify && mf->cfg.on_fail) {
         mf->cfg.on_fail(mf->cfg.opaque);
     }
@@ -310,6 +302,9 @@ static void *sender_thread(void *arg)
 {
     sender *s = arg;
     lm_multifd_src *mf = s->mf;
+    if (mf->cfg.threads) {
+        lm_thread_list_add(mf->cfg.threads, "mig/src/send_%u", s->index); /* QEMU's name */
+    }
     for (;;) {
         pthread_mutex_lock(&mf->lock);
         while (!s->busy && !mf->quit) {
@@ -318,6 +313,9 @@ static void *sender_thread(void *arg)
         bool quit = mf->quit;
         pthread_mutex_unlock(&mf->lock);
         if (quit) {
+            if (mf->cfg.threads) {
+                lm_thread_list_remove(mf->cfg.threads);
+            }
             return NULL;
         }
         int ret = send_job(s);
@@ -333,6 +331,9 @@ static void *sender_thread(void *arg)
         pthread_cond_broadcast(&mf->cond);
         pthread_mutex_unlock(&mf->lock);
         if (ret < 0) {
+            if (mf->cfg.threads) {
+                lm_thread_list_remove(mf->cfg.threads);
+            }
             return NULL;
         }
     }

@@ -12,7 +12,6 @@
 
 #include "channel/channel.h"
 #include "livemig/error.h"
-#include "ram/ramblock.h"
 #include "stream/format.h"
 
 /* Config flags (be32 in the configuration record). */
@@ -20,6 +19,10 @@
 #define LM_CONFIG_MAPPED_RAM (1u << 1)  /* RAM lies at fixed offsets in the file (§4c) */
 #define LM_CONFIG_CHECKSUM (1u << 2)    /* page data carries xxh3 checksums (§4d) */
 #define LM_CONFIG_VALIDATE_UUID (1u << 3) /* the source asks that its UUID be checked */
+
+/* A COMMAND record: u8 REC_COMMAND, be16 cmd, be16 len, body (buffered,
+ * not flushed). */
+int lm_stream_write_command(lm_channel *ch, uint16_t cmd, const void *body, uint16_t len);
 
 int lm_stream_write_header(lm_channel *ch);
 /* version: LM_STREAM_VERSION, or LM_STREAM_VERSION_CHECKSUM when the
@@ -33,14 +36,6 @@ typedef struct lm_stream_config {
     uint8_t uuid[LM_UUID_LEN];
     uint32_t flags;
 } lm_stream_config;
-
-int lm_stream_write_config(lm_channel *ch, const lm_stream_config *cfg, lm_ram_block **blocks,
-                           size_t nblocks);
-/* Reads the configuration record body (after its type byte) and checks it
- * against this side's blocks; fills map[i] with the local block for the
- * source's block i (same names, sizes and page sizes required). */
-int lm_stream_read_config(lm_channel *ch, lm_stream_config *cfg, lm_ram_block **blocks,
-                          size_t nblocks, lm_ram_block **map, lm_error *err);
 
 int lm_stream_write_section_full(lm_channel *ch, uint8_t type, uint32_t id, const char *idstr,
                                  uint32_t instance, uint32_t version);

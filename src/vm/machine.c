@@ -179,7 +179,7 @@ static void cb_on_event(void *opaque, const lm_event *ev)
     if (ev->kind != LM_EVENT_MIGRATION) {
         return;
     }
-    lm_info info;
+    lm_info info = LM_INFO_INIT;
     lm_engine_query(m->engine, &info);
     if (info.incoming) {
         return; /* the destination's run state follows vm_start/incoming_done */
@@ -540,7 +540,7 @@ static void settle_switchover_locked(vm *m)
     if (m->state != VM_FINISH_MIGRATE) {
         return;
     }
-    lm_info info;
+    lm_info info = LM_INFO_INIT;
     lm_engine_query(m->engine, &info);
     if (!info.incoming && info.status == LM_STATUS_COMPLETED) {
         m->state = VM_POSTMIGRATE;

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "machine.h"
 #include "vm_qmp.h"
@@ -178,11 +179,16 @@ static json_t *cmd_migrate_incoming(void *opaque, json_t *args, lm_error *err)
     pthread_mutex_lock(&m->lock);
     m->exit_on_error = exit_on_error;
     pthread_mutex_unlock(&m->lock);
+    int fdset_fd = -1;
     if (qmp_migration_uri(m->qmp, args, uri, sizeof(uri), err) < 0 ||
-        lm_engine_incoming(m->engine, uri, err) < 0) {
+        qmp_migration_uri_fdset(m->qmp, uri, sizeof(uri), false, &fdset_fd, err) < 0) {
         return NULL;
     }
-    return json_object();
+    int ret = lm_engine_incoming(m->engine, uri, err);
+    if (fdset_fd >= 0) {
+        close(fdset_fd); /* the restore works on a duplicate */
+    }
+    return ret < 0 ? NULL : json_object();
 }
 
 void vm_qmp_register(vm *m, qmp_server *s)

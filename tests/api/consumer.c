@@ -32,6 +32,7 @@ int main(void)
 
     lm_callbacks cb;
     memset(&cb, 0, sizeof(cb));
+    cb.struct_size = sizeof(cb);
     cb.vm_stop = vm_stop;
     cb.vm_start = vm_start;
     lm_error err = LM_ERROR_INIT;
@@ -43,6 +44,7 @@ int main(void)
     static unsigned char ram[1 << 20] __attribute__((aligned(4096)));
     lm_ram_desc desc;
     memset(&desc, 0, sizeof(desc));
+    desc.struct_size = sizeof(desc);
     desc.name = "ram0";
     desc.host = ram;
     desc.size = sizeof(ram);
@@ -58,6 +60,7 @@ int main(void)
         return 1;
     }
     lm_info *info = (lm_info *)calloc(1, sizeof(*info));
+    info->struct_size = sizeof(*info);
     lm_engine_query(e, info);
     int ok = info->status == LM_STATUS_NONE;
     free(info);

@@ -136,7 +136,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         pthread_mutex_unlock(&r.lock);
     }
-    lm_info info;
+    lm_info info = LM_INFO_INIT;
     lm_engine_query(e, &info);
     lm_engine_free(e); /* joins the incoming thread */
     dup2(real_stderr, 2);

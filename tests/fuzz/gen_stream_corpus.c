@@ -61,7 +61,7 @@ static void *writer(void *opaque)
 {
     guest *g = opaque;
     for (unsigned i = 0;; i++) {
-        lm_info info;
+        lm_info info = LM_INFO_INIT;
         lm_engine_query(g->e, &info);
         pthread_mutex_lock(&g->lock);
         if (g->quit) {
@@ -184,7 +184,7 @@ static int save(const variant *v, const char *dir, unsigned seed)
         }
         ret = lm_engine_migrate(e, uri, false, &err);
     }
-    lm_info info = { .status = LM_STATUS_NONE };
+    lm_info info = { .struct_size = sizeof(lm_info), .status = LM_STATUS_NONE };
     while (ret == 0) {
         lm_engine_query(e, &info);
         if (info.status == LM_STATUS_COMPLETED || info.status == LM_STATUS_FAILED ||

@@ -46,7 +46,8 @@ class Management(MigrationTest):
         self.assertEqual(sorted(v["qemu"]), ["major", "micro", "minor"])
         self.assertTrue(v["package"].startswith("livemig "))
         names = {c["name"] for c in vm.cmd("query-commands")}
-        for n in ("getfd", "closefd", "query-version", "yank", "query-yank", "migrate"):
+        for n in ("getfd", "closefd", "query-version", "yank", "query-yank", "migrate",
+                  "add-fd", "remove-fd", "query-fdsets", "query-migrationthreads"):
             self.assertIn(n, names)
         # As QEMU: nothing to report before the first migration.
         self.assertEqual(vm.cmd("query-migrate"), {})
@@ -135,6 +136,128 @@ class Management(MigrationTest):
         with self.assertRaisesRegex(QMPError, "File descriptor named 'nope' has not been found"):
             vm.cmd("migrate", uri="fd:nope")
         self.assertEqual(vm.status(), "running")
+
+    def test_add_fd_file_migration(self):
+        """file:/dev/fdset/N: the image opened by the client (the machine
+        could not open the path itself), passed with add-fd, saved through
+        it and restored through another set, memory byte for byte."""
+        src = self.vm("src", memory=MEM, workload="increment")
+        self.assertTrue(src.wait_running_steps())
+        img = self.path("fdset.img")
+        wfd = os.open(img, os.O_WRONLY | os.O_CREAT, 0o600)
+        rfd_early = os.open(img, os.O_RDONLY)
+        try:
+            r = send_with_fd(src, {"execute": "add-fd",
+                                   "arguments": {"fdset-id": 3, "opaque": "rdonly:img"}},
+                             rfd_early)
+            self.assertEqual(r["return"]["fdset-id"], 3, r)
+            r = send_with_fd(src, {"execute": "add-fd",
+                                   "arguments": {"fdset-id": 3, "opaque": "wronly:img"}}, wfd)
+            self.assertEqual(r["return"]["fdset-id"], 3, r)
+            wr_in_vm = r["return"]["fd"]
+        finally:
+            os.close(wfd)
+            os.close(rfd_early)
+        sets = src.cmd("query-fdsets")
+        self.assertEqual([s["fdset-id"] for s in sets], [3])
+        self.assertEqual([f["opaque"] for f in sets[0]["fds"]], ["rdonly:img", "wronly:img"])
+        # Only the passed descriptors reach the image now.
+        moved = self.path("fdset-moved.img")
+        os.rename(img, moved)
+        src.cmd("stop")
+        # The write-only descriptor is the one dup'ed for the save (QEMU
+        # matches the access mode), with an offset as file: allows.
+        src.cmd("migrate", uri="file:/dev/fdset/3,offset=4096")
+        self.assertEqual(src.wait_migration()["status"], "completed")
+        self.assertGreater(os.path.getsize(moved), 4096)
+        self.assertFalse(os.path.exists(img))
+        # The set still holds both: the migration used (and closed) a copy.
+        self.assertEqual(len(src.cmd("query-fdsets")[0]["fds"]), 2)
+        src.cmd("remove-fd", **{"fdset-id": 3, "fd": wr_in_vm})
+        self.assertEqual([f["opaque"] for f in src.cmd("query-fdsets")[0]["fds"]],
+                         ["rdonly:img"])
+        # No write-only descriptor left: a save through the set is refused.
+        with self.assertRaisesRegex(QMPError, "Could not dup FD for /dev/fdset/3"):
+            src.cmd("migrate", uri="file:/dev/fdset/3,offset=4096")
+        src.cmd("remove-fd", **{"fdset-id": 3})
+        self.assertEqual(src.cmd("query-fdsets"), [])
+
+        # Restore: a read-only descriptor in a set of its own (no
+        # fdset-id: the first free one, 0).
+        dst = self.vm("dst", memory=MEM, workload="increment", incoming="defer")
+        rfd = os.open(moved, os.O_RDONLY)
+        try:
+            r = send_with_fd(dst, {"execute": "add-fd", "arguments": {}}, rfd)
+        finally:
+            os.close(rfd)
+        self.assertEqual(r["return"]["fdset-id"], 0, r)
+        os.unlink(moved)
+        dst.cmd("migrate-incoming", channels=[{"channel-type": "main", "addr": {
+            "transport": "file", "filename": "/dev/fdset/0", "offset": 4096}}])
+        self.assertEqual(dst.wait_migration()["status"], "completed")
+        self.assertEqual(src.memory_hash(), dst.memory_hash())
+        self.assertEqual(dst.cmd("x-verify-memory")["ok"], True)
+        dst.cmd("cont")
+        self.assert_guest_ok(dst)
+        # The source was stopped for the save and runs on.
+        src.cmd("cont")
+        self.assert_guest_ok(src)
+
+    def test_fdset_errors(self):
+        vm = self.vm("m", memory=MEM, workload="idle")
+        with self.assertRaisesRegex(QMPError, "No file descriptor supplied via SCM_RIGHTS"):
+            vm.cmd("add-fd", **{"fdset-id": 1})
+        r, w = os.pipe()
+        try:
+            reply = send_with_fd(vm, {"execute": "add-fd", "arguments": {"fdset-id": -1}}, w)
+            self.assertIn("'fdset-id' expects a non-negative value", reply["error"]["desc"])
+            reply = send_with_fd(vm, {"execute": "add-fd", "arguments": {"fdset-id": 5}}, w)
+            self.assertEqual(reply["return"]["fdset-id"], 5)
+        finally:
+            os.close(w)
+        with self.assertRaisesRegex(QMPError, "File descriptor named 'fdset-id:9' not found"):
+            vm.cmd("remove-fd", **{"fdset-id": 9})
+        with self.assertRaisesRegex(QMPError,
+                                    "File descriptor named 'fdset-id:5, fd:999' not found"):
+            vm.cmd("remove-fd", **{"fdset-id": 5, "fd": 999})
+        with self.assertRaisesRegex(QMPError, "Could not dup FD for /dev/fdset/9"):
+            vm.cmd("migrate", uri="file:/dev/fdset/9")
+        with self.assertRaisesRegex(QMPError, "Could not parse fdset /dev/fdset/x"):
+            vm.cmd("migrate", uri="file:/dev/fdset/x")
+        self.assertEqual(vm.status(), "running")
+        # remove-fd closes the machine's copy: the pipe reads EOF.
+        vm.cmd("remove-fd", **{"fdset-id": 5})
+        self.assertEqual(os.read(r, 1), b"")
+        os.close(r)
+        self.assertEqual(vm.cmd("query-fdsets"), [])
+
+    def test_query_migrationthreads(self):
+        src, dst = self.pair()
+        self.assertEqual(src.cmd("query-migrationthreads"), [])
+        for vm in (src, dst):
+            vm.set_caps(multifd=True)
+            vm.set_params(**{"multifd-channels": 2})
+        # Held before the switchover, every thread still there when asked.
+        src.set_caps(**{"pause-before-switchover": True})
+        src.cmd("stop")
+        sock = "unix:" + self.path("thr.sock")
+        dst.cmd("migrate-incoming", uri=sock)
+        src.cmd("migrate", uri=sock)
+        src.wait_migration(statuses=("pre-switchover",))
+        threads = src.cmd("query-migrationthreads")
+        self.assertEqual(sorted(t["name"] for t in threads),
+                         ["mig/src/main", "mig/src/send_0", "mig/src/send_1"])
+        for t in threads:
+            # A thread of the machine's process.
+            self.assertTrue(os.path.exists("/proc/%d/task/%d" % (src.proc.pid, t["thread-id"])))
+        src.cmd("migrate-continue", state="pre-switchover")
+        self.finish(src, dst)
+        # The migration thread lists itself off as it returns, just after
+        # the final status (as QEMU's).
+        deadline = time.time() + 30
+        while src.cmd("query-migrationthreads") and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(src.cmd("query-migrationthreads"), [])
 
     def test_channels(self):
         src, dst = self.pair()

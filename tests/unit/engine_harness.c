@@ -152,7 +152,7 @@ uint64_t harness_hash(const harness *h)
 lm_status harness_wait_end(harness *h, unsigned timeout_ms)
 {
     for (unsigned t = 0; t < timeout_ms; t += 5) {
-        lm_info info;
+        lm_info info = LM_INFO_INIT;
         lm_engine_query(h->engine, &info);
         if (info.status == LM_STATUS_COMPLETED || info.status == LM_STATUS_FAILED ||
             info.status == LM_STATUS_CANCELLED) {

@@ -502,7 +502,7 @@ static void expect_valid(fixture *f, uint32_t flags)
     lm_wbuf_init(&w);
     put_valid_stream(&w, flags, seed);
     int starts = f->vm_start_calls, ok = f->done_ok;
-    lm_info info;
+    lm_info info = LM_INFO_INIT;
     uint8_t rp[64];
     size_t rp_len = 0;
     run_stream(f, w.data, w.len, &info, rp, &rp_len);
@@ -554,7 +554,7 @@ static void check_failure_v(fixture *f, const lm_wbuf *w, int ram_untouched, va_
     int starts = f->vm_start_calls, fails = f->done_fail, ok = f->done_ok;
     static uint8_t before[RAM_SIZE];
     memcpy(before, f->ram, RAM_SIZE);
-    lm_info info;
+    lm_info info = LM_INFO_INIT;
     run_stream(f, w->data, w->len, &info, NULL, NULL);
     if (info.status != LM_STATUS_FAILED) {
         fail_msg("bad stream ended in '%s' (error '%s')", lm_status_name(info.status),
@@ -649,7 +649,7 @@ static void test_valid_stream_edges(void **state)
     lm_wbuf_put(&w, desc, strlen(desc));
     put_iter_and_globalstate(&w);
     lm_wbuf_put_u8(&w, LM_REC_EOF);
-    lm_info info;
+    lm_info info = LM_INFO_INIT;
     run_stream(f, w.data, w.len, &info, NULL, NULL);
     lm_wbuf_free(&w);
     if (info.status != LM_STATUS_COMPLETED) {
@@ -890,7 +890,7 @@ static void test_config_uuid_mismatch(void **state)
     put_config(&w, 1u << 3 /* LM_CONFIG_VALIDATE_UUID */); /* all-zero UUID, to be checked */
     lm_wbuf_put_u8(&w, LM_REC_EOF);
     assert_int_equal(w.error, 0);
-    lm_info info;
+    lm_info info = LM_INFO_INIT;
     run_stream(f, w.data, w.len, &info, NULL, NULL);
     assert_int_equal(info.status, LM_STATUS_FAILED);
     assert_non_null(strstr(info.error_desc, "UUID"));
@@ -1434,7 +1434,7 @@ static void test_failure_reports_on_return_path(void **state)
     put_config(&w, 1u /* LM_CONFIG_RETURN_PATH */);
     put_ram_start(&w);
     put_ram_hdr(&w, LM_RAM_ZERO, 0, NPAGES, 1);
-    lm_info info;
+    lm_info info = LM_INFO_INIT;
     uint8_t rp[64];
     size_t rp_len = 0;
     run_stream(f, w.data, w.len, &info, rp, &rp_len);
@@ -1454,7 +1454,7 @@ static void test_many_failures_then_success(void **state)
     for (int i = 0; i < 5; i++) {
         put_ram_prefix(&w);
         put_ram_hdr(&w, LM_RAM_PAGES, 0, (uint64_t)NPAGES + (uint64_t)i, 1);
-        lm_info info;
+        lm_info info = LM_INFO_INIT;
         run_stream(f, w.data, w.len, &info, NULL, NULL);
         assert_int_equal(info.status, LM_STATUS_FAILED);
         assert_non_null(strstr(info.error_desc, "out of range"));
@@ -1500,7 +1500,7 @@ static void test_iterative_device_valid(void **state)
     lm_wbuf_put_u8(&w, 1);
     lm_wbuf_put_be32(&w, GLOBAL_ID);
     lm_wbuf_put_u8(&w, LM_REC_EOF);
-    lm_info info;
+    lm_info info = LM_INFO_INIT;
     run_stream(f, w.data, w.len, &info, NULL, NULL);
     lm_wbuf_free(&w);
     if (info.status != LM_STATUS_COMPLETED) {
@@ -1573,7 +1573,7 @@ static void test_globalstate(void **state)
     FIXTURE;
     /* The source guest was stopped: loaded, but not started here. */
     put_stream_with_globalstate(&w, LM_REC_SECTION_FULL, 1, (const uint8_t *)"\0", 1);
-    lm_info info;
+    lm_info info = LM_INFO_INIT;
     run_stream(f, w.data, w.len, &info, NULL, NULL);
     lm_wbuf_free(&w);
     lm_wbuf_init(&w);
@@ -1631,7 +1631,7 @@ static void test_two_blocks_source_order(void **state)
     put_device_full(&w, DEV_ID, 1);
     put_iter_and_globalstate(&w);
     lm_wbuf_put_u8(&w, LM_REC_EOF);
-    lm_info info;
+    lm_info info = LM_INFO_INIT;
     run_stream(f, w.data, w.len, &info, NULL, NULL);
     lm_wbuf_free(&w);
     if (info.status != LM_STATUS_COMPLETED) {
@@ -1657,7 +1657,7 @@ static void test_two_blocks_errors(void **state)
         put_header(&w);
         put_config_ex(&w, 0, 2, twice, 2);
         lm_wbuf_put_u8(&w, LM_REC_EOF);
-        lm_info info;
+        lm_info info = LM_INFO_INIT;
         run_stream(f, w.data, w.len, &info, NULL, NULL);
         assert_int_equal(info.status, LM_STATUS_FAILED);
         printf("#   error: %s\n", info.error_desc);
@@ -1672,7 +1672,7 @@ static void test_two_blocks_errors(void **state)
     put_config_ex(&w, 0, 2, two_blocks, 2);
     put_ram_start(&w);
     put_ram_pages_fill(&w, 1, RAM2_SIZE / PAGE, 1, 1, 0xee);
-    lm_info info;
+    lm_info info = LM_INFO_INIT;
     run_stream(f, w.data, w.len, &info, NULL, NULL);
     lm_wbuf_free(&w);
     assert_int_equal(info.status, LM_STATUS_FAILED);
@@ -1853,7 +1853,7 @@ static void test_checksum_clean_and_resent(void **state)
     FIXTURE;
     for (int how = CS_CLEAN; how <= CS_FLIP_THEN_RESEND; how += CS_FLIP_THEN_RESEND) {
         put_csum_stream(&w, 7, how);
-        lm_info info;
+        lm_info info = LM_INFO_INIT;
         run_stream(f, w.data, w.len, &info, NULL, NULL);
         lm_wbuf_free(&w);
         lm_wbuf_init(&w);
@@ -1916,7 +1916,7 @@ static void cancel_stalled(fixture *f, int rfd, int wfd)
     put_ram_hdr(&w, LM_RAM_ZERO, 0, 0, 1);
     assert_int_equal(write(wfd, w.data, w.len), (ssize_t)w.len);
     lm_wbuf_free(&w);
-    lm_info info;
+    lm_info info = LM_INFO_INIT;
     usleep(100000);
     lm_engine_query(f->e, &info);
     assert_int_equal(info.status, LM_STATUS_ACTIVE);

@@ -76,7 +76,7 @@ static void migrate_once_mode(const char *uri, const char *tracker, bool populat
         fail_msg("migrate: %s", err.msg);
     }
     lm_status st = harness_wait_end(&src, 60000);
-    lm_info info;
+    lm_info info = LM_INFO_INIT;
     lm_engine_query(src.engine, &info);
     if (st != LM_STATUS_COMPLETED) {
         fail_msg("source ended in %s: %s", lm_status_name(st), info.error_desc);
