@@ -13,6 +13,7 @@
 #include "channel/zerocopy.h"
 #include "common/clock.h"
 #include "common/util.h"
+#include "core/dirtylimit.h"
 #include "core/dirtyrate.h"
 #include "core/engine_internal.h"
 #include "postcopy/dest.h"
@@ -63,6 +64,7 @@ void lm_engine_free(lm_engine *e)
     lm_engine_cancel(e, NULL);
     lm_dirtyrate_free(e);
     join_thread(e);
+    lm_dirtylimit_free(e);
     for (size_t i = 0; i < e->nblocks; i++) {
         lm_ram_block_free(e->blocks[i]);
     }
@@ -835,7 +837,14 @@ void lm_engine_query(lm_engine *e, lm_info *out)
             breakdown_export(st, &out->downtime_breakdown);
             out->has_downtime_breakdown = true;
         }
+        out->convergence = st->convergence;
     }
     out->mbps = (double)out->ram_transferred * 8.0 / 1e6 / ((double)elapsed_ms / 1000.0);
+    bool outgoing = !e->incoming;
     pthread_mutex_unlock(&e->lock);
+    if (outgoing) {
+        /* Their own lock, not the engine's (dirtylimit.c). */
+        out->dirty_limit_active = lm_dirtylimit_migration_owned(e);
+        out->dirty_limit_throttle_time_per_round = lm_dirtylimit_throttle_us_per_round(e);
+    }
 }
