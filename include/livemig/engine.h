@@ -297,6 +297,13 @@ typedef struct lm_dirtyrate_block {
     uint64_t dirty_rate;     /* MiB/s (QEMU's "MB/s") */
 } lm_dirtyrate_block;
 
+/* One vCPU's share, where the embedder counts them (lm_vcpu_ops): pages
+ * it wrote in the window (a page written twice counts twice). */
+typedef struct lm_dirtyrate_vcpu {
+    uint64_t dirty_pages;
+    uint64_t dirty_rate;     /* MiB/s */
+} lm_dirtyrate_vcpu;
+
 typedef struct lm_dirtyrate_info {
     lm_dirtyrate_status status;
     int64_t start_time;      /* seconds since the Epoch */
@@ -314,6 +321,8 @@ typedef struct lm_dirtyrate_info {
     char error[LM_ERROR_MSG_MAX]; /* measured without a rate: why */
     size_t nblocks;
     lm_dirtyrate_block blocks[LM_DIRTYRATE_MAX_BLOCKS];
+    unsigned nvcpus;         /* 0 without lm_vcpu_ops */
+    lm_dirtyrate_vcpu vcpus[LM_MAX_VCPUS];
 } lm_dirtyrate_info;
 
 LM_API void lm_engine_query_dirty_rate(lm_engine *e, lm_dirtyrate_info *out);

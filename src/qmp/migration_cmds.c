@@ -966,6 +966,18 @@ static json_t *cmd_query_dirty_rate(void *opaque, json_t *args, lm_error *err)
         json_object_set_new(o, "x-window-start-ns", json_integer((json_int_t)info->window_start_ns));
         json_object_set_new(o, "x-window-end-ns", json_integer((json_int_t)info->window_end_ns));
         json_object_set_new(o, "x-blocks", blocks);
+        if (info->nvcpus) {
+            /* QEMU's shape (its dirty-ring mode); here from the vCPUs' own
+             * counts, which the embedder reports. */
+            json_t *v = json_array();
+            for (unsigned i = 0; i < info->nvcpus && i < LM_MAX_VCPUS; i++) {
+                json_array_append_new(v, json_pack("{s:i, s:I, s:I}", "id", (int)i, "dirty-rate",
+                                                   (json_int_t)info->vcpus[i].dirty_rate,
+                                                   "x-dirty-pages",
+                                                   (json_int_t)info->vcpus[i].dirty_pages));
+            }
+            json_object_set_new(o, "vcpu-dirty-rate", v);
+        }
     } else if (o && info->status == LM_DIRTYRATE_MEASURED) {
         json_object_set_new(o, "x-error", json_string(info->error));
     }
