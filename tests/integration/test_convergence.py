@@ -9,6 +9,7 @@ switchover.  Unthrottled, every pass re-dirties the whole working set (4 MiB
 > 200 KiB) whatever the machine's speed, as long as vCPU 0 keeps above the
 link's 2 MiB/s; each check below is by counters and states, never by time.
 """
+import subprocess
 import time
 
 import lmtest
@@ -75,6 +76,13 @@ class ConvergenceTest(MigrationTest):
         self.assertIn("block ram", cv["reason"])
         self.assertGreater(cv["downtime"], 100)
         self.assertGreaterEqual(cv["stalled-passes"], 2)
+        # `livemig info` shows the forecast and its reason.
+        r = subprocess.run([lmtest.CLI_BIN, "info", src.qmp_path], capture_output=True, text=True,
+                           timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("never at this rate", r.stdout)
+        self.assertIn("Reason:", r.stdout)
+        self.assertIn("the guest dirties", r.stdout)
         # Nothing was throttled: neither strategy is on.
         self.assertNotIn("cpu-throttle-percentage", info)
         self.assertEqual([v["throttle"] for v in src.workload()["per-vcpu"]], [0, 0])
