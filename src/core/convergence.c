@@ -10,8 +10,9 @@
 #include "ram/ramblock.h"
 
 /* A pass "did not shrink" what remains when it is still this share of
- * the previous pass's (percent)... */
-#define STALL_PERCENT 95
+ * the previous pass's (percent: a guest's pace wobbles by a few percent
+ * from pass to pass)... */
+#define STALL_PERCENT 90
 /* ...while the guest dirtied at least this share of what the link carried
  * (percent): at that rate every pass only re-sends what the last one did. */
 #define LINK_SPEED_PERCENT 90
