@@ -19,6 +19,35 @@ static const char *sz(json_t *obj, const char *key, char *buf, size_t len)
     return cli_fmt_size(cli_json_u64(obj, key), buf, len);
 }
 
+/* x-convergence: the forecast and its reason; x-auto-postcopy's state. */
+static void print_convergence(json_t *cv, json_t *ap, FILE *f)
+{
+    if (json_is_object(cv)) {
+        char dirty[32], bw[32], eta[32];
+        cli_fmt_size(cli_json_u64(cv, "dirty-rate"), dirty, sizeof(dirty));
+        cli_fmt_size(cli_json_u64(cv, "bandwidth"), bw, sizeof(bw));
+        json_t *t = json_object_get(cv, "estimated-time");
+        if (json_is_string(t)) {
+            snprintf(eta, sizeof(eta), "never at this rate");
+        } else {
+            snprintf(eta, sizeof(eta), "%llu ms", (unsigned long long)cli_json_u64(cv, "estimated-time"));
+        }
+        fprintf(f, "Convergence:\n");
+        fprintf(f, "  %-22sdirty=%s/s, link=%s/s, ratio=%.2f, trend=%s\n", "Rates:", dirty, bw,
+                cli_json_num(cv, "ratio"), cli_json_str(cv, "trend"));
+        fprintf(f, "  %-22s%s, downtime now %llu ms\n", "Estimated time:", eta,
+                (unsigned long long)cli_json_u64(cv, "downtime"));
+        fprintf(f, "  %-22s%s\n", "Reason:", cli_json_str(cv, "reason"));
+    }
+    if (json_is_object(ap)) {
+        fprintf(f, "%-24s%s", "Auto-postcopy:", cli_json_str(ap, "state"));
+        if (json_object_get(ap, "pass")) {
+            fprintf(f, " (pass %llu)", (unsigned long long)cli_json_u64(ap, "pass"));
+        }
+        fputc('\n', f);
+    }
+}
+
 /* x-downtime-breakdown: the parts that tile the downtime, in µs. */
 static void print_breakdown(json_t *bd, FILE *f)
 {
@@ -132,6 +161,8 @@ static void print_info(json_t *info, FILE *f)
         fputc('\n', f);
     }
     print_breakdown(json_object_get(info, "x-downtime-breakdown"), f);
+    print_convergence(json_object_get(info, "x-convergence"),
+                      json_object_get(info, "x-auto-postcopy"), f);
 }
 
 int cli_info(int argc, char **argv)

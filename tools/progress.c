@@ -77,15 +77,26 @@ void progress_describe(json_t *info, char *buf, size_t len)
                       (unsigned long long)cli_json_u64(info, "downtime"));
     }
     if ((size_t)n < len && json_object_get(info, "cpu-throttle-percentage")) {
-        snprintf(buf + n, len - (size_t)n, ", throttle %llu%%",
-                 (unsigned long long)cli_json_u64(info, "cpu-throttle-percentage"));
+        n += snprintf(buf + n, len - (size_t)n, ", throttle %llu%%",
+                      (unsigned long long)cli_json_u64(info, "cpu-throttle-percentage"));
+    }
+    /* x-convergence: the forecast, and why when it says never. */
+    json_t *cv = json_object_get(info, "x-convergence");
+    if ((size_t)n < len && json_is_object(cv) && !strcmp(cli_migration_status(info), "active")) {
+        if (json_is_string(json_object_get(cv, "estimated-time"))) {
+            snprintf(buf + n, len - (size_t)n, ", never at this rate: %s",
+                     cli_json_str(cv, "reason"));
+        } else {
+            snprintf(buf + n, len - (size_t)n, ", ETA %.1f s",
+                     (double)cli_json_u64(cv, "estimated-time") / 1000.0);
+        }
     }
 }
 
 void progress_update(progress *p, json_t *info)
 {
     const char *status = cli_migration_status(info);
-    char desc[256];
+    char desc[512];
     progress_describe(info, desc, sizeof(desc));
     int pct = percent_of(info);
     int64_t now = cli_now_ms();
@@ -113,7 +124,7 @@ void progress_update(progress *p, json_t *info)
         bar[i] = i < fill ? '#' : '-';
     }
     bar[BAR_WIDTH] = '\0';
-    char line[512];
+    char line[768];
     char pcts[16] = "   ";
     if (pct >= 0) {
         snprintf(pcts, sizeof(pcts), "%3d%%", pct);

@@ -57,12 +57,16 @@ LM_API const char *lm_status_name(lm_status s);
 typedef enum lm_event_kind {
     LM_EVENT_MIGRATION,      /* status changed: ev.status */
     LM_EVENT_MIGRATION_PASS, /* a new dirty-sync pass: ev.pass */
+    /* x-auto-postcopy acted at pass ev.pass: ev.detail names what it did
+     * ("postcopy", "dirty-limit", "auto-converge" or "none"). */
+    LM_EVENT_AUTO_POSTCOPY,
 } lm_event_kind;
 
 typedef struct lm_event {
     lm_event_kind kind;
     lm_status status;
     uint64_t pass;
+    const char *detail; /* NULL unless the kind says otherwise; valid during the call */
 } lm_event;
 
 /* Growable structs (lm_callbacks, lm_info, lm_dirtyrate_info, and
@@ -204,6 +208,35 @@ typedef struct lm_downtime_breakdown {
     lm_downtime_part dest[LM_DOWNTIME_PARTS_MAX];
 } lm_downtime_breakdown;
 
+/* x-convergence: the source's forecast, recomputed at every dirty sync
+ * (docs/architecture.md, convergence).  Rates in bytes/s. */
+#define LM_CONVERGENCE_HISTORY 8
+typedef struct lm_convergence {
+    bool valid;                /* two passes measured */
+    uint64_t pass;
+    uint64_t dirty_rate;       /* how fast the guest dirties: the larger of the two below */
+    uint64_t tracker_dirty_rate; /* distinct pages newly dirty over the last pass */
+    uint64_t vcpu_dirty_rate;  /* the vCPUs' own count (lm_vcpu_ops), 0 without it */
+    uint64_t bandwidth;        /* what precopy moved over the last pass */
+    double ratio;              /* dirty_rate / bandwidth */
+    char trend[16];            /* "shrinking", "flat", "growing" */
+    unsigned npending;         /* remaining bytes at the last syncs, oldest first */
+    uint64_t pending[LM_CONVERGENCE_HISTORY];
+    unsigned stalled_passes;   /* in a row: not shrinking while the guest dirties at link speed */
+    bool never;                /* will not converge at this rate */
+    uint64_t eta_ms;           /* time to completion at this rate (when !never) */
+    uint64_t downtime_ms;      /* what switching over now would cost */
+    int heavy_vcpu;            /* the vCPU dirtying most, -1: unknown */
+    unsigned heavy_vcpu_percent;
+    char heavy_block[LM_RAM_NAME_MAX]; /* the block holding most of what remains */
+    unsigned heavy_block_percent;
+    char reason[256];          /* in words */
+    /* x-auto-postcopy: "" (off), "watching", or what it did: "postcopy",
+     * "dirty-limit", "auto-converge", "none" (nothing to fall back to). */
+    char auto_postcopy[16];
+    uint64_t auto_postcopy_pass;
+} lm_convergence;
+
 /* A snapshot of the migration's state and statistics (query-migrate). */
 typedef struct lm_info {
     size_t struct_size;         /* in: sizeof(lm_info); out: bytes filled */
@@ -255,6 +288,11 @@ typedef struct lm_info {
     uint64_t switchover_bandwidth; /* bytes/s the stop-copy is expected to get */
     uint64_t destination_backlog;  /* bytes it had not loaded at its last report */
     uint64_t destination_drains;   /* times the source waited for it to catch up */
+    lm_convergence convergence;    /* source: x-convergence */
+    /* dirty-limit: QEMU's dirty-limit-throttle-time-per-round (µs), and
+     * whether a migration's limits are in force. */
+    uint64_t dirty_limit_throttle_time_per_round;
+    bool dirty_limit_active;
 } lm_info;
 
 #define LM_INFO_INIT { .struct_size = sizeof(lm_info) }
@@ -287,6 +325,13 @@ typedef struct lm_dirtyrate_block {
     uint64_t dirty_rate;     /* MiB/s (QEMU's "MB/s") */
 } lm_dirtyrate_block;
 
+/* One vCPU's share, where the embedder counts them (lm_vcpu_ops): pages
+ * it wrote in the window (a page written twice counts twice). */
+typedef struct lm_dirtyrate_vcpu {
+    uint64_t dirty_pages;
+    uint64_t dirty_rate;     /* MiB/s */
+} lm_dirtyrate_vcpu;
+
 typedef struct lm_dirtyrate_info {
     size_t struct_size;      /* in: sizeof(lm_dirtyrate_info); out: bytes filled */
     lm_dirtyrate_status status;
@@ -305,6 +350,8 @@ typedef struct lm_dirtyrate_info {
     char error[LM_ERROR_MSG_MAX]; /* measured without a rate: why */
     size_t nblocks;
     lm_dirtyrate_block blocks[LM_DIRTYRATE_MAX_BLOCKS];
+    unsigned nvcpus;         /* 0 without lm_vcpu_ops */
+    lm_dirtyrate_vcpu vcpus[LM_MAX_VCPUS];
 } lm_dirtyrate_info;
 
 #define LM_DIRTYRATE_INFO_INIT { .struct_size = sizeof(lm_dirtyrate_info) }

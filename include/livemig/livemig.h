@@ -9,6 +9,7 @@
 #include "livemig/log.h"
 #include "livemig/ram.h"
 #include "livemig/tls.h"
+#include "livemig/vcpu.h"
 #include "livemig/version.h"
 
 #endif

@@ -8,6 +8,7 @@
 #include "common/abi.h"
 #include "common/bitmap.h"
 #include "common/clock.h"
+#include "core/dirtylimit.h"
 #include "core/dirtyrate.h"
 #include "core/engine_internal.h"
 #include "ram/dirty.h"
@@ -90,6 +91,10 @@ static int measure(lm_engine *e, struct lm_dirtyrate *d, lm_ram_block **blocks, 
     }
     uint64_t armed = lm_now_ns();
     uint64_t start = arm + (armed - arm) / 2;
+    /* The vCPUs' own counts over the same window (outside every lock: the
+     * embedder's callbacks). */
+    uint64_t vcpu0[LM_MAX_VCPUS], vcpu1[LM_MAX_VCPUS];
+    unsigned nv = lm_dirtylimit_counters(e, vcpu0, LM_MAX_VCPUS);
 
     pthread_mutex_lock(&e->lock);
     snprintf(d->info.tracker, sizeof(d->info.tracker), "%s", lm_dirty_tracker_name(t));
@@ -105,6 +110,7 @@ static int measure(lm_engine *e, struct lm_dirtyrate *d, lm_ram_block **blocks, 
     ret = lm_dirty_tracker_sync(t, &newly, err);
     uint64_t synced = lm_now_ns();
     uint64_t end = sync + (synced - sync) / 2, elapsed = end - start;
+    nv = nv ? lm_dirtylimit_counters(e, vcpu1, nv) : 0;
     lm_dirty_tracker_stop(t);
     if (ret < 0) {
         return ret;
@@ -132,6 +138,13 @@ static int measure(lm_engine *e, struct lm_dirtyrate *d, lm_ram_block **blocks, 
     d->info.window_start_ns = start;
     d->info.window_end_ns = end;
     d->info.has_rate = true;
+    d->info.nvcpus = nv;
+    uint32_t page = n ? blocks[0]->page_size : 4096;
+    for (unsigned i = 0; i < nv; i++) {
+        uint64_t pages = vcpu1[i] >= vcpu0[i] ? vcpu1[i] - vcpu0[i] : 0;
+        d->info.vcpus[i].dirty_pages = pages;
+        d->info.vcpus[i].dirty_rate = mib_per_s(pages * page, elapsed);
+    }
     pthread_mutex_unlock(&e->lock);
     return 0;
 }

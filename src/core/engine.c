@@ -14,6 +14,7 @@
 #include "common/abi.h"
 #include "common/clock.h"
 #include "common/util.h"
+#include "core/dirtylimit.h"
 #include "core/dirtyrate.h"
 #include "core/engine_internal.h"
 #include "postcopy/dest.h"
@@ -70,6 +71,7 @@ void lm_engine_free(lm_engine *e)
     lm_engine_cancel(e, NULL);
     lm_dirtyrate_free(e);
     join_thread(e);
+    lm_dirtylimit_free(e);
     for (size_t i = 0; i < e->nblocks; i++) {
         lm_ram_block_free(e->blocks[i]);
     }
@@ -853,9 +855,16 @@ static void query_all(lm_engine *e, lm_info *out)
             breakdown_export(st, &out->downtime_breakdown);
             out->has_downtime_breakdown = true;
         }
+        out->convergence = st->convergence;
     }
     out->mbps = (double)out->ram_transferred * 8.0 / 1e6 / ((double)elapsed_ms / 1000.0);
+    bool outgoing = !e->incoming;
     pthread_mutex_unlock(&e->lock);
+    if (outgoing) {
+        /* Their own lock, not the engine's (dirtylimit.c). */
+        out->dirty_limit_active = lm_dirtylimit_migration_owned(e);
+        out->dirty_limit_throttle_time_per_round = lm_dirtylimit_throttle_us_per_round(e);
+    }
 }
 
 void lm_engine_query(lm_engine *e, lm_info *out)

@@ -16,6 +16,7 @@
 #include "channel/transport.h"
 #include "common/threadlist.h"
 #include "core/breakdown.h"
+#include "core/convergence.h"
 #include "livemig/engine.h"
 #include "livemig/tls.h"
 #include "ram/ram_save.h"
@@ -45,6 +46,8 @@ enum lm_capability {
     LM_CAP_ZERO_COPY_SEND, /* the same switch as the zero-copy-send parameter */
     LM_CAP_MAPPED_RAM,
     LM_CAP_X_CHECKSUM, /* page data checksums on any transport (always on for file:) */
+    LM_CAP_DIRTY_LIMIT,      /* throttle each vCPU to vcpu-dirty-limit (dirtylimit.c) */
+    LM_CAP_X_AUTO_POSTCOPY,  /* switch to postcopy when precopy stalls (convergence.c) */
     LM_CAP__COUNT
 };
 
@@ -69,6 +72,10 @@ typedef struct lm_params {
     char tls_hostname[256];              /* the server certificate's name; "": the tcp: host */
     char tls_authz[128];                 /* id of an authz-* object checking clients */
     uint64_t x_handshake_timeout;        /* ms an incoming connection may take to say hello */
+    uint64_t x_vcpu_dirty_limit_period;  /* ms between the dirty-limit controller's samples */
+    uint64_t vcpu_dirty_limit;           /* MiB/s per vCPU under a dirty-limit migration */
+    uint64_t x_auto_postcopy_passes;     /* stalled passes before x-auto-postcopy acts */
+    uint64_t x_auto_postcopy_time;       /* ms of precopy not shrinking before it acts, 0: no bound */
 } lm_params;
 
 /* Statistics of the current (or last) migration; guarded by the engine lock
@@ -108,6 +115,8 @@ typedef struct lm_stats {
     uint64_t bd_fixed_ns;    /* the fixed part it used */
     lm_bd bd;                /* joined: tiles the downtime */
     lm_bd bd_dst;            /* the destination's own parts */
+    lm_convergence convergence; /* x-convergence, as of the last sync (convergence.c) */
+    lm_pass_record last_pass;   /* the last pass's numbers (convergence.c) */
 } lm_stats;
 
 /*
@@ -212,6 +221,7 @@ struct lm_engine {
     uint64_t bt_vcpu_ms[LM_MAX_VCPUS];
 
     struct lm_dirtyrate *dirtyrate; /* calc-dirty-rate (dirtyrate.c), NULL until first used */
+    struct lm_dirtylimit *dirtylimit; /* lm_vcpu_ops and dirty limits (dirtylimit.c), NULL without ops */
 };
 
 /* Postcopy: a failure that pauses (both sides) instead of failing. */

@@ -15,6 +15,7 @@
 #include "channel/tls.h"
 #include "common/clock.h"
 #include "common/util.h"
+#include "core/dirtylimit.h"
 #include "core/engine_internal.h"
 #include "livemig/buffer.h"
 #include "postcopy/return_path.h"
@@ -66,6 +67,7 @@ typedef struct src_ctx {
     lm_bd bd;                  /* this switchover's source parts */
     lm_bd bd_dst;              /* the destination's, from the return path */
     bool have_bd_dst;
+    lm_conv_state conv;        /* x-convergence and x-auto-postcopy (convergence.c) */
 } src_ctx;
 
 static bool cancelled(lm_engine *e)
@@ -299,6 +301,11 @@ static int setup(src_ctx *c)
     }
     c->return_path = lm_cap(e, LM_CAP_RETURN_PATH) &&
                      (e->uri.kind == LM_TRANSPORT_UNIX || e->uri.kind == LM_TRANSPORT_TCP);
+    if (lm_cap(e, LM_CAP_DIRTY_LIMIT) && !lm_dirtylimit_available(e)) {
+        /* QEMU asks for KVM's dirty ring; livemig for the embedder's count. */
+        return lm_error_set(&c->err, -ENOTSUP, "dirty-limit needs per-vCPU dirty reports: the "
+                                               "embedder registered no lm_vcpu_ops");
+    }
 
     bool mapped_ram = lm_cap(e, LM_CAP_MAPPED_RAM);
     /* A saved file is checked when it is restored, maybe years later: on
@@ -358,31 +365,88 @@ static int setup(src_ctx *c)
     return ret < 0 ? (lm_channel_error(c->ch, &c->err), ret) : 0;
 }
 
-/* Auto-converge (QEMU's semantics): when the guest dirtied more than
- * throttle-trigger-threshold % of what we sent in a period, twice, throttle
- * its vCPUs harder. */
-static void maybe_throttle(src_ctx *c, uint64_t dirtied, uint64_t sent)
+/* Throttles the whole guest one step harder (auto-converge). */
+static void throttle_step(src_ctx *c)
 {
     lm_engine *e = c->e;
-    if (!lm_cap(e, LM_CAP_AUTO_CONVERGE) || !e->cb.vm_throttle || sent == 0) {
+    if (!e->cb.vm_throttle) {
         return;
     }
     pthread_mutex_lock(&e->lock);
-    uint64_t threshold = e->params.throttle_trigger_threshold;
     int pct = e->stats.throttle_percent;
-    bool trigger = lm_sat_mul(dirtied, 100) > lm_sat_mul(sent, threshold);
-    if (trigger && ++c->throttle_triggers >= 2) {
-        c->throttle_triggers = 0;
-        pct = pct ? pct + (int)e->params.cpu_throttle_increment : (int)e->params.cpu_throttle_initial;
-        if (pct > (int)e->params.max_cpu_throttle) {
-            pct = (int)e->params.max_cpu_throttle;
-        }
+    pct = pct ? pct + (int)e->params.cpu_throttle_increment : (int)e->params.cpu_throttle_initial;
+    if (pct > (int)e->params.max_cpu_throttle) {
+        pct = (int)e->params.max_cpu_throttle;
     }
     bool changed = pct != e->stats.throttle_percent;
     e->stats.throttle_percent = pct;
     pthread_mutex_unlock(&e->lock);
     if (changed) {
         e->cb.vm_throttle(e->opaque, pct);
+    }
+}
+
+/* dirty-limit (QEMU's migration_dirty_limit_guest): every vCPU held near
+ * vcpu-dirty-limit, each by its own throttle. */
+static void dirty_limit_guest(src_ctx *c)
+{
+    lm_engine *e = c->e;
+    pthread_mutex_lock(&e->lock);
+    uint64_t limit = e->params.vcpu_dirty_limit;
+    pthread_mutex_unlock(&e->lock);
+    if (lm_dirtylimit_migration_engage(e, limit)) {
+        lm_debug("dirty-limit: every vCPU limited to %llu MB/s", (unsigned long long)limit);
+    }
+}
+
+/* Auto-converge and dirty-limit (QEMU's migration_trigger_throttle): when
+ * the guest dirtied more than throttle-trigger-threshold % of what we sent
+ * in a period, twice, throttle its vCPUs harder, or limit each vCPU. */
+static void maybe_throttle(src_ctx *c, uint64_t dirtied, uint64_t sent)
+{
+    lm_engine *e = c->e;
+    bool dirty_limit = lm_cap(e, LM_CAP_DIRTY_LIMIT);
+    if ((!lm_cap(e, LM_CAP_AUTO_CONVERGE) && !dirty_limit) || sent == 0) {
+        return;
+    }
+    if (lm_cap(e, LM_CAP_X_AUTO_POSTCOPY)) {
+        return; /* its stall detector decides when to fall back on them */
+    }
+    pthread_mutex_lock(&e->lock);
+    uint64_t threshold = e->params.throttle_trigger_threshold;
+    pthread_mutex_unlock(&e->lock);
+    bool trigger = lm_sat_mul(dirtied, 100) > lm_sat_mul(sent, threshold);
+    if (!trigger || ++c->throttle_triggers < 2) {
+        return;
+    }
+    c->throttle_triggers = 0;
+    if (dirty_limit) {
+        dirty_limit_guest(c);
+    } else {
+        throttle_step(c);
+    }
+}
+
+/* x-auto-postcopy acted: say so (events) and do it. */
+static void auto_postcopy_act(src_ctx *c, lm_conv_action act, uint64_t pass)
+{
+    lm_engine *e = c->e;
+    lm_warn("x-auto-postcopy: precopy stopped converging at pass %llu: %s",
+            (unsigned long long)pass, act == LM_CONV_GIVE_UP ? "nothing to fall back to"
+                                                             : lm_conv_action_name(act));
+    if (act == LM_CONV_POSTCOPY) {
+        pthread_mutex_lock(&e->lock);
+        e->postcopy_requested = true; /* as migrate-start-postcopy */
+        pthread_mutex_unlock(&e->lock);
+    } else if (act == LM_CONV_DIRTY_LIMIT) {
+        dirty_limit_guest(c);
+    } else if (act == LM_CONV_AUTO_CONVERGE) {
+        throttle_step(c);
+    }
+    if (e->cb.on_event) {
+        lm_event ev = { .kind = LM_EVENT_AUTO_POSTCOPY, .status = LM_STATUS_ACTIVE, .pass = pass,
+                        .detail = lm_conv_action_name(act) };
+        e->cb.on_event(e->opaque, &ev);
     }
 }
 
@@ -540,6 +604,8 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
                   : unlimited_bw                      ? unlimited_bw
                                                       : st->bandwidth;
     st->switchover_bw = bw;
+    uint64_t pass_bw = st->bandwidth;
+    int throttle = st->throttle_percent;
     uint64_t limit_ns = lm_sat_mul(e->params.downtime_limit, 1000000);
     uint64_t fixed = fixed_cost_ns(e);
     uint64_t expected = 0;
@@ -557,6 +623,20 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     lm_emit_pass(e, pass);
     if (pass > 1) {
         maybe_throttle(c, new_bytes, sent);
+    }
+    lm_conv_input ci = {
+        .rec = { .pass = pass, .start_ns = c->pass_start_ns, .duration_ns = elapsed,
+                 .dirty_bytes = new_bytes, .sent_bytes = sent, .bandwidth = pass_bw,
+                 .remaining = pending, .throttle_percent = throttle,
+                 .dirty_limit = lm_dirtylimit_migration_owned(e),
+                 .dirty_limit_throttle_us = lm_dirtylimit_throttle_us_per_round(e) },
+        .pending = pending, .switchover_bw = bw, .expected_ns = expected, .limit_ns = limit_ns,
+        .fits = pending <= NEGLIGIBLE_BYTES || (bw && expected <= limit_ns),
+        .postcopy_possible = c->pc != NULL,
+    };
+    lm_conv_action act = lm_convergence_update(e, &c->conv, &ci);
+    if (act != LM_CONV_NONE) {
+        auto_postcopy_act(c, act, pass);
     }
 
     *switch_now = false;
@@ -1073,6 +1153,7 @@ static void finish(src_ctx *c, int ret)
         }
         c->ch = NULL;
     }
+    lm_dirtylimit_migration_release(e); /* QEMU lifts them at the end too */
     if (e->cb.vm_throttle) {
         pthread_mutex_lock(&e->lock);
         bool throttled = e->stats.throttle_percent != 0;
@@ -1143,6 +1224,7 @@ void *lm_migration_thread(void *arg)
     c.pass_start_ns = lm_now_ns();
     c.pass_start_bytes = c.ch ? sent_bytes(&c) : 0;
     c.pass_start_held = lm_ratelimit_held_ns(&e->rl);
+    lm_convergence_begin(e, &c.conv);
     while (ret == 0) {
         bool switch_now;
         ret = sync_and_decide(&c, &switch_now);

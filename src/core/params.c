@@ -23,6 +23,8 @@ static const char *const cap_names[LM_CAP__COUNT + 1] = {
     [LM_CAP_ZERO_COPY_SEND] = "zero-copy-send",
     [LM_CAP_MAPPED_RAM] = "mapped-ram",
     [LM_CAP_X_CHECKSUM] = "x-checksum",
+    [LM_CAP_DIRTY_LIMIT] = "dirty-limit",
+    [LM_CAP_X_AUTO_POSTCOPY] = "x-auto-postcopy",
     [LM_CAP__COUNT] = NULL,
 };
 
@@ -56,6 +58,10 @@ enum param_id {
     P_TLS_HOSTNAME,
     P_TLS_AUTHZ,
     P_X_HANDSHAKE_TIMEOUT,
+    P_X_VCPU_DIRTY_LIMIT_PERIOD,
+    P_VCPU_DIRTY_LIMIT,
+    P_X_AUTO_POSTCOPY_PASSES,
+    P_X_AUTO_POSTCOPY_TIME,
     P__COUNT
 };
 
@@ -80,6 +86,11 @@ static const lm_param_desc param_descs[P__COUNT + 1] = {
     [P_TLS_HOSTNAME] = { "tls-hostname", LM_PARAM_STR, 0, 0, NULL },
     [P_TLS_AUTHZ] = { "tls-authz", LM_PARAM_STR, 0, 0, NULL },
     [P_X_HANDSHAKE_TIMEOUT] = { "x-handshake-timeout", LM_PARAM_U64, 1, 3600000, NULL },
+    /* QEMU's bounds: the period 1..1000 ms, the limit at least 1 MB/s. */
+    [P_X_VCPU_DIRTY_LIMIT_PERIOD] = { "x-vcpu-dirty-limit-period", LM_PARAM_U64, 1, 1000, NULL },
+    [P_VCPU_DIRTY_LIMIT] = { "vcpu-dirty-limit", LM_PARAM_U64, 1, INT64_MAX >> 21, NULL },
+    [P_X_AUTO_POSTCOPY_PASSES] = { "x-auto-postcopy-passes", LM_PARAM_U64, 1, 1000, NULL },
+    [P_X_AUTO_POSTCOPY_TIME] = { "x-auto-postcopy-time", LM_PARAM_U64, 0, 86400000, NULL },
     [P__COUNT] = { NULL, 0, 0, 0, NULL },
 };
 
@@ -104,6 +115,10 @@ void lm_params_defaults(lm_engine *e)
     p->multifd_zstd_level = 1;
     snprintf(p->zero_page_detection, sizeof(p->zero_page_detection), "multifd");
     p->x_handshake_timeout = 30000;
+    p->x_vcpu_dirty_limit_period = 1000; /* QEMU's defaults */
+    p->vcpu_dirty_limit = 1;
+    p->x_auto_postcopy_passes = 3;
+    p->x_auto_postcopy_time = 0;
     memset(e->caps, 0, sizeof(e->caps));
     e->caps[LM_CAP_RETURN_PATH] = true; /* see docs/architecture.md: confirms the load */
 }
@@ -150,6 +165,10 @@ static int check_caps(const bool *caps, lm_error *err)
     }
     if (caps[LM_CAP_MAPPED_RAM] && caps[LM_CAP_POSTCOPY_RAM]) {
         return lm_error_set(err, -EINVAL, "mapped-ram is incompatible with postcopy-ram");
+    }
+    if (caps[LM_CAP_DIRTY_LIMIT] && caps[LM_CAP_AUTO_CONVERGE]) {
+        return lm_error_set(err, -EINVAL, "dirty-limit conflicts with auto-converge, "
+                                          "either of them available currently");
     }
     return 0;
 }
@@ -211,7 +230,9 @@ static bool live_param(int id)
     return id == P_MAX_BANDWIDTH || id == P_DOWNTIME_LIMIT || id == P_AVAIL_SWITCHOVER_BANDWIDTH ||
            id == P_THROTTLE_TRIGGER_THRESHOLD || id == P_CPU_THROTTLE_INCREMENT ||
            id == P_MAX_CPU_THROTTLE || id == P_CPU_THROTTLE_TAILSLOW ||
-           id == P_MAX_POSTCOPY_BANDWIDTH;
+           id == P_MAX_POSTCOPY_BANDWIDTH || id == P_X_VCPU_DIRTY_LIMIT_PERIOD ||
+           id == P_VCPU_DIRTY_LIMIT || id == P_X_AUTO_POSTCOPY_PASSES ||
+           id == P_X_AUTO_POSTCOPY_TIME;
 }
 
 static uint64_t *u64_slot(lm_params *p, int id)
@@ -228,6 +249,10 @@ static uint64_t *u64_slot(lm_params *p, int id)
     case P_MULTIFD_CHANNELS: return &p->multifd_channels;
     case P_MULTIFD_ZSTD_LEVEL: return &p->multifd_zstd_level;
     case P_X_HANDSHAKE_TIMEOUT: return &p->x_handshake_timeout;
+    case P_X_VCPU_DIRTY_LIMIT_PERIOD: return &p->x_vcpu_dirty_limit_period;
+    case P_VCPU_DIRTY_LIMIT: return &p->vcpu_dirty_limit;
+    case P_X_AUTO_POSTCOPY_PASSES: return &p->x_auto_postcopy_passes;
+    case P_X_AUTO_POSTCOPY_TIME: return &p->x_auto_postcopy_time;
     default: return NULL;
     }
 }

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "livemig/engine.h"
+#include "livemig/vcpu.h"
 #include "qmp/qmp.h"
 
 /* What migrate and migrate-incoming need beyond the engine: the server,
@@ -785,6 +786,42 @@ static json_t *downtime_breakdown_json(const lm_downtime_breakdown *b)
     return o;
 }
 
+/* x-convergence (docs/architecture.md, convergence): the forecast. */
+static json_t *convergence_json(const lm_convergence *c)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "pass", ju64(c->pass));
+    json_object_set_new(o, "dirty-rate", ju64(c->dirty_rate));
+    json_object_set_new(o, "tracker-dirty-rate", ju64(c->tracker_dirty_rate));
+    json_object_set_new(o, "vcpu-dirty-rate", ju64(c->vcpu_dirty_rate));
+    json_object_set_new(o, "bandwidth", ju64(c->bandwidth));
+    json_object_set_new(o, "ratio", json_real(isfinite(c->ratio) ? c->ratio : 0.0));
+    json_object_set_new(o, "trend", json_string(c->trend));
+    json_t *p = json_array();
+    for (unsigned i = 0; i < c->npending && i < LM_CONVERGENCE_HISTORY; i++) {
+        json_array_append_new(p, ju64(c->pending[i]));
+    }
+    json_object_set_new(o, "remaining-history", p);
+    json_object_set_new(o, "stalled-passes", ju64(c->stalled_passes));
+    if (c->never) {
+        json_object_set_new(o, "estimated-time", json_string("never"));
+    } else {
+        json_object_set_new(o, "estimated-time", ju64(c->eta_ms));
+    }
+    json_object_set_new(o, "downtime", ju64(c->downtime_ms));
+    if (c->heavy_vcpu >= 0) {
+        json_object_set_new(o, "vcpu", json_pack("{s:i, s:I}", "cpu-index", c->heavy_vcpu,
+                                                 "percent", (json_int_t)c->heavy_vcpu_percent));
+    }
+    if (c->heavy_block[0]) {
+        json_object_set_new(o, "block", json_pack("{s:s%, s:I}", "name", c->heavy_block,
+                                                  strnlen(c->heavy_block, sizeof(c->heavy_block)),
+                                                  "percent", (json_int_t)c->heavy_block_percent));
+    }
+    json_object_set_new(o, "reason", json_stringn(c->reason, strnlen(c->reason, sizeof(c->reason))));
+    return o;
+}
+
 json_t *qmp_migration_info_json(const lm_info *info)
 {
     json_t *o = json_object();
@@ -839,6 +876,21 @@ json_t *qmp_migration_info_json(const lm_info *info)
         if (info->cpu_throttle_percentage != 0) {
             json_object_set_new(o, "cpu-throttle-percentage",
                                 json_integer(info->cpu_throttle_percentage));
+        }
+        if (!info->incoming && info->convergence.valid) {
+            json_object_set_new(o, "x-convergence", convergence_json(&info->convergence));
+        }
+        const char *ap = info->convergence.auto_postcopy;
+        if (!info->incoming && ap[0]) {
+            json_t *a = json_pack("{s:s%}", "state", ap, strnlen(ap, sizeof(info->convergence.auto_postcopy)));
+            if (info->convergence.auto_postcopy_pass) {
+                json_object_set_new(a, "pass", ju64(info->convergence.auto_postcopy_pass));
+            }
+            json_object_set_new(o, "x-auto-postcopy", a);
+        }
+        if (info->dirty_limit_active) {
+            json_object_set_new(o, "dirty-limit-throttle-time-per-round",
+                                ju64(info->dirty_limit_throttle_time_per_round));
         }
         if (info->dirty_tracker[0]) {
             char tracker[sizeof(info->dirty_tracker) + 1];
@@ -975,6 +1027,18 @@ static json_t *cmd_query_dirty_rate(void *opaque, json_t *args, lm_error *err)
         json_object_set_new(o, "x-window-start-ns", json_integer((json_int_t)info->window_start_ns));
         json_object_set_new(o, "x-window-end-ns", json_integer((json_int_t)info->window_end_ns));
         json_object_set_new(o, "x-blocks", blocks);
+        if (info->nvcpus) {
+            /* QEMU's shape (its dirty-ring mode); here from the vCPUs' own
+             * counts, which the embedder reports. */
+            json_t *v = json_array();
+            for (unsigned i = 0; i < info->nvcpus && i < LM_MAX_VCPUS; i++) {
+                json_array_append_new(v, json_pack("{s:i, s:I, s:I}", "id", (int)i, "dirty-rate",
+                                                   (json_int_t)info->vcpus[i].dirty_rate,
+                                                   "x-dirty-pages",
+                                                   (json_int_t)info->vcpus[i].dirty_pages));
+            }
+            json_object_set_new(o, "vcpu-dirty-rate", v);
+        }
     } else if (o && info->status == LM_DIRTYRATE_MEASURED) {
         json_object_set_new(o, "x-error", json_string(info->error));
     }
@@ -983,6 +1047,71 @@ static json_t *cmd_query_dirty_rate(void *opaque, json_t *args, lm_error *err)
         lm_error_set(err, -ENOMEM, "out of memory");
     }
     return o;
+}
+
+/* ------------------------------------------------------------------------ */
+/* set-vcpu-dirty-limit / cancel-vcpu-dirty-limit / query-vcpu-dirty-limit
+ * (QEMU 7.1+): per-vCPU limits in MB/s. */
+
+static int cpu_index_arg(json_t *args, int *index, lm_error *err)
+{
+    uint64_t idx = 0;
+    *index = -1;
+    if (qmp_arg_u64(args, "cpu-index", false, &idx, err) < 0) {
+        return -EINVAL;
+    }
+    if (json_object_get(args, "cpu-index")) {
+        if (idx >= LM_MAX_VCPUS) {
+            return lm_error_set(err, -EINVAL, "cpu-index %" PRIu64 " out of range", idx);
+        }
+        *index = (int)idx;
+    }
+    return 0;
+}
+
+static json_t *cmd_set_vcpu_dirty_limit(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { "cpu-index", "dirty-rate", NULL };
+    uint64_t rate = 0;
+    int index;
+    if (qmp_args_check(args, known, err) < 0 || cpu_index_arg(args, &index, err) < 0 ||
+        qmp_arg_u64(args, "dirty-rate", true, &rate, err) < 0 ||
+        lm_engine_set_vcpu_dirty_limit(opaque, index, rate, err) < 0) {
+        return NULL;
+    }
+    return json_object();
+}
+
+static json_t *cmd_cancel_vcpu_dirty_limit(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { "cpu-index", NULL };
+    int index;
+    if (qmp_args_check(args, known, err) < 0 || cpu_index_arg(args, &index, err) < 0 ||
+        lm_engine_cancel_vcpu_dirty_limit(opaque, index, err) < 0) {
+        return NULL;
+    }
+    return json_object();
+}
+
+/* QEMU lists the limited vCPUs; x-throttle-percent is livemig's. */
+static json_t *cmd_query_vcpu_dirty_limit(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { NULL };
+    if (qmp_args_check(args, known, err) < 0) {
+        return NULL;
+    }
+    lm_vcpu_dirty_limit v[LM_MAX_VCPUS];
+    unsigned n = lm_engine_query_vcpu_dirty_limit(opaque, v, LM_MAX_VCPUS);
+    json_t *a = json_array();
+    for (unsigned i = 0; i < n; i++) {
+        if (v[i].limit_rate) {
+            json_array_append_new(a, json_pack("{s:i, s:I, s:I, s:i}", "cpu-index", (int)v[i].cpu_index,
+                                               "limit-rate", (json_int_t)v[i].limit_rate,
+                                               "current-rate", (json_int_t)v[i].current_rate,
+                                               "x-throttle-percent", v[i].throttle_percent));
+        }
+    }
+    return a;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1017,6 +1146,9 @@ void qmp_register_migration_commands(qmp_server *s, struct lm_engine *e)
     qmp_server_register(s, "query-migrate", cmd_query_migrate, e);
     qmp_server_register(s, "calc-dirty-rate", cmd_calc_dirty_rate, mc);
     qmp_server_register(s, "query-dirty-rate", cmd_query_dirty_rate, mc);
+    qmp_server_register(s, "set-vcpu-dirty-limit", cmd_set_vcpu_dirty_limit, e);
+    qmp_server_register(s, "cancel-vcpu-dirty-limit", cmd_cancel_vcpu_dirty_limit, e);
+    qmp_server_register(s, "query-vcpu-dirty-limit", cmd_query_vcpu_dirty_limit, e);
 }
 
 void qmp_emit_migration_event(qmp_server *s, const struct lm_event *ev)
@@ -1031,6 +1163,10 @@ void qmp_emit_migration_event(qmp_server *s, const struct lm_event *ev)
         break;
     case LM_EVENT_MIGRATION_PASS:
         qmp_server_emit(s, "MIGRATION_PASS", json_pack("{s:I}", "pass", (json_int_t)ev->pass));
+        break;
+    case LM_EVENT_AUTO_POSTCOPY:
+        qmp_server_emit(s, "X_AUTO_POSTCOPY", json_pack("{s:I, s:s}", "pass", (json_int_t)ev->pass,
+                                                        "action", ev->detail ? ev->detail : ""));
         break;
     }
 }

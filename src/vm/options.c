@@ -34,6 +34,7 @@ static void usage(FILE *f, const char *prog)
 "      --smp N                vCPU threads (default 1)\n"
 "      --workload W           increment (default), random or idle\n"
 "      --dirty-rate BYTES/s   total dirtying rate, split among vCPUs (0 = unlimited)\n"
+"      --vcpu-dirty-rate R0,R1,...  one rate per vCPU instead (0 = unlimited)\n"
 "      --working-set PCT%%|SIZE random: the part of RAM written (default 100%%)\n"
 "      --seed N               PRNG seed (default 1)\n"
 "      --vram SIZE            add the iterative 'vram' device of SIZE bytes\n"
@@ -151,6 +152,30 @@ static int parse_rate(const char *opt, const char *s, uint64_t *out, lm_error *e
     return 0;
 }
 
+/* --vcpu-dirty-rate R0,R1,...: one rate per vCPU, in vCPU order. */
+static int parse_vcpu_rates(const char *s, workload_config *w, lm_error *err)
+{
+    char buf[1024];
+    if (strlen(s) >= sizeof(buf)) {
+        return lm_error_set(err, -EINVAL, "--vcpu-dirty-rate: too long");
+    }
+    snprintf(buf, sizeof(buf), "%s", s);
+    w->nvcpu_rates = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (w->nvcpu_rates >= WL_MAX_VCPU_RATES) {
+            return lm_error_set(err, -EINVAL, "--vcpu-dirty-rate: at most %d rates",
+                                WL_MAX_VCPU_RATES);
+        }
+        int ret = parse_rate("--vcpu-dirty-rate", tok, &w->vcpu_rates[w->nvcpu_rates], err);
+        if (ret < 0) {
+            return ret;
+        }
+        w->nvcpu_rates++;
+    }
+    return w->nvcpu_rates ? 0 : lm_error_set(err, -EINVAL, "--vcpu-dirty-rate: no rate given");
+}
+
 static int parse_working_set(const char *s, workload_config *w, lm_error *err)
 {
     size_t n = strlen(s);
@@ -180,6 +205,7 @@ enum {
     OPT_SMP,
     OPT_WORKLOAD,
     OPT_DIRTY_RATE,
+    OPT_VCPU_DIRTY_RATE,
     OPT_WORKING_SET,
     OPT_SEED,
     OPT_VRAM,
@@ -209,6 +235,7 @@ static const struct option long_opts[] = {
     { "smp", required_argument, NULL, OPT_SMP },
     { "workload", required_argument, NULL, OPT_WORKLOAD },
     { "dirty-rate", required_argument, NULL, OPT_DIRTY_RATE },
+    { "vcpu-dirty-rate", required_argument, NULL, OPT_VCPU_DIRTY_RATE },
     { "working-set", required_argument, NULL, OPT_WORKING_SET },
     { "seed", required_argument, NULL, OPT_SEED },
     { "vram", required_argument, NULL, OPT_VRAM },
@@ -281,6 +308,9 @@ int vm_options_parse(vm_options *o, int argc, char **argv, lm_error *err)
             break;
         case OPT_DIRTY_RATE:
             ret = parse_rate("--dirty-rate", optarg, &o->workload.dirty_rate, err);
+            break;
+        case OPT_VCPU_DIRTY_RATE:
+            ret = parse_vcpu_rates(optarg, &o->workload, err);
             break;
         case OPT_WORKING_SET:
             ret = parse_working_set(optarg, &o->workload, err);

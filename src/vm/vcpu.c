@@ -21,6 +21,8 @@ struct vcpu {
     wl_regs regs;     /* the register block: migrates as "cpu" instance index */
     wl_regs initial;  /* what this machine expects; a loaded block must match */
     int tid;          /* the thread's id (postcopy blocktime), set under vs->lock */
+    int throttle;     /* atomic: this vCPU's own throttle (dirty-limit), percent */
+    uint64_t throttle_ns; /* atomic: time slept paying throttle debt (either throttle) */
 };
 
 struct vcpus {
@@ -75,9 +77,9 @@ static void vcpu_run(struct vcpu *cpu)
 {
     vcpus *vs = cpu->owner;
     workload *wl = vs->wl;
-    unsigned batch = workload_batch(wl);
+    unsigned batch = workload_batch(wl, cpu->index);
     uint64_t step_bytes = workload_step_bytes(wl);
-    uint64_t rate = workload_vcpu_rate(wl);
+    uint64_t rate = workload_vcpu_rate(wl, cpu->index);
     uint64_t step_sleep = workload_step_sleep_ns(wl);
     /* Token bucket: at most ~10 ms (or one batch) of credit, so a vCPU that
      * was held back does not burst afterwards. */
@@ -101,11 +103,19 @@ static void vcpu_run(struct vcpu *cpu)
             vs->tick(vs->tick_opaque);
         }
 
+        /* The whole guest's throttle (auto-converge) or this vCPU's own
+         * (dirty-limit), whichever asks for more sleep. */
         int p = __atomic_load_n(&vs->throttle, __ATOMIC_RELAXED);
+        int own = __atomic_load_n(&cpu->throttle, __ATOMIC_RELAXED);
+        if (own > p) {
+            p = own;
+        }
         if (p > 0) {
             debt += (t1 - t0) * (uint64_t)p / (uint64_t)(100 - p);
             if (debt >= THROTTLE_MIN_SLEEP_NS) {
+                uint64_t s0 = vm_now_ns();
                 vcpu_sleep(vs, debt);
+                __atomic_fetch_add(&cpu->throttle_ns, vm_now_ns() - s0, __ATOMIC_RELAXED);
                 debt = 0;
             }
         } else {
@@ -274,6 +284,47 @@ void vcpus_set_throttle(vcpus *vs, int percent)
     __atomic_store_n(&vs->throttle, percent, __ATOMIC_RELAXED);
 }
 
+void vcpus_set_vcpu_throttle(vcpus *vs, unsigned index, int percent)
+{
+    if (index >= vs->n) {
+        return;
+    }
+    percent = percent < 0 ? 0 : percent > 99 ? 99 : percent;
+    __atomic_store_n(&vs->cpu[index].throttle, percent, __ATOMIC_RELAXED);
+}
+
+void vcpus_vcpu_stats(vcpus *vs, unsigned index, vcpu_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (index >= vs->n) {
+        return;
+    }
+    struct vcpu *cpu = &vs->cpu[index];
+    out->steps = __atomic_load_n(&cpu->regs.steps, __ATOMIC_RELAXED);
+    out->dirty_pages = workload_step_bytes(vs->wl) ? out->steps : 0;
+    out->throttle = __atomic_load_n(&cpu->throttle, __ATOMIC_RELAXED);
+    out->throttle_ns = __atomic_load_n(&cpu->throttle_ns, __ATOMIC_RELAXED);
+}
+
+/* lm_vcpu_ops: each step of a writing workload dirties one page (random:
+ * its data page; its version-table entry shares pages with others). */
+static uint64_t ops_dirty_pages(void *opaque, unsigned index)
+{
+    vcpu_stats st;
+    vcpus_vcpu_stats(opaque, index, &st);
+    return st.dirty_pages;
+}
+
+static void ops_throttle(void *opaque, unsigned index, int percent)
+{
+    vcpus_set_vcpu_throttle(opaque, index, percent);
+}
+
+static const lm_vcpu_ops vcpu_ops = {
+    .dirty_pages = ops_dirty_pages,
+    .throttle = ops_throttle,
+};
+
 unsigned vcpus_count(const vcpus *vs)
 {
     return vs->n;
@@ -349,6 +400,12 @@ static const lm_vmstate cpu_vmstate = {
 
 int vcpus_register(vcpus *vs, lm_engine *e, lm_error *err)
 {
+    if (vs->n <= LM_MAX_VCPUS) {
+        int ret = lm_engine_set_vcpu_ops(e, vs->n, &vcpu_ops, vs, err);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     for (unsigned i = 0; i < vs->n; i++) {
         /* Every thread sets its id before it first parks. */
         pthread_mutex_lock(&vs->lock);

@@ -6,6 +6,9 @@
  * parked, so guest memory and the register blocks are then frozen.  The
  * stop request is one atomic flag read between steps.
  *
+ * vcpus_register also hands the engine each vCPU's dirty-page count and
+ * its own throttle (lm_vcpu_ops, for dirty-limit and per-vCPU rates).
+ *
  * Throttling (auto-converge) makes each vCPU sleep `percent` % of its time:
  * after working for t it owes t * p / (100 - p) of sleep, paid once the
  * debt reaches a millisecond.  A --dirty-rate is enforced per vCPU with a
@@ -24,6 +27,7 @@
 #include <stdint.h>
 
 #include "livemig/engine.h"
+#include "livemig/vcpu.h"
 #include "workload.h"
 
 typedef struct vcpus vcpus;
@@ -42,6 +46,18 @@ void vcpus_resume(vcpus *vs);
 void vcpus_pause(vcpus *vs);
 bool vcpus_running(vcpus *vs);
 void vcpus_set_throttle(vcpus *vs, int percent);
+/* dirty-limit: vCPU `index` alone sleeps `percent` % of its time (the
+ * larger of this and the whole guest's throttle applies). */
+void vcpus_set_vcpu_throttle(vcpus *vs, unsigned index, int percent);
+
+/* One vCPU's counters; safe while it runs. */
+typedef struct vcpu_stats {
+    uint64_t steps;
+    uint64_t dirty_pages;   /* pages written (lm_vcpu_ops.dirty_pages) */
+    int throttle;           /* its own throttle, percent */
+    uint64_t throttle_ns;   /* time it slept paying either throttle */
+} vcpu_stats;
+void vcpus_vcpu_stats(vcpus *vs, unsigned index, vcpu_stats *out);
 
 unsigned vcpus_count(const vcpus *vs);
 /* Sums over every vCPU; safe while they run. */

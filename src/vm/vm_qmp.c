@@ -124,10 +124,27 @@ static json_t *cmd_query_workload(void *opaque, json_t *args, lm_error *err)
     pthread_mutex_lock(&m->lock);
     uint64_t stop_ns = m->last_stop_ns, start_ns = m->last_start_ns;
     pthread_mutex_unlock(&m->lock);
-    return json_pack("{s:I, s:I, s:s, s:i, s:I, s:I}", "steps", (json_int_t)steps, "passes",
-                     (json_int_t)passes, "workload", workload_kind_name(workload_get_kind(m->wl)),
-                     "vcpus", (int)vcpus_count(m->cpus), "x-last-stop-ns", (json_int_t)stop_ns,
-                     "x-last-start-ns", (json_int_t)start_ns);
+    json_t *r = json_pack("{s:I, s:I, s:s, s:i, s:I, s:I}", "steps", (json_int_t)steps, "passes",
+                          (json_int_t)passes, "workload",
+                          workload_kind_name(workload_get_kind(m->wl)), "vcpus",
+                          (int)vcpus_count(m->cpus), "x-last-stop-ns", (json_int_t)stop_ns,
+                          "x-last-start-ns", (json_int_t)start_ns);
+    /* Each vCPU's own counters: dirty-limit throttles one at a time. */
+    json_t *per = json_array();
+    for (unsigned i = 0; r && per && i < vcpus_count(m->cpus); i++) {
+        vcpu_stats st;
+        vcpus_vcpu_stats(m->cpus, i, &st);
+        json_array_append_new(per, json_pack("{s:I, s:I, s:i, s:I}", "steps", (json_int_t)st.steps,
+                                             "dirty-pages", (json_int_t)st.dirty_pages,
+                                             "throttle", st.throttle, "throttle-ns",
+                                             (json_int_t)st.throttle_ns));
+    }
+    if (r && per) {
+        json_object_set_new(r, "per-vcpu", per);
+    } else {
+        json_decref(per);
+    }
+    return r;
 }
 
 static void do_hash(vm *m, void *arg)

@@ -57,6 +57,11 @@ int workload_new(const workload_config *cfg, guest_ram *ram, unsigned nvcpus,
     w->cfg = *cfg;
     w->ram = ram;
     w->nvcpus = nvcpus;
+    if (cfg->nvcpu_rates && cfg->nvcpu_rates != nvcpus) {
+        free(w);
+        return lm_error_set(err, -EINVAL, "--vcpu-dirty-rate gives %u rates for %u vCPUs",
+                            cfg->nvcpu_rates, nvcpus);
+    }
 
     switch (cfg->kind) {
     case WORKLOAD_INCREMENT:
@@ -140,7 +145,7 @@ void workload_init_regs(const workload *w, unsigned cpu, wl_regs *regs)
     regs->count = total * (cpu + 1) / n - regs->first;
 }
 
-unsigned workload_batch(const workload *w)
+unsigned workload_batch(const workload *w, unsigned cpu)
 {
     unsigned max = 1;
 
@@ -156,7 +161,7 @@ unsigned workload_batch(const workload *w)
     }
     /* Under a rate limit, about a millisecond's worth per batch keeps the
      * writes smooth instead of bursty. */
-    uint64_t rate = workload_vcpu_rate(w);
+    uint64_t rate = workload_vcpu_rate(w, cpu);
     if (rate) {
         uint64_t per_ms = rate / VM_PAGE_SIZE / 1000;
         if (per_ms < max) {
@@ -173,9 +178,15 @@ uint64_t workload_step_bytes(const workload *w)
     return w->cfg.kind == WORKLOAD_IDLE ? 0 : VM_PAGE_SIZE;
 }
 
-uint64_t workload_vcpu_rate(const workload *w)
+uint64_t workload_vcpu_rate(const workload *w, unsigned cpu)
 {
-    if (w->cfg.dirty_rate == 0 || w->cfg.kind == WORKLOAD_IDLE) {
+    if (w->cfg.kind == WORKLOAD_IDLE) {
+        return 0;
+    }
+    if (w->cfg.nvcpu_rates) {
+        return cpu < w->cfg.nvcpu_rates ? w->cfg.vcpu_rates[cpu] : 0;
+    }
+    if (w->cfg.dirty_rate == 0) {
         return 0;
     }
     uint64_t r = w->cfg.dirty_rate / w->nvcpus;

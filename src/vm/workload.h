@@ -32,6 +32,9 @@ typedef enum workload_kind {
 typedef struct workload_config {
     workload_kind kind;
     uint64_t dirty_rate;      /* bytes/s over all vCPUs; 0 = unlimited */
+#define WL_MAX_VCPU_RATES 64
+    uint64_t vcpu_rates[WL_MAX_VCPU_RATES]; /* --vcpu-dirty-rate: vCPU i's own (0 = unlimited) */
+    unsigned nvcpu_rates;     /* how many were given (the first vCPUs); 0: split dirty_rate */
     unsigned ws_percent;      /* working set as % of data pages (random) ... */
     uint64_t ws_bytes;        /* ... or as a size when non-zero */
     uint64_t seed;
@@ -72,9 +75,9 @@ void workload_init_regs(const workload *w, unsigned cpu, wl_regs *regs);
 unsigned workload_run(workload *w, wl_regs *regs, unsigned max, const int *stop);
 
 /* Pacing hints for the vCPU loop. */
-unsigned workload_batch(const workload *w);        /* steps between time checks */
+unsigned workload_batch(const workload *w, unsigned cpu); /* steps between time checks */
 uint64_t workload_step_bytes(const workload *w);   /* bytes dirtied per step */
-uint64_t workload_vcpu_rate(const workload *w);    /* bytes/s per vCPU, 0 = unlimited */
+uint64_t workload_vcpu_rate(const workload *w, unsigned cpu); /* bytes/s, 0 = unlimited */
 uint64_t workload_step_sleep_ns(const workload *w); /* idle: sleep per step */
 
 /* Check the invariant over all guest RAM, with every vCPU parked; regs[i]

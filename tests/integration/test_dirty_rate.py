@@ -142,6 +142,32 @@ class DirtyRateTest(MigrationTest):
         self.assertTrue(vm.verify()["ok"])
         self.assertTrue(vm.wait_running_steps())
 
+    def test_per_vcpu_rates(self):
+        """Each vCPU's rate, from livemig-vm's per-vCPU counts over the
+        window: vCPU 0 set to 8 MiB/s, vCPU 1 to 1 MiB/s."""
+        rates = [8 * MIB, 1 * MIB]
+        vm = self.vm("src", memory="128M", smp=2, workload="random",
+                     extra=["--vcpu-dirty-rate", "8M,1M"])
+        self.assertTrue(vm.wait_running_steps())
+        self.warm_up(vm, sum(rates))
+        before = [v["steps"] for v in vm.workload()["per-vcpu"]]
+        r, _ = self.measure(vm, 1000)
+        after = [v["steps"] for v in vm.workload()["per-vcpu"]]
+        print("vcpu-dirty-rate:", r["vcpu-dirty-rate"])
+        self.assertEqual([v["id"] for v in r["vcpu-dirty-rate"]], [0, 1])
+        window = (r["x-window-end-ns"] - r["x-window-start-ns"]) / 1e9
+        for i, v in enumerate(r["vcpu-dirty-rate"]):
+            # The window lies within the two samples of the vCPU's counter.
+            self.assertGreater(v["x-dirty-pages"], 0)
+            self.assertLessEqual(v["x-dirty-pages"], after[i] - before[i])
+            achieved = v["x-dirty-pages"] * PAGE / window
+            if achieved >= 0.9 * rates[i]:
+                self.assertLess(abs(achieved - rates[i]), 0.2 * rates[i], r)
+        # The heavy vCPU dirties more than the light one, whatever the load.
+        self.assertGreater(r["vcpu-dirty-rate"][0]["x-dirty-pages"],
+                           r["vcpu-dirty-rate"][1]["x-dirty-pages"])
+        self.assertTrue(vm.verify()["ok"])
+
     def test_idle_guest_measures_zero(self):
         vm = self.vm("src", memory="128M", workload="idle")
         r = vm.cmd("query-dirty-rate")
