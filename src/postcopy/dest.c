@@ -439,11 +439,15 @@ static int place_run(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t p, uin
     if (src && movable && whole && __atomic_load_n(&d->move_ok[wi], __ATOMIC_RELAXED)) {
         long moved = uffd_move(d, wi, addr, src, len);
         if (moved < 0) {
-            /* e.g. the buffer's page is shared or pinned, or the guest's
-             * mapping is locked and the buffer not: copy from now on. */
-            __atomic_store_n(&d->move_ok[wi], false, __ATOMIC_RELAXED);
-            lm_debug("postcopy: UFFDIO_MOVE refused for block '%s' (%s); using UFFDIO_COPY",
-                     b->name, strerror((int)-moved));
+            /* A page the kernel cannot move right now (EBUSY: pinned, or
+             * a huge page it could not split) is copied; a refusal of the
+             * mappings themselves (e.g. the guest's is locked and the
+             * buffer not) turns moves off for the block. */
+            if (moved != -EBUSY) {
+                __atomic_store_n(&d->move_ok[wi], false, __ATOMIC_RELAXED);
+            }
+            lm_debug("postcopy: UFFDIO_MOVE refused for block '%s' (%s); using UFFDIO_COPY%s",
+                     b->name, strerror((int)-moved), moved == -EBUSY ? " for this run" : "");
         } else {
             __atomic_fetch_add(&d->moved_bytes, (uint64_t)moved, __ATOMIC_RELAXED);
             addr += (size_t)moved;
