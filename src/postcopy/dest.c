@@ -94,10 +94,18 @@ int lm_pc_dst_new(lm_engine *e, lm_ram_block **blocks, size_t nblocks, uint32_t 
                                 (unsigned long long)lm_pc_hp_pages(blocks[i]), LM_PC_HP_MAX);
         }
     }
-    /* Placement by UFFDIO_MOVE where the kernel allows it; "copy" keeps
-     * UFFDIO_COPY (the fallback, and how the tests reach it). */
+    /* Placement by UFFDIO_MOVE where it pays and the kernel allows it;
+     * "copy" keeps UFFDIO_COPY (the fallback, and how the tests reach
+     * it), "move" moves 4 KiB runs too. */
     const char *how = getenv("LIVEMIG_POSTCOPY_PLACE");
-    d->move_wanted = !how || strcmp(how, "copy") != 0;
+    d->place_mode = !how || !*how            ? LM_PC_PLACE_AUTO
+                    : !strcmp(how, "copy")   ? LM_PC_PLACE_COPY
+                    : !strcmp(how, "move")   ? LM_PC_PLACE_MOVE
+                                             : LM_PC_PLACE_AUTO;
+    if (how && *how && strcmp(how, "copy") && strcmp(how, "move")) {
+        lm_warn("LIVEMIG_POSTCOPY_PLACE=%s: expected copy or move; using the default", how);
+    }
+    d->move_wanted = d->place_mode != LM_PC_PLACE_COPY;
     d->zero_len = cap;
     d->zero_buf = mmap(NULL, cap, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (d->zero_buf == MAP_FAILED) {
@@ -538,7 +546,8 @@ static int place_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, lm_ram_blo
     size_t psz = b->page_size;
     if (hp == 1) {
         /* A run: read into the buffer, placed with one ioctl. */
-        bool move = type == LM_RAM_PAGES && __atomic_load_n(&d->move_ok[wi], __ATOMIC_RELAXED);
+        bool move = type == LM_RAM_PAGES && d->place_mode == LM_PC_PLACE_MOVE &&
+                    __atomic_load_n(&d->move_ok[wi], __ATOMIC_RELAXED);
         for (uint64_t done = 0; done < count;) {
             uint64_t chunk = LM_MIN((uint64_t)count - done, pl->cap / psz);
             if (move) {

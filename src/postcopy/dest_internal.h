@@ -43,7 +43,12 @@ struct lm_pc_dst {
      * the kernel has it, not turned off); cleared when the kernel refuses
      * a move, and COPY takes over. */
     bool move_ok[LM_MAX_RAM_BLOCKS];
-    bool move_wanted;                         /* LIVEMIG_POSTCOPY_PLACE is not "copy" */
+    /* LIVEMIG_POSTCOPY_PLACE: "copy" never moves, "move" moves runs of
+     * 4 KiB pages too; by default only whole THP host pages move (for 4
+     * KiB runs a move costs more than a copy: the buffer must be filled
+     * with fresh pages again, see bench/postcopy-results.md). */
+    enum { LM_PC_PLACE_AUTO, LM_PC_PLACE_COPY, LM_PC_PLACE_MOVE } place_mode;
+    bool move_wanted;                         /* place_mode is not COPY, and the kernel has moves */
     /* Bytes placed by each means (atomic), logged at the end. */
     uint64_t moved_bytes, copied_bytes, zero_bytes;
     uint64_t *requested[LM_MAX_RAM_BLOCKS];
