@@ -1517,8 +1517,15 @@ int main(int argc, char **argv)
     char busy[1024];
     busy_processes(busy, sizeof(busy), 1000);
     printf("load average %.2f %.2f %.2f; other busy processes: %s\n", loadavg[0], loadavg[1], loadavg[2], busy);
-    printf("floors (bare userfaultfd) ...\n");
     lat_stats f4k, f2m_thp, f2m_huge, f2m_thp_sock, f2m_huge_sock;
+    if (!latency) {
+        /* --tp-only: no fault latencies, so no floors for them either. */
+        memset(&f4k, 0, sizeof(f4k));
+        snprintf(f4k.why, sizeof(f4k.why), "not measured (--tp-only)");
+        f2m_thp = f2m_huge = f2m_thp_sock = f2m_huge_sock = f4k;
+        goto floors_done;
+    }
+    printf("floors (bare userfaultfd) ...\n");
     measure_floor(FLOOR_4K_SOCKET, 5000, 500, 8192, &f4k);
     printf("  4K over a unix socketpair round trip: %s\n", f4k.ok ? "ok" : f4k.why);
     measure_floor(FLOOR_2M_THP, 200, 20, 32, &f2m_thp);
@@ -1538,6 +1545,7 @@ int main(int argc, char **argv)
         f2m_huge_sock = f2m_huge;
     }
 
+floors_done:;
     case_cfg cases[] = {
         { "4K anon, no preempt", RAM_4K, false, ram, 4096, faults_4k },
         { "4K anon, preempt", RAM_4K, true, ram, 4096, faults_4k },
