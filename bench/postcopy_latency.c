@@ -54,6 +54,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
@@ -1181,6 +1182,261 @@ static void usage(const char *argv0)
     exit(2);
 }
 
+/* ---- background throughput (issue 14 §3) ----
+ *
+ * The same RAM, filled with non-zero data and never touched by a vCPU,
+ * moved once by precopy (the anchor: one channel into the same kind of
+ * destination memory) and once by postcopy from the start (every page goes
+ * by the background stream), each into a fresh destination.  Wall time from
+ * lm_engine_migrate to completion on the source; CPU of each process over
+ * the migration (getrusage); the destination's RAM is checked after. */
+
+typedef struct tp_cfg {
+    const char *name;
+    ram_kind kind;
+    bool src_memfd;   /* the source's RAM is a memfd it sends from (LM_RAM_FD) */
+    bool postcopy;
+    const char *place; /* LIVEMIG_POSTCOPY_PLACE on the destination, or NULL */
+    int anchor;        /* the precopy row this one is compared with (-1: itself) */
+} tp_cfg;
+
+typedef struct tp_report {
+    int32_t status;
+    uint64_t cpu_ns;
+    uint64_t verify_bad;
+    char error[LM_ERROR_MSG_MAX];
+} tp_report;
+
+typedef struct tp_result {
+    int ok, run;
+    char why[LM_ERROR_MSG_MAX + 64];
+    double gibps[MAX_REPS], src_cpu[MAX_REPS], dst_cpu[MAX_REPS]; /* CPU s per GiB */
+    uint64_t bad;
+} tp_result;
+
+static uint64_t self_cpu_ns(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000ull +
+           (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000ull;
+}
+
+static void tp_destination(const tp_cfg *t, const case_cfg *c, const char *uri, int ready_fd, int report_fd)
+{
+    tp_report rep = { .status = -1 };
+    guest_ram g;
+    char ok = 1, fail = 0;
+    lm_error err = LM_ERROR_INIT;
+    lm_engine *e = NULL;
+    if (t->place) {
+        setenv("LIVEMIG_POSTCOPY_PLACE", t->place, 1);
+    }
+    if (ram_alloc(&g, c) < 0) {
+        snprintf(rep.error, sizeof(rep.error), "destination RAM: %s", strerror(errno));
+        goto report;
+    }
+    lm_callbacks cb = { .vm_stop = dst_vm_stop, .vm_start = src_vm_start };
+    e = lm_engine_new(&cb, NULL, &err);
+    lm_ram_desc desc = ram_desc(&g, c);
+    if (!e || lm_engine_add_ram(e, &desc, NULL, &err) < 0 ||
+        (t->postcopy && (lm_engine_set_capability(e, "postcopy-ram", true, &err) < 0 ||
+                         lm_engine_set_capability(e, "postcopy-preempt", true, &err) < 0)) ||
+        lm_engine_incoming(e, uri, &err) < 0) {
+        snprintf(rep.error, sizeof(rep.error), "destination: %.400s", err.msg);
+        goto report;
+    }
+    if (write(ready_fd, &ok, 1) != 1) {
+        _exit(3);
+    }
+    uint64_t cpu0 = self_cpu_ns();
+    lm_info info;
+    uint64_t deadline = now_ns() + CASE_TIMEOUT_MS * 1000000ull;
+    for (;;) {
+        lm_engine_query(e, &info);
+        if (info.status == LM_STATUS_COMPLETED || info.status == LM_STATUS_FAILED ||
+            info.status == LM_STATUS_CANCELLED || now_ns() > deadline) {
+            break;
+        }
+        usleep(1000);
+    }
+    rep.cpu_ns = self_cpu_ns() - cpu0;
+    rep.status = (int32_t)info.status;
+    if (info.status == LM_STATUS_COMPLETED) {
+        rep.verify_bad = check_pattern(g.host, c->ram);
+    } else {
+        snprintf(rep.error, sizeof(rep.error), "destination ended in %s: %.400s",
+                 lm_status_name(info.status), info.error_desc);
+    }
+report:
+    if (rep.status < 0 && write(ready_fd, &fail, 1) != 1) {
+        _exit(3);
+    }
+    if (write_all(report_fd, &rep, sizeof(rep)) < 0) {
+        _exit(4);
+    }
+    if (e && rep.status != LM_STATUS_COMPLETED) {
+        _exit(0);
+    }
+    lm_engine_free(e);
+    ram_free(&g);
+    _exit(0);
+}
+
+/* Migrates once; fills one repetition of r. */
+static void tp_run(const tp_cfg *t, uint64_t ram, const char *uri, tp_result *r)
+{
+    case_cfg c = { t->name, t->kind, true, ram, t->kind == RAM_4K ? 4096 : HUGE_2M, 0 };
+    int ready[2] = { -1, -1 }, report[2] = { -1, -1 };
+    guest_ram g = { .memfd = -1 };
+    lm_engine *e = NULL;
+    pid_t pid = -1;
+    char why[LM_ERROR_MSG_MAX + 64] = "";
+    r->run++;
+    if (pipe2(ready, O_CLOEXEC) < 0 || pipe2(report, O_CLOEXEC) < 0) {
+        snprintf(why, sizeof(why), "pipe: %s", strerror(errno));
+        goto out;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    pid = fork();
+    if (pid < 0) {
+        snprintf(why, sizeof(why), "fork: %s", strerror(errno));
+        goto out;
+    }
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        close(ready[0]);
+        close(report[0]);
+        tp_destination(t, &c, uri, ready[1], report[1]);
+    }
+    g_child = pid;
+    close(ready[1]);
+    close(report[1]);
+    ready[1] = report[1] = -1;
+    if (t->src_memfd) {
+        g.memfd = memfd_create("lm-bench-src", MFD_CLOEXEC);
+        g.raw_len = ram;
+        if (g.memfd < 0 || ftruncate(g.memfd, (off_t)ram) < 0 ||
+            (g.raw = mmap(NULL, ram, PROT_READ | PROT_WRITE, MAP_SHARED, g.memfd, 0)) == MAP_FAILED) {
+            g.raw = NULL;
+            snprintf(why, sizeof(why), "source memfd: %s", strerror(errno));
+            goto out;
+        }
+        g.host = g.raw;
+    } else if (ram_alloc(&g, &c) < 0) {
+        snprintf(why, sizeof(why), "source RAM: %s", strerror(errno));
+        goto out;
+    }
+    fill_pattern(g.host, ram, 0);
+    char ok = 0;
+    if (read_all_timeout(ready[0], &ok, 1, 20000) < 0 || ok != 1) {
+        tp_report rep;
+        snprintf(why, sizeof(why), "%s", read_all_timeout(report[0], &rep, sizeof(rep), 2000) == 0
+                                             ? rep.error : "destination did not start");
+        goto out;
+    }
+    lm_error err = LM_ERROR_INIT;
+    lm_callbacks cb = { .vm_stop = src_vm_stop, .vm_start = src_vm_start };
+    e = lm_engine_new(&cb, NULL, &err);
+    lm_ram_desc desc = ram_desc(&g, &c);
+    if (t->src_memfd) {
+        desc.flags = LM_RAM_SHARED | LM_RAM_FD;
+        desc.fd = g.memfd;
+    }
+    uint64_t cpu0 = self_cpu_ns(), t0 = now_ns();
+    if (!e || lm_engine_add_ram(e, &desc, NULL, &err) < 0 ||
+        (t->postcopy && (lm_engine_set_capability(e, "postcopy-ram", true, &err) < 0 ||
+                         lm_engine_set_capability(e, "postcopy-preempt", true, &err) < 0)) ||
+        lm_engine_set_param_u64(e, "max-bandwidth", 0, &err) < 0 ||
+        lm_engine_set_param_u64(e, "max-postcopy-bandwidth", 0, &err) < 0 ||
+        lm_engine_migrate(e, uri, false, &err) < 0 ||
+        (t->postcopy && lm_engine_start_postcopy(e, &err) < 0)) {
+        snprintf(why, sizeof(why), "source: %s", err.msg);
+        goto out;
+    }
+    lm_info info;
+    uint64_t deadline = now_ns() + CASE_TIMEOUT_MS * 1000000ull;
+    for (;;) {
+        lm_engine_query(e, &info);
+        if (info.status == LM_STATUS_COMPLETED || info.status == LM_STATUS_FAILED ||
+            info.status == LM_STATUS_CANCELLED) {
+            break;
+        }
+        if (now_ns() > deadline) {
+            lm_engine_cancel(e, NULL);
+            usleep(200000);
+            lm_engine_query(e, &info);
+            break;
+        }
+        usleep(1000);
+    }
+    uint64_t wall = now_ns() - t0, cpu = self_cpu_ns() - cpu0;
+    if (info.status != LM_STATUS_COMPLETED) {
+        snprintf(why, sizeof(why), "source ended in %s: %s", lm_status_name(info.status), info.error_desc);
+        goto out;
+    }
+    tp_report rep;
+    if (read_all_timeout(report[0], &rep, sizeof(rep), 30000) < 0) {
+        snprintf(why, sizeof(why), "no report from the destination");
+        goto out;
+    }
+    if (rep.status != LM_STATUS_COMPLETED) {
+        snprintf(why, sizeof(why), "%s", rep.error);
+        goto out;
+    }
+    double gib = (double)ram / (double)(1ull << 30);
+    r->gibps[r->ok] = gib / ((double)wall / 1e9);
+    r->src_cpu[r->ok] = (double)cpu / 1e9 / gib;
+    r->dst_cpu[r->ok] = (double)rep.cpu_ns / 1e9 / gib;
+    r->bad += rep.verify_bad;
+    r->ok++;
+out:
+    if (why[0]) {
+        printf("FAILED: %s\n", why);
+        if (!r->why[0]) {
+            snprintf(r->why, sizeof(r->why), "%s", why);
+        }
+    } else {
+        printf("%.2f GiB/s, source %.3f CPU s/GiB, destination %.3f CPU s/GiB\n", r->gibps[r->ok - 1],
+               r->src_cpu[r->ok - 1], r->dst_cpu[r->ok - 1]);
+    }
+    if (pid > 0) {
+        reap_child(pid, 10000);
+    }
+    if (e) {
+        lm_engine_free(e);
+    }
+    ram_free(&g);
+    for (int i = 0; i < 2; i++) {
+        if (ready[i] >= 0) {
+            close(ready[i]);
+        }
+        if (report[i] >= 0) {
+            close(report[i]);
+        }
+    }
+    if (g_tmpdir[0]) {
+        char path[128];
+        snprintf(path, sizeof(path), "%s/mig.sock", g_tmpdir);
+        unlink(path);
+    }
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(const double *v, int n)
+{
+    double s[MAX_REPS];
+    memcpy(s, v, (size_t)n * sizeof(*s));
+    qsort(s, (size_t)n, sizeof(*s), cmp_double);
+    return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
 int main(int argc, char **argv)
 {
     uint64_t ram_mib = 1024;
@@ -1188,7 +1444,8 @@ int main(int argc, char **argv)
     bool hugetlb = true;
     const char *out_path = "bench/postcopy-results.md";
     const char *only = NULL;
-    int reps = 3;
+    int reps = 3, tp_reps = 3;
+    bool latency = true;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--ram-mib") && i + 1 < argc) {
             ram_mib = strtoull(argv[++i], NULL, 0);
@@ -1202,6 +1459,10 @@ int main(int argc, char **argv)
             g_pc_bandwidth = strtoull(argv[++i], NULL, 0);
         } else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
             reps = atoi(argv[++i]);
+        } else if (!strcmp(argv[i], "--tp-reps") && i + 1 < argc) {
+            tp_reps = atoi(argv[++i]);
+        } else if (!strcmp(argv[i], "--tp-only")) {
+            latency = false;
         } else if (!strcmp(argv[i], "--case") && i + 1 < argc) {
             only = argv[++i];
         } else if (!strcmp(argv[i], "--out") && i + 1 < argc) {
@@ -1210,7 +1471,8 @@ int main(int argc, char **argv)
             usage(argv[0]);
         }
     }
-    if (ram_mib < 64 || ram_mib % 2 || !faults_4k || !faults_2m || reps < 1 || reps > MAX_REPS) {
+    if (ram_mib < 64 || ram_mib % 2 || !faults_4k || !faults_2m || reps < 1 || reps > MAX_REPS ||
+        tp_reps < 0 || tp_reps > MAX_REPS) {
         usage(argv[0]);
     }
     uint64_t ram = ram_mib * MIB;
@@ -1255,8 +1517,15 @@ int main(int argc, char **argv)
     char busy[1024];
     busy_processes(busy, sizeof(busy), 1000);
     printf("load average %.2f %.2f %.2f; other busy processes: %s\n", loadavg[0], loadavg[1], loadavg[2], busy);
-    printf("floors (bare userfaultfd) ...\n");
     lat_stats f4k, f2m_thp, f2m_huge, f2m_thp_sock, f2m_huge_sock;
+    if (!latency) {
+        /* --tp-only: no fault latencies, so no floors for them either. */
+        memset(&f4k, 0, sizeof(f4k));
+        snprintf(f4k.why, sizeof(f4k.why), "not measured (--tp-only)");
+        f2m_thp = f2m_huge = f2m_thp_sock = f2m_huge_sock = f4k;
+        goto floors_done;
+    }
+    printf("floors (bare userfaultfd) ...\n");
     measure_floor(FLOOR_4K_SOCKET, 5000, 500, 8192, &f4k);
     printf("  4K over a unix socketpair round trip: %s\n", f4k.ok ? "ok" : f4k.why);
     measure_floor(FLOOR_2M_THP, 200, 20, 32, &f2m_thp);
@@ -1276,6 +1545,7 @@ int main(int argc, char **argv)
         f2m_huge_sock = f2m_huge;
     }
 
+floors_done:;
     case_cfg cases[] = {
         { "4K anon, no preempt", RAM_4K, false, ram, 4096, faults_4k },
         { "4K anon, preempt", RAM_4K, true, ram, 4096, faults_4k },
@@ -1290,7 +1560,9 @@ int main(int argc, char **argv)
     for (int i = 0; i < NCASES; i++) {
         memset(&res[i], 0, sizeof(res[i]));
         skip[i] = true;
-        if (only && !strstr(cases[i].name, only)) {
+        if (!latency) {
+            snprintf(res[i].why, sizeof(res[i].why), "not run (--tp-only)");
+        } else if (only && !strstr(cases[i].name, only)) {
             snprintf(res[i].why, sizeof(res[i].why), "not run (--case %s)", only);
         } else if (cases[i].kind == RAM_HUGETLB && !have_huge) {
             snprintf(res[i].why, sizeof(res[i].why), "skipped: no huge pages (%s)", huge_why);
@@ -1344,6 +1616,34 @@ int main(int argc, char **argv)
     for (int i = 0; i < NCASES; i++) {
         if (res[i].ran) {
             stats_of(&res[i].lat, res[i].pool, res[i].npool);
+        }
+    }
+
+    /* Background throughput, each postcopy row beside its precopy anchor
+     * (same RAM kind, same destination memory), repetitions interleaved. */
+    static const tp_cfg tps[] = {
+        { "4K anon, precopy", RAM_4K, false, false, NULL, -1 },
+        { "4K anon, postcopy (UFFDIO_COPY, default)", RAM_4K, false, true, NULL, 0 },
+        { "4K anon, postcopy (UFFDIO_MOVE)", RAM_4K, false, true, "move", 0 },
+        { "4K memfd source, precopy", RAM_4K, true, false, NULL, -1 },
+        { "4K memfd source, postcopy", RAM_4K, true, true, NULL, 3 },
+        { "2M THP, precopy", RAM_THP, false, false, NULL, -1 },
+        { "2M THP, postcopy (UFFDIO_MOVE, default)", RAM_THP, false, true, NULL, 5 },
+        { "2M THP, postcopy (UFFDIO_COPY)", RAM_THP, false, true, "copy", 5 },
+        { "2M hugetlbfs, precopy", RAM_HUGETLB, false, false, NULL, -1 },
+        { "2M hugetlbfs, postcopy", RAM_HUGETLB, false, true, NULL, 8 },
+    };
+    enum { NTP = sizeof(tps) / sizeof(tps[0]) };
+    static tp_result tpr[NTP];
+    memset(tpr, 0, sizeof(tpr));
+    for (int rp = 0; rp < tp_reps; rp++) {
+        for (int i = 0; i < NTP; i++) {
+            if ((tps[i].kind == RAM_HUGETLB && !have_huge) || (only && !strstr(tps[i].name, only))) {
+                continue;
+            }
+            printf("throughput run %d/%d %-34s ... ", rp + 1, tp_reps, tps[i].name);
+            fflush(stdout);
+            tp_run(&tps[i], ram, uri, &tpr[i]);
         }
     }
     if (g_orig_nr_hugepages >= 0) {
@@ -1519,6 +1819,48 @@ int main(int argc, char **argv)
                    "--no-hugetlb, --out FILE) from the repository root (as root, for userfaultfd and "
                    "vm.nr_hugepages).\n",
                (double)(now_ns() - t_begin) / 1e9);
+
+    if (tp_reps) {
+        out_printf(&o, "\n## Background throughput and CPU per GiB (issue 14 §3)\n\n");
+        out_printf(&o, "%" PRIu64 " MiB of non-zero RAM, never touched on the destination (every page goes by the "
+                       "background stream), postcopy-preempt on, from the start of the migration; each precopy row "
+                       "is the anchor of the rows below it: the same RAM moved by precopy (one channel, source "
+                       "stopped) into the same kind of destination memory. Wall time from `migrate` to the source's "
+                       "completion; CPU = user+system of each whole process over the migration, per GiB. Median of "
+                       "%d run(s), interleaved. The machine is shared (other engineers' builds and tests ran "
+                       "meanwhile): the ratios, measured in the same run, are the figure to read.\n\n",
+                   ram_mib, tp_reps);
+        out_printf(&o, "| case | runs ok | GiB/s | ÷ precopy | source CPU s/GiB | ÷ precopy | destination CPU s/GiB | "
+                       "÷ precopy | memory |\n|---|--:|--:|--:|--:|--:|--:|--:|---|\n");
+        for (int i = 0; i < NTP; i++) {
+            const tp_result *t = &tpr[i];
+            if (!t->run) {
+                out_printf(&o, "| %s | — | — | — | — | — | — | — | %s |\n", tps[i].name,
+                           tps[i].kind == RAM_HUGETLB && !have_huge ? "skipped: no huge pages" : "not run");
+                continue;
+            }
+            if (!t->ok) {
+                out_printf(&o, "| %s | 0/%d | — | — | — | — | — | — | failed: %.80s |\n", tps[i].name, t->run, t->why);
+                continue;
+            }
+            double g = median(t->gibps, t->ok), sc = median(t->src_cpu, t->ok), dc = median(t->dst_cpu, t->ok);
+            char rg[16] = "anchor", rs[16] = "anchor", rd[16] = "anchor";
+            const tp_result *an = tps[i].anchor >= 0 ? &tpr[tps[i].anchor] : NULL;
+            if (an && an->ok) {
+                snprintf(rg, sizeof(rg), "%.2f×", g / median(an->gibps, an->ok));
+                snprintf(rs, sizeof(rs), "%.2f×", sc / median(an->src_cpu, an->ok));
+                snprintf(rd, sizeof(rd), "%.2f×", dc / median(an->dst_cpu, an->ok));
+            } else if (an) {
+                snprintf(rg, sizeof(rg), "—");
+                snprintf(rs, sizeof(rs), "—");
+                snprintf(rd, sizeof(rd), "—");
+            }
+            out_printf(&o, "| %s | %d/%d | %.2f | %s | %.3f | %s | %.3f | %s | %s |\n", tps[i].name, t->ok, t->run,
+                       g, rg, sc, rs, dc, rd, t->bad ? "DIFFERS" : "ok");
+        }
+        out_printf(&o, "\nTargets (issue 14 §3): postcopy background throughput ≥ 0.8× precopy's, source CPU per "
+                       "GiB ≤ 3× precopy's. Throughput rows: `--tp-only` runs them alone, `--tp-reps N` (0: none).\n");
+    }
 
     printf("\n%s", o.s ? o.s : "");
     if (strcmp(out_path, "-")) {

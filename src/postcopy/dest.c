@@ -23,24 +23,42 @@
 
 #define PLACER_MIN (1u << 20) /* one PAGES record of 4 KiB pages at most */
 
-static int placer_init(lm_pc_placer *pl, size_t cap)
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/* thp: the buffer assembles THP host pages; backed by a huge page itself,
+ * a whole one moves into guest RAM as one PMD. */
+static int placer_init(lm_pc_placer *pl, size_t cap, bool thp)
 {
     memset(pl, 0, sizeof(*pl));
-    pl->buf = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (pl->buf == MAP_FAILED) {
-        pl->buf = NULL;
+    size_t len = cap + LM_HUGE_2M;
+    uint8_t *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) {
         return -ENOMEM;
     }
+    pl->map = m;
+    pl->map_len = len;
+    pl->buf = (uint8_t *)(((uintptr_t)m + LM_HUGE_2M - 1) & ~(uintptr_t)(LM_HUGE_2M - 1));
     pl->cap = cap;
+    /* Best effort: without it pages are moved (or copied) one by one. */
+    (void)madvise(pl->buf, cap, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
     return 0;
 }
 
 static void placer_free(lm_pc_placer *pl)
 {
-    if (pl->buf) {
-        munmap(pl->buf, pl->cap);
+    if (pl->map) {
+        munmap(pl->map, pl->map_len);
     }
-    pl->buf = NULL;
+    pl->map = pl->buf = NULL;
+}
+
+static void placer_reset(lm_pc_placer *pl)
+{
+    pl->filled = 0;
+    pl->blk = NULL;
+    memset(pl->have, 0, sizeof(pl->have));
 }
 
 static int open_uffd(lm_pc_dst *d, lm_error *err);
@@ -62,18 +80,38 @@ int lm_pc_dst_new(lm_engine *e, lm_ram_block **blocks, size_t nblocks, uint32_t 
     pthread_mutex_init(&d->rp_lock, NULL);
     pthread_mutex_init(&d->bt_lock, NULL);
     size_t cap = PLACER_MIN;
+    bool thp = false;
     for (size_t i = 0; i < nblocks; i++) {
         d->blocks[i] = blocks[i];
         d->wire_of[blocks[i]->idx] = (uint32_t)i;
         d->total_pages += blocks[i]->npages;
         cap = LM_MAX(cap, lm_pc_hp_bytes(blocks[i]));
+        thp |= lm_pc_hp_pages(blocks[i]) > 1;
+        if (lm_pc_hp_pages(blocks[i]) > LM_PC_HP_MAX) {
+            lm_pc_dst_free(d);
+            return lm_error_set(err, -EINVAL, "postcopy: block '%s' has %llu pages per host page "
+                                "(at most %u)", blocks[i]->name,
+                                (unsigned long long)lm_pc_hp_pages(blocks[i]), LM_PC_HP_MAX);
+        }
     }
+    /* Placement by UFFDIO_MOVE where it pays and the kernel allows it;
+     * "copy" keeps UFFDIO_COPY (the fallback, and how the tests reach
+     * it), "move" moves 4 KiB runs too. */
+    const char *how = getenv("LIVEMIG_POSTCOPY_PLACE");
+    d->place_mode = !how || !*how            ? LM_PC_PLACE_AUTO
+                    : !strcmp(how, "copy")   ? LM_PC_PLACE_COPY
+                    : !strcmp(how, "move")   ? LM_PC_PLACE_MOVE
+                                             : LM_PC_PLACE_AUTO;
+    if (how && *how && strcmp(how, "copy") && strcmp(how, "move")) {
+        lm_warn("LIVEMIG_POSTCOPY_PLACE=%s: expected copy or move; using the default", how);
+    }
+    d->move_wanted = d->place_mode != LM_PC_PLACE_COPY;
     d->zero_len = cap;
     d->zero_buf = mmap(NULL, cap, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (d->zero_buf == MAP_FAILED) {
         d->zero_buf = NULL;
     }
-    if (!d->zero_buf || placer_init(&d->main_pl, cap) < 0 || placer_init(&d->pre_pl, cap) < 0) {
+    if (!d->zero_buf || placer_init(&d->main_pl, cap, thp) < 0 || placer_init(&d->pre_pl, cap, thp) < 0) {
         lm_pc_dst_free(d);
         return lm_error_set(err, -ENOMEM, "out of memory for postcopy buffers");
     }
@@ -108,6 +146,11 @@ void lm_pc_dst_free(lm_pc_dst *d)
     }
     lm_pc_dst_stop_preempt(d);
     lm_pc_fault_stop(d);
+    if (d->listening) {
+        lm_debug("postcopy placement: %llu bytes moved (UFFDIO_MOVE), %llu copied (UFFDIO_COPY), "
+                 "%llu zero-filled", (unsigned long long)d->moved_bytes,
+                 (unsigned long long)d->copied_bytes, (unsigned long long)d->zero_bytes);
+    }
     lm_pc_dst_set_rp(d, NULL, false, NULL);
     if (d->uffd >= 0) {
         /* Closing unregisters guest RAM; every page is placed by now
@@ -124,6 +167,7 @@ void lm_pc_dst_free(lm_pc_dst *d)
     }
     for (size_t i = 0; i < d->nblocks; i++) {
         lm_bitmap_free(d->requested[i]);
+        lm_bitmap_free(d->waiting[i]);
     }
     placer_free(&d->main_pl);
     placer_free(&d->pre_pl);
@@ -182,7 +226,7 @@ int lm_pc_dst_discard(lm_pc_dst *d, const uint8_t *body, uint16_t len, lm_error 
 static int place_cb(void *opaque, uint8_t type, lm_ram_block *b, uint64_t first, uint32_t count,
                     lm_channel *ch, lm_error *err);
 
-static int open_uffd(lm_pc_dst *d, lm_error *err)
+static int open_uffd_with(uint64_t want, int *out)
 {
     int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
     if (fd < 0 && errno == EPERM) {
@@ -191,17 +235,38 @@ static int open_uffd(lm_pc_dst *d, lm_error *err)
         fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
     }
     if (fd < 0) {
-        return lm_error_set_errno(err, -errno, "postcopy: userfaultfd() is not available");
-    }
-    uint64_t want = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MISSING_HUGETLBFS;
-    if (d->blocktime) {
-        want |= UFFD_FEATURE_THREAD_ID;
+        return -errno;
     }
     struct uffdio_api api = { .api = UFFD_API, .features = want };
     if (ioctl(fd, UFFDIO_API, &api) < 0) {
         int code = -errno;
         close(fd);
-        return lm_error_set_errno(err, code, "postcopy: userfaultfd lacks features 0x%llx",
+        return code;
+    }
+    *out = fd;
+    return 0;
+}
+
+/* Opens the userfaultfd, with UFFD_FEATURE_MOVE when the kernel has it
+ * (6.8) and placement by move is wanted; d->move_wanted says which. */
+static int open_uffd(lm_pc_dst *d, lm_error *err)
+{
+    uint64_t want = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MISSING_HUGETLBFS;
+    if (d->blocktime) {
+        want |= UFFD_FEATURE_THREAD_ID;
+    }
+    int fd = -1, ret = -EINVAL;
+    if (d->move_wanted && (ret = open_uffd_with(want | UFFD_FEATURE_MOVE, &fd)) < 0) {
+        d->move_wanted = false; /* an older kernel: UFFDIO_COPY only */
+    }
+    if (!d->move_wanted) {
+        ret = open_uffd_with(want, &fd);
+    }
+    if (ret == -ENOSYS || ret == -EPERM) {
+        return lm_error_set_errno(err, ret, "postcopy: userfaultfd() is not available");
+    }
+    if (ret < 0) {
+        return lm_error_set_errno(err, ret, "postcopy: userfaultfd lacks features 0x%llx",
                                   (unsigned long long)want);
     }
     d->uffd = fd;
@@ -239,7 +304,8 @@ int lm_pc_dst_listen(lm_pc_dst *d, lm_ram_loader *l, lm_error *err)
         }
         received += lm_bitmap_count(b->received, b->npages);
         d->requested[i] = lm_bitmap_new(b->npages);
-        if (!d->requested[i]) {
+        d->waiting[i] = lm_bitmap_new(b->npages);
+        if (!d->requested[i] || !d->waiting[i]) {
             return lm_error_set(err, -ENOMEM, "out of memory");
         }
     }
@@ -263,6 +329,11 @@ int lm_pc_dst_listen(lm_pc_dst *d, lm_ram_loader *l, lm_error *err)
                                 b->name);
         }
         d->zeropage_ok[i] = reg.ioctls & (1ull << _UFFDIO_ZEROPAGE);
+        /* Moves take private anonymous pages only (not memfd, not
+         * hugetlbfs). */
+        d->move_ok[i] = d->move_wanted && (reg.ioctls & (1ull << _UFFDIO_MOVE)) &&
+                        lm_ram_block_is_private(b) && !lm_ram_block_has_fd(b) &&
+                        b->page_size < LM_HUGE_2M;
     }
     d->listening = true;
     ret = lm_pc_fault_start(d, err);
@@ -328,10 +399,79 @@ int lm_pc_uffd_place(lm_pc_dst *d, uint32_t wi, void *addr, const uint8_t *src, 
     return 0;
 }
 
-/* Places [first, first+n) (whole host pages) from src, or zeros when src
- * is NULL, skipping pages already placed. */
+/* Moves len bytes from the receive buffer src into guest RAM at addr.
+ * Returns how many bytes went in (a page placed meanwhile by another path
+ * is skipped, and counted), or <0 when the kernel refuses the move: the
+ * caller copies the rest. */
+static long uffd_move(lm_pc_dst *d, uint32_t wi, uintptr_t addr, uint8_t *src, size_t len)
+{
+    lm_ram_block *b = d->blocks[wi];
+    size_t done = 0;
+    while (done < len) {
+        struct uffdio_move m = { .dst = addr + done, .src = (uintptr_t)src + done, .len = len - done };
+        int r = ioctl(d->uffd, UFFDIO_MOVE, &m);
+        if (r == 0) {
+            done = len;
+            break;
+        }
+        int e = errno;
+        if (m.move > 0) {
+            done += (size_t)m.move;
+        }
+        if (e == EAGAIN) {
+            continue;
+        }
+        if (e == EEXIST) {
+            /* Placed meanwhile: skip that page, wake its waiters. */
+            struct uffdio_range w = { .start = addr + done, .len = b->page_size };
+            ioctl(d->uffd, UFFDIO_WAKE, &w);
+            done += b->page_size;
+            continue;
+        }
+        return done ? (long)done : -e;
+    }
+    return (long)done;
+}
+
+/* One run of pages not placed yet: moved from the receive buffer where
+ * allowed, else copied (or zero-filled when src is NULL). */
+static int place_run(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t p, uint64_t n, uint8_t *src,
+                     bool movable, lm_error *err)
+{
+    uintptr_t addr = (uintptr_t)lm_ram_block_page(b, p);
+    size_t len = n << b->page_shift;
+    uint64_t hp = lm_pc_hp_pages(b);
+    /* In a THP block only whole host pages move: a part would split the
+     * buffer's huge page, and the guest's would not be one either. */
+    bool whole = hp == 1 || (p % hp == 0 && n % hp == 0);
+    if (src && movable && whole && __atomic_load_n(&d->move_ok[wi], __ATOMIC_RELAXED)) {
+        long moved = uffd_move(d, wi, addr, src, len);
+        if (moved < 0) {
+            /* A page the kernel cannot move right now (EBUSY: pinned, or
+             * a huge page it could not split) is copied; a refusal of the
+             * mappings themselves (e.g. the guest's is locked and the
+             * buffer not) turns moves off for the block. */
+            if (moved != -EBUSY) {
+                __atomic_store_n(&d->move_ok[wi], false, __ATOMIC_RELAXED);
+            }
+            lm_debug("postcopy: UFFDIO_MOVE refused for block '%s' (%s); using UFFDIO_COPY%s",
+                     b->name, strerror((int)-moved), moved == -EBUSY ? " for this run" : "");
+        } else {
+            __atomic_fetch_add(&d->moved_bytes, (uint64_t)moved, __ATOMIC_RELAXED);
+            addr += (size_t)moved;
+            src += moved;
+            len -= (size_t)moved;
+        }
+        if (len == 0) {
+            return 0;
+        }
+    }
+    __atomic_fetch_add(src ? &d->copied_bytes : &d->zero_bytes, len, __ATOMIC_RELAXED);
+    return lm_pc_uffd_place(d, wi, (void *)addr, src, len, err);
+}
+
 int lm_pc_place_range(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t first, uint64_t n,
-                      const uint8_t *src, lm_error *err)
+                      uint8_t *src, bool movable, lm_error *err)
 {
     uint64_t end = first + n;
     for (uint64_t p = first; p < end;) {
@@ -343,13 +483,15 @@ int lm_pc_place_range(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t first
         while (q < end && !lm_pc_test(b->received, q)) {
             q++;
         }
-        int ret = lm_pc_uffd_place(d, wi, lm_ram_block_page(b, p),
-                                   src ? src + ((p - first) << b->page_shift) : NULL,
-                                   (q - p) << b->page_shift, err);
+        int ret = place_run(d, wi, b, p, q - p, src ? src + ((p - first) << b->page_shift) : NULL,
+                            movable, err);
         if (ret < 0) {
             return ret;
         }
         uint64_t newly = lm_pc_set_range(b->received, p, q - p);
+        if (d->waiting[wi]) {
+            lm_pc_clear_range(d->waiting[wi], p, q - p);
+        }
         __atomic_fetch_add(&d->e->pc_bytes, (q - p) << b->page_shift, __ATOMIC_RELAXED);
         if (newly && __atomic_add_fetch(&d->received_pages, newly, __ATOMIC_ACQ_REL) >= d->total_pages) {
             pthread_mutex_lock(&d->lock);
@@ -362,6 +504,40 @@ int lm_pc_place_range(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t first
     return 0;
 }
 
+/* Any bit of [first, first+n) set?  (A word at a time: called per record.) */
+static bool any_set(const uint64_t *map, uint64_t first, uint64_t n)
+{
+    for (uint64_t p = first, end = first + n; p < end;) {
+        uint64_t bit = p % 64, take = LM_MIN(64 - bit, end - p);
+        uint64_t mask = (take == 64 ? ~0ull : ((1ull << take) - 1)) << bit;
+        if (__atomic_load_n(&map[p / 64], __ATOMIC_ACQUIRE) & mask) {
+            return true;
+        }
+        p += take;
+    }
+    return false;
+}
+
+/* A run of a THP host page arrived before the rest of it: the pages a
+ * vCPU waits for go in at once (copied: the buffer keeps its huge page
+ * for the whole). */
+static int place_waiting(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t first, uint64_t n,
+                         uint8_t *src, lm_error *err)
+{
+    if (!any_set(d->waiting[wi], first, n)) {
+        return 0;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        if (lm_pc_test(d->waiting[wi], first + i)) {
+            int ret = lm_pc_place_range(d, wi, b, first + i, 1, src + (i << b->page_shift), false, err);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+    }
+    return 0;
+}
+
 static int place_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, lm_ram_block *b,
                         uint64_t first, uint32_t count, lm_channel *ch, lm_error *err)
 {
@@ -369,13 +545,21 @@ static int place_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, lm_ram_blo
     uint64_t hp = lm_pc_hp_pages(b);
     size_t psz = b->page_size;
     if (hp == 1) {
+        /* A run: read into the buffer, placed with one ioctl. */
+        bool move = type == LM_RAM_PAGES && d->place_mode == LM_PC_PLACE_MOVE &&
+                    __atomic_load_n(&d->move_ok[wi], __ATOMIC_RELAXED);
         for (uint64_t done = 0; done < count;) {
             uint64_t chunk = LM_MIN((uint64_t)count - done, pl->cap / psz);
+            if (move) {
+                /* The last move left holes: fill them in one call rather
+                 * than a fault per page while reading. */
+                (void)madvise(pl->buf, chunk * psz, MADV_POPULATE_WRITE);
+            }
             if (type == LM_RAM_PAGES && lm_channel_get(ch, pl->buf, chunk * psz) < 0) {
                 return lm_channel_error(ch, err);
             }
             int ret = lm_pc_place_range(d, wi, b, first + done, chunk,
-                                        type == LM_RAM_PAGES ? pl->buf : NULL, err);
+                                        type == LM_RAM_PAGES ? pl->buf : NULL, move, err);
             if (ret < 0) {
                 return ret;
             }
@@ -383,33 +567,47 @@ static int place_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, lm_ram_blo
         }
         return 0;
     }
-    for (uint64_t pg = first; pg < first + count; pg++) {
+    /* A THP host page comes as runs, on one channel, back to back, in any
+     * order (the page a vCPU faulted on may come first). */
+    for (uint64_t pg = first, end = first + count; pg < end;) {
         uint64_t hpf = pg & ~(hp - 1);
         if (pl->filled == 0) {
+            placer_reset(pl);
             pl->blk = b;
             pl->hp_first = hpf;
         }
-        if (pl->blk != b || pg != pl->hp_first + pl->filled) {
+        if (pl->blk != b || hpf != pl->hp_first) {
             return lm_error_set(err, -EBADMSG,
                                 "host page %llu of block '%s' interrupted by page %llu of block '%s'",
                                 (unsigned long long)pl->hp_first, pl->blk->name,
                                 (unsigned long long)pg, b->name);
         }
-        uint8_t *dst = pl->buf + pl->filled * psz;
+        uint64_t n = LM_MIN(end, hpf + hp) - pg, off = pg - hpf;
+        if (lm_bitmap_next_set(pl->have, off + n, off) < off + n) {
+            return lm_error_set(err, -EBADMSG, "page %llu of block '%s' sent twice in one host page",
+                                (unsigned long long)pg, b->name);
+        }
+        uint8_t *dst = pl->buf + off * psz;
         if (type == LM_RAM_PAGES) {
-            if (lm_channel_get(ch, dst, psz) < 0) {
+            if (lm_channel_get(ch, dst, n * psz) < 0) {
                 return lm_channel_error(ch, err);
             }
         } else {
-            memset(dst, 0, psz);
+            memset(dst, 0, n * psz);
         }
-        if (++pl->filled == hp) {
+        lm_bitmap_set_range(pl->have, off, n);
+        pl->filled += n;
+        int ret = 0;
+        if (pl->filled == hp) {
             pl->filled = 0;
-            int ret = lm_pc_place_range(d, wi, b, hpf, hp, pl->buf, err);
-            if (ret < 0) {
-                return ret;
-            }
+            ret = lm_pc_place_range(d, wi, b, hpf, hp, pl->buf, true, err);
+        } else {
+            ret = place_waiting(d, wi, b, pg, n, dst, err);
         }
+        if (ret < 0) {
+            return ret;
+        }
+        pg += n;
     }
     return 0;
 }
@@ -423,16 +621,15 @@ static int place_cb(void *opaque, uint8_t type, lm_ram_block *b, uint64_t first,
 
 void lm_pc_dst_reset_main(lm_pc_dst *d)
 {
-    d->main_pl.filled = 0;
-    d->main_pl.blk = NULL;
+    placer_reset(&d->main_pl);
 }
 
 /* ---- return path ---- */
 
-void lm_pc_send_request(lm_pc_dst *d, uint32_t wi, uint64_t hp_first, uint64_t hp)
+void lm_pc_send_request(lm_pc_dst *d, uint32_t wi, uint64_t first, uint64_t n)
 {
     pthread_mutex_lock(&d->rp_lock);
-    if (d->rp && lm_rp_send_req_pages(d->rp, (uint16_t)wi, hp_first, (uint32_t)hp) < 0) {
+    if (d->rp && lm_rp_send_req_pages(d->rp, (uint16_t)wi, first, (uint32_t)n) < 0) {
         /* The main channel shares the socket: the load thread sees the
          * failure too and pauses; the request is asked again on resume. */
         lm_channel_close(d->rp, NULL);
@@ -567,8 +764,7 @@ static void *pre_thread_fn(void *arg)
                            magic, version);
     }
     lm_pc_placer *pl = &d->pre_pl;
-    pl->filled = 0;
-    pl->blk = NULL;
+    placer_reset(pl);
     while (ret == 0) {
         uint8_t type, hdr[14];
         if (lm_channel_get_u8(ch, &type) < 0) {
@@ -680,7 +876,7 @@ int lm_pc_dst_wait_all(lm_pc_dst *d, lm_channel *main_ch, lm_error *err)
 
 /* ---- blocktime ---- */
 
-void lm_pc_blocktime_begin(lm_pc_dst *d, int tid, uint32_t wi, uint64_t hp_first)
+void lm_pc_blocktime_begin(lm_pc_dst *d, int tid, uint32_t wi, uint64_t page)
 {
     if (!d->blocktime) {
         return;
@@ -689,7 +885,7 @@ void lm_pc_blocktime_begin(lm_pc_dst *d, int tid, uint32_t wi, uint64_t hp_first
     for (unsigned v = 0; v < d->nvcpus; v++) {
         if (d->tids[v] == tid && !d->waits[v].active) {
             uint64_t now = lm_now_ns();
-            d->waits[v] = (lm_pc_wait){ true, wi, hp_first, now };
+            d->waits[v] = (lm_pc_wait){ true, wi, page, now };
             if (++d->nblocked == d->nvcpus) {
                 d->all_since_ns = now;
             }
@@ -708,7 +904,7 @@ void lm_pc_blocktime_end(lm_pc_dst *d, uint32_t wi, uint64_t first, uint64_t n)
     uint64_t now = lm_now_ns();
     for (unsigned v = 0; v < d->nvcpus; v++) {
         lm_pc_wait *w = &d->waits[v];
-        if (w->active && w->block == wi && w->hp_first >= first && w->hp_first < first + n) {
+        if (w->active && w->block == wi && w->page >= first && w->page < first + n) {
             d->vcpu_ns[v] += now - w->start_ns;
             if (d->nblocked == d->nvcpus) {
                 d->total_ns += now - d->all_since_ns;

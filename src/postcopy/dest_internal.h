@@ -5,19 +5,28 @@
 #include "postcopy/dest.h"
 #include "postcopy/postcopy.h"
 
-/* Assembles one host page from the records of one channel. */
+/* The most target pages of one THP host page (2 MiB of 4 KiB pages). */
+#define LM_PC_HP_MAX 512u
+
+/* The receive buffer of one channel: a run of 4 KiB-host-page records, or
+ * one THP host page assembled from its records (in any order: a requested
+ * page comes first, then the rest).  2 MiB-aligned, so a whole host page
+ * can be moved into guest RAM as one huge page. */
 typedef struct lm_pc_placer {
+    uint8_t *map;     /* the mapping; buf is its 2 MiB-aligned start */
+    size_t map_len;
     uint8_t *buf;
     size_t cap;
     lm_ram_block *blk;
     uint64_t hp_first;
-    uint64_t filled;
+    uint64_t filled;                    /* pages of the host page in buf */
+    uint64_t have[LM_PC_HP_MAX / 64];   /* which ones */
 } lm_pc_placer;
 
 typedef struct lm_pc_wait {
     bool active;
     uint32_t block;
-    uint64_t hp_first;
+    uint64_t page; /* the page the vCPU faulted on */
     uint64_t start_ns;
 } lm_pc_wait;
 
@@ -30,7 +39,23 @@ struct lm_pc_dst {
     int uffd;
     bool listening;
     bool zeropage_ok[LM_MAX_RAM_BLOCKS];
+    /* UFFDIO_MOVE may place this block's pages (private anonymous memory,
+     * the kernel has it, not turned off); cleared when the kernel refuses
+     * a move, and COPY takes over. */
+    bool move_ok[LM_MAX_RAM_BLOCKS];
+    /* LIVEMIG_POSTCOPY_PLACE: "copy" never moves, "move" moves runs of
+     * 4 KiB pages too; by default only whole THP host pages move (for 4
+     * KiB runs a move costs more than a copy: the buffer must be filled
+     * with fresh pages again, see bench/postcopy-results.md). */
+    enum { LM_PC_PLACE_AUTO, LM_PC_PLACE_COPY, LM_PC_PLACE_MOVE } place_mode;
+    bool move_wanted;                         /* place_mode is not COPY, and the kernel has moves */
+    /* Bytes placed by each means (atomic), logged at the end. */
+    uint64_t moved_bytes, copied_bytes, zero_bytes;
     uint64_t *requested[LM_MAX_RAM_BLOCKS];
+    /* Per target page: a vCPU faulted on it and waits.  Such a page is
+     * placed as soon as its record arrives, even before the rest of its
+     * THP host page. */
+    uint64_t *waiting[LM_MAX_RAM_BLOCKS];
     uint64_t total_pages;
     uint64_t received_pages;                  /* atomic */
 
@@ -67,13 +92,18 @@ struct lm_pc_dst {
 };
 
 /* dest.c */
+/* Places [first, first+n) from src (NULL: zeros), skipping pages already
+ * placed.  movable: src is a receive buffer whose pages may be moved
+ * into guest RAM (UFFDIO_MOVE), leaving holes there. */
 int lm_pc_place_range(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t first, uint64_t n,
-                      const uint8_t *src, lm_error *err);
+                      uint8_t *src, bool movable, lm_error *err);
 int lm_pc_uffd_place(lm_pc_dst *d, uint32_t wi, void *addr, const uint8_t *src, size_t len,
                      lm_error *err);
-void lm_pc_blocktime_begin(lm_pc_dst *d, int tid, uint32_t wi, uint64_t hp_first);
+void lm_pc_blocktime_begin(lm_pc_dst *d, int tid, uint32_t wi, uint64_t page);
 void lm_pc_blocktime_end(lm_pc_dst *d, uint32_t wi, uint64_t first, uint64_t n);
-void lm_pc_send_request(lm_pc_dst *d, uint32_t wi, uint64_t hp_first, uint64_t hp);
+/* REQ_PAGES for [first, first+n): the faulting page first (the source
+ * sends the host page around it, that page ahead of the rest). */
+void lm_pc_send_request(lm_pc_dst *d, uint32_t wi, uint64_t first, uint64_t n);
 
 /* fault.c */
 int lm_pc_fault_start(lm_pc_dst *d, lm_error *err);

@@ -28,7 +28,7 @@ static void handle_fault(lm_pc_dst *d, uint64_t addr, int tid)
     uint64_t page = (addr - (uintptr_t)b->host) >> b->page_shift;
     uint64_t hp = lm_pc_hp_pages(b);
     uint64_t hp_first = page & ~(hp - 1);
-    lm_pc_blocktime_begin(d, tid, wi, hp_first);
+    lm_pc_blocktime_begin(d, tid, wi, page);
     if (lm_pc_test(b->received, page)) {
         /* Received as zero and never populated (or placed just now: then
          * this finds it present and only wakes). */
@@ -36,18 +36,23 @@ static void handle_fault(lm_pc_dst *d, uint64_t addr, int tid)
         if (lm_pc_uffd_place(d, wi, lm_ram_block_page(b, page), NULL, b->page_size, &err) < 0) {
             lm_warn("%s", err.msg);
         }
-        lm_pc_blocktime_end(d, wi, hp_first, hp);
+        lm_pc_blocktime_end(d, wi, page, 1);
         return;
     }
+    /* This page goes in as soon as it arrives, even when the rest of its
+     * THP host page is still on its way. */
+    lm_pc_set_range(d->waiting[wi], page, 1);
     if (lm_pc_test(d->requested[wi], hp_first)) {
         return; /* asked already: the answer wakes this vCPU too */
     }
     lm_pc_set_range(d->requested[wi], hp_first, hp);
-    lm_pc_send_request(d, wi, hp_first, hp);
+    /* The faulting page alone: the source sends its whole host page, that
+     * page first. */
+    lm_pc_send_request(d, wi, page, 1);
     /* Placed between the test above and now: nothing is lost (the copy
      * woke the vCPU), but the blocktime entry must end. */
     if (lm_pc_test(b->received, page)) {
-        lm_pc_blocktime_end(d, wi, hp_first, hp);
+        lm_pc_blocktime_end(d, wi, page, 1);
     }
 }
 

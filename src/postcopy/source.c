@@ -13,9 +13,14 @@
 #include "postcopy/source.h"
 #include "stream/stream.h"
 
-/* Background data per RAM section: small, so requested pages served on
- * the main channel (no preempt) never wait behind much. */
+/* Background data per RAM section: small while requested pages are
+ * served on the main channel (no preempt yet), so they never wait behind
+ * much; larger once the preempt channel carries them. */
 #define PC_SLICE_BYTES (256u << 10)
+#define PC_SLICE_PREEMPT_BYTES (4u << 20)
+/* One background run (one record, as precopy's) covers at most this much
+ * guest RAM, and at least one host page. */
+#define PC_RUN_BYTES (1u << 20)
 /* Requests waiting; more are dropped (the page still comes as background). */
 #define QUEUE_MAX 65536u
 /* One request covers at most this many host pages. */
@@ -24,6 +29,7 @@
 typedef struct pc_req {
     uint32_t block;
     uint64_t first; /* first page of a host page */
+    uint64_t page;  /* the page the destination faulted on: sent first */
 } pc_req;
 
 struct lm_pc_src {
@@ -121,11 +127,11 @@ static void fail(lm_pc_src *p, const lm_error *err)
     }
 }
 
-static void push_request(lm_pc_src *p, uint32_t block, uint64_t first)
+static void push_request(lm_pc_src *p, uint32_t block, uint64_t first, uint64_t page)
 {
     pthread_mutex_lock(&p->lock);
     if (p->qlen < QUEUE_MAX) {
-        p->q[(p->qhead + p->qlen) % QUEUE_MAX] = (pc_req){ block, first };
+        p->q[(p->qhead + p->qlen) % QUEUE_MAX] = (pc_req){ block, first, page };
         p->qlen++;
         pthread_cond_broadcast(&p->cond);
     }
@@ -146,31 +152,80 @@ static int queue_request(lm_pc_src *p, const lm_rp_msg *m, lm_error *err)
         return lm_error_set(err, -EBADMSG, "page request for block '%s' pages %llu+%u out of range",
                             b->name, (unsigned long long)m->first, m->count);
     }
+    /* The destination names the page it faulted on first (a THP host
+     * page is requested by that 4 KiB page): it goes out ahead of the
+     * rest of its host page. */
     uint64_t end = m->first + m->count;
     for (uint64_t pg = m->first & ~(hp - 1); pg < end; pg += hp) {
-        push_request(p, m->block, pg);
+        push_request(p, m->block, pg, LM_MAX(pg, m->first));
     }
     __atomic_fetch_add(&e->pc_requests, 1, __ATOMIC_RELAXED);
     return 0;
 }
 
-/* Claims a host page (clears its dirty bits) and queues it on batch b;
- * *bytes grows by what that puts on the wire.
- * A requested page goes out even when already claimed: the destination
- * asked, so its copy may be far behind on the main channel. */
-static int send_hostpage(lm_pc_src *p, struct lm_ram_batch *b, lm_channel *ch, lm_ram_block *blk,
-                         uint64_t first, bool requested, uint64_t *bytes)
+static void uncount_dirty(lm_pc_src *p, const lm_ram_block *blk, uint64_t cleared)
+{
+    uint64_t dec = cleared << blk->page_shift;
+    uint64_t cur = __atomic_load_n(&p->s->dirty_bytes, __ATOMIC_RELAXED);
+    __atomic_fetch_sub(&p->s->dirty_bytes, LM_MIN(dec, cur), __ATOMIC_RELAXED);
+}
+
+/* Serves a request: claims the host page (clears its dirty bits) and
+ * queues it on batch b; *bytes grows by what that puts on the wire.  It
+ * goes out even when already claimed: the destination asked, so its copy
+ * may be far behind on the main channel.  In a host page of several pages
+ * (THP) the faulting page goes first, alone and flushed, so the vCPU
+ * waits for one small page, then the rest (seed 001's break-huge, applied
+ * to the request itself). */
+static int send_requested(lm_pc_src *p, struct lm_ram_batch *b, lm_channel *ch, lm_ram_block *blk,
+                          uint64_t first, uint64_t page, uint64_t *bytes)
 {
     uint64_t hp = lm_pc_hp_pages(blk);
     uint64_t cleared = lm_pc_clear_range(blk->dirty, first, hp);
     if (cleared) {
-        uint64_t dec = cleared << blk->page_shift;
-        uint64_t cur = __atomic_load_n(&p->s->dirty_bytes, __ATOMIC_RELAXED);
-        __atomic_fetch_sub(&p->s->dirty_bytes, LM_MIN(dec, cur), __ATOMIC_RELAXED);
-    } else if (!requested) {
-        return 0;
+        uncount_dirty(p, blk, cleared);
     }
-    return lm_ram_save_send_range(p->s, b, ch, blk, first, first + hp, bytes);
+    if (hp == 1 || page < first || page >= first + hp) {
+        return lm_ram_save_send_range(p->s, b, ch, blk, first, first + hp, bytes);
+    }
+    int ret = lm_ram_save_send_range(p->s, b, ch, blk, page, page + 1, bytes);
+    if (ret == 0) {
+        ret = lm_ram_batch_flush(b, ch);
+    }
+    if (ret == 0) {
+        ret = lm_channel_flush(ch);
+    }
+    if (ret == 0 && page > first) {
+        ret = lm_ram_save_send_range(p->s, b, ch, blk, first, page, bytes);
+    }
+    if (ret == 0 && page + 1 < first + hp) {
+        ret = lm_ram_save_send_range(p->s, b, ch, blk, page + 1, first + hp, bytes);
+    }
+    return ret;
+}
+
+/* Background: claims the dirty run that starts at host page `first`,
+ * whole host pages, at most max_pages (at least one host page), and
+ * returns its end.  A host page is ours when we cleared any of its bits;
+ * the run stops at the first host page that is clean or that the preempt
+ * sender took meanwhile.  Returns first when nothing was claimed. */
+static uint64_t claim_run(lm_pc_src *p, lm_ram_block *blk, uint64_t first, uint64_t max_pages)
+{
+    uint64_t hp = lm_pc_hp_pages(blk);
+    uint64_t end = first, limit = LM_MIN(blk->npages, first + LM_MAX(max_pages, hp));
+    uint64_t claimed = 0;
+    while (end < limit) {
+        uint64_t c = lm_pc_clear_range(blk->dirty, end, hp);
+        if (!c) {
+            break;
+        }
+        claimed += c;
+        end += hp;
+    }
+    if (claimed) {
+        uncount_dirty(p, blk, claimed);
+    }
+    return end;
 }
 
 /* ---- the return-path thread ---- */
@@ -305,7 +360,7 @@ static void *pre_thread_fn(void *arg)
         pthread_mutex_unlock(&p->lock);
         uint64_t bytes = 0;
         lm_ram_block *blk = e->blocks[r.block];
-        ret = send_hostpage(p, p->pre_batch, ch, blk, r.first, true, &bytes);
+        ret = send_requested(p, p->pre_batch, ch, blk, r.first, r.page, &bytes);
         if (ret == 0) {
             ret = lm_ram_batch_flush(p->pre_batch, ch);
         }
@@ -550,9 +605,15 @@ int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err)
         lm_stream_write_section_short(ch, LM_REC_SECTION_PART, LM_RAM_SECTION_ID);
         pc_req r;
         while (ret == 0 && take_request(p, &r)) {
-            ret = send_hostpage(p, p->main_batch, ch, e->blocks[r.block], r.first, true, &urgent);
+            ret = send_requested(p, p->main_batch, ch, e->blocks[r.block], r.first, r.page, &urgent);
         }
-        while (ret == 0 && budget_ok && covered < PC_SLICE_BYTES) {
+        pthread_mutex_lock(&p->lock);
+        uint64_t slice = p->pre_up ? PC_SLICE_PREEMPT_BYTES : PC_SLICE_BYTES;
+        pthread_mutex_unlock(&p->lock);
+        /* Dirty runs of up to 1 MiB per record, as precopy sends them: one
+         * record (and, file-backed, one sendfile) per run, which the
+         * destination places with one ioctl. */
+        while (ret == 0 && budget_ok && covered < slice) {
             lm_ram_block *b;
             uint64_t pg;
             if (!next_dirty(p, &b, &pg)) {
@@ -560,9 +621,16 @@ int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err)
                 break;
             }
             uint64_t first = pg & ~(lm_pc_hp_pages(b) - 1);
-            p->cur_page = first + lm_pc_hp_pages(b);
-            ret = send_hostpage(p, p->main_batch, ch, b, first, false, &bulk);
-            covered += lm_pc_hp_pages(b) << b->page_shift;
+            uint64_t want = LM_MIN((uint64_t)PC_RUN_BYTES, slice - covered) >> b->page_shift;
+            uint64_t end = claim_run(p, b, first, want);
+            if (end == first) {
+                /* The preempt sender took it meanwhile. */
+                p->cur_page = first + lm_pc_hp_pages(b);
+                continue;
+            }
+            p->cur_page = end;
+            ret = lm_ram_save_send_range(p->s, p->main_batch, ch, b, first, end, &bulk);
+            covered += (end - first) << b->page_shift;
         }
         if (ret == 0) {
             ret = lm_ram_batch_flush(p->main_batch, ch);

@@ -7,6 +7,7 @@ byte-for-byte hash against the stopped source.  Every test also checks
 that the guest runs on and that the source stays stopped (postmigrate).
 """
 import os
+import re
 import socket
 import threading
 import time
@@ -18,10 +19,13 @@ MEM = "128M"
 
 
 class PostcopyBase(MigrationTest):
-    def pair(self, memory=MEM, workload="random", extra=(), caps=None, params=None):
+    def pair(self, memory=MEM, workload="random", extra=(), caps=None, params=None, dst_env=None):
         extra = list(extra)
         src = self.vm("src", memory=memory, workload=workload, extra=extra)
-        dst = self.vm("dst", memory=memory, workload=workload, extra=extra, incoming="defer")
+        # dst_env: environment of the destination process (its placement).
+        wrapper = ["env"] + ["%s=%s" % kv for kv in sorted(dst_env.items())] if dst_env else []
+        dst = self.vm("dst", memory=memory, workload=workload, extra=extra, incoming="defer",
+                      wrapper=wrapper)
         caps = dict(caps or {}, postcopy_ram=True)
         src.set_caps(**caps)
         dst.set_caps(**caps)
@@ -153,6 +157,76 @@ class Postcopy(PostcopyBase):
         src = self.vm("src", memory=MEM)
         with self.assertRaises(lmtest.QMPError):
             src.cmd("migrate-start-postcopy")
+
+
+class Placement(PostcopyBase):
+    """How the destination places pages: runs moved out of its receive
+    buffer (UFFDIO_MOVE, this kernel has it: by default whole THP host
+    pages, with LIVEMIG_POSTCOPY_PLACE=move 4 KiB runs too) or copied
+    (UFFDIO_COPY: 4 KiB runs by default, and everything with
+    LIVEMIG_POSTCOPY_PLACE=copy, the fallback); the guest's memory is
+    checked either way, and the destination's debug log says which ioctl
+    placed how much."""
+
+    def placed(self, dst):
+        # Logged when the destination drops its postcopy state, at the end.
+        pat = re.compile(r"postcopy placement: (\d+) bytes moved .*?, (\d+) copied .*?, (\d+) zero")
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            with open(dst.log_path) as f:
+                m = pat.search(f.read())
+            if m:
+                return {"moved": int(m.group(1)), "copied": int(m.group(2)), "zero": int(m.group(3))}
+            time.sleep(0.05)
+        with open(dst.log_path) as f:
+            self.fail("the destination did not log its placement:\n" + f.read())
+
+    def run_case(self, place, extra=(), preempt=True):
+        env = {"LIVEMIG_DEBUG": "1"}
+        if place:
+            env["LIVEMIG_POSTCOPY_PLACE"] = place
+        caps = {"postcopy_preempt": True} if preempt else {}
+        src, dst = self.pair(extra=extra, caps=caps, dst_env=env)
+        self.start(src, dst)
+        self.finish(src, dst)
+        return src, dst
+
+    def check(self, dst, moved):
+        # The destination frees its postcopy state at the end of the
+        # incoming migration; its log line reports the split.
+        p = self.placed(dst)
+        print("%s: placed %s" % (self.id(), p))
+        if moved:
+            self.assertGreater(p["moved"], 0, p)
+        else:
+            self.assertEqual(p["moved"], 0, p)
+            self.assertGreater(p["copied"], 0, p)
+
+    def test_4k_move(self):
+        # 4 KiB runs are copied by default (cheaper here); "move" moves them.
+        src, dst = self.run_case("move")
+        self.check(dst, moved=True)
+
+    def test_4k_copy_fallback(self):
+        src, dst = self.run_case("copy", preempt=False)
+        self.check(dst, moved=False)
+
+    def test_thp_move(self):
+        src, dst = self.run_case(None, extra=["--thp"])
+        self.check(dst, moved=True)
+
+    def test_thp_copy_fallback(self):
+        src, dst = self.run_case("copy", extra=["--thp"])
+        self.check(dst, moved=False)
+
+    def test_4k_default_copies(self):
+        src, dst = self.run_case(None, preempt=False)
+        self.check(dst, moved=False)
+
+    def test_memfd_copies(self):
+        # Shared memory cannot be moved into: copied, and still right.
+        src, dst = self.run_case("move", extra=["--memory-backend", "memfd"])
+        self.check(dst, moved=False)
 
 
 class SourceSafety(PostcopyBase):
