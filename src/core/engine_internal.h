@@ -68,6 +68,7 @@ typedef struct lm_params {
     char tls_hostname[256];              /* the server certificate's name; "": the tcp: host */
     char tls_authz[128];                 /* id of an authz-* object checking clients */
     uint64_t x_handshake_timeout;        /* ms an incoming connection may take to say hello */
+    bool x_dirty_hot_groups;             /* uffd-wp leaves hot 2 MiB groups writable (dirty.h) */
 } lm_params;
 
 /* Statistics of the current (or last) migration; guarded by the engine lock

@@ -56,6 +56,7 @@ enum param_id {
     P_TLS_HOSTNAME,
     P_TLS_AUTHZ,
     P_X_HANDSHAKE_TIMEOUT,
+    P_X_DIRTY_HOT_GROUPS,
     P__COUNT
 };
 
@@ -80,6 +81,7 @@ static const lm_param_desc param_descs[P__COUNT + 1] = {
     [P_TLS_HOSTNAME] = { "tls-hostname", LM_PARAM_STR, 0, 0, NULL },
     [P_TLS_AUTHZ] = { "tls-authz", LM_PARAM_STR, 0, 0, NULL },
     [P_X_HANDSHAKE_TIMEOUT] = { "x-handshake-timeout", LM_PARAM_U64, 1, 3600000, NULL },
+    [P_X_DIRTY_HOT_GROUPS] = { "x-dirty-hot-groups", LM_PARAM_BOOL, 0, 1, NULL },
     [P__COUNT] = { NULL, 0, 0, 0, NULL },
 };
 
@@ -104,6 +106,7 @@ void lm_params_defaults(lm_engine *e)
     p->multifd_zstd_level = 1;
     snprintf(p->zero_page_detection, sizeof(p->zero_page_detection), "multifd");
     p->x_handshake_timeout = 30000;
+    p->x_dirty_hot_groups = true;
     memset(e->caps, 0, sizeof(e->caps));
     e->caps[LM_CAP_RETURN_PATH] = true; /* see docs/architecture.md: confirms the load */
 }
@@ -237,6 +240,7 @@ static bool *bool_slot(lm_params *p, int id)
     switch (id) {
     case P_CPU_THROTTLE_TAILSLOW: return &p->cpu_throttle_tailslow;
     case P_X_VMDESC: return &p->x_vmdesc;
+    case P_X_DIRTY_HOT_GROUPS: return &p->x_dirty_hot_groups;
     case P_ZERO_COPY_SEND: return &p->zero_copy_send;
     default: return NULL;
     }
