@@ -654,6 +654,8 @@ def main():
     ap.add_argument("--large-filter", default=None,
                     help="for sizes above 2G only these data:dest:transport:mode rows, "
                          "e.g. random:anon:unix:precopy,random:file:unix:multifd4 (default all)")
+    ap.add_argument("--only", default=None,
+                    help="only these data:dest:transport:mode rows at every size (default all)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per migration")
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--rawcopy", default=None, help="bench/rawcopy binary")
@@ -670,6 +672,7 @@ def main():
     transports = args.transports.split(",")
     modes = [m for m in args.modes.split(",") if m]
     large_filter = set(args.large_filter.split(",")) if args.large_filter else None
+    only = set(args.only.split(",")) if args.only else None
     tmp = tempfile.mkdtemp(prefix="livemig-bench-", dir=args.tmpdir)
     raw_bin = args.rawcopy or os.path.join(tmp, "rawcopy")
     if not args.rawcopy:
@@ -699,6 +702,7 @@ def main():
             cur["size"] = size
             large = size > 2 * GiB
             reps = args.reps_large if large else args.reps
+            filt = only or (large_filter if large else None)
             sz = fmt_size(size)
             datas = {k: Data(k, size, tmp) for k in kinds}
             for d in datas.values():
@@ -716,9 +720,9 @@ def main():
                 for transport in transports:
                     for streams in sorted({streams_of(m) for m in modes}):
                         for dk in dests:
-                            if large and large_filter and not any(
+                            if filt and not any(
                                     r.split(":")[1] == dk and r.split(":")[2] == transport and
-                                    streams_of(r.split(":")[3]) == streams for r in large_filter):
+                                    streams_of(r.split(":")[3]) == streams for r in filt):
                                 continue
                             floors[(transport, streams, dk)] = raw_floor(
                                 raw_bin, warm, datas["random"], transport, streams, dk, tmp, reps)
@@ -729,7 +733,7 @@ def main():
                     for transport in transports:
                         for mode in modes:
                             key = "%s:%s:%s:%s" % (kind, dk, transport, mode)
-                            if large and large_filter and key not in large_filter:
+                            if filt and key not in filt:
                                 continue
                             row = {"size": size, "data": kind, "dst": dk, "transport": transport,
                                    "mode": mode,
@@ -797,6 +801,8 @@ def render(h, results, sizes, args, elapsed):
              "and QEMU interleaved (order alternating), after a warm-up; %.0f s in all |"
              % (args.reps, args.reps_large, elapsed))
     cmd = "bash bench/run.sh --sizes %s --reps %d" % (",".join(fmt_size(s) for s in sizes), args.reps)
+    if args.only:
+        cmd += " --only %s" % args.only
     if args.large_filter and any(s > 2 * GiB for s in sizes):
         cmd += " --large-filter %s" % args.large_filter
     L.append("| reproduce | `%s` |" % cmd)
