@@ -13,8 +13,8 @@
 #define SCAN_VEC_LEN 4096
 
 /* Hot groups (x-dirty-hot-groups): RAM is watched in groups of 512 small
- * pages (2 MiB).  A group of which at least half the pages were written in
- * each of two syncs in a row is "hot": the next syncs read which of its
+ * pages (2 MiB).  A group in which at least HOT_MIN_PAGES pages were
+ * written in each of two syncs in a row is "hot": the next syncs read which of its
  * pages were written without write-protecting them again, so the guest
  * stops paying a write fault per page per pass where it rewrites the same
  * memory anyway.  A page of a hot group stays reported (its write-protect
@@ -24,6 +24,12 @@
 #define HOT_GROUP_SHIFT 9
 #define HOT_GROUP_PAGES (1u << HOT_GROUP_SHIFT)
 #define HOT_REARM_SYNCS 8
+/* Low on purpose: a write fault costs the guest ~70 us on an idle host and
+ * ~1 ms on this loaded one (bench/live_dirty.py: a guest asked for 16k
+ * writes/s managed ~1k), so a guest that pays them cannot write a group
+ * densely between two syncs; uniform writes over all of RAM still stay
+ * below it (1k writes/s spread over 512 groups per GiB). */
+#define HOT_MIN_PAGES (HOT_GROUP_PAGES / 32)
 
 struct hot_state {
     uint64_t ngroups;
@@ -291,7 +297,7 @@ static int uffd_sync_hot(lm_dirty_tracker *t, size_t i, struct mark_ctx *c, lm_e
         g = e;
     }
     for (g = 0; g < h->ngroups; g++) {
-        bool dense = h->count[g] >= HOT_GROUP_PAGES / 2;
+        bool dense = h->count[g] >= HOT_MIN_PAGES;
         if (dense && lm_bitmap_test(h->dense, g)) {
             lm_bitmap_set(h->hot, g);
         } else if (rearm) {
