@@ -1,8 +1,13 @@
 /* rawcopy: the raw socket and memcpy limits that bench/throughput.py puts
  * beside livemig's and QEMU's migration throughput.
  *
- *   rawcopy socket SIZE STREAMS unix|tcp fresh|fresh-thp|populated [SRCFILE [write|sendfile]]
+ *   rawcopy socket SIZE STREAMS unix|tcp DEST [SRCFILE [write|sendfile [read|pwrite|splice]]]
  *   rawcopy memcpy SIZE fresh|fresh-thp|populated [SRCFILE]
+ *   rawcopy warm SIZE
+ *
+ * DEST: fresh, fresh-thp, populated (anonymous memory), or file:PATH (a
+ * file created empty at PATH, SIZE long, as a file-backed destination's
+ * RAM; removed at the end).
  *
  * socket: a sender process writes SIZE bytes from its buffer (SRCFILE
  * mmapped MAP_SHARED and pre-faulted, as a file-backed guest's RAM is; or a
@@ -16,9 +21,19 @@
  * every page touched beforehand.  sendfile: the sender
  * sends its slice of SRCFILE from the page cache instead of write()ing it
  * from the mapping (the way livemig sends file-backed RAM).
+ * write (the default): the sender copies SRCFILE into an anonymous buffer
+ * first (as an anonymous guest's RAM, touched by its own process) and
+ * write()s from it.  The receiver read()s into the destination mapping
+ * (read), or, for a file: destination, read()s into a 4 MiB buffer and
+ * pwrite()s it at its offset (pwrite), or splice()s socket -> pipe -> file
+ * (splice), neither touching the file's mapping.
  * memcpy: one thread copies SIZE bytes from the buffer into the destination.
+ * warm: map SIZE bytes of anonymous memory, touch every page, unmap: the
+ * bench runs it before each measurement so that every engine's destination
+ * finds the host's free memory in the same state.
  *
- * Prints one line: "bytes=N seconds=S GBps=X GiBps=Y".
+ * Prints one line: "bytes=N seconds=S GBps=X GiBps=Y src_cpu=S dst_cpu=S"
+ * (CPU seconds of each side over the copy).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -32,6 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -78,8 +94,21 @@ static void touch(uint8_t *p, uint64_t size)
     }
 }
 
+static int dest_fd = -1;
+
 static uint8_t *map_dest(uint64_t size, const char *state)
 {
+    if (!strncmp(state, "file:", 5)) {
+        dest_fd = open(state + 5, O_RDWR | O_CREAT | O_TRUNC, 0600);
+        if (dest_fd < 0 || ftruncate(dest_fd, (off_t)size) < 0) {
+            die(state + 5);
+        }
+        uint8_t *f = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, dest_fd, 0);
+        if (f == MAP_FAILED) {
+            die("mmap dest file");
+        }
+        return f;
+    }
     uint8_t *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
         die("mmap dest");
@@ -109,11 +138,19 @@ static uint8_t *map_source(uint64_t size, const char *file)
             fprintf(stderr, "%s: shorter than %llu\n", file, (unsigned long long)size);
             exit(2);
         }
-        p = mmap(NULL, size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
-        close(fd);
+        p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (p == MAP_FAILED) {
             die("mmap source");
         }
+        madvise(p, size, MADV_HUGEPAGE);
+        for (uint64_t off = 0; off < size;) {
+            ssize_t n = pread(fd, p + off, size - off > CHUNK ? CHUNK : size - off, (off_t)off);
+            if (n <= 0) {
+                die("read source");
+            }
+            off += (uint64_t)n;
+        }
+        close(fd);
     } else {
         p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (p == MAP_FAILED) {
@@ -138,17 +175,96 @@ static void report(uint64_t bytes, double secs)
            bytes / secs / 1e9, bytes / secs / (double)(1ull << 30));
 }
 
+static double cpu_now(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
+           (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+enum recv_method { RECV_READ, RECV_PWRITE, RECV_SPLICE };
+
 struct stream {
     int fd;
     uint8_t *base;
     uint64_t len;
-    int file_fd;    /* >= 0: sendfile from here */
+    int file_fd;    /* >= 0: sendfile from here (sender), write here (receiver) */
     off_t file_off;
+    enum recv_method how;
 };
+
+static void recv_pwrite(struct stream *s)
+{
+    uint8_t *buf = malloc(CHUNK);
+    if (!buf) {
+        die("malloc");
+    }
+    uint64_t done = 0;
+    while (done < s->len) {
+        uint64_t want = s->len - done;
+        ssize_t n = read(s->fd, buf, want > CHUNK ? CHUNK : want);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            die("read");
+        }
+        for (ssize_t w = 0; w < n;) {
+            ssize_t k = pwrite(s->file_fd, buf + w, (size_t)(n - w), s->file_off + (off_t)(done + w));
+            if (k <= 0) {
+                die("pwrite");
+            }
+            w += k;
+        }
+        done += (uint64_t)n;
+    }
+    free(buf);
+}
+
+static void recv_splice(struct stream *s)
+{
+    int p[2];
+    if (pipe(p) < 0) {
+        die("pipe");
+    }
+    fcntl(p[1], F_SETPIPE_SZ, 1 << 20);
+    uint64_t done = 0;
+    while (done < s->len) {
+        uint64_t want = s->len - done;
+        ssize_t n = splice(s->fd, NULL, p[1], NULL, want > (1u << 20) ? (1u << 20) : want,
+                           SPLICE_F_MOVE);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            die("splice in");
+        }
+        for (ssize_t w = 0; w < n;) {
+            loff_t off = s->file_off + (off_t)(done + w);
+            ssize_t k = splice(p[0], NULL, s->file_fd, &off, (size_t)(n - w), SPLICE_F_MOVE);
+            if (k <= 0) {
+                die("splice out");
+            }
+            w += k;
+        }
+        done += (uint64_t)n;
+    }
+    close(p[0]);
+    close(p[1]);
+}
 
 static void *recv_stream(void *opaque)
 {
     struct stream *s = opaque;
+    if (s->how == RECV_PWRITE) {
+        recv_pwrite(s);
+        return NULL;
+    }
+    if (s->how == RECV_SPLICE) {
+        recv_splice(s);
+        return NULL;
+    }
     uint64_t done = 0;
     while (done < s->len) {
         uint64_t want = s->len - done;
@@ -193,9 +309,26 @@ static void *send_stream(void *opaque)
 }
 
 static int do_socket(uint64_t size, int streams, const char *transport, const char *state,
-                     const char *file, const char *method)
+                     const char *file, const char *method, const char *recv_how)
 {
     int use_sendfile = method && !strcmp(method, "sendfile");
+    enum recv_method how = RECV_READ;
+    if (recv_how && !strcmp(recv_how, "pwrite")) {
+        how = RECV_PWRITE;
+    } else if (recv_how && !strcmp(recv_how, "splice")) {
+        how = RECV_SPLICE;
+    } else if (recv_how && strcmp(recv_how, "read")) {
+        fprintf(stderr, "receive method must be read, pwrite or splice\n");
+        return 2;
+    }
+    if (how != RECV_READ && strncmp(state, "file:", 5)) {
+        fprintf(stderr, "pwrite and splice need a file: destination\n");
+        return 2;
+    }
+    int cpu_pipe[2];
+    if (pipe(cpu_pipe) < 0) {
+        die("pipe");
+    }
     if (use_sendfile && !file) {
         fprintf(stderr, "sendfile needs SRCFILE\n");
         return 2;
@@ -245,6 +378,7 @@ static int do_socket(uint64_t size, int streams, const char *transport, const ch
     if (pid == 0) {
         /* sender */
         close(lfd);
+        close(cpu_pipe[0]);
         uint8_t *src = map_source(size, file);
         struct stream st[MAX_STREAMS];
         pthread_t th[MAX_STREAMS];
@@ -267,6 +401,7 @@ static int do_socket(uint64_t size, int streams, const char *transport, const ch
             st[i].file_fd = use_sendfile ? open(file, O_RDONLY) : -1;
             st[i].file_off = (off_t)((uint64_t)i * slice);
         }
+        double c0 = cpu_now();
         for (int i = 0; i < streams; i++) {
             pthread_create(&th[i], NULL, send_stream, &st[i]);
         }
@@ -274,10 +409,15 @@ static int do_socket(uint64_t size, int streams, const char *transport, const ch
             pthread_join(th[i], NULL);
             close(st[i].fd);
         }
+        double used = cpu_now() - c0;
+        if (write(cpu_pipe[1], &used, sizeof(used)) != sizeof(used)) {
+            _exit(1);
+        }
         _exit(0);
     }
 
     /* receiver */
+    close(cpu_pipe[1]);
     uint8_t *dst = map_dest(size, state);
     struct stream st[MAX_STREAMS];
     pthread_t th[MAX_STREAMS];
@@ -290,7 +430,11 @@ static int do_socket(uint64_t size, int streams, const char *transport, const ch
         st[idx].fd = fd;
         st[idx].base = dst + (uint64_t)idx * slice;
         st[idx].len = idx == streams - 1 ? size - (uint64_t)idx * slice : slice;
+        st[idx].file_fd = dest_fd;
+        st[idx].file_off = (off_t)((uint64_t)idx * slice);
+        st[idx].how = how;
     }
+    double c0 = cpu_now();
     double t0 = now();
     for (int i = 0; i < streams; i++) {
         if (write(st[i].fd, "g", 1) != 1) {
@@ -304,7 +448,11 @@ static int do_socket(uint64_t size, int streams, const char *transport, const ch
         pthread_join(th[i], NULL);
     }
     double t1 = now();
+    double dst_cpu = cpu_now() - c0, src_cpu = -1;
     int status;
+    if (read(cpu_pipe[0], &src_cpu, sizeof(src_cpu)) != sizeof(src_cpu)) {
+        src_cpu = -1;
+    }
     waitpid(pid, &status, 0);
     if (unix_sock) {
         unlink(sun.sun_path);
@@ -313,7 +461,11 @@ static int do_socket(uint64_t size, int streams, const char *transport, const ch
         fprintf(stderr, "sender failed\n");
         return 1;
     }
+    if (dest_fd >= 0) {
+        unlink(state + 5);
+    }
     report(size, t1 - t0);
+    printf("src_cpu=%.3f dst_cpu=%.3f\n", src_cpu, dst_cpu);
     return 0;
 }
 
@@ -335,18 +487,36 @@ static int do_memcpy(uint64_t size, const char *state, const char *file)
     return 0;
 }
 
+static int do_warm(uint64_t size)
+{
+    uint8_t *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        die("mmap warm");
+    }
+    madvise(p, size, MADV_HUGEPAGE);
+    touch(p, size);
+    munmap(p, size);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc >= 6 && !strcmp(argv[1], "socket")) {
         return do_socket(parse_size(argv[2]), atoi(argv[3]), argv[4], argv[5],
-                         argc > 6 ? argv[6] : NULL, argc > 7 ? argv[7] : NULL);
+                         argc > 6 ? argv[6] : NULL, argc > 7 ? argv[7] : NULL,
+                         argc > 8 ? argv[8] : NULL);
+    }
+    if (argc == 3 && !strcmp(argv[1], "warm")) {
+        return do_warm(parse_size(argv[2]));
     }
     if (argc >= 4 && !strcmp(argv[1], "memcpy")) {
         return do_memcpy(parse_size(argv[2]), argv[3], argc > 4 ? argv[4] : NULL);
     }
     fprintf(stderr,
-            "usage: %s socket SIZE STREAMS unix|tcp fresh|fresh-thp|populated [SRCFILE [write|sendfile]]\n"
-            "       %s memcpy SIZE fresh|fresh-thp|populated [SRCFILE]\n",
-            argv[0], argv[0]);
+            "usage: %s socket SIZE STREAMS unix|tcp fresh|fresh-thp|populated|file:PATH [SRCFILE "
+            "[write|sendfile [read|pwrite|splice]]]\n"
+            "       %s memcpy SIZE fresh|fresh-thp|populated [SRCFILE]\n"
+            "       %s warm SIZE\n",
+            argv[0], argv[0], argv[0]);
     return 2;
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # livemig throughput benchmark: one command.
 #
-#   bash bench/run.sh                 # 1G and 4G (about 10 minutes)
+#   bash bench/run.sh                 # 1G and 4G (about an hour on a quiet 2-CPU machine)
 #   bash bench/run.sh --sizes 1G      # quick run
 #   bash bench/run.sh --sizes 1G --reps 5 --timeout 60
 #

@@ -76,6 +76,7 @@ typedef struct lm_params {
     uint64_t vcpu_dirty_limit;           /* MiB/s per vCPU under a dirty-limit migration */
     uint64_t x_auto_postcopy_passes;     /* stalled passes before x-auto-postcopy acts */
     uint64_t x_auto_postcopy_time;       /* ms of precopy not shrinking before it acts, 0: no bound */
+    bool x_dirty_hot_groups;             /* uffd-wp leaves hot 2 MiB groups writable (dirty.h) */
 } lm_params;
 
 /* Statistics of the current (or last) migration; guarded by the engine lock

@@ -319,6 +319,7 @@ static int setup(src_ctx *c)
     memcpy(cfg.uuid, e->uuid, LM_UUID_LEN);
     char tracker[16];
     snprintf(tracker, sizeof(tracker), "%s", e->params.x_dirty_tracker);
+    bool hot_groups = e->params.x_dirty_hot_groups;
     pthread_mutex_unlock(&e->lock);
 
     lm_stream_write_header_version(c->ch, c->checksum ? LM_STREAM_VERSION_CHECKSUM
@@ -341,6 +342,10 @@ static int setup(src_ctx *c)
         }
     }
     ret = lm_ram_save_setup(&e->saver, e->blocks, e->nblocks, tracker, &c->err);
+    if (ret < 0) {
+        return ret;
+    }
+    ret = lm_dirty_tracker_set_hot_groups(e->saver.tracker, hot_groups, &c->err);
     if (ret < 0) {
         return ret;
     }

@@ -62,6 +62,7 @@ enum param_id {
     P_VCPU_DIRTY_LIMIT,
     P_X_AUTO_POSTCOPY_PASSES,
     P_X_AUTO_POSTCOPY_TIME,
+    P_X_DIRTY_HOT_GROUPS,
     P__COUNT
 };
 
@@ -91,6 +92,7 @@ static const lm_param_desc param_descs[P__COUNT + 1] = {
     [P_VCPU_DIRTY_LIMIT] = { "vcpu-dirty-limit", LM_PARAM_U64, 1, INT64_MAX >> 21, NULL },
     [P_X_AUTO_POSTCOPY_PASSES] = { "x-auto-postcopy-passes", LM_PARAM_U64, 1, 1000, NULL },
     [P_X_AUTO_POSTCOPY_TIME] = { "x-auto-postcopy-time", LM_PARAM_U64, 0, 86400000, NULL },
+    [P_X_DIRTY_HOT_GROUPS] = { "x-dirty-hot-groups", LM_PARAM_BOOL, 0, 1, NULL },
     [P__COUNT] = { NULL, 0, 0, 0, NULL },
 };
 
@@ -119,6 +121,7 @@ void lm_params_defaults(lm_engine *e)
     p->vcpu_dirty_limit = 1;
     p->x_auto_postcopy_passes = 3;
     p->x_auto_postcopy_time = 0;
+    p->x_dirty_hot_groups = true;
     memset(e->caps, 0, sizeof(e->caps));
     e->caps[LM_CAP_RETURN_PATH] = true; /* see docs/architecture.md: confirms the load */
 }
@@ -262,6 +265,7 @@ static bool *bool_slot(lm_params *p, int id)
     switch (id) {
     case P_CPU_THROTTLE_TAILSLOW: return &p->cpu_throttle_tailslow;
     case P_X_VMDESC: return &p->x_vmdesc;
+    case P_X_DIRTY_HOT_GROUPS: return &p->x_dirty_hot_groups;
     case P_ZERO_COPY_SEND: return &p->zero_copy_send;
     default: return NULL;
     }

@@ -18,6 +18,7 @@
 #ifndef LM_RAM_DIRTY_H
 #define LM_RAM_DIRTY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -34,6 +35,14 @@ int lm_dirty_tracker_start(const char *kind, lm_ram_block **blocks, size_t nbloc
  * *newly counts pages that were not already dirty. */
 int lm_dirty_tracker_sync(lm_dirty_tracker *t, uint64_t *newly, lm_error *err);
 void lm_dirty_tracker_stop(lm_dirty_tracker *t);
+/* Hot groups (x-dirty-hot-groups, uffd-wp only; a no-op for the other
+ * kinds): 2 MiB groups the guest keeps rewriting are left writable between
+ * syncs, their written pages reported at every sync, and protected again
+ * every few syncs, so the guest stops paying a write fault per page per
+ * pass there.  Off when a tracker starts. */
+int lm_dirty_tracker_set_hot_groups(lm_dirty_tracker *t, bool on, lm_error *err);
+/* Pages in groups the next sync leaves writable. */
+uint64_t lm_dirty_tracker_hot_pages(const lm_dirty_tracker *t);
 /* "uffd-wp-async", "manual" or "dirty-log" ("+dirty-log" when logs are
  * pulled beside the engine's own tracker). */
 const char *lm_dirty_tracker_name(const lm_dirty_tracker *t);
