@@ -73,12 +73,15 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--no-qemu", action="store_true")
     ap.add_argument("--before", help="another livemig build directory, measured beside")
+    ap.add_argument("--certs", help="certificates made by scripts/make-test-certs.sh "
+                    "(default: made for this run)")
     ap.add_argument("--timeout", type=float, default=180)
     args = ap.parse_args()
     size = tp.parse_size(args.size)
     tmp = tempfile.mkdtemp(prefix="lmtlsbench-", dir="/dev/shm")
-    certs = os.path.join(tmp, "certs")
-    subprocess.run([os.path.join(ROOT, "scripts", "make-test-certs.sh"), certs], check=True)
+    certs = args.certs or os.path.join(tmp, "certs")
+    if not args.certs:
+        subprocess.run([os.path.join(ROOT, "scripts", "make-test-certs.sh"), certs], check=True)
     try:
         data = tp.Data("random", size, tmp)
         engines = [("livemig", with_tls(tp.Livemig)(args.build, tmp, args.timeout))]
