@@ -3,11 +3,14 @@
 beside QEMU in one run, with the same certificates (scripts/make-test-certs.sh,
 tls-creds-x509 objects with verify-peer on both sides).
 
-Loopback TCP, 1 GiB of random guest RAM (a file on /dev/shm, so that no
-page is sent as a zero page), single channel and multifd with 4 channels.
-Each engine's guest is stopped (livemig --workload idle; QEMU TCG -S), so
-the figures are pure transfer.  livemig runs are verified byte for byte
-(x-query-memory-hash), QEMU runs by reading the destination's RAM.
+Loopback TCP, 1 GiB of random guest RAM (no page is sent as a zero page),
+single channel and multifd with 4 channels.  Each engine's guest is
+stopped (livemig --workload idle; QEMU TCG -S), so the figures are pure
+transfer.  Each source is in a running VM's state: anonymous RAM its own
+process wrote, by an incoming migration from a file of the random bytes
+(bench/tls_link.py's engines; issue 14 says why).  livemig runs are
+verified byte for byte (x-query-memory-hash), QEMU runs by reading the
+destination's RAM.
 
     python3 bench/tls.py [--size 1G] [--reps 1] [--no-qemu] [--before BUILD]
 
@@ -29,27 +32,9 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import throughput as tp  # noqa: E402  (the machinery of bench/throughput.py)
+import tls_link  # noqa: E402  (its engines: sources in a running VM's state)
 
 ROOT = os.path.join(HERE, "..")
-
-
-def with_tls(base):
-    """An engine class whose machines carry TLS credentials when self.tls."""
-    class TLS(base):
-        tls = None  # the certificate directory, or None for plain runs
-
-        def start(self, name, size, *a, **kw):
-            m = super().start(name, size, *a, **kw)
-            if self.tls and name in ("src", "dst"):
-                server = name == "dst"
-                m.cmd("object-add", **{"qom-type": "tls-creds-x509", "id": "tls0",
-                                       "dir": os.path.join(self.tls, "server" if server else
-                                                           "client"),
-                                       "endpoint": "server" if server else "client",
-                                       "verify-peer": True})
-                m.cmd("migrate-set-parameters", **{"tls-creds": "tls0"})
-            return m
-    return TLS
 
 
 def warm_host(size):
@@ -84,24 +69,28 @@ def main():
         subprocess.run([os.path.join(ROOT, "scripts", "make-test-certs.sh"), certs], check=True)
     try:
         data = tp.Data("random", size, tmp)
-        engines = [("livemig", with_tls(tp.Livemig)(args.build, tmp, args.timeout))]
+        data.prepare()
+        engines = [tls_link.Livemig(args.build, tmp, args.timeout)]
         if args.before:
-            engines.append(("livemig (before)",
-                            with_tls(tp.Livemig)(args.before, tmp, args.timeout)))
+            engines.append(tls_link.Livemig(args.before, tmp, args.timeout,
+                                            name="livemig (before)"))
         qemu_bin = shutil.which("qemu-system-x86_64")
         if qemu_bin and not args.no_qemu:
-            engines.append(("QEMU", with_tls(tp.Qemu)(qemu_bin, tmp, args.timeout)))
+            engines.append(tls_link.Qemu(qemu_bin, tmp, args.timeout))
+        for eng in engines:
+            eng.save_seed(data)
+        here = tls_link.Loopback()
         rows = []
-        for ename, eng in engines:
+        for eng in engines:
+            ename = eng.name
             for mode in ("precopy", "multifd4"):
                 runs = {False: [], True: []}
                 # Plain and TLS alternate, so that a change in the
                 # machine's load meets both alike.
                 for _ in range(args.reps):
                     for tls in (False, True):
-                        eng.tls = certs if tls else None
                         warm_host(size)
-                        r = eng.run(data, "tcp", mode)
+                        r = eng.run(data, here, certs, mode, tls)
                         tp.log("%s %s %s: %s" % (ename, mode, "tls" if tls else "plain", r))
                         runs[tls].append(r)
                 best = {}

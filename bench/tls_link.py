@@ -62,15 +62,17 @@ class Engine:
     state is saved to / loaded from a file, and how a run is verified."""
     name = None
 
-    def __init__(self, tmp, timeout):
+    def __init__(self, tmp, timeout, name=None):
+        self.name = name or self.name
         self.tmp, self.timeout = tmp, timeout
-        self.state = os.path.join(tmp, "%s.state" % self.name)
+        self.tag = "".join(c if c.isalnum() else "_" for c in self.name)
+        self.state = os.path.join(tmp, "%s.state" % self.tag)
         self.seq = 0
 
     def machine(self, name, argv):
         self.seq += 1
-        qmp = os.path.join(self.tmp, "%s-%s-%d.qmp" % (self.name, name, self.seq))
-        return tp.Machine("%s-%s-%d" % (self.name, name, self.seq), argv(qmp), qmp, self.tmp)
+        qmp = os.path.join(self.tmp, "%s-%s-%d.qmp" % (self.tag, name, self.seq))
+        return tp.Machine("%s-%s-%d" % (self.tag, name, self.seq), argv(qmp), qmp, self.tmp)
 
     def wait(self, m):
         info = tp.wait_status(m, self.timeout)
@@ -101,6 +103,7 @@ class Engine:
         return m
 
     def run(self, data, link, certs, mode, tls):
+        """One migration from link.src_ns to link.dst_ns (Loopback: here)."""
         src = dst = None
         try:
             src = self.loaded_source(data.size, link.run_in(link.src_ns))
@@ -139,8 +142,8 @@ class Engine:
 class Livemig(Engine):
     name = "livemig"
 
-    def __init__(self, build, tmp, timeout):
-        super().__init__(tmp, timeout)
+    def __init__(self, build, tmp, timeout, name=None):
+        super().__init__(tmp, timeout, name)
         self.bin = os.path.join(build, "livemig-vm")
 
     def start(self, name, size, wrapper, data=None, incoming=False):
@@ -202,6 +205,15 @@ class Qemu(Engine):
     def verify(self, src, dst, data):
         addr = self.q.ram_address(dst.pid, data.size)
         return data.equals_process_memory(dst.pid, addr) if addr is not None else None
+
+
+class Loopback:
+    """Both machines on this host's loopback: Engine.run's link for tls.py."""
+    src_ns = dst_ns = None
+    dst_addr = "127.0.0.1"
+
+    def run_in(self, ns):
+        return []
 
 
 FLOOR_RECV = r"""
