@@ -115,7 +115,8 @@ static int tx_flush(lm_tls_session *t)
 static ssize_t push_fn(gnutls_transport_ptr_t ptr, const void *data, size_t len)
 {
     lm_tls_session *t = ptr;
-    if (!t->batching || !pthread_equal(t->batcher, pthread_self())) {
+    if (!__atomic_load_n(&t->batching, __ATOMIC_ACQUIRE) ||
+        !pthread_equal(t->batcher, pthread_self())) {
         return send_some(t, data, len);
     }
     if (t->txlen + len > TX_BATCH && tx_flush(t) < 0) {
@@ -648,10 +649,12 @@ static int writev_records(lm_tls_session *t, const struct iovec *iov, int cnt, l
 
 int lm_tls_writev(lm_tls_session *t, const struct iovec *iov, int cnt, lm_error *err)
 {
+    /* A reader thread may push too (an alert): it sees batching only
+     * with batcher set, and then sends its record directly. */
     t->batcher = pthread_self();
-    t->batching = true;
+    __atomic_store_n(&t->batching, true, __ATOMIC_RELEASE);
     int ret = writev_records(t, iov, cnt, err);
-    t->batching = false;
+    __atomic_store_n(&t->batching, false, __ATOMIC_RELEASE);
     if (tx_flush(t) < 0 && ret == 0) {
         ret = gnutls_failure(t, GNUTLS_E_PUSH_ERROR, "write", err);
     }
