@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,12 @@
 #define DEFAULT_PRIORITY "NORMAL"
 #define PSK_KX ":+ECDHE-PSK:+DHE-PSK:+PSK"
 #define RECORD_MAX 16384
+/* Encrypted records go to the socket in batches of up to this many bytes,
+ * and the socket is read in pieces of up to this many: a system call per
+ * 16 KiB record (two on the receiving side, which GnuTLS reads header
+ * first) cost more than the copy into and out of these buffers. */
+#define TX_BATCH (256 * 1024)
+#define RX_BATCH (256 * 1024)
 /* The verdict record: the peer checked us and lets us in. */
 #define ADMITTED 0x41
 
@@ -37,6 +44,18 @@ struct lm_tls_session {
     /* The socket's last errors, for messages: errno itself does not
      * survive GnuTLS.  One writer and one reader thread at most. */
     int send_errno, recv_errno;
+    /* The writer's: while lm_tls_writev runs (batching, in thread
+     * batcher), the records GnuTLS pushes gather in tx and go out when it
+     * is full and when lm_tls_writev returns.  Other pushes (handshake,
+     * alerts) go out at once. */
+    bool batching;
+    pthread_t batcher;
+    uint8_t *tx;
+    size_t txlen;
+    /* The reader's: what the last recv() brought and GnuTLS has not
+     * taken yet. */
+    uint8_t *rx;
+    size_t rxpos, rxlen;
 };
 
 lm_tls_config *lm_tls_config_new(lm_tls_creds *creds, lm_authz *authz, const char *authz_id,
@@ -66,9 +85,8 @@ void lm_tls_config_free(lm_tls_config *cfg)
 
 /* ---- transport: the socket, with MSG_NOSIGNAL and a bounded wait ---- */
 
-static ssize_t push_fn(gnutls_transport_ptr_t ptr, const void *data, size_t len)
+static ssize_t send_some(lm_tls_session *t, const void *data, size_t len)
 {
-    lm_tls_session *t = ptr;
     ssize_t n;
     do {
         n = send(t->fd, data, len, MSG_NOSIGNAL);
@@ -79,22 +97,69 @@ static ssize_t push_fn(gnutls_transport_ptr_t ptr, const void *data, size_t len)
     return n;
 }
 
+/* Sends the batched records: 0, or -1 with send_errno set. */
+static int tx_flush(lm_tls_session *t)
+{
+    size_t done = 0;
+    while (done < t->txlen) {
+        ssize_t n = send_some(t, t->tx + done, t->txlen - done);
+        if (n < 0) {
+            return -1;
+        }
+        done += (size_t)n;
+    }
+    t->txlen = 0;
+    return 0;
+}
+
+static ssize_t push_fn(gnutls_transport_ptr_t ptr, const void *data, size_t len)
+{
+    lm_tls_session *t = ptr;
+    if (!__atomic_load_n(&t->batching, __ATOMIC_ACQUIRE) ||
+        !pthread_equal(t->batcher, pthread_self())) {
+        return send_some(t, data, len);
+    }
+    if (t->txlen + len > TX_BATCH && tx_flush(t) < 0) {
+        errno = t->send_errno;
+        return -1;
+    }
+    if (len > TX_BATCH) {
+        return send_some(t, data, len);
+    }
+    memcpy(t->tx + t->txlen, data, len);
+    t->txlen += len;
+    return (ssize_t)len;
+}
+
 static ssize_t pull_fn(gnutls_transport_ptr_t ptr, void *data, size_t len)
 {
     lm_tls_session *t = ptr;
-    ssize_t n;
-    do {
-        n = recv(t->fd, data, len, 0);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) {
-        t->recv_errno = errno;
+    if (t->rxpos == t->rxlen) {
+        ssize_t n;
+        do {
+            n = recv(t->fd, t->rx, RX_BATCH, 0);
+        } while (n < 0 && errno == EINTR);
+        if (n <= 0) {
+            if (n < 0) {
+                t->recv_errno = errno;
+            }
+            return n;
+        }
+        t->rxpos = 0;
+        t->rxlen = (size_t)n;
     }
-    return n;
+    size_t take = LM_MIN(len, t->rxlen - t->rxpos);
+    memcpy(data, t->rx + t->rxpos, take);
+    t->rxpos += take;
+    return (ssize_t)take;
 }
 
 static int pull_timeout_fn(gnutls_transport_ptr_t ptr, unsigned int ms)
 {
     lm_tls_session *t = ptr;
+    if (t->rxpos < t->rxlen) {
+        return 1; /* already read */
+    }
     struct pollfd p = { t->fd, POLLIN, 0 };
     int timeout = ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int)ms;
     int r;
@@ -201,6 +266,8 @@ static void session_free(lm_tls_session *t)
     if (t->s) {
         gnutls_deinit(t->s);
     }
+    free(t->tx);
+    free(t->rx);
     free(t);
 }
 
@@ -222,7 +289,16 @@ static int session_new(lm_channel *ch, const lm_tls_creds *c, bool server, lm_tl
 {
     lm_tls_session *t = calloc(1, sizeof(*t));
     *out = NULL;
-    if (!t) {
+    if (t) {
+        t->tx = malloc(TX_BATCH);
+        t->rx = malloc(RX_BATCH);
+    }
+    if (!t || !t->tx || !t->rx) {
+        if (t) {
+            free(t->tx);
+            free(t->rx);
+            free(t);
+        }
         return lm_error_set(err, -ENOMEM, "out of memory");
     }
     t->refs = 1;
@@ -234,7 +310,8 @@ static int session_new(lm_channel *ch, const lm_tls_creds *c, bool server, lm_tl
      * writes. */
     int rc = gnutls_init(&t->s, (server ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NO_TICKETS);
     if (rc < 0) {
-        free(t);
+        t->s = NULL;
+        session_free(t);
         return lm_error_set(err, -ENOMEM, "%s: cannot start a TLS session: %s", lm_channel_name(ch),
                             gnutls_strerror(rc));
     }
@@ -532,11 +609,11 @@ static int send_all(lm_tls_session *t, const uint8_t *p, size_t n, lm_error *err
     return 0;
 }
 
-int lm_tls_writev(lm_tls_session *t, const struct iovec *iov, int cnt, lm_error *err)
+static int writev_records(lm_tls_session *t, const struct iovec *iov, int cnt, lm_error *err)
 {
     /* Small pieces (record headers, 4 KiB pages) are gathered into full
-     * records: a record costs a header, a tag and a system call whatever
-     * its size.  A piece of a record or more goes as it is. */
+     * records: a record costs a header, a tag and an encryption call
+     * whatever its size.  A piece of a record or more goes as it is. */
     uint8_t stage[RECORD_MAX];
     size_t staged = 0;
     for (int i = 0; i < cnt; i++) {
@@ -568,6 +645,21 @@ int lm_tls_writev(lm_tls_session *t, const struct iovec *iov, int cnt, lm_error 
         }
     }
     return staged ? send_all(t, stage, staged, err) : 0;
+}
+
+int lm_tls_writev(lm_tls_session *t, const struct iovec *iov, int cnt, lm_error *err)
+{
+    /* A reader thread may push too (an alert): it sees batching only
+     * with batcher set, and then sends its record directly. */
+    t->batcher = pthread_self();
+    __atomic_store_n(&t->batching, true, __ATOMIC_RELEASE);
+    int ret = writev_records(t, iov, cnt, err);
+    __atomic_store_n(&t->batching, false, __ATOMIC_RELEASE);
+    if (tx_flush(t) < 0 && ret == 0) {
+        ret = gnutls_failure(t, GNUTLS_E_PUSH_ERROR, "write", err);
+    }
+    t->txlen = 0;
+    return ret;
 }
 
 ssize_t lm_tls_read(lm_tls_session *t, void *buf, size_t n, lm_error *err)
