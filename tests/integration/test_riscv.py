@@ -58,6 +58,16 @@ class Boot(RiscvTest):
         out = c.command("for i in a b c; do echo x$i; done")
         self.assertEqual(out.split(), ["xa", "xb", "xc"])
 
+    def test_bad_device_option(self):
+        """--device names QEMU's virtio-rng-device or fails clearly."""
+        for args, want in (
+                (["--machine", "riscv-virt", "--device", "virtio-net-device"],
+                 "only virtio-rng-device exists"),
+                (["--device", "virtio-rng-device"], "need --machine riscv-virt")):
+            p = subprocess.run([lmtest.VM_BIN] + args, capture_output=True, text=True, timeout=30)
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn(want, p.stderr)
+
     def test_console_matches_qemu(self):
         qemu = shutil.which("qemu-system-riscv64")
         if not qemu:
