@@ -323,7 +323,10 @@ PROGRESS = r"lmwork: t=(\d+) iter=(\d+) chunks=(\d+) (ok|FAIL[^\n]*)\n"
 
 
 def linux_start(m, after, timeout):
-    if not m.console.wait(r"lmwork: t=2 ", timeout):
+    # Two progress lines (their seconds may skip a number when the guest
+    # got no CPU for a while: wait for lines, not for "t=2").
+    first = m.console.wait(PROGRESS, timeout)
+    if not first or not m.console.wait(PROGRESS, timeout, first.end()):
         raise RuntimeError("Linux guest did not start its workload; console:\n" +
                            m.console.text[-3000:])
     return {}

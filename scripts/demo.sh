@@ -91,7 +91,7 @@ echo "  work dir: $dir"
 vm src
 vm dst --incoming defer --paused
 echo "Booting Linux on the source (OpenSBI, the kernel, then /init)..."
-wait_console "$dir/src-console.log" "lmwork: t=3 " 900
+wait_console "$dir/src-console.log" "lmwork: t=[3-9]" 900
 show "Guest console on the source" "$dir/src-console.log" 6
 echo
 echo "Migrating live: source -> destination"
