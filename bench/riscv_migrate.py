@@ -198,25 +198,27 @@ class Machine:
         self.qmp_path = os.path.join(tmp, tag + ".qmp")
         self.log_path = os.path.join(tmp, tag + ".log")
         if engine == "qemu":
-            cmd = ["qemu-system-riscv64", "-M", "virt", "-m", str(ram >> 20), "-smp", "1",
+            cmd = ["qemu-system-riscv64", "-M", "virt", "-m", str(ram >> 20), "-smp", str(SMP),
                    "-display", "none", "-monitor", "none", "-nodefaults",
                    "-chardev", "socket,id=con0,path=%s,server=on,wait=off" % self.con_path,
                    "-serial", "chardev:con0",
                    "-qmp", "unix:%s,server=on,wait=off" % self.qmp_path,
                    "-bios", guest.bios, "-kernel", guest.kernel]
+            if QEMU_CPU:
+                cmd += ["-cpu", QEMU_CPU]
             if guest.initrd:
-                cmd += ["-initrd", guest.initrd]
+                cmd += ["-initrd", guest.initrd, "-device", "virtio-rng-device"]
             if guest.append:
                 cmd += ["-append", guest.append]
             if incoming:
                 cmd += ["-incoming", "defer"]
         else:
             cmd = [os.path.join(BUILD, "livemig-vm"), "--machine", "riscv-virt",
-                   "--memory", "%dM" % (ram >> 20), "--name", tag,
+                   "--memory", "%dM" % (ram >> 20), "--name", tag, "--smp", str(SMP),
                    "--serial", "unix:" + self.con_path, "--qmp", "unix:" + self.qmp_path,
                    "--bios", guest.bios, "--kernel", guest.kernel]
             if guest.initrd:
-                cmd += ["--initrd", guest.initrd]
+                cmd += ["--initrd", guest.initrd, "--device", "virtio-rng-device"]
             if guest.append:
                 cmd += ["--append", guest.append]
             if incoming:
@@ -321,7 +323,10 @@ PROGRESS = r"lmwork: t=(\d+) iter=(\d+) chunks=(\d+) (ok|FAIL[^\n]*)\n"
 
 
 def linux_start(m, after, timeout):
-    if not m.console.wait(r"lmwork: t=2 ", timeout):
+    # Two progress lines (their seconds may skip a number when the guest
+    # got no CPU for a while: wait for lines, not for "t=2").
+    first = m.console.wait(PROGRESS, timeout)
+    if not first or not m.console.wait(PROGRESS, timeout, first.end()):
         raise RuntimeError("Linux guest did not start its workload; console:\n" +
                            m.console.text[-3000:])
     return {}
@@ -484,7 +489,7 @@ def fmt_mib(n):
 
 
 def main():
-    global BUILD
+    global BUILD, SMP, QEMU_CPU
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--guests", default="uboot,linux")
     ap.add_argument("--engines", default="qemu,livemig")
@@ -495,6 +500,8 @@ def main():
     ap.add_argument("--linux-mb", type=int, default=64)
     ap.add_argument("--linux-rate", type=int, default=8, help="MiB/s the Linux guest rewrites")
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--smp", type=int, default=1, help="harts, the same for both engines")
+    ap.add_argument("--qemu-cpu", help="QEMU's -cpu (e.g. rv64,sstc=off)")
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--progs", help="directory of the tests/riscv programs "
@@ -502,6 +509,7 @@ def main():
     ap.add_argument("--out", help="also write the tables (markdown) to this file")
     a = ap.parse_args()
     BUILD = a.build
+    SMP, QEMU_CPU = a.smp, a.qemu_cpu
     ram = parse_size(a.ram)
     engines = a.engines.split(",")
     missing = livemig_missing() if "livemig" in engines else None
@@ -548,12 +556,13 @@ def main():
     out.append("")
     out.append("Host: %s, %d CPUs (shared), %s. QEMU: %s. Guest RAM %s; U-Boot loop "
                "cp.b+cmp.b of 16 MiB, migrated after its first iteration, %d more watched "
-               "on the destination; Linux lmwork.mb=%d at %d MiB/s." % (
+               "on the destination; Linux lmwork.mb=%d at %d MiB/s, virtio-rng; %d hart(s)%s." % (
                    platform.machine(), os.cpu_count(), platform.release(),
                    subprocess.run(["qemu-system-riscv64", "--version"], capture_output=True,
                                   text=True).stdout.split("\n")[0] if
                    shutil.which("qemu-system-riscv64") else "absent",
-                   a.ram, a.after, a.linux_mb, a.linux_rate))
+                   a.ram, a.after, a.linux_mb, a.linux_rate, a.smp,
+                   ", QEMU -cpu " + a.qemu_cpu if a.qemu_cpu else ""))
     out.append("")
     out.append("| guest | engine | status | total ms | downtime ms | MiB sent | dirty syncs "
                "| CPU src/dst s | verified |")
@@ -590,6 +599,8 @@ def main():
 
 
 BUILD = os.path.join(ROOT, "build")
+SMP = 1
+QEMU_CPU = None
 
 if __name__ == "__main__":
     main()

@@ -287,6 +287,7 @@ static int riscv_new(vm *m, lm_error *err)
         .initrd = o->initrd,
         .append = o->append,
         .drive = o->drive,
+        .rng = o->rng,
         .serial = o->serial_spec,
         .incoming = o->incoming != NULL,
     };

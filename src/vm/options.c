@@ -61,6 +61,7 @@ static void usage(FILE *f, const char *prog)
 "      --append STRING        kernel command line (/chosen/bootargs)\n"
 "      --drive file=PATH      a virtio-blk disk on that image (both sides of a\n"
 "                             migration open the same file)\n"
+"      --device virtio-rng-device   a virtio-rng (entropy from the host)\n"
 "      --serial unix:PATH     the console on a listening socket (also stdout,\n"
 "                             file:PATH, none; stdout reads input from stdin)\n"
 "  -h, --help                 this text\n"
@@ -222,6 +223,7 @@ enum {
     OPT_INITRD,
     OPT_APPEND,
     OPT_DRIVE,
+    OPT_DEVICE,
     OPT_OBJECT,
 };
 
@@ -253,6 +255,7 @@ static const struct option long_opts[] = {
     { "initrd", required_argument, NULL, OPT_INITRD },
     { "append", required_argument, NULL, OPT_APPEND },
     { "drive", required_argument, NULL, OPT_DRIVE },
+    { "device", required_argument, NULL, OPT_DEVICE },
     { "object", required_argument, NULL, OPT_OBJECT },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
@@ -385,6 +388,15 @@ int vm_options_parse(vm_options *o, int argc, char **argv, lm_error *err)
         case OPT_DRIVE:
             o->drive = optarg;
             break;
+        case OPT_DEVICE:
+            /* QEMU's -device name for the virtio-mmio entropy device. */
+            if (strcmp(optarg, "virtio-rng-device") == 0 || strcmp(optarg, "virtio-rng") == 0) {
+                o->rng = true;
+            } else {
+                ret = lm_error_set(err, -EINVAL, "--device '%s': only virtio-rng-device exists",
+                                   optarg);
+            }
+            break;
         case OPT_OBJECT:
             if (o->nobjects == VM_MAX_OBJECTS) {
                 ret = lm_error_set(err, -E2BIG, "at most %d --object", VM_MAX_OBJECTS);
@@ -407,9 +419,9 @@ int vm_options_parse(vm_options *o, int argc, char **argv, lm_error *err)
         ret = lm_error_set(err, -EINVAL, "unexpected argument '%s' (see --help)", argv[optind]);
     }
     if (ret == 0 && o->machine == VM_MACHINE_SYNTHETIC) {
-        if (o->bios || o->kernel || o->initrd || o->append || o->drive) {
-            ret = lm_error_set(err, -EINVAL, "--bios, --kernel, --initrd, --append and --drive "
-                               "need --machine riscv-virt");
+        if (o->bios || o->kernel || o->initrd || o->append || o->drive || o->rng) {
+            ret = lm_error_set(err, -EINVAL, "--bios, --kernel, --initrd, --append, --drive and "
+                               "--device need --machine riscv-virt");
         } else if (o->serial_spec) {
             ret = vm_serial_parse(o->serial_spec, &o->serial, &o->serial_path, err);
         }

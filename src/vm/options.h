@@ -26,6 +26,7 @@ typedef struct vm_options {
     const char *initrd;
     const char *append;
     const char *drive;        /* virtio-blk: file=PATH */
+    bool rng;                 /* --device virtio-rng-device */
     const char *serial_spec;  /* --serial as given (riscv-virt also takes unix:PATH) */
     guest_ram_config ram;
     unsigned smp;

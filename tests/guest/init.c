@@ -16,6 +16,14 @@
  * With lmwork.secs=N it prints "lmwork: done ..." after N seconds and
  * powers the machine off.
  *
+ * It reads /dev/hwrng (virtio-rng) once at start and prints
+ *     lmwork: hwrng <32 hex digits>      (or "lmwork: hwrng: <error>")
+ * and it reads commands typed on the console (checked once a second), so a
+ * test can ask a migrated guest to prove itself on the destination:
+ *     rng      another hwrng line
+ *     check    a full pass over every chunk: "lmwork: check t=.. chunks=<n> ok|FAIL"
+ *     done     that full pass, "lmwork: done ...", and power off (as lmwork.secs)
+ *
  * Parameters with a dot are not passed to init by the kernel, hence
  * /proc/cmdline.  Static, no dependencies beyond libc. */
 #define _GNU_SOURCE
@@ -27,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
@@ -151,6 +160,72 @@ static void mounts(void)
         say("lmwork: mount /sys: %s\n", strerror(errno));
 }
 
+/* 16 bytes of /dev/hwrng in hex, or why not.  The read blocks until the
+ * device answers: a virtio-rng whose queue does not work hangs here, and
+ * the test sees no line. */
+static void hwrng_line(void)
+{
+    unsigned char b[16];
+    int fd = open("/dev/hwrng", O_RDONLY);
+    if (fd < 0) {
+        say("lmwork: hwrng: %s\n", strerror(errno));
+        return;
+    }
+    size_t got = 0;
+    while (got < sizeof(b)) {
+        ssize_t n = read(fd, b + got, sizeof(b) - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            say("lmwork: hwrng: read: %s\n", n < 0 ? strerror(errno) : "end of file");
+            close(fd);
+            return;
+        }
+        got += (size_t)n;
+    }
+    close(fd);
+    char hex[2 * sizeof(b) + 1];
+    for (size_t i = 0; i < sizeof(b); i++)
+        snprintf(hex + 2 * i, 3, "%02x", b[i]);
+    say("lmwork: hwrng %s\n", hex);
+}
+
+/* Verifies every chunk; returns the number of mismatches (each printed). */
+static uint64_t full_pass(const uint64_t *buf, size_t words, size_t nchunks, const uint64_t *sums)
+{
+    uint64_t bad = 0;
+    for (size_t c = 0; c < nchunks; c++) {
+        if (sum_chunk(buf + c * words, words) != sums[c]) {
+            bad++;
+            say("lmwork: MISMATCH chunk=%zu (full pass)\n", c);
+        }
+    }
+    return bad;
+}
+
+enum command { CMD_NONE, CMD_RNG, CMD_CHECK, CMD_DONE };
+
+/* A command typed on the console, if a whole line has arrived (the tty is
+ * canonical: a read returns one line).  Never blocks. */
+static enum command console_command(void)
+{
+    struct pollfd pfd = { .fd = 0, .events = POLLIN };
+    if (poll(&pfd, 1, 0) != 1 || !(pfd.revents & POLLIN))
+        return CMD_NONE;
+    char line[64];
+    ssize_t n = read(0, line, sizeof(line) - 1);
+    if (n <= 0)
+        return CMD_NONE;
+    line[n] = '\0';
+    if (strncmp(line, "rng", 3) == 0)
+        return CMD_RNG;
+    if (strncmp(line, "check", 5) == 0)
+        return CMD_CHECK;
+    if (strncmp(line, "done", 4) == 0)
+        return CMD_DONE;
+    return CMD_NONE;
+}
+
 int main(void)
 {
     struct params pp;
@@ -174,6 +249,7 @@ int main(void)
     for (size_t c = 0; c < nchunks; c++)
         sums[c] = fill_chunk(buf + c * words, words, c, 0);
     say("lmwork: filled %lu MiB in %.1fs\n", pp.mb, now() - t0);
+    hwrng_line();
 
     uint64_t iter = 0, verified = 0, mismatches = 0;
     size_t next_write = 0, next_check = nchunks / 2;
@@ -224,14 +300,17 @@ int main(void)
             next_report += 1.0;
             if (next_report < t)   /* stalled (e.g. stopped for migration) */
                 next_report = t + 1.0;
-            if (pp.secs && t - t0 >= (double)pp.secs) {
+            enum command cmd = console_command();
+            if (cmd == CMD_RNG)
+                hwrng_line();
+            if (cmd == CMD_CHECK) {
+                uint64_t bad = full_pass(buf, words, nchunks, sums);
+                mismatches += bad;
+                say("lmwork: check t=%lu chunks=%zu %s\n", secs, nchunks, bad ? "FAIL" : "ok");
+            }
+            if (cmd == CMD_DONE || (pp.secs && t - t0 >= (double)pp.secs)) {
                 /* A last full pass over every chunk before saying done. */
-                for (size_t c = 0; c < nchunks; c++) {
-                    if (sum_chunk(buf + c * words, words) != sums[c]) {
-                        mismatches++;
-                        say("lmwork: MISMATCH chunk=%zu (final pass)\n", c);
-                    }
-                }
+                mismatches += full_pass(buf, words, nchunks, sums);
                 say("lmwork: done t=%lu iter=%" PRIu64 " chunks=%" PRIu64 " %s\n", secs, iter,
                     verified, mismatches ? "FAIL" : "ok");
                 halt();

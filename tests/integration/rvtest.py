@@ -16,6 +16,24 @@ PROMPT = b"=> "
 TIMEOUT = 120.0  # generous: the machine may be loaded; nothing here measures speed
 
 
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def linux_guest():
+    """((kernel, initrd), None) for the Linux test guest, or (None, reason).
+    The initramfs (seconds to build, keyed by tests/guest/init.c) is built
+    when missing; the kernel (an hour on a loaded machine) only ever comes
+    from the cache (scripts/build-linux-guest.sh builds it)."""
+    script = os.path.join(ROOT, "scripts", "build-linux-guest.sh")
+    subprocess.run([script, "--initramfs-only"], capture_output=True, text=True, timeout=600)
+    p = subprocess.run([script, "--cached-only"], capture_output=True, text=True)
+    if p.returncode != 0:
+        return None, ("no cached Linux guest (%s); build it once with "
+                      "scripts/build-linux-guest.sh" % p.stderr.strip())
+    paths = dict(line.split(": ", 1) for line in p.stdout.splitlines() if ": " in line)
+    return (paths["kernel"], paths["initrd"]), None
+
+
 def missing_firmware():
     """The reason the U-Boot guest cannot run here, or None."""
     for path, pkg in ((OPENSBI, "opensbi"), (UBOOT, "u-boot-qemu")):

@@ -58,6 +58,16 @@ class Boot(RiscvTest):
         out = c.command("for i in a b c; do echo x$i; done")
         self.assertEqual(out.split(), ["xa", "xb", "xc"])
 
+    def test_bad_device_option(self):
+        """--device names QEMU's virtio-rng-device or fails clearly."""
+        for args, want in (
+                (["--machine", "riscv-virt", "--device", "virtio-net-device"],
+                 "only virtio-rng-device exists"),
+                (["--device", "virtio-rng-device"], "need --machine riscv-virt")):
+            p = subprocess.run([lmtest.VM_BIN] + args, capture_output=True, text=True, timeout=30)
+            self.assertNotEqual(p.returncode, 0)
+            self.assertIn(want, p.stderr)
+
     def test_console_matches_qemu(self):
         qemu = shutil.which("qemu-system-riscv64")
         if not qemu:
@@ -167,9 +177,9 @@ class Migrate(RiscvTest):
         self.assertIn("U-Boot 20", dst.console.command("version"))
         self.assertIn(SAME, dst.console.command("cmp.q 0x81000000 0x81200000 0x8000"))
 
-    def pair(self, caps=None, dst_paused=True, smp=1):
-        src = self.boot_to_prompt("src", smp=smp)
-        dst = self.rvm("dst", incoming="defer", paused=dst_paused, smp=smp)
+    def pair(self, caps=None, dst_paused=True, smp=1, extra=()):
+        src = self.boot_to_prompt("src", smp=smp, extra=extra)
+        dst = self.rvm("dst", incoming="defer", paused=dst_paused, smp=smp, extra=extra)
         if caps:
             src.set_caps(**caps)
             dst.set_caps(**caps)
@@ -204,12 +214,14 @@ class Migrate(RiscvTest):
         self.assertGreater(t1, t0)
         self.assertLessEqual((t1 - t0) / 10e6, h1 - h0 + 0.001)
 
-    def test_precopy_manual_tracker(self):
-        """The interpreter reports its own stores (lm_ram_mark_dirty)."""
-        src, dst = self.pair()
-        src.set_params(**{"x-dirty-tracker": "manual"})
+    def test_precopy_interpreter_log(self):
+        """The interpreter's own dirty bitmap (--dirty-log: set in its store
+        path, pulled by the engine through lm_ram_set_dirty_log's hook) is
+        the only tracker."""
+        src, dst = self.pair(extra=["--dirty-log"])
+        src.set_params(**{"x-dirty-tracker": "dirty-log"})
         info = self.migrate(src, dst, "unix:" + self.path("mig.sock"))
-        self.assertEqual(info.get("dirty-tracker"), "manual")
+        self.assertEqual(info.get("dirty-tracker"), "dirty-log")
         self.check_continues(src, dst)
 
     def test_tcp_multifd_smp2(self):
@@ -255,9 +267,9 @@ class Migrate(RiscvTest):
         self.migrate(src, dst2, "unix:" + self.path("mig2.sock"))
         self.check_continues(src, dst2)
 
-    def pair(self, caps=None, dst_paused=True, smp=1):
-        src = self.boot_to_prompt("src", smp=smp)
-        dst = self.rvm("dst", incoming="defer", paused=dst_paused, smp=smp)
+    def pair(self, caps=None, dst_paused=True, smp=1, extra=()):
+        src = self.boot_to_prompt("src", smp=smp, extra=extra)
+        dst = self.rvm("dst", incoming="defer", paused=dst_paused, smp=smp, extra=extra)
         if caps:
             src.set_caps(**caps)
             dst.set_caps(**caps)
@@ -292,12 +304,14 @@ class Migrate(RiscvTest):
         self.assertGreater(t1, t0)
         self.assertLessEqual((t1 - t0) / 10e6, h1 - h0 + 0.001)
 
-    def test_precopy_manual_tracker(self):
-        """The interpreter reports its own stores (lm_ram_mark_dirty)."""
-        src, dst = self.pair()
-        src.set_params(**{"x-dirty-tracker": "manual"})
+    def test_precopy_interpreter_log(self):
+        """The interpreter's own dirty bitmap (--dirty-log: set in its store
+        path, pulled by the engine through lm_ram_set_dirty_log's hook) is
+        the only tracker."""
+        src, dst = self.pair(extra=["--dirty-log"])
+        src.set_params(**{"x-dirty-tracker": "dirty-log"})
         info = self.migrate(src, dst, "unix:" + self.path("mig.sock"))
-        self.assertEqual(info.get("dirty-tracker"), "manual")
+        self.assertEqual(info.get("dirty-tracker"), "dirty-log")
         self.check_continues(src, dst)
 
     def test_tcp_multifd_smp2(self):

@@ -950,7 +950,18 @@ static void exec_system(rv_hart *h, uint32_t insn, uint32_t orig, uint64_t next)
         illegal(h, orig);
     }
     if (do_write) {
-        uint64_t nv = op == 1 ? src : op == 2 ? old | src : old & ~src;
+        uint64_t base = old;
+        if (csr == 0x344) {
+            /* mip's SEIP reads as the software-writable bit OR the PLIC's
+             * line, but a CSRRS/CSRRC modifies only the software bit
+             * (privileged spec 3.1.9).  Writing the line back would latch
+             * it: OpenSBI's csrs mip,SSIP (an IPI for S-mode) while a
+             * device interrupt was pending left SEIP set for good, an
+             * endless stream of external interrupts the PLIC had no
+             * source for (Linux hung with 2 harts and virtio-rng). */
+            base = (old & ~(uint64_t)RV_MIP_SEIP) | (h->mip & RV_MIP_SEIP);
+        }
+        uint64_t nv = op == 1 ? src : op == 2 ? base | src : base & ~src;
         if (!rv_csr_write(h, csr, nv)) {
             illegal(h, orig);
         }

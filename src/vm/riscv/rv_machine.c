@@ -271,10 +271,14 @@ int rv_machine_new(const rv_machine_config *cfg, guest_ram *ram, rv_machine **ou
         (ret = rv_uart_new(m, m->chr, &m->uart, err)) < 0) {
         goto fail;
     }
+    /* QEMU gives the first device the last slot (0x10008000), the next
+     * one the slot below. */
+    unsigned rng_slot = RV_VIRTIO_COUNT - (cfg->drive ? 2 : 1);
     for (unsigned i = 0; i < RV_VIRTIO_COUNT; i++) {
-        /* QEMU gives the first device the last slot (0x10008000). */
         if (cfg->drive && i == RV_VIRTIO_COUNT - 1) {
             ret = rv_virtio_blk_new(m, i, cfg->drive, &m->virtio[i], err);
+        } else if (cfg->rng && i == rng_slot) {
+            ret = rv_virtio_rng_new(m, i, &m->virtio[i], err);
         } else {
             ret = rv_virtio_empty_new(m, i, &m->virtio[i], err);
         }

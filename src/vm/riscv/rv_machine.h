@@ -60,6 +60,7 @@ typedef struct rv_machine_config {
     const char *initrd;
     const char *append;
     const char *drive;       /* virtio-blk image, or NULL */
+    bool rng;                /* a virtio-rng device */
     const char *serial;      /* stdout, none, file:PATH, unix:PATH */
     bool incoming;           /* state will come from a migration */
 } rv_machine_config;

@@ -1,11 +1,12 @@
 /*
- * virtio-mmio transport, split virtqueue, virtio-blk.
+ * virtio-mmio transport, split virtqueue, virtio-blk and virtio-rng.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -16,6 +17,7 @@
 #define VIRTIO_MMIO_MAGIC 0x74726976u /* "virt" */
 #define VIRTIO_VENDOR_QEMU 0x554d4551u
 #define VIRTIO_ID_BLOCK 2
+#define VIRTIO_ID_RNG 4
 #define QUEUE_MAX 256
 
 #define F_VERSION_1 (1ull << 32)
@@ -61,7 +63,11 @@ struct rv_virtio {
 
 static uint64_t device_features(const rv_virtio *v)
 {
-    return v->device_id ? F_VERSION_1 | F_BLK_FLUSH : 0;
+    switch (v->device_id) {
+    case VIRTIO_ID_BLOCK: return F_VERSION_1 | F_BLK_FLUSH;
+    case VIRTIO_ID_RNG: return F_VERSION_1;
+    default: return 0;
+    }
 }
 
 static void set_irq_locked(rv_virtio *v)
@@ -185,6 +191,38 @@ static long blk_request(rv_virtio *v, uint16_t head)
     return written;
 }
 
+/* One entropy request: every descriptor of the chain is device-writable
+ * and gets random bytes from the host (getrandom, as QEMU's default
+ * rng-random backend reads /dev/urandom).  Returns the bytes written, or
+ * -1 when the chain is malformed. */
+static long rng_request(rv_virtio *v, uint16_t head)
+{
+    long written = 0;
+    uint16_t i = head;
+    for (unsigned n = 0;; n++) {
+        struct desc d;
+        if (n == QUEUE_MAX || !read_desc(v, i, &d) || !(d.flags & DESC_F_WRITE)) {
+            return -1;
+        }
+        uint8_t *buf = gpa(v, d.addr, d.len, true);
+        if (!buf) {
+            return -1;
+        }
+        for (uint32_t got = 0; got < d.len;) {
+            ssize_t r = getrandom(buf + got, d.len - got, 0);
+            if (r < 0 && errno != EINTR) {
+                return -1;
+            }
+            got += r > 0 ? (uint32_t)r : 0;
+        }
+        written += d.len;
+        if (!(d.flags & DESC_F_NEXT)) {
+            return written;
+        }
+        i = d.next;
+    }
+}
+
 static void process_queue_locked(rv_virtio *v)
 {
     if (!v->q_ready || !(v->status & STATUS_DRIVER_OK) || !v->q_num) {
@@ -204,7 +242,7 @@ static void process_queue_locked(rv_virtio *v)
         }
         uint16_t head;
         memcpy(&head, avail + 4 + 2 * (v->q_last_avail % v->q_num), 2);
-        long len = blk_request(v, head);
+        long len = v->device_id == VIRTIO_ID_RNG ? rng_request(v, head) : blk_request(v, head);
         if (len < 0) {
             v->status |= STATUS_NEEDS_RESET; /* a broken chain: stop, as the spec allows */
             break;
@@ -234,7 +272,7 @@ static uint64_t virtio_read(void *opaque, uint64_t off, unsigned size)
         uint8_t cfg[8];
         memcpy(cfg, &v->capacity, 8);
         uint64_t o = off - 0x100;
-        if (v->device_id && o + size <= sizeof(cfg)) {
+        if (v->device_id == VIRTIO_ID_BLOCK && o + size <= sizeof(cfg)) {
             memcpy(&r, cfg + o, size);
         }
         pthread_mutex_unlock(&v->lock);
@@ -342,6 +380,16 @@ static const lm_vmstate virtio_vmstate = {
     .post_load = virtio_post_load,
 };
 
+/* virtio-rng: the same transport and queue, so the same fields. */
+static const lm_vmstate virtio_rng_vmstate = {
+    .name = "virtio-rng-mmio",
+    .version = 1,
+    .min_version = 1,
+    .fields = virtio_fields,
+    .nfields = sizeof(virtio_fields) / sizeof(virtio_fields[0]),
+    .post_load = virtio_post_load,
+};
+
 static rv_virtio *alloc_slot(struct rv_machine *m, unsigned slot, lm_error *err)
 {
     rv_virtio *v = calloc(1, sizeof(*v));
@@ -391,12 +439,27 @@ int rv_virtio_blk_new(struct rv_machine *m, unsigned slot, const char *spec, rv_
     return 0;
 }
 
+int rv_virtio_rng_new(struct rv_machine *m, unsigned slot, rv_virtio **out, lm_error *err)
+{
+    rv_virtio *v = alloc_slot(m, slot, err);
+    if (!v) {
+        return -ENOMEM;
+    }
+    v->device_id = VIRTIO_ID_RNG;
+    *out = v;
+    return 0;
+}
+
 int rv_virtio_register(rv_virtio *v, lm_engine *e, lm_error *err)
 {
-    if (!v->device_id) {
+    switch (v->device_id) {
+    case VIRTIO_ID_BLOCK:
+        return lm_engine_add_device(e, "virtio-blk-mmio", v->slot, &virtio_vmstate, v, err);
+    case VIRTIO_ID_RNG:
+        return lm_engine_add_device(e, "virtio-rng-mmio", v->slot, &virtio_rng_vmstate, v, err);
+    default:
         return 0;
     }
-    return lm_engine_add_device(e, "virtio-blk-mmio", v->slot, &virtio_vmstate, v, err);
 }
 
 void rv_virtio_free(rv_virtio *v)

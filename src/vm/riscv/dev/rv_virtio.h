@@ -5,6 +5,11 @@
  * or nothing: an empty slot answers the magic value, version 2 and device
  * ID 0, so drivers skip it.
  *
+ * A virtio-rng device (--device virtio-rng-device, QEMU's name) takes the
+ * next free slot from the top; it offers VIRTIO_F_VERSION_1 and one split
+ * queue whose buffers it fills from the host's getrandom, synchronously
+ * on notify like virtio-blk.
+ *
  * virtio-blk offers VIRTIO_F_VERSION_1 and VIRTIO_BLK_F_FLUSH and one split
  * virtqueue.  Requests are served synchronously when the driver notifies
  * the queue (the notifying hart does the I/O), so no request is ever in
@@ -26,6 +31,7 @@ int rv_virtio_empty_new(struct rv_machine *m, unsigned slot, rv_virtio **out, lm
 /* spec: "file=PATH" */
 int rv_virtio_blk_new(struct rv_machine *m, unsigned slot, const char *spec, rv_virtio **out,
                       lm_error *err);
+int rv_virtio_rng_new(struct rv_machine *m, unsigned slot, rv_virtio **out, lm_error *err);
 int rv_virtio_register(rv_virtio *v, lm_engine *e, lm_error *err);
 void rv_virtio_free(rv_virtio *v);
 
