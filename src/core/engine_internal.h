@@ -15,6 +15,7 @@
 #include "channel/ratelimit.h"
 #include "channel/transport.h"
 #include "core/breakdown.h"
+#include "core/history.h"
 #include "livemig/engine.h"
 #include "livemig/tls.h"
 #include "ram/ram_save.h"
@@ -44,6 +45,7 @@ enum lm_capability {
     LM_CAP_ZERO_COPY_SEND, /* the same switch as the zero-copy-send parameter */
     LM_CAP_MAPPED_RAM,
     LM_CAP_X_CHECKSUM, /* page data checksums on any transport (always on for file:) */
+    LM_CAP_SWITCHOVER_ACK, /* the destination's devices hold the switchover until ready */
     LM_CAP__COUNT
 };
 
@@ -107,6 +109,8 @@ typedef struct lm_stats {
     uint64_t bd_fixed_ns;    /* the fixed part it used */
     lm_bd bd;                /* joined: tiles the downtime */
     lm_bd bd_dst;            /* the destination's own parts */
+    bool sw_ack_waiting;     /* source: ready to switch over, no SWITCHOVER_ACK yet */
+    bool sw_acked;           /* source: the destination's SWITCHOVER_ACK arrived */
 } lm_stats;
 
 struct lm_engine {
@@ -185,6 +189,14 @@ struct lm_engine {
     uint64_t bt_total_ms;
     unsigned bt_nvcpus;
     uint64_t bt_vcpu_ms[LM_MAX_VCPUS];
+
+    /* switchover-ack, destination: approvals outstanding (devices that
+     * said switchover_ack_needed and have not approved yet); once it
+     * drops to 0, sw_ack_due asks the load thread to send the ack. */
+    unsigned sw_ack_pending;
+    bool sw_ack_armed;        /* counted at the start of this load */
+    bool sw_ack_due;
+    lm_history history;       /* the source's timeline (x-query-migration-history) */
 
     struct lm_dirtyrate *dirtyrate; /* calc-dirty-rate (dirtyrate.c), NULL until first used */
 };
