@@ -115,8 +115,17 @@ static int write_script(const char *path, json_t *hist, const timeline_opts *o,
                "set ylabel 'remaining (MiB)'\n"
                "set y2label 'MiB/s%s'\n"
                "set ytics nomirror\nset y2tics\nset yrange [0:*]\nset y2range [0:*]\n"
-               "set xrange [0:*]\nset grid\nset key outside bottom center horizontal\n",
+               "set grid\nset key outside bottom center horizontal\n",
             throttled ? ", throttle %" : "");
+    /* The time axis reaches the end of the migration, so that a
+     * switchover after the last pass is on the picture. */
+    json_t *last = json_array_get(passes, json_array_size(passes) - 1);
+    double x_max = (double)(cli_json_u64(last, "start-us") + cli_json_u64(last, "duration-us")) / 1e6;
+    double end_s = (double)cli_json_u64(hist, "end-us") / 1e6;
+    double sw_s = (double)cli_json_u64(hist, "switchover-us") / 1e6;
+    x_max = end_s > x_max ? end_s : x_max;
+    x_max = sw_s > x_max ? sw_s : x_max;
+    fprintf(f, "set xrange [0:%.6f]\n", x_max > 0 ? x_max * 1.02 : 1.0);
     if (json_object_get(hist, "switchover-us")) {
         double sw = (double)cli_json_u64(hist, "switchover-us") / 1e6;
         fprintf(f, "set arrow from %.6f, graph 0 to %.6f, graph 1 nohead lw 2 dt 2 lc rgb '#c00000'\n"

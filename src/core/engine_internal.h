@@ -109,7 +109,7 @@ typedef struct lm_stats {
     uint64_t bd_fixed_ns;    /* the fixed part it used */
     lm_bd bd;                /* joined: tiles the downtime */
     lm_bd bd_dst;            /* the destination's own parts */
-    bool sw_ack_waiting;     /* source: ready to switch over, no SWITCHOVER_ACK yet */
+    bool sw_ack_waiting;     /* source: was ready to switch over, no SWITCHOVER_ACK yet */
     bool sw_acked;           /* source: the destination's SWITCHOVER_ACK arrived */
 } lm_stats;
 

@@ -649,7 +649,9 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
         ack_wait = true;
     }
     pthread_mutex_lock(&e->lock);
-    st->sw_ack_waiting = ack_wait;
+    /* Once ready, the source waits for the ack until it comes, even
+     * through passes that would not have fitted anyway. */
+    st->sw_ack_waiting = (st->sw_ack_waiting || ack_wait) && !c->sw_acked;
     st->sw_acked = c->sw_acked;
     int throttle = st->throttle_percent;
     pthread_mutex_unlock(&e->lock);

@@ -6,6 +6,7 @@ that is not ready (issue 12 §2).
 No timing threshold: the tests wait for the source to say it waits
 (query-migrate's x-switchover-ack) and count passes, never seconds.
 """
+import subprocess
 import time
 
 import lmtest
@@ -49,7 +50,15 @@ class SwitchoverAck(MigrationTest):
         self.fail("the source never waited for the ack: %s" % src.migration())
 
     def test_acked_completes(self):
+        self.run_acked()
+
+    def test_acked_completes_multifd(self):
+        self.run_acked(caps={"multifd": True})
+
+    def run_acked(self, caps=None):
         src, dst = self.pair()
+        for vm in (src, dst):
+            vm.set_caps(**(caps or {}))
         self.start(src, dst, "mig.sock")
         info = src.wait_migration()
         self.assertEqual(info["status"], "completed", info.get("error-desc"))
@@ -62,8 +71,11 @@ class SwitchoverAck(MigrationTest):
         src, dst = self.pair(withhold=True)
         self.start(src, dst, "mig.sock")
         self.wait_holding(src, dst)
-        # The destination still waits for its one device.
+        # The destination still waits for its one device; livemig info says so.
         self.assertEqual(dst.migration()["x-switchover-ack-pending"], 1)
+        out = subprocess.run([lmtest.CLI_BIN, "info", src.qmp_path], capture_output=True,
+                             text=True, timeout=30)
+        self.assertIn("Switchover ack:         waiting for the destination's devices", out.stdout)
         self.assertEqual(dst.status(), "inmigrate")
         self.assertEqual(src.status(), "running")
         # The timeline says so too.
