@@ -5,7 +5,8 @@ set -euo pipefail
 
 LIVEMIG_PACKAGES=(gcc g++ meson ninja-build pkg-config python3 libjansson-dev libzstd-dev
                   libgnutls28-dev gnutls-bin libcmocka-dev libfdt-dev
-                  libxxhash-dev clang libclang-rt-14-dev)
+                  libxxhash-dev clang libclang-rt-14-dev
+                  gnuplot-nox) # gnuplot: `livemig timeline` draws with it
 # Optional, for the RISC-V machine's checks (the core build needs none):
 # the bare-metal instruction tests (tests/riscv) and QEMU to compare with,
 LIVEMIG_RISCV_TEST_PACKAGES=(gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf make

@@ -24,6 +24,7 @@ int cli_info(int argc, char **argv);
 int cli_qmp(int argc, char **argv);
 int cli_demo(int argc, char **argv);
 int cli_analyze(int argc, char **argv);
+int cli_timeline(int argc, char **argv);
 
 /* Set by SIGINT/SIGTERM once cli_install_signals() ran. */
 extern volatile sig_atomic_t cli_interrupted;

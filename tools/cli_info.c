@@ -160,6 +160,16 @@ static void print_info(json_t *info, FILE *f)
         }
         fputc('\n', f);
     }
+    /* switchover-ack: who holds the switchover (docs/timeline.md). */
+    const char *ack = cli_json_str(info, "x-switchover-ack");
+    if (ack[0]) {
+        fprintf(f, "%-24s%s\n", "Switchover ack:",
+                strcmp(ack, "waiting") == 0 ? "waiting for the destination's devices" : ack);
+    }
+    if (json_object_get(info, "x-switchover-ack-pending")) {
+        fprintf(f, "%-24s%llu device(s) not ready\n", "Switchover ack:",
+                (unsigned long long)cli_json_u64(info, "x-switchover-ack-pending"));
+    }
     print_breakdown(json_object_get(info, "x-downtime-breakdown"), f);
     print_convergence(json_object_get(info, "x-convergence"),
                       json_object_get(info, "x-auto-postcopy"), f);

@@ -1,4 +1,5 @@
 /* livemig migrate: drive a migration between two running machines. */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -6,6 +7,8 @@
 
 #include "cli.h"
 #include "orchestrate.h"
+#include "qmp_client.h"
+#include "timeline.h"
 
 static void usage(FILE *f)
 {
@@ -31,6 +34,8 @@ static void usage(FILE *f)
 "  --no-incoming        the destination already listens on --uri (it was\n"
 "                       started with --incoming URI): skip migrate-incoming\n"
 "  --no-verify          do not run x-verify-memory on the destination\n"
+"  --timeline FILE      at the end, draw the source's timeline into FILE\n"
+"                       (PNG; SVG when FILE ends in .svg; see livemig timeline)\n"
 "  -h, --help           this help\n"
 "\n"
 "Exit status: 0 when the migration completed and verification did not fail,\n"
@@ -38,10 +43,30 @@ static void usage(FILE *f)
 "command line.\n");
 }
 
+/* --timeline: the picture of how it went, whatever the outcome. */
+static int write_timeline(const char *src, const char *path)
+{
+    lm_error err = LM_ERROR_INIT;
+    qmpc *q = NULL;
+    timeline_opts o = { TIMELINE_DEFAULT_WIDTH, TIMELINE_DEFAULT_HEIGHT, NULL };
+    bool svg = timeline_format_of(path) == TIMELINE_SVG;
+    int ret = qmpc_connect(src, QMPC_DEFAULT_TIMEOUT_MS, &q, &err);
+    if (ret == 0) {
+        ret = timeline_render(q, &o, svg ? NULL : path, svg ? path : NULL, &err);
+    }
+    qmpc_close(q);
+    if (ret < 0) {
+        cli_errorf("migrate: %s", err.msg);
+        return ret;
+    }
+    printf("timeline written to %s\n", path);
+    return 0;
+}
+
 int cli_migrate(int argc, char **argv)
 {
     enum { OPT_FROM = 256, OPT_TO, OPT_URI, OPT_CAP, OPT_PARAM, OPT_TIMEOUT, OPT_NO_INCOMING,
-           OPT_NO_VERIFY };
+           OPT_NO_VERIFY, OPT_TIMELINE };
     static const struct option longopts[] = {
         { "from", required_argument, NULL, OPT_FROM },
         { "to", required_argument, NULL, OPT_TO },
@@ -51,10 +76,12 @@ int cli_migrate(int argc, char **argv)
         { "timeout", required_argument, NULL, OPT_TIMEOUT },
         { "no-incoming", no_argument, NULL, OPT_NO_INCOMING },
         { "no-verify", no_argument, NULL, OPT_NO_VERIFY },
+        { "timeline", required_argument, NULL, OPT_TIMELINE },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     mig_opts o = { .verify = true };
+    const char *timeline = NULL;
     const char **caps = calloc((size_t)argc + 1, sizeof(*caps));
     const char **params = calloc((size_t)argc + 1, sizeof(*params));
     int ret = CLI_EXIT_USAGE;
@@ -81,6 +108,7 @@ int cli_migrate(int argc, char **argv)
             break;
         case OPT_NO_INCOMING: o.no_incoming = true; break;
         case OPT_NO_VERIFY: o.verify = false; break;
+        case OPT_TIMELINE: timeline = optarg; break;
         case 'h':
             usage(stdout);
             ret = CLI_EXIT_OK;
@@ -110,6 +138,12 @@ int cli_migrate(int argc, char **argv)
         goto out;
     }
     mig_print_summary(&res, stdout);
+    if (timeline && write_timeline(o.src, timeline) < 0) {
+        r = r < 0 ? r : -1;
+        if (!err.msg[0]) {
+            lm_error_set(&err, -EIO, "the timeline was not written");
+        }
+    }
     fflush(stdout);
     if (r < 0) {
         cli_errorf("migrate: %s", err.msg);

@@ -15,6 +15,7 @@ static const struct {
     { "qmp", cli_qmp, "run any QMP command and print the reply" },
     { "demo", cli_demo, "start two livemig-vm machines and migrate one to the other" },
     { "analyze", cli_analyze, "print the records of a saved stream and check it (--json)" },
+    { "timeline", cli_timeline, "draw a migration's passes against time (PNG/SVG, gnuplot)" },
 };
 
 static void usage(FILE *f)

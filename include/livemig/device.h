@@ -85,6 +85,10 @@ typedef struct lm_iter_ops {
     int (*load)(void *opaque, lm_rbuf *in, uint32_t version, lm_error *err);
     /* Source: the migration ended (completed, failed or cancelled). */
     void (*save_cleanup)(void *opaque);
+    /* Destination, switchover-ack on: asked once as the load starts; true
+     * when the device will call lm_engine_approve_switchover() once it is
+     * ready (QEMU's switchover_ack_needed).  May be NULL. */
+    bool (*switchover_ack_needed)(void *opaque);
 } lm_iter_ops;
 
 #ifdef __cplusplus

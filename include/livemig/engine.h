@@ -293,6 +293,12 @@ typedef struct lm_info {
      * whether a migration's limits are in force. */
     uint64_t dirty_limit_throttle_time_per_round;
     bool dirty_limit_active;
+    /* switchover-ack: the source is ready to switch over and waits for the
+     * destination's ack / the ack arrived (source); approvals still
+     * outstanding (destination). */
+    bool switchover_ack_waiting;
+    bool switchover_acked;
+    unsigned switchover_ack_pending;
 } lm_info;
 
 #define LM_INFO_INIT { .struct_size = sizeof(lm_info) }
@@ -358,6 +364,60 @@ typedef struct lm_dirtyrate_info {
 
 /* Fills the first out->struct_size bytes of *out (see lm_callbacks). */
 LM_API void lm_engine_query_dirty_rate(lm_engine *e, lm_dirtyrate_info *out);
+
+/* x-query-migration-history: the source's timeline of its last (or
+ * current) migration, one record per precopy pass, the pass ending at
+ * the dirty sync that measured it.  Times are µs since the migration
+ * started. */
+typedef struct lm_pass_record {
+    uint64_t pass;              /* dirty-sync-count at the sync that ended it */
+    uint64_t start_us;
+    uint64_t duration_us;
+    uint64_t pages_dirtied;     /* newly dirty pages found by that sync */
+    uint64_t pages_sent;        /* pages (normal and zero) sent during the pass */
+    uint64_t bytes_sent;        /* bytes sent during the pass, on every channel */
+    uint64_t remaining;         /* bytes still to move after the sync (RAM + devices) */
+    uint64_t bandwidth;         /* bytes/s over the pass */
+    uint64_t dirty_rate;        /* bytes/s dirtied over the pass */
+    int cpu_throttle_percentage; /* auto-converge's throttle during the pass */
+    /* dirty-limit's state during the pass (issue 12 §1: the dirty-limit
+     * capability fills these; 0 while it is off), QEMU's query-migrate
+     * names: whether any vCPU was held to its limit, and the throttle
+     * time per round and the ring-full time, in µs. */
+    bool dirty_limit_active;
+    uint64_t dirty_limit_throttle_time_per_round;
+    uint64_t dirty_limit_ring_full_time;
+    bool switchover_ack_pending; /* switchover-ack: ready to switch, waiting for the ack */
+} lm_pass_record;
+
+typedef struct lm_history_info {
+    uint64_t start_ns;          /* CLOCK_MONOTONIC, the migration started */
+    unsigned capacity;          /* records kept at most (the newest) */
+    uint64_t dropped;           /* older records forgotten */
+    bool has_switchover;
+    uint64_t switchover_us;     /* the guest stopped for the switchover */
+    bool has_end;
+    uint64_t end_us;            /* the migration ended (completed, failed, cancelled) */
+} lm_history_info;
+
+/* The engine keeps the newest LM_HISTORY_PASSES_MAX passes. */
+#define LM_HISTORY_PASSES_MAX 4096
+/* Copies at most max of the newest records, oldest first, into out and
+ * returns how many; info (may be NULL) gets the summary. */
+LM_API size_t lm_engine_query_history(lm_engine *e, lm_pass_record *out, size_t max,
+                                      lm_history_info *info);
+
+/* switchover-ack (QEMU 8.1), destination side: with the capability on
+ * (and return-path), the source does not switch over until every device
+ * whose lm_iter_ops.switchover_ack_needed said yes at the start of the
+ * load has called this (QEMU's qemu_loadvm_approve_switchover); the
+ * destination then sends SWITCHOVER_ACK on the return path.  Any thread
+ * may call it.  -EINVAL when no approval is outstanding. */
+LM_API int lm_engine_approve_switchover(lm_engine *e, lm_error *err);
+/* Whether the switchover-ack capability is on (QEMU's
+ * migrate_switchover_ack()): a device's save handlers ask it before
+ * writing what only an acking destination needs. */
+LM_API bool lm_engine_switchover_ack(lm_engine *e);
 
 #ifdef __cplusplus
 }

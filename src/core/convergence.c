@@ -137,7 +137,7 @@ lm_conv_action lm_convergence_update(struct lm_engine *e, lm_conv_state *cs, lm_
     block_share(e, &cv);
     cs->last_sync_ns = now;
 
-    lm_pass_record *rec = &in->rec;
+    lm_conv_pass *rec = &in->rec;
     uint64_t secs_ns = rec->duration_ns;
     cv.pass = rec->pass;
     cv.bandwidth = rec->bandwidth;

@@ -5,7 +5,7 @@
  * acts on nothing itself: lm_convergence_update() says what x-auto-postcopy
  * wants and migration.c does it.
  *
- * Each pass's numbers are also kept as an lm_pass_record (the last one in
+ * Each pass's numbers are also kept as an lm_conv_pass (the last one in
  * e->stats.last_pass), the form a pass history can copy.
  */
 #ifndef LM_CORE_CONVERGENCE_H
@@ -19,7 +19,7 @@
 struct lm_engine;
 
 /* One precopy pass, as measured at the dirty sync that ended it. */
-typedef struct lm_pass_record {
+typedef struct lm_conv_pass {
     uint64_t pass;
     uint64_t start_ns;         /* CLOCK_MONOTONIC */
     uint64_t duration_ns;
@@ -31,7 +31,7 @@ typedef struct lm_pass_record {
     int throttle_percent;      /* auto-converge */
     bool dirty_limit;          /* a dirty-limit migration's limits in force */
     uint64_t dirty_limit_throttle_us; /* dirty-limit-throttle-time-per-round */
-} lm_pass_record;
+} lm_conv_pass;
 
 typedef enum lm_conv_action {
     LM_CONV_NONE,
@@ -52,7 +52,7 @@ typedef struct lm_conv_state {
 
 /* What one sync measured. */
 typedef struct lm_conv_input {
-    lm_pass_record rec;
+    lm_conv_pass rec;
     uint64_t pending;         /* RAM + devices still to send */
     uint64_t switchover_bw;   /* bytes/s the stop-copy is expected to get */
     uint64_t expected_ns;     /* expected downtime */

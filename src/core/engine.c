@@ -44,6 +44,7 @@ lm_engine *lm_engine_new(const lm_callbacks *cb, void *opaque, lm_error *err)
     lm_params_defaults(e);
     lm_ratelimit_init(&e->rl, e->params.max_bandwidth);
     lm_ratelimit_init(&e->pc_rl, e->params.max_postcopy_bandwidth);
+    lm_history_init(&e->history);
     return e;
 }
 
@@ -80,6 +81,7 @@ void lm_engine_free(lm_engine *e)
     lm_ratelimit_destroy(&e->rl);
     lm_ratelimit_destroy(&e->pc_rl);
     lm_thread_list_destroy(&e->threads);
+    lm_history_destroy(&e->history);
     pthread_cond_destroy(&e->cond);
     pthread_mutex_destroy(&e->lock);
     free(e);
@@ -326,7 +328,13 @@ static int begin(lm_engine *e, const char *uri, bool incoming, lm_error *err)
     e->resume_requested = false;
     e->pc_requests = e->pc_bytes = 0;
     e->bt_valid = false;
+    e->sw_ack_pending = 0;
+    e->sw_ack_armed = e->sw_ack_due = false;
+    uint64_t start_ns = e->stats.start_ns;
     pthread_mutex_unlock(&e->lock);
+    if (!incoming && lm_history_reset(&e->history, start_ns) < 0) {
+        lm_warn("no memory for the migration's timeline: x-query-migration-history stays empty");
+    }
 
     if (!lm_set_state_any(e, LM_STATUS_SETUP)) {
         return lm_error_set(err, -EBUSY, "cannot start a migration in state %s",
@@ -796,6 +804,7 @@ static void query_all(lm_engine *e, lm_info *out)
         memcpy(out->vcpu_blocktime_ms, e->bt_vcpu_ms, sizeof(out->vcpu_blocktime_ms));
     }
     if (e->incoming) {
+        out->switchover_ack_pending = e->sw_ack_pending;
         out->ram_normal = e->dest_pages;
         out->ram_duplicate = e->dest_zero;
         out->ram_normal_bytes = e->dest_pages * out->ram_page_size;
@@ -851,6 +860,8 @@ static void query_all(lm_engine *e, lm_info *out)
         out->switchover_bandwidth = st->switchover_bw;
         out->destination_backlog = st->dest_backlog;
         out->destination_drains = st->drains;
+        out->switchover_ack_waiting = st->sw_ack_waiting;
+        out->switchover_acked = st->sw_acked;
         if (st->has_breakdown) {
             breakdown_export(st, &out->downtime_breakdown);
             out->has_downtime_breakdown = true;
@@ -881,4 +892,30 @@ void lm_engine_query(lm_engine *e, lm_info *out)
     memcpy(out, all, n);
     out->struct_size = n;
     free(all);
+}
+
+/* ---- x-query-migration-history, switchover-ack ---- */
+
+size_t lm_engine_query_history(lm_engine *e, lm_pass_record *out, size_t max, lm_history_info *info)
+{
+    return lm_history_read(&e->history, out, max, info);
+}
+
+int lm_engine_approve_switchover(lm_engine *e, lm_error *err)
+{
+    pthread_mutex_lock(&e->lock);
+    int ret = 0;
+    if (!e->sw_ack_armed || e->sw_ack_pending == 0) {
+        ret = lm_error_set(err, -EINVAL, "no switchover approval is outstanding");
+    } else if (--e->sw_ack_pending == 0) {
+        /* The load thread sends it between records: it owns the writes. */
+        e->sw_ack_due = true;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return ret;
+}
+
+bool lm_engine_switchover_ack(lm_engine *e)
+{
+    return lm_cap(e, LM_CAP_SWITCHOVER_ACK);
 }

@@ -17,6 +17,7 @@
 #include "common/threadlist.h"
 #include "core/breakdown.h"
 #include "core/convergence.h"
+#include "core/history.h"
 #include "livemig/engine.h"
 #include "livemig/tls.h"
 #include "ram/ram_save.h"
@@ -48,6 +49,7 @@ enum lm_capability {
     LM_CAP_X_CHECKSUM, /* page data checksums on any transport (always on for file:) */
     LM_CAP_DIRTY_LIMIT,      /* throttle each vCPU to vcpu-dirty-limit (dirtylimit.c) */
     LM_CAP_X_AUTO_POSTCOPY,  /* switch to postcopy when precopy stalls (convergence.c) */
+    LM_CAP_SWITCHOVER_ACK, /* the destination's devices hold the switchover until ready */
     LM_CAP__COUNT
 };
 
@@ -117,7 +119,9 @@ typedef struct lm_stats {
     lm_bd bd;                /* joined: tiles the downtime */
     lm_bd bd_dst;            /* the destination's own parts */
     lm_convergence convergence; /* x-convergence, as of the last sync (convergence.c) */
-    lm_pass_record last_pass;   /* the last pass's numbers (convergence.c) */
+    lm_conv_pass last_pass;     /* the last pass's numbers (convergence.c) */
+    bool sw_ack_waiting;     /* source: was ready to switch over, no SWITCHOVER_ACK yet */
+    bool sw_acked;           /* source: the destination's SWITCHOVER_ACK arrived */
 } lm_stats;
 
 /*
@@ -220,6 +224,14 @@ struct lm_engine {
     uint64_t bt_total_ms;
     unsigned bt_nvcpus;
     uint64_t bt_vcpu_ms[LM_MAX_VCPUS];
+
+    /* switchover-ack, destination: approvals outstanding (devices that
+     * said switchover_ack_needed and have not approved yet); once it
+     * drops to 0, sw_ack_due asks the load thread to send the ack. */
+    unsigned sw_ack_pending;
+    bool sw_ack_armed;        /* counted at the start of this load */
+    bool sw_ack_due;
+    lm_history history;       /* the source's timeline (x-query-migration-history) */
 
     struct lm_dirtyrate *dirtyrate; /* calc-dirty-rate (dirtyrate.c), NULL until first used */
     struct lm_dirtylimit *dirtylimit; /* lm_vcpu_ops and dirty limits (dirtylimit.c), NULL without ops */

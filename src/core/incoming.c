@@ -424,7 +424,18 @@ static int answer_drain(dst_ctx *c, const uint8_t *body, uint16_t len)
     if (ioctl(lm_channel_fd(c->ch), FIONREAD, &queued) < 0 || queued < 0) {
         queued = 0; /* not a socket: nothing to say */
     }
-    int ret = lm_rp_send_backlog(c->ch, lm_load_be32(body), (uint64_t)queued);
+    /* switchover-ack: the devices approved; the ack goes just before the
+     * BACKLOG, inside the round trip the source reads to its end (an
+     * unsolicited message could be buffered by a reader that then hands
+     * the socket over to postcopy's return-path thread). */
+    pthread_mutex_lock(&c->e->lock);
+    bool ack = c->e->sw_ack_due;
+    c->e->sw_ack_due = false;
+    pthread_mutex_unlock(&c->e->lock);
+    int ret = ack ? lm_rp_send_switchover_ack(c->ch) : 0;
+    if (ret == 0) {
+        ret = lm_rp_send_backlog(c->ch, lm_load_be32(body), (uint64_t)queued);
+    }
     return ret < 0 ? lm_channel_error(c->ch, &c->err) : 0;
 }
 
@@ -570,6 +581,29 @@ out:
 
 static int load_records(dst_ctx *c);
 
+/* switchover-ack (QEMU's qemu_loadvm_state_switchover_ack_needed): as the
+ * load starts, count the devices that will approve the switchover; with
+ * none, the ack is due at once. */
+static void arm_switchover_ack(dst_ctx *c)
+{
+    lm_engine *e = c->e;
+    if (!lm_cap(e, LM_CAP_SWITCHOVER_ACK) || !(c->cfg.flags & LM_CONFIG_RETURN_PATH)) {
+        return;
+    }
+    unsigned n = 0;
+    for (size_t i = 0; i < e->ndevs; i++) {
+        lm_device_entry *d = &e->devs[i];
+        if (d->ops && d->ops->switchover_ack_needed && d->ops->switchover_ack_needed(d->opaque)) {
+            n++;
+        }
+    }
+    pthread_mutex_lock(&e->lock);
+    e->sw_ack_armed = true;
+    e->sw_ack_pending = n;
+    e->sw_ack_due = n == 0;
+    pthread_mutex_unlock(&e->lock);
+}
+
 static int load_stream(dst_ctx *c)
 {
     int ret = lm_stream_read_header_version(c->ch, &c->version, &c->err);
@@ -595,6 +629,9 @@ static int load_records(dst_ctx *c)
         switch (type) {
         case LM_REC_CONFIG:
             ret = load_config(c);
+            if (ret == 0) {
+                arm_switchover_ack(c);
+            }
             break;
         case LM_REC_SECTION_START:
         case LM_REC_SECTION_PART:

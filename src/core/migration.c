@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <sys/random.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "channel/tls.h"
@@ -39,6 +40,10 @@
 #define MAX_FITTING_PASSES 10
 /* Below this, switching over costs nothing worth another pass. */
 #define NEGLIGIBLE_BYTES (64ull << 10)
+/* switchover-ack: while the destination has not acked, the source looks
+ * again after waiting this long (ms) at most, so that an idle guest does
+ * not turn the wait into a busy loop of empty passes. */
+#define ACK_POLL_MS 50
 /* A pass this small says little about the rate: keep the last estimate. */
 #define RATE_SAMPLE_BYTES (64ull << 10)
 
@@ -68,6 +73,8 @@ typedef struct src_ctx {
     lm_bd bd_dst;              /* the destination's, from the return path */
     bool have_bd_dst;
     lm_conv_state conv;        /* x-convergence and x-auto-postcopy (convergence.c) */
+    bool sw_acked;             /* switchover-ack: the destination's SWITCHOVER_ACK came */
+    uint64_t pass_start_pages; /* pages sent (normal + zero) when the pass began */
 } src_ctx;
 
 static bool cancelled(lm_engine *e)
@@ -306,6 +313,10 @@ static int setup(src_ctx *c)
         return lm_error_set(&c->err, -ENOTSUP, "dirty-limit needs per-vCPU dirty reports: the "
                                                "embedder registered no lm_vcpu_ops");
     }
+    if (lm_cap(e, LM_CAP_SWITCHOVER_ACK) && !c->return_path) {
+        return lm_error_set(&c->err, -EINVAL, "switchover-ack needs the return path, which only "
+                            "unix: and tcp: migrations have");
+    }
 
     bool mapped_ram = lm_cap(e, LM_CAP_MAPPED_RAM);
     /* A saved file is checked when it is restored, maybe years later: on
@@ -515,6 +526,10 @@ static int drain_destination(src_ctx *c, uint64_t limit_ns, uint64_t pending, ui
         if (m->type == LM_RP_BACKLOG && m->status == c->ping_seq) {
             break;
         }
+        if (m->type == LM_RP_SWITCHOVER_ACK) {
+            c->sw_acked = true; /* the destination sends it just before a BACKLOG */
+            continue;
+        }
         if (m->type == LM_RP_SHUT) {
             ret = lm_error_set(&c->err, -EIO, "the destination failed to load the migration");
             break;
@@ -549,6 +564,40 @@ static int drain_destination(src_ctx *c, uint64_t limit_ns, uint64_t pending, ui
     lm_debug("destination drained in %llu us (%llu bytes queued behind the PING)",
              (unsigned long long)(lag / 1000), (unsigned long long)backlog);
     return 0;
+}
+
+/* Pages the saver sent so far, as data or as zero pages. */
+static uint64_t pages_sent(lm_engine *e)
+{
+    const lm_ram_stats *rs = &e->saver.stats;
+    return __atomic_load_n(&rs->normal_pages, __ATOMIC_RELAXED) +
+           __atomic_load_n(&rs->zero_pages, __ATOMIC_RELAXED);
+}
+
+static uint64_t st_start_ns(lm_engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    uint64_t t = e->stats.start_ns;
+    pthread_mutex_unlock(&e->lock);
+    return t;
+}
+
+/* switchover-ack: let the destination's devices get on for a moment
+ * (a cancel ends the wait at once). */
+static void wait_for_ack_poll(lm_engine *e)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += ACK_POLL_MS * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&e->lock);
+    if (!e->cancel_requested) {
+        pthread_cond_timedwait(&e->cond, &e->lock, &ts);
+    }
+    pthread_mutex_unlock(&e->lock);
 }
 
 /* Syncs the dirty log, measures the last pass and decides whether to switch
@@ -679,10 +728,45 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
                  (unsigned long long)bw, (unsigned long long)(expected / 1000),
                  *switch_now ? "switchover" : "iterate");
     }
+    bool ack_wait = false;
+    if (*switch_now && lm_cap(e, LM_CAP_SWITCHOVER_ACK) && !c->sw_acked) {
+        /* switchover-ack: ready, but a device on the destination is not:
+         * iterate on (QEMU's migration_can_switchover). */
+        *switch_now = false;
+        ack_wait = true;
+    }
+    pthread_mutex_lock(&e->lock);
+    /* Once ready, the source waits for the ack until it comes, even
+     * through passes that would not have fitted anyway. */
+    st->sw_ack_waiting = (st->sw_ack_waiting || ack_wait) && !c->sw_acked;
+    st->sw_acked = c->sw_acked;
+    pthread_mutex_unlock(&e->lock);
+
+    lm_pass_record rec = {
+        .pass = pass,
+        .start_us = lm_sat_sub(c->pass_start_ns, st_start_ns(e)) / 1000,
+        .duration_us = elapsed / 1000,
+        .pages_dirtied = new_bytes / (e->nblocks ? e->blocks[0]->page_size : 4096),
+        .pages_sent = pages_sent(e) - c->pass_start_pages,
+        .bytes_sent = sent,
+        .remaining = pending,
+        .bandwidth = elapsed ? per_second(sent, elapsed) : 0,
+        .dirty_rate = elapsed ? per_second(new_bytes, elapsed) : 0,
+        .cpu_throttle_percentage = throttle,
+        .dirty_limit_active = ci.rec.dirty_limit,
+        .dirty_limit_throttle_time_per_round = ci.rec.dirty_limit_throttle_us,
+        .switchover_ack_pending = ack_wait,
+    };
+    lm_history_add(&e->history, &rec);
+
+    if (ack_wait) {
+        wait_for_ack_poll(e);
+    }
     c->prev_pending = pending;
     c->pass_start_ns = lm_now_ns();
     c->pass_start_bytes = sent_bytes(c);
     c->pass_start_held = lm_ratelimit_held_ns(&e->rl);
+    c->pass_start_pages = pages_sent(e);
     return 0;
 }
 
@@ -836,6 +920,7 @@ static int switchover(src_ctx *c, bool postcopy)
     bool was_running = e->cb.vm_is_running ? e->cb.vm_is_running(e->opaque) : true;
     uint64_t stop_ns = lm_now_ns();
     lm_bd_start(&c->bd, stop_ns);
+    lm_history_switchover(&e->history, stop_ns);
     if (e->cb.vm_stop) {
         e->cb.vm_stop(e->opaque);
     }
@@ -1016,7 +1101,7 @@ static int precopy_confirm(src_ctx *c, uint64_t stop_ns, uint64_t before)
             if (m->type == LM_RP_DOWNTIME) {
                 c->bd_dst = m->bd;
                 c->have_bd_dst = true;
-            } else if (m->type != LM_RP_BACKLOG) {
+            } else if (m->type != LM_RP_BACKLOG && m->type != LM_RP_SWITCHOVER_ACK) {
                 ret = lm_error_set(&c->err, -EBADMSG, "unexpected return-path message 0x%x at the "
                                    "end of precopy", m->type);
                 break;
@@ -1170,6 +1255,7 @@ static void finish(src_ctx *c, int ret)
     }
     pthread_mutex_lock(&e->lock);
     e->stats.end_ns = lm_now_ns();
+    lm_history_end(&e->history, e->stats.end_ns);
     bool restart = ret < 0 && e->guest_stopped_by_us;
     bool was_cancel = e->cancel_requested;
     bool postcopy = e->postcopy_started;
@@ -1230,6 +1316,7 @@ void *lm_migration_thread(void *arg)
     c.pass_start_bytes = c.ch ? sent_bytes(&c) : 0;
     c.pass_start_held = lm_ratelimit_held_ns(&e->rl);
     lm_convergence_begin(e, &c.conv);
+    c.pass_start_pages = pages_sent(e);
     while (ret == 0) {
         bool switch_now;
         ret = sync_and_decide(&c, &switch_now);

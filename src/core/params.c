@@ -25,6 +25,7 @@ static const char *const cap_names[LM_CAP__COUNT + 1] = {
     [LM_CAP_X_CHECKSUM] = "x-checksum",
     [LM_CAP_DIRTY_LIMIT] = "dirty-limit",
     [LM_CAP_X_AUTO_POSTCOPY] = "x-auto-postcopy",
+    [LM_CAP_SWITCHOVER_ACK] = "switchover-ack",
     [LM_CAP__COUNT] = NULL,
 };
 
@@ -165,6 +166,10 @@ static int check_caps(const bool *caps, lm_error *err)
     }
     if (caps[LM_CAP_ZERO_COPY_SEND] && !caps[LM_CAP_MULTIFD]) {
         return lm_error_set(err, -EINVAL, "zero-copy-send requires the multifd capability");
+    }
+    if (caps[LM_CAP_SWITCHOVER_ACK] && !caps[LM_CAP_RETURN_PATH]) {
+        return lm_error_set(err, -EINVAL, "Capability 'switchover-ack' requires capability "
+                            "'return-path'");
     }
     if (caps[LM_CAP_MAPPED_RAM] && caps[LM_CAP_POSTCOPY_RAM]) {
         return lm_error_set(err, -EINVAL, "mapped-ram is incompatible with postcopy-ram");

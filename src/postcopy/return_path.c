@@ -42,6 +42,12 @@ int lm_rp_send_resume_ack(lm_channel *ch)
     return lm_channel_flush(ch);
 }
 
+int lm_rp_send_switchover_ack(lm_channel *ch)
+{
+    put_hdr(ch, LM_RP_SWITCHOVER_ACK, 0);
+    return lm_channel_flush(ch);
+}
+
 int lm_rp_send_backlog(lm_channel *ch, uint32_t seq, uint64_t backlog)
 {
     put_hdr(ch, LM_RP_BACKLOG, 12);
@@ -104,8 +110,10 @@ int lm_rp_read_msg(lm_channel *ch, lm_rp_msg *m, lm_error *err)
         break;
     }
     case LM_RP_RESUME_ACK:
+    case LM_RP_SWITCHOVER_ACK:
         if (len != 0) {
-            return lm_error_set(err, -EBADMSG, "return path: RESUME_ACK of %u bytes", len);
+            return lm_error_set(err, -EBADMSG, "return path: %s of %u bytes",
+                                m->type == LM_RP_RESUME_ACK ? "RESUME_ACK" : "SWITCHOVER_ACK", len);
         }
         break;
     case LM_RP_BACKLOG:

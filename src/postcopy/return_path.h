@@ -36,6 +36,9 @@ int lm_rp_send_resume_ack(lm_channel *ch);
 /* Precopy's accounting of the switchover (source: migration.c). */
 int lm_rp_send_backlog(lm_channel *ch, uint32_t seq, uint64_t backlog);
 int lm_rp_send_downtime(lm_channel *ch, const lm_bd *bd);
+/* switchover-ack: the destination's devices are ready (sent just before
+ * the BACKLOG of a DRAIN, so it is only ever read in a drain's loop). */
+int lm_rp_send_switchover_ack(lm_channel *ch);
 
 /* Reads one message of any type; unknown types are an error. */
 int lm_rp_read_msg(lm_channel *ch, lm_rp_msg *m, lm_error *err);

@@ -869,6 +869,15 @@ json_t *qmp_migration_info_json(const lm_info *info)
             json_object_set_new(o, "x-destination-backlog", ju64(info->destination_backlog));
             json_object_set_new(o, "x-destination-drains", ju64(info->destination_drains));
         }
+        /* switchover-ack: the source holds the switchover for the
+         * destination's devices / they acked; the destination's count. */
+        if (!info->incoming && (info->switchover_ack_waiting || info->switchover_acked)) {
+            json_object_set_new(o, "x-switchover-ack",
+                                json_string(info->switchover_acked ? "acked" : "waiting"));
+        }
+        if (info->incoming && info->switchover_ack_pending) {
+            json_object_set_new(o, "x-switchover-ack-pending", ju64(info->switchover_ack_pending));
+        }
         if (info->has_downtime_breakdown) {
             json_object_set_new(o, "x-downtime-breakdown",
                                 downtime_breakdown_json(&info->downtime_breakdown));
@@ -1149,6 +1158,7 @@ void qmp_register_migration_commands(qmp_server *s, struct lm_engine *e)
     qmp_server_register(s, "set-vcpu-dirty-limit", cmd_set_vcpu_dirty_limit, e);
     qmp_server_register(s, "cancel-vcpu-dirty-limit", cmd_cancel_vcpu_dirty_limit, e);
     qmp_server_register(s, "query-vcpu-dirty-limit", cmd_query_vcpu_dirty_limit, e);
+    qmp_register_history_commands(s, e);
 }
 
 void qmp_emit_migration_event(qmp_server *s, const struct lm_event *ev)

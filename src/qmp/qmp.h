@@ -88,6 +88,8 @@ int qmp_args_check(json_t *args, const char *const *known, lm_error *err);
  * query-migrate-parameters, migrate_cancel, migrate-continue. */
 struct lm_engine;
 void qmp_register_migration_commands(qmp_server *s, struct lm_engine *e);
+/* x-query-migration-history (history_cmds.c; registered by the above). */
+void qmp_register_history_commands(qmp_server *s, struct lm_engine *e);
 /* The migration address of a migrate / migrate-incoming request, as a URI
  * the engine takes: from "uri", or from QEMU's "channels" (one channel of
  * type main: socket unix/inet/fd, exec, file); fd:NAME (a getfd name) is

@@ -70,6 +70,7 @@ enum lm_rp_type {
     LM_RP_REQ_PAGES = 0x03,   /* be16 block, be64 first page, be32 count (one host page) */
     LM_RP_RECV_BITMAP = 0x04, /* be16 block, be64 first word, be16 n, n x be64 words */
     LM_RP_RESUME_ACK = 0x05,  /* empty: the bitmaps are sent, resume postcopy */
+    LM_RP_SWITCHOVER_ACK = 0x06, /* empty: switchover-ack, every device is ready to switch */
     LM_RP_BACKLOG = 0x10,     /* be32 seq of the PING, be64 bytes received but not yet loaded */
     LM_RP_DOWNTIME = 0x11,    /* the destination's share of the blackout (core/breakdown.h) */
 };

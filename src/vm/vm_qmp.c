@@ -208,6 +208,26 @@ static json_t *cmd_migrate_incoming(void *opaque, json_t *args, lm_error *err)
     return ret < 0 ? NULL : json_object();
 }
 
+/* Test hook for switchover-ack: the vram device withholds its approval
+ * (a destination device that is never ready) until told otherwise. */
+static json_t *cmd_vram_withhold_ack(void *opaque, json_t *args, lm_error *err)
+{
+    static const char *const known[] = { "withhold", NULL };
+    vm *m = opaque;
+    bool withhold = true;
+
+    if (qmp_args_check(args, known, err) < 0 ||
+        qmp_arg_bool(args, "withhold", true, &withhold, err) < 0) {
+        return NULL;
+    }
+    if (!m->vram) {
+        lm_error_set(err, -ENODEV, "x-vram-withhold-ack: the machine has no vram (start it with --vram)");
+        return NULL;
+    }
+    vram_withhold_ack(m->vram, withhold);
+    return json_object();
+}
+
 void vm_qmp_register(vm *m, qmp_server *s)
 {
     qmp_server_register(s, "migrate-incoming", cmd_migrate_incoming, m);
@@ -218,4 +238,5 @@ void vm_qmp_register(vm *m, qmp_server *s)
     qmp_server_register(s, "x-verify-memory", cmd_verify_memory, m);
     qmp_server_register(s, "x-query-workload", cmd_query_workload, m);
     qmp_server_register(s, "x-query-memory-hash", cmd_query_memory_hash, m);
+    qmp_server_register(s, "x-vram-withhold-ack", cmd_vram_withhold_ack, m);
 }

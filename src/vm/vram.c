@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -25,6 +26,18 @@ struct vram {
     uint64_t ndirty;        /* written under lock, read atomically */
     uint64_t cursor;        /* where save_iterate resumes its scan */
     uint64_t rng;
+
+    /* switchover-ack, under lock.  Source: the first scan since
+     * save_setup reached the last chunk / 'I' is written.  Destination:
+     * the engine asked for an approval, 'I' loaded, the test hook holds
+     * it back, it was given. */
+    lm_engine *engine;
+    bool init_swept;
+    bool init_sent;
+    bool ack_needed;
+    bool init_loaded;
+    bool ack_withheld;
+    bool acked;
 
     /* Mutation pacing; only vCPU 0's tick touches these. */
     uint64_t rate;
@@ -172,6 +185,11 @@ static void put_chunk_locked(vram *v, lm_wbuf *out, uint64_t c)
     lm_store_be32(p + 5, v->gen[c]);
     memcpy(p + 9, v->data + c * CHUNK, CHUNK);
     clear_dirty_locked(v, c);
+    /* Every chunk is dirty at save_setup and the scan goes up from 0:
+     * once the last one went, so did every chunk's initial data. */
+    if (c == v->nchunks - 1) {
+        v->init_swept = true;
+    }
 }
 
 static int wbuf_status(lm_wbuf *out, lm_error *err)
@@ -193,6 +211,7 @@ static int vram_save_setup(void *opaque, lm_wbuf *out, lm_error *err)
     }
     __atomic_store_n(&v->ndirty, v->nchunks, __ATOMIC_RELAXED);
     v->cursor = 0;
+    v->init_swept = v->init_sent = false;
     pthread_mutex_unlock(&v->lock);
 
     lm_wbuf_put_u8(out, 'S');
@@ -230,6 +249,15 @@ static int vram_save_iterate(void *opaque, lm_wbuf *out, uint64_t budget, lm_err
 {
     vram *v = opaque;
     uint64_t left = send_dirty(v, out, budget);
+    /* switchover-ack: tell the destination its initial data is all there
+     * (VFIO's DEV_INIT_DATA_SENT); only then is the flag worth a byte. */
+    pthread_mutex_lock(&v->lock);
+    bool say_init = v->init_swept && !v->init_sent && lm_engine_switchover_ack(v->engine);
+    v->init_sent = v->init_sent || say_init;
+    pthread_mutex_unlock(&v->lock);
+    if (say_init) {
+        lm_wbuf_put_u8(out, 'I');
+    }
     int ret = wbuf_status(out, err);
 
     return ret < 0 ? ret : left == 0;
@@ -257,10 +285,52 @@ static void vram_query_pending(void *opaque, bool exact, lm_pending *p)
     p->stopcopy_bytes = bytes;
 }
 
+/* Called with v->lock: the approval is due now (given once). */
+static bool take_ack_locked(vram *v)
+{
+    if (v->ack_needed && v->init_loaded && !v->ack_withheld && !v->acked) {
+        v->acked = true;
+        return true;
+    }
+    return false;
+}
+
+static void approve(vram *v)
+{
+    lm_error err = LM_ERROR_INIT;
+    if (lm_engine_approve_switchover(v->engine, &err) < 0) {
+        fprintf(stderr, "livemig-vm: vram: %s\n", err.msg);
+    }
+}
+
+void vram_withhold_ack(vram *v, bool withhold)
+{
+    pthread_mutex_lock(&v->lock);
+    v->ack_withheld = withhold;
+    bool ack = take_ack_locked(v);
+    pthread_mutex_unlock(&v->lock);
+    if (ack) {
+        approve(v);
+    }
+}
+
+/* Destination, as the load starts: this device approves the switchover
+ * once its precopy data is loaded. */
+static bool vram_switchover_ack_needed(void *opaque)
+{
+    vram *v = opaque;
+    pthread_mutex_lock(&v->lock);
+    v->ack_needed = true;
+    v->init_loaded = v->acked = false;
+    pthread_mutex_unlock(&v->lock);
+    return true;
+}
+
 static int vram_load(void *opaque, lm_rbuf *in, uint32_t version, lm_error *err)
 {
     vram *v = opaque;
     int ret = 0;
+    bool ack = false;
 
     pthread_mutex_lock(&v->lock);
     while (lm_rbuf_remaining(in) > 0) {
@@ -296,6 +366,9 @@ static int vram_load(void *opaque, lm_rbuf *in, uint32_t version, lm_error *err)
             }
             lm_rbuf_get(in, v->data + (uint64_t)idx * CHUNK, CHUNK);
             v->gen[idx] = gen;
+        } else if (tag == 'I') {
+            v->init_loaded = true;
+            ack = take_ack_locked(v);
         } else if (tag == 'R') {
             if (lm_rbuf_get_be64(in, &v->rng) < 0) {
                 ret = lm_error_set(err, -EBADMSG, "vram: truncated PRNG record");
@@ -310,6 +383,9 @@ static int vram_load(void *opaque, lm_rbuf *in, uint32_t version, lm_error *err)
         }
     }
     pthread_mutex_unlock(&v->lock);
+    if (ack) {
+        approve(v);
+    }
     return ret;
 }
 
@@ -326,9 +402,11 @@ static const lm_iter_ops vram_ops = {
     .query_pending = vram_query_pending,
     .load = vram_load,
     .save_cleanup = vram_save_cleanup,
+    .switchover_ack_needed = vram_switchover_ack_needed,
 };
 
 int vram_register(vram *v, lm_engine *e, lm_error *err)
 {
+    v->engine = e;
     return lm_engine_add_iterative(e, "vram", 0, 1, &vram_ops, v, err);
 }

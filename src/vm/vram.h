@@ -14,10 +14,18 @@
  *   'S' be64 nchunks be32 chunk_size   geometry (save_setup)
  *   'C' be32 index be32 gen  data[4096] one chunk
  *   'R' be64 rng                         the mutator's PRNG (save_complete)
+ *   'I'                                  the initial data is sent: every chunk
+ *                                        went at least once (switchover-ack only)
+ *
+ * switchover-ack (QEMU 8.1, as VFIO uses it): on the destination the
+ * device holds the switchover until its precopy data is loaded: it
+ * approves once it loaded 'I'.  vram_withhold_ack() is a test hook that
+ * keeps the approval back (a device that is never ready) until released.
  */
 #ifndef LIVEMIG_VM_VRAM_H
 #define LIVEMIG_VM_VRAM_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "livemig/engine.h"
@@ -34,5 +42,8 @@ int vram_register(vram *v, lm_engine *e, lm_error *err);
 void vram_tick(vram *v, uint64_t now_ns);
 /* Every chunk equals pattern(chunk, gen[chunk]) (gen 0: zero). */
 void vram_verify(vram *v, struct vm_verify *res);
+/* Test hook: withhold the switchover approval (true) or give it now if
+ * it is due (false). */
+void vram_withhold_ack(vram *v, bool withhold);
 
 #endif
