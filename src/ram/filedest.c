@@ -14,8 +14,9 @@ void lm_filedest_setup(lm_ram_block *b)
     if (b->fd < 0 || b->page_size > LM_FILEDEST_SCRATCH) {
         return;
     }
+    /* O_APPEND: pwrite would append, whatever the offset. */
     int fl = fcntl(b->fd, F_GETFL);
-    if (fl < 0 || (fl & O_ACCMODE) == O_RDONLY) {
+    if (fl < 0 || (fl & O_ACCMODE) == O_RDONLY || (fl & O_APPEND)) {
         return;
     }
     /* hugetlbfs takes no write(): its pages go through the mapping. */

@@ -30,8 +30,8 @@
 #define LM_FILEDEST_SCRATCH (512u * 1024)
 
 /* At load setup: from now on the block's pages go through its backing
- * file, if it has one that takes pwrite and hole punching' page size
- * fits the scratch buffer (not hugetlbfs, not opened read-only). */
+ * file, if it has one that takes pwrite at an offset (not hugetlbfs, not
+ * opened read-only or O_APPEND) and its page size fits the scratch buffer. */
 void lm_filedest_setup(lm_ram_block *b);
 
 static inline bool lm_filedest_on(const lm_ram_block *b)

@@ -646,9 +646,9 @@ static void load_fail(load_ctx *l, int code, uint64_t page)
     pthread_mutex_unlock(&l->lock);
 }
 
-/* Present pages [p, q) straight from the file into guest RAM; into a
- * file-backed block's own file by copy_file_range (through scratch where
- * the two files do not allow it), never faulting its mapping. */
+/* Present pages [p, q) straight from the file into guest RAM; a
+ * file-backed block gets them written into its own file through scratch
+ * (zero pages as holes), its mapping never faulted. */
 static int load_present(load_ctx *l, uint64_t p, uint64_t q, uint8_t *scratch)
 {
     lm_ram_block *b = l->b;
@@ -681,10 +681,11 @@ static uint64_t loaded_sum(const void *opaque, const lm_ram_block *b, uint64_t p
     if (!lm_filedest_on(b)) {
         return page_csum(b, p);
     }
-    /* Read back from the page cache, not through the mapping; a page that
-     * cannot be read gets a checksum no page has (the chunk fails). */
+    /* Read back from the page cache, not through the mapping.  A page
+     * that cannot be read is taken as zeros: its chunk fails unless that
+     * is what the page should hold. */
     if (lm_filedest_read_page(b, p, scratch) < 0) {
-        return ~lm_csum(scratch, 0, p);
+        memset(scratch, 0, b->page_size);
     }
     return lm_csum(scratch, b->page_size, p);
 }
