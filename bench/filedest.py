@@ -30,6 +30,7 @@ builds and tests while it runs, so compare ratios in the same run.
 import argparse
 import mmap
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -67,7 +68,7 @@ def fresh_file(backend, tag):
     """A fresh, empty file of the destination's kind (fd, path or None)."""
     if backend == "memfd":
         return os.memfd_create("lm-fdbench-raw"), None
-    path = os.path.join(SHM, "lm-fdbench-%s" % tag)
+    path = os.path.join(SHM, "lm-fdbench-%d-%s" % (os.getpid(), tag))
     if os.path.exists(path):
         os.unlink(path)
     return os.open(path, os.O_RDWR | os.O_CREAT, 0o600), path
@@ -110,7 +111,7 @@ def one_run(tmp, vm_bin, kind, backend, size, src_file, timeout):
     lmtest.VM_BIN = vm_bin
     mem = str(size)
     src_extra = ["--memory-backend", "file:" + src_file] if kind == "random" else []
-    dst_path = os.path.join(SHM, "lm-fdbench-dst")
+    dst_path = os.path.join(SHM, "lm-fdbench-%d-dst" % os.getpid())
     if os.path.exists(dst_path):
         os.unlink(dst_path)
     dst_extra = {"memfd": ["--memory-backend", "memfd"], "anon": ["--memory-backend", "anon"]}.get(
@@ -147,53 +148,34 @@ def one_run(tmp, vm_bin, kind, backend, size, src_file, timeout):
             os.unlink(dst_path)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="1G")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--before", help="a build directory of the code before (its livemig-vm)")
-    ap.add_argument("--kinds", default="random,zero")
-    ap.add_argument("--backends", default="anon,memfd,shm",
-                    help="destination RAM: anon (the private anchor), memfd, shm (a /dev/shm file)")
-    ap.add_argument("--timeout", type=float, default=300)
-    args = ap.parse_args()
-    size = parse_size(args.size)
-    engines = [("after", lmtest.VM_BIN)]
-    if args.before:
-        engines.insert(0, ("before", os.path.join(args.before, "livemig-vm")))
-    kinds = args.kinds.split(",")
-    backends = args.backends.split(",")
-    tmp = tempfile.mkdtemp(prefix="lm-fdbench-")
-    src_file = os.path.join(SHM, "lm-fdbench-src")
-    rnd = os.urandom(CHUNK)
-    runs = {}
-    try:
-        if "random" in kinds:
-            log("filling %s with %d random bytes" % (src_file, size))
-            with open(src_file, "wb") as f:
-                for _ in range(0, size, CHUNK):
-                    f.write(os.urandom(CHUNK))
-        for rep in range(args.reps):
-            for kind in kinds:
-                for backend in backends:
-                    if kind == "random" and backend != "anon":
-                        t = raw_floor(backend, size, rnd)
-                        runs.setdefault((kind, backend, "raw"), []).append({"wall": t})
-                        log("rep %d %s %s raw: %.3f s" % (rep, kind, backend, t))
-                    for name, vm_bin in engines:
-                        if backend == "anon" and name != "after":
-                            continue  # the anchor: unchanged code
-                        r = one_run(tmp, vm_bin, kind, backend, size, src_file, args.timeout)
-                        runs.setdefault((kind, backend, name), []).append(r)
-                        log("rep %d %s %s %s: %s" % (rep, kind, backend, name, r))
-    finally:
-        if os.path.exists(src_file):
-            os.unlink(src_file)
+def read_log(path):
+    """runs and the number of whole repetitions in a run's stderr log."""
+    import ast
+    runs, last = {}, {}
+    with open(path) as f:
+        for line in f:
+            if not line.startswith("rep "):
+                continue
+            head, _, val = line.partition(": ")
+            _, rep, kind, backend, name = head.split()
+            if name == "raw":
+                r = {"wall": float(val.split()[0])}
+            else:
+                r = ast.literal_eval(val.strip())
+            runs.setdefault((kind, backend, name), []).append((int(rep), r))
+            last[int(rep)] = True
+    # Only repetitions that finished: the last one may have been cut short.
+    reps = len(last)
+    counts = {k: len({rep for rep, _ in v}) for k, v in runs.items()}
+    if counts and min(counts.values()) < reps:
+        reps -= 1
+    return {k: [r for rep, r in v if rep < reps] for k, v in runs.items()}, reps
 
+
+def print_table(runs, kinds, backends, engines, size, size_name, reps):
     gib = size / (1 << 30)
     print("%s of guest RAM, single channel over a unix socket, medians of %d; the machine "
-          "is shared (other builds and tests ran beside it)." % (args.size, args.reps))
+          "is shared (other builds and tests ran beside it)." % (size_name, reps))
     print()
     print("| data | dst RAM | row | wall s | total s | downtime ms | dst CPU s | GiB/s | × raw floor | verified |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -243,6 +225,65 @@ def main():
     print()
     for v in verdicts:
         print("- " + v)
+
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="1G")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--before", help="a build directory of the code before (its livemig-vm)")
+    ap.add_argument("--kinds", default="random,zero")
+    ap.add_argument("--backends", default="anon,memfd,shm",
+                    help="destination RAM: anon (the private anchor), memfd, shm (a /dev/shm file)")
+    ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--log", help="print the table from the stderr log of an earlier run "
+                    "(its finished repetitions) instead of running")
+    args = ap.parse_args()
+    size = parse_size(args.size)
+    engines = [("after", lmtest.VM_BIN)]
+    if args.before:
+        engines.insert(0, ("before", os.path.join(args.before, "livemig-vm")))
+    kinds = args.kinds.split(",")
+    backends = args.backends.split(",")
+    if args.log:
+        runs, reps = read_log(args.log)
+        print_table(runs, kinds, backends, engines, size, args.size, reps)
+        return
+    tmp = tempfile.mkdtemp(prefix="lm-fdbench-")
+    src_file = os.path.join(SHM, "lm-fdbench-%d-src" % os.getpid())
+    rnd = os.urandom(CHUNK)
+    runs = {}
+    try:
+        if "random" in kinds:
+            log("filling %s with %d random bytes" % (src_file, size))
+            with open(src_file, "wb") as f:
+                for _ in range(0, size, CHUNK):
+                    f.write(os.urandom(CHUNK))
+        for rep in range(args.reps):
+            for kind in kinds:
+                for backend in backends:
+                    if kind == "random" and backend != "anon":
+                        t = raw_floor(backend, size, rnd)
+                        runs.setdefault((kind, backend, "raw"), []).append({"wall": t})
+                        log("rep %d %s %s raw: %.3f s" % (rep, kind, backend, t))
+                    for name, vm_bin in engines:
+                        if backend == "anon" and name != "after":
+                            continue  # the anchor: unchanged code
+                        try:
+                            r = one_run(tmp, vm_bin, kind, backend, size, src_file, args.timeout)
+                        except Exception as e:  # a loaded host: say so, go on
+                            log("failed: rep %d %s %s %s: %r" % (rep, kind, backend, name, e))
+                            continue
+                        runs.setdefault((kind, backend, name), []).append(r)
+                        log("rep %d %s %s %s: %s" % (rep, kind, backend, name, r))
+    finally:
+        if os.path.exists(src_file):
+            os.unlink(src_file)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print_table(runs, kinds, backends, engines, size, args.size, args.reps)
 
 
 if __name__ == "__main__":
