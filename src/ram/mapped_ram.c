@@ -11,6 +11,7 @@
 #include "common/failure.h"
 #include "common/util.h"
 #include "livemig/buffer.h"
+#include "ram/filedest.h"
 #include "ram/mapped_ram.h"
 #include "ram/ram_load.h"
 #include "stream/checksum.h"
@@ -642,17 +643,25 @@ static void load_fail(load_ctx *l, int code, uint64_t page)
     pthread_mutex_unlock(&l->lock);
 }
 
-/* Present pages [p, q) straight from the file into guest RAM. */
-static int load_present(load_ctx *l, uint64_t p, uint64_t q)
+/* Present pages [p, q) straight from the file into guest RAM; a
+ * file-backed block gets them written into its own file through scratch
+ * (zero pages as holes), its mapping never faulted. */
+static int load_present(load_ctx *l, uint64_t p, uint64_t q, uint8_t *scratch)
 {
     lm_ram_block *b = l->b;
     uint64_t len = (q - p) << b->page_shift;
-    void *host = lm_ram_load_data_begin(b, p);
-    /* Every page of the run is about to be written: mapping them in one
-     * call costs far less than a fault per page inside the read (2-3x on
-     * a virtualised host).  An old kernel without it just faults. */
-    (void)madvise(host, len, MADV_POPULATE_WRITE);
-    int ret = pio_full(l->fd, false, host, len, l->pages_off + (p << b->page_shift));
+    int ret;
+    if (lm_filedest_on(b)) {
+        __atomic_store_n(&b->dest_used, true, __ATOMIC_RELAXED);
+        ret = lm_filedest_copy(b, p, l->fd, l->pages_off + (p << b->page_shift), len, scratch);
+    } else {
+        void *host = lm_ram_load_data_begin(b, p);
+        /* Every page of the run is about to be written: mapping them in one
+         * call costs far less than a fault per page inside the read (2-3x on
+         * a virtualised host).  An old kernel without it just faults. */
+        (void)madvise(host, len, MADV_POPULATE_WRITE);
+        ret = pio_full(l->fd, false, host, len, l->pages_off + (p << b->page_shift));
+    }
     if (ret < 0) {
         load_fail(l, ret, p);
         return ret;
@@ -665,18 +674,27 @@ static int load_present(load_ctx *l, uint64_t p, uint64_t q)
 
 static uint64_t loaded_sum(const void *opaque, const lm_ram_block *b, uint64_t p)
 {
-    (void)opaque;
-    return page_csum(b, p);
+    uint8_t *scratch = (uint8_t *)opaque;
+    if (!lm_filedest_on(b)) {
+        return page_csum(b, p);
+    }
+    /* Read back from the page cache, not through the mapping.  A page
+     * that cannot be read is taken as zeros: its chunk fails unless that
+     * is what the page should hold. */
+    if (lm_filedest_read_page(b, p, scratch) < 0) {
+        memset(scratch, 0, b->page_size);
+    }
+    return lm_csum(scratch, b->page_size, p);
 }
 
 /* The checksum chunks inside [p, end) against the table (loader chunks
  * are whole checksum chunks). */
-static int verify_chunks(load_ctx *l, uint64_t p, uint64_t end)
+static int verify_chunks(load_ctx *l, uint64_t p, uint64_t end, uint8_t *scratch)
 {
     lm_ram_block *b = l->b;
     uint64_t n = csum_chunk_pages(b);
     for (uint64_t k = p / n; k * n < end; k++) {
-        if (chunk_csum(b, l->map, k, loaded_sum, NULL) == l->sums[k]) {
+        if (chunk_csum(b, l->map, k, loaded_sum, scratch) == l->sums[k]) {
             continue;
         }
         uint64_t last = LM_MIN((k + 1) * n, b->npages) - 1;
@@ -696,6 +714,11 @@ static void *load_worker(void *arg)
 {
     load_ctx *l = arg;
     lm_ram_block *b = l->b;
+    uint8_t *scratch = NULL;
+    if (lm_filedest_on(b) && !(scratch = lm_ram_load_scratch_new())) {
+        load_fail(l, -ENOMEM, 0);
+        return NULL;
+    }
     for (;;) {
         uint64_t k = __atomic_fetch_add(&l->next_chunk, 1, __ATOMIC_RELAXED);
         if (k >= l->nchunks || __atomic_load_n(&l->err_code, __ATOMIC_ACQUIRE)) {
@@ -706,7 +729,8 @@ static void *load_worker(void *arg)
             uint64_t q;
             if (lm_bitmap_test(l->map, p)) {
                 q = lm_bitmap_next_clear(l->map, end, p);
-                if (load_present(l, p, q) < 0) {
+                if (load_present(l, p, q, scratch) < 0) {
+                    free(scratch);
                     return NULL;
                 }
             } else {
@@ -717,10 +741,11 @@ static void *load_worker(void *arg)
             }
             p = q;
         }
-        if (l->sums && verify_chunks(l, k * l->chunk_pages, end) < 0) {
-            return NULL;
+        if (l->sums && verify_chunks(l, k * l->chunk_pages, end, scratch) < 0) {
+            break;
         }
     }
+    free(scratch);
     return NULL;
 }
 

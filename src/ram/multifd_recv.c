@@ -14,6 +14,7 @@
 #include "channel/channel.h"
 #include "common/failure.h"
 #include "livemig/buffer.h"
+#include "ram/filedest.h"
 #include "ram/multifd.h"
 #include "ram/ram_load.h"
 #include "stream/checksum.h"
@@ -35,6 +36,8 @@ typedef struct receiver {
     ZSTD_DCtx *dctx;
     uint8_t *zbuf;
     size_t zcap;
+    /* File-backed blocks: pages pass through here into the file. */
+    uint8_t *scratch;
 } receiver;
 
 struct lm_multifd_dst {
@@ -73,7 +76,8 @@ static void dst_fail(lm_multifd_dst *d, int code, const lm_error *err)
 }
 
 /* Decompresses the payload in r->zbuf[0, len) into the data runs, each
- * straight into guest memory; the frame must fill them exactly. */
+ * straight into guest memory, or through r->scratch into the file of a
+ * file-backed block; the frame must fill them exactly. */
 static int decompress_runs(receiver *r, unsigned nruns, size_t len, lm_error *err)
 {
     ZSTD_DCtx_reset(r->dctx, ZSTD_reset_session_only);
@@ -84,21 +88,38 @@ static int decompress_runs(receiver *r, unsigned nruns, size_t len, lm_error *er
         if (run->kind != LM_RAM_PAGES) {
             continue;
         }
-        size_t n = (size_t)run->count << run->blk->page_shift;
-        ZSTD_outBuffer out = { lm_ram_load_data_begin(run->blk, run->first), n, 0 };
-        while (out.pos < out.size) {
-            size_t before_in = in.pos, before_out = out.pos;
-            last = ZSTD_decompressStream(r->dctx, &out, &in);
-            if (ZSTD_isError(last)) {
-                return lm_error_set(err, -EBADMSG, "multifd channel %u: zstd: %s", r->index,
-                                    ZSTD_getErrorName(last));
+        lm_ram_block *b = run->blk;
+        bool file = lm_filedest_on(b);
+        uint32_t per = file ? LM_FILEDEST_SCRATCH >> b->page_shift : run->count;
+        for (uint32_t done = 0; done < run->count;) {
+            uint32_t take = run->count - done < per ? run->count - done : per;
+            size_t n = (size_t)take << b->page_shift;
+            ZSTD_outBuffer out = { file ? (void *)r->scratch
+                                        : lm_ram_load_data_begin(b, run->first + done), n, 0 };
+            while (out.pos < out.size) {
+                size_t before_in = in.pos, before_out = out.pos;
+                last = ZSTD_decompressStream(r->dctx, &out, &in);
+                if (ZSTD_isError(last)) {
+                    return lm_error_set(err, -EBADMSG, "multifd channel %u: zstd: %s", r->index,
+                                        ZSTD_getErrorName(last));
+                }
+                if (in.pos == before_in && out.pos == before_out) {
+                    return lm_error_set(err, -EBADMSG,
+                                        "multifd channel %u: compressed payload too short", r->index);
+                }
             }
-            if (in.pos == before_in && out.pos == before_out) {
-                return lm_error_set(err, -EBADMSG, "multifd channel %u: compressed payload too short",
-                                    r->index);
+            if (file) {
+                __atomic_store_n(&b->dest_used, true, __ATOMIC_RELAXED);
+                int ret = lm_filedest_write_pages(b, run->first + done, r->scratch, take);
+                if (ret < 0) {
+                    return lm_error_set_errno(err, ret, "multifd channel %u: cannot write pages "
+                                              "of RAM block '%s' into its backing file",
+                                              r->index, b->name);
+                }
             }
+            lm_ram_load_mark(b, run->first + done, take);
+            done += take;
         }
-        lm_ram_load_mark(run->blk, run->first, run->count);
     }
     if (len && (last != 0 || in.pos != in.size)) {
         return lm_error_set(err, -EBADMSG, "multifd channel %u: compressed payload longer than its pages",
@@ -219,20 +240,12 @@ static int recv_data(receiver *r, lm_error *err)
         if (d->compression == LM_MULTIFD_COMP_ZSTD) {
             continue;
         }
-        /* Bulk read straight into guest memory. */
-        size_t len = (size_t)run->count << run->blk->page_shift;
-        void *host = lm_ram_load_data_begin(run->blk, run->first);
-        if (lm_channel_get(r->ch, host, len) < 0) {
-            return lm_channel_error(r->ch, err);
+        ret = lm_ram_load_data(run->blk, run->first, run->count, r->ch, r->scratch,
+                               d->checksum ? sum : NULL, err);
+        if (ret < 0) {
+            return ret;
         }
-        lm_ram_load_mark(run->blk, run->first, run->count);
-        for (uint32_t k = 0; d->checksum && k < run->count; k++, sum += 8) {
-            /* Each page read back while it is still in the cache. */
-            uint64_t p = run->first + k;
-            bool ok = lm_csum_page(lm_ram_block_page(run->blk, p), run->blk->page_size, p) ==
-                      lm_load_be64(sum);
-            lm_ram_load_csum_result(run->blk, p, 1, ok);
-        }
+        sum += d->checksum ? (size_t)run->count * 8 : 0;
     }
     if (d->compression == LM_MULTIFD_COMP_ZSTD) {
         ret = decompress_runs(r, h.nruns, h.payload_len, err);
@@ -426,6 +439,7 @@ void lm_multifd_dst_free(lm_multifd_dst *d)
         lm_channel_close(d->r[i].ch, NULL);
         ZSTD_freeDCtx(d->r[i].dctx);
         free(d->r[i].zbuf);
+        free(d->r[i].scratch);
     }
     pthread_mutex_destroy(&d->lock);
     pthread_cond_destroy(&d->cond);
@@ -532,6 +546,11 @@ static int accept_channels(lm_multifd_dst *d, lm_listener *l, const lm_multifd_s
             r->zcap = ZSTD_compressBound(LM_MULTIFD_MAX_PAYLOAD);
             r->zbuf = malloc(r->zcap);
             if (!r->dctx || !r->zbuf) {
+                return lm_error_set(err, -ENOMEM, "out of memory");
+            }
+        }
+        for (size_t b = 0; b < d->nblocks && !r->scratch; b++) {
+            if (lm_filedest_on(d->blocks[b]) && !(r->scratch = lm_ram_load_scratch_new())) {
                 return lm_error_set(err, -ENOMEM, "out of memory");
             }
         }

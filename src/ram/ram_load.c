@@ -1,10 +1,12 @@
 #include <errno.h>
 #include <inttypes.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
 #include "common/bitmap.h"
 #include "livemig/buffer.h"
+#include "ram/filedest.h"
 #include "ram/ram_load.h"
 #include "ram/zero.h"
 #include "stream/checksum.h"
@@ -21,6 +23,7 @@ int lm_ram_load_setup(lm_ram_loader *l, lm_ram_block **blocks, size_t nblocks, l
             return ret;
         }
         blocks[i]->dest_fresh = lm_ram_block_is_private(blocks[i]) && !blocks[i]->dest_used;
+        lm_filedest_setup(blocks[i]);
     }
     return 0;
 }
@@ -30,6 +33,8 @@ void lm_ram_load_cleanup(lm_ram_loader *l)
     for (size_t i = 0; i < l->nblocks; i++) {
         lm_ram_block_release_bitmaps(l->blocks[i]);
     }
+    free(l->scratch);
+    l->scratch = NULL;
 }
 
 int lm_ram_load_check_complete(const lm_ram_loader *l, lm_error *err)
@@ -90,9 +95,15 @@ int lm_ram_load_check_range(lm_ram_block **blocks, size_t nblocks, uint16_t bi, 
 }
 
 /* A zero run: pages this load never wrote in a private block are still the
- * fresh mapping's zeros, so nothing is touched; others are cleared. */
+ * fresh mapping's zeros, so nothing is touched; a file-backed block gets
+ * holes (its mapping is never read: reading a hole of a shared mapping
+ * would allocate it); others are cleared where they are not zero. */
 void lm_ram_load_zero(lm_ram_block *b, uint64_t first, uint32_t count)
 {
+    if (lm_filedest_on(b) && lm_filedest_zero(b, first, count) == 0) {
+        lm_ram_load_mark(b, first, count);
+        return;
+    }
     bool fresh = b->dest_fresh;
     for (uint64_t p = first; p < first + count; p++) {
         if (fresh && !lm_bitmap_test(b->received, p)) {
@@ -104,6 +115,62 @@ void lm_ram_load_zero(lm_ram_block *b, uint64_t first, uint32_t count)
         }
     }
     lm_ram_load_mark(b, first, count);
+}
+
+uint8_t *lm_ram_load_scratch_new(void)
+{
+    return malloc(LM_FILEDEST_SCRATCH);
+}
+
+/* Judges each page of data[] (pages first..) against its be64 checksum. */
+static void judge_pages(lm_ram_block *b, uint64_t first, uint32_t count, const uint8_t *data,
+                        const uint8_t *sums)
+{
+    for (uint32_t i = 0; i < count; i++) {
+        uint64_t sum = lm_csum_page(data + ((size_t)i << b->page_shift), b->page_size, first + i);
+        lm_ram_load_csum_result(b, first + i, 1, sum == lm_load_be64(sums + (size_t)i * 8));
+    }
+}
+
+int lm_ram_load_data(lm_ram_block *b, uint64_t first, uint32_t count, lm_channel *ch,
+                     uint8_t *scratch, const uint8_t *sums, lm_error *err)
+{
+    if (!lm_filedest_on(b)) {
+        /* Bulk read straight into guest memory. */
+        void *host = lm_ram_load_data_begin(b, first);
+        if (lm_channel_get(ch, host, (size_t)count << b->page_shift) < 0) {
+            return lm_channel_error(ch, err);
+        }
+        lm_ram_load_mark(b, first, count);
+        if (sums) {
+            /* Each page read back at once, while it is still in the cache. */
+            judge_pages(b, first, count, host, sums);
+        }
+        return 0;
+    }
+    /* Through the scratch buffer into the file: the page cache takes the
+     * bytes, the mapping is never faulted. */
+    __atomic_store_n(&b->dest_used, true, __ATOMIC_RELAXED);
+    uint32_t per = LM_FILEDEST_SCRATCH >> b->page_shift;
+    for (uint32_t done = 0; done < count;) {
+        uint32_t n = count - done < per ? count - done : per;
+        size_t len = (size_t)n << b->page_shift;
+        if (lm_channel_get(ch, scratch, len) < 0) {
+            return lm_channel_error(ch, err);
+        }
+        int ret = lm_filedest_write_pages(b, first + done, scratch, n);
+        if (ret < 0) {
+            return lm_error_set_errno(err, ret, "cannot write pages %" PRIu64 "-%" PRIu64
+                                      " of RAM block '%s' into its backing file",
+                                      first + done, first + done + n - 1, b->name);
+        }
+        lm_ram_load_mark(b, first + done, n);
+        if (sums) {
+            judge_pages(b, first + done, n, scratch, sums + (size_t)done * 8);
+        }
+        done += n;
+    }
+    return 0;
 }
 
 void *lm_ram_load_data_begin(lm_ram_block *b, uint64_t first)
@@ -214,20 +281,16 @@ int lm_ram_load_section(lm_ram_loader *l, lm_channel *ch, lm_error *err)
         } else if (type == LM_RAM_ZERO) {
             lm_ram_load_zero(b, first, count);
         } else {
-            /* Bulk read straight into guest memory. */
-            ret = lm_channel_get(ch, lm_ram_load_data_begin(b, first), (size_t)count << b->page_shift);
+            if (!l->scratch && lm_filedest_on(b) && !(l->scratch = lm_ram_load_scratch_new())) {
+                return lm_error_set(err, -ENOMEM, "out of memory");
+            }
+            ret = lm_ram_load_data(b, first, count, ch, l->scratch,
+                                   l->checksum ? hdr + 15 : NULL, err);
             if (ret < 0) {
-                return lm_channel_error(ch, err);
+                return ret;
             }
-            lm_ram_load_mark(b, first, count);
         }
-        if (l->checksum && type == LM_RAM_PAGES) {
-            /* Each page read back at once, while it is still in the cache. */
-            for (uint32_t i = 0; i < count; i++) {
-                uint64_t sum = lm_csum_page(lm_ram_block_page(b, first + i), b->page_size, first + i);
-                lm_ram_load_csum_result(b, first + i, 1, sum == lm_load_be64(hdr + 15 + i * 8));
-            }
-        } else if (l->checksum) {
+        if (l->checksum && type == LM_RAM_ZERO) {
             lm_ram_load_csum_result(b, first, count, true);
         }
         if (type == LM_RAM_ZERO) {

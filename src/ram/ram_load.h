@@ -36,6 +36,8 @@ typedef struct lm_ram_loader {
      * from its fixed place in the file (ram/mapped_ram.h). */
     int (*mapped_block)(void *opaque, lm_channel *ch, lm_error *err);
     void *mapped_opaque;
+    /* File-backed blocks: pages pass through here (allocated on first use). */
+    uint8_t *scratch;
 } lm_ram_loader;
 
 /* Validates a RAM record's (block, first, count) against the blocks. */
@@ -46,7 +48,17 @@ int lm_ram_load_check_range(lm_ram_block **blocks, size_t nblocks, uint16_t bi, 
  * thread, on pages no other thread places at the same time.
  * zero: a zero run (touches a fresh page only if this load wrote it). */
 void lm_ram_load_zero(lm_ram_block *b, uint64_t first, uint32_t count);
-/* data: returns where the bytes go; call _mark once they are there. */
+/* data from a channel: count pages of ch into the block and marked; a
+ * file-backed block (ram/filedest.h) gets them written into its file
+ * through scratch (lm_ram_load_scratch_new(), one per thread), any other
+ * straight into its mapping.  sums: the pages' be64 checksums, each page
+ * judged as it lands (lm_ram_load_csum_result), or NULL. */
+int lm_ram_load_data(lm_ram_block *b, uint64_t first, uint32_t count, lm_channel *ch,
+                     uint8_t *scratch, const uint8_t *sums, lm_error *err);
+/* A scratch buffer for lm_ram_load_data (free() it), or NULL. */
+uint8_t *lm_ram_load_scratch_new(void);
+/* data placed by other means (mapping only, not file-backed blocks):
+ * returns where the bytes go; call _mark once they are there. */
 void *lm_ram_load_data_begin(lm_ram_block *b, uint64_t first);
 void lm_ram_load_mark(lm_ram_block *b, uint64_t first, uint32_t count);
 /* The checksum of a record or packet covering [first, first+count)

@@ -51,6 +51,9 @@ struct lm_ram_block {
      * attempt), so its pages can no longer be assumed zero. */
     bool dest_used;
     bool dest_fresh; /* private and never loaded into: untouched pages are zero */
+    /* Destination: pages are written into the backing file, never through
+     * the mapping (ram/filedest.h). */
+    bool dest_file;
 };
 
 int lm_ram_block_new(const lm_ram_desc *desc, uint32_t idx, lm_ram_block **out, lm_error *err);
