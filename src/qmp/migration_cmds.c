@@ -352,6 +352,7 @@ static int migration_in_progress(lm_engine *e, lm_status *st, lm_error *err)
     if (!info) {
         return lm_error_set(err, -ENOMEM, "out of memory");
     }
+    info->struct_size = sizeof(*info); /* the whole of this build's layout */
     lm_engine_query(e, info);
     *st = info->status;
     free(info);
@@ -937,6 +938,7 @@ static json_t *cmd_query_migrate(void *opaque, json_t *args, lm_error *err)
         lm_error_set(err, -ENOMEM, "out of memory");
         return NULL;
     }
+    info->struct_size = sizeof(*info); /* the whole of this build's layout */
     lm_engine_query(opaque, info);
     if (info->status == LM_STATUS_NONE) {
         /* As QEMU: nothing to report before the first migration. */
@@ -1010,6 +1012,7 @@ static json_t *cmd_query_dirty_rate(void *opaque, json_t *args, lm_error *err)
         lm_error_set(err, -ENOMEM, "out of memory");
         return NULL;
     }
+    info->struct_size = sizeof(*info); /* the whole of this build's layout */
     lm_engine_query_dirty_rate(mc->engine, info);
     info->mode[sizeof(info->mode) - 1] = '\0';
     info->tracker[sizeof(info->tracker) - 1] = '\0';

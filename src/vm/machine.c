@@ -231,6 +231,7 @@ static void cb_incoming_done(void *opaque, bool success)
     }
     lm_info *info = calloc(1, sizeof(*info));
     if (info) {
+        info->struct_size = sizeof(*info); /* the whole of this build's layout */
         lm_engine_query(m->engine, info);
     }
     const char *why = info && info->error_desc[0] ? info->error_desc : "unknown error";
