@@ -674,7 +674,6 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     }
     pthread_mutex_unlock(&e->lock);
 
-    lm_emit_pass(e, pass);
     if (pass > 1) {
         maybe_throttle(c, new_bytes, sent);
     }
@@ -689,6 +688,9 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
         .postcopy_possible = c->pc != NULL,
     };
     lm_conv_action act = lm_convergence_update(e, &c->conv, &ci);
+    /* After the update: whoever the event wakes reads this pass's numbers
+     * (x-convergence, stats.last_pass). */
+    lm_emit_pass(e, pass);
     if (act != LM_CONV_NONE) {
         auto_postcopy_act(c, act, pass);
     }
