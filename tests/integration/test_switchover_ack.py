@@ -113,6 +113,12 @@ class SwitchoverAck(MigrationTest):
         src.set_caps(return_path=True, switchover_ack=True)
         with self.assertRaisesRegex(lmtest.QMPError, "requires capability 'return-path'"):
             src.set_caps(return_path=False)
+        # A file has no return path: a clear failure, and the guest runs on.
+        src.cmd("migrate", uri="file:" + self.path("state"))
+        info = src.wait_migration()
+        self.assertEqual(info["status"], "failed")
+        self.assertIn("switchover-ack needs the return path", info["error-desc"])
+        self.assert_guest_ok(src)
 
 
 if __name__ == "__main__":
