@@ -163,6 +163,8 @@ static int one_run(const char *certs, uint64_t total, bool tls, const uint8_t *d
     waitpid(child, &status, 0);
     lm_channel_close(ch, NULL);
     lm_listener_close(l);
+    lm_tls_config_free((lm_tls_config *)luri.tls);
+    lm_tls_config_free((lm_tls_config *)curi.tls);
     close(rep[0]);
     double gib = (double)total / (1u << 30);
     printf("| %s | %.0f | %.2f | %.2f |\n", tls ? "TLS" : "plain",
