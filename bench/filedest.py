@@ -213,15 +213,16 @@ def print_table(runs, kinds, backends, engines, size, size_name, reps):
                     # blackout: the source sends one record and switches
                     # over; the rest of total is the engine's fixed cost,
                     # the same into anon RAM (that row).
+                    anon = runs.get((kind, "anon", "after"))
                     verdicts.append("%s into %s: downtime %.0f ms, destination CPU %.2f s "
                                     "(target: ≤ 10 ms per GiB at the destination): %s; total "
-                                    "%.0f ms (into anon: %.0f ms)" % (
+                                    "%.0f ms%s" % (
                                         kind, backend, med["downtime"], med["cpu"],
                                         "met" if med["downtime"] <= 10 * gib and
                                         med["cpu"] <= 0.01 * gib else "MISSED",
-                                        med["total"] * 1000, 1000 * statistics.median(
-                                            r["total"] for r in runs.get((kind, "anon", "after"),
-                                                                         rs))))
+                                        med["total"] * 1000,
+                                        " (into anon: %.0f ms)" % (1000 * statistics.median(
+                                            r["total"] for r in anon)) if anon else ""))
     print()
     for v in verdicts:
         print("- " + v)
