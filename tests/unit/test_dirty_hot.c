@@ -26,6 +26,7 @@
 struct fixture {
     uint8_t *ram;
     lm_ram_block *b;
+    lm_ram_block *blocks[1]; /* the tracker keeps this array, not a copy */
     lm_dirty_tracker *t;
 };
 
@@ -52,8 +53,8 @@ static bool setup(struct fixture *f, bool hot)
                       .page_size = 4096, .fd = -1 };
     assert_int_equal(lm_ram_block_new(&d, 0, &f->b, &err), 0);
     assert_int_equal(lm_ram_block_prepare_source(f->b, &err), 0);
-    lm_ram_block *blocks[1] = { f->b };
-    if (lm_dirty_tracker_start("uffd-wp", blocks, 1, &f->t, &err) < 0) {
+    f->blocks[0] = f->b;
+    if (lm_dirty_tracker_start("uffd-wp", f->blocks, 1, &f->t, &err) < 0) {
         printf("uffd-wp tracking unavailable here (%s): skipped\n", err.msg);
         lm_ram_block_free(f->b);
         munmap(f->ram, (size_t)NPAGES * 4096);
