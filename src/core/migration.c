@@ -207,10 +207,14 @@ static int send_ram_slice_sync(src_ctx *c, uint8_t type, uint64_t budget, bool *
     return ret < 0 ? (lm_channel_error(c->ch, &c->err), ret) : 0;
 }
 
+/* What the main channel says when a multifd channel woke it; finish()
+ * replaces it with the channel's own reason. */
+#define MULTIFD_WAKE_WHY "a multifd channel failed"
+
 static void multifd_failed(void *opaque)
 {
     /* Wake the migration thread wherever it waits on the main channel. */
-    lm_engine_wake_main(opaque, -EIO, "a multifd channel failed");
+    lm_engine_wake_main(opaque, -EIO, MULTIFD_WAKE_WHY);
 }
 
 /* Announces multifd on the main channel, then opens its connections: before
@@ -1211,6 +1215,14 @@ static void finish(src_ctx *c, int ret)
         c->pc = NULL;
     }
     if (c->mf) {
+        lm_error merr = LM_ERROR_INIT;
+        if (ret < 0 && strstr(c->err.msg, MULTIFD_WAKE_WHY) &&
+            lm_multifd_src_error(c->mf, &merr) < 0) {
+            /* The main channel only knows that a sender failed (it was
+             * woken, maybe first): the sender's reason is the cause. */
+            lm_error_clear(&c->err);
+            lm_error_propagate(&c->err, &merr);
+        }
         /* Stops the senders (they read guest RAM) before its bitmaps go. */
         pthread_mutex_lock(&e->lock);
         e->stats.multifd_bytes = lm_multifd_src_bytes(c->mf);

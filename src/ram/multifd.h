@@ -69,6 +69,9 @@ int lm_multifd_src_sync(lm_multifd_src *mf, uint64_t *seq, lm_error *err);
 int lm_multifd_src_finish(lm_multifd_src *mf, lm_error *err);
 /* Any thread (cancel): wake every sender blocked in I/O. */
 void lm_multifd_src_shutdown(lm_multifd_src *mf, int code, const char *why);
+/* The failure that stuck first, if it came with a message (a sender's
+ * own error, not a shutdown from outside): its code, err filled; else 0. */
+int lm_multifd_src_error(lm_multifd_src *mf, lm_error *err);
 void lm_multifd_src_free(lm_multifd_src *mf);
 /* Bytes written on the multifd channels (any thread). */
 uint64_t lm_multifd_src_bytes(const lm_multifd_src *mf);

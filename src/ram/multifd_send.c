@@ -537,6 +537,14 @@ void lm_multifd_src_shutdown(lm_multifd_src *mf, int code, const char *why)
     fail(mf, code, NULL, false);
 }
 
+int lm_multifd_src_error(lm_multifd_src *mf, lm_error *err)
+{
+    pthread_mutex_lock(&mf->lock);
+    int code = lm_error_is_set(&mf->err) ? failed(mf, err) : 0;
+    pthread_mutex_unlock(&mf->lock);
+    return code;
+}
+
 void lm_multifd_src_free(lm_multifd_src *mf)
 {
     if (!mf) {
