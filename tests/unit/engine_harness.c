@@ -62,7 +62,7 @@ static void *writer_main(void *opaque)
                     lm_ram_mark_dirty(h->block, page * 4096, 1);
                 }
             }
-            h->writes += 64;
+            __atomic_fetch_add(&h->writes, 64, __ATOMIC_RELAXED);
             usleep(20);
             continue;
         }
@@ -77,7 +77,7 @@ static void *writer_main(void *opaque)
                 lm_ram_mark_dirty(h->block, page * 4096, 8);
             }
         }
-        h->writes += 64;
+        __atomic_fetch_add(&h->writes, 64, __ATOMIC_RELAXED);
         usleep(50);
     }
 }

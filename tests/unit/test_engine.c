@@ -68,7 +68,14 @@ static void migrate_once_mode(const char *uri, const char *tracker, bool populat
     assert_int_equal(harness_init(&src, RAM_SIZE, populate), 0);
     src.sequential = sequential;
     harness_start_writer(&src);
-    usleep(20000);
+    /* The guest has written before the migration starts, however slowly a
+     * loaded machine schedules its thread (the check below relies on it). */
+    for (int ms = 0; __atomic_load_n(&src.writes, __ATOMIC_RELAXED) == 0; ms++) {
+        if (ms == 60000) {
+            fail_msg("the writer thread never wrote");
+        }
+        usleep(1000);
+    }
     lm_error err = LM_ERROR_INIT;
     assert_int_equal(lm_engine_set_param_str(src.engine, "x-dirty-tracker", tracker, &err), 0);
     int ret = lm_engine_migrate(src.engine, uri, false, &err);
