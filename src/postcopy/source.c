@@ -204,6 +204,60 @@ static int send_requested(lm_pc_src *p, struct lm_ram_batch *b, lm_channel *ch, 
     return ret;
 }
 
+/* The preempt sender's THP host pages whose requested page went out
+ * alone and whose rest is still to send, oldest first: the rest goes in
+ * pieces, and the first page of each newer request goes out between two
+ * pieces, so a vCPU never waits behind another host page's 2 MiB. */
+#define REST_MAX 64u
+#define REST_PIECE_BYTES (256u << 10)
+
+typedef struct pc_rest {
+    uint32_t block;
+    uint64_t first; /* the host page */
+    uint64_t pos;   /* its next page to send */
+} pc_rest;
+
+/* The preempt sender's step for a new request, claimed and flushed: a
+ * host page of one page goes whole; in a THP host page the requested page
+ * goes alone as a LONE record (placed at once, whatever host page the
+ * destination is assembling), and *rest becomes true: the whole host page
+ * is still to go, in pieces. */
+static int send_first(lm_pc_src *p, struct lm_ram_batch *b, lm_channel *ch, lm_ram_block *blk,
+                      uint64_t first, uint64_t page, uint64_t *bytes, bool *rest)
+{
+    uint64_t hp = lm_pc_hp_pages(blk);
+    uint64_t cleared = lm_pc_clear_range(blk->dirty, first, hp);
+    if (cleared) {
+        uncount_dirty(p, blk, cleared);
+    }
+    *rest = hp > 1 && page >= first && page < first + hp;
+    if (!*rest) {
+        return lm_ram_save_send_range(p->s, b, ch, blk, first, first + hp, bytes);
+    }
+    uint8_t h[15];
+    h[0] = LM_RAM_LONE;
+    lm_store_be16(h + 1, (uint16_t)blk->idx);
+    lm_store_be64(h + 3, page);
+    lm_store_be32(h + 11, 1);
+    lm_channel_put(ch, h, sizeof(h));
+    *bytes += sizeof(h) + blk->page_size;
+    lm_ram_save_count(p->s, LM_RAM_PAGES, blk, 1);
+    return lm_channel_put(ch, lm_ram_block_page(blk, page), blk->page_size);
+}
+
+/* The next piece of r's host page; *done once all of it is out. */
+static int send_rest_piece(lm_pc_src *p, struct lm_ram_batch *b, lm_channel *ch, pc_rest *r,
+                           uint64_t *bytes, bool *done)
+{
+    lm_ram_block *blk = p->e->blocks[r->block];
+    uint64_t end = r->first + lm_pc_hp_pages(blk);
+    uint64_t stop = LM_MIN(end, r->pos + LM_MAX(1, REST_PIECE_BYTES >> blk->page_shift));
+    int ret = lm_ram_save_send_range(p->s, b, ch, blk, r->pos, stop, bytes);
+    r->pos = stop;
+    *done = stop == end;
+    return ret;
+}
+
 /* Background: claims the dirty run that starts at host page `first`,
  * whole host pages, at most max_pages (at least one host page), and
  * returns its end.  A host page is ours when we cleared any of its bits;
@@ -347,20 +401,44 @@ static void *pre_thread_fn(void *arg)
     p->pre = ch;
     p->pre_up = ret == 0 && !p->stopping;
     pthread_cond_broadcast(&p->cond);
+    pc_rest rest[REST_MAX];
+    unsigned nrest = 0;
     while (ret == 0) {
-        while (p->qlen == 0 && !p->stopping) {
+        while (p->qlen == 0 && nrest == 0 && !p->stopping) {
             pthread_cond_wait(&p->cond, &p->lock);
         }
         if (p->stopping) {
             break;
         }
-        pc_req r = p->q[p->qhead];
-        p->qhead = (p->qhead + 1) % QUEUE_MAX;
-        p->qlen--;
+        /* New requests first (their first page only), then a piece of
+         * the oldest unfinished host page. */
+        bool take = p->qlen > 0 && nrest < REST_MAX;
+        pc_req r = { 0 };
+        if (take) {
+            r = p->q[p->qhead];
+            p->qhead = (p->qhead + 1) % QUEUE_MAX;
+            p->qlen--;
+        }
         pthread_mutex_unlock(&p->lock);
         uint64_t bytes = 0;
-        lm_ram_block *blk = e->blocks[r.block];
-        ret = send_requested(p, p->pre_batch, ch, blk, r.first, r.page, &bytes);
+        if (take) {
+            lm_ram_block *blk = e->blocks[r.block];
+            bool more = false;
+            ret = send_first(p, p->pre_batch, ch, blk, r.first, r.page, &bytes, &more);
+            for (unsigned i = 0; more && i < nrest; i++) {
+                /* Its rest is on its way already (another vCPU asked). */
+                more = !(rest[i].block == r.block && rest[i].first == r.first);
+            }
+            if (more) {
+                rest[nrest++] = (pc_rest){ r.block, r.first, r.first };
+            }
+        } else {
+            bool done = false;
+            ret = send_rest_piece(p, p->pre_batch, ch, &rest[0], &bytes, &done);
+            if (done) {
+                memmove(rest, rest + 1, --nrest * sizeof(rest[0]));
+            }
+        }
         if (ret == 0) {
             ret = lm_ram_batch_flush(p->pre_batch, ch);
         }
