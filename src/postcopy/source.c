@@ -23,6 +23,9 @@
 #define PC_RUN_BYTES (1u << 20)
 /* Requests waiting; more are dropped (the page still comes as background). */
 #define QUEUE_MAX 65536u
+/* THP host pages waiting for the main channel after their requested
+ * page went alone; more are sent whole on the preempt connection. */
+#define PRIO_MAX 256u
 /* One request covers at most this many host pages. */
 #define REQ_MAX_HOSTPAGES 64u
 
@@ -52,6 +55,11 @@ struct lm_pc_src {
     lm_error fail_err;
     bool pre_up;          /* the preempt channel is connected */
     bool eof_sent;        /* every page is out: only the return path matters now */
+    /* THP host pages whose requested page went out alone on the preempt
+     * connection: the main channel sends them whole before its next
+     * background slice. */
+    pc_req prio[PRIO_MAX];
+    size_t prio_len;
     lm_channel *pre;
 
     lm_channel *rp;
@@ -204,24 +212,12 @@ static int send_requested(lm_pc_src *p, struct lm_ram_batch *b, lm_channel *ch, 
     return ret;
 }
 
-/* The preempt sender's THP host pages whose requested page went out
- * alone and whose rest is still to send, oldest first: the rest goes in
- * pieces, and the first page of each newer request goes out between two
- * pieces, so a vCPU never waits behind another host page's 2 MiB. */
-#define REST_MAX 64u
-#define REST_PIECE_BYTES (256u << 10)
-
-typedef struct pc_rest {
-    uint32_t block;
-    uint64_t first; /* the host page */
-    uint64_t pos;   /* its next page to send */
-} pc_rest;
-
-/* The preempt sender's step for a new request, claimed and flushed: a
- * host page of one page goes whole; in a THP host page the requested page
- * goes alone as a LONE record (placed at once, whatever host page the
- * destination is assembling), and *rest becomes true: the whole host page
- * is still to go, in pieces. */
+/* The preempt sender's step for a new request, claimed: a host page of
+ * one page goes whole; in a THP host page the requested page goes alone
+ * as a LONE record (placed at once, whatever the destination is doing
+ * with other host pages), and *rest becomes true: the whole host page is
+ * still to go, on the main channel ahead of the background (so the
+ * preempt connection only ever carries small urgent pages). */
 static int send_first(lm_pc_src *p, struct lm_ram_batch *b, lm_channel *ch, lm_ram_block *blk,
                       uint64_t first, uint64_t page, uint64_t *bytes, bool *rest)
 {
@@ -243,19 +239,6 @@ static int send_first(lm_pc_src *p, struct lm_ram_batch *b, lm_channel *ch, lm_r
     *bytes += sizeof(h) + blk->page_size;
     lm_ram_save_count(p->s, LM_RAM_PAGES, blk, 1);
     return lm_channel_put(ch, lm_ram_block_page(blk, page), blk->page_size);
-}
-
-/* The next piece of r's host page; *done once all of it is out. */
-static int send_rest_piece(lm_pc_src *p, struct lm_ram_batch *b, lm_channel *ch, pc_rest *r,
-                           uint64_t *bytes, bool *done)
-{
-    lm_ram_block *blk = p->e->blocks[r->block];
-    uint64_t end = r->first + lm_pc_hp_pages(blk);
-    uint64_t stop = LM_MIN(end, r->pos + LM_MAX(1, REST_PIECE_BYTES >> blk->page_shift));
-    int ret = lm_ram_save_send_range(p->s, b, ch, blk, r->pos, stop, bytes);
-    r->pos = stop;
-    *done = stop == end;
-    return ret;
 }
 
 /* Background: claims the dirty run that starts at host page `first`,
@@ -401,42 +384,32 @@ static void *pre_thread_fn(void *arg)
     p->pre = ch;
     p->pre_up = ret == 0 && !p->stopping;
     pthread_cond_broadcast(&p->cond);
-    pc_rest rest[REST_MAX];
-    unsigned nrest = 0;
     while (ret == 0) {
-        while (p->qlen == 0 && nrest == 0 && !p->stopping) {
+        while (p->qlen == 0 && !p->stopping) {
             pthread_cond_wait(&p->cond, &p->lock);
         }
         if (p->stopping) {
             break;
         }
-        /* New requests first (their first page only), then a piece of
-         * the oldest unfinished host page. */
-        bool take = p->qlen > 0 && nrest < REST_MAX;
-        pc_req r = { 0 };
-        if (take) {
-            r = p->q[p->qhead];
-            p->qhead = (p->qhead + 1) % QUEUE_MAX;
-            p->qlen--;
-        }
+        pc_req r = p->q[p->qhead];
+        p->qhead = (p->qhead + 1) % QUEUE_MAX;
+        p->qlen--;
         pthread_mutex_unlock(&p->lock);
         uint64_t bytes = 0;
-        if (take) {
-            lm_ram_block *blk = e->blocks[r.block];
-            bool more = false;
-            ret = send_first(p, p->pre_batch, ch, blk, r.first, r.page, &bytes, &more);
-            for (unsigned i = 0; more && i < nrest; i++) {
-                /* Its rest is on its way already (another vCPU asked). */
-                more = !(rest[i].block == r.block && rest[i].first == r.first);
+        lm_ram_block *blk = e->blocks[r.block];
+        bool rest = false;
+        ret = send_first(p, p->pre_batch, ch, blk, r.first, r.page, &bytes, &rest);
+        if (rest) {
+            pthread_mutex_lock(&p->lock);
+            /* After EOF, or with the list full, the rest goes here. */
+            bool here = p->eof_sent || p->prio_len == PRIO_MAX;
+            if (!here) {
+                p->prio[p->prio_len++] = r;
             }
-            if (more) {
-                rest[nrest++] = (pc_rest){ r.block, r.first, r.first };
-            }
-        } else {
-            bool done = false;
-            ret = send_rest_piece(p, p->pre_batch, ch, &rest[0], &bytes, &done);
-            if (done) {
-                memmove(rest, rest + 1, --nrest * sizeof(rest[0]));
+            pthread_mutex_unlock(&p->lock);
+            if (here && ret == 0) {
+                ret = lm_ram_save_send_range(p->s, p->pre_batch, ch, blk, r.first,
+                                             r.first + lm_pc_hp_pages(blk), &bytes);
             }
         }
         if (ret == 0) {
@@ -685,6 +658,23 @@ int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err)
         while (ret == 0 && take_request(p, &r)) {
             ret = send_requested(p, p->main_batch, ch, e->blocks[r.block], r.first, r.page, &urgent);
         }
+        /* The rest of host pages whose requested page went alone on the
+         * preempt connection (claimed already). */
+        for (;;) {
+            pthread_mutex_lock(&p->lock);
+            bool got = ret == 0 && p->prio_len > 0;
+            if (got) {
+                r = p->prio[0];
+                memmove(p->prio, p->prio + 1, --p->prio_len * sizeof(p->prio[0]));
+            }
+            pthread_mutex_unlock(&p->lock);
+            if (!got) {
+                break;
+            }
+            lm_ram_block *pb = e->blocks[r.block];
+            ret = lm_ram_save_send_range(p->s, p->main_batch, ch, pb, r.first, r.first + lm_pc_hp_pages(pb),
+                                         &urgent);
+        }
         pthread_mutex_lock(&p->lock);
         uint64_t slice = p->pre_up ? PC_SLICE_PREEMPT_BYTES : PC_SLICE_BYTES;
         pthread_mutex_unlock(&p->lock);
@@ -726,7 +716,15 @@ int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err)
             return h < 0 ? h : lm_channel_error(ch, err);
         }
         if (done) {
-            break;
+            /* Nothing dirty: done, unless the preempt sender queued a
+             * host page's rest meanwhile (from now on it sends it). */
+            pthread_mutex_lock(&p->lock);
+            bool more = p->prio_len > 0;
+            p->eof_sent = !more;
+            pthread_mutex_unlock(&p->lock);
+            if (!more) {
+                break;
+            }
         }
     }
     pthread_mutex_lock(&p->lock);
@@ -823,6 +821,7 @@ static void reset(lm_pc_src *p)
     p->rp_done = false;
     p->eof_sent = false;
     p->qhead = p->qlen = 0;
+    p->prio_len = 0;
     pthread_mutex_unlock(&p->lock);
 }
 
