@@ -52,6 +52,9 @@ static void placer_free(lm_pc_placer *pl)
         munmap(pl->map, pl->map_len);
     }
     pl->map = pl->buf = NULL;
+    free(pl->lone);
+    pl->lone = NULL;
+    pl->lone_len = 0;
 }
 
 static void placer_reset(lm_pc_placer *pl)
@@ -538,12 +541,45 @@ static int place_waiting(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t fi
     return 0;
 }
 
+/* The lone requested page of another host page, between two records of
+ * the one being assembled: placed at once from a scratch page. */
+static int place_lone(lm_pc_dst *d, lm_pc_placer *pl, uint32_t wi, lm_ram_block *b, uint64_t pg,
+                      uint8_t type, lm_channel *ch, lm_error *err)
+{
+    uint8_t *src = NULL;
+    if (type == LM_RAM_PAGES) {
+        if (pl->lone_len < b->page_size) {
+            free(pl->lone);
+            pl->lone_len = 0;
+            if (!(pl->lone = malloc(b->page_size))) {
+                return lm_error_set(err, -ENOMEM, "out of memory");
+            }
+            pl->lone_len = b->page_size;
+        }
+        if (lm_channel_get(ch, pl->lone, b->page_size) < 0) {
+            return lm_channel_error(ch, err);
+        }
+        src = pl->lone;
+    }
+    return lm_pc_place_range(d, wi, b, pg, 1, src, false, err);
+}
+
 static int place_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, lm_ram_block *b,
                         uint64_t first, uint32_t count, lm_channel *ch, lm_error *err)
 {
     uint32_t wi = d->wire_of[b->idx];
     uint64_t hp = lm_pc_hp_pages(b);
     size_t psz = b->page_size;
+    if (hp == 1 && pl->blk) {
+        /* A THP host page is being assembled in the buffer: only a lone
+         * requested page may come meanwhile. */
+        if (count != 1) {
+            return lm_error_set(err, -EBADMSG, "host page %llu of block '%s' interrupted by pages "
+                                "%llu+%u of block '%s'", (unsigned long long)pl->hp_first,
+                                pl->blk->name, (unsigned long long)first, count, b->name);
+        }
+        return place_lone(d, pl, wi, b, first, type, ch, err);
+    }
     if (hp == 1) {
         /* A run: read into the buffer, placed with one ioctl. */
         bool move = type == LM_RAM_PAGES && d->place_mode == LM_PC_PLACE_MOVE &&
@@ -568,25 +604,23 @@ static int place_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, lm_ram_blo
         return 0;
     }
     /* A THP host page comes as runs, on one channel, back to back, in any
-     * order (the page a vCPU faulted on may come first). */
+     * order (the page a vCPU faulted on may come first, on the main
+     * channel); on the preempt channel LONE records may come between
+     * them (pre_thread_fn). */
     for (uint64_t pg = first, end = first + count; pg < end;) {
         uint64_t hpf = pg & ~(hp - 1);
-        if (pl->filled == 0) {
-            placer_reset(pl);
-            pl->blk = b;
-            pl->hp_first = hpf;
-        }
-        if (pl->blk != b || hpf != pl->hp_first) {
+        if (pl->blk && (pl->blk != b || hpf != pl->hp_first)) {
             return lm_error_set(err, -EBADMSG,
                                 "host page %llu of block '%s' interrupted by page %llu of block '%s'",
                                 (unsigned long long)pl->hp_first, pl->blk->name,
                                 (unsigned long long)pg, b->name);
         }
-        uint64_t n = LM_MIN(end, hpf + hp) - pg, off = pg - hpf;
-        if (lm_bitmap_next_set(pl->have, off + n, off) < off + n) {
-            return lm_error_set(err, -EBADMSG, "page %llu of block '%s' sent twice in one host page",
-                                (unsigned long long)pg, b->name);
+        if (!pl->blk) {
+            placer_reset(pl);
+            pl->blk = b;
+            pl->hp_first = hpf;
         }
+        uint64_t n = LM_MIN(end, hpf + hp) - pg, off = pg - hpf;
         uint8_t *dst = pl->buf + off * psz;
         if (type == LM_RAM_PAGES) {
             if (lm_channel_get(ch, dst, n * psz) < 0) {
@@ -595,11 +629,15 @@ static int place_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, lm_ram_blo
         } else {
             memset(dst, 0, n * psz);
         }
-        lm_bitmap_set_range(pl->have, off, n);
-        pl->filled += n;
+        for (uint64_t i = off; i < off + n; i++) {
+            if (!lm_bitmap_test(pl->have, i)) {
+                lm_bitmap_set(pl->have, i);
+                pl->filled++;
+            }
+        }
         int ret = 0;
         if (pl->filled == hp) {
-            pl->filled = 0;
+            placer_reset(pl);
             ret = lm_pc_place_range(d, wi, b, hpf, hp, pl->buf, true, err);
         } else {
             ret = place_waiting(d, wi, b, pg, n, dst, err);
@@ -721,6 +759,7 @@ static void pre_failed(lm_pc_dst *d, const lm_error *err)
     pthread_cond_broadcast(&d->cond);
     pthread_mutex_unlock(&d->lock);
     if (report) {
+        lm_warn("postcopy preempt connection: %s", err->msg);
         /* Wake the load thread: the whole connection pauses. */
         lm_engine_wake_main(e, -EIO, "postcopy preempt connection lost");
     }
@@ -774,7 +813,7 @@ static void *pre_thread_fn(void *arg)
         if (type == LM_RAM_EOS) {
             break;
         }
-        if (type != LM_RAM_PAGES && type != LM_RAM_ZERO) {
+        if (type != LM_RAM_PAGES && type != LM_RAM_ZERO && type != LM_RAM_LONE) {
             ret = lm_error_set(&err, -EBADMSG, "preempt channel: unknown record type 0x%02x", type);
             break;
         }
@@ -785,7 +824,15 @@ static void *pre_thread_fn(void *arg)
         lm_ram_block *b;
         ret = lm_ram_load_check_range(d->blocks, d->nblocks, lm_load_be16(hdr), lm_load_be64(hdr + 2),
                                       lm_load_be32(hdr + 10), &b, &err);
-        if (ret == 0) {
+        if (ret == 0 && type == LM_RAM_LONE) {
+            if (lm_load_be32(hdr + 10) != 1) {
+                ret = lm_error_set(&err, -EBADMSG, "preempt channel: a LONE record of %u pages",
+                                   lm_load_be32(hdr + 10));
+            } else {
+                ret = place_lone(d, pl, d->wire_of[b->idx], b, lm_load_be64(hdr + 2), LM_RAM_PAGES, ch,
+                                 &err);
+            }
+        } else if (ret == 0) {
             ret = place_record(d, pl, type, b, lm_load_be64(hdr + 2), lm_load_be32(hdr + 10), ch, &err);
         }
     }

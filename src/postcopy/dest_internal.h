@@ -21,6 +21,8 @@ typedef struct lm_pc_placer {
     uint64_t hp_first;
     uint64_t filled;                    /* pages of the host page in buf */
     uint64_t have[LM_PC_HP_MAX / 64];   /* which ones */
+    uint8_t *lone;                      /* a LONE record's page, or a lone one of a 4 KiB block */
+    size_t lone_len;
 } lm_pc_placer;
 
 typedef struct lm_pc_wait {

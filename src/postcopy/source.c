@@ -23,6 +23,9 @@
 #define PC_RUN_BYTES (1u << 20)
 /* Requests waiting; more are dropped (the page still comes as background). */
 #define QUEUE_MAX 65536u
+/* THP host pages waiting for the main channel after their requested
+ * page went alone; more are sent whole on the preempt connection. */
+#define PRIO_MAX 256u
 /* One request covers at most this many host pages. */
 #define REQ_MAX_HOSTPAGES 64u
 
@@ -52,6 +55,11 @@ struct lm_pc_src {
     lm_error fail_err;
     bool pre_up;          /* the preempt channel is connected */
     bool eof_sent;        /* every page is out: only the return path matters now */
+    /* THP host pages whose requested page went out alone on the preempt
+     * connection: the main channel sends them whole before its next
+     * background slice. */
+    pc_req prio[PRIO_MAX];
+    size_t prio_len;
     lm_channel *pre;
 
     lm_channel *rp;
@@ -202,6 +210,35 @@ static int send_requested(lm_pc_src *p, struct lm_ram_batch *b, lm_channel *ch, 
         ret = lm_ram_save_send_range(p->s, b, ch, blk, page + 1, first + hp, bytes);
     }
     return ret;
+}
+
+/* The preempt sender's step for a new request, claimed: a host page of
+ * one page goes whole; in a THP host page the requested page goes alone
+ * as a LONE record (placed at once, whatever the destination is doing
+ * with other host pages), and *rest becomes true: the whole host page is
+ * still to go, on the main channel ahead of the background (so the
+ * preempt connection only ever carries small urgent pages). */
+static int send_first(lm_pc_src *p, struct lm_ram_batch *b, lm_channel *ch, lm_ram_block *blk,
+                      uint64_t first, uint64_t page, uint64_t *bytes, bool *rest)
+{
+    uint64_t hp = lm_pc_hp_pages(blk);
+    uint64_t cleared = lm_pc_clear_range(blk->dirty, first, hp);
+    if (cleared) {
+        uncount_dirty(p, blk, cleared);
+    }
+    *rest = hp > 1 && page >= first && page < first + hp;
+    if (!*rest) {
+        return lm_ram_save_send_range(p->s, b, ch, blk, first, first + hp, bytes);
+    }
+    uint8_t h[15];
+    h[0] = LM_RAM_LONE;
+    lm_store_be16(h + 1, (uint16_t)blk->idx);
+    lm_store_be64(h + 3, page);
+    lm_store_be32(h + 11, 1);
+    lm_channel_put(ch, h, sizeof(h));
+    *bytes += sizeof(h) + blk->page_size;
+    lm_ram_save_count(p->s, LM_RAM_PAGES, blk, 1);
+    return lm_channel_put(ch, lm_ram_block_page(blk, page), blk->page_size);
 }
 
 /* Background: claims the dirty run that starts at host page `first`,
@@ -360,7 +397,21 @@ static void *pre_thread_fn(void *arg)
         pthread_mutex_unlock(&p->lock);
         uint64_t bytes = 0;
         lm_ram_block *blk = e->blocks[r.block];
-        ret = send_requested(p, p->pre_batch, ch, blk, r.first, r.page, &bytes);
+        bool rest = false;
+        ret = send_first(p, p->pre_batch, ch, blk, r.first, r.page, &bytes, &rest);
+        if (rest) {
+            pthread_mutex_lock(&p->lock);
+            /* After EOF, or with the list full, the rest goes here. */
+            bool here = p->eof_sent || p->prio_len == PRIO_MAX;
+            if (!here) {
+                p->prio[p->prio_len++] = r;
+            }
+            pthread_mutex_unlock(&p->lock);
+            if (here && ret == 0) {
+                ret = lm_ram_save_send_range(p->s, p->pre_batch, ch, blk, r.first,
+                                             r.first + lm_pc_hp_pages(blk), &bytes);
+            }
+        }
         if (ret == 0) {
             ret = lm_ram_batch_flush(p->pre_batch, ch);
         }
@@ -607,6 +658,23 @@ int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err)
         while (ret == 0 && take_request(p, &r)) {
             ret = send_requested(p, p->main_batch, ch, e->blocks[r.block], r.first, r.page, &urgent);
         }
+        /* The rest of host pages whose requested page went alone on the
+         * preempt connection (claimed already). */
+        for (;;) {
+            pthread_mutex_lock(&p->lock);
+            bool got = ret == 0 && p->prio_len > 0;
+            if (got) {
+                r = p->prio[0];
+                memmove(p->prio, p->prio + 1, --p->prio_len * sizeof(p->prio[0]));
+            }
+            pthread_mutex_unlock(&p->lock);
+            if (!got) {
+                break;
+            }
+            lm_ram_block *pb = e->blocks[r.block];
+            ret = lm_ram_save_send_range(p->s, p->main_batch, ch, pb, r.first, r.first + lm_pc_hp_pages(pb),
+                                         &urgent);
+        }
         pthread_mutex_lock(&p->lock);
         uint64_t slice = p->pre_up ? PC_SLICE_PREEMPT_BYTES : PC_SLICE_BYTES;
         pthread_mutex_unlock(&p->lock);
@@ -648,7 +716,15 @@ int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err)
             return h < 0 ? h : lm_channel_error(ch, err);
         }
         if (done) {
-            break;
+            /* Nothing dirty: done, unless the preempt sender queued a
+             * host page's rest meanwhile (from now on it sends it). */
+            pthread_mutex_lock(&p->lock);
+            bool more = p->prio_len > 0;
+            p->eof_sent = !more;
+            pthread_mutex_unlock(&p->lock);
+            if (!more) {
+                break;
+            }
         }
     }
     pthread_mutex_lock(&p->lock);
@@ -745,6 +821,7 @@ static void reset(lm_pc_src *p)
     p->rp_done = false;
     p->eof_sent = false;
     p->qhead = p->qlen = 0;
+    p->prio_len = 0;
     pthread_mutex_unlock(&p->lock);
 }
 

@@ -37,6 +37,10 @@ enum lm_ram_record_type {
     LM_RAM_PAGES = 0x01, /* be16 block, be64 first, be32 count, [be64 csum], count*page_size bytes */
     LM_RAM_ZERO = 0x02,  /* be16 block, be64 first, be32 count, [be64 csum] */
     LM_RAM_EOS = 0x03,   /* end of this section's RAM payload */
+    /* Postcopy preempt connection only: be16 block, be64 page, be32 1,
+     * page_size bytes: a requested page alone, placed at once, between
+     * the records of another host page (docs/stream-format.md §4a). */
+    LM_RAM_LONE = 0x06,
     LM_RAM_MULTIFD_SYNC = 0x04, /* be64 seq: every multifd channel's pages before its SYNC seq are loaded */
     LM_RAM_MAPPED_BLOCK = 0x05, /* mapped-ram: be16 block, be32 version, be32 page_size,
                                  * be64 bitmap_offset, be64 pages_offset (stream-format.md §4c) */

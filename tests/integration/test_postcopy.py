@@ -181,13 +181,13 @@ class Placement(PostcopyBase):
         with open(dst.log_path) as f:
             self.fail("the destination did not log its placement:\n" + f.read())
 
-    def run_case(self, place, extra=(), preempt=True):
+    def run_case(self, place, extra=(), preempt=True, workload="random", early=False):
         env = {"LIVEMIG_DEBUG": "1"}
         if place:
             env["LIVEMIG_POSTCOPY_PLACE"] = place
         caps = {"postcopy_preempt": True} if preempt else {}
-        src, dst = self.pair(extra=extra, caps=caps, dst_env=env)
-        self.start(src, dst)
+        src, dst = self.pair(extra=extra, caps=caps, dst_env=env, workload=workload)
+        self.start(src, dst, early=early)
         self.finish(src, dst)
         return src, dst
 
@@ -212,8 +212,16 @@ class Placement(PostcopyBase):
         self.check(dst, moved=False)
 
     def test_thp_move(self):
-        src, dst = self.run_case(None, extra=["--thp"])
+        # A slow writer asks for few pages: most host pages come by the
+        # background stream and move whole.
+        src, dst = self.run_case(None, extra=["--thp", "--dirty-rate", "1M"], early=True)
         self.check(dst, moved=True)
+
+    def test_thp_live_requests(self):
+        # A busy guest: requested pages placed alone first, the rest of
+        # their host pages copied around them, the others moved.
+        src, dst = self.run_case(None, extra=["--thp"])
+        self.placed(dst)
 
     def test_thp_copy_fallback(self):
         src, dst = self.run_case("copy", extra=["--thp"])
