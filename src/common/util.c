@@ -2,6 +2,8 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -77,6 +79,38 @@ void lm_iov_advance(struct iovec **iov, int *cnt, size_t n)
         (*iov)->iov_base = (char *)(*iov)->iov_base + n;
         (*iov)->iov_len -= n;
     }
+}
+
+static int pio_full(int fd, bool writing, uint8_t *buf, uint64_t len, uint64_t off)
+{
+    while (len) {
+        size_t chunk = (size_t)(len < (1ull << 30) ? len : 1ull << 30);
+        ssize_t n = writing ? pwrite(fd, buf, chunk, (off_t)off) : pread(fd, buf, chunk, (off_t)off);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            return -errno;
+        }
+        if (n == 0) {
+            return writing ? -EIO : -ENODATA;
+        }
+        buf += n;
+        len -= (uint64_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+int lm_pread_full(int fd, void *buf, uint64_t len, uint64_t off)
+{
+    return pio_full(fd, false, buf, len, off);
+}
+
+int lm_pwrite_full(int fd, const void *buf, uint64_t len, uint64_t off)
+{
+    /* pio_full only reads through buf when writing. */
+    return pio_full(fd, true, (uint8_t *)buf, len, off);
 }
 
 int lm_read_full(int fd, void *buf, size_t n)

@@ -38,6 +38,11 @@ void lm_iov_advance(struct iovec **iov, int *cnt, size_t n);
 int lm_writev_full(int fd, struct iovec *iov, int iovcnt);
 /* Read exactly n bytes; -EPIPE on EOF before n bytes; 0 or -errno. */
 int lm_read_full(int fd, void *buf, size_t n);
+/* pread/pwrite all of len bytes at off (short transfers and EINTR
+ * handled); 0, -errno, -ENODATA when a read meets the end of the file, -EIO
+ * when a write makes no progress. */
+int lm_pread_full(int fd, void *buf, uint64_t len, uint64_t off);
+int lm_pwrite_full(int fd, const void *buf, uint64_t len, uint64_t off);
 
 /* Debug log to stderr when LIVEMIG_DEBUG is set in the environment. */
 void lm_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

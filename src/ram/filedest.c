@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <unistd.h>
 
+#include "common/util.h"
 #include "ram/filedest.h"
 #include "ram/zero.h"
 
@@ -29,24 +30,7 @@ void lm_filedest_setup(lm_ram_block *b)
 
 int lm_filedest_write(lm_ram_block *b, uint64_t first, const void *data, size_t len)
 {
-    const uint8_t *p = data;
-    uint64_t off = lm_filedest_offset(b, first);
-    while (len > 0) {
-        ssize_t n = pwrite(b->fd, p, len, (off_t)off);
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            return -errno;
-        }
-        if (n == 0) {
-            return -EIO;
-        }
-        p += n;
-        off += (uint64_t)n;
-        len -= (size_t)n;
-    }
-    return 0;
+    return lm_pwrite_full(b->fd, data, len, lm_filedest_offset(b, first));
 }
 
 int lm_filedest_zero(lm_ram_block *b, uint64_t first, uint64_t count)
@@ -75,26 +59,6 @@ int lm_filedest_zero(lm_ram_block *b, uint64_t first, uint64_t count)
             return -errno;
         }
         off = hole;
-    }
-    return 0;
-}
-
-static int pread_full(int fd, uint8_t *p, size_t len, uint64_t off)
-{
-    while (len > 0) {
-        ssize_t n = pread(fd, p, len, (off_t)off);
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            return -errno;
-        }
-        if (n == 0) {
-            return -ENODATA;
-        }
-        p += n;
-        off += (uint64_t)n;
-        len -= (size_t)n;
     }
     return 0;
 }
@@ -131,7 +95,7 @@ int lm_filedest_copy(lm_ram_block *b, uint64_t first, int src_fd, uint64_t src_o
      * the source's zero pages as data, where they belong in holes. */
     while (len > 0) {
         size_t take = len < LM_FILEDEST_SCRATCH ? len : LM_FILEDEST_SCRATCH;
-        int ret = pread_full(src_fd, scratch, take, src_off);
+        int ret = lm_pread_full(src_fd, scratch, take, src_off);
         if (ret < 0) {
             return ret;
         }
@@ -148,5 +112,5 @@ int lm_filedest_copy(lm_ram_block *b, uint64_t first, int src_fd, uint64_t src_o
 
 int lm_filedest_read_page(const lm_ram_block *b, uint64_t p, uint8_t *out)
 {
-    return pread_full(b->fd, out, b->page_size, lm_filedest_offset(b, p));
+    return lm_pread_full(b->fd, out, b->page_size, lm_filedest_offset(b, p));
 }

@@ -83,28 +83,6 @@ static uint64_t region_align(const lm_ram_block *b)
     return b->page_size > LM_MAPPED_RAM_ALIGN ? b->page_size : LM_MAPPED_RAM_ALIGN;
 }
 
-/* pwrite/pread the whole range; 0, -errno, or -ENODATA at end of file. */
-static int pio_full(int fd, bool writing, uint8_t *buf, uint64_t len, uint64_t off)
-{
-    while (len) {
-        size_t chunk = (size_t)LM_MIN(len, 1ull << 30);
-        ssize_t n = writing ? pwrite(fd, buf, chunk, (off_t)off) : pread(fd, buf, chunk, (off_t)off);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0) {
-            return -errno;
-        }
-        if (n == 0) {
-            return writing ? -EIO : -ENODATA;
-        }
-        buf += n;
-        len -= (uint64_t)n;
-        off += (uint64_t)n;
-    }
-    return 0;
-}
-
 /* ---- source ---- */
 
 typedef struct job {
@@ -205,7 +183,7 @@ static int sum_pages(lm_mapped_ram_src *mr, const lm_ram_block *blk, uint64_t fi
     }
     int ret = 0;
     for (uint64_t p = first; p < first + count && ret == 0; p++) {
-        ret = pio_full(blk->fd, false, buf, blk->page_size, blk->fd_offset + (p << blk->page_shift));
+        ret = lm_pread_full(blk->fd, buf, blk->page_size, blk->fd_offset + (p << blk->page_shift));
         sums[p] = lm_csum(buf, blk->page_size, p);
     }
     free(buf);
@@ -228,7 +206,7 @@ static int write_data(lm_mapped_ram_src *mr, lm_ram_block *blk, uint64_t first, 
         }
     }
     if (ret == -EOPNOTSUPP) {
-        ret = pio_full(mr->cfg.fd, true, lm_ram_block_page(blk, first), len, off);
+        ret = lm_pwrite_full(mr->cfg.fd, lm_ram_block_page(blk, first), len, off);
     }
     if (ret < 0) {
         lm_error e = LM_ERROR_INIT;
@@ -515,7 +493,7 @@ static int write_csum_table(lm_mapped_ram_src *mr, lm_ram_block *b, lm_error *er
         lm_store_be64(buf + k * 8, chunk_csum(b, mr->present[b->idx], k, stored_sum, mr));
     }
     uint64_t off = mr->bitmap_off[b->idx] + bitmap_bytes(b);
-    int ret = pio_full(mr->cfg.fd, true, buf, n * 8, off);
+    int ret = lm_pwrite_full(mr->cfg.fd, buf, n * 8, off);
     free(buf);
     if (ret < 0) {
         return lm_error_set_errno(err, ret, "mapped-ram: cannot write the checksums of block '%s'",
@@ -537,7 +515,7 @@ int lm_mapped_ram_src_finish(lm_mapped_ram_src *mr, lm_error *err)
         for (uint64_t w = 0; w < words; w++) {
             lm_store_be64(buf + w * 8, mr->present[b->idx][w]);
         }
-        ret = pio_full(mr->cfg.fd, true, buf, words * 8, mr->bitmap_off[b->idx]);
+        ret = lm_pwrite_full(mr->cfg.fd, buf, words * 8, mr->bitmap_off[b->idx]);
         free(buf);
         if (ret < 0) {
             return lm_error_set_errno(err, ret, "mapped-ram: cannot write the bitmap of block '%s'",
@@ -660,7 +638,7 @@ static int load_present(load_ctx *l, uint64_t p, uint64_t q, uint8_t *scratch)
          * call costs far less than a fault per page inside the read (2-3x on
          * a virtualised host).  An old kernel without it just faults. */
         (void)madvise(host, len, MADV_POPULATE_WRITE);
-        ret = pio_full(l->fd, false, host, len, l->pages_off + (p << b->page_shift));
+        ret = lm_pread_full(l->fd, host, len, l->pages_off + (p << b->page_shift));
     }
     if (ret < 0) {
         load_fail(l, ret, p);
@@ -786,7 +764,7 @@ static int read_bitmap(int fd, lm_ram_block *b, uint64_t off, uint64_t **out, lm
     if (!map) {
         return lm_error_set(err, -ENOMEM, "out of memory");
     }
-    int ret = pio_full(fd, false, (uint8_t *)map, words * 8, off);
+    int ret = lm_pread_full(fd, map, words * 8, off);
     if (ret < 0) {
         lm_bitmap_free(map);
         if (ret == -ENODATA) {
@@ -811,7 +789,7 @@ static int read_csum_table(int fd, lm_ram_block *b, uint64_t off, uint64_t **out
     if (!t) {
         return lm_error_set(err, -ENOMEM, "out of memory");
     }
-    int ret = pio_full(fd, false, (uint8_t *)t, n * 8, off);
+    int ret = lm_pread_full(fd, t, n * 8, off);
     if (ret < 0) {
         free(t);
         return ret == -ENODATA ? lm_error_set(err, -EBADMSG, "mapped-ram: the file ends inside the "
