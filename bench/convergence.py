@@ -30,6 +30,7 @@ source and the paused destination, then x-verify-memory).
 
   python3 bench/convergence.py [--ram 1G] [--dirty-rate 256M] [--cap 100M]
       [--timeout 120] [--strategies none,auto-converge,dirty-limit,auto-postcopy,qemu]
+      [--tracker uffd-wp|dirty-log]
       [--out bench/convergence-results.md]
 
 Standard library only.
@@ -172,6 +173,8 @@ class Livemig(Engine):
         argv = [os.path.join(BUILD, "livemig-vm"), "--name", tag, "--memory",
                 "%dM" % (self.args.ram >> 20), "--smp", "2", "--workload", "increment",
                 "--dirty-rate", str(self.args.dirty_rate), "--qmp", "unix:" + qmp]
+        if self.args.tracker == "dirty-log":
+            argv += ["--dirty-log"]
         if incoming:
             argv += ["--incoming", "defer", "--paused"]
         return Machine(argv, qmp, os.path.join(self.tmp, tag + ".log"))
@@ -188,6 +191,8 @@ class Livemig(Engine):
             dst.qmp.cmd("migrate-set-capabilities",
                         capabilities=[{"capability": "postcopy-ram", "state": True}])
         # Two vCPUs: each limited to a third of the link.
+        if self.args.tracker == "dirty-log":
+            src.qmp.cmd("migrate-set-parameters", x_dirty_tracker="dirty-log")
         src.qmp.cmd("migrate-set-parameters", max_bandwidth=self.args.cap,
                     avail_switchover_bandwidth=self.args.cap,
                     vcpu_dirty_limit=max(1, self.args.cap // MIB // 3),
@@ -274,6 +279,10 @@ def main():
     ap.add_argument("--timeout", type=float, default=120)
     ap.add_argument("--sample", type=float, default=3)
     ap.add_argument("--strategies", default="qemu,none,auto-converge,dirty-limit,auto-postcopy")
+    ap.add_argument("--tracker", choices=["uffd-wp", "dirty-log"], default="uffd-wp",
+                    help="how livemig learns what the guest dirtied: write-protect faults "
+                         "(any VMM) or the VMM's own log pulled at each sync (KVM's dirty "
+                         "log; QEMU's TCG also tracks in software, without faults)")
     ap.add_argument("--out")
     args = ap.parse_args()
     args.ram, args.dirty_rate, args.cap = (parse_size(args.ram), parse_size(args.dirty_rate),
@@ -299,10 +308,10 @@ def main():
     load = os.getloadavg()
     lines = ["# Convergence: a guest dirtying %d MiB/s over a link capped at %d MiB/s\n"
              % (args.dirty_rate // MIB, args.cap // MIB),
-             "RAM %d MiB, unix socket, max-bandwidth %d MiB/s; loadavg %.1f %.1f %.1f at the end "
+             "RAM %d MiB, unix socket, max-bandwidth %d MiB/s, livemig's tracker %s; loadavg %.1f %.1f %.1f at the end "
              "(a shared, loaded machine: the numbers are from one run, each engine "
              "beside the others in the same run).  Steps/s: pages the guest dirtied per second; "
-             "lost = 1 - during/before.\n" % (args.ram // MIB, args.cap // MIB, *load),
+             "lost = 1 - during/before.\n" % (args.ram // MIB, args.cap // MIB, args.tracker, *load),
              "| engine | strategy | result | total ms | downtime ms | steps/s before | "
              "during | after | lost | verified |",
              "|---|---|---|--:|--:|--:|--:|--:|--:|---|"]
