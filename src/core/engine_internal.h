@@ -20,6 +20,9 @@
 #include "core/history.h"
 #include "livemig/engine.h"
 #include "livemig/tls.h"
+#include "ram/dirty.h"
+#include "ram/multifd.h"
+#include "ram/multifd_wire.h"
 #include "ram/ram_save.h"
 #include "stream/format.h"
 
@@ -63,12 +66,12 @@ typedef struct lm_params {
     uint64_t max_cpu_throttle;
     bool cpu_throttle_tailslow;
     bool x_vmdesc;                       /* send the JSON device description */
-    char x_dirty_tracker[16];            /* auto | uffd-wp | manual | dirty-log */
+    enum lm_dirty_tracker_kind x_dirty_tracker;
     uint64_t max_postcopy_bandwidth;     /* bytes/s of the background stream, 0 = unlimited */
     uint64_t multifd_channels;           /* 1..64 */
-    char multifd_compression[16];        /* none | zstd */
+    enum lm_multifd_compression multifd_compression;
     uint64_t multifd_zstd_level;         /* 0..20 (0: zstd's default) */
-    char zero_page_detection[16];        /* none | legacy | multifd */
+    enum lm_zero_detection zero_page_detection;
     bool zero_copy_send;                 /* MSG_ZEROCOPY on multifd senders */
     char tls_creds[128];                 /* id of a tls-creds-* object; "": no TLS */
     char tls_hostname[256];              /* the server certificate's name; "": the tcp: host */
@@ -266,6 +269,8 @@ void lm_engine_wake_main(lm_engine *e, int code, const char *why);
 /* params.c */
 void lm_params_defaults(lm_engine *e);
 bool lm_cap(lm_engine *e, enum lm_capability c);
+/* multifd-compression's name of c (QEMU's), for messages. */
+const char *lm_multifd_compression_name(enum lm_multifd_compression c);
 
 /* migration.c / incoming.c */
 void *lm_migration_thread(void *arg);

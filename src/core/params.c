@@ -35,15 +35,44 @@ const char *const *lm_capability_names(void)
     return cap_names;
 }
 
-static const char *const tracker_choices[] = { "auto", "uffd-wp", "manual", "dirty-log", NULL };
-static const char *const compression_choices[] = { "none", "zstd", NULL };
-static const char *const zero_choices[] = { "none", "legacy", "multifd", NULL };
+/* The names of an enum parameter's values (QEMU's), indexed by the value. */
+static const char *const tracker_choices[] = {
+    [LM_DIRTY_TRACKER_AUTO] = "auto",
+    [LM_DIRTY_TRACKER_UFFD_WP] = "uffd-wp",
+    [LM_DIRTY_TRACKER_MANUAL] = "manual",
+    [LM_DIRTY_TRACKER_DIRTY_LOG] = "dirty-log",
+    NULL,
+};
+static const char *const compression_choices[] = {
+    [LM_MULTIFD_COMP_NONE] = "none",
+    [LM_MULTIFD_COMP_ZSTD] = "zstd",
+    NULL,
+};
+static const char *const zero_choices[] = {
+    [LM_ZERO_NONE] = "none",
+    [LM_ZERO_LEGACY] = "legacy",
+    [LM_ZERO_MULTIFD] = "multifd",
+    NULL,
+};
+
+/* An enum parameter is stored as its enum, read and written here as an
+ * unsigned int: each must have that size. */
+_Static_assert(sizeof(enum lm_dirty_tracker_kind) == sizeof(unsigned), "enum size");
+_Static_assert(sizeof(enum lm_multifd_compression) == sizeof(unsigned), "enum size");
+_Static_assert(sizeof(enum lm_zero_detection) == sizeof(unsigned), "enum size");
+
+const char *lm_multifd_compression_name(enum lm_multifd_compression c)
+{
+    return (unsigned)c < sizeof(compression_choices) / sizeof(compression_choices[0]) - 1
+               ? compression_choices[c] : "?";
+}
 
 /* How a row's value is stored in lm_params. */
 typedef enum param_kind {
     KIND_U64,  /* uint64_t */
     KIND_BOOL, /* bool */
-    KIND_STR,  /* char[size], NUL-terminated; one of `choices` when they exist */
+    KIND_STR,  /* char[size], NUL-terminated */
+    KIND_ENUM, /* an enum, the index of its name in `choices` (the API: a string) */
 } param_kind;
 
 /* Side effect of a new value, called with e->lock held once it is stored. */
@@ -56,7 +85,7 @@ typedef struct param_row {
     param_kind kind;
     size_t offset;        /* of the value in lm_params */
     size_t size;          /* of the value (KIND_STR: its capacity) */
-    uint64_t def;         /* default of a number or a bool */
+    uint64_t def;         /* default of a number, a bool or an enum */
     const char *def_str;  /* default of a string */
     bool live;            /* may change while a migration runs (QEMU's list) */
     param_hook *applied;
@@ -84,8 +113,10 @@ static void apply_zero_copy_send(lm_engine *e)
     { { name, LM_PARAM_U64, lo, hi, NULL }, KIND_U64, FIELD(f), dflt, NULL, live, hook }
 #define BOOL(name, f, dflt, live, hook) \
     { { name, LM_PARAM_BOOL, 0, 1, NULL }, KIND_BOOL, FIELD(f), dflt, NULL, live, hook }
-#define STR(name, f, choices, dflt) \
-    { { name, LM_PARAM_STR, 0, 0, choices }, KIND_STR, FIELD(f), 0, dflt, false, NULL }
+#define STR(name, f, dflt) \
+    { { name, LM_PARAM_STR, 0, 0, NULL }, KIND_STR, FIELD(f), 0, dflt, false, NULL }
+#define ENUM(name, f, choices, dflt) \
+    { { name, LM_PARAM_STR, 0, 0, choices }, KIND_ENUM, FIELD(f), dflt, NULL, false, NULL }
 #define LIVE true
 #define FIXED false
 
@@ -100,17 +131,17 @@ static const param_row rows[] = {
     U64("max-cpu-throttle", max_cpu_throttle, 1, 99, 99, LIVE, NULL),
     BOOL("cpu-throttle-tailslow", cpu_throttle_tailslow, false, LIVE, NULL),
     BOOL("x-vmdesc", x_vmdesc, false, FIXED, NULL),
-    STR("x-dirty-tracker", x_dirty_tracker, tracker_choices, "auto"),
+    ENUM("x-dirty-tracker", x_dirty_tracker, tracker_choices, LM_DIRTY_TRACKER_AUTO),
     U64("max-postcopy-bandwidth", max_postcopy_bandwidth, 0, INT64_MAX, 0, LIVE,
         apply_max_postcopy_bandwidth),
     U64("multifd-channels", multifd_channels, 1, 64, 2, FIXED, NULL),
-    STR("multifd-compression", multifd_compression, compression_choices, "none"),
+    ENUM("multifd-compression", multifd_compression, compression_choices, LM_MULTIFD_COMP_NONE),
     U64("multifd-zstd-level", multifd_zstd_level, 0, 20, 1, FIXED, NULL),
-    STR("zero-page-detection", zero_page_detection, zero_choices, "multifd"),
+    ENUM("zero-page-detection", zero_page_detection, zero_choices, LM_ZERO_MULTIFD),
     BOOL("zero-copy-send", zero_copy_send, false, FIXED, apply_zero_copy_send),
-    STR("tls-creds", tls_creds, NULL, ""),
-    STR("tls-hostname", tls_hostname, NULL, ""),
-    STR("tls-authz", tls_authz, NULL, ""),
+    STR("tls-creds", tls_creds, ""),
+    STR("tls-hostname", tls_hostname, ""),
+    STR("tls-authz", tls_authz, ""),
     U64("x-handshake-timeout", x_handshake_timeout, 1, 3600000, 30000, FIXED, NULL),
     /* QEMU's bounds and defaults: the period 1..1000 ms, the limit at
      * least 1 MB/s. */
@@ -130,6 +161,7 @@ static const param_row rows[] = {
 #undef U64
 #undef BOOL
 #undef STR
+#undef ENUM
 #undef LIVE
 #undef FIXED
 
@@ -163,6 +195,7 @@ static void store_default(lm_params *p, const param_row *r)
     case KIND_U64: *(uint64_t *)slot(p, r) = r->def; break;
     case KIND_BOOL: *(bool *)slot(p, r) = r->def != 0; break;
     case KIND_STR: snprintf(slot(p, r), r->size, "%s", r->def_str); break;
+    case KIND_ENUM: *(unsigned *)slot(p, r) = (unsigned)r->def; break;
     }
 }
 
@@ -285,6 +318,17 @@ static int find_param(const char *name, lm_param_type type, const param_row **ou
     return lm_error_set(err, -ENOENT, "Parameter '%s' not found", name);
 }
 
+/* The value of an enum row named s, or -1. */
+static int choice_index(const param_row *r, const char *s)
+{
+    for (int i = 0; r->pub.choices[i]; i++) {
+        if (!strcmp(r->pub.choices[i], s)) {
+            return i;
+        }
+    }
+    return -1;
+}
+
 /* The value a row would take, checked against the row alone: bounds,
  * choices, room. */
 static int check_value(const param_row *r, uint64_t u, const char *s, lm_error *err)
@@ -300,21 +344,18 @@ static int check_value(const param_row *r, uint64_t u, const char *s, lm_error *
         return 0;
     case KIND_BOOL:
         return 0;
-    case KIND_STR: {
-        bool ok = !d->choices;
-        for (const char *const *c = d->choices; c && *c; c++) {
-            ok |= !strcmp(*c, s);
-        }
-        if (!ok) {
+    case KIND_ENUM:
+        if (choice_index(r, s) < 0) {
             return lm_error_set(err, -EINVAL, "Parameter '%s' does not accept '%s'", d->name, s);
         }
+        return 0;
+    case KIND_STR:
         if (strlen(s) >= r->size) {
             return lm_error_set(err, -ENAMETOOLONG,
                                 "Parameter '%s' is longer than %zu characters", d->name,
                                 r->size - 1);
         }
         return 0;
-    }
     }
     return lm_error_set(err, -EINVAL, "Parameter '%s' has an unknown type", d->name);
 }
@@ -325,6 +366,7 @@ static void store_value(lm_params *p, const param_row *r, uint64_t u, const char
     case KIND_U64: *(uint64_t *)slot(p, r) = u; break;
     case KIND_BOOL: *(bool *)slot(p, r) = u != 0; break;
     case KIND_STR: snprintf(slot(p, r), r->size, "%s", s); break;
+    case KIND_ENUM: *(unsigned *)slot(p, r) = (unsigned)choice_index(r, s); break;
     }
 }
 
@@ -429,7 +471,12 @@ int lm_engine_get_param_str(lm_engine *e, const char *name, char *buf, size_t bu
         return ret;
     }
     pthread_mutex_lock(&e->lock);
-    snprintf(buf, bufsz, "%s", (const char *)slot(&e->params, r));
+    if (r->kind == KIND_ENUM) {
+        unsigned v = *(const unsigned *)slot(&e->params, r);
+        snprintf(buf, bufsz, "%s", r->pub.choices[v]);
+    } else {
+        snprintf(buf, bufsz, "%s", (const char *)slot(&e->params, r));
+    }
     pthread_mutex_unlock(&e->lock);
     return 0;
 }
