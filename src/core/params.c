@@ -3,6 +3,7 @@
  * Both are per-engine and may only change while no migration runs, except
  * the parameters QEMU also lets change mid-migration (bandwidth, downtime).
  */
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stddef.h>
@@ -191,6 +192,7 @@ static void *slot(lm_params *p, const param_row *r)
 
 static void store_default(lm_params *p, const param_row *r)
 {
+    assert(r->kind != KIND_U64 || (r->def >= r->pub.min && r->def <= r->pub.max));
     switch (r->kind) {
     case KIND_U64: *(uint64_t *)slot(p, r) = r->def; break;
     case KIND_BOOL: *(bool *)slot(p, r) = r->def != 0; break;
@@ -366,7 +368,12 @@ static void store_value(lm_params *p, const param_row *r, uint64_t u, const char
     case KIND_U64: *(uint64_t *)slot(p, r) = u; break;
     case KIND_BOOL: *(bool *)slot(p, r) = u != 0; break;
     case KIND_STR: snprintf(slot(p, r), r->size, "%s", s); break;
-    case KIND_ENUM: *(unsigned *)slot(p, r) = (unsigned)choice_index(r, s); break;
+    case KIND_ENUM: {
+        int v = choice_index(r, s);
+        assert(v >= 0); /* check_value refused any other */
+        *(unsigned *)slot(p, r) = (unsigned)v;
+        break;
+    }
     }
 }
 
@@ -397,6 +404,9 @@ static int set_param(lm_engine *e, const param_row *r, uint64_t u, const char *s
         return ret;
     }
     pthread_mutex_lock(&e->lock);
+    /* check_combination relies on it: apply_zero_copy_send and
+     * lm_engine_set_capability keep both sides of the switch equal. */
+    assert(e->caps[LM_CAP_ZERO_COPY_SEND] == e->params.zero_copy_send);
     if (!r->live && migration_locks_settings(e)) {
         ret = lm_error_set(err, -EBUSY, "Parameter '%s' cannot change while a migration runs",
                            r->pub.name);
