@@ -1,5 +1,5 @@
 /*
- * The migration state machine (DESIGN.md §4):
+ * The migration state machine (QEMU's MigrationStatus, qapi/migration.json):
  *
  *   none -> setup -> active -> [pre-switchover] -> device -> completed
  *   device -> postcopy-device -> postcopy-active -> ... -> completed (source)
