@@ -190,8 +190,22 @@ static void *slot(lm_params *p, const param_row *r)
     return (char *)p + r->offset;
 }
 
+/* The width each kind reads and writes: a row naming a field of another
+ * type would write past it. */
+static size_t kind_size(param_kind k)
+{
+    switch (k) {
+    case KIND_U64: return sizeof(uint64_t);
+    case KIND_BOOL: return sizeof(bool);
+    case KIND_ENUM: return sizeof(unsigned);
+    case KIND_STR: break;
+    }
+    return 0;
+}
+
 static void store_default(lm_params *p, const param_row *r)
 {
+    assert(r->kind == KIND_STR ? r->size > 0 : r->size == kind_size(r->kind));
     assert(r->kind != KIND_U64 || (r->def >= r->pub.min && r->def <= r->pub.max));
     switch (r->kind) {
     case KIND_U64: *(uint64_t *)slot(p, r) = r->def; break;
