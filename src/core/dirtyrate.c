@@ -29,7 +29,7 @@ struct lm_dirtyrate {
     bool thread_started;
     bool stop;              /* lm_dirtyrate_free: end the wait early */
     pthread_cond_t cond;    /* CLOCK_MONOTONIC: wakes the wait on stop */
-    char tracker_kind[16];  /* x-dirty-tracker when the measurement began */
+    enum lm_dirty_tracker_kind tracker_kind; /* x-dirty-tracker when the measurement began */
     lm_dirtyrate_info info;
 };
 
@@ -278,7 +278,7 @@ int lm_engine_calc_dirty_rate(lm_engine *e, uint64_t calc_time_ms, const char *m
     d->info.calc_time_ms = calc_time_ms;
     snprintf(d->info.mode, sizeof(d->info.mode), "%s", mode);
     d->info.sample_pages = sample_pages;
-    snprintf(d->tracker_kind, sizeof(d->tracker_kind), "%s", e->params.x_dirty_tracker);
+    d->tracker_kind = e->params.x_dirty_tracker;
     d->stop = false;
     ret = pthread_create(&d->thread, NULL, measure_thread, e);
     if (ret != 0) {

@@ -409,7 +409,7 @@ static int check_mapped_ram(lm_engine *e, const char *uri, lm_uri *u, lm_error *
 {
     pthread_mutex_lock(&e->lock);
     bool postcopy = e->caps[LM_CAP_POSTCOPY_RAM], multifd = e->caps[LM_CAP_MULTIFD];
-    bool compress = strcmp(e->params.multifd_compression, "none") != 0;
+    bool compress = e->params.multifd_compression != LM_MULTIFD_COMP_NONE;
     bool zero_copy = e->params.zero_copy_send;
     pthread_mutex_unlock(&e->lock);
     int ret = lm_uri_parse(uri, u, err);
@@ -463,7 +463,7 @@ int lm_engine_migrate(lm_engine *e, const char *uri, bool resume, lm_error *err)
     bool inc = e->incoming && lm_state_is_active(e->status);
     bool postcopy = e->caps[LM_CAP_POSTCOPY_RAM], preempt = e->caps[LM_CAP_POSTCOPY_PREEMPT];
     bool multifd = e->caps[LM_CAP_MULTIFD], zero_copy = e->params.zero_copy_send;
-    bool compress = strcmp(e->params.multifd_compression, "none") != 0;
+    bool compress = e->params.multifd_compression != LM_MULTIFD_COMP_NONE;
     bool mapped_ram = e->caps[LM_CAP_MAPPED_RAM], checksum = e->caps[LM_CAP_X_CHECKSUM];
     pthread_mutex_unlock(&e->lock);
     if (inc) {

@@ -20,6 +20,9 @@
 #include "core/history.h"
 #include "livemig/engine.h"
 #include "livemig/tls.h"
+#include "ram/dirty.h"
+#include "ram/multifd.h"
+#include "ram/multifd_wire.h"
 #include "ram/ram_save.h"
 #include "stream/format.h"
 
@@ -63,12 +66,12 @@ typedef struct lm_params {
     uint64_t max_cpu_throttle;
     bool cpu_throttle_tailslow;
     bool x_vmdesc;                       /* send the JSON device description */
-    char x_dirty_tracker[16];            /* auto | uffd-wp | manual | dirty-log */
+    enum lm_dirty_tracker_kind x_dirty_tracker;
     uint64_t max_postcopy_bandwidth;     /* bytes/s of the background stream, 0 = unlimited */
     uint64_t multifd_channels;           /* 1..64 */
-    char multifd_compression[16];        /* none | zstd */
+    enum lm_multifd_compression multifd_compression;
     uint64_t multifd_zstd_level;         /* 0..20 (0: zstd's default) */
-    char zero_page_detection[16];        /* none | legacy | multifd */
+    enum lm_zero_detection zero_page_detection;
     bool zero_copy_send;                 /* MSG_ZEROCOPY on multifd senders */
     char tls_creds[128];                 /* id of a tls-creds-* object; "": no TLS */
     char tls_hostname[256];              /* the server certificate's name; "": the tcp: host */
@@ -129,9 +132,9 @@ typedef struct lm_stats {
  * below it, never one above:
  *
  *   1. e->lock: every member below not marked otherwise (atomics and the
- *      thread list say so beside them).  Registration (blocks, devs, uuid)
- *      is written under it only before the first migration and read
- *      without it by the migration threads afterwards.
+ *      thread list say so beside them); each group of struct lm_engine
+ *      says how it is guarded (registration: written under it only before
+ *      the first migration, read without it afterwards).
  *   2. Locks of what the engine stops, wakes or reads while holding
  *      e->lock (cancel, migrate-pause, yank, wake_main, query): a channel's
  *      error lock (lm_channel_shutdown), a listener's abort, a rate limit,
@@ -151,90 +154,108 @@ struct lm_engine {
     /* The migration threads running now (query-migrationthreads); its own
      * lock, taken under nothing else. */
     lm_thread_list threads;
-    lm_callbacks cb;
-    void *opaque;
 
-    lm_ram_block *blocks[LM_MAX_RAM_BLOCKS];
-    size_t nblocks;
-    lm_device_entry *devs;
-    size_t ndevs;
-    uint8_t uuid[LM_UUID_LEN];
-    bool autostart;
+    /* Registration: what the embedder set up.  Written under e->lock, and
+     * only before the first migration (cb and opaque at creation); read
+     * without it by the migration threads afterwards. */
+    struct {
+        lm_callbacks cb;
+        void *opaque;
+        lm_ram_block *blocks[LM_MAX_RAM_BLOCKS];
+        size_t nblocks;
+        lm_device_entry *devs;
+        size_t ndevs;
+        uint8_t uuid[LM_UUID_LEN];
+        bool autostart;
+        lm_tls_resolver tls_resolver;
+        unsigned nvcpus;            /* registered vCPU threads (blocktime) */
+        int vcpu_tids[LM_MAX_VCPUS];
+        struct lm_dirtylimit *dirtylimit; /* lm_vcpu_ops and dirty limits (dirtylimit.c), NULL without ops */
+    };
 
-    bool caps[LM_CAP__COUNT];
-    lm_params params;
+    /* Settings (params.c): e->lock.  Fixed while a migration runs, except
+     * the parameters QEMU lets change then. */
+    struct {
+        bool caps[LM_CAP__COUNT];
+        lm_params params;
+        /* What max-bandwidth / max-postcopy-bandwidth drive; each its own
+         * lock (level 2). */
+        lm_ratelimit rl;
+        lm_ratelimit pc_rl;         /* max-postcopy-bandwidth: the background stream only */
+    };
 
-    /* The current migration. */
-    lm_status status;
-    /* What lm_engine_query reports: `status` once its MIGRATION event has
-     * been handed to on_event, so that nobody sees a status before the
-     * event announcing it (QEMU's order).  status_gen counts transitions. */
-    lm_status visible_status;
-    uint64_t status_gen;
-    bool incoming;
-    bool thread_started;
-    pthread_t thread;
-    bool cancel_requested;
-    bool continue_requested;
-    bool guest_stopped_by_us;
-    bool guest_was_running;  /* source: at switchover */
-    lm_uri uri;
-    /* TLS of the current (or last) migration, resolved from tls-creds at
-     * its start and kept until the next one: its connections point at it. */
-    struct lm_tls_config *tls;
-    lm_tls_resolver tls_resolver;
-    lm_channel *ch;        /* set while a channel is open (for cancel) */
-    lm_listener *listener; /* destination */
-    lm_ratelimit rl;
-    lm_error error;
-    char socket_address[LM_URI_MAX];
+    /* The current migration: e->lock unless marked. */
+    struct {
+        lm_status status;
+        /* What lm_engine_query reports: `status` once its MIGRATION event has
+         * been handed to on_event, so that nobody sees a status before the
+         * event announcing it (QEMU's order).  status_gen counts transitions. */
+        lm_status visible_status;
+        uint64_t status_gen;
+        bool incoming;
+        bool thread_started;
+        pthread_t thread;
+        bool cancel_requested;
+        bool continue_requested;
+        bool guest_stopped_by_us;
+        bool guest_was_running;  /* source: at switchover */
+        lm_uri uri;
+        /* TLS of the current (or last) migration, resolved from tls-creds at
+         * its start and kept until the next one: its connections point at it. */
+        struct lm_tls_config *tls;
+        lm_channel *ch;        /* set while a channel is open (for cancel) */
+        lm_listener *listener; /* destination */
+        lm_error error;
+        char socket_address[LM_URI_MAX];
+        lm_bd *bd_src;       /* source, during switchover: devices.c marks each save */
+        lm_ram_saver saver;  /* source RAM state; stats read with atomics */
 
-    lm_stats stats;
-    /* What a switchover costs on this host besides moving bytes, learned
-     * from the breakdowns of the switchovers so far (0: none yet): the
-     * median of the last LM_FIXED_SAMPLES. */
+        /* Postcopy (src/postcopy/, docs/postcopy.md). */
+        bool postcopy_requested;    /* migrate-start-postcopy (may precede migrate) */
+        bool postcopy_started;      /* the destination may run the guest: never restart ours */
+        bool resume_requested;      /* source: migrate resume=true while paused */
+        lm_uri resume_uri;
+        lm_listener *recover_listener; /* destination: migrate-recover, handed to the load thread */
+        lm_channel *ch_preempt;     /* set while open (migrate-pause, cancel) */
+        lm_channel *ch_rp;          /* the return path's own channel (shutdown only) */
+        struct lm_multifd_src *mf_src; /* source: set while multifd runs (cancel, stats) */
+        struct lm_multifd_dst *mf_dst; /* destination: set while multifd runs (stats) */
+        struct lm_pc_dst *pc_dst;   /* destination's postcopy state, for blocktime */
+
+        /* switchover-ack, destination: approvals outstanding (devices that
+         * said switchover_ack_needed and have not approved yet); once it
+         * drops to 0, sw_ack_due asks the load thread to send the ack. */
+        unsigned sw_ack_pending;
+        bool sw_ack_armed;        /* counted at the start of this load */
+        bool sw_ack_due;
+
+        /* calc-dirty-rate (dirtyrate.c), beside migrations: NULL until first used. */
+        struct lm_dirtyrate *dirtyrate;
+    };
+
+    /* Statistics of the current (or last) migration and what the engine
+     * learned from those before: e->lock unless marked. */
+    struct {
+        lm_stats stats;
+        /* What a switchover costs on this host besides moving bytes, learned
+         * from the breakdowns of the switchovers so far (0: none yet): the
+         * median of the last LM_FIXED_SAMPLES. */
 #define LM_FIXED_SAMPLES 8
-    uint64_t learned_fixed_ns;
-    uint64_t fixed_samples[LM_FIXED_SAMPLES];
-    unsigned nfixed;
-    lm_bd *bd_src;       /* source, during switchover: devices.c marks each save */
-    lm_ram_saver saver;  /* source RAM state; stats read with atomics */
-    uint64_t dest_pages; /* destination: pages loaded */
-    uint64_t dest_zero;
-    uint64_t dest_bytes;
-    uint64_t dest_multifd_bytes; /* of multifd channels that ended */
-
-    /* Postcopy (src/postcopy/, docs/postcopy.md). */
-    bool postcopy_requested;    /* migrate-start-postcopy (may precede migrate) */
-    bool postcopy_started;      /* the destination may run the guest: never restart ours */
-    bool resume_requested;      /* source: migrate resume=true while paused */
-    lm_uri resume_uri;
-    lm_listener *recover_listener; /* destination: migrate-recover, handed to the load thread */
-    lm_channel *ch_preempt;     /* set while open (migrate-pause, cancel) */
-    lm_channel *ch_rp;          /* the return path's own channel (shutdown only) */
-    struct lm_multifd_src *mf_src; /* source: set while multifd runs (cancel, stats) */
-    struct lm_multifd_dst *mf_dst; /* destination: set while multifd runs (stats) */
-    lm_ratelimit pc_rl;         /* max-postcopy-bandwidth: the background stream only */
-    uint64_t pc_requests;       /* atomics: pages requested (dst) / served (src) */
-    uint64_t pc_bytes;          /* atomics: bytes sent (src) / read (dst) after the switch */
-    struct lm_pc_dst *pc_dst;   /* destination's postcopy state, for blocktime */
-    unsigned nvcpus;            /* registered vCPU threads (blocktime) */
-    int vcpu_tids[LM_MAX_VCPUS];
-    bool bt_valid;              /* blocktime of the last incoming postcopy */
-    uint64_t bt_total_ms;
-    unsigned bt_nvcpus;
-    uint64_t bt_vcpu_ms[LM_MAX_VCPUS];
-
-    /* switchover-ack, destination: approvals outstanding (devices that
-     * said switchover_ack_needed and have not approved yet); once it
-     * drops to 0, sw_ack_due asks the load thread to send the ack. */
-    unsigned sw_ack_pending;
-    bool sw_ack_armed;        /* counted at the start of this load */
-    bool sw_ack_due;
-    lm_history history;       /* the source's timeline (x-query-migration-history) */
-
-    struct lm_dirtyrate *dirtyrate; /* calc-dirty-rate (dirtyrate.c), NULL until first used */
-    struct lm_dirtylimit *dirtylimit; /* lm_vcpu_ops and dirty limits (dirtylimit.c), NULL without ops */
+        uint64_t learned_fixed_ns;
+        uint64_t fixed_samples[LM_FIXED_SAMPLES];
+        unsigned nfixed;
+        uint64_t dest_pages; /* destination: pages loaded */
+        uint64_t dest_zero;
+        uint64_t dest_bytes;
+        uint64_t dest_multifd_bytes; /* of multifd channels that ended */
+        uint64_t pc_requests;       /* atomics: pages requested (dst) / served (src) */
+        uint64_t pc_bytes;          /* atomics: bytes sent (src) / read (dst) after the switch */
+        bool bt_valid;              /* blocktime of the last incoming postcopy */
+        uint64_t bt_total_ms;
+        unsigned bt_nvcpus;
+        uint64_t bt_vcpu_ms[LM_MAX_VCPUS];
+        lm_history history;       /* the source's timeline (x-query-migration-history); its own lock */
+    };
 };
 
 /* Postcopy: a failure that pauses (both sides) instead of failing. */
@@ -266,6 +287,8 @@ void lm_engine_wake_main(lm_engine *e, int code, const char *why);
 /* params.c */
 void lm_params_defaults(lm_engine *e);
 bool lm_cap(lm_engine *e, enum lm_capability c);
+/* multifd-compression's name of c (QEMU's), for messages. */
+const char *lm_multifd_compression_name(enum lm_multifd_compression c);
 
 /* migration.c / incoming.c */
 void *lm_migration_thread(void *arg);

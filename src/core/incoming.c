@@ -156,14 +156,14 @@ static int multifd_start(dst_ctx *c, const uint8_t *body, uint16_t len)
     }
     /* As QEMU: both sides must be set to the same compression. */
     pthread_mutex_lock(&e->lock);
-    char mine[sizeof(e->params.multifd_compression)];
-    memcpy(mine, e->params.multifd_compression, sizeof(mine));
+    enum lm_multifd_compression mine = e->params.multifd_compression;
     pthread_mutex_unlock(&e->lock);
-    const char *theirs = su.compression == LM_MULTIFD_COMP_ZSTD ? "zstd" : "none";
-    if (strcmp(mine, theirs)) {
+    enum lm_multifd_compression theirs = su.compression == LM_MULTIFD_COMP_ZSTD
+                                             ? LM_MULTIFD_COMP_ZSTD : LM_MULTIFD_COMP_NONE;
+    if (mine != theirs) {
         return lm_error_set(&c->err, -EINVAL, "the source sends multifd-compression %s, but this "
                             "destination has multifd-compression %s (set the same on both sides)",
-                            theirs, mine);
+                            lm_multifd_compression_name(theirs), lm_multifd_compression_name(mine));
     }
     pthread_mutex_lock(&e->lock);
     lm_listener *l = e->listener;

@@ -168,7 +168,7 @@ static int mapped_ram_setup(src_ctx *c)
     lm_mapped_ram_src_cfg cfg = { .fd = lm_channel_fd(c->ch), .rl = &e->rl };
     pthread_mutex_lock(&e->lock);
     cfg.threads = e->caps[LM_CAP_MULTIFD] ? (unsigned)e->params.multifd_channels : 0;
-    cfg.zero_detect = strcmp(e->params.zero_page_detection, "none") != 0;
+    cfg.zero_detect = e->params.zero_page_detection != LM_ZERO_NONE;
     pthread_mutex_unlock(&e->lock);
     cfg.checksum = c->checksum;
     return lm_mapped_ram_src_new(&cfg, &e->saver, &c->mr, &c->err);
@@ -232,12 +232,9 @@ static int multifd_setup(src_ctx *c)
     };
     pthread_mutex_lock(&e->lock);
     cfg.channels = (unsigned)e->params.multifd_channels;
-    cfg.compression = strcmp(e->params.multifd_compression, "zstd") ? LM_MULTIFD_COMP_NONE
-                                                                    : LM_MULTIFD_COMP_ZSTD;
+    cfg.compression = (uint8_t)e->params.multifd_compression;
     cfg.zstd_level = (int)e->params.multifd_zstd_level;
-    cfg.zero = !strcmp(e->params.zero_page_detection, "none")     ? LM_ZERO_NONE
-               : !strcmp(e->params.zero_page_detection, "legacy") ? LM_ZERO_LEGACY
-                                                                  : LM_ZERO_MULTIFD;
+    cfg.zero = e->params.zero_page_detection;
     cfg.zero_copy = e->params.zero_copy_send;
     pthread_mutex_unlock(&e->lock);
     cfg.checksum = c->checksum;
@@ -332,8 +329,7 @@ static int setup(src_ctx *c)
                                       (lm_cap(e, LM_CAP_VALIDATE_UUID) ? LM_CONFIG_VALIDATE_UUID : 0) };
     pthread_mutex_lock(&e->lock);
     memcpy(cfg.uuid, e->uuid, LM_UUID_LEN);
-    char tracker[16];
-    snprintf(tracker, sizeof(tracker), "%s", e->params.x_dirty_tracker);
+    enum lm_dirty_tracker_kind tracker = e->params.x_dirty_tracker;
     bool hot_groups = e->params.x_dirty_hot_groups;
     pthread_mutex_unlock(&e->lock);
 

@@ -1,5 +1,5 @@
 /*
- * The migration state machine (DESIGN.md §4):
+ * The migration state machine (QEMU's MigrationStatus, qapi/migration.json):
  *
  *   none -> setup -> active -> [pre-switchover] -> device -> completed
  *   device -> postcopy-device -> postcopy-active -> ... -> completed (source)
@@ -9,6 +9,7 @@
  * Every transition is checked against the table below and emits a QMP
  * MIGRATION event.  The `device` state is entered on every switchover.
  */
+#include <assert.h>
 #include <pthread.h>
 
 #include "core/engine_internal.h"
@@ -36,6 +37,7 @@ const char *lm_status_name(lm_status s)
 }
 
 #define BIT(s) (1u << (s))
+_Static_assert(LM_STATUS__COUNT <= 32, "allowed[] holds a set of states in an unsigned");
 #define ENDS (BIT(LM_STATUS_FAILED) | BIT(LM_STATUS_CANCELLING))
 
 /* allowed[from] = set of states reachable from `from`. */
@@ -75,6 +77,7 @@ static void emit(lm_engine *e, lm_status s)
 
 static bool transition_locked(lm_engine *e, lm_status from, lm_status to, uint64_t *gen)
 {
+    assert((unsigned)from < LM_STATUS__COUNT && (unsigned)to < LM_STATUS__COUNT);
     if (e->status != from || !(allowed[from] & BIT(to))) {
         return false;
     }

@@ -603,10 +603,10 @@ static bool any_dirty_log(lm_ram_block **blocks, size_t nblocks)
 
 /* ---- interface ---- */
 
-static int tracker_start(const char *kind, lm_ram_block **blocks, size_t nblocks,
+static int tracker_start(enum lm_dirty_tracker_kind kind, lm_ram_block **blocks, size_t nblocks,
                          lm_dirty_tracker **out, lm_error *err)
 {
-    if (!strcmp(kind, "dirty-log")) {
+    if (kind == LM_DIRTY_TRACKER_DIRTY_LOG) {
         if (!any_dirty_log(blocks, nblocks)) {
             return lm_error_set(err, -EINVAL, "x-dirty-tracker 'dirty-log': no RAM block has a "
                                 "dirty log (lm_ram_set_dirty_log)");
@@ -614,9 +614,9 @@ static int tracker_start(const char *kind, lm_ram_block **blocks, size_t nblocks
         *out = tracker_alloc(TRACK_DIRTY_LOG, blocks, nblocks);
         return *out ? 0 : lm_error_set(err, -ENOMEM, "out of memory");
     }
-    bool want_uffd = !strcmp(kind, "uffd-wp") || !strcmp(kind, "auto");
-    if (!want_uffd && strcmp(kind, "manual")) {
-        return lm_error_set(err, -EINVAL, "unknown dirty tracker '%s'", kind);
+    bool want_uffd = kind == LM_DIRTY_TRACKER_UFFD_WP || kind == LM_DIRTY_TRACKER_AUTO;
+    if (!want_uffd && kind != LM_DIRTY_TRACKER_MANUAL) {
+        return lm_error_set(err, -EINVAL, "unknown dirty tracker %d", (int)kind);
     }
     if (want_uffd) {
         lm_error probe = LM_ERROR_INIT;
@@ -630,7 +630,7 @@ static int tracker_start(const char *kind, lm_ram_block **blocks, size_t nblocks
             return 0;
         }
         tracker_free(t);
-        if (strcmp(kind, "auto")) {
+        if (kind != LM_DIRTY_TRACKER_AUTO) {
             lm_error_propagate(err, &probe);
             return ret;
         }
@@ -649,7 +649,7 @@ static int tracker_start(const char *kind, lm_ram_block **blocks, size_t nblocks
     return 0;
 }
 
-int lm_dirty_tracker_start(const char *kind, lm_ram_block **blocks, size_t nblocks,
+int lm_dirty_tracker_start(enum lm_dirty_tracker_kind kind, lm_ram_block **blocks, size_t nblocks,
                            lm_dirty_tracker **out, lm_error *err)
 {
     int ret = tracker_start(kind, blocks, nblocks, out, err);

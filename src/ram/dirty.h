@@ -27,9 +27,18 @@
 
 typedef struct lm_dirty_tracker lm_dirty_tracker;
 
-/* kind: "auto", "uffd-wp", "manual" or "dirty-log".  "auto" picks uffd-wp when the kernel
- * supports it and falls back to manual with a warning. */
-int lm_dirty_tracker_start(const char *kind, lm_ram_block **blocks, size_t nblocks,
+/* How pages written by the guest are found (x-dirty-tracker; its names are
+ * in core/params.c). */
+enum lm_dirty_tracker_kind {
+    LM_DIRTY_TRACKER_AUTO,      /* "auto" */
+    LM_DIRTY_TRACKER_UFFD_WP,   /* "uffd-wp" */
+    LM_DIRTY_TRACKER_MANUAL,    /* "manual" */
+    LM_DIRTY_TRACKER_DIRTY_LOG, /* "dirty-log" */
+};
+
+/* AUTO picks uffd-wp when the kernel supports it and falls back to manual
+ * with a warning. */
+int lm_dirty_tracker_start(enum lm_dirty_tracker_kind kind, lm_ram_block **blocks, size_t nblocks,
                            lm_dirty_tracker **out, lm_error *err);
 /* Adds the pages written since the last sync to each block's dirty bitmap;
  * *newly counts pages that were not already dirty. */

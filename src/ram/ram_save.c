@@ -46,7 +46,7 @@ static void stat_add(uint64_t *counter, uint64_t n)
 }
 
 int lm_ram_save_setup(lm_ram_saver *s, lm_ram_block **blocks, size_t nblocks,
-                      const char *tracker_kind, lm_error *err)
+                      enum lm_dirty_tracker_kind tracker_kind, lm_error *err)
 {
     memset(s, 0, sizeof(*s));
     s->batch = calloc(1, sizeof(*s->batch));

@@ -46,7 +46,7 @@ typedef struct lm_ram_saver {
 
 /* Marks every page dirty, finds never-populated pages, starts tracking. */
 int lm_ram_save_setup(lm_ram_saver *s, lm_ram_block **blocks, size_t nblocks,
-                      const char *tracker_kind, lm_error *err);
+                      enum lm_dirty_tracker_kind tracker_kind, lm_error *err);
 /* Adds pages written since the last sync; returns the newly dirty bytes. */
 int lm_ram_save_sync(lm_ram_saver *s, uint64_t *new_bytes, lm_error *err);
 /* Sends dirty pages from the pass cursor, about `budget` bytes at most

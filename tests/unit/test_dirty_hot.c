@@ -54,7 +54,7 @@ static bool setup(struct fixture *f, bool hot)
     assert_int_equal(lm_ram_block_new(&d, 0, &f->b, &err), 0);
     assert_int_equal(lm_ram_block_prepare_source(f->b, &err), 0);
     f->blocks[0] = f->b;
-    if (lm_dirty_tracker_start("uffd-wp", f->blocks, 1, &f->t, &err) < 0) {
+    if (lm_dirty_tracker_start(LM_DIRTY_TRACKER_UFFD_WP, f->blocks, 1, &f->t, &err) < 0) {
         printf("uffd-wp tracking unavailable here (%s): skipped\n", err.msg);
         lm_ram_block_free(f->b);
         munmap(f->ram, (size_t)NPAGES * 4096);
