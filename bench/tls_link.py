@@ -175,7 +175,8 @@ class Qemu(Engine):
 
     def __init__(self, binary, tmp, timeout):
         super().__init__(tmp, timeout)
-        self.q = tp.Qemu(binary, tmp, timeout)  # its accelerator choice and RAM lookup
+        # Its accelerator choice and RAM lookup (no warm-up between runs here).
+        self.q = tp.Qemu(binary, tmp, timeout, warm=lambda: None)
 
     def start(self, name, size, wrapper, data=None, incoming=False):
         if data is not None:
