@@ -238,9 +238,12 @@ int main(int argc, char **argv)
             perror("lmwire: ppoll");
             return 1;
         }
-        for (int i = 0; i < 2; i++)
+        for (int i = 0; i < 2; i++) {
             if (pfd[i].revents & POLLIN)
                 read_batch(fd[i], &ring[i], scratch, one_way_ns, loss, &packets, &bytes);
+            else if (pfd[i].revents & (POLLERR | POLLHUP | POLLNVAL))
+                return 0; /* the device is gone (its namespace deleted): nothing to carry */
+        }
         if (debug && now_ns() - stats_at > 1000000000u) {
             fprintf(stderr, "lmwire: %llu packets, %llu bytes/s, %llu dropped (queue full)\n",
                     (unsigned long long)packets, (unsigned long long)bytes,
