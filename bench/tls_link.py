@@ -4,8 +4,8 @@ one run, with the same certificates, total time and downtime.
 
 The hosts are two network namespaces joined by the link of
 tests/integration/netns.py (1 Gbit/s, 10 ms RTT by default: a veth pair
-with netem where the kernel has it, else a TUN pair with a user-space
-forwarder for the delay and `tc tbf` for the rate).  The source runs in
+with netem where the kernel has it, else a TUN pair (MTU 65000) with the
+C forwarder lmwire for the delay and `tc tbf` for the rate).  The source runs in
 one namespace, the destination in the other, and the migration goes
 tcp:10.199.0.2:PORT, plain and with TLS (tls-creds-x509 objects made from
 scripts/make-test-certs.sh, verify-peer on both sides, the destination's
@@ -175,7 +175,8 @@ class Qemu(Engine):
 
     def __init__(self, binary, tmp, timeout):
         super().__init__(tmp, timeout)
-        self.q = tp.Qemu(binary, tmp, timeout)  # its accelerator choice and RAM lookup
+        # Its accelerator choice and RAM lookup (no warm-up between runs here).
+        self.q = tp.Qemu(binary, tmp, timeout, warm=lambda: None)
 
     def start(self, name, size, wrapper, data=None, incoming=False):
         if data is not None:
@@ -216,50 +217,11 @@ class Loopback:
         return []
 
 
-FLOOR_RECV = r"""
-import socket, sys, threading
-s = socket.socket(); s.bind((sys.argv[1], 0)); s.listen(16)
-print(s.getsockname()[1], flush=True)
-def drain(c):
-    while c.recv(1 << 20):
-        pass
-    c.sendall(b"k")
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=drain, args=(c,), daemon=True).start()
-"""
-
-FLOOR_SEND = r"""
-import socket, sys, threading, time
-size, streams = int(sys.argv[3]), int(sys.argv[4]); buf = bytes(1 << 20)
-conns = [socket.create_connection((sys.argv[1], int(sys.argv[2]))) for _ in range(streams)]
-def send(c, left):
-    while left:
-        left -= c.send(memoryview(buf)[:min(left, len(buf))])
-    c.shutdown(socket.SHUT_WR); c.recv(1)
-t = time.monotonic()
-ts = [threading.Thread(target=send, args=(c, size // streams)) for c in conns]
-for x in ts: x.start()
-for x in ts: x.join()
-print(time.monotonic() - t)
-"""
-
-
 def link_floor(link, size, streams, timeout):
-    """Seconds for size bytes through the link in `streams` plain TCP streams."""
-    recv = subprocess.Popen(link.run_in(link.dst_ns) + [sys.executable, "-c", FLOOR_RECV,
-                                                        link.dst_addr],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        port = recv.stdout.readline().strip()
-        out = subprocess.run(link.run_in(link.src_ns) + [sys.executable, "-c", FLOOR_SEND,
-                                                         link.dst_addr, port, str(size),
-                                                         str(streams)],
-                             capture_output=True, text=True, timeout=timeout, check=True)
-        return float(out.stdout.strip())
-    finally:
-        recv.kill()
-        recv.wait()
+    """(seconds, steady bytes/s) of size bytes through the link in
+    `streams` plain TCP streams (netns.Link.capacity)."""
+    steady, average = link.capacity(size, streams, timeout)
+    return size / average, steady
 
 
 def main():
@@ -295,6 +257,7 @@ def main():
         for e in engines:
             e.save_seed(data)
             tp.log("%s: seed state saved (%d bytes)" % (e.name, os.path.getsize(e.state)))
+        load0 = os.getloadavg()[0]
         link = netns.Link(rate_mbit=args.rate, rtt_ms=args.rtt)
         tp.log("link: %s" % link.kind)
         for mode in ("precopy", "multifd4"):
@@ -309,9 +272,12 @@ def main():
                     best = min(ok, key=lambda x: x["total_ms"]) if ok else runs[0]
                     rows.append((e.name, mode, tls, best))
             streams = int(mode[len("multifd"):]) if mode.startswith("multifd") else 1
-            floors.append((mode, streams, link_floor(link, size, streams, args.timeout)))
-            tp.log("link floor, %d streams: %.2f s" % (streams, floors[-1][2]))
+            secs, steady = link_floor(link, size, streams, args.timeout)
+            floors.append((mode, streams, secs, steady))
+            tp.log("link floor, %d streams: %.2f s, steady %.0f MB/s" % (streams, secs,
+                                                                        steady / 1e6))
         kind = link.kind
+        load1 = os.getloadavg()[0]
     finally:
         if link:
             link.close()
@@ -320,11 +286,15 @@ def main():
     print("\n## Over a shaped link: %s random RAM, %d Mbit/s, %g ms RTT (%s), best of %d\n"
           % (args.size, args.rate, args.rtt, kind, args.reps))
     floor = {}
-    for mode, streams, secs in floors:
+    for mode, streams, secs, steady in floors:
         floor[mode] = secs
         print("Link floor for %s: the same bytes in %d plain TCP stream%s through the same "
-              "link: %.2f s = %.0f MB/s" % (mode, streams, "s" if streams > 1 else "", secs,
-                                            size / secs / 1e6))
+              "link: %.2f s = %.0f MB/s on average, %.0f MB/s steady (the second half of "
+              "the bytes; line rate %.0f MB/s)" % (mode, streams, "s" if streams > 1 else "",
+                                                   secs, size / secs / 1e6, steady / 1e6,
+                                                   args.rate / 8.0))
+    print("Machine load (1-minute load average, 2 cores) at the start / end: %.1f / %.1f"
+          % (load0, load1))
     print()
     print("| engine | mode | TLS | total ms | downtime ms | setup ms | MB/s | x floor | "
           "CPU s/GiB src + dst | verified |")
