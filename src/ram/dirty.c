@@ -30,6 +30,12 @@
  * densely between two syncs; uniform writes over all of RAM still stay
  * below it (1k writes/s spread over 512 groups per GiB). */
 #define HOT_MIN_PAGES (HOT_GROUP_PAGES / 32)
+/* Hot groups are for the passes far from the end: a page of a hot group is
+ * reported at every sync until its group is protected again, so what
+ * remains stops shrinking at about the hot groups' written pages.  Syncs in
+ * a row that leave no fewer dirty pages than the fewest so far, after
+ * which lm_dirty_tracker_review_hot_groups() retires them. */
+#define HOT_STALL_SYNCS 2
 
 struct hot_state {
     uint64_t ngroups;
@@ -49,8 +55,14 @@ struct lm_dirty_tracker {
     int uffd;
     int pagemap;
     struct page_region *vec;
+    bool protect_on_send;     /* LM_DIRTY_PROTECT_ON_SEND (uffd-wp only) */
+    bool rearm_pass;          /* protect_on_send: this pass protects hot groups too */
     bool hot_groups;          /* x-dirty-hot-groups (uffd-wp only) */
+    bool hot_retired;         /* retired for good by the review */
     uint64_t syncs;
+    uint64_t remaining;       /* dirty pages after the last sync (hot groups on) */
+    uint64_t fewest;          /* the fewest remaining since hot groups went on */
+    unsigned stalls;          /* syncs in a row with no fewer than that */
     struct hot_state *hot;    /* one per block, NULL until hot_groups is on */
 };
 
@@ -240,6 +252,9 @@ static int uffd_start(lm_dirty_tracker *t, lm_error *err)
             return lm_error_set_errno(err, -errno, "userfaultfd: cannot write-protect block '%s'",
                                       b->name);
         }
+        if (t->protect_on_send) {
+            continue; /* each page is protected when it is claimed for sending */
+        }
         /* Arm: write-protect every page that has a page-table entry
          * (get-and-reprotect with no output needed).  Holes are left
          * alone: arming one would allocate page tables and a marker per
@@ -283,6 +298,7 @@ static int uffd_sync_hot(lm_dirty_tracker *t, size_t i, struct mark_ctx *c, lm_e
 {
     struct hot_state *h = &t->hot[i];
     bool rearm = t->syncs % HOT_REARM_SYNCS == 0;
+    t->rearm_pass = rearm;
     memset(h->count, 0, h->ngroups * sizeof(*h->count));
     c->count = h->count;
     uint64_t g = 0;
@@ -290,7 +306,8 @@ static int uffd_sync_hot(lm_dirty_tracker *t, size_t i, struct mark_ctx *c, lm_e
         bool hot = !rearm && lm_bitmap_test(h->hot, g);
         uint64_t e = hot ? lm_bitmap_next_clear(h->hot, h->ngroups, g)
                          : (rearm ? h->ngroups : lm_bitmap_next_set(h->hot, h->ngroups, g));
-        int ret = scan_written(t, c, g << HOT_GROUP_SHIFT, e << HOT_GROUP_SHIFT, !hot, err);
+        int ret = scan_written(t, c, g << HOT_GROUP_SHIFT, e << HOT_GROUP_SHIFT,
+                               !hot && !t->protect_on_send, err);
         if (ret < 0) {
             return ret;
         }
@@ -315,17 +332,76 @@ static int uffd_sync_hot(lm_dirty_tracker *t, size_t i, struct mark_ctx *c, lm_e
 static int uffd_sync(lm_dirty_tracker *t, uint64_t *newly, lm_error *err)
 {
     t->syncs++;
+    uint64_t remaining = 0;
     for (size_t i = 0; i < t->nblocks; i++) {
         lm_ram_block *b = t->blocks[i];
         struct mark_ctx c = { b, b->dirty, 0, NULL };
-        int ret = t->hot_groups && t->hot[i].count ? uffd_sync_hot(t, i, &c, err)
-                                            : scan_written(t, &c, 0, b->npages, true, err);
+        int ret = t->hot_groups && t->hot[i].count
+                      ? uffd_sync_hot(t, i, &c, err)
+                      : scan_written(t, &c, 0, b->npages, !t->protect_on_send, err);
         if (ret < 0) {
             return ret;
         }
         *newly += c.newly;
+        if (t->hot_groups) {
+            remaining += lm_bitmap_count(b->dirty, b->npages);
+        }
+    }
+    if (t->hot_groups) {
+        if (remaining < t->fewest) {
+            t->fewest = remaining;
+            t->stalls = 0;
+        } else {
+            t->stalls++;
+        }
+        t->remaining = remaining;
     }
     return 0;
+}
+
+/* Write-protects the present pages of [p, q) with no output: the caller
+ * sends them all, so which of them were written does not matter. */
+static int protect_range(lm_dirty_tracker *t, lm_ram_block *b, uint64_t p, uint64_t q)
+{
+    struct pm_scan_arg arg = {
+        .size = sizeof(arg),
+        .flags = WP_SCAN_FLAGS,
+        .start = (uint64_t)(uintptr_t)(b->host + (p << b->page_shift)),
+        .end = (uint64_t)(uintptr_t)(b->host + LM_MIN(q << b->page_shift, b->size)),
+        .category_mask = PAGE_IS_WRITTEN,
+        .category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        .return_mask = PAGE_IS_WRITTEN,
+    };
+    return ioctl(t->pagemap, PAGEMAP_SCAN, &arg) < 0 ? -errno : 0;
+}
+
+void lm_dirty_tracker_protect(lm_dirty_tracker *t, lm_ram_block *b, uint64_t p, uint64_t q)
+{
+    if (!t || t->kind != TRACK_UFFD || !t->protect_on_send) {
+        return;
+    }
+    struct hot_state *h = NULL;
+    for (size_t i = 0; t->hot_groups && !t->rearm_pass && i < t->nblocks; i++) {
+        if (t->blocks[i] == b && t->hot[i].hot) {
+            h = &t->hot[i];
+        }
+    }
+    while (p < q) {
+        uint64_t e = q;
+        if (h) {
+            uint64_t g = p >> HOT_GROUP_SHIFT;
+            if (lm_bitmap_test(h->hot, g)) {
+                /* Left writable: the next sync reports its pages again. */
+                p = LM_MIN(q, lm_bitmap_next_clear(h->hot, h->ngroups, g) << HOT_GROUP_SHIFT);
+                continue;
+            }
+            e = LM_MIN(q, lm_bitmap_next_set(h->hot, h->ngroups, g) << HOT_GROUP_SHIFT);
+        }
+        /* A failure only costs a resend: a page left unprotected reads as
+         * written at the next sync. */
+        (void)protect_range(t, b, p, e);
+        p = e;
+    }
 }
 
 int lm_dirty_tracker_set_hot_groups(lm_dirty_tracker *t, bool on, lm_error *err)
@@ -342,6 +418,13 @@ int lm_dirty_tracker_set_hot_groups(lm_dirty_tracker *t, bool on, lm_error *err)
         }
         t->hot_groups = false;
         return 0;
+    }
+    if (t->hot_retired) {
+        return 0;
+    }
+    if (!t->hot_groups) {
+        t->fewest = UINT64_MAX;
+        t->stalls = 0;
     }
     if (!t->hot) {
         t->hot = calloc(t->nblocks, sizeof(*t->hot));
@@ -366,6 +449,19 @@ int lm_dirty_tracker_set_hot_groups(lm_dirty_tracker *t, bool on, lm_error *err)
     }
     t->hot_groups = true;
     return 0;
+}
+
+bool lm_dirty_tracker_review_hot_groups(lm_dirty_tracker *t, bool throttled)
+{
+    if (!t->hot_groups) {
+        return false;
+    }
+    if (!throttled && t->stalls < HOT_STALL_SYNCS) {
+        return false;
+    }
+    lm_dirty_tracker_set_hot_groups(t, false, NULL);
+    t->hot_retired = true;
+    return true;
 }
 
 uint64_t lm_dirty_tracker_hot_pages(const lm_dirty_tracker *t)
@@ -604,7 +700,7 @@ static bool any_dirty_log(lm_ram_block **blocks, size_t nblocks)
 /* ---- interface ---- */
 
 static int tracker_start(const char *kind, lm_ram_block **blocks, size_t nblocks,
-                         lm_dirty_tracker **out, lm_error *err)
+                         unsigned flags, lm_dirty_tracker **out, lm_error *err)
 {
     if (!strcmp(kind, "dirty-log")) {
         if (!any_dirty_log(blocks, nblocks)) {
@@ -624,6 +720,7 @@ static int tracker_start(const char *kind, lm_ram_block **blocks, size_t nblocks
         if (!t) {
             return lm_error_set(err, -ENOMEM, "out of memory");
         }
+        t->protect_on_send = flags & LM_DIRTY_PROTECT_ON_SEND;
         int ret = uffd_start(t, &probe);
         if (ret == 0) {
             *out = t;
@@ -652,7 +749,13 @@ static int tracker_start(const char *kind, lm_ram_block **blocks, size_t nblocks
 int lm_dirty_tracker_start(const char *kind, lm_ram_block **blocks, size_t nblocks,
                            lm_dirty_tracker **out, lm_error *err)
 {
-    int ret = tracker_start(kind, blocks, nblocks, out, err);
+    return lm_dirty_tracker_start_flags(kind, blocks, nblocks, 0, out, err);
+}
+
+int lm_dirty_tracker_start_flags(const char *kind, lm_ram_block **blocks, size_t nblocks,
+                                 unsigned flags, lm_dirty_tracker **out, lm_error *err)
+{
+    int ret = tracker_start(kind, blocks, nblocks, flags, out, err);
     if (ret < 0) {
         return ret;
     }
