@@ -122,12 +122,10 @@ void lm_params_defaults(lm_engine *e)
     p->vcpu_dirty_limit = 1;
     p->x_auto_postcopy_passes = 3;
     p->x_auto_postcopy_time = 0;
-    /* Opt-in: a hot group is re-sent whole at every sync, so a guest held
-     * down by dirty-limit or auto-converge to a small working set still
-     * sends its hot groups each pass and may never fit the downtime limit
-     * (integration-convergence's dirty-limit cases did not complete with
-     * it on). */
-    p->x_dirty_hot_groups = false;
+    /* On: the migration retires hot groups once a throttle works on the
+     * guest or what remains stops shrinking (dirty.h), so a guest held
+     * down to a small working set is tracked exactly in the last passes. */
+    p->x_dirty_hot_groups = true;
     memset(e->caps, 0, sizeof(e->caps));
     e->caps[LM_CAP_RETURN_PATH] = true; /* see docs/architecture.md: confirms the load */
 }
