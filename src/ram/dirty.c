@@ -57,6 +57,8 @@ struct lm_dirty_tracker {
     struct page_region *vec;
     bool protect_on_send;     /* LM_DIRTY_PROTECT_ON_SEND (uffd-wp only) */
     bool rearm_pass;          /* protect_on_send: this pass protects hot groups too */
+    uint64_t *prot_from;      /* protect_on_send: per block, the window of */
+    uint64_t *prot_to;        /* pages protected since the last sync */
     bool hot_groups;          /* x-dirty-hot-groups (uffd-wp only) */
     bool hot_retired;         /* retired for good by the review */
     uint64_t syncs;
@@ -176,6 +178,8 @@ static void tracker_free(lm_dirty_tracker *t)
         close(t->pagemap);
     }
     hot_free(t);
+    free(t->prot_from);
+    free(t->prot_to);
     free(t->vec);
     free(t);
 }
@@ -332,6 +336,10 @@ static int uffd_sync_hot(lm_dirty_tracker *t, size_t i, struct mark_ctx *c, lm_e
 static int uffd_sync(lm_dirty_tracker *t, uint64_t *newly, lm_error *err)
 {
     t->syncs++;
+    if (t->prot_to) {
+        memset(t->prot_from, 0, t->nblocks * sizeof(*t->prot_from));
+        memset(t->prot_to, 0, t->nblocks * sizeof(*t->prot_to));
+    }
     uint64_t remaining = 0;
     for (size_t i = 0; i < t->nblocks; i++) {
         lm_ram_block *b = t->blocks[i];
@@ -359,20 +367,36 @@ static int uffd_sync(lm_dirty_tracker *t, uint64_t *newly, lm_error *err)
     return 0;
 }
 
-/* Write-protects the present pages of [p, q) with no output: the caller
- * sends them all, so which of them were written does not matter. */
-static int protect_range(lm_dirty_tracker *t, lm_ram_block *b, uint64_t p, uint64_t q)
+struct claim_ctx {
+    lm_ram_block *b;
+    uint64_t claim_p, claim_q; /* being sent now */
+};
+
+/* A page of the window written since its last protection and not being
+ * sent now: its write must not be lost to the protection, so it joins the
+ * pass's dirty pages (it lies ahead of the sender's cursor). */
+static void requeue_written(void *opaque, uint64_t s, uint64_t e)
 {
-    struct pm_scan_arg arg = {
-        .size = sizeof(arg),
-        .flags = WP_SCAN_FLAGS,
-        .start = (uint64_t)(uintptr_t)(b->host + (p << b->page_shift)),
-        .end = (uint64_t)(uintptr_t)(b->host + LM_MIN(q << b->page_shift, b->size)),
-        .category_mask = PAGE_IS_WRITTEN,
-        .category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-        .return_mask = PAGE_IS_WRITTEN,
-    };
-    return ioctl(t->pagemap, PAGEMAP_SCAN, &arg) < 0 ? -errno : 0;
+    struct claim_ctx *c = opaque;
+    uint64_t base = (uint64_t)(uintptr_t)c->b->host;
+    uint64_t first = (s - base) >> c->b->page_shift;
+    uint64_t last = LM_MIN((e - base + c->b->page_size - 1) >> c->b->page_shift, c->b->npages);
+    for (uint64_t p = first; p < last; p++) {
+        if (p < c->claim_p || p >= c->claim_q) {
+            lm_bitmap_set(c->b->dirty, p);
+        }
+    }
+}
+
+/* Write-protects the present pages of [p, q), re-queueing those written
+ * that are not in the claim. */
+static int protect_range(lm_dirty_tracker *t, struct claim_ctx *c, uint64_t p, uint64_t q)
+{
+    lm_ram_block *b = c->b;
+    return scan_range(t, b->host + (p << b->page_shift),
+                      b->host + LM_MIN(q << b->page_shift, b->size), WP_SCAN_FLAGS,
+                      PAGE_IS_WRITTEN, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, PAGE_IS_WRITTEN,
+                      requeue_written, c, NULL);
 }
 
 void lm_dirty_tracker_protect(lm_dirty_tracker *t, lm_ram_block *b, uint64_t p, uint64_t q)
@@ -380,12 +404,32 @@ void lm_dirty_tracker_protect(lm_dirty_tracker *t, lm_ram_block *b, uint64_t p, 
     if (!t || t->kind != TRACK_UFFD || !t->protect_on_send) {
         return;
     }
-    struct hot_state *h = NULL;
-    for (size_t i = 0; t->hot_groups && !t->rearm_pass && i < t->nblocks; i++) {
-        if (t->blocks[i] == b && t->hot[i].hot) {
-            h = &t->hot[i];
-        }
+    size_t i = 0;
+    while (i < t->nblocks && t->blocks[i] != b) {
+        i++;
     }
+    if (i == t->nblocks) {
+        return;
+    }
+    /* One ioctl per 2 MiB window a pass claims from, not one per run: in
+     * the later passes the dirty pages are scattered runs of a page or
+     * two, and each ioctl flushes the TLB.  The window's other dirty pages
+     * are protected a little before their own claim (a write in between
+     * re-sends them next pass); a clean page of it written since its last
+     * send is re-queued for this pass rather than losing that write.
+     * Claims ascend within a pass; one that does not starts a new window. */
+    struct claim_ctx c = { b, p, q };
+    if (p >= t->prot_from[i] && q <= t->prot_to[i]) {
+        return;
+    }
+    if (p >= t->prot_from[i] && p < t->prot_to[i]) {
+        p = t->prot_to[i];
+    } else {
+        t->prot_from[i] = p;
+    }
+    q = LM_MIN((q + HOT_GROUP_PAGES - 1) & ~(uint64_t)(HOT_GROUP_PAGES - 1), b->npages);
+    t->prot_to[i] = q;
+    struct hot_state *h = t->hot_groups && !t->rearm_pass && t->hot[i].hot ? &t->hot[i] : NULL;
     while (p < q) {
         uint64_t e = q;
         if (h) {
@@ -399,7 +443,7 @@ void lm_dirty_tracker_protect(lm_dirty_tracker *t, lm_ram_block *b, uint64_t p, 
         }
         /* A failure only costs a resend: a page left unprotected reads as
          * written at the next sync. */
-        (void)protect_range(t, b, p, e);
+        (void)protect_range(t, &c, p, e);
         p = e;
     }
 }
@@ -721,6 +765,14 @@ static int tracker_start(const char *kind, lm_ram_block **blocks, size_t nblocks
             return lm_error_set(err, -ENOMEM, "out of memory");
         }
         t->protect_on_send = flags & LM_DIRTY_PROTECT_ON_SEND;
+        if (t->protect_on_send) {
+            t->prot_from = calloc(nblocks, sizeof(*t->prot_from));
+            t->prot_to = calloc(nblocks, sizeof(*t->prot_to));
+            if (!t->prot_from || !t->prot_to) {
+                tracker_free(t);
+                return lm_error_set(err, -ENOMEM, "out of memory");
+            }
+        }
         int ret = uffd_start(t, &probe);
         if (ret == 0) {
             *out = t;

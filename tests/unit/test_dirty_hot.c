@@ -185,8 +185,10 @@ static void test_hot_groups_off(void **state)
  * the guest writes at random between the runs, ahead of and behind the
  * sender; the migration's review runs after each sync.  After a last sync
  * with the guest stopped, the destination must equal RAM byte for byte, and
- * with hot groups off every sync must report exactly the pages written
- * since they were last sent. */
+ * with hot groups off every sync must report every page written since it
+ * was last sent and nothing that was not written since the last sync
+ * (pages are protected a 2 MiB window at a time, so a page written just
+ * before its send in the same pass may be reported). */
 enum review { REVIEW_NONE, REVIEW_STALL, REVIEW_THROTTLE_AT_4 };
 
 static void send_passes(bool hot, enum review review)
@@ -197,8 +199,10 @@ static void send_passes(bool hot, enum review review)
     }
     uint8_t *dst = calloc(NPAGES, 4096);
     uint64_t *since_sent = lm_bitmap_new(NPAGES); /* written after its last send */
+    uint64_t *since_sync = lm_bitmap_new(NPAGES); /* written since the last sync */
     assert_non_null(dst);
     assert_non_null(since_sent);
+    assert_non_null(since_sync);
     lm_bitmap_set_range(f.b->dirty, 0, NPAGES); /* the first pass sends all */
     lm_error err = LM_ERROR_INIT;
     uint64_t newly;
@@ -219,6 +223,7 @@ static void send_passes(bool hot, enum review review)
                 uint64_t w = k < 16 ? rng() % GROUP : rng() % NPAGES;
                 f.ram[w * 4096 + 64 + rng() % 3000] ^= 0x5a;
                 lm_bitmap_set(since_sent, w);
+                lm_bitmap_set(since_sync, w);
             }
             p = q;
         }
@@ -228,11 +233,12 @@ static void send_passes(bool hot, enum review review)
                 fail_msg("pass %d: page %llu written after it was sent but not reported", pass,
                          (unsigned long long)pg);
             }
-            if (!hot && lm_bitmap_test(f.b->dirty, pg) != lm_bitmap_test(since_sent, pg)) {
-                fail_msg("pass %d: page %llu reported but not written since it was sent", pass,
+            if (!hot && lm_bitmap_test(f.b->dirty, pg) && !lm_bitmap_test(since_sync, pg)) {
+                fail_msg("pass %d: page %llu reported but not written since the last sync", pass,
                          (unsigned long long)pg);
             }
         }
+        lm_bitmap_clear_range(since_sync, 0, NPAGES);
         if (review == REVIEW_STALL || (review == REVIEW_THROTTLE_AT_4 && pass >= 4 && !last)) {
             bool throttled = review == REVIEW_THROTTLE_AT_4 && pass >= 4;
             if (lm_dirty_tracker_review_hot_groups(f.t, throttled)) {
@@ -263,6 +269,7 @@ static void send_passes(bool hot, enum review review)
     }
     assert_memory_equal(dst, f.ram, (size_t)NPAGES * 4096);
     lm_bitmap_free(since_sent);
+    lm_bitmap_free(since_sync);
     free(dst);
     teardown(&f);
 }
