@@ -122,10 +122,12 @@ void lm_params_defaults(lm_engine *e)
     p->vcpu_dirty_limit = 1;
     p->x_auto_postcopy_passes = 3;
     p->x_auto_postcopy_time = 0;
-    /* On: the migration retires hot groups once a throttle works on the
-     * guest or what remains stops shrinking (dirty.h), so a guest held
-     * down to a small working set is tracked exactly in the last passes. */
-    p->x_dirty_hot_groups = true;
+    /* Opt-in.  With pages protected when they are sent, a write to a page
+     * not yet sent is free already; hot groups then saved the guest less
+     * than their re-sends cost (bench/live-dirty-results.md: 1 GiB guests
+     * converged later with them on).  When on, the migration retires them
+     * once a throttle works or what remains stops shrinking (dirty.h). */
+    p->x_dirty_hot_groups = false;
     memset(e->caps, 0, sizeof(e->caps));
     e->caps[LM_CAP_RETURN_PATH] = true; /* see docs/architecture.md: confirms the load */
 }

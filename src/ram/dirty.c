@@ -62,7 +62,6 @@ struct lm_dirty_tracker {
     bool hot_groups;          /* x-dirty-hot-groups (uffd-wp only) */
     bool hot_retired;         /* retired for good by the review */
     uint64_t syncs;
-    uint64_t remaining;       /* dirty pages after the last sync (hot groups on) */
     uint64_t fewest;          /* the fewest remaining since hot groups went on */
     unsigned stalls;          /* syncs in a row with no fewer than that */
     struct hot_state *hot;    /* one per block, NULL until hot_groups is on */
@@ -362,7 +361,6 @@ static int uffd_sync(lm_dirty_tracker *t, uint64_t *newly, lm_error *err)
         } else {
             t->stalls++;
         }
-        t->remaining = remaining;
     }
     return 0;
 }
