@@ -443,6 +443,22 @@ static void maybe_throttle(src_ctx *c, uint64_t dirtied, uint64_t sent)
     }
 }
 
+/* x-dirty-hot-groups serves the long passes; the tracker retires them when
+ * the remaining stops shrinking, or at once when a throttle works on the
+ * guest, whose effect only an exact dirty set shows (dirty.h). */
+static void review_hot_groups(src_ctx *c)
+{
+    lm_engine *e = c->e;
+    pthread_mutex_lock(&e->lock);
+    bool throttled = e->stats.throttle_percent > 0;
+    pthread_mutex_unlock(&e->lock);
+    throttled = throttled || lm_dirtylimit_migration_owned(e);
+    if (lm_dirty_tracker_review_hot_groups(e->saver.tracker, throttled)) {
+        lm_debug("x-dirty-hot-groups: retired (%s): exact dirty tracking from the next sync",
+                 throttled ? "the guest is throttled" : "what remains stopped shrinking");
+    }
+}
+
 /* x-auto-postcopy acted: say so (events) and do it. */
 static void auto_postcopy_act(src_ctx *c, lm_conv_action act, uint64_t pass)
 {
@@ -694,6 +710,7 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     if (act != LM_CONV_NONE) {
         auto_postcopy_act(c, act, pass);
     }
+    review_hot_groups(c);
 
     *switch_now = false;
     /* The first pass has not run yet: there is no bandwidth to judge by. */

@@ -150,11 +150,11 @@ static const param_row rows[] = {
     U64("vcpu-dirty-limit", vcpu_dirty_limit, 1, INT64_MAX >> 21, 1, LIVE, NULL),
     U64("x-auto-postcopy-passes", x_auto_postcopy_passes, 1, 1000, 3, LIVE, NULL),
     U64("x-auto-postcopy-time", x_auto_postcopy_time, 0, 86400000, 0, LIVE, NULL),
-    /* Opt-in: a hot group is re-sent whole at every sync, so a guest held
-     * down by dirty-limit or auto-converge to a small working set still
-     * sends its hot groups each pass and may never fit the downtime limit
-     * (integration-convergence's dirty-limit cases did not complete with
-     * it on). */
+    /* Opt-in.  With pages protected when they are sent, a write to a page
+     * not yet sent is free already; hot groups then saved the guest less
+     * than their re-sends cost (bench/live-dirty-results.md: 1 GiB guests
+     * converged later with them on).  When on, the migration retires them
+     * once a throttle works or what remains stops shrinking (dirty.h). */
     BOOL("x-dirty-hot-groups", x_dirty_hot_groups, false, FIXED, NULL),
 };
 

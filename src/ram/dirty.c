@@ -30,6 +30,12 @@
  * densely between two syncs; uniform writes over all of RAM still stay
  * below it (1k writes/s spread over 512 groups per GiB). */
 #define HOT_MIN_PAGES (HOT_GROUP_PAGES / 32)
+/* Hot groups are for the passes far from the end: a page of a hot group is
+ * reported at every sync until its group is protected again, so what
+ * remains stops shrinking at about the hot groups' written pages.  Syncs in
+ * a row that leave no fewer dirty pages than the fewest so far, after
+ * which lm_dirty_tracker_review_hot_groups() retires them. */
+#define HOT_STALL_SYNCS 2
 
 struct hot_state {
     uint64_t ngroups;
@@ -49,8 +55,15 @@ struct lm_dirty_tracker {
     int uffd;
     int pagemap;
     struct page_region *vec;
+    bool protect_on_send;     /* LM_DIRTY_PROTECT_ON_SEND (uffd-wp only) */
+    bool rearm_pass;          /* protect_on_send: this pass protects hot groups too */
+    uint64_t *prot_from;      /* protect_on_send: per block, the window of */
+    uint64_t *prot_to;        /* pages protected since the last sync */
     bool hot_groups;          /* x-dirty-hot-groups (uffd-wp only) */
+    bool hot_retired;         /* retired for good by the review */
     uint64_t syncs;
+    uint64_t fewest;          /* the fewest remaining since hot groups went on */
+    unsigned stalls;          /* syncs in a row with no fewer than that */
     struct hot_state *hot;    /* one per block, NULL until hot_groups is on */
 };
 
@@ -164,6 +177,8 @@ static void tracker_free(lm_dirty_tracker *t)
         close(t->pagemap);
     }
     hot_free(t);
+    free(t->prot_from);
+    free(t->prot_to);
     free(t->vec);
     free(t);
 }
@@ -240,6 +255,9 @@ static int uffd_start(lm_dirty_tracker *t, lm_error *err)
             return lm_error_set_errno(err, -errno, "userfaultfd: cannot write-protect block '%s'",
                                       b->name);
         }
+        if (t->protect_on_send) {
+            continue; /* each page is protected when it is claimed for sending */
+        }
         /* Arm: write-protect every page that has a page-table entry
          * (get-and-reprotect with no output needed).  Holes are left
          * alone: arming one would allocate page tables and a marker per
@@ -283,6 +301,7 @@ static int uffd_sync_hot(lm_dirty_tracker *t, size_t i, struct mark_ctx *c, lm_e
 {
     struct hot_state *h = &t->hot[i];
     bool rearm = t->syncs % HOT_REARM_SYNCS == 0;
+    t->rearm_pass = rearm;
     memset(h->count, 0, h->ngroups * sizeof(*h->count));
     c->count = h->count;
     uint64_t g = 0;
@@ -290,7 +309,8 @@ static int uffd_sync_hot(lm_dirty_tracker *t, size_t i, struct mark_ctx *c, lm_e
         bool hot = !rearm && lm_bitmap_test(h->hot, g);
         uint64_t e = hot ? lm_bitmap_next_clear(h->hot, h->ngroups, g)
                          : (rearm ? h->ngroups : lm_bitmap_next_set(h->hot, h->ngroups, g));
-        int ret = scan_written(t, c, g << HOT_GROUP_SHIFT, e << HOT_GROUP_SHIFT, !hot, err);
+        int ret = scan_written(t, c, g << HOT_GROUP_SHIFT, e << HOT_GROUP_SHIFT,
+                               !hot && !t->protect_on_send, err);
         if (ret < 0) {
             return ret;
         }
@@ -315,17 +335,115 @@ static int uffd_sync_hot(lm_dirty_tracker *t, size_t i, struct mark_ctx *c, lm_e
 static int uffd_sync(lm_dirty_tracker *t, uint64_t *newly, lm_error *err)
 {
     t->syncs++;
+    if (t->prot_to) {
+        memset(t->prot_from, 0, t->nblocks * sizeof(*t->prot_from));
+        memset(t->prot_to, 0, t->nblocks * sizeof(*t->prot_to));
+    }
+    uint64_t remaining = 0;
     for (size_t i = 0; i < t->nblocks; i++) {
         lm_ram_block *b = t->blocks[i];
         struct mark_ctx c = { b, b->dirty, 0, NULL };
-        int ret = t->hot_groups && t->hot[i].count ? uffd_sync_hot(t, i, &c, err)
-                                            : scan_written(t, &c, 0, b->npages, true, err);
+        int ret = t->hot_groups && t->hot[i].count
+                      ? uffd_sync_hot(t, i, &c, err)
+                      : scan_written(t, &c, 0, b->npages, !t->protect_on_send, err);
         if (ret < 0) {
             return ret;
         }
         *newly += c.newly;
+        if (t->hot_groups) {
+            remaining += lm_bitmap_count(b->dirty, b->npages);
+        }
+    }
+    if (t->hot_groups) {
+        if (remaining < t->fewest) {
+            t->fewest = remaining;
+            t->stalls = 0;
+        } else {
+            t->stalls++;
+        }
     }
     return 0;
+}
+
+struct claim_ctx {
+    lm_ram_block *b;
+    uint64_t claim_p, claim_q; /* being sent now */
+};
+
+/* A page of the window written since its last protection and not being
+ * sent now: its write must not be lost to the protection, so it joins the
+ * pass's dirty pages (it lies ahead of the sender's cursor). */
+static void requeue_written(void *opaque, uint64_t s, uint64_t e)
+{
+    struct claim_ctx *c = opaque;
+    uint64_t base = (uint64_t)(uintptr_t)c->b->host;
+    uint64_t first = (s - base) >> c->b->page_shift;
+    uint64_t last = LM_MIN((e - base + c->b->page_size - 1) >> c->b->page_shift, c->b->npages);
+    for (uint64_t p = first; p < last; p++) {
+        if (p < c->claim_p || p >= c->claim_q) {
+            lm_bitmap_set(c->b->dirty, p);
+        }
+    }
+}
+
+/* Write-protects the present pages of [p, q), re-queueing those written
+ * that are not in the claim. */
+static int protect_range(lm_dirty_tracker *t, struct claim_ctx *c, uint64_t p, uint64_t q)
+{
+    lm_ram_block *b = c->b;
+    return scan_range(t, b->host + (p << b->page_shift),
+                      b->host + LM_MIN(q << b->page_shift, b->size), WP_SCAN_FLAGS,
+                      PAGE_IS_WRITTEN, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, PAGE_IS_WRITTEN,
+                      requeue_written, c, NULL);
+}
+
+void lm_dirty_tracker_protect(lm_dirty_tracker *t, lm_ram_block *b, uint64_t p, uint64_t q)
+{
+    if (!t || t->kind != TRACK_UFFD || !t->protect_on_send) {
+        return;
+    }
+    size_t i = 0;
+    while (i < t->nblocks && t->blocks[i] != b) {
+        i++;
+    }
+    if (i == t->nblocks) {
+        return;
+    }
+    /* One ioctl per 2 MiB window a pass claims from, not one per run: in
+     * the later passes the dirty pages are scattered runs of a page or
+     * two, and each ioctl flushes the TLB.  The window's other dirty pages
+     * are protected a little before their own claim (a write in between
+     * re-sends them next pass); a clean page of it written since its last
+     * send is re-queued for this pass rather than losing that write.
+     * Claims ascend within a pass; one that does not starts a new window. */
+    struct claim_ctx c = { b, p, q };
+    if (p >= t->prot_from[i] && q <= t->prot_to[i]) {
+        return;
+    }
+    if (p >= t->prot_from[i] && p < t->prot_to[i]) {
+        p = t->prot_to[i];
+    } else {
+        t->prot_from[i] = p;
+    }
+    q = LM_MIN((q + HOT_GROUP_PAGES - 1) & ~(uint64_t)(HOT_GROUP_PAGES - 1), b->npages);
+    t->prot_to[i] = q;
+    struct hot_state *h = t->hot_groups && !t->rearm_pass && t->hot[i].hot ? &t->hot[i] : NULL;
+    while (p < q) {
+        uint64_t e = q;
+        if (h) {
+            uint64_t g = p >> HOT_GROUP_SHIFT;
+            if (lm_bitmap_test(h->hot, g)) {
+                /* Left writable: the next sync reports its pages again. */
+                p = LM_MIN(q, lm_bitmap_next_clear(h->hot, h->ngroups, g) << HOT_GROUP_SHIFT);
+                continue;
+            }
+            e = LM_MIN(q, lm_bitmap_next_set(h->hot, h->ngroups, g) << HOT_GROUP_SHIFT);
+        }
+        /* A failure only costs a resend: a page left unprotected reads as
+         * written at the next sync. */
+        (void)protect_range(t, &c, p, e);
+        p = e;
+    }
 }
 
 int lm_dirty_tracker_set_hot_groups(lm_dirty_tracker *t, bool on, lm_error *err)
@@ -342,6 +460,13 @@ int lm_dirty_tracker_set_hot_groups(lm_dirty_tracker *t, bool on, lm_error *err)
         }
         t->hot_groups = false;
         return 0;
+    }
+    if (t->hot_retired) {
+        return 0;
+    }
+    if (!t->hot_groups) {
+        t->fewest = UINT64_MAX;
+        t->stalls = 0;
     }
     if (!t->hot) {
         t->hot = calloc(t->nblocks, sizeof(*t->hot));
@@ -366,6 +491,19 @@ int lm_dirty_tracker_set_hot_groups(lm_dirty_tracker *t, bool on, lm_error *err)
     }
     t->hot_groups = true;
     return 0;
+}
+
+bool lm_dirty_tracker_review_hot_groups(lm_dirty_tracker *t, bool throttled)
+{
+    if (!t->hot_groups) {
+        return false;
+    }
+    if (!throttled && t->stalls < HOT_STALL_SYNCS) {
+        return false;
+    }
+    lm_dirty_tracker_set_hot_groups(t, false, NULL);
+    t->hot_retired = true;
+    return true;
 }
 
 uint64_t lm_dirty_tracker_hot_pages(const lm_dirty_tracker *t)
@@ -604,7 +742,7 @@ static bool any_dirty_log(lm_ram_block **blocks, size_t nblocks)
 /* ---- interface ---- */
 
 static int tracker_start(enum lm_dirty_tracker_kind kind, lm_ram_block **blocks, size_t nblocks,
-                         lm_dirty_tracker **out, lm_error *err)
+                         unsigned flags, lm_dirty_tracker **out, lm_error *err)
 {
     if (kind == LM_DIRTY_TRACKER_DIRTY_LOG) {
         if (!any_dirty_log(blocks, nblocks)) {
@@ -623,6 +761,15 @@ static int tracker_start(enum lm_dirty_tracker_kind kind, lm_ram_block **blocks,
         lm_dirty_tracker *t = tracker_alloc(TRACK_UFFD, blocks, nblocks);
         if (!t) {
             return lm_error_set(err, -ENOMEM, "out of memory");
+        }
+        t->protect_on_send = flags & LM_DIRTY_PROTECT_ON_SEND;
+        if (t->protect_on_send) {
+            t->prot_from = calloc(nblocks, sizeof(*t->prot_from));
+            t->prot_to = calloc(nblocks, sizeof(*t->prot_to));
+            if (!t->prot_from || !t->prot_to) {
+                tracker_free(t);
+                return lm_error_set(err, -ENOMEM, "out of memory");
+            }
         }
         int ret = uffd_start(t, &probe);
         if (ret == 0) {
@@ -652,7 +799,13 @@ static int tracker_start(enum lm_dirty_tracker_kind kind, lm_ram_block **blocks,
 int lm_dirty_tracker_start(enum lm_dirty_tracker_kind kind, lm_ram_block **blocks, size_t nblocks,
                            lm_dirty_tracker **out, lm_error *err)
 {
-    int ret = tracker_start(kind, blocks, nblocks, out, err);
+    return lm_dirty_tracker_start_flags(kind, blocks, nblocks, 0, out, err);
+}
+
+int lm_dirty_tracker_start_flags(enum lm_dirty_tracker_kind kind, lm_ram_block **blocks,
+                                 size_t nblocks, unsigned flags, lm_dirty_tracker **out, lm_error *err)
+{
+    int ret = tracker_start(kind, blocks, nblocks, flags, out, err);
     if (ret < 0) {
         return ret;
     }

@@ -40,6 +40,23 @@ enum lm_dirty_tracker_kind {
  * with a warning. */
 int lm_dirty_tracker_start(enum lm_dirty_tracker_kind kind, lm_ram_block **blocks, size_t nblocks,
                            lm_dirty_tracker **out, lm_error *err);
+/* LM_DIRTY_PROTECT_ON_SEND (uffd-wp; the other kinds ignore it): a page is
+ * write-protected when the sender claims it (lm_dirty_tracker_protect, just
+ * before it is read), not at start nor at every sync.  A sync then reports
+ * exactly the pages written since they were last sent, and a write to a
+ * page still waiting to be sent costs the guest no fault: a guest writing
+ * at random over its RAM pays about half the faults of protect-at-sync
+ * (the pages it writes ahead of the sender), and no page is sent twice
+ * for a write that came before its send in the same pass.  Only for a
+ * sender that claims every dirty page before reading it: a page never
+ * claimed stays writable and is reported by every sync. */
+#define LM_DIRTY_PROTECT_ON_SEND 1u
+int lm_dirty_tracker_start_flags(enum lm_dirty_tracker_kind kind, lm_ram_block **blocks,
+                                 size_t nblocks, unsigned flags, lm_dirty_tracker **out, lm_error *err);
+/* LM_DIRTY_PROTECT_ON_SEND: pages [p, q) of b are about to be read for
+ * sending; write-protect them (except in hot groups, left writable).  A
+ * no-op in the other modes. */
+void lm_dirty_tracker_protect(lm_dirty_tracker *t, lm_ram_block *b, uint64_t p, uint64_t q);
 /* Adds the pages written since the last sync to each block's dirty bitmap;
  * *newly counts pages that were not already dirty. */
 int lm_dirty_tracker_sync(lm_dirty_tracker *t, uint64_t *newly, lm_error *err);
@@ -50,6 +67,15 @@ void lm_dirty_tracker_stop(lm_dirty_tracker *t);
  * every few syncs, so the guest stops paying a write fault per page per
  * pass there.  Off when a tracker starts. */
 int lm_dirty_tracker_set_hot_groups(lm_dirty_tracker *t, bool on, lm_error *err);
+/* The migration's review after each sync: retires hot groups for the rest
+ * of this tracker's life (every group protected again at the next sync,
+ * exact dirty sets from the one after) when `throttled` (auto-converge or
+ * dirty-limit works on the guest: the remaining must show its effect), or
+ * when what remains did not shrink for a few syncs (the last passes need
+ * the exact set to fit the downtime limit; a hot group re-sends every page
+ * written in it since it was last protected).  True when it retired them
+ * now.  Hot groups help the guest in the long passes far from the end. */
+bool lm_dirty_tracker_review_hot_groups(lm_dirty_tracker *t, bool throttled);
 /* Pages in groups the next sync leaves writable. */
 uint64_t lm_dirty_tracker_hot_pages(const lm_dirty_tracker *t);
 /* "uffd-wp-async", "manual" or "dirty-log" ("+dirty-log" when logs are

@@ -74,7 +74,9 @@ int lm_ram_save_setup(lm_ram_saver *s, lm_ram_block **blocks, size_t nblocks,
         s->hint_on = true;
         lm_ram_find_unpopulated(blocks, nblocks);
     }
-    return lm_dirty_tracker_start(tracker_kind, blocks, nblocks, &s->tracker, err);
+    /* Every sender claims a page (lm_ram_save_claim) before reading it. */
+    return lm_dirty_tracker_start_flags(tracker_kind, blocks, nblocks, LM_DIRTY_PROTECT_ON_SEND,
+                                        &s->tracker, err);
 }
 
 int lm_ram_save_sync(lm_ram_saver *s, uint64_t *new_bytes, lm_error *err)
@@ -354,8 +356,10 @@ bool lm_ram_save_claim(lm_ram_saver *s, uint64_t max_bytes, lm_ram_block **blk_o
         if (q - p > max_pages) {
             q = p + max_pages;
         }
-        /* Clear before reading: a write after this point dirties the page again. */
+        /* Clear, then protect, before reading: a write after this point
+         * dirties the page again. */
         lm_bitmap_clear_range(blk->dirty, p, q - p);
+        lm_dirty_tracker_protect(s->tracker, blk, p, q);
         uint64_t bytes = (q - p) << blk->page_shift;
         __atomic_fetch_sub(&s->dirty_bytes, LM_MIN(bytes, s->dirty_bytes), __ATOMIC_RELAXED);
         s->cur_page = q;

@@ -1,7 +1,10 @@
 """Hot dirty-tracking groups (x-dirty-hot-groups, src/ram/dirty.h) with a
 live guest: a guest that keeps rewriting a small working set (its 2 MiB
 groups turn hot and are left writable between syncs) migrated by precopy,
-multifd and postcopy, with the behaviour on (the default) and off.  Each
+multifd and postcopy, with the behaviour on and off (the default), and
+with auto-converge on (the throttle retires the hot groups mid-migration).
+Pages are write-protected when they are claimed for sending
+(LM_DIRTY_PROTECT_ON_SEND) in every case.  Each
 migration first runs capped (lmtest.SLOW_BANDWIDTH) until several dirty
 syncs have passed, so groups have had the time to turn hot (1 ms of downtime allowed), then
 uncapped (or switched to postcopy) to finish; the destination's memory is
@@ -21,7 +24,7 @@ SYNCS = 5
 
 
 class HotGroups(MigrationTest):
-    def _run(self, mode, hot=True):
+    def _run(self, mode, hot=None, auto_converge=False):
         src = self.vm("src", memory=MEM, workload="random", extra=GUEST)
         dst = self.vm("dst", memory=MEM, workload="random", extra=GUEST, incoming="defer",
                       paused=True)
@@ -32,6 +35,12 @@ class HotGroups(MigrationTest):
                 vm.set_params(**{"multifd-channels": 2})
             elif mode == "postcopy":
                 vm.set_caps(postcopy_ram=True)
+        if auto_converge:
+            src.set_caps(auto_converge=True)
+        if hot is None:
+            self.assertFalse(src.cmd("query-migrate-parameters")["x-dirty-hot-groups"],
+                             "x-dirty-hot-groups is off by default")
+            hot = True
         # Phase 1 cannot converge: 1 ms of downtime at SLOW_BANDWIDTH holds
         # less than a page.
         src.set_params(**{"x-dirty-hot-groups": hot, "max-bandwidth": lmtest.SLOW_BANDWIDTH,
@@ -64,6 +73,11 @@ class HotGroups(MigrationTest):
 
     def test_precopy(self):
         self._run("precopy")
+
+    def test_precopy_auto_converge(self):
+        # Phase 1 dirties more than it sends: the throttle engages, and the
+        # migration retires the hot groups while pages of them are writable.
+        self._run("precopy", auto_converge=True)
 
     def test_precopy_off(self):
         self._run("precopy", hot=False)

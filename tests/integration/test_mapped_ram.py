@@ -45,12 +45,15 @@ class MappedRamBase(MigrationTest):
             src.set_params(downtime_limit=0)
         self.assertTrue(src.wait_running_steps())
         src.cmd("migrate", uri=uri)
+        self.ended_before_stop = False
         if stop_after_passes:
             deadline = time.time() + lmtest.DEFAULT_TIMEOUT
             while True:
                 m = src.migration()
-                if (m.get("status") in ("completed", "failed", "cancelled") or
-                        m.get("ram", {}).get("dirty-sync-count", 0) >= stop_after_passes):
+                if m.get("status") in ("completed", "failed", "cancelled"):
+                    self.ended_before_stop = True
+                    break
+                if m.get("ram", {}).get("dirty-sync-count", 0) >= stop_after_passes:
                     break
                 self.assertLess(time.time(), deadline, "no pass %d" % stop_after_passes)
                 time.sleep(0.02)
@@ -125,7 +128,14 @@ class SaveRestore(MappedRamBase):
         img = self.path("guest.img")
         src, info = self.save("file:" + img, multifd=True, channels=2, dirty_rate="256M",
                               stop_after_passes=4)
-        self.assertGreaterEqual(info["ram"]["dirty-sync-count"], 4)
+        # Pages are write-protected when they are sent, so a pass re-sends
+        # only what was written after its send: a guest the loaded machine
+        # starves for a pass leaves under 64 KiB dirty, and the save ends
+        # by itself (in 3 passes here once).  Many passes are checked when
+        # the guest had to be stopped; the file is bounded either way.
+        if not self.ended_before_stop:
+            self.assertGreaterEqual(info["ram"]["dirty-sync-count"], 4)
+        self.assertGreaterEqual(info["ram"]["dirty-sync-count"], 2)
         self.assertGreater(info["ram"]["normal-bytes"], 0)
         self.assert_bounded(img)
         dst, dinfo = self.restore("file:" + img, multifd=True, channels=2)
