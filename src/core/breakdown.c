@@ -204,3 +204,66 @@ uint64_t lm_bd_fixed_ns(const lm_bd *joined)
     }
     return fixed;
 }
+
+static uint64_t part_ns(const lm_bd *b, const char *name)
+{
+    uint64_t ns = 0;
+    for (unsigned i = 0; i < b->n; i++) {
+        if (!strcmp(b->part[i].name, name)) {
+            ns += b->part[i].ns;
+        }
+    }
+    return ns;
+}
+
+void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined)
+{
+    uint64_t stop = part_ns(joined, "stop");
+    /* Measured anew before every switchover: not learned. */
+    uint64_t measured = stop + part_ns(joined, "sync") + part_ns(joined, "confirmation");
+    uint64_t fixed = lm_bd_fixed_ns(joined);
+    unsigned slot = l->n++ % LM_BD_SAMPLES;
+    l->stop[slot] = stop;
+    l->rest[slot] = fixed > measured ? fixed - measured : 0;
+}
+
+/* The median of n <= LM_BD_SAMPLES + 1 values; the smallest while n < 3
+ * (of one or two samples, a descheduled one is the larger). */
+static uint64_t typical(const uint64_t *v, unsigned n)
+{
+    uint64_t s[LM_BD_SAMPLES + 1];
+    memcpy(s, v, n * sizeof(*s));
+    for (unsigned i = 1; i < n; i++) { /* insertion sort: n <= 8 */
+        for (unsigned k = i; k > 0 && s[k - 1] > s[k]; k--) {
+            uint64_t t = s[k];
+            s[k] = s[k - 1];
+            s[k - 1] = t;
+        }
+    }
+    if (n < 3) {
+        return s[0];
+    }
+    return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
+uint64_t lm_bd_fixed_estimate(const lm_bd_learned *l, uint64_t sync_ns, uint64_t rtt_ns,
+                              lm_bd_fixed *out)
+{
+    lm_bd_fixed f = { .sync_ns = sync_ns, .rtt_ns = rtt_ns };
+    unsigned n = l->n < LM_BD_SAMPLES ? l->n : LM_BD_SAMPLES;
+    /* The stop, which a loaded host inflates most: the round trip now
+     * counts as one more sample, so a single slow stop is outvoted. */
+    uint64_t stops[LM_BD_SAMPLES + 1];
+    memcpy(stops, l->stop, n * sizeof(*stops));
+    unsigned nstops = n;
+    if (rtt_ns) {
+        stops[nstops++] = rtt_ns;
+    }
+    f.stop_ns = nstops ? typical(stops, nstops) : 0;
+    f.rest_ns = n ? typical(l->rest, n) : 0;
+    f.learned = n > 0;
+    if (out) {
+        *out = f;
+    }
+    return f.stop_ns + f.sync_ns + f.rtt_ns + f.rest_ns;
+}
