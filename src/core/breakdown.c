@@ -251,16 +251,19 @@ uint64_t lm_bd_fixed_estimate(const lm_bd_learned *l, uint64_t sync_ns, uint64_t
 {
     lm_bd_fixed f = { .sync_ns = sync_ns, .rtt_ns = rtt_ns };
     unsigned n = l->n < LM_BD_SAMPLES ? l->n : LM_BD_SAMPLES;
-    /* The stop, which a loaded host inflates most: the round trip now
-     * counts as one more sample, so a single slow stop is outvoted. */
-    uint64_t stops[LM_BD_SAMPLES + 1];
-    memcpy(stops, l->stop, n * sizeof(*stops));
-    unsigned nstops = n;
+    /* What is known before any switchover counts as one more sample (the
+     * stop: the round trip now; the rest: nothing), so a single slow
+     * switchover is outvoted. */
+    uint64_t v[LM_BD_SAMPLES + 1];
+    memcpy(v, l->stop, n * sizeof(*v));
+    unsigned nv = n;
     if (rtt_ns) {
-        stops[nstops++] = rtt_ns;
+        v[nv++] = rtt_ns;
     }
-    f.stop_ns = nstops ? typical(stops, nstops) : 0;
-    f.rest_ns = n ? typical(l->rest, n) : 0;
+    f.stop_ns = nv ? typical(v, nv) : 0;
+    memcpy(v, l->rest, n * sizeof(*v));
+    v[n] = 0;
+    f.rest_ns = typical(v, n + 1);
     f.learned = n > 0;
     if (out) {
         *out = f;

@@ -78,7 +78,8 @@ uint64_t lm_bd_fixed_ns(const lm_bd *joined);
  * What can be measured before the switchover, without touching the guest,
  * is measured anew at every dirty sync, so it follows the host's load now:
  *   - sync: the last pass's dirty sync (and multifd sync point) stands for
- *     the switchover's last one;
+ *     the switchover's last one (the caller adds multifd's END at the
+ *     tail's end, a sync point again);
  *   - round trip: an empty DRAIN..BACKLOG on the return path (nothing
  *     queued at the destination) stands for the last byte's way there, the
  *     destination's load thread waking up, and the confirmation's way back.
@@ -90,12 +91,13 @@ uint64_t lm_bd_fixed_ns(const lm_bd *joined);
  * A descheduled switchover can only be slower than the host's own cost,
  * never faster, so one slow sample must not move the estimate: each is
  * the median of the last LM_BD_SAMPLES, and the smallest while there are
- * fewer than three.  The stop is also sampled now, without stopping
- * anything: it is two thread wake-ups across a condition (the vCPU's, then
- * the migration thread's), as the round trip is, so the round trip counts
- * as one more stop sample — the whole estimate before the first
- * switchover, and a vote against one slow stop after it.  Before the first
- * switchover the rest is 0 (the devices' bytes are counted with the RAM's).
+ * fewer than three.  What is known before any switchover counts as one
+ * more sample: for the stop, the round trip now (a stop is two thread
+ * wake-ups across a condition, the vCPU's then the migration thread's, as
+ * the round trip is); for the rest, 0 (the devices' bytes are counted with
+ * the RAM's).  That is the whole estimate before the first switchover, and
+ * after one it outvotes a slow sample: the rest is learned once two
+ * switchovers agree.
  */
 #define LM_BD_SAMPLES 8
 typedef struct lm_bd_learned {

@@ -108,7 +108,7 @@ typedef struct lm_stats {
     uint64_t expected_downtime_ns; /* computed at the last dirty sync */
     uint64_t expected_fixed_ns;    /* its part that does not depend on bytes */
     uint64_t switchover_bw;  /* bytes/s the stop-copy is expected to get */
-    uint64_t sync_ns;        /* the last dirty sync took */
+    uint64_t sync_ns;        /* the last dirty sync took (with multifd's sync points) */
     uint64_t rtt_ns;         /* lowest PING..BACKLOG round trip (0: none yet) */
     uint64_t rtt_now_ns;     /* the last empty PING..BACKLOG round trip (0: none yet) */
     uint64_t dest_lag_ns;    /* the last PING..BACKLOG: the destination caught up */

@@ -44,8 +44,11 @@
  * again after waiting this long (ms) at most, so that an idle guest does
  * not turn the wait into a busy loop of empty passes. */
 #define ACK_POLL_MS 50
-/* A pass this small says little about the rate: keep the last estimate. */
+/* A pass this small says little about the rate: pooled with the next. */
 #define RATE_SAMPLE_BYTES (64ull << 10)
+/* Empty DRAIN round trips after the drain: the quickest is the return
+ * path's own (core/breakdown.h). */
+#define EMPTY_ROUND_TRIPS 3
 
 typedef struct src_ctx {
     lm_engine *e;
@@ -65,6 +68,8 @@ typedef struct src_ctx {
     bool checksum;      /* page data carries xxh3 checksums (file:, or x-checksum) */
     /* The switchover's accounting (docs/architecture.md, convergence). */
     uint64_t pass_start_held;  /* lm_ratelimit_held_ns() when the pass began */
+    uint64_t pool_bytes;       /* passes too small to measure the rate alone, pooled */
+    uint64_t pool_busy_ns;
     unsigned syncs;
     uint64_t unlimited_bw;     /* bytes/s of the last pass, not counting the time
                                 * max-bandwidth held the writers back */
@@ -544,8 +549,8 @@ static int drain_once(src_ctx *c, uint64_t *backlog, uint64_t *lag)
  * not loaded yet must be loaded before the guest can run there.  Before
  * stopping the guest, ask it to answer once everything sent so far is
  * loaded (DRAIN, answered by BACKLOG), and wait: the switchover then
- * starts with nothing queued there.  Then once more, with nothing queued:
- * that round trip is the return path's own (its latency both ways and
+ * starts with nothing queued there.  Then a few more, with nothing queued:
+ * the quickest is the return path's own round trip (its latency both ways and
  * the destination's wake-up), which the fixed part counts.  Meanwhile the
  * guest ran on: *more is what it dirtied during the waits (at the last
  * pass's dirty rate) and what the destination says is queued behind the
@@ -553,22 +558,26 @@ static int drain_once(src_ctx *c, uint64_t *backlog, uint64_t *lag)
 static int drain_destination(src_ctx *c, uint64_t dirty_bps, uint64_t *more)
 {
     lm_engine *e = c->e;
-    uint64_t backlog, lag, backlog2, rtt;
+    uint64_t backlog, lag, rtt = UINT64_MAX, waited;
     int ret = drain_once(c, &backlog, &lag);
-    if (ret == 0) {
-        ret = drain_once(c, &backlog2, &rtt);
+    waited = lag;
+    /* The smallest of a few: one descheduled answer must not count. */
+    for (int i = 0; ret == 0 && i < EMPTY_ROUND_TRIPS; i++) {
+        uint64_t more_backlog, one;
+        ret = drain_once(c, &more_backlog, &one);
+        backlog = lm_sat_add(backlog, more_backlog);
+        waited = lm_sat_add(waited, one);
+        rtt = LM_MIN(rtt, one);
     }
     if (ret < 0) {
         return ret;
     }
-    backlog = lm_sat_add(backlog, backlog2);
-    uint64_t waited = lm_sat_add(lag, rtt);
     *more = lm_sat_add(sat_u64((double)dirty_bps * (double)waited / 1e9), backlog);
     pthread_mutex_lock(&e->lock);
     lm_stats *st = &e->stats;
     st->dest_lag_ns = lag;
     st->dest_backlog = backlog;
-    st->drains += 2;
+    st->drains += 1 + EMPTY_ROUND_TRIPS;
     if (!st->rtt_ns || rtt < st->rtt_ns) {
         st->rtt_ns = rtt;
     }
@@ -636,8 +645,11 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
         return ret;
     }
     /* The switchover's "sync" part is the same two steps; its sync point
-     * is not held back by max-bandwidth (lifted by then). */
-    uint64_t sync_ns = lm_now_ns() - now + lm_sat_sub(now - sp_start, held - sp_held);
+     * is not held back by max-bandwidth (lifted by then).  With multifd the
+     * tail ends with the channels' END, a sync point again (wait for the
+     * senders, a packet on each): counted once more, it is no byte's time. */
+    uint64_t sp_ns = lm_sat_sub(now - sp_start, held - sp_held);
+    uint64_t sync_ns = lm_now_ns() - now + (c->mf_open ? 2 * sp_ns : sp_ns);
     uint64_t pending_ram = lm_ram_save_pending(&e->saver);
     uint64_t pending_dev = lm_devices_pending(e, true, NULL);
     uint64_t pending = lm_sat_add(pending_ram, pending_dev);
@@ -651,15 +663,16 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     uint64_t busy = lm_sat_sub(elapsed, held - c->pass_start_held);
     /* The last pass that moved enough to say something: the first full
      * pass reads every zero page too, which the tail does not, so later
-     * passes (dirtied pages, like the tail) replace its estimate.  A pass
-     * too small for that still bounds the rate from below (its per-pass
-     * costs are the tail's too): it raises an estimate the zero pages held
-     * down (an idle guest under a cap sends only small passes after the
-     * first, and the capped rate would be the wrong one). */
-    if (c->syncs++ > 0 && sent > 0 && busy > 0) {
-        uint64_t rate = per_second(sent, busy);
-        if (sent >= RATE_SAMPLE_BYTES || rate > c->unlimited_bw) {
-            c->unlimited_bw = rate;
+     * passes (dirtied pages, like the tail) replace its estimate.  Smaller
+     * passes are pooled until together they say enough (an idle guest
+     * under a cap sends only small passes after the first; one of a few
+     * pages timed alone gave rates off by 100x either way). */
+    if (c->syncs++ > 0 && sent > 0) {
+        c->pool_bytes = lm_sat_add(c->pool_bytes, sent);
+        c->pool_busy_ns = lm_sat_add(c->pool_busy_ns, busy);
+        if (c->pool_bytes >= RATE_SAMPLE_BYTES && c->pool_busy_ns > 0) {
+            c->unlimited_bw = per_second(c->pool_bytes, c->pool_busy_ns);
+            c->pool_bytes = c->pool_busy_ns = 0;
         }
     }
     uint64_t unlimited_bw = c->unlimited_bw;
@@ -752,8 +765,9 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
             /* The prediction again, with the round trip just measured and
              * what joined the tail meanwhile. */
             uint64_t tail = lm_sat_add(pending, more);
+            lm_bd_fixed parts;
             pthread_mutex_lock(&e->lock);
-            fixed = fixed_cost_ns(e);
+            fixed = lm_bd_fixed_estimate(&e->learned, st->sync_ns, st->rtt_now_ns, &parts);
             expected = lm_sat_add(fixed, per_second(tail, bw));
             st->expected_downtime_ns = expected;
             st->expected_fixed_ns = fixed;
@@ -761,6 +775,12 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
             if (expected > limit_ns && tail > NEGLIGIBLE_BYTES) {
                 *switch_now = false;
             }
+            lm_debug("fixed part %llu us: stop %llu sync %llu round trip %llu rest %llu (%s)",
+                     (unsigned long long)(fixed / 1000), (unsigned long long)(parts.stop_ns / 1000),
+                     (unsigned long long)(parts.sync_ns / 1000),
+                     (unsigned long long)(parts.rtt_ns / 1000),
+                     (unsigned long long)(parts.rest_ns / 1000),
+                     parts.learned ? "learned" : "nothing learned yet");
         }
         lm_debug("pass %llu: pending %llu (ram %llu dev %llu) bw %llu B/s expected %llu us -> %s",
                  (unsigned long long)pass, (unsigned long long)pending,

@@ -207,27 +207,28 @@ static void test_fixed_estimate(void **state)
      * and the confirmation of then are not learned, the tail is not fixed,
      * and the round trip now outvotes the slow stop. */
     lm_bd b;
-    switchover_of(&b, 80000000, 900, 200, 5000, 40);
+    switchover_of(&b, 80000000, 900, 30000000, 5000, 40);
     lm_bd_learn(&l, &b);
-    assert_int_equal(lm_bd_fixed_estimate(&l, 300, 50, &f), 50 + 300 + 50 + 200);
+    assert_int_equal(lm_bd_fixed_estimate(&l, 300, 50, &f), 50 + 300 + 50 + 0);
     assert_true(f.learned);
     assert_int_equal(f.stop_ns, 50);
+    assert_int_equal(f.rest_ns, 0);
     /* Without a round trip the one stop sample is all there is. */
     lm_bd_fixed_estimate(&l, 300, 0, &f);
     assert_int_equal(f.stop_ns, 80000000);
-    /* A calm second one: the median of {80 ms, 100, 50}; of two rests the
-     * smaller. */
-    switchover_of(&b, 100, 700, 250, 9000, 30);
+    /* A calm second one: the medians of {80 ms, 100, 50} and {30 ms,
+     * 200, 0}. */
+    switchover_of(&b, 100, 700, 200, 9000, 30);
     lm_bd_learn(&l, &b);
     assert_int_equal(lm_bd_fixed_estimate(&l, 300, 50, &f), 100 + 300 + 50 + 200);
     assert_int_equal(f.stop_ns, 100);
     assert_int_equal(f.rest_ns, 200);
-    /* From three on, the median: the 80 ms stop stays an outlier. */
+    /* The median of four: the slow switchover stays an outlier. */
     switchover_of(&b, 120, 700, 260, 9000, 30);
     lm_bd_learn(&l, &b);
     lm_bd_fixed_estimate(&l, 300, 50, &f);
     assert_int_equal(f.stop_ns, (100 + 120) / 2);
-    assert_int_equal(f.rest_ns, 250);
+    assert_int_equal(f.rest_ns, (200 + 260) / 2);
     /* Only the last LM_BD_SAMPLES count: eight slow ones replace them. */
     for (int i = 0; i < LM_BD_SAMPLES; i++) {
         switchover_of(&b, 5000, 700, 7000, 9000, 30);
