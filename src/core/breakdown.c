@@ -219,12 +219,14 @@ static uint64_t part_ns(const lm_bd *b, const char *name)
 void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined)
 {
     uint64_t stop = part_ns(joined, "stop");
-    /* Measured anew before every switchover: not learned. */
-    uint64_t measured = stop + part_ns(joined, "sync") + part_ns(joined, "confirmation");
+    uint64_t sync = part_ns(joined, "sync");
+    /* The confirmation is the round trip's, measured anew every time. */
+    uint64_t known = stop + sync + part_ns(joined, "confirmation");
     uint64_t fixed = lm_bd_fixed_ns(joined);
     unsigned slot = l->n++ % LM_BD_SAMPLES;
     l->stop[slot] = stop;
-    l->rest[slot] = fixed > measured ? fixed - measured : 0;
+    l->sync[slot] = sync;
+    l->rest[slot] = fixed > known ? fixed - known : 0;
 }
 
 /* The median of n <= LM_BD_SAMPLES + 1 values; the smallest while n < 3
@@ -252,8 +254,8 @@ uint64_t lm_bd_fixed_estimate(const lm_bd_learned *l, uint64_t sync_ns, uint64_t
     lm_bd_fixed f = { .sync_ns = sync_ns, .rtt_ns = rtt_ns };
     unsigned n = l->n < LM_BD_SAMPLES ? l->n : LM_BD_SAMPLES;
     /* What is known before any switchover counts as one more sample (the
-     * stop: the round trip now; the rest: nothing), so a single slow
-     * switchover is outvoted. */
+     * stop: the round trip now; the sync: the last pass's; the rest:
+     * nothing), so a single slow switchover is outvoted. */
     uint64_t v[LM_BD_SAMPLES + 1];
     memcpy(v, l->stop, n * sizeof(*v));
     unsigned nv = n;
@@ -261,6 +263,9 @@ uint64_t lm_bd_fixed_estimate(const lm_bd_learned *l, uint64_t sync_ns, uint64_t
         v[nv++] = rtt_ns;
     }
     f.stop_ns = nv ? typical(v, nv) : 0;
+    memcpy(v, l->sync, n * sizeof(*v));
+    v[n] = sync_ns;
+    f.sync_ns = typical(v, n + 1);
     memcpy(v, l->rest, n * sizeof(*v));
     v[n] = 0;
     f.rest_ns = typical(v, n + 1);

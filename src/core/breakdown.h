@@ -86,6 +86,9 @@ uint64_t lm_bd_fixed_ns(const lm_bd *joined);
  * What cannot be measured before it is learned from the joined breakdowns
  * of the switchovers so far:
  *   - stop: pausing the vCPUs (their threads must get a CPU to notice);
+ *   - sync, too: a pass's sync runs beside faulting vCPUs (write-protect
+ *     tracking contends with them) and took up to 60 ms where the
+ *     switchover's, with the vCPUs stopped, took 1-2 ms;
  *   - rest: every other fixed part: device saves, the send, the
  *     destination's device loads, multifd finish and restart.
  * A descheduled switchover can only be slower than the host's own cost,
@@ -94,14 +97,15 @@ uint64_t lm_bd_fixed_ns(const lm_bd *joined);
  * fewer than three.  What is known before any switchover counts as one
  * more sample: for the stop, the round trip now (a stop is two thread
  * wake-ups across a condition, the vCPU's then the migration thread's, as
- * the round trip is); for the rest, 0 (the devices' bytes are counted with
- * the RAM's).  That is the whole estimate before the first switchover, and
+ * the round trip is); for the sync, the last pass's; for the rest, 0 (the
+ * devices' bytes are counted with the RAM's).  That is the whole estimate before the first switchover, and
  * after one it outvotes a slow sample: the rest is learned once two
  * switchovers agree.
  */
 #define LM_BD_SAMPLES 8
 typedef struct lm_bd_learned {
     uint64_t stop[LM_BD_SAMPLES];
+    uint64_t sync[LM_BD_SAMPLES];
     uint64_t rest[LM_BD_SAMPLES];
     unsigned n; /* switchovers learned from, in all */
 } lm_bd_learned;
