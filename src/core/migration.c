@@ -558,12 +558,12 @@ static int drain_once(src_ctx *c, uint64_t *backlog, uint64_t *lag)
 static int drain_destination(src_ctx *c, uint64_t dirty_bps, uint64_t *more)
 {
     lm_engine *e = c->e;
-    uint64_t backlog, lag, rtt = UINT64_MAX, waited;
+    uint64_t backlog = 0, lag = 0, rtt = UINT64_MAX, waited;
     int ret = drain_once(c, &backlog, &lag);
     waited = lag;
     /* The smallest of a few: one descheduled answer must not count. */
     for (int i = 0; ret == 0 && i < EMPTY_ROUND_TRIPS; i++) {
-        uint64_t more_backlog, one;
+        uint64_t more_backlog = 0, one = 0;
         ret = drain_once(c, &more_backlog, &one);
         backlog = lm_sat_add(backlog, more_backlog);
         waited = lm_sat_add(waited, one);
