@@ -204,3 +204,74 @@ uint64_t lm_bd_fixed_ns(const lm_bd *joined)
     }
     return fixed;
 }
+
+static uint64_t part_ns(const lm_bd *b, const char *name)
+{
+    uint64_t ns = 0;
+    for (unsigned i = 0; i < b->n; i++) {
+        if (!strcmp(b->part[i].name, name)) {
+            ns += b->part[i].ns;
+        }
+    }
+    return ns;
+}
+
+void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined)
+{
+    uint64_t stop = part_ns(joined, "stop");
+    uint64_t sync = part_ns(joined, "sync");
+    /* The confirmation is the round trip's, measured anew every time. */
+    uint64_t known = stop + sync + part_ns(joined, "confirmation");
+    uint64_t fixed = lm_bd_fixed_ns(joined);
+    unsigned slot = l->n++ % LM_BD_SAMPLES;
+    l->stop[slot] = stop;
+    l->sync[slot] = sync;
+    l->rest[slot] = fixed > known ? fixed - known : 0;
+}
+
+/* The median of n <= LM_BD_SAMPLES + 1 values; the smallest while n < 3
+ * (of one or two samples, a descheduled one is the larger). */
+static uint64_t typical(const uint64_t *v, unsigned n)
+{
+    uint64_t s[LM_BD_SAMPLES + 1];
+    memcpy(s, v, n * sizeof(*s));
+    for (unsigned i = 1; i < n; i++) { /* insertion sort: n <= 8 */
+        for (unsigned k = i; k > 0 && s[k - 1] > s[k]; k--) {
+            uint64_t t = s[k];
+            s[k] = s[k - 1];
+            s[k - 1] = t;
+        }
+    }
+    if (n < 3) {
+        return s[0];
+    }
+    return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
+uint64_t lm_bd_fixed_estimate(const lm_bd_learned *l, uint64_t sync_ns, uint64_t rtt_ns,
+                              lm_bd_fixed *out)
+{
+    lm_bd_fixed f = { .sync_ns = sync_ns, .rtt_ns = rtt_ns };
+    unsigned n = l->n < LM_BD_SAMPLES ? l->n : LM_BD_SAMPLES;
+    /* What is known before any switchover counts as one more sample (the
+     * stop: the round trip now; the sync: the last pass's; the rest:
+     * nothing), so a single slow switchover is outvoted. */
+    uint64_t v[LM_BD_SAMPLES + 1];
+    memcpy(v, l->stop, n * sizeof(*v));
+    unsigned nv = n;
+    if (rtt_ns) {
+        v[nv++] = rtt_ns;
+    }
+    f.stop_ns = nv ? typical(v, nv) : 0;
+    memcpy(v, l->sync, n * sizeof(*v));
+    v[n] = sync_ns;
+    f.sync_ns = typical(v, n + 1);
+    memcpy(v, l->rest, n * sizeof(*v));
+    v[n] = 0;
+    f.rest_ns = typical(v, n + 1);
+    f.learned = n > 0;
+    if (out) {
+        *out = f;
+    }
+    return f.stop_ns + f.sync_ns + f.rtt_ns + f.rest_ns;
+}

@@ -71,4 +71,59 @@ void lm_bd_join(const lm_bd *src, uint64_t t4_ns, uint64_t t5_ns, const lm_bd *d
  * costs on this host however little is dirty. */
 uint64_t lm_bd_fixed_ns(const lm_bd *joined);
 
+/*
+ * The fixed part of the next switchover's downtime (expected-downtime's
+ * part that does not grow with the bytes to move).
+ *
+ * What can be measured before the switchover, without touching the guest,
+ * is measured anew at every dirty sync, so it follows the host's load now:
+ *   - sync: the last pass's dirty sync (and multifd sync point) stands for
+ *     the switchover's last one (the caller adds multifd's END at the
+ *     tail's end, a sync point again);
+ *   - round trip: an empty DRAIN..BACKLOG on the return path (nothing
+ *     queued at the destination) stands for the last byte's way there, the
+ *     destination's load thread waking up, and the confirmation's way back.
+ * What cannot be measured before it is learned from the joined breakdowns
+ * of the switchovers so far:
+ *   - stop: pausing the vCPUs (their threads must get a CPU to notice);
+ *   - sync, too: a pass's sync runs beside faulting vCPUs (write-protect
+ *     tracking contends with them) and took up to 60 ms where the
+ *     switchover's, with the vCPUs stopped, took 1-2 ms;
+ *   - rest: every other fixed part: device saves, the send, the
+ *     destination's device loads, multifd finish and restart.
+ * A descheduled switchover can only be slower than the host's own cost,
+ * never faster, so one slow sample must not move the estimate: each is
+ * the median of the last LM_BD_SAMPLES, and the smallest while there are
+ * fewer than three.  What is known before any switchover counts as one
+ * more sample: for the stop, the round trip now (a stop is two thread
+ * wake-ups across a condition, the vCPU's then the migration thread's, as
+ * the round trip is); for the sync, the last pass's; for the rest, 0 (the
+ * devices' bytes are counted with the RAM's).  That is the whole estimate before the first switchover, and
+ * after one it outvotes a slow sample: the rest is learned once two
+ * switchovers agree.
+ */
+#define LM_BD_SAMPLES 8
+typedef struct lm_bd_learned {
+    uint64_t stop[LM_BD_SAMPLES];
+    uint64_t sync[LM_BD_SAMPLES];
+    uint64_t rest[LM_BD_SAMPLES];
+    unsigned n; /* switchovers learned from, in all */
+} lm_bd_learned;
+
+/* The estimate and what it is made of. */
+typedef struct lm_bd_fixed {
+    uint64_t stop_ns;
+    uint64_t sync_ns;
+    uint64_t rtt_ns;
+    uint64_t rest_ns;
+    bool learned; /* stop and rest come from earlier switchovers */
+} lm_bd_fixed;
+
+/* Learns from one switchover's joined breakdown. */
+void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined);
+/* The fixed part for a switchover now: sync_ns and rtt_ns as measured by
+ * the last pass (rtt_ns 0: no round trip measured); returns the sum. */
+uint64_t lm_bd_fixed_estimate(const lm_bd_learned *l, uint64_t sync_ns, uint64_t rtt_ns,
+                              lm_bd_fixed *out);
+
 #endif

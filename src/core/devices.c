@@ -178,7 +178,7 @@ void lm_devices_save_cleanup(lm_engine *e)
 }
 
 /* The JSON description is built only here, i.e. only when it is sent. */
-int lm_devices_write_vmdesc(lm_engine *e, lm_channel *ch, lm_error *err)
+char *lm_devices_describe(lm_engine *e)
 {
     json_t *devices = json_array();
     for (size_t i = 0; i < e->ndevs; i++) {
@@ -200,6 +200,11 @@ int lm_devices_write_vmdesc(lm_engine *e, lm_channel *ch, lm_error *err)
     json_t *root = json_pack("{s:o, s:o}", "ram_blocks", blocks, "devices", devices);
     char *text = json_dumps(root, JSON_COMPACT);
     json_decref(root);
+    return text;
+}
+
+int lm_devices_write_vmdesc(const char *text, lm_channel *ch, lm_error *err)
+{
     if (!text) {
         return lm_error_set(err, -ENOMEM, "cannot build the device description");
     }
@@ -207,7 +212,6 @@ int lm_devices_write_vmdesc(lm_engine *e, lm_channel *ch, lm_error *err)
     lm_channel_put_u8(ch, LM_REC_VMDESC);
     lm_channel_put_be32(ch, (uint32_t)len);
     int ret = lm_channel_put(ch, text, len);
-    free(text);
     return ret < 0 ? lm_channel_error(ch, err) : 0;
 }
 

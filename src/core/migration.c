@@ -44,8 +44,11 @@
  * again after waiting this long (ms) at most, so that an idle guest does
  * not turn the wait into a busy loop of empty passes. */
 #define ACK_POLL_MS 50
-/* A pass this small says little about the rate: keep the last estimate. */
+/* A pass this small says little about the rate: pooled with the next. */
 #define RATE_SAMPLE_BYTES (64ull << 10)
+/* Empty DRAIN round trips after the drain: the quickest is the return
+ * path's own (core/breakdown.h). */
+#define EMPTY_ROUND_TRIPS 3
 
 typedef struct src_ctx {
     lm_engine *e;
@@ -65,6 +68,8 @@ typedef struct src_ctx {
     bool checksum;      /* page data carries xxh3 checksums (file:, or x-checksum) */
     /* The switchover's accounting (docs/architecture.md, convergence). */
     uint64_t pass_start_held;  /* lm_ratelimit_held_ns() when the pass began */
+    uint64_t pool_bytes;       /* passes too small to measure the rate alone, pooled */
+    uint64_t pool_busy_ns;
     unsigned syncs;
     uint64_t unlimited_bw;     /* bytes/s of the last pass, not counting the time
                                 * max-bandwidth held the writers back */
@@ -72,6 +77,7 @@ typedef struct src_ctx {
     lm_bd bd;                  /* this switchover's source parts */
     lm_bd bd_dst;              /* the destination's, from the return path */
     bool have_bd_dst;
+    char *vmdesc;              /* the device description, built before the stop */
     lm_conv_state conv;        /* x-convergence and x-auto-postcopy (convergence.c) */
     bool sw_acked;             /* switchover-ack: the destination's SWITCHOVER_ACK came */
     uint64_t pass_start_pages; /* pages sent (normal + zero) when the pass began */
@@ -495,31 +501,20 @@ static uint64_t per_second(uint64_t a, uint64_t b)
     return sat_u64((double)a * 1e9 / (double)b);
 }
 
-/* What a switchover costs besides moving bytes: learned from the
- * breakdowns of the switchovers so far; before the first one, what this
- * migration measured of it: the dirty sync.  (Not the drain's round trip:
- * it includes the destination catching up with multifd pages still held
- * back by max-bandwidth, which the stop-copy does not pay.)  Called with
- * the engine lock. */
+/* What a switchover costs besides moving bytes (core/breakdown.h): what
+ * the last pass measured (its dirty sync, the return path's empty round
+ * trip) and what the switchovers so far taught.  Called with the engine
+ * lock. */
 static uint64_t fixed_cost_ns(lm_engine *e)
 {
-    return e->learned_fixed_ns ? e->learned_fixed_ns : e->stats.sync_ns;
+    return lm_bd_fixed_estimate(&e->learned, e->stats.sync_ns, e->stats.rtt_now_ns, NULL);
 }
 
-/* The destination owns part of the blackout: whatever it received but has
- * not loaded yet must be loaded before the guest can run there.  Before
- * stopping the guest, ask it to answer once everything sent so far is
- * loaded (PING, answered by BACKLOG), and wait: the switchover then starts
- * with nothing queued there.  Meanwhile the guest ran on: what it
- * dirtied during the wait (at the last pass's dirty rate) joins the tail,
- * and what the destination says is queued behind the PING joins it too.
- * *expected becomes the prediction with both; when it no longer fits the
- * limit (and more than a negligible amount is involved), *switch_now is
- * cleared: another pass first. */
-static int drain_destination(src_ctx *c, uint64_t limit_ns, uint64_t pending, uint64_t bw,
-                             uint64_t dirty_bps, uint64_t *expected, bool *switch_now)
+/* One DRAIN..BACKLOG round trip: the destination answers once everything
+ * sent before the DRAIN is loaded; *backlog is what it says arrived behind
+ * it, not loaded yet, *lag how long the answer took. */
+static int drain_once(src_ctx *c, uint64_t *backlog, uint64_t *lag)
 {
-    lm_engine *e = c->e;
     uint8_t body[4];
     lm_store_be32(body, ++c->ping_seq);
     uint64_t t = lm_now_ns();
@@ -556,29 +551,53 @@ static int drain_destination(src_ctx *c, uint64_t limit_ns, uint64_t pending, ui
             break;
         }
     }
-    uint64_t backlog = m->backlog;
+    *backlog = m->backlog;
     free(m);
+    *lag = lm_now_ns() - t;
+    return ret;
+}
+
+/* The destination owns part of the blackout: whatever it received but has
+ * not loaded yet must be loaded before the guest can run there.  Before
+ * stopping the guest, ask it to answer once everything sent so far is
+ * loaded (DRAIN, answered by BACKLOG), and wait: the switchover then
+ * starts with nothing queued there.  Then a few more, with nothing queued:
+ * the quickest is the return path's own round trip (its latency both ways and
+ * the destination's wake-up), which the fixed part counts.  Meanwhile the
+ * guest ran on: *more is what it dirtied during the waits (at the last
+ * pass's dirty rate) and what the destination says is queued behind the
+ * DRAINs: bytes that join the tail. */
+static int drain_destination(src_ctx *c, uint64_t dirty_bps, uint64_t *more)
+{
+    lm_engine *e = c->e;
+    uint64_t backlog = 0, lag = 0, rtt = UINT64_MAX, waited;
+    int ret = drain_once(c, &backlog, &lag);
+    waited = lag;
+    /* The smallest of a few: one descheduled answer must not count. */
+    for (int i = 0; ret == 0 && i < EMPTY_ROUND_TRIPS; i++) {
+        uint64_t more_backlog = 0, one = 0;
+        ret = drain_once(c, &more_backlog, &one);
+        backlog = lm_sat_add(backlog, more_backlog);
+        waited = lm_sat_add(waited, one);
+        rtt = LM_MIN(rtt, one);
+    }
     if (ret < 0) {
         return ret;
     }
-    uint64_t lag = lm_now_ns() - t;
-    uint64_t more = lm_sat_add(sat_u64((double)dirty_bps * (double)lag / 1e9), backlog);
-    *expected = lm_sat_add(*expected, per_second(more, bw));
+    *more = lm_sat_add(sat_u64((double)dirty_bps * (double)waited / 1e9), backlog);
     pthread_mutex_lock(&e->lock);
     lm_stats *st = &e->stats;
     st->dest_lag_ns = lag;
     st->dest_backlog = backlog;
-    st->drains++;
-    if (!st->rtt_ns || lag < st->rtt_ns) {
-        st->rtt_ns = lag;
+    st->drains += 1 + EMPTY_ROUND_TRIPS;
+    if (!st->rtt_ns || rtt < st->rtt_ns) {
+        st->rtt_ns = rtt;
     }
-    st->expected_downtime_ns = *expected;
+    st->rtt_now_ns = rtt;
     pthread_mutex_unlock(&e->lock);
-    if (*expected > limit_ns && lm_sat_add(pending, more) > NEGLIGIBLE_BYTES) {
-        *switch_now = false;
-    }
-    lm_debug("destination drained in %llu us (%llu bytes queued behind the PING)",
-             (unsigned long long)(lag / 1000), (unsigned long long)backlog);
+    lm_debug("destination drained in %llu us, then an empty round trip in %llu us (%llu bytes "
+             "queued behind)", (unsigned long long)(lag / 1000), (unsigned long long)(rtt / 1000),
+             (unsigned long long)backlog);
     return 0;
 }
 
@@ -622,6 +641,8 @@ static void wait_for_ack_poll(lm_engine *e)
 static int sync_and_decide(src_ctx *c, bool *switch_now)
 {
     lm_engine *e = c->e;
+    uint64_t sp_start = lm_now_ns();
+    uint64_t sp_held = lm_ratelimit_held_ns(&e->rl);
     /* No page of the last pass may land after the same page of the next. */
     int ret = multifd_sync_point(c);
     if (ret < 0) {
@@ -635,7 +656,12 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     if (ret < 0) {
         return ret;
     }
-    uint64_t sync_ns = lm_now_ns() - now;
+    /* The switchover's "sync" part is the same two steps; its sync point
+     * is not held back by max-bandwidth (lifted by then).  With multifd the
+     * tail ends with the channels' END, a sync point again (wait for the
+     * senders, a packet on each): counted once more, it is no byte's time. */
+    uint64_t sp_ns = lm_sat_sub(now - sp_start, held - sp_held);
+    uint64_t sync_ns = lm_now_ns() - now + (c->mf_open ? 2 * sp_ns : sp_ns);
     uint64_t pending_ram = lm_ram_save_pending(&e->saver);
     uint64_t pending_dev = lm_devices_pending(e, true, NULL);
     uint64_t pending = lm_sat_add(pending_ram, pending_dev);
@@ -649,9 +675,17 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     uint64_t busy = lm_sat_sub(elapsed, held - c->pass_start_held);
     /* The last pass that moved enough to say something: the first full
      * pass reads every zero page too, which the tail does not, so later
-     * passes (dirtied pages, like the tail) replace its estimate. */
-    if (c->syncs++ > 0 && sent >= RATE_SAMPLE_BYTES && busy > 0) {
-        c->unlimited_bw = per_second(sent, busy);
+     * passes (dirtied pages, like the tail) replace its estimate.  Smaller
+     * passes are pooled until together they say enough (an idle guest
+     * under a cap sends only small passes after the first; one of a few
+     * pages timed alone gave rates off by 100x either way). */
+    if (c->syncs++ > 0 && sent > 0) {
+        c->pool_bytes = lm_sat_add(c->pool_bytes, sent);
+        c->pool_busy_ns = lm_sat_add(c->pool_busy_ns, busy);
+        if (c->pool_bytes >= RATE_SAMPLE_BYTES && c->pool_busy_ns > 0) {
+            c->unlimited_bw = per_second(c->pool_bytes, c->pool_busy_ns);
+            c->pool_bytes = c->pool_busy_ns = 0;
+        }
     }
     uint64_t unlimited_bw = c->unlimited_bw;
 
@@ -736,10 +770,30 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
         }
         if (*switch_now && c->return_path) {
             uint64_t dirty_bps = elapsed ? per_second(new_bytes, elapsed) : 0;
-            ret = drain_destination(c, limit_ns, pending, bw, dirty_bps, &expected, switch_now);
+            uint64_t more = 0;
+            ret = drain_destination(c, dirty_bps, &more);
             if (ret < 0) {
                 return ret;
             }
+            /* The prediction again, with the round trip just measured and
+             * what joined the tail meanwhile. */
+            uint64_t tail = lm_sat_add(pending, more);
+            lm_bd_fixed parts;
+            pthread_mutex_lock(&e->lock);
+            fixed = lm_bd_fixed_estimate(&e->learned, st->sync_ns, st->rtt_now_ns, &parts);
+            expected = lm_sat_add(fixed, per_second(tail, bw));
+            st->expected_downtime_ns = expected;
+            st->expected_fixed_ns = fixed;
+            pthread_mutex_unlock(&e->lock);
+            if (expected > limit_ns && tail > NEGLIGIBLE_BYTES) {
+                *switch_now = false;
+            }
+            lm_debug("fixed part %llu us: stop %llu sync %llu round trip %llu rest %llu (%s)",
+                     (unsigned long long)(fixed / 1000), (unsigned long long)(parts.stop_ns / 1000),
+                     (unsigned long long)(parts.sync_ns / 1000),
+                     (unsigned long long)(parts.rtt_ns / 1000),
+                     (unsigned long long)(parts.rest_ns / 1000),
+                     parts.learned ? "learned" : "nothing learned yet");
         }
         lm_debug("pass %llu: pending %llu (ram %llu dev %llu) bw %llu B/s expected %llu us -> %s",
                  (unsigned long long)pass, (unsigned long long)pending,
@@ -937,6 +991,12 @@ static int switchover(src_ctx *c, bool postcopy)
 {
     lm_engine *e = c->e;
     bool was_running = e->cb.vm_is_running ? e->cb.vm_is_running(e->opaque) : true;
+    pthread_mutex_lock(&e->lock);
+    bool vmdesc = e->params.x_vmdesc && !postcopy;
+    pthread_mutex_unlock(&e->lock);
+    if (vmdesc) {
+        c->vmdesc = lm_devices_describe(e); /* layout only: not downtime */
+    }
     uint64_t stop_ns = lm_now_ns();
     lm_bd_start(&c->bd, stop_ns);
     lm_history_switchover(&e->history, stop_ns);
@@ -951,7 +1011,6 @@ static int switchover(src_ctx *c, bool postcopy)
     e->guest_stopped_by_us = was_running;
     e->guest_was_running = was_running;
     e->stats.stop_ns = stop_ns;
-    bool vmdesc = e->params.x_vmdesc && !postcopy;
     pthread_mutex_unlock(&e->lock);
 
     int ret = maybe_pause(c);
@@ -1014,7 +1073,7 @@ static int switchover(src_ctx *c, bool postcopy)
         ret = lm_stream_write_footer(c->ch, LM_GLOBALSTATE_SECTION_ID);
     }
     if (ret == 0 && vmdesc) {
-        ret = lm_devices_write_vmdesc(e, c->ch, &c->err);
+        ret = lm_devices_write_vmdesc(c->vmdesc, c->ch, &c->err);
     }
     if (ret == 0 && postcopy) {
         /* Its PONG says the device state is loaded there (postcopy-device). */
@@ -1031,20 +1090,6 @@ static int switchover(src_ctx *c, bool postcopy)
         return ret; /* the destination has not run the guest: ours runs on */
     }
     return postcopy ? postcopy_run(c, stop_ns, before) : precopy_confirm(c, stop_ns, before);
-}
-
-static uint64_t median(const uint64_t *v, unsigned n)
-{
-    uint64_t s[LM_FIXED_SAMPLES];
-    memcpy(s, v, n * sizeof(*s));
-    for (unsigned i = 1; i < n; i++) { /* n <= 8: insertion sort */
-        for (unsigned k = i; k > 0 && s[k - 1] > s[k]; k--) {
-            uint64_t t = s[k];
-            s[k] = s[k - 1];
-            s[k - 1] = t;
-        }
-    }
-    return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
 }
 
 /* The switchover is over (t_end): joins the destination's parts (if it
@@ -1077,7 +1122,6 @@ static void record_breakdown(src_ctx *c, uint64_t t_sent, uint64_t t_end)
     } else {
         joined = c->bd;
     }
-    uint64_t fixed = lm_bd_fixed_ns(&joined);
     pthread_mutex_lock(&e->lock);
     lm_stats *st = &e->stats;
     st->bd = joined;
@@ -1086,11 +1130,9 @@ static void record_breakdown(src_ctx *c, uint64_t t_sent, uint64_t t_end)
     st->bd_expected_ns = st->expected_downtime_ns;
     st->bd_fixed_ns = st->expected_fixed_ns;
     st->has_breakdown = true;
-    /* The median of the last switchovers: one odd run on a loaded host
-     * (a vCPU thread descheduled for 50 ms) does not move it. */
-    e->fixed_samples[e->nfixed++ % LM_FIXED_SAMPLES] = fixed;
-    e->learned_fixed_ns = median(e->fixed_samples,
-                                 e->nfixed < LM_FIXED_SAMPLES ? e->nfixed : LM_FIXED_SAMPLES);
+    /* Robust to one odd run on a loaded host (a vCPU thread descheduled
+     * for 50 ms): core/breakdown.h. */
+    lm_bd_learn(&e->learned, &joined);
     pthread_mutex_unlock(&e->lock);
 }
 
@@ -1223,6 +1265,8 @@ static int postcopy_run(src_ctx *c, uint64_t stop_ns, uint64_t before)
 static void finish(src_ctx *c, int ret)
 {
     lm_engine *e = c->e;
+    free(c->vmdesc);
+    c->vmdesc = NULL;
     if (c->pc) {
         lm_pc_src_free(c->pc);
         c->pc = NULL;

@@ -173,6 +173,76 @@ static void test_wire(void **state)
     assert_int_equal(d.part[0].ns, 7);
 }
 
+/* A joined breakdown with the given stop, sync, another fixed part, a RAM
+ * tail and a confirmation (ns). */
+static void switchover_of(lm_bd *b, uint64_t stop, uint64_t sync, uint64_t rest, uint64_t tail,
+                          uint64_t conf)
+{
+    uint64_t t = 0;
+    lm_bd_start(b, t);
+    lm_bd_mark_at(b, "stop", t += stop);
+    lm_bd_mark_at(b, "sync", t += sync);
+    lm_bd_mark_at(b, "ram-tail", t += tail);
+    lm_bd_mark_at(b, "dst:restart", t += rest);
+    lm_bd_mark_at(b, "confirmation", t += conf);
+}
+
+/* The fixed part: measured parts come from now, learned ones from the
+ * switchovers so far; one descheduled switchover does not move it. */
+static void test_fixed_estimate(void **state)
+{
+    (void)state;
+    lm_bd_learned l;
+    memset(&l, 0, sizeof(l));
+    lm_bd_fixed f;
+    /* Nothing learned: the stop costs a round trip, the rest nothing. */
+    assert_int_equal(lm_bd_fixed_estimate(&l, 300, 50, &f), 300 + 50 + 50);
+    assert_false(f.learned);
+    assert_int_equal(f.stop_ns, 50);
+    assert_int_equal(f.rest_ns, 0);
+    /* No round trip measured (no return path): sync alone. */
+    assert_int_equal(lm_bd_fixed_estimate(&l, 300, 0, NULL), 300);
+
+    /* The first switchover was descheduled in its stop (80 ms): the sync
+     * and the confirmation of then are not learned, the tail is not fixed,
+     * and the round trip now outvotes the slow stop. */
+    lm_bd b;
+    switchover_of(&b, 80000000, 900, 30000000, 5000, 40);
+    lm_bd_learn(&l, &b);
+    /* The sync: the smaller of the pass's 300 and the switchover's 900. */
+    assert_int_equal(lm_bd_fixed_estimate(&l, 300, 50, &f), 50 + 300 + 50 + 0);
+    assert_true(f.learned);
+    assert_int_equal(f.stop_ns, 50);
+    assert_int_equal(f.rest_ns, 0);
+    /* Without a round trip the one stop sample is all there is. */
+    lm_bd_fixed_estimate(&l, 300, 0, &f);
+    assert_int_equal(f.stop_ns, 80000000);
+    /* A calm second one: the medians of {80 ms, 100, 50} and {30 ms,
+     * 200, 0}. */
+    switchover_of(&b, 100, 700, 200, 9000, 30);
+    lm_bd_learn(&l, &b);
+    /* A pass's sync slowed by faulting vCPUs (60 ms): the switchovers'
+     * own syncs outvote it (median of {900, 700, 60 ms}). */
+    assert_int_equal(lm_bd_fixed_estimate(&l, 60000000, 50, &f), 100 + 900 + 50 + 200);
+    assert_int_equal(lm_bd_fixed_estimate(&l, 300, 50, &f), 100 + 700 + 50 + 200);
+    assert_int_equal(f.stop_ns, 100);
+    assert_int_equal(f.rest_ns, 200);
+    /* The median of four: the slow switchover stays an outlier. */
+    switchover_of(&b, 120, 700, 260, 9000, 30);
+    lm_bd_learn(&l, &b);
+    lm_bd_fixed_estimate(&l, 300, 50, &f);
+    assert_int_equal(f.stop_ns, (100 + 120) / 2);
+    assert_int_equal(f.rest_ns, (200 + 260) / 2);
+    /* Only the last LM_BD_SAMPLES count: eight slow ones replace them. */
+    for (int i = 0; i < LM_BD_SAMPLES; i++) {
+        switchover_of(&b, 5000, 700, 7000, 9000, 30);
+        lm_bd_learn(&l, &b);
+    }
+    lm_bd_fixed_estimate(&l, 300, 50, &f);
+    assert_int_equal(f.stop_ns, 5000);
+    assert_int_equal(f.rest_ns, 7000);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -180,6 +250,7 @@ int main(void)
         cmocka_unit_test(test_marks_tile),
         cmocka_unit_test(test_join_tiles),
         cmocka_unit_test(test_wire),
+        cmocka_unit_test(test_fixed_estimate),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
