@@ -38,8 +38,7 @@ typedef struct pc_req {
 
 struct lm_pc_src {
     lm_pc_src_ctx ctx;
-    lm_ram_saver *s;
-    bool preempt;
+    lm_ram_saver *s;      /* ctx.saver */
     lm_uri uri;
 
     pthread_mutex_t lock;
@@ -93,7 +92,6 @@ lm_pc_src *lm_pc_src_new(const lm_pc_src_ctx *ctx)
     }
     p->ctx = *ctx;
     p->s = ctx->saver;
-    p->preempt = ctx->preempt;
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->cond, NULL);
     return p;
@@ -435,7 +433,7 @@ static void *pre_thread_fn(void *arg)
 
 static void start_preempt(lm_pc_src *p, const lm_uri *uri)
 {
-    if (!p->preempt) {
+    if (!p->ctx.preempt) {
         return;
     }
     p->uri = *uri;
@@ -458,7 +456,7 @@ int lm_pc_write_ping(lm_channel *ch, uint32_t value)
 int lm_pc_src_advise(lm_pc_src *p, lm_channel *ch, const lm_uri *uri, lm_error *err)
 {
     uint8_t body[4];
-    lm_store_be32(body, p->preempt ? LM_ADVISE_PREEMPT : 0);
+    lm_store_be32(body, p->ctx.preempt ? LM_ADVISE_PREEMPT : 0);
     lm_pc_write_command(ch, LM_CMD_POSTCOPY_ADVISE, body, sizeof(body));
     lm_pc_write_ping(ch, LM_PING_POSTCOPY_ADVISED);
     if (lm_channel_flush(ch) < 0) {
