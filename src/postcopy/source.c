@@ -16,8 +16,12 @@
 
 /* Background data per RAM section: small while requested pages are
  * served on the main channel (no preempt yet), so they never wait behind
- * much; larger once the preempt channel carries them. */
-#define PC_SLICE_BYTES (256u << 10)
+ * much; larger once the preempt channel carries them.  Each slice is one
+ * send, and each send wakes the destination's reader: at 256 KiB that
+ * was 4096 wake-ups (and preemptions of this thread) per GiB on a busy
+ * host; requested pages go out ahead of the slice's bulk, flushed on
+ * their own (lm_pc_src_run), so they do not wait for it. */
+#define PC_SLICE_BYTES (1u << 20)
 #define PC_SLICE_PREEMPT_BYTES (4u << 20)
 /* One background run (one record, as precopy's) covers at most this much
  * guest RAM, and at least one host page. */
@@ -274,6 +278,11 @@ static void *rp_thread_fn(void *arg)
     }
     for (;;) {
         lm_error_clear(&err);
+        /* Polled first: a read() blocked here would wake every time the
+         * destination drains the main channel's send buffer (same socket,
+         * same wait queue), thousands of times per GiB, each one taking a
+         * CPU from the sender on a busy host. */
+        (void)lm_channel_wait_input(p->rp);
         if (lm_rp_read_msg(p->rp, m, &err) < 0) {
             fail(p, &err);
             break;
@@ -666,6 +675,13 @@ int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err)
             ret = lm_ram_save_send_range(p->s, p->main_batch, ch, pb, r.first, r.first + lm_pc_hp_pages(pb),
                                          &urgent);
         }
+        if (ret == 0 && urgent) {
+            /* Requested pages out now, not after this slice's bulk. */
+            ret = lm_ram_batch_flush(p->main_batch, ch);
+            if (ret == 0) {
+                ret = lm_channel_flush(ch);
+            }
+        }
         pthread_mutex_lock(&p->lock);
         uint64_t slice = p->pre_up ? PC_SLICE_PREEMPT_BYTES : PC_SLICE_BYTES;
         pthread_mutex_unlock(&p->lock);
@@ -694,12 +710,18 @@ int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err)
         if (ret == 0) {
             ret = lm_ram_batch_flush(p->main_batch, ch);
         }
+        lm_ratelimit_charge(cx->rl, bulk);
         if (ret == 0) {
             lm_channel_put_u8(ch, LM_RAM_EOS);
             lm_stream_write_footer(ch, cx->ram_section);
-            ret = lm_channel_flush(ch);
+            /* The section's last bytes ride with the next slice's pages
+             * (the records before them are out already): a send of its
+             * own would wake the destination once more per slice.  Out
+             * now if nothing follows at once. */
+            if (done || lm_ratelimit_delay_ns(cx->rl) != 0) {
+                ret = lm_channel_flush(ch);
+            }
         }
-        lm_ratelimit_charge(cx->rl, bulk);
         __atomic_fetch_add(cx->bytes, urgent + bulk, __ATOMIC_RELAXED);
         if (ret < 0) {
             /* A helper's failure (it shut this channel down) says more. */
