@@ -658,6 +658,7 @@ def busy_processes():
 
 
 MODES = ("precopy", "multifd2", "multifd4", "postcopy")
+POSTCOPY_ROWS = ("random:anon:unix:precopy", "random:anon:unix:postcopy")
 
 
 def streams_of(mode):
@@ -679,6 +680,10 @@ def main():
                          "e.g. random:anon:unix:precopy,random:file:unix:multifd4 (default all)")
     ap.add_argument("--only", default=None,
                     help="only these data:dest:transport:mode rows at every size (default all)")
+    ap.add_argument("--postcopy", action="store_true",
+                    help="quick postcopy check (issue 14 §3): only %s, 1G, 3 repetitions, "
+                         "written to bench/postcopy-throughput.md, unless --only/--sizes/--reps/--out say "
+                         "otherwise" % ",".join(POSTCOPY_ROWS))
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per migration")
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--rawcopy", default=None, help="bench/rawcopy binary")
@@ -693,6 +698,16 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results.md"))
     ap.add_argument("--json", default=None, help="also write every run's figures here")
     args = ap.parse_args()
+    if args.postcopy:
+        # The postcopy row and, as its anchor, precopy into the same memory.
+        given = set(a.split("=")[0] for a in sys.argv[1:])
+        args.only = args.only or ",".join(POSTCOPY_ROWS)
+        if "--sizes" not in given:
+            args.sizes = "1G"
+        if "--reps" not in given:
+            args.reps = 3
+        if "--out" not in given:   # bench/results.md is the whole fair run's
+            args.out = os.path.join(ROOT, "bench", "postcopy-throughput.md")
 
     sizes = [parse_size(s) for s in args.sizes.split(",") if s]
     kinds = args.data.split(",")

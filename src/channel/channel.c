@@ -722,6 +722,19 @@ static int fill(lm_channel *ch)
     }
 }
 
+int lm_channel_wait_input(lm_channel *ch)
+{
+    /* Bytes buffered here (or inside a TLS session, which poll cannot
+     * see): the next read returns without waiting anyway. */
+    if (sticky(ch) || ch->rpos < ch->rlen || ch->tls || !ch->is_socket) {
+        return sticky(ch);
+    }
+    struct pollfd p = { ch->fd, POLLIN, 0 };
+    while (poll(&p, 1, -1) < 0 && errno == EINTR) {
+    }
+    return sticky(ch);
+}
+
 int lm_channel_get(lm_channel *ch, void *p, size_t n)
 {
     uint8_t *out = p;

@@ -74,6 +74,12 @@ void lm_channel_zerocopy_stats(const lm_channel *ch, uint64_t *sends, uint64_t *
 
 /* Exact reads: 0, or -EPIPE at end of stream, or the sticky -errno. */
 int lm_channel_get(lm_channel *ch, void *p, size_t n);
+/* Waits until a read would find data (or the end, or an error).  For a
+ * thread that only reads a socket whose other direction another thread
+ * writes in bulk (a return path): blocked in read() it shares the socket's
+ * wait queue with the writer and wakes at every drained send buffer;
+ * poll() asks for input only.  0, or the channel's sticky error. */
+int lm_channel_wait_input(lm_channel *ch);
 int lm_channel_get_u8(lm_channel *ch, uint8_t *v);
 int lm_channel_get_be16(lm_channel *ch, uint16_t *v);
 int lm_channel_get_be32(lm_channel *ch, uint32_t *v);

@@ -19,8 +19,7 @@
 #include "common/util.h"
 #include "core/engine_internal.h"
 #include "livemig/buffer.h"
-#include "postcopy/dest.h"
-#include "postcopy/return_path.h"
+#include "core/postcopy_ctx.h"
 #include "ram/mapped_ram.h"
 #include "ram/multifd.h"
 #include "ram/ram_load.h"
@@ -526,7 +525,9 @@ static int load_command(dst_ctx *c)
                                "postcopy-ram is off on the destination");
             break;
         }
-        ret = lm_pc_dst_new(e, c->map, e->nblocks, lm_load_be32(body), &c->pc, &c->err);
+        lm_pc_dst_ctx pc;
+        lm_engine_pc_dst_ctx(e, &pc);
+        ret = lm_pc_dst_new(&pc, c->map, e->nblocks, lm_load_be32(body), &c->pc, &c->err);
         if (ret == 0) {
             pthread_mutex_lock(&e->lock);
             e->pc_dst = c->pc;
@@ -908,7 +909,7 @@ void *lm_incoming_thread(void *arg)
         /* Tell the source where the blackout went here, and whether it may
          * give its copy up. */
         if (success && c->bd.on) {
-            lm_rp_send_downtime(c->ch, &c->bd);
+            lm_engine_send_downtime(c->ch, &c->bd);
         }
         lm_rp_write_shut(c->ch, success ? 0 : 1);
     }

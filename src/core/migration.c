@@ -19,9 +19,8 @@
 #include "core/dirtylimit.h"
 #include "core/engine_internal.h"
 #include "livemig/buffer.h"
-#include "postcopy/return_path.h"
+#include "core/postcopy_ctx.h"
 #include "postcopy/postcopy.h"
-#include "postcopy/source.h"
 #include "ram/mapped_ram.h"
 #include "ram/multifd.h"
 #include "ram/stream_config.h"
@@ -349,7 +348,9 @@ static int setup(src_ctx *c)
         }
     }
     if (lm_cap(e, LM_CAP_POSTCOPY_RAM)) {
-        c->pc = lm_pc_src_new(e, lm_cap(e, LM_CAP_POSTCOPY_PREEMPT));
+        lm_pc_src_ctx pc;
+        lm_engine_pc_src_ctx(e, &pc);
+        c->pc = lm_pc_src_new(&pc);
         if (!c->pc) {
             return lm_error_set(&c->err, -ENOMEM, "out of memory");
         }
@@ -1160,7 +1161,7 @@ static int precopy_confirm(src_ctx *c, uint64_t stop_ns, uint64_t before)
                 break;
             }
             if (m->type == LM_RP_DOWNTIME) {
-                c->bd_dst = m->bd;
+                lm_engine_read_downtime(m, &c->bd_dst);
                 c->have_bd_dst = true;
             } else if (m->type != LM_RP_BACKLOG && m->type != LM_RP_SWITCHOVER_ACK) {
                 ret = lm_error_set(&c->err, -EBADMSG, "unexpected return-path message 0x%x at the "

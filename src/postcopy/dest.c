@@ -11,6 +11,7 @@
 #include "channel/tls.h"
 #include "common/bitmap.h"
 #include "common/clock.h"
+#include "common/failure.h"
 #include "common/util.h"
 #include "livemig/buffer.h"
 #include "postcopy/dest_internal.h"
@@ -66,14 +67,17 @@ static void placer_reset(lm_pc_placer *pl)
 
 static int open_uffd(lm_pc_dst *d, lm_error *err);
 
-int lm_pc_dst_new(lm_engine *e, lm_ram_block **blocks, size_t nblocks, uint32_t flags,
+int lm_pc_dst_new(const lm_pc_dst_ctx *ctx, lm_ram_block **blocks, size_t nblocks, uint32_t flags,
                   lm_pc_dst **out, lm_error *err)
 {
     lm_pc_dst *d = calloc(1, sizeof(*d));
     if (!d) {
         return lm_error_set(err, -ENOMEM, "out of memory");
     }
-    d->e = e;
+    d->ctx = *ctx;
+    if (d->ctx.nvcpus > LM_MAX_VCPUS) {
+        d->ctx.nvcpus = LM_MAX_VCPUS;
+    }
     d->nblocks = nblocks;
     d->preempt = flags & LM_ADVISE_PREEMPT;
     d->uffd = -1;
@@ -118,11 +122,6 @@ int lm_pc_dst_new(lm_engine *e, lm_ram_block **blocks, size_t nblocks, uint32_t 
         lm_pc_dst_free(d);
         return lm_error_set(err, -ENOMEM, "out of memory for postcopy buffers");
     }
-    pthread_mutex_lock(&e->lock);
-    d->blocktime = e->caps[LM_CAP_POSTCOPY_BLOCKTIME];
-    d->nvcpus = e->nvcpus;
-    memcpy(d->tids, e->vcpu_tids, sizeof(d->tids));
-    pthread_mutex_unlock(&e->lock);
     /* Refuse ADVISE now, while the source can still give postcopy up with
      * its guest running, when userfaultfd is not there (QEMU checks the
      * host at ADVISE too); LISTEN opens the one it uses. */
@@ -255,7 +254,7 @@ static int open_uffd_with(uint64_t want, int *out)
 static int open_uffd(lm_pc_dst *d, lm_error *err)
 {
     uint64_t want = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MISSING_HUGETLBFS;
-    if (d->blocktime) {
+    if (d->ctx.blocktime) {
         want |= UFFD_FEATURE_THREAD_ID;
     }
     int fd = -1, ret = -EINVAL;
@@ -495,7 +494,7 @@ int lm_pc_place_range(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t first
         if (d->waiting[wi]) {
             lm_pc_clear_range(d->waiting[wi], p, q - p);
         }
-        __atomic_fetch_add(&d->e->pc_bytes, (q - p) << b->page_shift, __ATOMIC_RELAXED);
+        __atomic_fetch_add(d->ctx.bytes, (q - p) << b->page_shift, __ATOMIC_RELAXED);
         if (newly && __atomic_add_fetch(&d->received_pages, newly, __ATOMIC_ACQ_REL) >= d->total_pages) {
             pthread_mutex_lock(&d->lock);
             pthread_cond_broadcast(&d->cond);
@@ -674,7 +673,7 @@ void lm_pc_send_request(lm_pc_dst *d, uint32_t wi, uint64_t first, uint64_t n)
         d->rp = NULL;
     }
     pthread_mutex_unlock(&d->rp_lock);
-    __atomic_fetch_add(&d->e->pc_requests, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(d->ctx.requests, 1, __ATOMIC_RELAXED);
 }
 
 int lm_pc_dst_set_rp(lm_pc_dst *d, lm_channel *main_ch, bool resume, lm_error *err)
@@ -749,26 +748,22 @@ int lm_pc_dst_send_pong(lm_pc_dst *d, uint32_t value)
 
 static void pre_failed(lm_pc_dst *d, const lm_error *err)
 {
-    lm_engine *e = d->e;
     pthread_mutex_lock(&d->lock);
-    bool report = !d->pre_stopping && d->listening && !d->pre_failed;
-    if (report) {
-        d->pre_failed = true;
-        lm_error_propagate(&d->pre_err, err);
-    }
+    /* Stopping, or before LISTEN, a broken connection is no failure. */
+    bool report = !d->pre_stopping && d->listening &&
+                  lm_failure_set_locked(&d->pre_code, &d->pre_err, err->code, err);
     pthread_cond_broadcast(&d->cond);
     pthread_mutex_unlock(&d->lock);
     if (report) {
         lm_warn("postcopy preempt connection: %s", err->msg);
         /* Wake the load thread: the whole connection pauses. */
-        lm_engine_wake_main(e, -EIO, "postcopy preempt connection lost");
+        d->ctx.hooks.wake_main(d->ctx.hooks.opaque, -EIO, "postcopy preempt connection lost");
     }
 }
 
 static void *pre_thread_fn(void *arg)
 {
     lm_pc_dst *d = arg;
-    lm_engine *e = d->e;
     lm_error err = LM_ERROR_INIT;
     int fd, pid;
     if (lm_listener_accept(d->pre_listener, &fd, &pid, &err) < 0) {
@@ -791,9 +786,7 @@ static void *pre_thread_fn(void *arg)
     d->pre = ch;
     bool stop = d->pre_stopping;
     pthread_mutex_unlock(&d->lock);
-    pthread_mutex_lock(&e->lock);
-    e->ch_preempt = ch;
-    pthread_mutex_unlock(&e->lock);
+    d->ctx.hooks.preempt_channel(d->ctx.hooks.opaque, ch);
     uint32_t magic = 0, version = 0;
     int ret = stop ? -ECANCELED : 0;
     if (ret == 0 && (lm_channel_get_be32(ch, &magic) < 0 || lm_channel_get_be32(ch, &version) < 0)) {
@@ -839,9 +832,7 @@ static void *pre_thread_fn(void *arg)
     if (ret < 0) {
         pre_failed(d, &err);
     }
-    pthread_mutex_lock(&e->lock);
-    e->ch_preempt = NULL;
-    pthread_mutex_unlock(&e->lock);
+    d->ctx.hooks.preempt_channel(d->ctx.hooks.opaque, NULL);
     pthread_mutex_lock(&d->lock);
     d->pre = NULL;
     pthread_mutex_unlock(&d->lock);
@@ -856,7 +847,7 @@ int lm_pc_dst_start_preempt(lm_pc_dst *d, lm_listener *l, lm_error *err)
     }
     pthread_mutex_lock(&d->lock);
     d->pre_stopping = false;
-    d->pre_failed = false;
+    d->pre_code = 0;
     lm_error_clear(&d->pre_err);
     d->pre_listener = l;
     pthread_mutex_unlock(&d->lock);
@@ -888,25 +879,29 @@ void lm_pc_dst_stop_preempt(lm_pc_dst *d)
 
 int lm_pc_dst_wait_all(lm_pc_dst *d, lm_channel *main_ch, lm_error *err)
 {
-    lm_engine *e = d->e;
     int ret = 0;
     pthread_mutex_lock(&d->lock);
     while (__atomic_load_n(&d->received_pages, __ATOMIC_ACQUIRE) < d->total_pages) {
-        if (d->pre_failed) {
+        if (d->pre_code) {
             lm_error_propagate(err, &d->pre_err);
-            ret = d->pre_err.code ? d->pre_err.code : -EIO;
+            ret = d->pre_code;
             break;
         }
         if (lm_channel_error(main_ch, err) < 0) {
             ret = lm_channel_error(main_ch, NULL);
             break;
         }
-        pthread_mutex_lock(&e->lock);
-        bool cancel = e->cancel_requested;
-        pthread_mutex_unlock(&e->lock);
+        /* The engine's hook takes the engine's lock: not under ours. */
+        pthread_mutex_unlock(&d->lock);
+        bool cancel = d->ctx.hooks.cancelled(d->ctx.hooks.opaque);
+        pthread_mutex_lock(&d->lock);
         if (cancel) {
             ret = lm_error_set(err, -ECANCELED, "incoming migration cancelled");
             break;
+        }
+        if (__atomic_load_n(&d->received_pages, __ATOMIC_ACQUIRE) >= d->total_pages ||
+            d->pre_code) {
+            continue; /* it came while the lock was let go: no wait */
         }
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -925,15 +920,15 @@ int lm_pc_dst_wait_all(lm_pc_dst *d, lm_channel *main_ch, lm_error *err)
 
 void lm_pc_blocktime_begin(lm_pc_dst *d, int tid, uint32_t wi, uint64_t page)
 {
-    if (!d->blocktime) {
+    if (!d->ctx.blocktime) {
         return;
     }
     pthread_mutex_lock(&d->bt_lock);
-    for (unsigned v = 0; v < d->nvcpus; v++) {
-        if (d->tids[v] == tid && !d->waits[v].active) {
+    for (unsigned v = 0; v < d->ctx.nvcpus; v++) {
+        if (d->ctx.vcpu_tids[v] == tid && !d->waits[v].active) {
             uint64_t now = lm_now_ns();
             d->waits[v] = (lm_pc_wait){ true, wi, page, now };
-            if (++d->nblocked == d->nvcpus) {
+            if (++d->nblocked == d->ctx.nvcpus) {
                 d->all_since_ns = now;
             }
             break;
@@ -944,16 +939,16 @@ void lm_pc_blocktime_begin(lm_pc_dst *d, int tid, uint32_t wi, uint64_t page)
 
 void lm_pc_blocktime_end(lm_pc_dst *d, uint32_t wi, uint64_t first, uint64_t n)
 {
-    if (!d->blocktime || __atomic_load_n(&d->nblocked, __ATOMIC_RELAXED) == 0) {
+    if (!d->ctx.blocktime || __atomic_load_n(&d->nblocked, __ATOMIC_RELAXED) == 0) {
         return;
     }
     pthread_mutex_lock(&d->bt_lock);
     uint64_t now = lm_now_ns();
-    for (unsigned v = 0; v < d->nvcpus; v++) {
+    for (unsigned v = 0; v < d->ctx.nvcpus; v++) {
         lm_pc_wait *w = &d->waits[v];
         if (w->active && w->block == wi && w->page >= first && w->page < first + n) {
             d->vcpu_ns[v] += now - w->start_ns;
-            if (d->nblocked == d->nvcpus) {
+            if (d->nblocked == d->ctx.nvcpus) {
                 d->total_ns += now - d->all_since_ns;
             }
             d->nblocked--;
@@ -965,19 +960,19 @@ void lm_pc_blocktime_end(lm_pc_dst *d, uint32_t wi, uint64_t first, uint64_t n)
 
 void lm_pc_dst_blocktime(lm_pc_dst *d, lm_info *out)
 {
-    if (!d->blocktime) {
+    if (!d->ctx.blocktime) {
         return;
     }
     pthread_mutex_lock(&d->bt_lock);
     uint64_t now = lm_now_ns();
     out->has_blocktime = true;
-    out->nvcpus = d->nvcpus;
+    out->nvcpus = d->ctx.nvcpus;
     uint64_t total = d->total_ns;
-    if (d->nvcpus && d->nblocked == d->nvcpus) {
+    if (d->ctx.nvcpus && d->nblocked == d->ctx.nvcpus) {
         total += now - d->all_since_ns;
     }
     out->postcopy_blocktime_ms = total / 1000000ull;
-    for (unsigned v = 0; v < d->nvcpus; v++) {
+    for (unsigned v = 0; v < d->ctx.nvcpus; v++) {
         uint64_t ns = d->vcpu_ns[v];
         if (d->waits[v].active) {
             ns += now - d->waits[v].start_ns;

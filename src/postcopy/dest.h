@@ -17,14 +17,34 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "core/engine_internal.h"
+#include "channel/channel.h"
+#include "channel/transport.h"
+#include "livemig/engine.h"
+#include "livemig/error.h"
+#include "postcopy/postcopy.h"
 #include "ram/ram_load.h"
+#include "ram/ramblock.h"
+
+/* What the destination's postcopy works on, handed in by the engine at
+ * ADVISE; the counters outlive the lm_pc_dst they are given to. */
+typedef struct lm_pc_dst_ctx {
+    /* postcopy-blocktime, and the vCPU threads whose faults it counts
+     * (as registered when postcopy starts). */
+    bool blocktime;
+    unsigned nvcpus;
+    int vcpu_tids[LM_MAX_VCPUS];
+    /* Counters the engine reports (atomics, added to): page requests
+     * sent, bytes placed after the switch. */
+    uint64_t *requests;
+    uint64_t *bytes;
+    lm_pc_hooks hooks;
+} lm_pc_dst_ctx;
 
 typedef struct lm_pc_dst lm_pc_dst;
 
-/* On ADVISE.  blocks: the source's order (wire index -> local block).
- * Fails when this host has no usable userfaultfd. */
-int lm_pc_dst_new(lm_engine *e, lm_ram_block **blocks, size_t nblocks, uint32_t flags,
+/* On ADVISE.  ctx is copied.  blocks: the source's order (wire index ->
+ * local block).  Fails when this host has no usable userfaultfd. */
+int lm_pc_dst_new(const lm_pc_dst_ctx *ctx, lm_ram_block **blocks, size_t nblocks, uint32_t flags,
                   lm_pc_dst **out, lm_error *err);
 /* Stops every thread, unregisters guest RAM, frees. */
 void lm_pc_dst_free(lm_pc_dst *d);

@@ -33,7 +33,7 @@ typedef struct lm_pc_wait {
 } lm_pc_wait;
 
 struct lm_pc_dst {
-    lm_engine *e;
+    lm_pc_dst_ctx ctx;
     lm_ram_block *blocks[LM_MAX_RAM_BLOCKS]; /* wire order */
     uint32_t wire_of[LM_MAX_RAM_BLOCKS];     /* local index -> wire index */
     size_t nblocks;
@@ -63,7 +63,9 @@ struct lm_pc_dst {
 
     pthread_mutex_t lock;                     /* below, and progress waits */
     pthread_cond_t cond;
-    bool pre_failed;
+    /* The preempt receiver's failure (common/failure.h): the first one
+     * sticks, while listening and not stopping. */
+    int pre_code;
     lm_error pre_err;
     bool pre_stopping;
     lm_channel *pre;
@@ -82,10 +84,7 @@ struct lm_pc_dst {
     uint8_t *zero_buf;
     size_t zero_len;
 
-    bool blocktime;
-    pthread_mutex_t bt_lock;
-    unsigned nvcpus;
-    int tids[LM_MAX_VCPUS];
+    pthread_mutex_t bt_lock;                  /* ctx.blocktime: below */
     lm_pc_wait waits[LM_MAX_VCPUS];
     uint64_t vcpu_ns[LM_MAX_VCPUS];
     unsigned nblocked;                        /* also read without the lock */

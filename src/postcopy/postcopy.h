@@ -5,6 +5,11 @@
  * A host page is the block's page, except for THP-backed anonymous blocks
  * whose pages are 4 KiB to precopy but are moved whole (2 MiB) by
  * postcopy, so a faulting vCPU waits for one request, not 512.
+ *
+ * Postcopy knows nothing of the engine that runs it: whoever starts it
+ * (core/migration.c, core/incoming.c) hands in the lower layers' objects
+ * it works on (source.h's lm_pc_src_ctx, dest.h's lm_pc_dst_ctx) and the
+ * hooks below for what only the engine knows.
  */
 #ifndef LM_POSTCOPY_POSTCOPY_H
 #define LM_POSTCOPY_POSTCOPY_H
@@ -18,6 +23,22 @@
 #include "stream/format.h"
 
 #define LM_HUGE_2M (2u << 20)
+
+/* Postcopy's calls into the engine that runs it.  Any of postcopy's
+ * threads may call them, never with a lock of postcopy's held: they may
+ * take the engine's own locks, and must not call back into postcopy. */
+typedef struct lm_pc_hooks {
+    /* migrate_cancel was asked: waits and connects give up. */
+    bool (*cancelled)(void *opaque);
+    /* A helper thread's connection failed (preempt, return path): fail
+     * the main channel with code and why, so that the thread blocked on
+     * it (the migration thread, the load thread) wakes up and sees it. */
+    void (*wake_main)(void *opaque, int code, const char *why);
+    /* The preempt connection is up (ch), or gone (NULL, before it is
+     * closed): the engine shuts it down on migrate-pause, cancel, yank. */
+    void (*preempt_channel)(void *opaque, lm_channel *ch);
+    void *opaque;
+} lm_pc_hooks;
 
 /* Target pages per host page (a power of two). */
 static inline uint64_t lm_pc_hp_pages(const lm_ram_block *b)

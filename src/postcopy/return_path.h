@@ -12,10 +12,17 @@
 
 #include <stdint.h>
 
+#include <stddef.h>
+
 #include "channel/channel.h"
-#include "core/breakdown.h"
 #include "livemig/error.h"
 #include "stream/format.h"
+
+/* The longest DOWNTIME body: a breakdown's wire form (core/breakdown.h,
+ * LM_BD_WIRE_MAX: 64 parts of a 48-byte name; core checks they agree).
+ * The body is the engine's to encode and decode: the return path only
+ * carries it. */
+#define LM_RP_DOWNTIME_MAX (2 + 64 * (1 + 48 + 8))
 
 typedef struct lm_rp_msg {
     uint16_t type;
@@ -25,7 +32,8 @@ typedef struct lm_rp_msg {
     uint32_t count;   /* REQ_PAGES: pages; RECV_BITMAP: words */
     uint64_t words[LM_RP_BITMAP_MAX_WORDS]; /* RECV_BITMAP */
     uint64_t backlog; /* BACKLOG: bytes received, not yet loaded (seq in status) */
-    lm_bd bd;         /* DOWNTIME */
+    uint16_t downtime_len;                   /* DOWNTIME: its body, */
+    uint8_t downtime[LM_RP_DOWNTIME_MAX];    /* a breakdown's wire form */
 } lm_rp_msg;
 
 /* Writers flush: a message is useful only once it is on the wire. */
@@ -35,7 +43,8 @@ int lm_rp_send_recv_bitmap(lm_channel *ch, uint16_t block, const uint64_t *map, 
 int lm_rp_send_resume_ack(lm_channel *ch);
 /* Precopy's accounting of the switchover (source: migration.c). */
 int lm_rp_send_backlog(lm_channel *ch, uint32_t seq, uint64_t backlog);
-int lm_rp_send_downtime(lm_channel *ch, const lm_bd *bd);
+/* body: a breakdown's wire form (lm_bd_encode), len <= LM_RP_DOWNTIME_MAX. */
+int lm_rp_send_downtime(lm_channel *ch, const uint8_t *body, size_t len);
 /* switchover-ack: the destination's devices are ready (sent just before
  * the BACKLOG of a DRAIN, so it is only ever read in a drain's loop). */
 int lm_rp_send_switchover_ack(lm_channel *ch);

@@ -6,6 +6,7 @@
 #include "channel/tls.h"
 #include "common/bitmap.h"
 #include "common/clock.h"
+#include "common/failure.h"
 #include "common/util.h"
 #include "livemig/buffer.h"
 #include "postcopy/postcopy.h"
@@ -15,8 +16,12 @@
 
 /* Background data per RAM section: small while requested pages are
  * served on the main channel (no preempt yet), so they never wait behind
- * much; larger once the preempt channel carries them. */
-#define PC_SLICE_BYTES (256u << 10)
+ * much; larger once the preempt channel carries them.  Each slice is one
+ * send, and each send wakes the destination's reader: at 256 KiB that
+ * was 4096 wake-ups (and preemptions of this thread) per GiB on a busy
+ * host; requested pages go out ahead of the slice's bulk, flushed on
+ * their own (lm_pc_src_run), so they do not wait for it. */
+#define PC_SLICE_BYTES (1u << 20)
 #define PC_SLICE_PREEMPT_BYTES (4u << 20)
 /* One background run (one record, as precopy's) covers at most this much
  * guest RAM, and at least one host page. */
@@ -36,9 +41,8 @@ typedef struct pc_req {
 } pc_req;
 
 struct lm_pc_src {
-    lm_engine *e;
-    lm_ram_saver *s;
-    bool preempt;
+    lm_pc_src_ctx ctx;
+    lm_ram_saver *s;      /* ctx.saver */
     lm_uri uri;
 
     pthread_mutex_t lock;
@@ -51,7 +55,9 @@ struct lm_pc_src {
     uint32_t shut_status;
     bool pong_seen;       /* the last PONG's value, for lm_pc_src_wait_pong */
     uint32_t pong_value;
-    bool failed;          /* a helper thread lost its connection */
+    /* A helper thread lost its connection (common/failure.h): the first
+     * failure sticks, unless it came while stopping. */
+    int fail_code;
     lm_error fail_err;
     bool pre_up;          /* the preempt channel is connected */
     bool eof_sent;        /* every page is out: only the return path matters now */
@@ -72,7 +78,7 @@ struct lm_pc_src {
     uint64_t cur_page;
 };
 
-lm_pc_src *lm_pc_src_new(lm_engine *e, bool preempt)
+lm_pc_src *lm_pc_src_new(const lm_pc_src_ctx *ctx)
 {
     lm_pc_src *p = calloc(1, sizeof(*p));
     if (!p) {
@@ -88,9 +94,8 @@ lm_pc_src *lm_pc_src_new(lm_engine *e, bool preempt)
         free(p);
         return NULL;
     }
-    p->e = e;
-    p->s = &e->saver;
-    p->preempt = preempt;
+    p->ctx = *ctx;
+    p->s = ctx->saver;
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->cond, NULL);
     return p;
@@ -110,28 +115,22 @@ void lm_pc_src_free(lm_pc_src *p)
     free(p);
 }
 
-static bool cancelled(lm_engine *e)
+static bool cancelled(lm_pc_src *p)
 {
-    pthread_mutex_lock(&e->lock);
-    bool c = e->cancel_requested;
-    pthread_mutex_unlock(&e->lock);
-    return c;
+    return p->ctx.hooks.cancelled(p->ctx.hooks.opaque);
 }
 
 /* A helper thread failed: remember why and wake the migration thread,
- * which may be blocked writing the main channel. */
+ * which may be blocked writing the main channel.  Once stopping, a
+ * broken connection is what stopping does, no failure. */
 static void fail(lm_pc_src *p, const lm_error *err)
 {
     pthread_mutex_lock(&p->lock);
-    bool first = !p->failed && !p->stopping;
-    if (first) {
-        p->failed = true;
-        lm_error_propagate(&p->fail_err, err);
-    }
+    bool first = !p->stopping && lm_failure_set_locked(&p->fail_code, &p->fail_err, err->code, err);
     pthread_cond_broadcast(&p->cond);
     pthread_mutex_unlock(&p->lock);
     if (first) {
-        lm_engine_wake_main(p->e, -EIO, "postcopy connection lost");
+        p->ctx.hooks.wake_main(p->ctx.hooks.opaque, -EIO, "postcopy connection lost");
     }
 }
 
@@ -149,11 +148,11 @@ static void push_request(lm_pc_src *p, uint32_t block, uint64_t first, uint64_t 
 /* Queues the host pages of a REQ_PAGES message after checking it. */
 static int queue_request(lm_pc_src *p, const lm_rp_msg *m, lm_error *err)
 {
-    lm_engine *e = p->e;
-    if (m->block >= e->nblocks) {
-        return lm_error_set(err, -EBADMSG, "page request for block %u of %zu", m->block, e->nblocks);
+    const lm_pc_src_ctx *cx = &p->ctx;
+    if (m->block >= cx->nblocks) {
+        return lm_error_set(err, -EBADMSG, "page request for block %u of %zu", m->block, cx->nblocks);
     }
-    lm_ram_block *b = e->blocks[m->block];
+    lm_ram_block *b = cx->blocks[m->block];
     uint64_t hp = lm_pc_hp_pages(b);
     if (m->count == 0 || m->first >= b->npages || m->count > b->npages - m->first ||
         LM_DIV_ROUND_UP(m->count, hp) > REQ_MAX_HOSTPAGES) {
@@ -167,7 +166,7 @@ static int queue_request(lm_pc_src *p, const lm_rp_msg *m, lm_error *err)
     for (uint64_t pg = m->first & ~(hp - 1); pg < end; pg += hp) {
         push_request(p, m->block, pg, LM_MAX(pg, m->first));
     }
-    __atomic_fetch_add(&e->pc_requests, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(cx->requests, 1, __ATOMIC_RELAXED);
     return 0;
 }
 
@@ -279,6 +278,11 @@ static void *rp_thread_fn(void *arg)
     }
     for (;;) {
         lm_error_clear(&err);
+        /* Polled first: a read() blocked here would wake every time the
+         * destination drains the main channel's send buffer (same socket,
+         * same wait queue), thousands of times per GiB, each one taking a
+         * CPU from the sender on a busy host. */
+        (void)lm_channel_wait_input(p->rp);
         if (lm_rp_read_msg(p->rp, m, &err) < 0) {
             fail(p, &err);
             break;
@@ -347,13 +351,13 @@ static bool pre_should_abort(void *opaque)
     pthread_mutex_lock(&p->lock);
     bool stop = p->stopping;
     pthread_mutex_unlock(&p->lock);
-    return stop || cancelled(p->e);
+    return stop || cancelled(p);
 }
 
 static void *pre_thread_fn(void *arg)
 {
     lm_pc_src *p = arg;
-    lm_engine *e = p->e;
+    const lm_pc_src_ctx *cx = &p->ctx;
     lm_error err = LM_ERROR_INIT;
     int fd, pid;
     if (lm_transport_connect(&p->uri, &fd, &pid, pre_should_abort, p, &err) < 0) {
@@ -377,9 +381,7 @@ static void *pre_thread_fn(void *arg)
     lm_channel_put_be32(ch, LM_PREEMPT_MAGIC);
     lm_channel_put_be32(ch, 1);
     int ret = lm_channel_flush(ch);
-    pthread_mutex_lock(&e->lock);
-    e->ch_preempt = ch;
-    pthread_mutex_unlock(&e->lock);
+    p->ctx.hooks.preempt_channel(p->ctx.hooks.opaque, ch);
     pthread_mutex_lock(&p->lock);
     p->pre = ch;
     p->pre_up = ret == 0 && !p->stopping;
@@ -396,7 +398,7 @@ static void *pre_thread_fn(void *arg)
         p->qlen--;
         pthread_mutex_unlock(&p->lock);
         uint64_t bytes = 0;
-        lm_ram_block *blk = e->blocks[r.block];
+        lm_ram_block *blk = cx->blocks[r.block];
         bool rest = false;
         ret = send_first(p, p->pre_batch, ch, blk, r.first, r.page, &bytes, &rest);
         if (rest) {
@@ -418,7 +420,7 @@ static void *pre_thread_fn(void *arg)
         if (ret == 0) {
             ret = lm_channel_flush(ch);
         }
-        __atomic_fetch_add(&e->pc_bytes, bytes, __ATOMIC_RELAXED);
+        __atomic_fetch_add(cx->bytes, bytes, __ATOMIC_RELAXED);
         pthread_mutex_lock(&p->lock);
     }
     p->pre_up = false;
@@ -433,16 +435,14 @@ static void *pre_thread_fn(void *arg)
         lm_channel_error(ch, &err);
         fail(p, &err);
     }
-    pthread_mutex_lock(&e->lock);
-    e->ch_preempt = NULL;
-    pthread_mutex_unlock(&e->lock);
+    p->ctx.hooks.preempt_channel(p->ctx.hooks.opaque, NULL);
     lm_channel_close(ch, NULL);
     return NULL;
 }
 
 static void start_preempt(lm_pc_src *p, const lm_uri *uri)
 {
-    if (!p->preempt) {
+    if (!p->ctx.preempt) {
         return;
     }
     p->uri = *uri;
@@ -465,7 +465,7 @@ int lm_pc_write_ping(lm_channel *ch, uint32_t value)
 int lm_pc_src_advise(lm_pc_src *p, lm_channel *ch, const lm_uri *uri, lm_error *err)
 {
     uint8_t body[4];
-    lm_store_be32(body, p->preempt ? LM_ADVISE_PREEMPT : 0);
+    lm_store_be32(body, p->ctx.preempt ? LM_ADVISE_PREEMPT : 0);
     lm_pc_write_command(ch, LM_CMD_POSTCOPY_ADVISE, body, sizeof(body));
     lm_pc_write_ping(ch, LM_PING_POSTCOPY_ADVISED);
     if (lm_channel_flush(ch) < 0) {
@@ -505,10 +505,10 @@ static void canonicalize(lm_ram_block *b)
 
 static void recount_dirty(lm_pc_src *p)
 {
-    lm_engine *e = p->e;
+    const lm_pc_src_ctx *cx = &p->ctx;
     uint64_t bytes = 0;
-    for (size_t i = 0; i < e->nblocks; i++) {
-        bytes += lm_bitmap_count(e->blocks[i]->dirty, e->blocks[i]->npages) * e->blocks[i]->page_size;
+    for (size_t i = 0; i < cx->nblocks; i++) {
+        bytes += lm_bitmap_count(cx->blocks[i]->dirty, cx->blocks[i]->npages) * cx->blocks[i]->page_size;
     }
     __atomic_store_n(&p->s->dirty_bytes, bytes, __ATOMIC_RELAXED);
     p->cur_block = 0;
@@ -517,14 +517,14 @@ static void recount_dirty(lm_pc_src *p)
 
 int lm_pc_src_send_discards(lm_pc_src *p, lm_channel *ch, lm_error *err)
 {
-    lm_engine *e = p->e;
+    const lm_pc_src_ctx *cx = &p->ctx;
     uint8_t *body = malloc(4 + 16 * LM_DISCARD_MAX_RANGES);
     if (!body) {
         return lm_error_set(err, -ENOMEM, "out of memory");
     }
     int ret = 0;
-    for (size_t i = 0; i < e->nblocks && ret == 0; i++) {
-        lm_ram_block *b = e->blocks[i];
+    for (size_t i = 0; i < cx->nblocks && ret == 0; i++) {
+        lm_ram_block *b = cx->blocks[i];
         canonicalize(b);
         uint64_t pg = 0;
         unsigned n = 0;
@@ -560,9 +560,9 @@ int lm_pc_src_send_discards(lm_pc_src *p, lm_channel *ch, lm_error *err)
  * sender clears bits meanwhile). */
 static bool next_dirty(lm_pc_src *p, lm_ram_block **out, uint64_t *page)
 {
-    lm_engine *e = p->e;
-    while (p->cur_block < e->nblocks) {
-        lm_ram_block *b = e->blocks[p->cur_block];
+    const lm_pc_src_ctx *cx = &p->ctx;
+    while (p->cur_block < cx->nblocks) {
+        lm_ram_block *b = cx->blocks[p->cur_block];
         uint64_t nwords = LM_BITMAP_WORDS(b->npages);
         for (uint64_t w = p->cur_page / 64; w < nwords; w++) {
             uint64_t v = __atomic_load_n(&b->dirty[w], __ATOMIC_ACQUIRE);
@@ -603,9 +603,9 @@ static int helper_failed(lm_pc_src *p, lm_error *err)
 {
     pthread_mutex_lock(&p->lock);
     int ret = 0;
-    if (p->failed) {
+    if (p->fail_code) {
         lm_error_propagate(err, &p->fail_err);
-        ret = p->fail_err.code ? p->fail_err.code : -EIO;
+        ret = p->fail_code;
     }
     pthread_mutex_unlock(&p->lock);
     return ret;
@@ -615,7 +615,7 @@ static int helper_failed(lm_pc_src *p, lm_error *err)
  * request to serve instead of sleeping blindly. */
 static void wait_budget(lm_pc_src *p)
 {
-    uint64_t delay = lm_ratelimit_delay_ns(&p->e->pc_rl);
+    uint64_t delay = lm_ratelimit_delay_ns(p->ctx.rl);
     if (!delay) {
         return;
     }
@@ -628,7 +628,7 @@ static void wait_budget(lm_pc_src *p)
     ts.tv_sec += (time_t)(t / 1000000000ull);
     ts.tv_nsec = (long)(t % 1000000000ull);
     pthread_mutex_lock(&p->lock);
-    if ((p->pre_up || p->qlen == 0) && !p->failed) {
+    if ((p->pre_up || p->qlen == 0) && !p->fail_code) {
         pthread_cond_timedwait(&p->cond, &p->lock, &ts);
     }
     pthread_mutex_unlock(&p->lock);
@@ -636,7 +636,7 @@ static void wait_budget(lm_pc_src *p)
 
 int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err)
 {
-    lm_engine *e = p->e;
+    const lm_pc_src_ctx *cx = &p->ctx;
     /* Background bytes are charged to max-postcopy-bandwidth below;
      * urgent pages are never held back. */
     lm_channel_set_ratelimit(ch, NULL);
@@ -645,18 +645,18 @@ int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err)
         if (ret < 0) {
             return ret;
         }
-        if (cancelled(e)) {
+        if (cancelled(p)) {
             return -ECANCELED;
         }
         wait_budget(p);
-        bool budget_ok = lm_ratelimit_delay_ns(&e->pc_rl) == 0;
+        bool budget_ok = lm_ratelimit_delay_ns(cx->rl) == 0;
         uint64_t urgent = 0, bulk = 0; /* bytes on the wire */
         uint64_t covered = 0;          /* guest RAM the bulk pages span */
         bool done = false;
-        lm_stream_write_section_short(ch, LM_REC_SECTION_PART, LM_RAM_SECTION_ID);
+        lm_stream_write_section_short(ch, LM_REC_SECTION_PART, cx->ram_section);
         pc_req r;
         while (ret == 0 && take_request(p, &r)) {
-            ret = send_requested(p, p->main_batch, ch, e->blocks[r.block], r.first, r.page, &urgent);
+            ret = send_requested(p, p->main_batch, ch, cx->blocks[r.block], r.first, r.page, &urgent);
         }
         /* The rest of host pages whose requested page went alone on the
          * preempt connection (claimed already). */
@@ -671,9 +671,16 @@ int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err)
             if (!got) {
                 break;
             }
-            lm_ram_block *pb = e->blocks[r.block];
+            lm_ram_block *pb = cx->blocks[r.block];
             ret = lm_ram_save_send_range(p->s, p->main_batch, ch, pb, r.first, r.first + lm_pc_hp_pages(pb),
                                          &urgent);
+        }
+        if (ret == 0 && urgent) {
+            /* Requested pages out now, not after this slice's bulk. */
+            ret = lm_ram_batch_flush(p->main_batch, ch);
+            if (ret == 0) {
+                ret = lm_channel_flush(ch);
+            }
         }
         pthread_mutex_lock(&p->lock);
         uint64_t slice = p->pre_up ? PC_SLICE_PREEMPT_BYTES : PC_SLICE_BYTES;
@@ -703,13 +710,19 @@ int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err)
         if (ret == 0) {
             ret = lm_ram_batch_flush(p->main_batch, ch);
         }
+        lm_ratelimit_charge(cx->rl, bulk);
         if (ret == 0) {
             lm_channel_put_u8(ch, LM_RAM_EOS);
-            lm_stream_write_footer(ch, LM_RAM_SECTION_ID);
-            ret = lm_channel_flush(ch);
+            lm_stream_write_footer(ch, cx->ram_section);
+            /* The section's last bytes ride with the next slice's pages
+             * (the records before them are out already): a send of its
+             * own would wake the destination once more per slice.  Out
+             * now if nothing follows at once. */
+            if (done || lm_ratelimit_delay_ns(cx->rl) != 0) {
+                ret = lm_channel_flush(ch);
+            }
         }
-        lm_ratelimit_charge(&e->pc_rl, bulk);
-        __atomic_fetch_add(&e->pc_bytes, urgent + bulk, __ATOMIC_RELAXED);
+        __atomic_fetch_add(cx->bytes, urgent + bulk, __ATOMIC_RELAXED);
         if (ret < 0) {
             /* A helper's failure (it shut this channel down) says more. */
             int h = helper_failed(p, err);
@@ -738,7 +751,7 @@ int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err)
 int lm_pc_src_wait_pong(lm_pc_src *p, uint32_t value, lm_error *err)
 {
     pthread_mutex_lock(&p->lock);
-    while (!(p->pong_seen && p->pong_value == value) && !p->shut_seen && !p->failed &&
+    while (!(p->pong_seen && p->pong_value == value) && !p->shut_seen && !p->fail_code &&
            !p->rp_done) {
         pthread_cond_wait(&p->cond, &p->lock);
     }
@@ -762,7 +775,7 @@ int lm_pc_src_wait_shut(lm_pc_src *p, bool *dest_failed, lm_error *err)
 {
     *dest_failed = false;
     pthread_mutex_lock(&p->lock);
-    while (!p->shut_seen && !p->failed && !p->rp_done) {
+    while (!p->shut_seen && !p->fail_code && !p->rp_done) {
         pthread_cond_wait(&p->cond, &p->lock);
     }
     int ret = 0;
@@ -772,7 +785,7 @@ int lm_pc_src_wait_shut(lm_pc_src *p, bool *dest_failed, lm_error *err)
             ret = lm_error_set(err, -EIO, "the destination failed to complete the postcopy migration");
         }
     } else {
-        if (p->failed) {
+        if (p->fail_code) {
             lm_error_propagate(err, &p->fail_err);
         }
         ret = lm_error_set(err, -EPIPE, "lost the destination before it confirmed the migration");
@@ -783,7 +796,6 @@ int lm_pc_src_wait_shut(lm_pc_src *p, bool *dest_failed, lm_error *err)
 
 void lm_pc_src_stop(lm_pc_src *p)
 {
-    lm_engine *e = p->e;
     pthread_mutex_lock(&p->lock);
     p->stopping = true;
     pthread_cond_broadcast(&p->cond);
@@ -807,14 +819,13 @@ void lm_pc_src_stop(lm_pc_src *p)
         lm_channel_close(p->rp, NULL);
         p->rp = NULL;
     }
-    (void)e;
 }
 
 static void reset(lm_pc_src *p)
 {
     pthread_mutex_lock(&p->lock);
     p->stopping = false;
-    p->failed = false;
+    p->fail_code = 0;
     lm_error_clear(&p->fail_err);
     p->shut_seen = false;
     p->pong_seen = false;
@@ -827,7 +838,7 @@ static void reset(lm_pc_src *p)
 
 int lm_pc_src_recover(lm_pc_src *p, lm_channel *ch, const lm_uri *uri, lm_error *err)
 {
-    lm_engine *e = p->e;
+    const lm_pc_src_ctx *cx = &p->ctx;
     reset(p);
     lm_stream_write_header(ch);
     lm_pc_write_command(ch, LM_CMD_POSTCOPY_RESUME, NULL, 0);
@@ -838,14 +849,14 @@ int lm_pc_src_recover(lm_pc_src *p, lm_channel *ch, const lm_uri *uri, lm_error 
     if (ret < 0) {
         return ret;
     }
-    uint64_t **recv = calloc(e->nblocks, sizeof(*recv));
+    uint64_t **recv = calloc(cx->nblocks, sizeof(*recv));
     lm_rp_msg *m = malloc(sizeof(*m));
     if (!recv || !m) {
         ret = lm_error_set(err, -ENOMEM, "out of memory");
         goto out;
     }
-    for (size_t i = 0; i < e->nblocks; i++) {
-        if (!(recv[i] = lm_bitmap_new(e->blocks[i]->npages))) {
+    for (size_t i = 0; i < cx->nblocks; i++) {
+        if (!(recv[i] = lm_bitmap_new(cx->blocks[i]->npages))) {
             ret = lm_error_set(err, -ENOMEM, "out of memory");
             goto out;
         }
@@ -861,8 +872,8 @@ int lm_pc_src_recover(lm_pc_src *p, lm_channel *ch, const lm_uri *uri, lm_error 
         if (m->type == LM_RP_REQ_PAGES) {
             ret = queue_request(p, m, err);
         } else if (m->type == LM_RP_RECV_BITMAP) {
-            uint64_t nwords = m->block < e->nblocks ? LM_BITMAP_WORDS(e->blocks[m->block]->npages) : 0;
-            if (m->block >= e->nblocks || m->first > nwords || m->count > nwords - m->first) {
+            uint64_t nwords = m->block < cx->nblocks ? LM_BITMAP_WORDS(cx->blocks[m->block]->npages) : 0;
+            if (m->block >= cx->nblocks || m->first > nwords || m->count > nwords - m->first) {
                 ret = lm_error_set(err, -EBADMSG, "received bitmap for block %u words %llu+%u out of range",
                                    m->block, (unsigned long long)m->first, m->count);
             } else {
@@ -877,8 +888,8 @@ int lm_pc_src_recover(lm_pc_src *p, lm_channel *ch, const lm_uri *uri, lm_error 
         }
     }
     /* Everything the destination has not placed is sent again. */
-    for (size_t i = 0; i < e->nblocks; i++) {
-        lm_ram_block *b = e->blocks[i];
+    for (size_t i = 0; i < cx->nblocks; i++) {
+        lm_ram_block *b = cx->blocks[i];
         uint64_t nwords = LM_BITMAP_WORDS(b->npages);
         for (uint64_t w = 0; w < nwords; w++) {
             uint64_t v = ~recv[i][w];
@@ -896,7 +907,7 @@ int lm_pc_src_recover(lm_pc_src *p, lm_channel *ch, const lm_uri *uri, lm_error 
     }
 out:
     if (recv) {
-        for (size_t i = 0; i < e->nblocks; i++) {
+        for (size_t i = 0; i < cx->nblocks; i++) {
             lm_bitmap_free(recv[i]);
         }
     }

@@ -17,12 +17,42 @@
 #define LM_POSTCOPY_SOURCE_H
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
-#include "core/engine_internal.h"
+#include "channel/channel.h"
+#include "channel/ratelimit.h"
+#include "channel/transport.h"
+#include "livemig/error.h"
+#include "postcopy/postcopy.h"
+#include "ram/ram_save.h"
+#include "ram/ramblock.h"
+
+/* What the source's postcopy works on, handed in by the engine; every
+ * pointer outlives the lm_pc_src it is given to. */
+typedef struct lm_pc_src_ctx {
+    /* Guest RAM in wire order (the block index of requests), fixed
+     * while migrating. */
+    lm_ram_block *const *blocks;
+    size_t nblocks;
+    /* Precopy's saver: the dirty bitmaps postcopy claims pages from, the
+     * dirty count it keeps, the path pages are sent by. */
+    lm_ram_saver *saver;
+    uint32_t ram_section;  /* the section id the engine gave RAM */
+    /* max-postcopy-bandwidth: charged for the background stream only. */
+    lm_ratelimit *rl;
+    bool preempt;       /* postcopy-preempt: a second connection for requested pages */
+    /* Counters the engine reports (atomics, added to): pages requests
+     * served, bytes sent after the switch. */
+    uint64_t *requests;
+    uint64_t *bytes;
+    lm_pc_hooks hooks;
+} lm_pc_src_ctx;
 
 typedef struct lm_pc_src lm_pc_src;
 
-lm_pc_src *lm_pc_src_new(lm_engine *e, bool preempt);
+/* ctx is copied.  NULL when out of memory. */
+lm_pc_src *lm_pc_src_new(const lm_pc_src_ctx *ctx);
 void lm_pc_src_free(lm_pc_src *p);
 
 /* Setup: sends ADVISE and PING(POSTCOPY_ADVISED), and reads the answer on
