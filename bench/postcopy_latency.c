@@ -96,6 +96,35 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+static bool migration_ended(lm_status s)
+{
+    return s == LM_STATUS_COMPLETED || s == LM_STATUS_FAILED || s == LM_STATUS_CANCELLED;
+}
+
+/* Polls e every poll_us until its migration ends or the case's time is up
+ * (CASE_TIMEOUT_MS); a source (cancel_late) then cancels and reads the
+ * status once more.  info is filled whole (LM_INFO_INIT). */
+static void wait_migration_end(lm_engine *e, lm_info *info, bool cancel_late, unsigned poll_us)
+{
+    *info = (lm_info)LM_INFO_INIT;
+    uint64_t deadline = now_ns() + CASE_TIMEOUT_MS * 1000000ull;
+    for (;;) {
+        lm_engine_query(e, info);
+        if (migration_ended(info->status)) {
+            return;
+        }
+        if (now_ns() > deadline) {
+            if (cancel_late) {
+                lm_engine_cancel(e, NULL);
+                usleep(200000);
+                lm_engine_query(e, info);
+            }
+            return;
+        }
+        usleep(poll_us);
+    }
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -812,16 +841,8 @@ static void run_destination(const case_cfg *c, const char *uri, int ready_fd, in
     if (write(ready_fd, &ok, 1) != 1) {
         _exit(3);
     }
-    lm_info info = LM_INFO_INIT;
-    uint64_t deadline = now_ns() + CASE_TIMEOUT_MS * 1000000ull;
-    for (;;) {
-        lm_engine_query(d.engine, &info);
-        if (info.status == LM_STATUS_COMPLETED || info.status == LM_STATUS_FAILED ||
-            info.status == LM_STATUS_CANCELLED || now_ns() > deadline) {
-            break;
-        }
-        usleep(1000);
-    }
+    lm_info info;
+    wait_migration_end(d.engine, &info, false, 1000);
     __atomic_store_n(&d.stop, 1, __ATOMIC_RELEASE);
     pthread_mutex_lock(&d.lock);
     bool started = d.started;
@@ -950,22 +971,8 @@ static void run_case(const case_cfg *c, const char *uri, rep_result *r, uint64_t
         snprintf(r->why, sizeof(r->why), "source: %s", err.msg);
         goto out;
     }
-    lm_info info = LM_INFO_INIT;
-    uint64_t deadline = now_ns() + CASE_TIMEOUT_MS * 1000000ull;
-    for (;;) {
-        lm_engine_query(e, &info);
-        if (info.status == LM_STATUS_COMPLETED || info.status == LM_STATUS_FAILED ||
-            info.status == LM_STATUS_CANCELLED) {
-            break;
-        }
-        if (now_ns() > deadline) {
-            lm_engine_cancel(e, NULL);
-            usleep(200000);
-            lm_engine_query(e, &info);
-            break;
-        }
-        usleep(2000);
-    }
+    lm_info info;
+    wait_migration_end(e, &info, true, 2000);
     r->total_ms = info.total_time_ms;
     r->src_requests = info.postcopy_requests;
     if (info.status != LM_STATUS_COMPLETED) {
@@ -1251,15 +1258,7 @@ static void tp_destination(const tp_cfg *t, const case_cfg *c, const char *uri, 
     }
     uint64_t cpu0 = self_cpu_ns();
     lm_info info;
-    uint64_t deadline = now_ns() + CASE_TIMEOUT_MS * 1000000ull;
-    for (;;) {
-        lm_engine_query(e, &info);
-        if (info.status == LM_STATUS_COMPLETED || info.status == LM_STATUS_FAILED ||
-            info.status == LM_STATUS_CANCELLED || now_ns() > deadline) {
-            break;
-        }
-        usleep(1000);
-    }
+    wait_migration_end(e, &info, false, 1000);
     rep.cpu_ns = self_cpu_ns() - cpu0;
     rep.status = (int32_t)info.status;
     if (info.status == LM_STATUS_COMPLETED) {
@@ -1356,21 +1355,7 @@ static void tp_run(const tp_cfg *t, uint64_t ram, const char *uri, tp_result *r)
         goto out;
     }
     lm_info info;
-    uint64_t deadline = now_ns() + CASE_TIMEOUT_MS * 1000000ull;
-    for (;;) {
-        lm_engine_query(e, &info);
-        if (info.status == LM_STATUS_COMPLETED || info.status == LM_STATUS_FAILED ||
-            info.status == LM_STATUS_CANCELLED) {
-            break;
-        }
-        if (now_ns() > deadline) {
-            lm_engine_cancel(e, NULL);
-            usleep(200000);
-            lm_engine_query(e, &info);
-            break;
-        }
-        usleep(1000);
-    }
+    wait_migration_end(e, &info, true, 1000);
     uint64_t wall = now_ns() - t0, cpu = self_cpu_ns() - cpu0;
     if (info.status != LM_STATUS_COMPLETED) {
         snprintf(why, sizeof(why), "source ended in %s: %s", lm_status_name(info.status), info.error_desc);
