@@ -387,7 +387,7 @@ typedef struct lm_pass_record {
     bool dirty_limit_active;
     uint64_t dirty_limit_throttle_time_per_round;
     uint64_t dirty_limit_ring_full_time;
-    bool switchover_ack_pending; /* switchover-ack: ready to switch, waiting for the ack */
+    bool switchover_ack_pending; /* switchover-ack: the source waits for the ack (since it was first ready) */
 } lm_pass_record;
 
 typedef struct lm_history_info {

@@ -813,6 +813,7 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     /* Once ready, the source waits for the ack until it comes, even
      * through passes that would not have fitted anyway. */
     st->sw_ack_waiting = (st->sw_ack_waiting || ack_wait) && !c->sw_acked;
+    bool ack_waiting = st->sw_ack_waiting;
     st->sw_acked = c->sw_acked;
     pthread_mutex_unlock(&e->lock);
 
@@ -829,7 +830,9 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
         .cpu_throttle_percentage = throttle,
         .dirty_limit_active = ci.rec.dirty_limit,
         .dirty_limit_throttle_time_per_round = ci.rec.dirty_limit_throttle_us,
-        .switchover_ack_pending = ack_wait,
+        /* The same state query-migrate shows: a pass that would not
+         * have fitted still waits for the ack. */
+        .switchover_ack_pending = ack_waiting,
     };
     lm_history_add(&e->history, &rec);
 
