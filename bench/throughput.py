@@ -334,7 +334,6 @@ class Engine:
         dpath = None
         try:
             src = self.start_source(data, src_kind)
-            self.warm()
             if dst_kind == "file":
                 dpath = self.dst_file()
             dst = self.start_dest(data.size, dpath)
@@ -347,6 +346,12 @@ class Engine:
                 dst.cmd("migrate-incoming", uri="tcp:127.0.0.1:0")
                 addr = dst.cmd("query-migrate")["socket-address"][0]
                 uri = "tcp:%s:%s" % (addr["host"], addr["port"])
+            # Warm just before the first byte, as rawcopy does for the floor:
+            # on this host memory freed by the warm-up goes back to the
+            # hypervisor within seconds (free page reporting), so warming
+            # before the destination's process start and QMP set-up left an
+            # engine colder pages than the floor, which copies at once.
+            self.warm()
             c0 = (src.cpu(), dst.cpu())
             t0 = time.monotonic()
             src.cmd("migrate", uri=uri)
@@ -874,9 +879,10 @@ def render(h, results, sizes, args, elapsed):
   holding the data (sent from the page cache).
 - **Destination**: anon = fresh anonymous RAM (livemig default, QEMU `memory-backend-ram`);
   file = a new file on /dev/shm mapped shared (livemig `--memory-backend file:`, QEMU
-  `memory-backend-file,share=on`).  Before every source start and destination start the bench
-  touches and frees the destination's amount of anonymous memory (`rawcopy warm`), so each
-  destination finds the host's free memory in the same state.
+  `memory-backend-file,share=on`).  With both sides started and the destination listening,
+  just before `migrate`, the bench touches and frees the destination's amount of anonymous
+  memory (`rawcopy warm`), so each destination finds the host's free memory in the same state
+  (the raw floor is warmed at the same point: source ready, destination about to be written).
 - **raw floor**: bench/rawcopy moving the same random bytes over the same transport, one
   connection per channel, into a destination in the same state (warmed once its sender holds
   the source, as the engines' destinations are; fresh mapping or new /dev/shm file); the
