@@ -549,6 +549,8 @@ static const lm_param_desc *param_find(const char *name)
     return NULL;
 }
 
+/* The JSON type is QMP's to check; bounds, choices and length are the
+ * parameter table's (lm_param_check_*), the same checks a set makes. */
 static int param_validate(const lm_param_desc *d, json_t *v, lm_error *err)
 {
     switch (d->type) {
@@ -561,12 +563,7 @@ static int param_validate(const lm_param_desc *d, json_t *v, lm_error *err)
         if (iv < 0) {
             return lm_error_set(err, -EINVAL, "Parameter '%s' expects uint64", d->name);
         }
-        if ((uint64_t)iv < d->min || (uint64_t)iv > d->max) {
-            return lm_error_set(err, -EINVAL,
-                                "Parameter '%s' expects a value between %" PRIu64
-                                " and %" PRIu64, d->name, d->min, d->max);
-        }
-        return 0;
+        return lm_param_check_u64(d->name, (uint64_t)iv, err);
     }
     case LM_PARAM_BOOL:
         if (!json_is_boolean(v)) {
@@ -575,27 +572,14 @@ static int param_validate(const lm_param_desc *d, json_t *v, lm_error *err)
         }
         return 0;
     case LM_PARAM_STR:
-        if (json_is_null(v)) {
-            if (d->choices) {
-                return lm_error_set(err, -EINVAL,
-                                    "Invalid parameter type for '%s', expected: string", d->name);
-            }
+        if (json_is_null(v) && !d->choices) {
             return 0; /* StrOrNull: null resets to "" */
         }
         if (!json_is_string(v)) {
             return lm_error_set(err, -EINVAL,
                                 "Invalid parameter type for '%s', expected: string", d->name);
         }
-        if (d->choices) {
-            for (size_t i = 0; d->choices[i]; i++) {
-                if (strcmp(d->choices[i], json_string_value(v)) == 0) {
-                    return 0;
-                }
-            }
-            return lm_error_set(err, -EINVAL, "Parameter '%s' does not accept value '%s'",
-                                d->name, json_string_value(v));
-        }
-        return 0;
+        return lm_param_check_str(d->name, json_string_value(v), err);
     }
     return lm_error_set(err, -EINVAL, "Parameter '%s' has an unknown type", d->name);
 }
