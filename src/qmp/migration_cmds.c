@@ -1065,28 +1065,32 @@ static int cpu_index_arg(json_t *args, int *index, lm_error *err)
     return 0;
 }
 
-static json_t *cmd_set_vcpu_dirty_limit(void *opaque, json_t *args, lm_error *err)
+/* set-vcpu-dirty-limit (set: with its dirty-rate) and
+ * cancel-vcpu-dirty-limit take the same cpu-index, optional: every vCPU. */
+static json_t *vcpu_dirty_limit_cmd(lm_engine *e, json_t *args, bool set, lm_error *err)
 {
-    static const char *const known[] = { "cpu-index", "dirty-rate", NULL };
+    static const char *const set_known[] = { "cpu-index", "dirty-rate", NULL };
+    static const char *const cancel_known[] = { "cpu-index", NULL };
     uint64_t rate = 0;
     int index;
-    if (qmp_args_check(args, known, err) < 0 || cpu_index_arg(args, &index, err) < 0 ||
-        qmp_arg_u64(args, "dirty-rate", true, &rate, err) < 0 ||
-        lm_engine_set_vcpu_dirty_limit(opaque, index, rate, err) < 0) {
+    if (qmp_args_check(args, set ? set_known : cancel_known, err) < 0 ||
+        cpu_index_arg(args, &index, err) < 0 ||
+        (set && qmp_arg_u64(args, "dirty-rate", true, &rate, err) < 0)) {
         return NULL;
     }
-    return json_object();
+    int ret = set ? lm_engine_set_vcpu_dirty_limit(e, index, rate, err)
+                  : lm_engine_cancel_vcpu_dirty_limit(e, index, err);
+    return ret < 0 ? NULL : json_object();
+}
+
+static json_t *cmd_set_vcpu_dirty_limit(void *opaque, json_t *args, lm_error *err)
+{
+    return vcpu_dirty_limit_cmd(opaque, args, true, err);
 }
 
 static json_t *cmd_cancel_vcpu_dirty_limit(void *opaque, json_t *args, lm_error *err)
 {
-    static const char *const known[] = { "cpu-index", NULL };
-    int index;
-    if (qmp_args_check(args, known, err) < 0 || cpu_index_arg(args, &index, err) < 0 ||
-        lm_engine_cancel_vcpu_dirty_limit(opaque, index, err) < 0) {
-        return NULL;
-    }
-    return json_object();
+    return vcpu_dirty_limit_cmd(opaque, args, false, err);
 }
 
 /* QEMU lists the limited vCPUs; x-throttle-percent is livemig's. */
