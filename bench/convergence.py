@@ -36,14 +36,14 @@ source and the paused destination, then x-verify-memory).
 Standard library only.
 """
 import argparse
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from qmpclient import QMP, wait_migration
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD = os.environ.get("LIVEMIG_BUILD", os.path.join(HERE, "..", "build"))
@@ -60,42 +60,6 @@ def log(*a):
 def parse_size(s):
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     return int(s[:-1]) * mult[s[-1].upper()] if s[-1].upper() in mult else int(s)
-
-
-class QMP:
-    def __init__(self, path, timeout=30):
-        deadline = time.time() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX)
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.f = self.sock.makefile("rw")
-        self.read()  # greeting
-        self.cmd("qmp_capabilities")
-
-    def read(self):
-        while True:
-            line = self.f.readline()
-            if not line:
-                raise EOFError("QMP connection closed")
-            msg = json.loads(line)
-            if "event" not in msg:
-                return msg
-
-    def cmd(self, name, **args):
-        self.f.write(json.dumps({"execute": name, "arguments": {k.replace("_", "-"): v
-                                                                 for k, v in args.items()}}) + "\n")
-        self.f.flush()
-        r = self.read()
-        if "error" in r:
-            raise RuntimeError("%s: %s" % (name, r["error"].get("desc")))
-        return r["return"]
 
 
 class Machine:
@@ -226,18 +190,16 @@ def run(engine, strategy, args):
         dst.qmp.cmd("migrate-incoming", uri="unix:" + sock)
         s0, t0 = engine.steps(src), time.monotonic()
         src.qmp.cmd("migrate", uri="unix:" + sock)
-        info = {}
-        last_steps = s0
-        while time.monotonic() - t0 < args.timeout:
-            info = src.qmp.cmd("query-migrate")
-            if info.get("status") in ("completed", "failed", "cancelled"):
-                break
+        last_steps = [s0]
+
+        def sample(info):
             if info.get("status") == "active":
-                last_steps = engine.steps(src)
-            time.sleep(0.2)
+                last_steps[0] = engine.steps(src)
+
+        info = wait_migration(lambda: src.qmp.cmd("query-migrate"), args.timeout, 0.2, sample)
         elapsed = time.monotonic() - t0
         row["status"] = info.get("status")
-        row["during"] = (last_steps - s0) / elapsed if elapsed else 0
+        row["during"] = (last_steps[0] - s0) / elapsed if elapsed else 0
         row["throttle"] = info.get("cpu-throttle-percentage", 0)
         cv = info.get("x-convergence", {})
         if row["status"] != "completed":
@@ -247,9 +209,7 @@ def run(engine, strategy, args):
         row["total"] = info.get("total-time")
         row["downtime"] = info.get("downtime")
         row["auto"] = info.get("x-auto-postcopy", {}).get("state", "")
-        deadline = time.time() + 60
-        while dst.qmp.cmd("query-migrate").get("status") != "completed" and time.time() < deadline:
-            time.sleep(0.1)
+        wait_migration(lambda: dst.qmp.cmd("query-migrate"), 60, 0.1)
         row["verified"] = engine.verify(src, dst)
         time.sleep(0.5)
         row["after"] = rate(engine, dst, args.sample)

@@ -40,6 +40,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 os.environ.setdefault("LIVEMIG_BUILD", os.path.join(ROOT, "build"))
 import lmtest  # noqa: E402
+import qmpclient  # noqa: E402
 
 CHUNK = 1 << 20
 SHM = "/dev/shm"
@@ -97,14 +98,9 @@ def cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def wait(vm, timeout, poll=0.001):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        info = vm.migration()
-        if info.get("status") in ("completed", "failed", "cancelled"):
-            return info
-        time.sleep(poll)
-    raise TimeoutError("%s: migration did not finish" % vm.name)
+def wait(vm, timeout):
+    """vm's migration at its end, polled each ms (the times are wall clock)."""
+    return qmpclient.wait_migration(vm.migration, timeout, 0.001, must_end=True)
 
 
 def one_run(tmp, vm_bin, kind, backend, size, src_file, timeout):

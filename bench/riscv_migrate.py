@@ -39,17 +39,17 @@ available" and runs the QEMU half.  Standard library only.
 """
 import argparse
 import datetime
-import json
 import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+from qmpclient import QMP, connect_unix, wait_migration
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 OPENSBI = "/usr/lib/riscv64-linux-gnu/opensbi/generic/fw_dynamic.bin"
@@ -77,75 +77,12 @@ def proc_cpu(pid):
         return 0.0
 
 
-class QMP:
-    """A minimal blocking QMP client."""
-
-    def __init__(self, path, timeout=60):
-        deadline = time.time() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.sock.settimeout(timeout)
-        self.buf = ""
-        self._read()
-        self.cmd("qmp_capabilities")
-
-    def _read(self):
-        dec = json.JSONDecoder()
-        while True:
-            text = self.buf.lstrip()
-            if text:
-                try:
-                    obj, end = dec.raw_decode(text)
-                    self.buf = text[end:]
-                    return obj
-                except ValueError:
-                    pass
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("QMP connection closed")
-            self.buf += chunk.decode()
-
-    def cmd(self, name, **args):
-        req = {"execute": name}
-        if args:
-            req["arguments"] = {k.replace("_", "-"): v for k, v in args.items()}
-        self.sock.sendall(json.dumps(req).encode())
-        while True:
-            msg = self._read()
-            if "event" in msg:
-                continue
-            if "error" in msg:
-                raise RuntimeError("%s: %s" % (name, msg["error"].get("desc")))
-            return msg.get("return")
-
-    def close(self):
-        self.sock.close()
-
-
 class Console:
     """The guest's serial console through a unix socket: everything read is
     kept (text), input is typed slowly enough for a polled UART."""
 
     def __init__(self, path, timeout=60):
-        deadline = time.time() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(path)
-                break
-            except OSError:
-                self.sock.close()
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.02)
+        self.sock = connect_unix(path, timeout)
         self.text = ""
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._pump, daemon=True)
@@ -374,12 +311,7 @@ def migrate_once(engine, guest, ram, after, timeout):
         cpu0 = (src.cpu(), dst.cpu())
         t0 = time.time()
         src.qmp.cmd("migrate", uri=uri)
-        info = {}
-        while time.time() - t0 < timeout:
-            info = src.qmp.cmd("query-migrate") or {}
-            if info.get("status") in ("completed", "failed", "cancelled"):
-                break
-            time.sleep(0.05)
+        info = wait_migration(lambda: src.qmp.cmd("query-migrate"), timeout)
         row["wall_s"] = time.time() - t0
         row["cpu_src_s"] = src.cpu() - cpu0[0]
         row["cpu_dst_s"] = dst.cpu() - cpu0[1]

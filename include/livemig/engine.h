@@ -139,6 +139,11 @@ LM_API int lm_engine_set_capability(lm_engine *e, const char *name, bool on, lm_
 LM_API int lm_engine_get_capability(lm_engine *e, const char *name, bool *on, lm_error *err);
 
 LM_API const lm_param_desc *lm_param_descs(void); /* terminated by name == NULL */
+/* The checks a set makes first, against the parameter's row alone (bounds,
+ * choices, length), setting nothing: for a caller that checks several
+ * values before it sets any (QMP's migrate-set-parameters). */
+LM_API int lm_param_check_u64(const char *name, uint64_t v, lm_error *err);
+LM_API int lm_param_check_str(const char *name, const char *v, lm_error *err);
 LM_API int lm_engine_set_param_u64(lm_engine *e, const char *name, uint64_t v, lm_error *err);
 LM_API int lm_engine_set_param_bool(lm_engine *e, const char *name, bool v, lm_error *err);
 LM_API int lm_engine_set_param_str(lm_engine *e, const char *name, const char *v, lm_error *err);

@@ -69,15 +69,23 @@ bool lm_bitmap_all_set_atomic(const uint64_t *map, uint64_t start, uint64_t n)
     return all;
 }
 
+/* A word of map: a plain read for a single owner, an acquire load where
+ * other threads may set or clear bits meanwhile (orders: see bitmap.h). */
+static inline uint64_t load_word(const uint64_t *map, uint64_t w, bool shared)
+{
+    return shared ? __atomic_load_n(&map[w], __ATOMIC_ACQUIRE) : map[w];
+}
+
 /* First bit at or after `from` whose value XOR flip is 1 (flip: 0 finds
  * set bits, ~0 finds clear ones), or nbits if none. */
-static uint64_t find_bit(const uint64_t *map, uint64_t nbits, uint64_t from, uint64_t flip)
+static uint64_t find_bit(const uint64_t *map, uint64_t nbits, uint64_t from, uint64_t flip,
+                         bool shared)
 {
     if (from >= nbits) {
         return nbits;
     }
     uint64_t w = from / 64;
-    uint64_t word = (map[w] ^ flip) & (~0ull << (from % 64));
+    uint64_t word = (load_word(map, w, shared) ^ flip) & (~0ull << (from % 64));
     uint64_t nwords = LM_BITMAP_WORDS(nbits);
     for (;;) {
         if (word) {
@@ -87,18 +95,23 @@ static uint64_t find_bit(const uint64_t *map, uint64_t nbits, uint64_t from, uin
         if (++w >= nwords) {
             return nbits;
         }
-        word = map[w] ^ flip;
+        word = load_word(map, w, shared) ^ flip;
     }
 }
 
 uint64_t lm_bitmap_next_set(const uint64_t *map, uint64_t nbits, uint64_t from)
 {
-    return find_bit(map, nbits, from, 0);
+    return find_bit(map, nbits, from, 0, false);
+}
+
+uint64_t lm_bitmap_next_set_atomic(const uint64_t *map, uint64_t nbits, uint64_t from)
+{
+    return find_bit(map, nbits, from, 0, true);
 }
 
 uint64_t lm_bitmap_next_clear(const uint64_t *map, uint64_t nbits, uint64_t from)
 {
-    return find_bit(map, nbits, from, ~0ull);
+    return find_bit(map, nbits, from, ~0ull, false);
 }
 
 uint64_t lm_bitmap_count(const uint64_t *map, uint64_t nbits)

@@ -70,6 +70,10 @@ uint64_t lm_bitmap_clear_range_atomic(uint64_t *map, uint64_t start, uint64_t n)
 bool lm_bitmap_all_set_atomic(const uint64_t *map, uint64_t start, uint64_t n);
 /* First set bit at or after `from`, or nbits if none. */
 uint64_t lm_bitmap_next_set(const uint64_t *map, uint64_t nbits, uint64_t from);
+/* The same where other threads set or clear bits meanwhile: each word is
+ * an acquire load (a bit that changes during the walk may be missed or
+ * seen, as with any snapshot). */
+uint64_t lm_bitmap_next_set_atomic(const uint64_t *map, uint64_t nbits, uint64_t from);
 /* First clear bit at or after `from`, or nbits if none. */
 uint64_t lm_bitmap_next_clear(const uint64_t *map, uint64_t nbits, uint64_t from);
 uint64_t lm_bitmap_count(const uint64_t *map, uint64_t nbits);

@@ -274,6 +274,32 @@ static int check_target(struct lm_dirtylimit *d, int cpu_index, lm_error *err)
     return 0;
 }
 
+/* The one place limits change, with d->lock held; the caller then runs
+ * ensure_thread.  The operator sets limit (0 lifts it) on cpu_index, -1
+ * meaning every vCPU.  A migration sets limit on every vCPU, but a tighter
+ * limit the operator set stays (QEMU's dirtylimit_set_all); with 0 it
+ * lifts the limits it set and leaves the operator's. */
+static void change_limits(struct lm_dirtylimit *d, int cpu_index, uint64_t limit,
+                          bool by_migration)
+{
+    for (unsigned i = 0; i < d->n; i++) {
+        dl_vcpu *v = &d->v[i];
+        bool hit;
+        if (!by_migration) {
+            hit = cpu_index < 0 || (unsigned)cpu_index == i;
+        } else if (limit) {
+            hit = !v->limit || v->limit > limit;
+        } else {
+            hit = v->by_migration;
+        }
+        if (hit) {
+            v->limit = limit;
+            v->by_migration = by_migration && limit;
+        }
+    }
+    pthread_cond_broadcast(&d->cond);
+}
+
 static int set_limit(lm_engine *e, int cpu_index, uint64_t limit, lm_error *err)
 {
     struct lm_dirtylimit *d = get(e);
@@ -287,13 +313,7 @@ static int set_limit(lm_engine *e, int cpu_index, uint64_t limit, lm_error *err)
         return lm_error_set(err, -EBUSY, "dirty-limit live migration is running: it sets the "
                                          "limits (vcpu-dirty-limit) until it ends");
     }
-    for (unsigned i = 0; i < d->n; i++) {
-        if (cpu_index < 0 || (unsigned)cpu_index == i) {
-            d->v[i].limit = limit;
-            d->v[i].by_migration = false;
-        }
-    }
-    pthread_cond_broadcast(&d->cond);
+    change_limits(d, cpu_index, limit, false);
     pthread_mutex_unlock(&d->lock);
     return ensure_thread(e, d, err);
 }
@@ -338,15 +358,7 @@ bool lm_dirtylimit_migration_engage(lm_engine *e, uint64_t limit_mbps)
     pthread_mutex_lock(&d->lock);
     bool first = !d->migration_owned;
     d->migration_owned = true;
-    for (unsigned i = 0; i < d->n; i++) {
-        /* QEMU's dirtylimit_set_all: the migration's limit on every vCPU;
-         * a tighter limit the operator set stays. */
-        if (!d->v[i].limit || d->v[i].limit > limit_mbps) {
-            d->v[i].limit = limit_mbps;
-            d->v[i].by_migration = true;
-        }
-    }
-    pthread_cond_broadcast(&d->cond);
+    change_limits(d, -1, limit_mbps, true);
     pthread_mutex_unlock(&d->lock);
     lm_error err = LM_ERROR_INIT;
     if (ensure_thread(e, d, &err) < 0) {
@@ -364,13 +376,7 @@ void lm_dirtylimit_migration_release(lm_engine *e)
     pthread_mutex_lock(&d->lock);
     bool owned = d->migration_owned;
     d->migration_owned = false;
-    for (unsigned i = 0; i < d->n; i++) {
-        if (d->v[i].by_migration) {
-            d->v[i].limit = 0;
-            d->v[i].by_migration = false;
-        }
-    }
-    pthread_cond_broadcast(&d->cond);
+    change_limits(d, -1, 0, true);
     pthread_mutex_unlock(&d->lock);
     if (owned) {
         ensure_thread(e, d, NULL);

@@ -362,7 +362,8 @@ static int check_value(const param_row *r, uint64_t u, const char *s, lm_error *
         return 0;
     case KIND_ENUM:
         if (choice_index(r, s) < 0) {
-            return lm_error_set(err, -EINVAL, "Parameter '%s' does not accept '%s'", d->name, s);
+            return lm_error_set(err, -EINVAL, "Parameter '%s' does not accept value '%s'",
+                                d->name, s);
         }
         return 0;
     case KIND_STR:
@@ -438,6 +439,20 @@ static int set_param(lm_engine *e, const param_row *r, uint64_t u, const char *s
     }
     pthread_mutex_unlock(&e->lock);
     return ret;
+}
+
+int lm_param_check_u64(const char *name, uint64_t v, lm_error *err)
+{
+    const param_row *r;
+    int ret = find_param(name, LM_PARAM_U64, &r, err);
+    return ret < 0 ? ret : check_value(r, v, NULL, err);
+}
+
+int lm_param_check_str(const char *name, const char *v, lm_error *err)
+{
+    const param_row *r;
+    int ret = find_param(name, LM_PARAM_STR, &r, err);
+    return ret < 0 ? ret : check_value(r, 0, v, err);
 }
 
 int lm_engine_set_param_u64(lm_engine *e, const char *name, uint64_t v, lm_error *err)

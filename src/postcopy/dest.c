@@ -703,8 +703,8 @@ int lm_pc_dst_set_rp(lm_pc_dst *d, lm_channel *main_ch, bool resume, lm_error *e
     for (size_t i = 0; rp && ret == 0 && i < d->nblocks && d->listening; i++) {
         lm_ram_block *b = d->blocks[i];
         uint64_t hp = lm_pc_hp_pages(b);
-        for (uint64_t p = lm_bitmap_next_set(d->requested[i], b->npages, 0); p < b->npages && ret == 0;
-             p = lm_bitmap_next_set(d->requested[i], b->npages, p + hp)) {
+        for (uint64_t p = lm_pc_next_set(d->requested[i], b->npages, 0); p < b->npages && ret == 0;
+             p = lm_pc_next_set(d->requested[i], b->npages, p + hp)) {
             if (!lm_pc_test(b->received, p)) {
                 ret = lm_rp_send_req_pages(rp, (uint16_t)i, p, (uint32_t)hp);
             }

@@ -80,5 +80,10 @@ static inline bool lm_pc_all_set(const uint64_t *map, uint64_t first, uint64_t n
 {
     return lm_bitmap_all_set_atomic(map, first, n);
 }
+/* First set bit at or after `from`, or nbits if none. */
+static inline uint64_t lm_pc_next_set(const uint64_t *map, uint64_t nbits, uint64_t from)
+{
+    return lm_bitmap_next_set_atomic(map, nbits, from);
+}
 
 #endif

@@ -549,6 +549,8 @@ static const lm_param_desc *param_find(const char *name)
     return NULL;
 }
 
+/* The JSON type is QMP's to check; bounds, choices and length are the
+ * parameter table's (lm_param_check_*), the same checks a set makes. */
 static int param_validate(const lm_param_desc *d, json_t *v, lm_error *err)
 {
     switch (d->type) {
@@ -561,12 +563,7 @@ static int param_validate(const lm_param_desc *d, json_t *v, lm_error *err)
         if (iv < 0) {
             return lm_error_set(err, -EINVAL, "Parameter '%s' expects uint64", d->name);
         }
-        if ((uint64_t)iv < d->min || (uint64_t)iv > d->max) {
-            return lm_error_set(err, -EINVAL,
-                                "Parameter '%s' expects a value between %" PRIu64
-                                " and %" PRIu64, d->name, d->min, d->max);
-        }
-        return 0;
+        return lm_param_check_u64(d->name, (uint64_t)iv, err);
     }
     case LM_PARAM_BOOL:
         if (!json_is_boolean(v)) {
@@ -575,27 +572,14 @@ static int param_validate(const lm_param_desc *d, json_t *v, lm_error *err)
         }
         return 0;
     case LM_PARAM_STR:
-        if (json_is_null(v)) {
-            if (d->choices) {
-                return lm_error_set(err, -EINVAL,
-                                    "Invalid parameter type for '%s', expected: string", d->name);
-            }
+        if (json_is_null(v) && !d->choices) {
             return 0; /* StrOrNull: null resets to "" */
         }
         if (!json_is_string(v)) {
             return lm_error_set(err, -EINVAL,
                                 "Invalid parameter type for '%s', expected: string", d->name);
         }
-        if (d->choices) {
-            for (size_t i = 0; d->choices[i]; i++) {
-                if (strcmp(d->choices[i], json_string_value(v)) == 0) {
-                    return 0;
-                }
-            }
-            return lm_error_set(err, -EINVAL, "Parameter '%s' does not accept value '%s'",
-                                d->name, json_string_value(v));
-        }
-        return 0;
+        return lm_param_check_str(d->name, json_string_value(v), err);
     }
     return lm_error_set(err, -EINVAL, "Parameter '%s' has an unknown type", d->name);
 }
@@ -1081,28 +1065,32 @@ static int cpu_index_arg(json_t *args, int *index, lm_error *err)
     return 0;
 }
 
-static json_t *cmd_set_vcpu_dirty_limit(void *opaque, json_t *args, lm_error *err)
+/* set-vcpu-dirty-limit (set: with its dirty-rate) and
+ * cancel-vcpu-dirty-limit take the same cpu-index, optional: every vCPU. */
+static json_t *vcpu_dirty_limit_cmd(lm_engine *e, json_t *args, bool set, lm_error *err)
 {
-    static const char *const known[] = { "cpu-index", "dirty-rate", NULL };
+    static const char *const set_known[] = { "cpu-index", "dirty-rate", NULL };
+    static const char *const cancel_known[] = { "cpu-index", NULL };
     uint64_t rate = 0;
     int index;
-    if (qmp_args_check(args, known, err) < 0 || cpu_index_arg(args, &index, err) < 0 ||
-        qmp_arg_u64(args, "dirty-rate", true, &rate, err) < 0 ||
-        lm_engine_set_vcpu_dirty_limit(opaque, index, rate, err) < 0) {
+    if (qmp_args_check(args, set ? set_known : cancel_known, err) < 0 ||
+        cpu_index_arg(args, &index, err) < 0 ||
+        (set && qmp_arg_u64(args, "dirty-rate", true, &rate, err) < 0)) {
         return NULL;
     }
-    return json_object();
+    int ret = set ? lm_engine_set_vcpu_dirty_limit(e, index, rate, err)
+                  : lm_engine_cancel_vcpu_dirty_limit(e, index, err);
+    return ret < 0 ? NULL : json_object();
+}
+
+static json_t *cmd_set_vcpu_dirty_limit(void *opaque, json_t *args, lm_error *err)
+{
+    return vcpu_dirty_limit_cmd(opaque, args, true, err);
 }
 
 static json_t *cmd_cancel_vcpu_dirty_limit(void *opaque, json_t *args, lm_error *err)
 {
-    static const char *const known[] = { "cpu-index", NULL };
-    int index;
-    if (qmp_args_check(args, known, err) < 0 || cpu_index_arg(args, &index, err) < 0 ||
-        lm_engine_cancel_vcpu_dirty_limit(opaque, index, err) < 0) {
-        return NULL;
-    }
-    return json_object();
+    return vcpu_dirty_limit_cmd(opaque, args, false, err);
 }
 
 /* QEMU lists the limited vCPUs; x-throttle-percent is livemig's. */

@@ -44,11 +44,33 @@ def cached_guest():
     return rvtest.linux_guest()
 
 
+def livemig_guest():
+    """cached_guest(), or (None, why) livemig-vm cannot boot it here."""
+    paths, why = cached_guest()
+    if not why and os.environ.get("LIVEMIG_SANITIZED") == "1":
+        why = ("a whole Linux boot on the interpreter built with ASan/UBSan takes over 15 "
+               "minutes; it runs in the normal build")
+    if not why:
+        out = subprocess.run([lmtest.VM_BIN, "--help"], capture_output=True, text=True)
+        if "riscv-virt" not in out.stdout + out.stderr:
+            why = "livemig-vm has no --machine riscv-virt yet (its --help does not list it)"
+    return paths, why
+
+
 HWRNG = r"lmwork: hwrng [0-9a-f]{32}\n"
 
 
 class RiscvLinux(unittest.TestCase):
-    def boot(self, who, cmd, console):
+    def boot(self, who, guest, argv):
+        """Boots guest, (kernel, initrd) or (None, why not: the test
+        skips), with the command argv(console file, kernel, initrd) until
+        it powers off; checks init's lines on its console."""
+        paths, why = guest
+        if why:
+            print("SKIP %s: %s" % (who, why))
+            self.skipTest(why)
+        console = os.path.join(self.tmp, who + ".txt")
+        cmd = argv(console, *paths)
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_LIMIT_S)
         except subprocess.TimeoutExpired:
@@ -79,32 +101,17 @@ class RiscvLinux(unittest.TestCase):
         paths, why = cached_guest()
         if not why and not shutil.which("qemu-system-riscv64"):
             why = "qemu-system-riscv64 not installed (package qemu-system-misc)"
-        if why:
-            print("SKIP qemu: " + why)
-            self.skipTest(why)
-        console = os.path.join(self.tmp, "qemu.txt")
-        self.boot("qemu", ["qemu-system-riscv64", "-M", "virt", "-m", "256M", "-smp", "2", "-no-reboot",
-                           "-display", "none", "-monitor", "none", "-serial", "file:" + console,
-                           "-device", "virtio-rng-device", "-bios", OPENSBI, "-kernel", paths[0], "-initrd", paths[1],
-                           "-append", APPEND], console)
+        self.boot("qemu", (paths, why), lambda console, kernel, initrd: [
+            "qemu-system-riscv64", "-M", "virt", "-m", "256M", "-smp", "2", "-no-reboot",
+            "-display", "none", "-monitor", "none", "-serial", "file:" + console,
+            "-device", "virtio-rng-device", "-bios", OPENSBI, "-kernel", kernel, "-initrd", initrd,
+            "-append", APPEND])
 
     def test_livemig(self):
-        paths, why = cached_guest()
-        if not why and os.environ.get("LIVEMIG_SANITIZED") == "1":
-            why = ("a whole Linux boot on the interpreter built with ASan/UBSan takes over 15 "
-                   "minutes; it runs in the normal build")
-        if not why:
-            out = subprocess.run([lmtest.VM_BIN, "--help"], capture_output=True, text=True)
-            if "riscv-virt" not in out.stdout + out.stderr:
-                why = "livemig-vm has no --machine riscv-virt yet (its --help does not list it)"
-        if why:
-            print("SKIP livemig: " + why)
-            self.skipTest(why)
-        console = os.path.join(self.tmp, "livemig.txt")
-        self.boot("livemig-vm", [lmtest.VM_BIN, "--machine", "riscv-virt", "--memory", "256M",
-                                 "--smp", "2", "--serial", "file:" + console, "--device", "virtio-rng-device",
-                                 "--bios", OPENSBI, "--kernel", paths[0], "--initrd", paths[1],
-                                 "--append", APPEND], console)
+        self.boot("livemig-vm", livemig_guest(), lambda console, kernel, initrd: [
+            lmtest.VM_BIN, "--machine", "riscv-virt", "--memory", "256M", "--smp", "2",
+            "--serial", "file:" + console, "--device", "virtio-rng-device",
+            "--bios", OPENSBI, "--kernel", kernel, "--initrd", initrd, "--append", APPEND])
 
 
 # The migrated guest: init runs until told "done" on its console.  128 MiB
@@ -123,14 +130,7 @@ def console_text(data):
 class LinuxMigrate(rvtest.RiscvTest):
     def setUp(self):
         super().setUp()
-        self.guest, why = cached_guest()
-        if not why and os.environ.get("LIVEMIG_SANITIZED") == "1":
-            why = ("Linux on the interpreter built with ASan/UBSan boots in over 15 minutes; "
-                   "the migration tests run in the normal build")
-        if not why:
-            out = subprocess.run([lmtest.VM_BIN, "--help"], capture_output=True, text=True)
-            if "riscv-virt" not in out.stdout + out.stderr:
-                why = "livemig-vm has no --machine riscv-virt"
+        self.guest, why = livemig_guest()
         if why:
             print("SKIP: " + why)
             self.skipTest(why)

@@ -271,7 +271,7 @@ static void test_bad_values(void **state)
             if (d->choices) {
                 expect_refused(lm_engine_set_param_str(e, d->name, "warp-drive", &err), -EINVAL,
                                &err, d->name);
-                assert_non_null(strstr(err.msg, "does not accept 'warp-drive'"));
+                assert_non_null(strstr(err.msg, "does not accept value 'warp-drive'"));
             } else {
                 char big[4096];
                 memset(big, 'x', sizeof(big) - 1);
