@@ -9,15 +9,18 @@
  * Prints MB/s and the CPU seconds per GiB of each process, the figure
  * that a loaded machine disturbs least.
  *
- *   build/bench/bench-tls-stream CERTDIR [MiB] [rounds] [PRIORITY]
+ *   build/bench/bench-tls-stream CERTDIR [MiB] [rounds] [PRIORITY] [fresh]
  *
  * PRIORITY: a GnuTLS priority string for both sides (the credentials'
  * `priority`), e.g. PERFORMANCE (AES-128-GCM first); default NORMAL.
+ * fresh: the receiver reads into memory it never touched, MiB of it, as
+ * a destination loads guest RAM (default: a populated 64 MiB buffer).
  */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -46,6 +49,7 @@ static double cpu_self(void)
 }
 
 static const char *priority; /* NULL: the default */
+static bool fresh;             /* the receiver's memory: never touched */
 
 static lm_tls_config *config(const char *certs, bool server)
 {
@@ -71,11 +75,14 @@ static int receive(lm_listener *l, uint64_t total, int report)
         return 1;
     }
     lm_channel *ch = lm_channel_new(fd, "bench-dst", NULL);
-    uint8_t *buf = malloc(BUF);
-    if (!ch || !buf) {
+    uint64_t span = fresh ? total : BUF;
+    uint8_t *buf = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (!ch || buf == MAP_FAILED) {
         return 1;
     }
-    memset(buf, 1, BUF); /* the destination's memory, populated */
+    if (!fresh) {
+        memset(buf, 1, BUF); /* the destination's memory, populated */
+    }
     double c0 = cpu_self();
     if (lm_tls_server(ch, l, &err) < 0) {
         fprintf(stderr, "receiver: %s\n", err.msg);
@@ -89,7 +96,7 @@ static int receive(lm_listener *l, uint64_t total, int report)
             fprintf(stderr, "receiver: %s\n", err.msg);
             return 1;
         }
-        off = (off + PIECE) % BUF;
+        off = (off + PIECE) % span;
     }
     uint8_t ack = 1;
     double cpu = cpu_self() - c0;
@@ -97,7 +104,7 @@ static int receive(lm_listener *l, uint64_t total, int report)
         return 1;
     }
     lm_channel_close(ch, NULL);
-    free(buf);
+    munmap(buf, span);
     return 0;
 }
 
@@ -176,12 +183,13 @@ static int one_run(const char *certs, uint64_t total, bool tls, const uint8_t *d
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s CERTDIR [MiB] [rounds] [PRIORITY]\n", argv[0]);
+        fprintf(stderr, "usage: %s CERTDIR [MiB] [rounds] [PRIORITY] [fresh]\n", argv[0]);
         return 2;
     }
     uint64_t mib = argc > 2 ? strtoull(argv[2], NULL, 0) : 1024;
     int rounds = argc > 3 ? atoi(argv[3]) : 1;
-    priority = argc > 4 ? argv[4] : NULL;
+    priority = argc > 4 && strcmp(argv[4], "NORMAL") ? argv[4] : NULL;
+    fresh = argc > 5 && !strcmp(argv[5], "fresh");
     uint64_t total = (mib << 20) / PIECE * PIECE;
     uint8_t *data = malloc(BUF);
     if (!data) {

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sendfile.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -25,6 +26,16 @@
  * headers, small enough that little of the bulk data after a header is
  * copied through the buffer rather than read straight into place. */
 #define RBUF_SIZE (16 * 1024)
+/* A socket without TLS is read through a buffer of this size, bulk data
+ * included, and the bytes copied out of it: on tcp loopback the kernel's
+ * copy straight into cold guest memory (or a fresh page it must fault in)
+ * cost about twice the CPU of its copy into this cache-warm buffer plus
+ * ours out of it, and it runs under the socket's lock, so the sender's
+ * segments pile up in the socket's backlog for the reader to process
+ * instead of being queued by the sender in parallel (bench/tls-results.md,
+ * "plain tcp slower than TLS").  The TLS session reads the socket the
+ * same way (channel/tls.c, RX_BATCH). */
+#define SOCK_RBUF_SIZE (256 * 1024)
 #define MAX_EXT_IOV 62
 /* Bytes one MSG_ZEROCOPY sendmsg pins at most: the kernel charges a whole
  * call to RLIMIT_MEMLOCK at once, often only 8 MiB, shared by all channels. */
@@ -39,6 +50,7 @@ struct lm_channel {
     int child_pid;
     char child_cmd[128]; /* the exec: command, for its exit status message */
     bool is_socket;
+    bool is_file; /* a regular file: FIONREAD would say what is left of it */
     char name[64];
     lm_ratelimit *rl;
 
@@ -46,6 +58,7 @@ struct lm_channel {
     size_t wlen;
 
     uint8_t *rbuf;
+    size_t rcap; /* RBUF_SIZE, or SOCK_RBUF_SIZE for a socket */
     size_t rpos, rlen;
 
     pthread_mutex_t err_lock;
@@ -70,17 +83,20 @@ lm_channel *lm_channel_new(int fd, const char *name, lm_ratelimit *rl)
     if (!ch) {
         return NULL;
     }
+    struct stat st;
+    ch->fd = fd;
+    bool st_ok = fstat(fd, &st) == 0;
+    ch->is_socket = st_ok && S_ISSOCK(st.st_mode);
+    ch->is_file = st_ok && S_ISREG(st.st_mode);
+    ch->rcap = ch->is_socket ? SOCK_RBUF_SIZE : RBUF_SIZE;
     ch->wbuf = malloc(WBUF_SIZE);
-    ch->rbuf = malloc(RBUF_SIZE);
+    ch->rbuf = malloc(ch->rcap);
     if (!ch->wbuf || !ch->rbuf) {
         free(ch->wbuf);
         free(ch->rbuf);
         free(ch);
         return NULL;
     }
-    struct stat st;
-    ch->fd = fd;
-    ch->is_socket = fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
     snprintf(ch->name, sizeof(ch->name), "%s", name ? name : "channel");
     ch->rl = rl;
     ch->wake[0] = ch->wake[1] = -1;
@@ -703,7 +719,7 @@ static int fill(lm_channel *ch)
         if (w < 0) {
             return sticky(ch) ? sticky(ch) : io_error(ch, w, "reading");
         }
-        ssize_t r = read_some(ch, ch->rbuf, RBUF_SIZE);
+        ssize_t r = read_some(ch, ch->rbuf, ch->rcap);
         if (r > 0) {
             ch->rpos = 0;
             ch->rlen = (size_t)r;
@@ -751,8 +767,10 @@ int lm_channel_get(lm_channel *ch, void *p, size_t n)
             n -= take;
             continue;
         }
-        if (n >= RBUF_SIZE) {
-            /* Bulk data: read straight into the destination. */
+        if (n >= RBUF_SIZE && !(ch->is_socket && !ch->tls)) {
+            /* Bulk data from a file, a pipe or TLS (which decrypts it
+             * into place): read straight into the destination.  A plain
+             * socket's goes through the buffer (SOCK_RBUF_SIZE says why). */
             int w = wait_readable(ch);
             if (w < 0) {
                 return sticky(ch) ? sticky(ch) : io_error(ch, w, "reading");
@@ -904,4 +922,17 @@ uint64_t lm_channel_bytes_written(const lm_channel *ch)
 uint64_t lm_channel_bytes_read(const lm_channel *ch)
 {
     return __atomic_load_n(&ch->bytes_in, __ATOMIC_RELAXED);
+}
+
+uint64_t lm_channel_input_pending(lm_channel *ch)
+{
+    uint64_t n = ch->rlen - ch->rpos;
+    int queued = 0;
+    if (!ch->is_file && ioctl(ch->fd, FIONREAD, &queued) == 0 && queued > 0) {
+        n += (uint64_t)queued;
+    }
+    if (ch->tls) {
+        n += lm_tls_pending(ch->tls);
+    }
+    return n;
 }

@@ -117,5 +117,10 @@ int lm_channel_seek(lm_channel *ch, uint64_t off);
 
 uint64_t lm_channel_bytes_written(const lm_channel *ch);
 uint64_t lm_channel_bytes_read(const lm_channel *ch);
+/* Bytes that arrived and no read has taken yet: in the socket's receive
+ * or pipe (FIONREAD), in this channel's read buffer, and inside its TLS
+ * session (records read off the socket, decrypted or not).  The reader's
+ * thread only: what the destination tells the source it has still to load. */
+uint64_t lm_channel_input_pending(lm_channel *ch);
 
 #endif

@@ -679,3 +679,8 @@ ssize_t lm_tls_read(lm_tls_session *t, void *buf, size_t n, lm_error *err)
         return gnutls_failure(t, (int)rc, "read", err);
     }
 }
+
+uint64_t lm_tls_pending(lm_tls_session *t)
+{
+    return (uint64_t)(t->rxlen - t->rxpos) + (uint64_t)gnutls_record_check_pending(t->s);
+}

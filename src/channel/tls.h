@@ -58,5 +58,9 @@ void lm_tls_session_unref(lm_tls_session *t);
 int lm_tls_writev(lm_tls_session *t, const struct iovec *iov, int cnt, lm_error *err);
 /* Up to n bytes (at least one): >0, 0 at the peer's end of stream, or -errno. */
 ssize_t lm_tls_read(lm_tls_session *t, void *buf, size_t n, lm_error *err);
+/* Bytes the session holds for its reader and lm_tls_read has not returned:
+ * read off the socket and not yet decrypted (record framing included), plus
+ * the rest of a decrypted record.  The reader's thread only. */
+uint64_t lm_tls_pending(lm_tls_session *t);
 
 #endif

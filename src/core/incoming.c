@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "channel/tls.h"
@@ -419,10 +418,9 @@ static int answer_drain(dst_ctx *c, const uint8_t *body, uint16_t len)
     if (!(c->cfg.flags & LM_CONFIG_RETURN_PATH) || c->pc_listening) {
         return lm_error_set(&c->err, -EBADMSG, "DRAIN without a return path");
     }
-    int queued = 0;
-    if (ioctl(lm_channel_fd(c->ch), FIONREAD, &queued) < 0 || queued < 0) {
-        queued = 0; /* not a socket: nothing to say */
-    }
+    /* The socket's queue, and what the channel and its TLS session have
+     * read off it already. */
+    uint64_t queued = lm_channel_input_pending(c->ch);
     /* switchover-ack: the devices approved; the ack goes just before the
      * BACKLOG, inside the round trip the source reads to its end (an
      * unsolicited message could be buffered by a reader that then hands
@@ -433,7 +431,7 @@ static int answer_drain(dst_ctx *c, const uint8_t *body, uint16_t len)
     pthread_mutex_unlock(&c->e->lock);
     int ret = ack ? lm_rp_send_switchover_ack(c->ch) : 0;
     if (ret == 0) {
-        ret = lm_rp_send_backlog(c->ch, lm_load_be32(body), (uint64_t)queued);
+        ret = lm_rp_send_backlog(c->ch, lm_load_be32(body), queued);
     }
     return ret < 0 ? lm_channel_error(c->ch, &c->err) : 0;
 }
