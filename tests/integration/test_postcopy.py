@@ -16,6 +16,8 @@ import lmtest
 from lmtest import MigrationTest
 
 MEM = "128M"
+# max-postcopy-bandwidth for tests that need page requests: 128M in ~4 s.
+SLOW_BACKGROUND = {"max-postcopy-bandwidth": 32 << 20}
 
 
 class PostcopyBase(MigrationTest):
@@ -89,7 +91,11 @@ class Postcopy(PostcopyBase):
         self.assertGreater(info["ram"]["postcopy-bytes"], 0)
 
     def test_preempt(self):
-        src, dst = self.pair(caps={"postcopy_preempt": True})
+        # The background stream is held to a pace that leaves the running
+        # guest seconds to fault on pages not yet sent, however loaded the
+        # host: unlimited, it could move all of RAM before the destination's
+        # vCPU is first scheduled, and nothing would be requested.
+        src, dst = self.pair(caps={"postcopy_preempt": True}, params=SLOW_BACKGROUND)
         self.start(src, dst)
         info, dinfo = self.finish(src, dst)
         self.assertGreater(info["ram"]["postcopy-requests"], 0)
@@ -143,8 +149,7 @@ class Postcopy(PostcopyBase):
                     f.write(str(old))
 
     def test_blocktime_and_bandwidth(self):
-        src, dst = self.pair(caps={"postcopy_preempt": True},
-                             params={"max-postcopy-bandwidth": 256 << 20})
+        src, dst = self.pair(caps={"postcopy_preempt": True}, params=SLOW_BACKGROUND)
         dst.set_caps(postcopy_blocktime=True)
         self.start(src, dst)
         info, dinfo = self.finish(src, dst)
