@@ -16,6 +16,7 @@
 
 #include "channel/tls.h"
 #include "common/clock.h"
+#include "common/threadtime.h"
 #include "common/util.h"
 #include "core/engine_internal.h"
 #include "livemig/buffer.h"
@@ -59,9 +60,22 @@ typedef struct dst_ctx {
     uint8_t *dev_loaded;
     bool globalstate_loaded;
     lm_bd bd;               /* this side's share of the blackout, from SWITCHOVER on */
+    /* The RAM loads' pace, told to the source with each BACKLOG: bytes
+     * loaded from this channel in the latest window and the CPU time they
+     * took (waiting for bytes is no load time), and the last window's
+     * rate.  Recent loads, not all of them: the first pass's first touches
+     * of fresh memory cost more than the tail's pages, loaded before. */
+    uint64_t load_bytes;
+    uint64_t load_cpu_ns;
+    uint64_t load_bw;
 } dst_ctx;
 
 enum { DEV_STARTED = 1, DEV_COMPLETE = 2 };
+
+/* The load rate the destination reports is that of its latest loads of
+ * this many bytes; fewer than LOAD_RATE_SAMPLE_BYTES say little. */
+#define LOAD_RATE_WINDOW_BYTES (256ull << 10)
+#define LOAD_RATE_SAMPLE_BYTES (64ull << 10)
 
 static void publish_progress(dst_ctx *c)
 {
@@ -360,9 +374,17 @@ static int load_section(dst_ctx *c, uint8_t type)
     case SECTION_GLOBALSTATE:
         ret = load_globalstate(c);
         break;
-    default:
+    default: {
+        uint64_t cpu0 = lm_thread_cpu_ns(), bytes0 = lm_channel_bytes_read(c->ch);
         ret = lm_ram_load_section(&c->loader, c->ch, &c->err);
+        c->load_cpu_ns += lm_thread_cpu_ns() - cpu0;
+        c->load_bytes += lm_channel_bytes_read(c->ch) - bytes0;
+        if (c->load_bytes >= LOAD_RATE_WINDOW_BYTES && c->load_cpu_ns) {
+            c->load_bw = (uint64_t)((double)c->load_bytes * 1e9 / (double)c->load_cpu_ns);
+            c->load_bytes = c->load_cpu_ns = 0;
+        }
         break;
+    }
     }
     if (ret == 0) {
         ret = lm_stream_read_footer(c->ch, (uint32_t)id, &c->err);
@@ -432,8 +454,13 @@ static int answer_drain(dst_ctx *c, const uint8_t *body, uint16_t len)
     c->e->sw_ack_due = false;
     pthread_mutex_unlock(&c->e->lock);
     int ret = ack ? lm_rp_send_switchover_ack(c->ch) : 0;
+    /* Before a whole window: what there is, once it says something (a
+     * few pages timed alone say little). */
+    if (!c->load_bw && c->load_bytes >= LOAD_RATE_SAMPLE_BYTES && c->load_cpu_ns) {
+        c->load_bw = (uint64_t)((double)c->load_bytes * 1e9 / (double)c->load_cpu_ns);
+    }
     if (ret == 0) {
-        ret = lm_rp_send_backlog(c->ch, lm_load_be32(body), (uint64_t)queued);
+        ret = lm_rp_send_backlog(c->ch, lm_load_be32(body), (uint64_t)queued, c->load_bw);
     }
     return ret < 0 ? lm_channel_error(c->ch, &c->err) : 0;
 }
