@@ -73,7 +73,8 @@ typedef struct dst_ctx {
 enum { DEV_STARTED = 1, DEV_COMPLETE = 2 };
 
 /* The load rate the destination reports is that of its latest loads of
- * this many bytes; fewer than LOAD_RATE_SAMPLE_BYTES say little. */
+ * this many bytes, counting RAM sections of LOAD_RATE_SAMPLE_BYTES or
+ * more only (a few pages timed alone say little). */
 #define LOAD_RATE_WINDOW_BYTES (256ull << 10)
 #define LOAD_RATE_SAMPLE_BYTES (64ull << 10)
 
@@ -377,8 +378,12 @@ static int load_section(dst_ctx *c, uint8_t type)
     default: {
         uint64_t cpu0 = lm_thread_cpu_ns(), bytes0 = lm_channel_bytes_read(c->ch);
         ret = lm_ram_load_section(&c->loader, c->ch, &c->err);
-        c->load_cpu_ns += lm_thread_cpu_ns() - cpu0;
-        c->load_bytes += lm_channel_bytes_read(c->ch) - bytes0;
+        uint64_t bytes = lm_channel_bytes_read(c->ch) - bytes0;
+        /* A section of a few pages is mostly its own cost: no rate. */
+        if (bytes >= LOAD_RATE_SAMPLE_BYTES) {
+            c->load_cpu_ns += lm_thread_cpu_ns() - cpu0;
+            c->load_bytes += bytes;
+        }
         if (c->load_bytes >= LOAD_RATE_WINDOW_BYTES && c->load_cpu_ns) {
             c->load_bw = (uint64_t)((double)c->load_bytes * 1e9 / (double)c->load_cpu_ns);
             c->load_bytes = c->load_cpu_ns = 0;
@@ -454,8 +459,7 @@ static int answer_drain(dst_ctx *c, const uint8_t *body, uint16_t len)
     c->e->sw_ack_due = false;
     pthread_mutex_unlock(&c->e->lock);
     int ret = ack ? lm_rp_send_switchover_ack(c->ch) : 0;
-    /* Before a whole window: what there is, once it says something (a
-     * few pages timed alone say little). */
+    /* Before a whole window: what there is, once it says something. */
     if (!c->load_bw && c->load_bytes >= LOAD_RATE_SAMPLE_BYTES && c->load_cpu_ns) {
         c->load_bw = (uint64_t)((double)c->load_bytes * 1e9 / (double)c->load_cpu_ns);
     }
