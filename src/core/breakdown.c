@@ -225,6 +225,8 @@ uint64_t lm_bd_bytes_ns(const lm_bd *joined)
            part_ns(joined, "dst:ram-tail", NULL);
 }
 
+#define LM_BD_MAX2(a, b) ((a) > (b) ? (a) : (b))
+
 static void add_sample(lm_bd_series *s, uint64_t ns)
 {
     s->v[s->n++ % LM_BD_SAMPLES] = ns;
@@ -252,9 +254,11 @@ void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, uint64_t tail_bytes, uin
         uint64_t known = stop + sync + conf;
         add_sample(&l->rest, fixed > known ? fixed - known : 0);
     }
-    if (has_tail && has_conf && tail_bw) {
+    uint64_t took = lm_bd_bytes_ns(joined);
+    if (has_tail && has_conf && tail_bytes >= LM_BD_RATE_BYTES && took) {
+        add_sample(&l->tail_rate, (uint64_t)((double)tail_bytes * 1e9 / (double)took));
+    } else if (has_tail && has_conf && tail_bw) {
         uint64_t bytes_ns = (uint64_t)((double)tail_bytes * 1e9 / (double)tail_bw);
-        uint64_t took = lm_bd_bytes_ns(joined);
         add_sample(&l->tail, took > bytes_ns ? took - bytes_ns : 0);
     }
 }
@@ -285,6 +289,16 @@ static uint64_t typical(const lm_bd_series *s, uint64_t probe)
         return v[0]; /* of two, a descheduled one is the larger */
     }
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+uint64_t lm_bd_tail_rate(const lm_bd_learned *l)
+{
+    unsigned n = l->tail_rate.n < LM_BD_SAMPLES ? l->tail_rate.n : LM_BD_SAMPLES;
+    if (n <= 2) {
+        return n == 0 ? 0 : n == 1 ? l->tail_rate.v[0]
+                                   : LM_BD_MAX2(l->tail_rate.v[0], l->tail_rate.v[1]);
+    }
+    return typical(&l->tail_rate, 0); /* the median of three or more */
 }
 
 uint64_t lm_bd_fixed_estimate(const lm_bd_learned *l, const lm_bd_probe *p, lm_bd_fixed *out)

@@ -109,8 +109,13 @@ typedef struct lm_bd_series {
 
 typedef struct lm_bd_learned {
     lm_bd_series stop, sync, rest, tail;
+    /* The rate (bytes/s) tails of LM_BD_RATE_BYTES or more moved at,
+     * joined parts and all: the stop-copy's own (the passes run beside
+     * faulting vCPUs, the stop-copy does not). */
+    lm_bd_series tail_rate;
     unsigned n; /* switchovers learned from, in all */
 } lm_bd_learned;
+#define LM_BD_RATE_BYTES (64ull << 10)
 
 /* What the last pass measured, standing for what is not learned yet. */
 typedef struct lm_bd_probe {
@@ -135,8 +140,13 @@ typedef struct lm_bd_fixed {
 uint64_t lm_bd_bytes_ns(const lm_bd *joined);
 /* Learns from one switchover's joined breakdown.  tail_bytes moved in it;
  * tail_bw: the rate (bytes/s) its estimate gave them (0: none, the tail
- * is not learned from this one). */
+ * is not learned from this one).  A tail of LM_BD_RATE_BYTES or more
+ * teaches the rate; a smaller one the tail's own cost. */
 void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, uint64_t tail_bytes, uint64_t tail_bw);
+/* The stop-copy's rate learned so far (bytes/s; 0: none): one sample as
+ * it is, two by the faster (a descheduled one is the slower), then the
+ * median. */
+uint64_t lm_bd_tail_rate(const lm_bd_learned *l);
 /* The fixed part for a switchover now; returns the sum. */
 uint64_t lm_bd_fixed_estimate(const lm_bd_learned *l, const lm_bd_probe *p, lm_bd_fixed *out);
 

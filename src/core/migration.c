@@ -529,7 +529,13 @@ static uint64_t fixed_cost_ns(lm_engine *e, lm_bd_fixed *parts)
 static uint64_t tail_rate(lm_engine *e, uint64_t bw)
 {
     uint64_t dst = e->stats.dest_load_bw;
-    return dst && dst < bw ? dst : bw;
+    uint64_t rate = dst && dst < bw ? dst : bw;
+    /* Without the operator's figure, what earlier stop-copies reached
+     * (the passes, beside faulting vCPUs, under-rate it), if faster. */
+    if (!e->params.avail_switchover_bandwidth) {
+        rate = LM_MAX(rate, lm_bd_tail_rate(&e->learned));
+    }
+    return rate;
 }
 
 /* One DRAIN..BACKLOG round trip: the destination answers once everything

@@ -212,11 +212,11 @@ static void test_fixed_estimate(void **state)
     assert_int_equal(lm_bd_fixed_estimate(&l, &no_rtt, NULL), 300);
 
     /* The first switchover was descheduled in its stop (80 ms) and its
-     * tail (30 ms for 1 MB predicted at 1 GB/s): one sample counts up to
+     * tail (30 ms for 1000 bytes predicted at 1 MB/s): one sample counts up to
      * LM_BD_OUTLIER times its probe (at least 1 us). */
     lm_bd b;
     switchover_of(&b, 80000000, 900, 5000, 30000000, 40);
-    lm_bd_learn(&l, &b, 1000000, 1000000000);
+    lm_bd_learn(&l, &b, 1000, 1000000);
     lm_bd_fixed_estimate(&l, &p, &f);
     assert_int_equal(f.learned, 4);
     assert_int_equal(f.stop_ns, LM_BD_OUTLIER * 1000);
@@ -240,9 +240,9 @@ static void test_fixed_estimate(void **state)
     assert_int_equal(f.rest_ns, 5000);
     assert_int_equal(f.tail_ns, LM_BD_OUTLIER * 1000);
 
-    /* Calm ones: 1.2 ms for 1 MB at 1 GB/s leaves 200 us of tail. */
+    /* Calm ones: 1.2 ms for 1000 bytes at 1 MB/s leaves 200 us of tail. */
     switchover_of(&b, 120, 800, 9000, 1200000, 30);
-    lm_bd_learn(&l, &b, 1000000, 1000000000);
+    lm_bd_learn(&l, &b, 1000, 1000000);
     lm_bd_fixed_estimate(&l, &p, &f);
     assert_int_equal(f.stop_ns, 120);        /* median of {80 ms, 100, 120} */
     assert_int_equal(f.sync_ns, 800);        /* median of {900, 700, 800} */
@@ -250,7 +250,7 @@ static void test_fixed_estimate(void **state)
     assert_int_equal(f.tail_ns, 200000);     /* the smaller of {29 ms, 200 us} */
     /* A tail faster than its rate leaves nothing beyond its bytes. */
     switchover_of(&b, 120, 800, 9000, 500000, 30);
-    lm_bd_learn(&l, &b, 1000000, 1000000000);
+    lm_bd_learn(&l, &b, 1000, 1000000);
     lm_bd_fixed_estimate(&l, &p, &f);
     assert_int_equal(f.tail_ns, 200000);     /* median of {29 ms, 200 us, 0} */
     assert_int_equal(f.rest_ns, 9000);       /* median of {5000, 9000, 9000} */
@@ -264,6 +264,22 @@ static void test_fixed_estimate(void **state)
     assert_int_equal(f.rest_ns, 7000);
     assert_int_equal(f.tail_ns, 7000);
     assert_int_equal(lm_bd_fixed_estimate(&l, &p, NULL), 5000 + 700 + 50 + 7000 + 7000);
+    assert_int_equal(lm_bd_tail_rate(&l), 0);
+
+    /* A tail of 64 KiB or more teaches the stop-copy's rate (its parts
+     * all counted), not the tail's own cost: one sample as it is, two by
+     * the faster, then the median. */
+    unsigned tails = l.tail.n;
+    switchover_of(&b, 100, 700, 9000, 4000000, 30); /* 4 MB in 4 ms */
+    lm_bd_learn(&l, &b, 4000000, 100000000);
+    assert_int_equal(l.tail.n, tails);
+    assert_int_equal(lm_bd_tail_rate(&l), 1000000000);
+    switchover_of(&b, 100, 700, 9000, 40000000, 30); /* descheduled: 40 ms */
+    lm_bd_learn(&l, &b, 4000000, 100000000);
+    assert_int_equal(lm_bd_tail_rate(&l), 1000000000);
+    switchover_of(&b, 100, 700, 9000, 2000000, 30); /* 2 GB/s */
+    lm_bd_learn(&l, &b, 4000000, 100000000);
+    assert_int_equal(lm_bd_tail_rate(&l), 1000000000); /* median of {1G, 0.1G, 2G} */
 }
 
 /* The destination's BACKLOG carries its load rate (20 bytes); one without
