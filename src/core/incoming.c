@@ -36,6 +36,14 @@ typedef struct section_slot {
     bool used;
 } section_slot;
 
+/* The load rate the destination reports: the fastest of its last
+ * LOAD_RATE_WINDOWS windows of this many bytes, counting RAM sections of
+ * LOAD_RATE_SAMPLE_BYTES or more only (a few pages timed alone say
+ * little). */
+#define LOAD_RATE_WINDOW_BYTES (256ull << 10)
+#define LOAD_RATE_SAMPLE_BYTES (64ull << 10)
+#define LOAD_RATE_WINDOWS 4
+
 typedef struct dst_ctx {
     lm_engine *e;
     lm_channel *ch;
@@ -68,15 +76,13 @@ typedef struct dst_ctx {
     uint64_t load_bytes;
     uint64_t load_cpu_ns;
     uint64_t load_bw;
+    uint64_t load_window_bw[LOAD_RATE_WINDOWS]; /* the last windows' rates */
+    unsigned load_windows;
 } dst_ctx;
 
 enum { DEV_STARTED = 1, DEV_COMPLETE = 2 };
 
-/* The load rate the destination reports is that of its latest loads of
- * this many bytes, counting RAM sections of LOAD_RATE_SAMPLE_BYTES or
- * more only (a few pages timed alone say little). */
-#define LOAD_RATE_WINDOW_BYTES (256ull << 10)
-#define LOAD_RATE_SAMPLE_BYTES (64ull << 10)
+
 
 static void publish_progress(dst_ctx *c)
 {
@@ -385,7 +391,15 @@ static int load_section(dst_ctx *c, uint8_t type)
             c->load_bytes += bytes;
         }
         if (c->load_bytes >= LOAD_RATE_WINDOW_BYTES && c->load_cpu_ns) {
-            c->load_bw = (uint64_t)((double)c->load_bytes * 1e9 / (double)c->load_cpu_ns);
+            /* The fastest of the last few windows: a window slowed by
+             * first touches of fresh memory or by reclaim is only ever
+             * slower than the tail's loads of pages loaded before. */
+            c->load_window_bw[c->load_windows++ % LOAD_RATE_WINDOWS] =
+                (uint64_t)((double)c->load_bytes * 1e9 / (double)c->load_cpu_ns);
+            c->load_bw = 0;
+            for (unsigned i = 0; i < LOAD_RATE_WINDOWS; i++) {
+                c->load_bw = LM_MAX(c->load_bw, c->load_window_bw[i]);
+            }
             c->load_bytes = c->load_cpu_ns = 0;
         }
         break;
