@@ -699,25 +699,19 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     uint64_t pending = lm_sat_add(pending_ram, pending_dev);
     uint64_t elapsed = now - c->pass_start_ns;
     uint64_t sent = sent_total - c->pass_start_bytes;
-    /* max-bandwidth held the writers back for part of the pass; in the
-     * rest they moved `sent`: the rate the stop-copy gets once the limit is
-     * lifted (an upper bound where the link is slower than the limit's
-     * bursts, which the socket buffers hide: set avail-switchover-bandwidth
-     * there). */
-    /* Only the time the pass's slices spent sending counts: not the time
-     * max-bandwidth held them, nor the time the thread waited for a CPU
-     * (the running vCPUs and the destination share the host's CPUs; the
-     * stop-copy runs with the vCPUs stopped), nor the dirty sync. */
+    /* The rate the stop-copy gets once max-bandwidth is lifted: what the
+     * pass's slices moved in their time sending, not counting the time the
+     * cap held them, nor the time the thread waited for a CPU (the running
+     * vCPUs and the destination share the host's CPUs; the stop-copy runs
+     * with the vCPUs stopped), nor the dirty sync.  An upper bound where
+     * the link is slower than the cap's bursts, which the socket buffers
+     * hide: set avail-switchover-bandwidth there.  Passes after the first
+     * are pooled until together they say enough (one of a few pages timed
+     * alone gave rates off by 100x either way).  The first sync (setup's)
+     * ends no pass; the second ends the first. */
     uint64_t busy = c->pass_run_ns, run_bytes = c->pass_run_bytes;
     uint64_t small_ns = c->pass_small_ns, small_bytes = c->pass_small_bytes;
     c->pass_run_ns = c->pass_run_bytes = c->pass_small_ns = c->pass_small_bytes = 0;
-    /* The last pass that moved enough to say something: the first full
-     * pass reads every zero page too, which the tail does not, so later
-     * passes (dirtied pages, like the tail) replace its estimate.  Smaller
-     * passes are pooled until together they say enough (an idle guest
-     * under a cap sends only small passes after the first; one of a few
-     * pages timed alone gave rates off by 100x either way). */
-    /* The first sync (setup's) ends no pass; the second ends the first. */
     if (++c->syncs == 2) {
         c->first_pass_bw = busy ? per_second(run_bytes, busy) : 0;
     } else if (c->syncs > 2 && run_bytes > 0) {
