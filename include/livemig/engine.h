@@ -304,6 +304,10 @@ typedef struct lm_info {
     bool switchover_ack_waiting;
     bool switchover_acked;
     unsigned switchover_ack_pending;
+    /* Source: the rate (bytes/s) the destination said its RAM loads reach
+     * (its last BACKLOG; 0: not said), which expected-downtime uses when
+     * it is below switchover_bandwidth. */
+    uint64_t destination_load_rate;
 } lm_info;
 
 #define LM_INFO_INIT { .struct_size = sizeof(lm_info) }

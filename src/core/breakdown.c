@@ -205,73 +205,112 @@ uint64_t lm_bd_fixed_ns(const lm_bd *joined)
     return fixed;
 }
 
-static uint64_t part_ns(const lm_bd *b, const char *name)
+static uint64_t part_ns(const lm_bd *b, const char *name, bool *found)
 {
     uint64_t ns = 0;
     for (unsigned i = 0; i < b->n; i++) {
         if (!strcmp(b->part[i].name, name)) {
             ns += b->part[i].ns;
+            if (found) {
+                *found = true;
+            }
         }
     }
     return ns;
 }
 
-void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined)
+uint64_t lm_bd_bytes_ns(const lm_bd *joined)
 {
-    uint64_t stop = part_ns(joined, "stop");
-    uint64_t sync = part_ns(joined, "sync");
-    /* The confirmation is the round trip's, measured anew every time. */
-    uint64_t known = stop + sync + part_ns(joined, "confirmation");
-    uint64_t fixed = lm_bd_fixed_ns(joined);
-    unsigned slot = l->n++ % LM_BD_SAMPLES;
-    l->stop[slot] = stop;
-    l->sync[slot] = sync;
-    l->rest[slot] = fixed > known ? fixed - known : 0;
+    return part_ns(joined, "ram-tail", NULL) + part_ns(joined, "transfer", NULL) +
+           part_ns(joined, "dst:ram-tail", NULL);
 }
 
-/* The median of n <= LM_BD_SAMPLES + 1 values; the smallest while n < 3
- * (of one or two samples, a descheduled one is the larger). */
-static uint64_t typical(const uint64_t *v, unsigned n)
+#define LM_BD_MAX2(a, b) ((a) > (b) ? (a) : (b))
+
+static void add_sample(lm_bd_series *s, uint64_t ns)
 {
-    uint64_t s[LM_BD_SAMPLES + 1];
-    memcpy(s, v, n * sizeof(*s));
+    s->v[s->n++ % LM_BD_SAMPLES] = ns;
+}
+
+void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, uint64_t tail_bytes, uint64_t tail_bw)
+{
+    bool has_stop = false, has_sync = false, has_conf = false, has_tail = false;
+    uint64_t stop = part_ns(joined, "stop", &has_stop);
+    uint64_t sync = part_ns(joined, "sync", &has_sync);
+    /* The confirmation is the round trip's, measured anew every time. */
+    uint64_t conf = part_ns(joined, "confirmation", &has_conf);
+    part_ns(joined, "ram-tail", &has_tail);
+    uint64_t fixed = lm_bd_fixed_ns(joined);
+    l->n++;
+    if (has_stop) {
+        add_sample(&l->stop, stop);
+    }
+    if (has_sync) {
+        add_sample(&l->sync, sync);
+    }
+    /* Without the destination's confirmation (postcopy ends at RUN) the
+     * destination's parts are missing: no sample of the rest. */
+    if (has_conf) {
+        uint64_t known = stop + sync + conf;
+        add_sample(&l->rest, fixed > known ? fixed - known : 0);
+    }
+    uint64_t took = lm_bd_bytes_ns(joined);
+    if (has_tail && has_conf && tail_bytes >= LM_BD_RATE_BYTES && took) {
+        add_sample(&l->tail_rate, (uint64_t)((double)tail_bytes * 1e9 / (double)took));
+    } else if (has_tail && has_conf && tail_bw) {
+        uint64_t bytes_ns = (uint64_t)((double)tail_bytes * 1e9 / (double)tail_bw);
+        add_sample(&l->tail, took > bytes_ns ? took - bytes_ns : 0);
+    }
+}
+
+/* A part's estimate from its samples, or its probe (core/breakdown.h). */
+static uint64_t typical(const lm_bd_series *s, uint64_t probe)
+{
+    unsigned n = s->n < LM_BD_SAMPLES ? s->n : LM_BD_SAMPLES;
+    if (n == 0) {
+        return probe;
+    }
+    if (n == 1) {
+        /* One sample may be a descheduled switchover: bounded by its
+         * probe (at least 1 us, so that a 0 probe does not veto it). */
+        uint64_t cap = LM_BD_OUTLIER * (probe > 1000 ? probe : 1000);
+        return s->v[0] < cap ? s->v[0] : cap;
+    }
+    uint64_t v[LM_BD_SAMPLES];
+    memcpy(v, s->v, n * sizeof(*v));
     for (unsigned i = 1; i < n; i++) { /* insertion sort: n <= 8 */
-        for (unsigned k = i; k > 0 && s[k - 1] > s[k]; k--) {
-            uint64_t t = s[k];
-            s[k] = s[k - 1];
-            s[k - 1] = t;
+        for (unsigned k = i; k > 0 && v[k - 1] > v[k]; k--) {
+            uint64_t t = v[k];
+            v[k] = v[k - 1];
+            v[k - 1] = t;
         }
     }
-    if (n < 3) {
-        return s[0];
+    if (n == 2) {
+        return v[0]; /* of two, a descheduled one is the larger */
     }
-    return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-uint64_t lm_bd_fixed_estimate(const lm_bd_learned *l, uint64_t sync_ns, uint64_t rtt_ns,
-                              lm_bd_fixed *out)
+uint64_t lm_bd_tail_rate(const lm_bd_learned *l)
 {
-    lm_bd_fixed f = { .sync_ns = sync_ns, .rtt_ns = rtt_ns };
-    unsigned n = l->n < LM_BD_SAMPLES ? l->n : LM_BD_SAMPLES;
-    /* What is known before any switchover counts as one more sample (the
-     * stop: the round trip now; the sync: the last pass's; the rest:
-     * nothing), so a single slow switchover is outvoted. */
-    uint64_t v[LM_BD_SAMPLES + 1];
-    memcpy(v, l->stop, n * sizeof(*v));
-    unsigned nv = n;
-    if (rtt_ns) {
-        v[nv++] = rtt_ns;
+    unsigned n = l->tail_rate.n < LM_BD_SAMPLES ? l->tail_rate.n : LM_BD_SAMPLES;
+    if (n <= 2) {
+        return n == 0 ? 0 : n == 1 ? l->tail_rate.v[0]
+                                   : LM_BD_MAX2(l->tail_rate.v[0], l->tail_rate.v[1]);
     }
-    f.stop_ns = nv ? typical(v, nv) : 0;
-    memcpy(v, l->sync, n * sizeof(*v));
-    v[n] = sync_ns;
-    f.sync_ns = typical(v, n + 1);
-    memcpy(v, l->rest, n * sizeof(*v));
-    v[n] = 0;
-    f.rest_ns = typical(v, n + 1);
-    f.learned = n > 0;
+    return typical(&l->tail_rate, 0); /* the median of three or more */
+}
+
+uint64_t lm_bd_fixed_estimate(const lm_bd_learned *l, const lm_bd_probe *p, lm_bd_fixed *out)
+{
+    lm_bd_fixed f = { .rtt_ns = p->rtt_ns };
+    f.stop_ns = typical(&l->stop, p->rtt_ns);
+    f.sync_ns = typical(&l->sync, p->sync_ns);
+    f.rest_ns = typical(&l->rest, p->rtt_ns);
+    f.tail_ns = typical(&l->tail, p->tail_ns > p->rtt_ns ? p->tail_ns : p->rtt_ns);
+    f.learned = (l->stop.n > 0) + (l->sync.n > 0) + (l->rest.n > 0) + (l->tail.n > 0);
     if (out) {
         *out = f;
     }
-    return f.stop_ns + f.sync_ns + f.rtt_ns + f.rest_ns;
+    return f.stop_ns + f.sync_ns + f.rtt_ns + f.rest_ns + f.tail_ns;
 }

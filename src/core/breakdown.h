@@ -73,42 +73,56 @@ uint64_t lm_bd_fixed_ns(const lm_bd *joined);
 
 /*
  * The fixed part of the next switchover's downtime (expected-downtime's
- * part that does not grow with the bytes to move).
- *
- * What can be measured before the switchover, without touching the guest,
- * is measured anew at every dirty sync, so it follows the host's load now:
- *   - sync: the last pass's dirty sync (and multifd sync point) stands for
- *     the switchover's last one (the caller adds multifd's END at the
- *     tail's end, a sync point again);
- *   - round trip: an empty DRAIN..BACKLOG on the return path (nothing
- *     queued at the destination) stands for the last byte's way there, the
- *     destination's load thread waking up, and the confirmation's way back.
- * What cannot be measured before it is learned from the joined breakdowns
- * of the switchovers so far:
+ * part that does not grow with the bytes to move), in five terms:
  *   - stop: pausing the vCPUs (their threads must get a CPU to notice);
- *   - sync, too: a pass's sync runs beside faulting vCPUs (write-protect
- *     tracking contends with them) and took up to 60 ms where the
- *     switchover's, with the vCPUs stopped, took 1-2 ms;
- *   - rest: every other fixed part: device saves, the send, the
- *     destination's device loads, multifd finish and restart.
- * A descheduled switchover can only be slower than the host's own cost,
- * never faster, so one slow sample must not move the estimate: each is
- * the median of the last LM_BD_SAMPLES, and the smallest while there are
- * fewer than three.  What is known before any switchover counts as one
- * more sample: for the stop, the round trip now (a stop is two thread
- * wake-ups across a condition, the vCPU's then the migration thread's, as
- * the round trip is); for the sync, the last pass's; for the rest, 0 (the
- * devices' bytes are counted with the RAM's).  That is the whole estimate before the first switchover, and
- * after one it outvotes a slow sample: the rest is learned once two
- * switchovers agree.
+ *   - sync: the last dirty sync, with the guest stopped (and multifd's
+ *     sync points);
+ *   - round trip: the last byte's way to the destination, its load thread
+ *     waking up and the confirmation's way back;
+ *   - rest: every other part that does not move bytes: device saves, the
+ *     send, the destination's device loads, multifd finish, its restart;
+ *   - tail: what the RAM tail took beyond its bytes at the rate the
+ *     estimate used (claiming and write-protecting runs, the first write's
+ *     wake-up of the destination, its last load after the last byte).
+ * The round trip is measured before every switchover (the quickest of a
+ * few empty DRAIN..BACKLOG, nothing queued at the destination); the other
+ * four are learned from the joined breakdowns of this engine's
+ * switchovers, each part on its own: a switchover without a part (no
+ * confirmation in postcopy, no bytes rate known) gives that part no
+ * sample rather than a 0.  Until a part has a sample its probe stands for
+ * it, measured anew at every dirty sync: the stop and the rest each the
+ * round trip now (each is a few thread wake-ups across processes, as the
+ * round trip is), the sync the last pass's, the tail what the last pass's
+ * cheapest slice took on its CPU beyond its bytes (the tail is one more
+ * slice), or the round trip if that is more.
+ * A descheduled switchover is only ever slower than the host's own cost,
+ * so one slow sample must not set the next prediction: one sample counts
+ * up to LM_BD_OUTLIER times its probe, two by the smaller, three or more
+ * by their median (the last LM_BD_SAMPLES).
  */
 #define LM_BD_SAMPLES 8
+#define LM_BD_OUTLIER 16
+typedef struct lm_bd_series {
+    uint64_t v[LM_BD_SAMPLES];
+    unsigned n; /* samples taken, in all */
+} lm_bd_series;
+
 typedef struct lm_bd_learned {
-    uint64_t stop[LM_BD_SAMPLES];
-    uint64_t sync[LM_BD_SAMPLES];
-    uint64_t rest[LM_BD_SAMPLES];
+    lm_bd_series stop, sync, rest, tail;
+    /* The rate (bytes/s) tails of LM_BD_RATE_BYTES or more moved at,
+     * joined parts and all: the stop-copy's own (the passes run beside
+     * faulting vCPUs, the stop-copy does not). */
+    lm_bd_series tail_rate;
     unsigned n; /* switchovers learned from, in all */
 } lm_bd_learned;
+#define LM_BD_RATE_BYTES (64ull << 10)
+
+/* What the last pass measured, standing for what is not learned yet. */
+typedef struct lm_bd_probe {
+    uint64_t sync_ns; /* the last pass's dirty sync (and sync points) */
+    uint64_t rtt_ns;  /* the quickest empty round trip now (0: none measured) */
+    uint64_t tail_ns; /* the last pass's cheapest slice, beyond its bytes (0: none) */
+} lm_bd_probe;
 
 /* The estimate and what it is made of. */
 typedef struct lm_bd_fixed {
@@ -116,14 +130,24 @@ typedef struct lm_bd_fixed {
     uint64_t sync_ns;
     uint64_t rtt_ns;
     uint64_t rest_ns;
-    bool learned; /* stop and rest come from earlier switchovers */
+    uint64_t tail_ns;
+    unsigned learned; /* how many of stop, sync, rest, tail have samples */
 } lm_bd_fixed;
 
-/* Learns from one switchover's joined breakdown. */
-void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined);
-/* The fixed part for a switchover now: sync_ns and rtt_ns as measured by
- * the last pass (rtt_ns 0: no round trip measured); returns the sum. */
-uint64_t lm_bd_fixed_estimate(const lm_bd_learned *l, uint64_t sync_ns, uint64_t rtt_ns,
-                              lm_bd_fixed *out);
+/* The parts of a joined breakdown that move the RAM tail: "ram-tail",
+ * "transfer" (the destination waiting for bytes after the source wrote
+ * its last) and "dst:ram-tail" (its loads after that). */
+uint64_t lm_bd_bytes_ns(const lm_bd *joined);
+/* Learns from one switchover's joined breakdown.  tail_bytes moved in it;
+ * tail_bw: the rate (bytes/s) its estimate gave them (0: none, the tail
+ * is not learned from this one).  A tail of LM_BD_RATE_BYTES or more
+ * teaches the rate; a smaller one the tail's own cost. */
+void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, uint64_t tail_bytes, uint64_t tail_bw);
+/* The stop-copy's rate learned so far (bytes/s; 0: none): one sample as
+ * it is, two by the faster (a descheduled one is the slower), then the
+ * median. */
+uint64_t lm_bd_tail_rate(const lm_bd_learned *l);
+/* The fixed part for a switchover now; returns the sum. */
+uint64_t lm_bd_fixed_estimate(const lm_bd_learned *l, const lm_bd_probe *p, lm_bd_fixed *out);
 
 #endif

@@ -860,6 +860,7 @@ static void query_all(lm_engine *e, lm_info *out)
         out->switchover_bandwidth = st->switchover_bw;
         out->destination_backlog = st->dest_backlog;
         out->destination_drains = st->drains;
+        out->destination_load_rate = st->dest_load_bw;
         out->switchover_ack_waiting = st->sw_ack_waiting;
         out->switchover_acked = st->sw_acked;
         if (st->has_breakdown) {

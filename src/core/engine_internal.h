@@ -116,6 +116,9 @@ typedef struct lm_stats {
     uint64_t rtt_now_ns;     /* the last empty PING..BACKLOG round trip (0: none yet) */
     uint64_t dest_lag_ns;    /* the last PING..BACKLOG: the destination caught up */
     uint64_t dest_backlog;   /* bytes the destination had not loaded at its last BACKLOG */
+    uint64_t dest_load_bw;   /* bytes/s its RAM loads reached on its CPU (0: not said) */
+    uint64_t tail_bw;        /* bytes/s expected-downtime gave the tail (with dest_load_bw) */
+    uint64_t tail_probe_ns;  /* the last pass's quickest slice beyond its bytes */
     uint64_t drains;         /* PING..BACKLOG round trips */
     bool has_breakdown;      /* source: the switchover ended, bd holds it */
     uint64_t bd_expected_ns; /* expected downtime at the switchover decision */

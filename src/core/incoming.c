@@ -15,6 +15,7 @@
 
 #include "channel/tls.h"
 #include "common/clock.h"
+#include "common/threadtime.h"
 #include "common/util.h"
 #include "core/engine_internal.h"
 #include "livemig/buffer.h"
@@ -33,6 +34,14 @@ typedef struct section_slot {
     uint32_t version;
     bool used;
 } section_slot;
+
+/* The load rate the destination reports: the fastest of its last
+ * LOAD_RATE_WINDOWS windows of this many bytes, counting RAM sections of
+ * LOAD_RATE_SAMPLE_BYTES or more only (a few pages timed alone say
+ * little). */
+#define LOAD_RATE_WINDOW_BYTES (256ull << 10)
+#define LOAD_RATE_SAMPLE_BYTES (64ull << 10)
+#define LOAD_RATE_WINDOWS 4
 
 typedef struct dst_ctx {
     lm_engine *e;
@@ -58,9 +67,21 @@ typedef struct dst_ctx {
     uint8_t *dev_loaded;
     bool globalstate_loaded;
     lm_bd bd;               /* this side's share of the blackout, from SWITCHOVER on */
+    /* The RAM loads' pace, told to the source with each BACKLOG: bytes
+     * loaded from this channel in the latest window and the CPU time they
+     * took (waiting for bytes is no load time), and the last window's
+     * rate.  Recent loads, not all of them: the first pass's first touches
+     * of fresh memory cost more than the tail's pages, loaded before. */
+    uint64_t load_bytes;
+    uint64_t load_cpu_ns;
+    uint64_t load_bw;
+    uint64_t load_window_bw[LOAD_RATE_WINDOWS]; /* the last windows' rates */
+    unsigned load_windows;
 } dst_ctx;
 
 enum { DEV_STARTED = 1, DEV_COMPLETE = 2 };
+
+
 
 static void publish_progress(dst_ctx *c)
 {
@@ -359,9 +380,29 @@ static int load_section(dst_ctx *c, uint8_t type)
     case SECTION_GLOBALSTATE:
         ret = load_globalstate(c);
         break;
-    default:
+    default: {
+        uint64_t cpu0 = lm_thread_cpu_ns(), bytes0 = lm_channel_bytes_read(c->ch);
         ret = lm_ram_load_section(&c->loader, c->ch, &c->err);
+        uint64_t bytes = lm_channel_bytes_read(c->ch) - bytes0;
+        /* A section of a few pages is mostly its own cost: no rate. */
+        if (bytes >= LOAD_RATE_SAMPLE_BYTES) {
+            c->load_cpu_ns += lm_thread_cpu_ns() - cpu0;
+            c->load_bytes += bytes;
+        }
+        if (c->load_bytes >= LOAD_RATE_WINDOW_BYTES && c->load_cpu_ns) {
+            /* The fastest of the last few windows: a window slowed by
+             * first touches of fresh memory or by reclaim is only ever
+             * slower than the tail's loads of pages loaded before. */
+            c->load_window_bw[c->load_windows++ % LOAD_RATE_WINDOWS] =
+                (uint64_t)((double)c->load_bytes * 1e9 / (double)c->load_cpu_ns);
+            c->load_bw = 0;
+            for (unsigned i = 0; i < LOAD_RATE_WINDOWS; i++) {
+                c->load_bw = LM_MAX(c->load_bw, c->load_window_bw[i]);
+            }
+            c->load_bytes = c->load_cpu_ns = 0;
+        }
         break;
+    }
     }
     if (ret == 0) {
         ret = lm_stream_read_footer(c->ch, (uint32_t)id, &c->err);
@@ -430,8 +471,12 @@ static int answer_drain(dst_ctx *c, const uint8_t *body, uint16_t len)
     c->e->sw_ack_due = false;
     pthread_mutex_unlock(&c->e->lock);
     int ret = ack ? lm_rp_send_switchover_ack(c->ch) : 0;
+    /* Before a whole window: what there is, once it says something. */
+    if (!c->load_bw && c->load_bytes >= LOAD_RATE_SAMPLE_BYTES && c->load_cpu_ns) {
+        c->load_bw = (uint64_t)((double)c->load_bytes * 1e9 / (double)c->load_cpu_ns);
+    }
     if (ret == 0) {
-        ret = lm_rp_send_backlog(c->ch, lm_load_be32(body), queued);
+        ret = lm_rp_send_backlog(c->ch, lm_load_be32(body), queued, c->load_bw);
     }
     return ret < 0 ? lm_channel_error(c->ch, &c->err) : 0;
 }

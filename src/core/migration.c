@@ -15,6 +15,7 @@
 
 #include "channel/tls.h"
 #include "common/clock.h"
+#include "common/threadtime.h"
 #include "common/util.h"
 #include "core/dirtylimit.h"
 #include "core/engine_internal.h"
@@ -45,6 +46,8 @@
 #define ACK_POLL_MS 50
 /* A pass this small says little about the rate: pooled with the next. */
 #define RATE_SAMPLE_BYTES (64ull << 10)
+/* A slice that sent less carried no page: no probe of the tail's cost. */
+#define TAIL_PROBE_BYTES 4096
 /* Empty DRAIN round trips after the drain: the quickest is the return
  * path's own (core/breakdown.h). */
 #define EMPTY_ROUND_TRIPS 3
@@ -71,7 +74,14 @@ typedef struct src_ctx {
     uint64_t pool_busy_ns;
     unsigned syncs;
     uint64_t unlimited_bw;     /* bytes/s of the last pass, not counting the time
-                                * max-bandwidth held the writers back */
+                                * max-bandwidth held the writers back nor the time
+                                * the thread waited for a CPU */
+    uint64_t first_pass_bw;    /* the same of the first pass (zero scan included) */
+    uint64_t pass_run_bytes;   /* this pass: bytes its slices moved, */
+    uint64_t pass_run_ns;      /* in this much time sending (core/threadtime.h) */
+    uint64_t pass_small_ns;    /* this pass's slice that sent something on the least
+                                * CPU time (ns), */
+    uint64_t pass_small_bytes; /* and what it sent */
     uint32_t ping_seq;
     lm_bd bd;                  /* this switchover's source parts */
     lm_bd bd_dst;              /* the destination's, from the return path */
@@ -506,15 +516,32 @@ static uint64_t per_second(uint64_t a, uint64_t b)
  * the last pass measured (its dirty sync, the return path's empty round
  * trip) and what the switchovers so far taught.  Called with the engine
  * lock. */
-static uint64_t fixed_cost_ns(lm_engine *e)
+static uint64_t fixed_cost_ns(lm_engine *e, lm_bd_fixed *parts)
 {
-    return lm_bd_fixed_estimate(&e->learned, e->stats.sync_ns, e->stats.rtt_now_ns, NULL);
+    lm_bd_probe probe = { .sync_ns = e->stats.sync_ns, .rtt_ns = e->stats.rtt_now_ns,
+                          .tail_ns = e->stats.tail_probe_ns };
+    return lm_bd_fixed_estimate(&e->learned, &probe, parts);
+}
+
+/* The rate the tail moves at: the source's (bw), unless the destination
+ * said it loads slower (they work at once, so the slower one sets the
+ * pace).  Called with the engine lock. */
+static uint64_t tail_rate(lm_engine *e, uint64_t bw)
+{
+    uint64_t dst = e->stats.dest_load_bw;
+    uint64_t rate = dst && dst < bw ? dst : bw;
+    /* Without the operator's figure, what earlier stop-copies reached
+     * (the passes, beside faulting vCPUs, under-rate it), if faster. */
+    if (!e->params.avail_switchover_bandwidth) {
+        rate = LM_MAX(rate, lm_bd_tail_rate(&e->learned));
+    }
+    return rate;
 }
 
 /* One DRAIN..BACKLOG round trip: the destination answers once everything
  * sent before the DRAIN is loaded; *backlog is what it says arrived behind
  * it, not loaded yet, *lag how long the answer took. */
-static int drain_once(src_ctx *c, uint64_t *backlog, uint64_t *lag)
+static int drain_once(src_ctx *c, uint64_t *backlog, uint64_t *lag, uint64_t *load_bw)
 {
     uint8_t body[4];
     lm_store_be32(body, ++c->ping_seq);
@@ -553,6 +580,9 @@ static int drain_once(src_ctx *c, uint64_t *backlog, uint64_t *lag)
         }
     }
     *backlog = m->backlog;
+    if (ret == 0 && m->load_bw) {
+        *load_bw = m->load_bw;
+    }
     free(m);
     *lag = lm_now_ns() - t;
     return ret;
@@ -571,13 +601,13 @@ static int drain_once(src_ctx *c, uint64_t *backlog, uint64_t *lag)
 static int drain_destination(src_ctx *c, uint64_t dirty_bps, uint64_t *more)
 {
     lm_engine *e = c->e;
-    uint64_t backlog = 0, lag = 0, rtt = UINT64_MAX, waited;
-    int ret = drain_once(c, &backlog, &lag);
+    uint64_t backlog = 0, lag = 0, rtt = UINT64_MAX, waited, load_bw = 0;
+    int ret = drain_once(c, &backlog, &lag, &load_bw);
     waited = lag;
     /* The smallest of a few: one descheduled answer must not count. */
     for (int i = 0; ret == 0 && i < EMPTY_ROUND_TRIPS; i++) {
         uint64_t more_backlog = 0, one = 0;
-        ret = drain_once(c, &more_backlog, &one);
+        ret = drain_once(c, &more_backlog, &one, &load_bw);
         backlog = lm_sat_add(backlog, more_backlog);
         waited = lm_sat_add(waited, one);
         rtt = LM_MIN(rtt, one);
@@ -590,6 +620,7 @@ static int drain_destination(src_ctx *c, uint64_t dirty_bps, uint64_t *more)
     lm_stats *st = &e->stats;
     st->dest_lag_ns = lag;
     st->dest_backlog = backlog;
+    st->dest_load_bw = load_bw;
     st->drains += 1 + EMPTY_ROUND_TRIPS;
     if (!st->rtt_ns || rtt < st->rtt_ns) {
         st->rtt_ns = rtt;
@@ -668,27 +699,36 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     uint64_t pending = lm_sat_add(pending_ram, pending_dev);
     uint64_t elapsed = now - c->pass_start_ns;
     uint64_t sent = sent_total - c->pass_start_bytes;
-    /* max-bandwidth held the writers back for part of the pass; in the
-     * rest they moved `sent`: the rate the stop-copy gets once the limit is
-     * lifted (an upper bound where the link is slower than the limit's
-     * bursts, which the socket buffers hide: set avail-switchover-bandwidth
-     * there). */
-    uint64_t busy = lm_sat_sub(elapsed, held - c->pass_start_held);
-    /* The last pass that moved enough to say something: the first full
-     * pass reads every zero page too, which the tail does not, so later
-     * passes (dirtied pages, like the tail) replace its estimate.  Smaller
-     * passes are pooled until together they say enough (an idle guest
-     * under a cap sends only small passes after the first; one of a few
-     * pages timed alone gave rates off by 100x either way). */
-    if (c->syncs++ > 0 && sent > 0) {
-        c->pool_bytes = lm_sat_add(c->pool_bytes, sent);
+    /* The rate the stop-copy gets once max-bandwidth is lifted: what the
+     * pass's slices moved in their time sending, not counting the time the
+     * cap held them, nor the time the thread waited for a CPU (the running
+     * vCPUs and the destination share the host's CPUs; the stop-copy runs
+     * with the vCPUs stopped), nor the dirty sync.  An upper bound where
+     * the link is slower than the cap's bursts, which the socket buffers
+     * hide: set avail-switchover-bandwidth there.  Passes after the first
+     * are pooled until together they say enough (one of a few pages timed
+     * alone gave rates off by 100x either way).  The first sync (setup's)
+     * ends no pass; the second ends the first. */
+    uint64_t busy = c->pass_run_ns, run_bytes = c->pass_run_bytes;
+    uint64_t small_ns = c->pass_small_ns, small_bytes = c->pass_small_bytes;
+    c->pass_run_ns = c->pass_run_bytes = c->pass_small_ns = c->pass_small_bytes = 0;
+    if (++c->syncs == 2) {
+        c->first_pass_bw = busy ? per_second(run_bytes, busy) : 0;
+    } else if (c->syncs > 2 && run_bytes > 0) {
+        c->pool_bytes = lm_sat_add(c->pool_bytes, run_bytes);
         c->pool_busy_ns = lm_sat_add(c->pool_busy_ns, busy);
         if (c->pool_bytes >= RATE_SAMPLE_BYTES && c->pool_busy_ns > 0) {
             c->unlimited_bw = per_second(c->pool_bytes, c->pool_busy_ns);
             c->pool_bytes = c->pool_busy_ns = 0;
         }
     }
-    uint64_t unlimited_bw = c->unlimited_bw;
+    /* The faster of the first pass (long runs of pages, but it read the
+     * zero pages too) and the latest later passes (the tail's pages, but
+     * scattered, each claim write-protecting while the vCPUs fault on the
+     * same memory: a page cost 0.2-0.7 ms of the sender's CPU there
+     * against 0.04 ms in the stop-copy); never the capped wall-clock rate.
+     * What the tail takes beyond it is learned (core/breakdown.h). */
+    uint64_t unlimited_bw = LM_MAX(c->unlimited_bw, c->first_pass_bw);
 
     pthread_mutex_lock(&e->lock);
     lm_stats *st = &e->stats;
@@ -709,17 +749,25 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
                   : unlimited_bw                      ? unlimited_bw
                                                       : st->bandwidth;
     st->switchover_bw = bw;
+    uint64_t rate = tail_rate(e, bw);
+    st->tail_bw = rate;
+    /* The tail is one more slice: what this pass's cheapest slice took
+     * on its CPU beyond its bytes at that rate is the probe of the tail's
+     * own cost (core/breakdown.h), until a switchover taught it. */
+    if (small_bytes && rate) {
+        st->tail_probe_ns = lm_sat_sub(small_ns, per_second(small_bytes, rate));
+    }
     uint64_t pass_bw = st->bandwidth;
     int throttle = st->throttle_percent;
     uint64_t limit_ns = lm_sat_mul(e->params.downtime_limit, 1000000);
-    uint64_t fixed = fixed_cost_ns(e);
+    uint64_t fixed = fixed_cost_ns(e, NULL);
     uint64_t expected = 0;
     if (bw) {
         /* QEMU's expected-downtime (what was dirty at this sync over the
          * bandwidth), plus what a switchover costs besides bytes, plus what
          * the destination last said it had received but not loaded. */
         uint64_t bytes = lm_sat_add(pending, st->dest_backlog);
-        expected = lm_sat_add(fixed, per_second(bytes, bw));
+        expected = lm_sat_add(fixed, per_second(bytes, rate));
         st->expected_downtime_ns = expected;
         st->expected_fixed_ns = fixed;
     }
@@ -781,20 +829,26 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
             uint64_t tail = lm_sat_add(pending, more);
             lm_bd_fixed parts;
             pthread_mutex_lock(&e->lock);
-            fixed = lm_bd_fixed_estimate(&e->learned, st->sync_ns, st->rtt_now_ns, &parts);
-            expected = lm_sat_add(fixed, per_second(tail, bw));
+            fixed = fixed_cost_ns(e, &parts);
+            rate = tail_rate(e, bw); /* the destination said how fast it loads */
+            st->tail_bw = rate;
+            expected = lm_sat_add(fixed, per_second(tail, rate));
             st->expected_downtime_ns = expected;
             st->expected_fixed_ns = fixed;
             pthread_mutex_unlock(&e->lock);
             if (expected > limit_ns && tail > NEGLIGIBLE_BYTES) {
                 *switch_now = false;
             }
-            lm_debug("fixed part %llu us: stop %llu sync %llu round trip %llu rest %llu (%s)",
-                     (unsigned long long)(fixed / 1000), (unsigned long long)(parts.stop_ns / 1000),
+            lm_debug("fixed part %llu us: stop %llu sync %llu round trip %llu rest %llu tail %llu "
+                     "(%u of 4 learned); tail %llu bytes at %llu B/s (source %llu, destination "
+                     "loads %llu)", (unsigned long long)(fixed / 1000),
+                     (unsigned long long)(parts.stop_ns / 1000),
                      (unsigned long long)(parts.sync_ns / 1000),
                      (unsigned long long)(parts.rtt_ns / 1000),
                      (unsigned long long)(parts.rest_ns / 1000),
-                     parts.learned ? "learned" : "nothing learned yet");
+                     (unsigned long long)(parts.tail_ns / 1000), parts.learned,
+                     (unsigned long long)tail, (unsigned long long)rate, (unsigned long long)bw,
+                     (unsigned long long)st->dest_load_bw);
         }
         lm_debug("pass %llu: pending %llu (ram %llu dev %llu) bw %llu B/s expected %llu us -> %s",
                  (unsigned long long)pass, (unsigned long long)pending,
@@ -883,12 +937,32 @@ static int send_pass(src_ctx *c)
             break; /* switch now: what is left moves in postcopy */
         }
         uint64_t slice = slice_bytes(c);
+        uint64_t t0 = lm_now_ns(), bytes0 = sent_bytes(c);
+        uint64_t held0 = lm_ratelimit_held_ns(&e->rl), wait0 = lm_thread_runq_wait_ns();
+        uint64_t cpu0 = lm_thread_cpu_ns();
         int ret = send_ram_slice(c, LM_REC_SECTION_PART, slice, &ram_done);
         if (ret == 0 && !devs_done) {
             ret = lm_devices_save_iterate(e, c->ch, slice, &devs_done, &c->err);
         }
         if (ret < 0) {
             return ret;
+        }
+        /* The slice's time sending: its wall time less the time the cap
+         * held it and the time this thread waited for a CPU. */
+        uint64_t bytes = sent_bytes(c) - bytes0;
+        if (bytes) {
+            uint64_t off = lm_sat_add(lm_ratelimit_held_ns(&e->rl) - held0,
+                                      lm_thread_runq_wait_ns() - wait0);
+            c->pass_run_ns = lm_sat_add(c->pass_run_ns, lm_sat_sub(lm_now_ns() - t0, off));
+            c->pass_run_bytes += bytes;
+            /* Its CPU time: what a slice costs the sender itself (the
+             * tail's probe), without the waits for locks the faulting
+             * vCPUs hold, which the stop-copy does not meet. */
+            uint64_t cpu = lm_thread_cpu_ns() - cpu0;
+            if (bytes >= TAIL_PROBE_BYTES && (!c->pass_small_bytes || cpu < c->pass_small_ns)) {
+                c->pass_small_ns = cpu;
+                c->pass_small_bytes = bytes;
+            }
         }
     }
     return lm_channel_flush(c->ch) < 0 ? lm_channel_error(c->ch, &c->err) : 0;
@@ -1136,7 +1210,7 @@ static void record_breakdown(src_ctx *c, uint64_t t_sent, uint64_t t_end)
     st->has_breakdown = true;
     /* Robust to one odd run on a loaded host (a vCPU thread descheduled
      * for 50 ms): core/breakdown.h. */
-    lm_bd_learn(&e->learned, &joined);
+    lm_bd_learn(&e->learned, &joined, st->downtime_bytes, st->tail_bw);
     pthread_mutex_unlock(&e->lock);
 }
 

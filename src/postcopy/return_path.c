@@ -48,11 +48,12 @@ int lm_rp_send_switchover_ack(lm_channel *ch)
     return lm_channel_flush(ch);
 }
 
-int lm_rp_send_backlog(lm_channel *ch, uint32_t seq, uint64_t backlog)
+int lm_rp_send_backlog(lm_channel *ch, uint32_t seq, uint64_t backlog, uint64_t load_bw)
 {
-    put_hdr(ch, LM_RP_BACKLOG, 12);
+    put_hdr(ch, LM_RP_BACKLOG, 20);
     lm_channel_put_be32(ch, seq);
     lm_channel_put_be64(ch, backlog);
+    lm_channel_put_be64(ch, load_bw);
     return lm_channel_flush(ch);
 }
 
@@ -118,11 +119,16 @@ int lm_rp_read_msg(lm_channel *ch, lm_rp_msg *m, lm_error *err)
         }
         break;
     case LM_RP_BACKLOG:
-        if (len != 12) {
+        /* 12 bytes from a destination that does not say its load rate. */
+        if (len != 12 && len != 20) {
             return lm_error_set(err, -EBADMSG, "return path: BACKLOG of %u bytes", len);
         }
+        m->load_bw = 0;
         if ((ret = lm_channel_get_be32(ch, &m->status)) == 0) {
             ret = lm_channel_get_be64(ch, &m->backlog);
+        }
+        if (ret == 0 && len == 20) {
+            ret = lm_channel_get_be64(ch, &m->load_bw);
         }
         break;
     case LM_RP_DOWNTIME:

@@ -32,6 +32,7 @@ typedef struct lm_rp_msg {
     uint32_t count;   /* REQ_PAGES: pages; RECV_BITMAP: words */
     uint64_t words[LM_RP_BITMAP_MAX_WORDS]; /* RECV_BITMAP */
     uint64_t backlog; /* BACKLOG: bytes received, not yet loaded (seq in status) */
+    uint64_t load_bw; /* BACKLOG: bytes/s its RAM loads reach on its CPU (0: unknown) */
     uint16_t downtime_len;                   /* DOWNTIME: its body, */
     uint8_t downtime[LM_RP_DOWNTIME_MAX];    /* a breakdown's wire form */
 } lm_rp_msg;
@@ -42,7 +43,7 @@ int lm_rp_send_req_pages(lm_channel *ch, uint16_t block, uint64_t first, uint32_
 int lm_rp_send_recv_bitmap(lm_channel *ch, uint16_t block, const uint64_t *map, uint64_t npages);
 int lm_rp_send_resume_ack(lm_channel *ch);
 /* Precopy's accounting of the switchover (source: migration.c). */
-int lm_rp_send_backlog(lm_channel *ch, uint32_t seq, uint64_t backlog);
+int lm_rp_send_backlog(lm_channel *ch, uint32_t seq, uint64_t backlog, uint64_t load_bw);
 /* body: a breakdown's wire form (lm_bd_encode), len <= LM_RP_DOWNTIME_MAX. */
 int lm_rp_send_downtime(lm_channel *ch, const uint8_t *body, size_t len);
 /* switchover-ack: the destination's devices are ready (sent just before

@@ -853,6 +853,7 @@ json_t *qmp_migration_info_json(const lm_info *info)
             json_object_set_new(o, "x-switchover-bandwidth", ju64(info->switchover_bandwidth));
             json_object_set_new(o, "x-destination-backlog", ju64(info->destination_backlog));
             json_object_set_new(o, "x-destination-drains", ju64(info->destination_drains));
+            json_object_set_new(o, "x-destination-load-rate", ju64(info->destination_load_rate));
         }
         /* switchover-ack: the source holds the switchover for the
          * destination's devices / they acked; the destination's count. */

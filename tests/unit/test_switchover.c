@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <pthread.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -17,6 +18,8 @@
 #include "channel/ratelimit.h"
 #include "common/clock.h"
 #include "core/breakdown.h"
+#include "postcopy/return_path.h"
+#include "stream/format.h"
 
 typedef struct writer {
     lm_ratelimit *rl;
@@ -188,59 +191,135 @@ static void switchover_of(lm_bd *b, uint64_t stop, uint64_t sync, uint64_t rest,
 }
 
 /* The fixed part: measured parts come from now, learned ones from the
- * switchovers so far; one descheduled switchover does not move it. */
+ * switchovers so far, each part on its own; one descheduled switchover
+ * does not move it, a missing part is no 0. */
 static void test_fixed_estimate(void **state)
 {
     (void)state;
     lm_bd_learned l;
     memset(&l, 0, sizeof(l));
     lm_bd_fixed f;
-    /* Nothing learned: the stop costs a round trip, the rest nothing. */
-    assert_int_equal(lm_bd_fixed_estimate(&l, 300, 50, &f), 300 + 50 + 50);
-    assert_false(f.learned);
+    lm_bd_probe p = { .sync_ns = 300, .rtt_ns = 50 };
+    /* Nothing learned: the probes, never 0 (stop, rest and tail: the
+     * round trip; sync: the pass's). */
+    assert_int_equal(lm_bd_fixed_estimate(&l, &p, &f), 50 + 300 + 50 + 50 + 50);
+    assert_int_equal(f.learned, 0);
     assert_int_equal(f.stop_ns, 50);
-    assert_int_equal(f.rest_ns, 0);
-    /* No round trip measured (no return path): sync alone. */
-    assert_int_equal(lm_bd_fixed_estimate(&l, 300, 0, NULL), 300);
+    assert_int_equal(f.rest_ns, 50);
+    assert_int_equal(f.tail_ns, 50);
+    /* No round trip measured (no return path): the sync alone. */
+    lm_bd_probe no_rtt = { .sync_ns = 300 };
+    assert_int_equal(lm_bd_fixed_estimate(&l, &no_rtt, NULL), 300);
 
-    /* The first switchover was descheduled in its stop (80 ms): the sync
-     * and the confirmation of then are not learned, the tail is not fixed,
-     * and the round trip now outvotes the slow stop. */
+    /* The first switchover was descheduled in its stop (80 ms) and its
+     * tail (30 ms for 1000 bytes predicted at 1 MB/s): one sample counts up to
+     * LM_BD_OUTLIER times its probe (at least 1 us). */
     lm_bd b;
-    switchover_of(&b, 80000000, 900, 30000000, 5000, 40);
-    lm_bd_learn(&l, &b);
-    /* The sync: the smaller of the pass's 300 and the switchover's 900. */
-    assert_int_equal(lm_bd_fixed_estimate(&l, 300, 50, &f), 50 + 300 + 50 + 0);
-    assert_true(f.learned);
-    assert_int_equal(f.stop_ns, 50);
-    assert_int_equal(f.rest_ns, 0);
-    /* Without a round trip the one stop sample is all there is. */
-    lm_bd_fixed_estimate(&l, 300, 0, &f);
-    assert_int_equal(f.stop_ns, 80000000);
-    /* A calm second one: the medians of {80 ms, 100, 50} and {30 ms,
-     * 200, 0}. */
-    switchover_of(&b, 100, 700, 200, 9000, 30);
-    lm_bd_learn(&l, &b);
-    /* A pass's sync slowed by faulting vCPUs (60 ms): the switchovers'
-     * own syncs outvote it (median of {900, 700, 60 ms}). */
-    assert_int_equal(lm_bd_fixed_estimate(&l, 60000000, 50, &f), 100 + 900 + 50 + 200);
-    assert_int_equal(lm_bd_fixed_estimate(&l, 300, 50, &f), 100 + 700 + 50 + 200);
-    assert_int_equal(f.stop_ns, 100);
-    assert_int_equal(f.rest_ns, 200);
-    /* The median of four: the slow switchover stays an outlier. */
-    switchover_of(&b, 120, 700, 260, 9000, 30);
-    lm_bd_learn(&l, &b);
-    lm_bd_fixed_estimate(&l, 300, 50, &f);
-    assert_int_equal(f.stop_ns, (100 + 120) / 2);
-    assert_int_equal(f.rest_ns, (200 + 260) / 2);
+    switchover_of(&b, 80000000, 900, 5000, 30000000, 40);
+    lm_bd_learn(&l, &b, 1000, 1000000);
+    lm_bd_fixed_estimate(&l, &p, &f);
+    assert_int_equal(f.learned, 4);
+    assert_int_equal(f.stop_ns, LM_BD_OUTLIER * 1000);
+    assert_int_equal(f.sync_ns, 900);
+    assert_int_equal(f.rest_ns, 5000);
+    assert_int_equal(f.tail_ns, LM_BD_OUTLIER * 1000);
+
+    /* A switchover without the destination's parts (postcopy: no
+     * confirmation) teaches the stop and the sync only: the rest and the
+     * tail keep their one sample, not a 0. */
+    lm_bd pc;
+    uint64_t t = 0;
+    lm_bd_start(&pc, t);
+    lm_bd_mark_at(&pc, "stop", t += 100);
+    lm_bd_mark_at(&pc, "sync", t += 700);
+    lm_bd_mark_at(&pc, "discard", t += 10);
+    lm_bd_learn(&l, &pc, 0, 0);
+    lm_bd_fixed_estimate(&l, &p, &f);
+    assert_int_equal(f.stop_ns, 100); /* the smaller of two */
+    assert_int_equal(f.sync_ns, 700);
+    assert_int_equal(f.rest_ns, 5000);
+    assert_int_equal(f.tail_ns, LM_BD_OUTLIER * 1000);
+
+    /* Calm ones: 1.2 ms for 1000 bytes at 1 MB/s leaves 200 us of tail. */
+    switchover_of(&b, 120, 800, 9000, 1200000, 30);
+    lm_bd_learn(&l, &b, 1000, 1000000);
+    lm_bd_fixed_estimate(&l, &p, &f);
+    assert_int_equal(f.stop_ns, 120);        /* median of {80 ms, 100, 120} */
+    assert_int_equal(f.sync_ns, 800);        /* median of {900, 700, 800} */
+    assert_int_equal(f.rest_ns, 5000);       /* the smaller of {5000, 9000} */
+    assert_int_equal(f.tail_ns, 200000);     /* the smaller of {29 ms, 200 us} */
+    /* A tail faster than its rate leaves nothing beyond its bytes. */
+    switchover_of(&b, 120, 800, 9000, 500000, 30);
+    lm_bd_learn(&l, &b, 1000, 1000000);
+    lm_bd_fixed_estimate(&l, &p, &f);
+    assert_int_equal(f.tail_ns, 200000);     /* median of {29 ms, 200 us, 0} */
+    assert_int_equal(f.rest_ns, 9000);       /* median of {5000, 9000, 9000} */
     /* Only the last LM_BD_SAMPLES count: eight slow ones replace them. */
     for (int i = 0; i < LM_BD_SAMPLES; i++) {
-        switchover_of(&b, 5000, 700, 7000, 9000, 30);
-        lm_bd_learn(&l, &b);
+        switchover_of(&b, 5000, 700, 7000, 7000, 30);
+        lm_bd_learn(&l, &b, 0, 1000000000);
     }
-    lm_bd_fixed_estimate(&l, 300, 50, &f);
+    lm_bd_fixed_estimate(&l, &p, &f);
     assert_int_equal(f.stop_ns, 5000);
     assert_int_equal(f.rest_ns, 7000);
+    assert_int_equal(f.tail_ns, 7000);
+    assert_int_equal(lm_bd_fixed_estimate(&l, &p, NULL), 5000 + 700 + 50 + 7000 + 7000);
+    assert_int_equal(lm_bd_tail_rate(&l), 0);
+
+    /* A tail of 64 KiB or more teaches the stop-copy's rate (its parts
+     * all counted), not the tail's own cost: one sample as it is, two by
+     * the faster, then the median. */
+    unsigned tails = l.tail.n;
+    switchover_of(&b, 100, 700, 9000, 4000000, 30); /* 4 MB in 4 ms */
+    lm_bd_learn(&l, &b, 4000000, 100000000);
+    assert_int_equal(l.tail.n, tails);
+    assert_int_equal(lm_bd_tail_rate(&l), 1000000000);
+    switchover_of(&b, 100, 700, 9000, 40000000, 30); /* descheduled: 40 ms */
+    lm_bd_learn(&l, &b, 4000000, 100000000);
+    assert_int_equal(lm_bd_tail_rate(&l), 1000000000);
+    switchover_of(&b, 100, 700, 9000, 2000000, 30); /* 2 GB/s */
+    lm_bd_learn(&l, &b, 4000000, 100000000);
+    assert_int_equal(lm_bd_tail_rate(&l), 1000000000); /* median of {1G, 0.1G, 2G} */
+}
+
+/* The destination's BACKLOG carries its load rate (20 bytes); one without
+ * it (12 bytes) reads as "rate unknown", any other length is refused. */
+static void test_backlog_load_rate(void **state)
+{
+    (void)state;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    lm_channel *w = lm_channel_new(sv[0], "destination", NULL);
+    lm_channel *r = lm_channel_new(sv[1], "source", NULL);
+    assert_non_null(w);
+    assert_non_null(r);
+    lm_error err = LM_ERROR_INIT;
+    static lm_rp_msg m;
+    assert_int_equal(lm_rp_send_backlog(w, 7, 4096, 123456789), 0);
+    assert_int_equal(lm_rp_read_msg(r, &m, &err), 0);
+    assert_int_equal(m.type, LM_RP_BACKLOG);
+    assert_int_equal(m.status, 7);
+    assert_int_equal(m.backlog, 4096);
+    assert_int_equal(m.load_bw, 123456789);
+    /* The older form: seq and backlog only. */
+    lm_channel_put_be16(w, LM_RP_BACKLOG);
+    lm_channel_put_be16(w, 12);
+    lm_channel_put_be32(w, 8);
+    lm_channel_put_be64(w, 1);
+    assert_int_equal(lm_channel_flush(w), 0);
+    m.load_bw = 99;
+    assert_int_equal(lm_rp_read_msg(r, &m, &err), 0);
+    assert_int_equal(m.status, 8);
+    assert_int_equal(m.backlog, 1);
+    assert_int_equal(m.load_bw, 0);
+    /* A length that is neither. */
+    lm_channel_put_be16(w, LM_RP_BACKLOG);
+    lm_channel_put_be16(w, 16);
+    assert_int_equal(lm_channel_flush(w), 0);
+    assert_int_equal(lm_rp_read_msg(r, &m, &err), -EBADMSG);
+    assert_non_null(strstr(err.msg, "BACKLOG of 16 bytes"));
+    lm_channel_close(w, NULL);
+    lm_channel_close(r, NULL);
 }
 
 int main(void)
@@ -251,6 +330,7 @@ int main(void)
         cmocka_unit_test(test_join_tiles),
         cmocka_unit_test(test_wire),
         cmocka_unit_test(test_fixed_estimate),
+        cmocka_unit_test(test_backlog_load_rate),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
