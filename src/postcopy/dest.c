@@ -113,6 +113,7 @@ int lm_pc_dst_new(const lm_pc_dst_ctx *ctx, lm_ram_block **blocks, size_t nblock
         lm_warn("LIVEMIG_POSTCOPY_PLACE=%s: expected copy or move; using the default", how);
     }
     d->move_wanted = d->place_mode != LM_PC_PLACE_COPY;
+    d->trace = lm_pc_trace_open("dst");
     d->zero_len = cap;
     d->zero_buf = mmap(NULL, cap, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (d->zero_buf == MAP_FAILED) {
@@ -176,6 +177,7 @@ void lm_pc_dst_free(lm_pc_dst *d)
     if (d->zero_buf) {
         munmap(d->zero_buf, d->zero_len);
     }
+    lm_pc_trace_close(d->trace);
     pthread_mutex_destroy(&d->bt_lock);
     pthread_mutex_destroy(&d->rp_lock);
     pthread_cond_destroy(&d->cond);
@@ -540,6 +542,21 @@ static int place_waiting(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t fi
     return 0;
 }
 
+/* Tracing (trace.h): marks ev for every requested page of [first,
+ * first+n). */
+static void trace_requested(lm_pc_dst *d, lm_pc_placer *pl, lm_pc_trace_event ev, uint32_t wi,
+                            uint64_t first, uint64_t n)
+{
+    if (!d->trace || !d->requested[wi]) {
+        return;
+    }
+    for (uint64_t p = first; p < first + n; p++) {
+        if (lm_pc_test(d->requested[wi], p)) {
+            lm_pc_trace_mark(d->trace, ev, pl == &d->pre_pl ? 'p' : 'm', wi, p);
+        }
+    }
+}
+
 /* The lone requested page of another host page, between two records of
  * the one being assembled: placed at once from a scratch page. */
 static int place_lone(lm_pc_dst *d, lm_pc_placer *pl, uint32_t wi, lm_ram_block *b, uint64_t pg,
@@ -555,12 +572,16 @@ static int place_lone(lm_pc_dst *d, lm_pc_placer *pl, uint32_t wi, lm_ram_block 
             }
             pl->lone_len = b->page_size;
         }
+        trace_requested(d, pl, LM_PCT_HDR, wi, pg, 1);
         if (lm_channel_get(ch, pl->lone, b->page_size) < 0) {
             return lm_channel_error(ch, err);
         }
+        trace_requested(d, pl, LM_PCT_DATA, wi, pg, 1);
         src = pl->lone;
     }
-    return lm_pc_place_range(d, wi, b, pg, 1, src, false, err);
+    int ret = lm_pc_place_range(d, wi, b, pg, 1, src, false, err);
+    trace_requested(d, pl, LM_PCT_PLACED, wi, pg, 1);
+    return ret;
 }
 
 static int place_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, lm_ram_block *b,
@@ -590,14 +611,17 @@ static int place_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, lm_ram_blo
                  * than a fault per page while reading. */
                 (void)madvise(pl->buf, chunk * psz, MADV_POPULATE_WRITE);
             }
+            trace_requested(d, pl, LM_PCT_HDR, wi, first + done, chunk);
             if (type == LM_RAM_PAGES && lm_channel_get(ch, pl->buf, chunk * psz) < 0) {
                 return lm_channel_error(ch, err);
             }
+            trace_requested(d, pl, LM_PCT_DATA, wi, first + done, chunk);
             int ret = lm_pc_place_range(d, wi, b, first + done, chunk,
                                         type == LM_RAM_PAGES ? pl->buf : NULL, move, err);
             if (ret < 0) {
                 return ret;
             }
+            trace_requested(d, pl, LM_PCT_PLACED, wi, first + done, chunk);
             done += chunk;
         }
         return 0;
@@ -638,6 +662,7 @@ static int place_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, lm_ram_blo
         if (pl->filled == hp) {
             placer_reset(pl);
             ret = lm_pc_place_range(d, wi, b, hpf, hp, pl->buf, true, err);
+            trace_requested(d, pl, LM_PCT_PLACED, wi, hpf, 1);
         } else {
             ret = place_waiting(d, wi, b, pg, n, dst, err);
         }

@@ -4,6 +4,7 @@
 
 #include "postcopy/dest.h"
 #include "postcopy/postcopy.h"
+#include "postcopy/trace.h"
 
 /* The most target pages of one THP host page (2 MiB of 4 KiB pages). */
 #define LM_PC_HP_MAX 512u
@@ -90,6 +91,8 @@ struct lm_pc_dst {
     unsigned nblocked;                        /* also read without the lock */
     uint64_t all_since_ns;
     uint64_t total_ns;
+
+    lm_pc_trace *trace;                       /* LIVEMIG_POSTCOPY_TRACE, else NULL */
 };
 
 /* dest.c */

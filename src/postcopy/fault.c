@@ -26,6 +26,7 @@ static void handle_fault(lm_pc_dst *d, uint64_t addr, int tid)
         return;
     }
     uint64_t page = (addr - (uintptr_t)b->host) >> b->page_shift;
+    lm_pc_trace_mark(d->trace, LM_PCT_FAULT, '-', wi, page);
     uint64_t hp = lm_pc_hp_pages(b);
     uint64_t hp_first = page & ~(hp - 1);
     lm_pc_blocktime_begin(d, tid, wi, page);
@@ -49,6 +50,7 @@ static void handle_fault(lm_pc_dst *d, uint64_t addr, int tid)
     /* The faulting page alone: the source sends its whole host page, that
      * page first. */
     lm_pc_send_request(d, wi, page, 1);
+    lm_pc_trace_mark(d->trace, LM_PCT_REQ, '-', wi, page);
     /* Placed between the test above and now: nothing is lost (the copy
      * woke the vCPU), but the blocktime entry must end. */
     if (lm_pc_test(b->received, page)) {
