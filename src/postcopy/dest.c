@@ -791,6 +791,7 @@ static void *pre_thread_fn(void *arg)
     lm_pc_dst *d = arg;
     lm_error err = LM_ERROR_INIT;
     int fd, pid;
+    lm_pc_urgent_thread("preempt receiver");
     if (lm_listener_accept(d->pre_listener, &fd, &pid, &err) < 0) {
         pre_failed(d, &err);
         return NULL;

@@ -62,6 +62,7 @@ static void *fault_thread_fn(void *arg)
 {
     lm_pc_dst *d = arg;
     struct uffd_msg msgs[16];
+    lm_pc_urgent_thread("fault");
     for (;;) {
         struct pollfd p[2] = { { d->uffd, POLLIN, 0 }, { d->wake_fd, POLLIN, 0 } };
         if (poll(p, 2, -1) < 0) {

@@ -273,6 +273,7 @@ static uint64_t claim_run(lm_pc_src *p, lm_ram_block *blk, uint64_t first, uint6
 static void *rp_thread_fn(void *arg)
 {
     lm_pc_src *p = arg;
+    lm_pc_urgent_thread("return-path");
     lm_rp_msg *m = malloc(sizeof(*m));
     lm_error err = LM_ERROR_INIT;
     if (!m) {
@@ -365,6 +366,7 @@ static void *pre_thread_fn(void *arg)
     const lm_pc_src_ctx *cx = &p->ctx;
     lm_error err = LM_ERROR_INIT;
     int fd, pid;
+    lm_pc_urgent_thread("preempt sender");
     if (lm_transport_connect(&p->uri, &fd, &pid, pre_should_abort, p, &err) < 0) {
         if (!pre_should_abort(p)) {
             lm_warn("postcopy preempt: %s; urgent pages use the main channel", err.msg);
