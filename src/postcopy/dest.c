@@ -493,8 +493,9 @@ int lm_pc_place_range(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t first
             return ret;
         }
         uint64_t newly = lm_pc_set_range(b->received, p, q - p);
-        if (d->waiting[wi]) {
-            lm_pc_clear_range(d->waiting[wi], p, q - p);
+        uint64_t waited = d->waiting[wi] ? lm_pc_clear_range(d->waiting[wi], p, q - p) : 0;
+        if (waited) {
+            lm_pc_waiting_done(d, waited);
         }
         __atomic_fetch_add(d->ctx.bytes, (q - p) << b->page_shift, __ATOMIC_RELAXED);
         if (newly && __atomic_add_fetch(&d->received_pages, newly, __ATOMIC_ACQ_REL) >= d->total_pages) {
@@ -674,10 +675,55 @@ static int place_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, lm_ram_blo
     return 0;
 }
 
+void lm_pc_waiting_done(lm_pc_dst *d, uint64_t n)
+{
+    if (__atomic_sub_fetch(&d->nwaiting, n, __ATOMIC_ACQ_REL) == 0) {
+        pthread_mutex_lock(&d->lock);
+        pthread_cond_broadcast(&d->cond);
+        pthread_mutex_unlock(&d->lock);
+    }
+}
+
+/* The longest the background stream pauses before each of its records
+ * while a vCPU waits. */
+#define URGENT_PAUSE_NS (2 * 1000 * 1000ull)
+
+/* A vCPU waits for a page that the preempt channel brings: the background
+ * stream (this, the load thread, placing its records, and the source's
+ * sender behind it once the socket fills) holds off until that page is
+ * placed, at most URGENT_PAUSE_NS per record.  On a 2-core host the two
+ * CPU-bound background threads otherwise share the CPUs with the preempt
+ * receiver's 2 MiB read and copy (the per-phase timing of
+ * bench-postcopy-latency: a slow hugetlbfs fault's time goes into receiving
+ * and placing its page, not into the request).  Without a preempt
+ * connection the page comes this way: no pause. */
+static void pause_for_urgent(lm_pc_dst *d)
+{
+    if (!d->preempt || !__atomic_load_n(&d->nwaiting, __ATOMIC_ACQUIRE)) {
+        return;
+    }
+    uint64_t deadline = lm_now_ns() + URGENT_PAUSE_NS;
+    pthread_mutex_lock(&d->lock);
+    while (d->pre && !d->pre_code && __atomic_load_n(&d->nwaiting, __ATOMIC_ACQUIRE)) {
+        uint64_t now = lm_now_ns();
+        if (now >= deadline) {
+            break;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t t = (uint64_t)ts.tv_nsec + (deadline - now);
+        ts.tv_sec += (time_t)(t / 1000000000ull);
+        ts.tv_nsec = (long)(t % 1000000000ull);
+        pthread_cond_timedwait(&d->cond, &d->lock, &ts);
+    }
+    pthread_mutex_unlock(&d->lock);
+}
+
 static int place_cb(void *opaque, uint8_t type, lm_ram_block *b, uint64_t first, uint32_t count,
                     lm_channel *ch, lm_error *err)
 {
     lm_pc_dst *d = opaque;
+    pause_for_urgent(d);
     return place_record(d, &d->main_pl, type, b, first, count, ch, err);
 }
 

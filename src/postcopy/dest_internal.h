@@ -59,6 +59,9 @@ struct lm_pc_dst {
      * placed as soon as its record arrives, even before the rest of its
      * THP host page. */
     uint64_t *waiting[LM_MAX_RAM_BLOCKS];
+    /* Pages set in waiting[] (atomic).  While some are and the preempt
+     * channel brings them, the background stream pauses (place_cb). */
+    uint64_t nwaiting;
     uint64_t total_pages;
     uint64_t received_pages;                  /* atomic */
 
@@ -103,6 +106,8 @@ int lm_pc_place_range(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t first
                       uint8_t *src, bool movable, lm_error *err);
 int lm_pc_uffd_place(lm_pc_dst *d, uint32_t wi, void *addr, const uint8_t *src, size_t len,
                      lm_error *err);
+/* n pages left waiting[]: wakes a background stream paused for them. */
+void lm_pc_waiting_done(lm_pc_dst *d, uint64_t n);
 void lm_pc_blocktime_begin(lm_pc_dst *d, int tid, uint32_t wi, uint64_t page);
 void lm_pc_blocktime_end(lm_pc_dst *d, uint32_t wi, uint64_t first, uint64_t n);
 /* REQ_PAGES for [first, first+n): the faulting page first (the source

@@ -42,7 +42,15 @@ static void handle_fault(lm_pc_dst *d, uint64_t addr, int tid)
     }
     /* This page goes in as soon as it arrives, even when the rest of its
      * THP host page is still on its way. */
-    lm_pc_set_range(d->waiting[wi], page, 1);
+    if (lm_pc_set_range(d->waiting[wi], page, 1)) {
+        __atomic_add_fetch(&d->nwaiting, 1, __ATOMIC_ACQ_REL);
+        if (lm_pc_test(b->received, page) && lm_pc_clear_range(d->waiting[wi], page, 1)) {
+            /* Placed between the test above and the mark: its placer
+             * may have cleared the bit before it was set, and no one else
+             * would. */
+            lm_pc_waiting_done(d, 1);
+        }
+    }
     if (lm_pc_test(d->requested[wi], hp_first)) {
         return; /* asked already: the answer wakes this vCPU too */
     }
