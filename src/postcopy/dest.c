@@ -494,7 +494,7 @@ int lm_pc_place_range(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t first
         }
         uint64_t newly = lm_pc_set_range(b->received, p, q - p);
         uint64_t waited = d->waiting[wi] ? lm_pc_clear_range(d->waiting[wi], p, q - p) : 0;
-        if (waited) {
+        if (waited && lm_pc_pause_for(b)) {
             lm_pc_waiting_done(d, waited);
         }
         __atomic_fetch_add(d->ctx.bytes, (q - p) << b->page_shift, __ATOMIC_RELAXED);
@@ -688,9 +688,10 @@ void lm_pc_waiting_done(lm_pc_dst *d, uint64_t n)
  * while a vCPU waits. */
 #define URGENT_PAUSE_NS (2 * 1000 * 1000ull)
 
-/* A vCPU waits for a page that the preempt channel brings: the background
- * stream (this, the load thread, placing its records, and the source's
- * sender behind it once the socket fills) holds off until that page is
+/* A vCPU waits for a 2 MiB page (lm_pc_pause_for) that the preempt
+ * channel brings: the background stream (this, the load thread, placing
+ * its records, and the source's sender behind it once the socket fills)
+ * holds off until that page is
  * placed, at most URGENT_PAUSE_NS per record.  On a 2-core host the two
  * CPU-bound background threads otherwise share the CPUs with the preempt
  * receiver's 2 MiB read and copy (the per-phase timing of

@@ -42,7 +42,7 @@ static void handle_fault(lm_pc_dst *d, uint64_t addr, int tid)
     }
     /* This page goes in as soon as it arrives, even when the rest of its
      * THP host page is still on its way. */
-    if (lm_pc_set_range(d->waiting[wi], page, 1)) {
+    if (lm_pc_set_range(d->waiting[wi], page, 1) && lm_pc_pause_for(b)) {
         __atomic_add_fetch(&d->nwaiting, 1, __ATOMIC_ACQ_REL);
         if (lm_pc_test(b->received, page) && lm_pc_clear_range(d->waiting[wi], page, 1)) {
             /* Placed between the test above and the mark: its placer
