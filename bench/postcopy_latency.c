@@ -746,6 +746,7 @@ typedef struct dest_ctx {
     volatile int stop;
     dest_report rep;
     uint64_t *lat;
+    uint64_t *fpage, *ft0; /* per fault: the host page and when the read began */
 } dest_ctx;
 
 static void *vcpu_main(void *arg)
@@ -789,6 +790,8 @@ static void *vcpu_main(void *arg)
                 d->rep.hits++;
             }
         } else if (dt >= FAULT_NS) {
+            d->fpage[d->rep.nfaults] = order[i];
+            d->ft0[d->rep.nfaults] = t0;
             d->lat[d->rep.nfaults++] = dt;
         } else {
             d->rep.raced++;
@@ -822,9 +825,11 @@ static void run_destination(const case_cfg *c, const char *uri, int ready_fd, in
     d.rep.status = -1;
     pthread_mutex_init(&d.lock, NULL);
     d.lat = calloc(c->max_faults, sizeof(*d.lat));
+    d.fpage = calloc(c->max_faults, sizeof(*d.fpage));
+    d.ft0 = calloc(c->max_faults, sizeof(*d.ft0));
     lm_error err = LM_ERROR_INIT;
     char fail = 0, ok = 1;
-    if (!d.lat || ram_alloc(&d.ram, c) < 0) {
+    if (!d.lat || !d.fpage || !d.ft0 || ram_alloc(&d.ram, c) < 0) {
         snprintf(d.rep.error, sizeof(d.rep.error), "destination RAM: %s", strerror(errno));
         goto report;
     }
@@ -865,7 +870,9 @@ report:
         _exit(3);
     }
     if (write_all(report_fd, &d.rep, sizeof(d.rep)) < 0 ||
-        write_all(report_fd, d.lat, d.rep.nfaults * sizeof(*d.lat)) < 0) {
+        write_all(report_fd, d.lat, d.rep.nfaults * sizeof(*d.lat)) < 0 ||
+        write_all(report_fd, d.fpage, d.rep.nfaults * sizeof(*d.fpage)) < 0 ||
+        write_all(report_fd, d.ft0, d.rep.nfaults * sizeof(*d.ft0)) < 0) {
         _exit(4);
     }
     if (d.engine && d.rep.status >= 0 && d.rep.status != LM_STATUS_COMPLETED) {
@@ -888,6 +895,150 @@ static void src_vm_start(void *opaque)
 
 #define MAX_REPS 9
 
+/* ---- where a fault's time goes (LIVEMIG_POSTCOPY_TRACE, src/postcopy/trace.h) ----
+ *
+ * The vCPU's own start and end of each fault, joined by host page with the
+ * marks both sides' postcopy appended to the trace file: every timestamp
+ * is CLOCK_MONOTONIC of this host. */
+enum {
+    T_VCPU,   /* the vCPU's read began */
+    T_FAULT,  /* dst fault thread read the fault */
+    T_REQ,    /* dst request written to the return path */
+    T_QUEUED, /* src return-path thread queued it */
+    T_TAKEN,  /* src sender took it */
+    T_HDR,    /* dst receiver starts reading the page's record */
+    T_DATA,   /* dst the page's bytes are in the receive buffer */
+    T_PLACED, /* dst placed (UFFDIO_COPY/CONTINUE returned) */
+    T_END,    /* the vCPU's read returned */
+    T_N
+};
+static const char *const phase_names[T_N - 1] = {
+    "fault delivered to the fault thread (vCPU read → fault read)",
+    "request written (fault read → request sent)",
+    "return path (request sent → source queued it)",
+    "source queue (queued → taken by the sender)",
+    "source to destination reader (taken → destination starts reading the record)",
+    "receiving the page (record start → its bytes in the buffer)",
+    "placement (bytes in buffer → UFFDIO ioctl returned)",
+    "wake (placed → the vCPU's read returns)",
+};
+
+typedef struct fault_trace {
+    uint64_t t[T_N];  /* 0: no mark found */
+    uint64_t sent;    /* src: the sender's flush returned */
+    char chan;        /* the channel that placed it: p, m, or ? */
+} fault_trace;
+
+/* Fills tr[i] for the faults (page[i], t0[i], lat[i]) from the trace file
+ * at path: for each kind of mark, the first one at or after the fault's
+ * start for its host page.  Returns how many faults had every mark. */
+static size_t join_trace(const char *path, const case_cfg *c, const uint64_t *lat, const uint64_t *page,
+                         const uint64_t *t0, size_t n, fault_trace *tr)
+{
+    uint64_t npages = c->ram / c->host_page;
+    int32_t *of = malloc(npages * sizeof(*of));
+    FILE *f = fopen(path, "r");
+    if (!of || !f) {
+        free(of);
+        if (f) {
+            fclose(f);
+        }
+        memset(tr, 0, n * sizeof(*tr));
+        return 0;
+    }
+    for (uint64_t i = 0; i < npages; i++) {
+        of[i] = -1;
+    }
+    /* per fault: hdr, data, placed per channel (0: p, 1: m) */
+    uint64_t(*ch)[2][3] = calloc(n ? n : 1, sizeof(*ch));
+    for (size_t i = 0; i < n; i++) {
+        memset(&tr[i], 0, sizeof(tr[i]));
+        tr[i].t[T_VCPU] = t0[i];
+        tr[i].t[T_END] = t0[i] + lat[i];
+        tr[i].chan = '?';
+        if (page[i] < npages) {
+            of[page[i]] = (int32_t)i;
+        }
+    }
+    /* Sorted "sent m" marks (one per flush of requested pages on the main channel). */
+    size_t nsentm = 0, capsentm = 1024;
+    uint64_t *sentm = malloc(capsentm * sizeof(*sentm));
+    uint64_t page_bytes = c->kind == RAM_HUGETLB ? HUGE_2M : 4096;
+    char role[8], ev[16], chan;
+    unsigned blk;
+    unsigned long long pg, ns;
+    while (ch && sentm && fscanf(f, "%7s %15s %c %u %llu %llu", role, ev, &chan, &blk, &pg, &ns) == 6) {
+        if (!strcmp(ev, "sent") && chan == 'm') {
+            if (nsentm == capsentm) {
+                uint64_t *g = realloc(sentm, (capsentm *= 2) * sizeof(*sentm));
+                if (!g) {
+                    break;
+                }
+                sentm = g;
+            }
+            sentm[nsentm++] = ns;
+            continue;
+        }
+        uint64_t hp = pg * page_bytes / c->host_page;
+        if (blk != 0 || hp >= npages || of[hp] < 0) {
+            continue;
+        }
+        size_t i = (size_t)of[hp];
+        if (ns < t0[i]) {
+            continue;
+        }
+        uint64_t *slot = NULL;
+        if (!strcmp(ev, "fault")) {
+            slot = &tr[i].t[T_FAULT];
+        } else if (!strcmp(ev, "req")) {
+            slot = &tr[i].t[T_REQ];
+        } else if (!strcmp(ev, "queued")) {
+            slot = &tr[i].t[T_QUEUED];
+        } else if (!strcmp(ev, "taken")) {
+            slot = &tr[i].t[T_TAKEN];
+        } else if (!strcmp(ev, "sent")) {
+            slot = &tr[i].sent;
+        } else if (!strcmp(ev, "hdr") || !strcmp(ev, "data") || !strcmp(ev, "placed")) {
+            int k = ev[0] == 'h' ? 0 : ev[0] == 'd' ? 1 : 2;
+            slot = &ch[i][chan == 'p' ? 0 : 1][k];
+        }
+        if (slot && (!*slot || ns < *slot)) {
+            *slot = ns;
+        }
+    }
+    fclose(f);
+    qsort(sentm, nsentm, sizeof(*sentm), cmp_u64);
+    size_t complete = 0;
+    for (size_t i = 0; ch && i < n; i++) {
+        /* The channel whose placement came first woke the vCPU. */
+        uint64_t pp = ch[i][0][2], pm = ch[i][1][2];
+        int k = pp && (!pm || pp <= pm) ? 0 : pm ? 1 : -1;
+        if (k >= 0) {
+            tr[i].chan = k ? 'm' : 'p';
+            tr[i].t[T_HDR] = ch[i][k][0];
+            tr[i].t[T_DATA] = ch[i][k][1];
+            tr[i].t[T_PLACED] = ch[i][k][2];
+        }
+        if (!tr[i].sent && tr[i].t[T_TAKEN]) {
+            for (size_t j = 0; j < nsentm; j++) {
+                if (sentm[j] >= tr[i].t[T_TAKEN]) {
+                    tr[i].sent = sentm[j];
+                    break;
+                }
+            }
+        }
+        bool all = true;
+        for (int t = 0; t < T_N; t++) {
+            all &= tr[i].t[t] != 0;
+        }
+        complete += all;
+    }
+    free(sentm);
+    free(ch);
+    free(of);
+    return complete;
+}
+
 /* One migration of a case. */
 typedef struct rep_result {
     bool ran;
@@ -909,18 +1060,28 @@ typedef struct case_result {
     dest_report sum;         /* counters summed over the repetitions */
     unsigned stop_mask;
     uint64_t total_ms[MAX_REPS], p50[MAX_REPS], src_requests;
+    fault_trace *traces;     /* per pooled fault, in pool order */
+    size_t traced;           /* faults with every mark */
 } case_result;
 
 /* Migrates once; appends the faults' latencies to pool[*npool...]. */
-static void run_case(const case_cfg *c, const char *uri, rep_result *r, uint64_t *pool, size_t *npool)
+static void run_case(const case_cfg *c, const char *uri, rep_result *r, uint64_t *pool, size_t *npool,
+                     fault_trace *traces, size_t *ntraced)
 {
     memset(r, 0, sizeof(*r));
     int ready[2] = { -1, -1 }, report[2] = { -1, -1 };
     guest_ram g = { .memfd = -1 };
     lm_engine *e = NULL;
-    uint64_t *lat = calloc(c->max_faults ? c->max_faults : 1, sizeof(*lat));
+    size_t nmax = c->max_faults ? c->max_faults : 1;
+    uint64_t *lat = calloc(nmax, sizeof(*lat)), *fpage = calloc(nmax, sizeof(*fpage));
+    uint64_t *ft0 = calloc(nmax, sizeof(*ft0));
     pid_t pid = -1;
-    if (!lat || pipe2(ready, O_CLOEXEC) < 0 || pipe2(report, O_CLOEXEC) < 0) {
+    /* Both sides' postcopy append their marks here (inherited by the child). */
+    char trace_path[128];
+    snprintf(trace_path, sizeof(trace_path), "%s/trace", g_tmpdir);
+    unlink(trace_path);
+    setenv("LIVEMIG_POSTCOPY_TRACE", trace_path, 1);
+    if (!lat || !fpage || !ft0 || pipe2(ready, O_CLOEXEC) < 0 || pipe2(report, O_CLOEXEC) < 0) {
         snprintf(r->why, sizeof(r->why), "pipe: %s", strerror(errno));
         goto out;
     }
@@ -981,7 +1142,9 @@ static void run_case(const case_cfg *c, const char *uri, rep_result *r, uint64_t
     }
     if (read_all_timeout(report[0], &r->rep, sizeof(r->rep), 20000) < 0 ||
         r->rep.nfaults > c->max_faults ||
-        read_all_timeout(report[0], lat, r->rep.nfaults * sizeof(*lat), 5000) < 0) {
+        read_all_timeout(report[0], lat, r->rep.nfaults * sizeof(*lat), 5000) < 0 ||
+        read_all_timeout(report[0], fpage, r->rep.nfaults * sizeof(*fpage), 5000) < 0 ||
+        read_all_timeout(report[0], ft0, r->rep.nfaults * sizeof(*ft0), 5000) < 0) {
         if (!r->why[0]) {
             snprintf(r->why, sizeof(r->why), "no report from the destination");
         }
@@ -992,7 +1155,6 @@ static void run_case(const case_cfg *c, const char *uri, rep_result *r, uint64_t
     }
     if (!r->why[0]) {
         memcpy(pool + *npool, lat, r->rep.nfaults * sizeof(*lat));
-        *npool += r->rep.nfaults;
         lat_stats one;
         stats_of(&one, lat, r->rep.nfaults);
         r->p50 = one.p50;
@@ -1005,6 +1167,13 @@ out:
     if (e) {
         lm_engine_free(e);
     }
+    unsetenv("LIVEMIG_POSTCOPY_TRACE");
+    if (r->ran) {
+        /* Both engines are gone: their marks are in the file. */
+        *ntraced += join_trace(trace_path, c, pool + *npool, fpage, ft0, r->rep.nfaults, traces + *npool);
+        *npool += r->rep.nfaults;
+    }
+    unlink(trace_path);
     ram_free(&g);
     for (int i = 0; i < 2; i++) {
         if (ready[i] >= 0) {
@@ -1015,6 +1184,8 @@ out:
         }
     }
     free(lat);
+    free(fpage);
+    free(ft0);
     if (g_tmpdir[0]) {
         /* A stale socket from a failed run would break the next listen. */
         char path[128];
@@ -1408,6 +1579,109 @@ out:
     }
 }
 
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static uint64_t fault_dt(const fault_trace *t)
+{
+    return t->t[T_END] - t->t[T_VCPU];
+}
+
+static int cmp_trace_dt(const void *a, const void *b)
+{
+    uint64_t x = fault_dt(a), y = fault_dt(b);
+    return x < y ? -1 : x > y;
+}
+
+static bool trace_complete(const fault_trace *t)
+{
+    for (int k = 0; k < T_N; k++) {
+        if (!t->t[k]) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The per-phase breakdown of one case: each phase's median over all its
+ * faults, and its mean over the slowest 10 % and 1 %; then the slowest
+ * faults one by one.  Sorts tr by latency. */
+static void print_phases(outbuf *o, const char *name, fault_trace *tr, size_t n)
+{
+    qsort(tr, n, sizeof(*tr), cmp_trace_dt);
+    size_t from[3] = { 0, n - n / 10, n - (n / 100 ? n / 100 : 1) };
+    double med[T_N - 1], mean[2][T_N - 1];
+    size_t cnt[3] = { 0, 0, 0 }, pch[3] = { 0, 0, 0 };
+    double lat[3] = { 0, 0, 0 };
+    int64_t *v = calloc(n ? n : 1, sizeof(*v));
+    for (int k = 0; k < T_N - 1 && v; k++) {
+        size_t m = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (trace_complete(&tr[i])) {
+                v[m++] = (int64_t)(tr[i].t[k + 1] - tr[i].t[k]);
+            }
+        }
+        qsort(v, m, sizeof(*v), cmp_i64); /* < 0: a background record came before the request */
+        med[k] = m ? (double)v[m / 2] : 0;
+        for (int g = 1; g < 3; g++) {
+            double sum = 0;
+            size_t c = 0;
+            for (size_t i = from[g]; i < n; i++) {
+                if (trace_complete(&tr[i])) {
+                    sum += (double)(int64_t)(tr[i].t[k + 1] - tr[i].t[k]);
+                    c++;
+                }
+            }
+            mean[g - 1][k] = c ? sum / (double)c : 0;
+        }
+    }
+    free(v);
+    for (int g = 0; g < 3; g++) {
+        for (size_t i = from[g]; i < n; i++) {
+            if (trace_complete(&tr[i])) {
+                cnt[g]++;
+                pch[g] += tr[i].chan == 'p';
+                lat[g] += (double)fault_dt(&tr[i]);
+            }
+        }
+        lat[g] = cnt[g] ? lat[g] / (double)cnt[g] : 0;
+    }
+    out_printf(o, "\n%s: %zu faults, %zu with every mark; placed from the preempt channel: %zu of %zu "
+                  "(all), %zu of %zu (slowest 10 %%), %zu of %zu (slowest 1 %%).\n\n",
+               name, n, cnt[0], pch[0], cnt[0], pch[1], cnt[1], pch[2], cnt[2]);
+    out_printf(o, "| phase | median, all (µs) | mean, slowest 10 %% (µs) | mean, slowest 1 %% (µs) |\n"
+                  "|---|--:|--:|--:|\n");
+    for (int k = 0; k < T_N - 1; k++) {
+        out_printf(o, "| %s | %.0f | %.0f | %.0f |\n", phase_names[k], med[k] / 1e3, mean[0][k] / 1e3,
+                   mean[1][k] / 1e3);
+    }
+    out_printf(o, "| **the fault (mean of the group; the first column: mean of all)** | %.0f | %.0f | %.0f |\n",
+               lat[0] / 1e3, lat[1] / 1e3, lat[2] / 1e3);
+    out_printf(o, "\nThe slowest faults (µs per phase, in the order above; ch: the channel that placed "
+                  "the page; sent: the source's flush returned, after taken):\n\n"
+                  "| fault µs | ch | fault | req | rp | queue | to reader | receive | place | wake | sent |\n"
+                  "|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    for (size_t i = n; i-- > 0 && i + 8 >= n;) {
+        const fault_trace *t = &tr[i];
+        out_printf(o, "| %.0f | %c |", (double)fault_dt(t) / 1e3, t->chan);
+        for (int k = 0; k < T_N - 1; k++) {
+            if (t->t[k] && t->t[k + 1]) {
+                out_printf(o, " %.0f |", (double)(int64_t)(t->t[k + 1] - t->t[k]) / 1e3);
+            } else {
+                out_printf(o, " ? |");
+            }
+        }
+        if (t->sent && t->t[T_TAKEN]) {
+            out_printf(o, " %.0f |\n", (double)(int64_t)(t->sent - t->t[T_TAKEN]) / 1e3);
+        } else {
+            out_printf(o, " ? |\n");
+        }
+    }
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -1552,7 +1826,8 @@ floors_done:;
         } else if (cases[i].kind == RAM_HUGETLB && !have_huge) {
             snprintf(res[i].why, sizeof(res[i].why), "skipped: no huge pages (%s)", huge_why);
             printf("case %-26s %s\n", cases[i].name, res[i].why);
-        } else if (!(res[i].pool = calloc(cases[i].max_faults * (size_t)reps, sizeof(uint64_t)))) {
+        } else if (!(res[i].pool = calloc(cases[i].max_faults * (size_t)reps, sizeof(uint64_t))) ||
+                   !(res[i].traces = calloc(cases[i].max_faults * (size_t)reps, sizeof(fault_trace)))) {
             snprintf(res[i].why, sizeof(res[i].why), "out of memory");
         } else {
             skip[i] = false;
@@ -1569,7 +1844,7 @@ floors_done:;
             rep_result r;
             printf("run %d/%d case %-26s ... ", rp + 1, reps, cases[i].name);
             fflush(stdout);
-            run_case(&cases[i], uri, &r, cr->pool, &cr->npool);
+            run_case(&cases[i], uri, &r, cr->pool, &cr->npool, cr->traces, &cr->traced);
             cr->reps_run++;
             if (!r.ran) {
                 printf("FAILED: %s\n", r.why);
@@ -1717,8 +1992,9 @@ floors_done:;
                          m50 ? "≤" : ">", m99 ? "≤" : ">");
             }
         } else {
-            snprintf(target, sizeof(target), "%s (p50 %s 1 ms)", l->p50 <= 1000000 ? "**yes**" : "**no**",
-                     l->p50 <= 1000000 ? "≤" : ">");
+            bool m50 = l->p50 <= 1000000, m99 = l->p99 <= 3000000;
+            snprintf(target, sizeof(target), "%s (p50 %s 1 ms, p99 %s 3 ms)", m50 && m99 ? "**yes**" : "**no**",
+                     m50 ? "≤" : ">", m99 ? "≤" : ">");
         }
         char q50s[16] = "", q99s[16] = "";
         if (fl->ok) {
@@ -1798,12 +2074,21 @@ floors_done:;
                    p->nfaults, stops, mem);
     }
     out_printf(&o, "\nTargets (issue 4, with preempt, background at full speed): 4K p50 ≤ 2× floor p50 and "
-                   "p99 ≤ 10× floor p99; 2M p50 ≤ 1 ms. 2M rows use the matching 2M floor (THP anon or "
+                   "p99 ≤ 10× floor p99; 2M p50 ≤ 1 ms (issue 4) and p99 ≤ 3 ms (issue 14 §4). 2M rows use the matching 2M floor (THP anon or "
                    "hugetlbfs, both without a socket). Whole run: %.0f s. Rerun: `ninja -C build && "
                    "build/bench/bench-postcopy-latency` (options: --reps N, --ram-mib N, --case SUBSTRING, "
                    "--no-hugetlb, --out FILE) from the repository root (as root, for userfaultfd and "
                    "vm.nr_hugepages).\n",
                (double)(now_ns() - t_begin) / 1e9);
+
+    out_printf(&o, "\n### Where a fault's time goes\n\nEach side's postcopy marks the urgent path of "
+                   "every request (LIVEMIG_POSTCOPY_TRACE, src/postcopy/trace.h), joined by host page with the "
+                   "vCPU's own start and end of the fault; one clock (CLOCK_MONOTONIC) for both processes.\n");
+    for (int i = 0; i < NCASES; i++) {
+        if (res[i].ran && res[i].npool) {
+            print_phases(&o, cases[i].name, res[i].traces, res[i].npool);
+        }
+    }
 
     if (tp_reps) {
         out_printf(&o, "\n## Background throughput and CPU per GiB (issue 14 §3)\n\n");

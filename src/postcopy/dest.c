@@ -113,6 +113,7 @@ int lm_pc_dst_new(const lm_pc_dst_ctx *ctx, lm_ram_block **blocks, size_t nblock
         lm_warn("LIVEMIG_POSTCOPY_PLACE=%s: expected copy or move; using the default", how);
     }
     d->move_wanted = d->place_mode != LM_PC_PLACE_COPY;
+    d->trace = lm_pc_trace_open("dst");
     d->zero_len = cap;
     d->zero_buf = mmap(NULL, cap, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (d->zero_buf == MAP_FAILED) {
@@ -176,6 +177,7 @@ void lm_pc_dst_free(lm_pc_dst *d)
     if (d->zero_buf) {
         munmap(d->zero_buf, d->zero_len);
     }
+    lm_pc_trace_close(d->trace);
     pthread_mutex_destroy(&d->bt_lock);
     pthread_mutex_destroy(&d->rp_lock);
     pthread_cond_destroy(&d->cond);
@@ -491,8 +493,9 @@ int lm_pc_place_range(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t first
             return ret;
         }
         uint64_t newly = lm_pc_set_range(b->received, p, q - p);
-        if (d->waiting[wi]) {
-            lm_pc_clear_range(d->waiting[wi], p, q - p);
+        uint64_t waited = d->waiting[wi] ? lm_pc_clear_range(d->waiting[wi], p, q - p) : 0;
+        if (waited && lm_pc_pause_for(b)) {
+            lm_pc_waiting_done(d, waited);
         }
         __atomic_fetch_add(d->ctx.bytes, (q - p) << b->page_shift, __ATOMIC_RELAXED);
         if (newly && __atomic_add_fetch(&d->received_pages, newly, __ATOMIC_ACQ_REL) >= d->total_pages) {
@@ -540,6 +543,21 @@ static int place_waiting(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t fi
     return 0;
 }
 
+/* Tracing (trace.h): marks ev for every requested page of [first,
+ * first+n). */
+static void trace_requested(lm_pc_dst *d, lm_pc_placer *pl, lm_pc_trace_event ev, uint32_t wi,
+                            uint64_t first, uint64_t n)
+{
+    if (!d->trace || !d->requested[wi]) {
+        return;
+    }
+    for (uint64_t p = first; p < first + n; p++) {
+        if (lm_pc_test(d->requested[wi], p)) {
+            lm_pc_trace_mark(d->trace, ev, pl == &d->pre_pl ? 'p' : 'm', wi, p);
+        }
+    }
+}
+
 /* The lone requested page of another host page, between two records of
  * the one being assembled: placed at once from a scratch page. */
 static int place_lone(lm_pc_dst *d, lm_pc_placer *pl, uint32_t wi, lm_ram_block *b, uint64_t pg,
@@ -555,12 +573,16 @@ static int place_lone(lm_pc_dst *d, lm_pc_placer *pl, uint32_t wi, lm_ram_block 
             }
             pl->lone_len = b->page_size;
         }
+        trace_requested(d, pl, LM_PCT_HDR, wi, pg, 1);
         if (lm_channel_get(ch, pl->lone, b->page_size) < 0) {
             return lm_channel_error(ch, err);
         }
+        trace_requested(d, pl, LM_PCT_DATA, wi, pg, 1);
         src = pl->lone;
     }
-    return lm_pc_place_range(d, wi, b, pg, 1, src, false, err);
+    int ret = lm_pc_place_range(d, wi, b, pg, 1, src, false, err);
+    trace_requested(d, pl, LM_PCT_PLACED, wi, pg, 1);
+    return ret;
 }
 
 static int place_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, lm_ram_block *b,
@@ -590,14 +612,17 @@ static int place_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, lm_ram_blo
                  * than a fault per page while reading. */
                 (void)madvise(pl->buf, chunk * psz, MADV_POPULATE_WRITE);
             }
+            trace_requested(d, pl, LM_PCT_HDR, wi, first + done, chunk);
             if (type == LM_RAM_PAGES && lm_channel_get(ch, pl->buf, chunk * psz) < 0) {
                 return lm_channel_error(ch, err);
             }
+            trace_requested(d, pl, LM_PCT_DATA, wi, first + done, chunk);
             int ret = lm_pc_place_range(d, wi, b, first + done, chunk,
                                         type == LM_RAM_PAGES ? pl->buf : NULL, move, err);
             if (ret < 0) {
                 return ret;
             }
+            trace_requested(d, pl, LM_PCT_PLACED, wi, first + done, chunk);
             done += chunk;
         }
         return 0;
@@ -638,6 +663,7 @@ static int place_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, lm_ram_blo
         if (pl->filled == hp) {
             placer_reset(pl);
             ret = lm_pc_place_range(d, wi, b, hpf, hp, pl->buf, true, err);
+            trace_requested(d, pl, LM_PCT_PLACED, wi, hpf, 1);
         } else {
             ret = place_waiting(d, wi, b, pg, n, dst, err);
         }
@@ -649,10 +675,56 @@ static int place_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, lm_ram_blo
     return 0;
 }
 
+void lm_pc_waiting_done(lm_pc_dst *d, uint64_t n)
+{
+    if (__atomic_sub_fetch(&d->nwaiting, n, __ATOMIC_ACQ_REL) == 0) {
+        pthread_mutex_lock(&d->lock);
+        pthread_cond_broadcast(&d->cond);
+        pthread_mutex_unlock(&d->lock);
+    }
+}
+
+/* The longest the background stream pauses before each of its records
+ * while a vCPU waits. */
+#define URGENT_PAUSE_NS (2 * 1000 * 1000ull)
+
+/* A vCPU waits for a 2 MiB page (lm_pc_pause_for) that the preempt
+ * channel brings: the background stream (this, the load thread, placing
+ * its records, and the source's sender behind it once the socket fills)
+ * holds off until that page is
+ * placed, at most URGENT_PAUSE_NS per record.  On a 2-core host the two
+ * CPU-bound background threads otherwise share the CPUs with the preempt
+ * receiver's 2 MiB read and copy (the per-phase timing of
+ * bench-postcopy-latency: a slow hugetlbfs fault's time goes into receiving
+ * and placing its page, not into the request).  Without a preempt
+ * connection the page comes this way: no pause. */
+static void pause_for_urgent(lm_pc_dst *d)
+{
+    if (!d->preempt || !__atomic_load_n(&d->nwaiting, __ATOMIC_ACQUIRE)) {
+        return;
+    }
+    uint64_t deadline = lm_now_ns() + URGENT_PAUSE_NS;
+    pthread_mutex_lock(&d->lock);
+    while (d->pre && !d->pre_code && __atomic_load_n(&d->nwaiting, __ATOMIC_ACQUIRE)) {
+        uint64_t now = lm_now_ns();
+        if (now >= deadline) {
+            break;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t t = (uint64_t)ts.tv_nsec + (deadline - now);
+        ts.tv_sec += (time_t)(t / 1000000000ull);
+        ts.tv_nsec = (long)(t % 1000000000ull);
+        pthread_cond_timedwait(&d->cond, &d->lock, &ts);
+    }
+    pthread_mutex_unlock(&d->lock);
+}
+
 static int place_cb(void *opaque, uint8_t type, lm_ram_block *b, uint64_t first, uint32_t count,
                     lm_channel *ch, lm_error *err)
 {
     lm_pc_dst *d = opaque;
+    pause_for_urgent(d);
     return place_record(d, &d->main_pl, type, b, first, count, ch, err);
 }
 
@@ -766,6 +838,7 @@ static void *pre_thread_fn(void *arg)
     lm_pc_dst *d = arg;
     lm_error err = LM_ERROR_INIT;
     int fd, pid;
+    lm_pc_urgent_thread("preempt receiver");
     if (lm_listener_accept(d->pre_listener, &fd, &pid, &err) < 0) {
         pre_failed(d, &err);
         return NULL;

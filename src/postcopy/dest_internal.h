@@ -4,6 +4,7 @@
 
 #include "postcopy/dest.h"
 #include "postcopy/postcopy.h"
+#include "postcopy/trace.h"
 
 /* The most target pages of one THP host page (2 MiB of 4 KiB pages). */
 #define LM_PC_HP_MAX 512u
@@ -58,6 +59,10 @@ struct lm_pc_dst {
      * placed as soon as its record arrives, even before the rest of its
      * THP host page. */
     uint64_t *waiting[LM_MAX_RAM_BLOCKS];
+    /* Pages set in waiting[] of blocks of 2 MiB pages (hugetlbfs; atomic,
+     * lm_pc_pause_for). While some are and the preempt channel brings
+     * them, the background stream pauses (place_cb). */
+    uint64_t nwaiting;
     uint64_t total_pages;
     uint64_t received_pages;                  /* atomic */
 
@@ -90,6 +95,8 @@ struct lm_pc_dst {
     unsigned nblocked;                        /* also read without the lock */
     uint64_t all_since_ns;
     uint64_t total_ns;
+
+    lm_pc_trace *trace;                       /* LIVEMIG_POSTCOPY_TRACE, else NULL */
 };
 
 /* dest.c */
@@ -100,6 +107,19 @@ int lm_pc_place_range(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t first
                       uint8_t *src, bool movable, lm_error *err);
 int lm_pc_uffd_place(lm_pc_dst *d, uint32_t wi, void *addr, const uint8_t *src, size_t len,
                      lm_error *err);
+/* Whether a vCPU waiting in block b pauses the background stream: where a
+ * requested page is a whole 2 MiB page (hugetlbfs), the preempt receiver
+ * reads and copies 2 MiB and competes for the CPUs with the background
+ * threads.  A 4 KiB page (a 4 KiB block, or THP's LONE page) is placed in
+ * microseconds: pausing there only slowed the background and, measured,
+ * made 4 KiB faults' tail worse. */
+static inline bool lm_pc_pause_for(const lm_ram_block *b)
+{
+    return b->page_size >= LM_HUGE_2M;
+}
+
+/* n pages left waiting[]: wakes a background stream paused for them. */
+void lm_pc_waiting_done(lm_pc_dst *d, uint64_t n);
 void lm_pc_blocktime_begin(lm_pc_dst *d, int tid, uint32_t wi, uint64_t page);
 void lm_pc_blocktime_end(lm_pc_dst *d, uint32_t wi, uint64_t first, uint64_t n);
 /* REQ_PAGES for [first, first+n): the faulting page first (the source

@@ -26,6 +26,7 @@ static void handle_fault(lm_pc_dst *d, uint64_t addr, int tid)
         return;
     }
     uint64_t page = (addr - (uintptr_t)b->host) >> b->page_shift;
+    lm_pc_trace_mark(d->trace, LM_PCT_FAULT, '-', wi, page);
     uint64_t hp = lm_pc_hp_pages(b);
     uint64_t hp_first = page & ~(hp - 1);
     lm_pc_blocktime_begin(d, tid, wi, page);
@@ -41,7 +42,15 @@ static void handle_fault(lm_pc_dst *d, uint64_t addr, int tid)
     }
     /* This page goes in as soon as it arrives, even when the rest of its
      * THP host page is still on its way. */
-    lm_pc_set_range(d->waiting[wi], page, 1);
+    if (lm_pc_set_range(d->waiting[wi], page, 1) && lm_pc_pause_for(b)) {
+        __atomic_add_fetch(&d->nwaiting, 1, __ATOMIC_ACQ_REL);
+        if (lm_pc_test(b->received, page) && lm_pc_clear_range(d->waiting[wi], page, 1)) {
+            /* Placed between the test above and the mark: its placer
+             * may have cleared the bit before it was set, and no one else
+             * would. */
+            lm_pc_waiting_done(d, 1);
+        }
+    }
     if (lm_pc_test(d->requested[wi], hp_first)) {
         return; /* asked already: the answer wakes this vCPU too */
     }
@@ -49,6 +58,7 @@ static void handle_fault(lm_pc_dst *d, uint64_t addr, int tid)
     /* The faulting page alone: the source sends its whole host page, that
      * page first. */
     lm_pc_send_request(d, wi, page, 1);
+    lm_pc_trace_mark(d->trace, LM_PCT_REQ, '-', wi, page);
     /* Placed between the test above and now: nothing is lost (the copy
      * woke the vCPU), but the blocktime entry must end. */
     if (lm_pc_test(b->received, page)) {
@@ -60,6 +70,7 @@ static void *fault_thread_fn(void *arg)
 {
     lm_pc_dst *d = arg;
     struct uffd_msg msgs[16];
+    lm_pc_urgent_thread("fault");
     for (;;) {
         struct pollfd p[2] = { { d->uffd, POLLIN, 0 }, { d->wake_fd, POLLIN, 0 } };
         if (poll(p, 2, -1) < 0) {

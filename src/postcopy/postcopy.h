@@ -58,6 +58,18 @@ static inline uint64_t lm_pc_hp_bytes(const lm_ram_block *b)
 /* lm_stream_write_command (stream/stream.h), for postcopy's commands. */
 int lm_pc_write_command(lm_channel *ch, uint16_t cmd, const void *body, uint16_t len);
 
+/* The calling thread is on a fault's urgent path (the destination's fault
+ * thread and preempt receiver, the source's return-path thread and preempt
+ * sender): each of its wake-ups is short work a vCPU waits for.  It asks
+ * the scheduler for a short time slice (Linux >= 6.12: sched_attr's
+ * sched_runtime for SCHED_OTHER, no privilege needed; its nice value is
+ * left alone), so that it preempts CPU-bound threads when it wakes (the
+ * background stream, or other processes) instead of queueing behind their
+ * slices: bench-postcopy-latency's per-phase timing showed a slow fault's
+ * time going into those wake-ups.  Best effort: silently nothing on an
+ * older kernel. */
+void lm_pc_urgent_thread(const char *what);
+
 /* Postcopy's bitmaps are shared between threads: the atomic family of
  * common/bitmap.h (the same one RAM loading uses on the same maps), under
  * the names postcopy's code calls it by. */

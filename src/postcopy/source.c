@@ -12,6 +12,7 @@
 #include "postcopy/postcopy.h"
 #include "postcopy/return_path.h"
 #include "postcopy/source.h"
+#include "postcopy/trace.h"
 #include "stream/stream.h"
 
 /* Background data per RAM section: small while requested pages are
@@ -76,6 +77,7 @@ struct lm_pc_src {
     struct lm_ram_batch *main_batch, *pre_batch;
     size_t cur_block;
     uint64_t cur_page;
+    lm_pc_trace *trace;   /* LIVEMIG_POSTCOPY_TRACE, else NULL */
 };
 
 lm_pc_src *lm_pc_src_new(const lm_pc_src_ctx *ctx)
@@ -96,6 +98,7 @@ lm_pc_src *lm_pc_src_new(const lm_pc_src_ctx *ctx)
     }
     p->ctx = *ctx;
     p->s = ctx->saver;
+    p->trace = lm_pc_trace_open("src");
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->cond, NULL);
     return p;
@@ -110,6 +113,7 @@ void lm_pc_src_free(lm_pc_src *p)
     free(p->q);
     lm_ram_batch_free(p->main_batch);
     lm_ram_batch_free(p->pre_batch);
+    lm_pc_trace_close(p->trace);
     pthread_cond_destroy(&p->cond);
     pthread_mutex_destroy(&p->lock);
     free(p);
@@ -269,6 +273,7 @@ static uint64_t claim_run(lm_pc_src *p, lm_ram_block *blk, uint64_t first, uint6
 static void *rp_thread_fn(void *arg)
 {
     lm_pc_src *p = arg;
+    lm_pc_urgent_thread("return-path");
     lm_rp_msg *m = malloc(sizeof(*m));
     lm_error err = LM_ERROR_INIT;
     if (!m) {
@@ -292,6 +297,7 @@ static void *rp_thread_fn(void *arg)
                 fail(p, &err);
                 break;
             }
+            lm_pc_trace_mark(p->trace, LM_PCT_QUEUED, '-', m->block, m->first);
         } else if (m->type == LM_RP_SHUT) {
             pthread_mutex_lock(&p->lock);
             p->shut_seen = true;
@@ -360,6 +366,7 @@ static void *pre_thread_fn(void *arg)
     const lm_pc_src_ctx *cx = &p->ctx;
     lm_error err = LM_ERROR_INIT;
     int fd, pid;
+    lm_pc_urgent_thread("preempt sender");
     if (lm_transport_connect(&p->uri, &fd, &pid, pre_should_abort, p, &err) < 0) {
         if (!pre_should_abort(p)) {
             lm_warn("postcopy preempt: %s; urgent pages use the main channel", err.msg);
@@ -397,6 +404,7 @@ static void *pre_thread_fn(void *arg)
         p->qhead = (p->qhead + 1) % QUEUE_MAX;
         p->qlen--;
         pthread_mutex_unlock(&p->lock);
+        lm_pc_trace_mark(p->trace, LM_PCT_TAKEN, 'p', r.block, r.page);
         uint64_t bytes = 0;
         lm_ram_block *blk = cx->blocks[r.block];
         bool rest = false;
@@ -420,6 +428,7 @@ static void *pre_thread_fn(void *arg)
         if (ret == 0) {
             ret = lm_channel_flush(ch);
         }
+        lm_pc_trace_mark(p->trace, LM_PCT_SENT, 'p', r.block, r.page);
         __atomic_fetch_add(cx->bytes, bytes, __ATOMIC_RELAXED);
         pthread_mutex_lock(&p->lock);
     }
@@ -656,6 +665,7 @@ int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err)
         lm_stream_write_section_short(ch, LM_REC_SECTION_PART, cx->ram_section);
         pc_req r;
         while (ret == 0 && take_request(p, &r)) {
+            lm_pc_trace_mark(p->trace, LM_PCT_TAKEN, 'm', r.block, r.page);
             ret = send_requested(p, p->main_batch, ch, cx->blocks[r.block], r.first, r.page, &urgent);
         }
         /* The rest of host pages whose requested page went alone on the
@@ -681,6 +691,7 @@ int lm_pc_src_run(lm_pc_src *p, lm_channel *ch, lm_error *err)
             if (ret == 0) {
                 ret = lm_channel_flush(ch);
             }
+            lm_pc_trace_mark(p->trace, LM_PCT_SENT, 'm', 0, 0);
         }
         pthread_mutex_lock(&p->lock);
         uint64_t slice = p->pre_up ? PC_SLICE_PREEMPT_BYTES : PC_SLICE_BYTES;

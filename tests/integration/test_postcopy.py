@@ -21,9 +21,11 @@ SLOW_BACKGROUND = {"max-postcopy-bandwidth": 32 << 20}
 
 
 class PostcopyBase(MigrationTest):
-    def pair(self, memory=MEM, workload="random", extra=(), caps=None, params=None, dst_env=None):
+    def pair(self, memory=MEM, workload="random", extra=(), caps=None, params=None, dst_env=None,
+             src_env=None):
         extra = list(extra)
-        src = self.vm("src", memory=memory, workload=workload, extra=extra)
+        src_wrapper = ["env"] + ["%s=%s" % kv for kv in sorted(src_env.items())] if src_env else []
+        src = self.vm("src", memory=memory, workload=workload, extra=extra, wrapper=src_wrapper)
         # dst_env: environment of the destination process (its placement).
         wrapper = ["env"] + ["%s=%s" % kv for kv in sorted(dst_env.items())] if dst_env else []
         dst = self.vm("dst", memory=memory, workload=workload, extra=extra, incoming="defer",
@@ -240,6 +242,43 @@ class Placement(PostcopyBase):
         # Shared memory cannot be moved into: copied, and still right.
         src, dst = self.run_case("move", extra=["--memory-backend", "memfd"])
         self.check(dst, moved=False)
+
+
+class Trace(PostcopyBase):
+    """LIVEMIG_POSTCOPY_TRACE (src/postcopy/trace.h): both sides append the
+    urgent path's marks of every request to the file, in the order the
+    path runs, and the migration is as right as without it."""
+
+    def test_trace_marks_each_request(self):
+        path = self.path("trace")
+        env = {"LIVEMIG_POSTCOPY_TRACE": path}
+        src, dst = self.pair(caps={"postcopy_preempt": True}, dst_env=env, src_env=env)
+        self.start(src, dst)
+        self.finish(src, dst)
+        # Written when each side drops its postcopy state, at the end.
+        marks = {}
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            marks = {}
+            with open(path) if os.path.exists(path) else open(os.devnull) as f:
+                for line in f:
+                    role, ev, chan, block, page, ns = line.split()
+                    marks.setdefault((role, ev), {}).setdefault((int(block), int(page)), int(ns))
+            if ("src", "queued") in marks and ("dst", "placed") in marks:
+                break
+            time.sleep(0.05)
+        faults = marks.get(("dst", "fault"), {})
+        reqs = marks.get(("dst", "req"), {})
+        self.assertTrue(reqs, "no request traced: %s" % sorted(marks))
+        for key, t in reqs.items():
+            # A request follows its fault; the source queued it and a
+            # sender took it; the destination placed that page after.
+            self.assertLessEqual(faults[key], t, key)
+            self.assertIn(key, marks[("src", "queued")], key)
+            self.assertIn(key, marks[("src", "taken")], key)
+        placed = marks[("dst", "placed")]
+        after = [k for k, t in reqs.items() if k in placed and placed[k] >= faults[k]]
+        self.assertTrue(after, "no requested page placed after its fault")
 
 
 class SourceSafety(PostcopyBase):
