@@ -698,6 +698,8 @@ def main():
     ap.add_argument("--rawcopy", default=None, help="bench/rawcopy binary")
     ap.add_argument("--qemu", default=shutil.which("qemu-system-x86_64") or "qemu-system-x86_64")
     ap.add_argument("--no-qemu", action="store_true")
+    ap.add_argument("--no-raw", action="store_true",
+                    help="skip the raw floor (its copy needs the RAM size twice more in memory)")
     ap.add_argument("--qemu-verify-sample", type=int, default=0,
                     help="check N random pages of QEMU's destination instead of all (0: all)")
     ap.add_argument("--raw-methods", default=None,
@@ -774,7 +776,7 @@ def main():
             lm.run(datas.get("random") or datas[kinds[0]], "anon", "anon", "unix", "precopy")
 
             floors = {}
-            if "random" in datas:
+            if "random" in datas and not args.no_raw:
                 for transport in transports:
                     for streams in sorted({streams_of(m) for m in modes}):
                         for dk in dests:

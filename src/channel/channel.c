@@ -22,6 +22,8 @@
 #include "livemig/buffer.h"
 
 #define WBUF_SIZE (256 * 1024)
+/* put_mem's pipe: one PAGES record (1 MiB) per vmsplice when allowed. */
+#define VPIPE_BYTES (1 << 20)
 /* One buffered read takes at most this much: enough for a run of record
  * headers, small enough that little of the bulk data after a header is
  * copied through the buffer rather than read straight into place. */
@@ -71,6 +73,9 @@ struct lm_channel {
     bool zerocopy;   /* lm_channel_put_ext_zerocopy sends with MSG_ZEROCOPY */
     bool no_sendfile; /* sendfile() refused this fd: put_file writes from memory */
     bool no_pread;    /* TLS: pread() refused the RAM fd: put_file writes from memory */
+    bool no_vmsplice; /* vmsplice() refused: put_mem writes from memory */
+    int vpipe[2];     /* put_mem: pages go through it by reference (vmsplice, splice) */
+    size_t vpipe_cap;
     lm_zerocopy zc;
     /* TLS (channel/tls.h): every read and write goes through the session;
      * a return path shares its main channel's. */
@@ -100,6 +105,7 @@ lm_channel *lm_channel_new(int fd, const char *name, lm_ratelimit *rl)
     snprintf(ch->name, sizeof(ch->name), "%s", name ? name : "channel");
     ch->rl = rl;
     ch->wake[0] = ch->wake[1] = -1;
+    ch->vpipe[0] = ch->vpipe[1] = -1;
     if (!ch->is_socket && pipe2(ch->wake, O_CLOEXEC | O_NONBLOCK) < 0) {
         ch->wake[0] = ch->wake[1] = -1;
     }
@@ -145,6 +151,10 @@ int lm_channel_close(lm_channel *ch, lm_error *err)
     if (ch->wake[0] >= 0) {
         close(ch->wake[0]);
         close(ch->wake[1]);
+    }
+    if (ch->vpipe[0] >= 0) {
+        close(ch->vpipe[0]);
+        close(ch->vpipe[1]);
     }
     if (ch->child_pid > 0) {
         int status = 0;
@@ -425,22 +435,42 @@ static __thread bool sigpipe_blocked;
  * call on, and takes back the one a call raised, so that neither the
  * embedder nor a later unblock sees it.  Only the engine's own threads
  * send RAM. */
-static ssize_t sendfile_nosignal(int out, int in, off_t *off, size_t len)
+static void block_sigpipe(sigset_t *pipe_only)
 {
-    static const struct timespec no_wait = { 0, 0 };
-    sigset_t pipe_only;
-    sigemptyset(&pipe_only);
-    sigaddset(&pipe_only, SIGPIPE);
+    sigemptyset(pipe_only);
+    sigaddset(pipe_only, SIGPIPE);
     if (!sigpipe_blocked) {
-        pthread_sigmask(SIG_BLOCK, &pipe_only, NULL);
+        pthread_sigmask(SIG_BLOCK, pipe_only, NULL);
         sigpipe_blocked = true;
     }
-    ssize_t n = sendfile(out, in, off, len);
+}
+
+static void take_sigpipe(ssize_t n, const sigset_t *pipe_only)
+{
+    static const struct timespec no_wait = { 0, 0 };
     if (n < 0 && errno == EPIPE) {
         int saved = errno;
-        sigtimedwait(&pipe_only, NULL, &no_wait);
+        sigtimedwait(pipe_only, NULL, &no_wait);
         errno = saved;
     }
+}
+
+static ssize_t sendfile_nosignal(int out, int in, off_t *off, size_t len)
+{
+    sigset_t pipe_only;
+    block_sigpipe(&pipe_only);
+    ssize_t n = sendfile(out, in, off, len);
+    take_sigpipe(n, &pipe_only);
+    return n;
+}
+
+/* splice() into a socket raises SIGPIPE as sendfile() does. */
+static ssize_t splice_nosignal(int in, int out, size_t len)
+{
+    sigset_t pipe_only;
+    block_sigpipe(&pipe_only);
+    ssize_t n = splice(in, NULL, out, NULL, len, SPLICE_F_MOVE | SPLICE_F_MORE);
+    take_sigpipe(n, &pipe_only);
     return n;
 }
 
@@ -522,6 +552,83 @@ int lm_channel_put_file(lm_channel *ch, const struct iovec *hdr, int nhdr, int f
     }
     if (ch->tls && !ch->no_pread) {
         return put_file_tls(ch, hdr, nhdr, fd, off, len, mem);
+    }
+    struct iovec data = { (void *)mem, len };
+    int ret = nhdr ? lm_channel_put_ext(ch, hdr, nhdr) : 0;
+    return ret < 0 ? ret : lm_channel_put_ext(ch, &data, 1);
+}
+
+/* The pipe put_mem passes pages through, as large as allowed: each
+ * vmsplice+splice pair moves at most its capacity. */
+static int open_vpipe(lm_channel *ch)
+{
+    if (pipe2(ch->vpipe, O_CLOEXEC) < 0) {
+        ch->vpipe[0] = ch->vpipe[1] = -1;
+        return -errno;
+    }
+    (void)fcntl(ch->vpipe[1], F_SETPIPE_SZ, VPIPE_BYTES);
+    int cap = fcntl(ch->vpipe[1], F_GETPIPE_SZ);
+    ch->vpipe_cap = cap > 0 ? (size_t)cap : 65536;
+    return 0;
+}
+
+/* Puts [mem, mem+len) into the pipe and splices it all into the socket.
+ * Returns the bytes sent, or <0: -EOPNOTSUPP when vmsplice refused
+ * before anything was queued (nothing sent, nothing in the pipe). */
+static ssize_t vmsplice_out(lm_channel *ch, const uint8_t *mem, size_t len)
+{
+    struct iovec v = { (void *)mem, LM_MIN(len, ch->vpipe_cap) };
+    ssize_t n;
+    while ((n = vmsplice(ch->vpipe[1], &v, 1, 0)) < 0 && errno == EINTR) {
+    }
+    if (n <= 0) {
+        return n == 0 || errno == EINVAL || errno == ENOSYS || errno == EPERM ? -EOPNOTSUPP : -errno;
+    }
+    for (size_t left = (size_t)n; left > 0;) {
+        ssize_t m = splice_nosignal(ch->vpipe[0], ch->fd, left);
+        if (m < 0 && errno == EINTR) {
+            continue;
+        }
+        if (m <= 0) {
+            /* The pipe still holds pages of this record: the channel is
+             * broken for good (the error sticks). */
+            return io_error(ch, m < 0 ? -errno : -EIO, "sending RAM");
+        }
+        left -= (size_t)m;
+    }
+    return n;
+}
+
+int lm_channel_put_mem(lm_channel *ch, const struct iovec *hdr, int nhdr, const void *mem, size_t len)
+{
+    if (ch->is_socket && !ch->tls && !ch->zerocopy && !ch->no_vmsplice &&
+        (ch->vpipe[0] >= 0 || open_vpipe(ch) == 0)) {
+        int ret = put_ext_flags(ch, hdr, nhdr, MSG_MORE);
+        if (ret < 0) {
+            return ret;
+        }
+        size_t done = 0;
+        while (done < len) {
+            ssize_t n = vmsplice_out(ch, (const uint8_t *)mem + done, len - done);
+            if (n == -EOPNOTSUPP) {
+                /* The rest from memory, and everything from now on. */
+                ch->no_vmsplice = true;
+                break;
+            }
+            if (n < 0) {
+                return sticky(ch) ? sticky(ch) : io_error(ch, (int)n, "sending RAM");
+            }
+            done += (size_t)n;
+        }
+        if (ch->rl) {
+            lm_ratelimit_consume(ch->rl, done);
+        }
+        __atomic_fetch_add(&ch->bytes_out, done, __ATOMIC_RELAXED);
+        if (done == len) {
+            return sticky(ch);
+        }
+        struct iovec rest = { (uint8_t *)mem + done, len - done };
+        return lm_channel_put_ext(ch, &rest, 1);
     }
     struct iovec data = { (void *)mem, len };
     int ret = nhdr ? lm_channel_put_ext(ch, hdr, nhdr) : 0;

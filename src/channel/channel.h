@@ -58,6 +58,16 @@ int lm_channel_flush(lm_channel *ch);
  * by a dead peer is taken back, the call fails with EPIPE. */
 int lm_channel_put_file(lm_channel *ch, const struct iovec *hdr, int nhdr, int fd, uint64_t off,
                         const void *mem, size_t len);
+/* Buffered bytes and hdr[], then len bytes of this process's memory,
+ * handed to the kernel by reference (vmsplice into a pipe, spliced into
+ * the socket): like put_file, the pages are never read through this
+ * process's mappings here (on this host the first such touch of a page
+ * that has not been touched for a while costs ~2 µs, most of the cost of
+ * sending it), and a page written after this returns may arrive with the
+ * new bytes (the write dirties it; it is sent again).  Not a socket, TLS,
+ * zero-copy-send, or a kernel without vmsplice: written from memory as
+ * lm_channel_put_ext.  SIGPIPE as put_file. */
+int lm_channel_put_mem(lm_channel *ch, const struct iovec *hdr, int nhdr, const void *mem, size_t len);
 
 /* Zero-copy sends (zero-copy-send; TCP only, see channel/zerocopy.h).
  * enable: SO_ZEROCOPY on the socket, or an error saying why not. */

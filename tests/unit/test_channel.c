@@ -342,6 +342,84 @@ static void test_put_file_dead_peer(void **state)
     close(fd);
 }
 
+/* ---- put_mem: anonymous memory sent by reference (vmsplice, splice) ---- */
+
+/* Buffered bytes, a header iovec and 3 MiB of anonymous memory (more than
+ * the channel's pipe holds) arrive in that order over a socket, and as
+ * written from memory into a file (not a socket: no vmsplice). */
+static void test_put_mem(void **state)
+{
+    (void)state;
+    const size_t n = (3u << 20) + 4096 + 17;
+    uint8_t *mem = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(mem != MAP_FAILED);
+    fill_pattern(mem, n, 5);
+    uint8_t hdr[5] = { 9, 8, 7, 6, 5 };
+    struct iovec hv = { hdr, sizeof(hdr) };
+    uint8_t *got = malloc(n + 8);
+    for (int to_file = 0; to_file < 2; to_file++) {
+        memset(got, 0, n + 8);
+        if (!to_file) {
+            int sv[2];
+            make_socketpair(sv);
+            lm_channel *w = lm_channel_new(sv[0], "writer", NULL);
+            lm_channel *r = lm_channel_new(sv[1], "reader", NULL);
+            reader_arg ra = { r, got, n + 8, 0, 0 };
+            pthread_t t;
+            assert_int_equal(pthread_create(&t, NULL, reader_main, &ra), 0);
+            assert_int_equal(lm_channel_put(w, "abc", 3), 0);
+            assert_int_equal(lm_channel_put_mem(w, &hv, 1, mem, n), 0);
+            assert_int_equal(lm_channel_flush(w), 0);
+            pthread_join(t, NULL);
+            assert_int_equal(ra.ret, 0);
+            assert_int_equal(lm_channel_bytes_written(w), n + 8);
+            lm_channel_close(w, NULL);
+            lm_channel_close(r, NULL);
+        } else {
+            char path[] = "/tmp/livemig-put-mem-XXXXXX";
+            int tmp = mkstemp(path);
+            assert_true(tmp >= 0);
+            unlink(path);
+            lm_channel *w = lm_channel_new(dup(tmp), "file", NULL);
+            assert_int_equal(lm_channel_put(w, "abc", 3), 0);
+            assert_int_equal(lm_channel_put_mem(w, &hv, 1, mem, n), 0);
+            assert_int_equal(lm_channel_flush(w), 0);
+            lm_channel_close(w, NULL);
+            assert_int_equal(pread(tmp, got, n + 8, 0), (ssize_t)(n + 8));
+            close(tmp);
+        }
+        assert_memory_equal(got, "abc", 3);
+        assert_memory_equal(got + 3, hdr, sizeof(hdr));
+        assert_memory_equal(got + 8, mem, n);
+    }
+    munmap(mem, n);
+    free(got);
+}
+
+/* A dead peer fails put_mem with a message, and no SIGPIPE escapes. */
+static void test_put_mem_dead_peer(void **state)
+{
+    (void)state;
+    signal(SIGPIPE, SIG_DFL);
+    const size_t n = 1u << 20;
+    uint8_t *mem = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(mem != MAP_FAILED);
+    fill_pattern(mem, n, 1);
+    int sv[2];
+    make_socketpair(sv);
+    close(sv[1]);
+    lm_channel *w = lm_channel_new(sv[0], "writer", NULL);
+    assert_int_equal(lm_channel_put_mem(w, NULL, 0, mem, n), -EPIPE);
+    lm_error err = LM_ERROR_INIT;
+    assert_int_equal(lm_channel_error(w, &err), -EPIPE);
+    assert_non_null(strstr(err.msg, "closed by peer"));
+    sigset_t pending;
+    sigpending(&pending);
+    assert_false(sigismember(&pending, SIGPIPE));
+    lm_channel_close(w, NULL);
+    munmap(mem, n);
+}
+
 static void test_large_reads(void **state)
 {
     (void)state;
@@ -1253,6 +1331,8 @@ int main(void)
         cmocka_unit_test(test_file_transport),
         cmocka_unit_test(test_put_file),
         cmocka_unit_test(test_put_file_dead_peer),
+        cmocka_unit_test(test_put_mem),
+        cmocka_unit_test(test_put_mem_dead_peer),
         cmocka_unit_test(test_file_tell_seek),
         cmocka_unit_test(test_input_pending),
         cmocka_unit_test(test_input_pending_tls),
