@@ -64,9 +64,10 @@ int lm_channel_put_file(lm_channel *ch, const struct iovec *hdr, int nhdr, int f
  * process's mappings here (on this host the first such touch of a page
  * that has not been touched for a while costs ~2 µs, most of the cost of
  * sending it), and a page written after this returns may arrive with the
- * new bytes (the write dirties it; it is sent again).  Not a socket, TLS,
- * zero-copy-send, or a kernel without vmsplice: written from memory as
- * lm_channel_put_ext.  SIGPIPE as put_file. */
+ * new bytes (the write dirties it; it is sent again).  Not a unix
+ * socket (tcp was slower so, see channel.c), TLS, zero-copy-send, or a
+ * kernel without vmsplice: written from memory as lm_channel_put_ext.
+ * SIGPIPE as put_file. */
 int lm_channel_put_mem(lm_channel *ch, const struct iovec *hdr, int nhdr, const void *mem, size_t len);
 
 /* Zero-copy sends (zero-copy-send; TCP only, see channel/zerocopy.h).

@@ -253,6 +253,65 @@ static int pattern_memfd(size_t len, size_t hole_off, size_t hole_len, uint8_t *
     return fd;
 }
 
+/* One put_file (fd >= 0) or put_mem (fd < 0) call, as the tests below
+ * make it: a header iovec (or none) and len bytes at mem. */
+typedef struct put_call {
+    const struct iovec *hdr;
+    int fd;
+    uint64_t off;
+    const uint8_t *mem;
+    size_t len;
+} put_call;
+
+static int do_put(lm_channel *w, const put_call *c)
+{
+    int nhdr = c->hdr ? 1 : 0;
+    return c->fd >= 0 ? lm_channel_put_file(w, c->hdr, nhdr, c->fd, c->off, c->mem, c->len)
+                      : lm_channel_put_mem(w, c->hdr, nhdr, c->mem, c->len);
+}
+
+/* "abc" buffered, then the call, over a socketpair; a reader thread
+ * takes all of it into got. */
+static void put_over_socketpair(const put_call *c, uint8_t *got)
+{
+    size_t total = 3 + (c->hdr ? c->hdr->iov_len : 0) + c->len;
+    int sv[2];
+    make_socketpair(sv);
+    lm_channel *w = lm_channel_new(sv[0], "writer", NULL);
+    lm_channel *r = lm_channel_new(sv[1], "reader", NULL);
+    reader_arg ra = { r, got, total, 0, 0 };
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, reader_main, &ra), 0);
+    assert_int_equal(lm_channel_put(w, "abc", 3), 0);
+    assert_int_equal(do_put(w, c), 0);
+    assert_int_equal(lm_channel_flush(w), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(ra.ret, 0);
+    assert_int_equal(lm_channel_bytes_written(w), total);
+    lm_channel_close(w, NULL);
+    lm_channel_close(r, NULL);
+}
+
+/* A dead peer fails the call with a message; the SIGPIPE that sendfile
+ * and splice raise never reaches the process (default disposition: it
+ * would die). */
+static void put_to_dead_peer(const put_call *c)
+{
+    signal(SIGPIPE, SIG_DFL);
+    int sv[2];
+    make_socketpair(sv);
+    close(sv[1]);
+    lm_channel *w = lm_channel_new(sv[0], "writer", NULL);
+    assert_int_equal(do_put(w, c), -EPIPE);
+    lm_error err = LM_ERROR_INIT;
+    assert_int_equal(lm_channel_error(w, &err), -EPIPE);
+    assert_non_null(strstr(err.msg, "closed by peer"));
+    sigset_t pending;
+    sigpending(&pending);
+    assert_false(sigismember(&pending, SIGPIPE));
+    lm_channel_close(w, NULL);
+}
+
 /* Buffered bytes, a header iovec and the file's range arrive in that
  * order, holes as zeros; out_fd is a socket (sendfile) or an O_APPEND
  * file (sendfile refuses it: the bytes go from the mapping). */
@@ -265,21 +324,8 @@ static void put_file_case(bool append_file)
     struct iovec hv = { hdr, sizeof(hdr) };
     uint8_t *got = malloc(n + 8);
     if (!append_file) {
-        int sv[2];
-        make_socketpair(sv);
-        lm_channel *w = lm_channel_new(sv[0], "writer", NULL);
-        lm_channel *r = lm_channel_new(sv[1], "reader", NULL);
-        reader_arg ra = { r, got, n + 8, 0, 0 };
-        pthread_t t;
-        assert_int_equal(pthread_create(&t, NULL, reader_main, &ra), 0);
-        assert_int_equal(lm_channel_put(w, "abc", 3), 0);
-        assert_int_equal(lm_channel_put_file(w, &hv, 1, fd, off, map + off, n), 0);
-        assert_int_equal(lm_channel_flush(w), 0);
-        pthread_join(t, NULL);
-        assert_int_equal(ra.ret, 0);
-        assert_int_equal(lm_channel_bytes_written(w), n + 8);
-        lm_channel_close(w, NULL);
-        lm_channel_close(r, NULL);
+        put_call c = { &hv, fd, off, map + off, n };
+        put_over_socketpair(&c, got);
     } else {
         char path[] = "/tmp/livemig-put-file-XXXXXX";
         int tmp = mkstemp(path);
@@ -317,27 +363,13 @@ static void test_put_file(void **state)
     put_file_case(true);
 }
 
-/* A dead peer fails put_file with a message; the SIGPIPE that sendfile
- * raises never reaches the process (default disposition: it would die). */
 static void test_put_file_dead_peer(void **state)
 {
     (void)state;
-    signal(SIGPIPE, SIG_DFL);
     uint8_t *map;
     int fd = pattern_memfd(1u << 20, 0, 4096, &map);
-    int sv[2];
-    make_socketpair(sv);
-    close(sv[1]);
-    lm_channel *w = lm_channel_new(sv[0], "writer", NULL);
-    int ret = lm_channel_put_file(w, NULL, 0, fd, 0, map, 1u << 20);
-    assert_int_equal(ret, -EPIPE);
-    lm_error err = LM_ERROR_INIT;
-    assert_int_equal(lm_channel_error(w, &err), -EPIPE);
-    assert_non_null(strstr(err.msg, "closed by peer"));
-    sigset_t pending;
-    sigpending(&pending);
-    assert_false(sigismember(&pending, SIGPIPE));
-    lm_channel_close(w, NULL);
+    put_call c = { NULL, fd, 0, map, 1u << 20 };
+    put_to_dead_peer(&c);
     munmap(map, 1u << 20);
     close(fd);
 }
@@ -360,21 +392,8 @@ static void test_put_mem(void **state)
     for (int to_file = 0; to_file < 2; to_file++) {
         memset(got, 0, n + 8);
         if (!to_file) {
-            int sv[2];
-            make_socketpair(sv);
-            lm_channel *w = lm_channel_new(sv[0], "writer", NULL);
-            lm_channel *r = lm_channel_new(sv[1], "reader", NULL);
-            reader_arg ra = { r, got, n + 8, 0, 0 };
-            pthread_t t;
-            assert_int_equal(pthread_create(&t, NULL, reader_main, &ra), 0);
-            assert_int_equal(lm_channel_put(w, "abc", 3), 0);
-            assert_int_equal(lm_channel_put_mem(w, &hv, 1, mem, n), 0);
-            assert_int_equal(lm_channel_flush(w), 0);
-            pthread_join(t, NULL);
-            assert_int_equal(ra.ret, 0);
-            assert_int_equal(lm_channel_bytes_written(w), n + 8);
-            lm_channel_close(w, NULL);
-            lm_channel_close(r, NULL);
+            put_call c = { &hv, -1, 0, mem, n };
+            put_over_socketpair(&c, got);
         } else {
             char path[] = "/tmp/livemig-put-mem-XXXXXX";
             int tmp = mkstemp(path);
@@ -396,27 +415,15 @@ static void test_put_mem(void **state)
     free(got);
 }
 
-/* A dead peer fails put_mem with a message, and no SIGPIPE escapes. */
 static void test_put_mem_dead_peer(void **state)
 {
     (void)state;
-    signal(SIGPIPE, SIG_DFL);
     const size_t n = 1u << 20;
     uint8_t *mem = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     assert_true(mem != MAP_FAILED);
     fill_pattern(mem, n, 1);
-    int sv[2];
-    make_socketpair(sv);
-    close(sv[1]);
-    lm_channel *w = lm_channel_new(sv[0], "writer", NULL);
-    assert_int_equal(lm_channel_put_mem(w, NULL, 0, mem, n), -EPIPE);
-    lm_error err = LM_ERROR_INIT;
-    assert_int_equal(lm_channel_error(w, &err), -EPIPE);
-    assert_non_null(strstr(err.msg, "closed by peer"));
-    sigset_t pending;
-    sigpending(&pending);
-    assert_false(sigismember(&pending, SIGPIPE));
-    lm_channel_close(w, NULL);
+    put_call c = { NULL, -1, 0, mem, n };
+    put_to_dead_peer(&c);
     munmap(mem, n);
 }
 
