@@ -99,29 +99,51 @@ static int failed(lm_multifd_src *mf, lm_error *err)
     return mf->err_code;
 }
 
-/* A file-backed block's pages go from the page cache (sendfile), unread;
- * compression and MSG_ZEROCOPY need them mapped. */
-static bool from_file(const lm_multifd_src *mf, const lm_ram_block *blk)
+/* Unmapped sends are for the plain path only: checksums hash the pages
+ * from the mapping (and send them from there while they are still in the
+ * cache), compression and MSG_ZEROCOPY need them mapped. */
+static bool unmapped_send(const lm_multifd_src *mf)
 {
-    /* Checksums hash the pages from the mapping, and send them from there
-     * while they are still in the cache. */
-    return !mf->cfg.checksum && lm_ram_block_has_fd(blk) && !mf->cfg.zero_copy &&
-           mf->cfg.compression == LM_MULTIFD_COMP_NONE;
+    return !mf->cfg.checksum && !mf->cfg.zero_copy && mf->cfg.compression == LM_MULTIFD_COMP_NONE;
 }
 
+/* A file-backed block's pages go from the page cache (sendfile), unread. */
+static bool from_file(const lm_multifd_src *mf, const lm_ram_block *blk)
+{
+    return unmapped_send(mf) && lm_ram_block_has_fd(blk);
+}
+
+/* An anonymous block's pages go by reference (lm_channel_put_mem: into a
+ * unix socket they are never read through this process's mapping, whose
+ * first touch of a page costs this host more than sending it). */
+static bool by_reference(const lm_multifd_src *mf, const lm_ram_block *blk)
+{
+    return unmapped_send(mf) && !lm_ram_block_has_fd(blk);
+}
+
+/* A run shorter than this goes in the packet's writev: by reference costs
+ * two calls (vmsplice, splice) per run, too many for scattered pages. */
+#define BY_REFERENCE_MIN_BYTES (64 * 1024)
+
 /* The packet's header and table in iov[0], then its data: runs of mapped
- * memory in one writev, file-backed runs with sendfile. */
+ * memory in one writev, file-backed runs with sendfile, long anonymous
+ * runs by reference. */
 static int send_plain(sender *s, int niov)
 {
     int pending = 0;
     for (int i = 1; i < niov; i++) {
         lm_ram_block *b = s->data_blk[i - 1];
-        if (!from_file(s->mf, b)) {
+        int ret;
+        if (from_file(s->mf, b)) {
+            uint64_t off = b->fd_offset + (uint64_t)((uint8_t *)s->iov[i].iov_base - b->host);
+            ret = lm_channel_put_file(s->ch, s->iov + pending, i - pending, b->fd, off,
+                                      s->iov[i].iov_base, s->iov[i].iov_len);
+        } else if (by_reference(s->mf, b) && s->iov[i].iov_len >= BY_REFERENCE_MIN_BYTES) {
+            ret = lm_channel_put_mem(s->ch, s->iov + pending, i - pending, s->iov[i].iov_base,
+                                     s->iov[i].iov_len);
+        } else {
             continue;
         }
-        uint64_t off = b->fd_offset + (uint64_t)((uint8_t *)s->iov[i].iov_base - b->host);
-        int ret = lm_channel_put_file(s->ch, s->iov + pending, i - pending, b->fd, off,
-                                      s->iov[i].iov_base, s->iov[i].iov_len);
         if (ret < 0) {
             return ret;
         }
@@ -286,8 +308,8 @@ static int send_job(sender *s)
     for (unsigned i = 0; i < s->job.nruns && ret == 0; i++) {
         job_run *r = &s->job.runs[i];
         if (r->kind == LM_RAM_PAGES && mf->cfg.zero == LM_ZERO_MULTIFD && !from_file(mf, r->blk)) {
-            ret = lm_ram_save_split(mf->saver, r->blk, r->first, r->first + r->count,
-                                    LM_SPLIT_READ_SHARED, add_run, s);
+            ret = (by_reference(mf, r->blk) ? lm_ram_save_split_probed : lm_ram_save_split)(
+                mf->saver, r->blk, r->first, r->first + r->count, LM_SPLIT_READ_SHARED, add_run, s);
         } else {
             ret = add_run(s, r->kind, r->blk, r->first, r->count);
         }

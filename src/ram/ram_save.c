@@ -345,6 +345,13 @@ int lm_ram_save_split(lm_ram_saver *s, lm_ram_block *blk, uint64_t p, uint64_t q
     return split_runs(blk, p, q, how, false, fn, opaque);
 }
 
+int lm_ram_save_split_probed(lm_ram_saver *s, lm_ram_block *blk, uint64_t p, uint64_t q,
+                             enum lm_zero_split how, lm_ram_run_fn fn, void *opaque)
+{
+    (void)s;
+    return split_runs(blk, p, q, how, true, fn, opaque);
+}
+
 /* Checksums, a file-backed block: reading its pages through the mapping
  * would map them, which the dirty tracker takes for writes (every page
  * would go twice), so they are read from the file into the batch's bounce

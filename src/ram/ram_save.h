@@ -84,6 +84,12 @@ typedef int (*lm_ram_run_fn)(void *opaque, uint8_t type, lm_ram_block *blk, uint
  * bookkeeping, so only the migration thread may use them. */
 int lm_ram_save_split(lm_ram_saver *s, lm_ram_block *blk, uint64_t p, uint64_t q,
                       enum lm_zero_split how, lm_ram_run_fn fn, void *opaque);
+/* The same, for a sender that sends the data runs by reference
+ * (lm_channel_put_mem): an anonymous block's pages are read for zeros
+ * through the kernel (process_vm_readv), never through this process's
+ * mapping (ram_save.c says why). */
+int lm_ram_save_split_probed(lm_ram_saver *s, lm_ram_block *blk, uint64_t p, uint64_t q,
+                             enum lm_zero_split how, lm_ram_run_fn fn, void *opaque);
 /* Counts pages sent (query-migrate's ram statistics); any thread. */
 void lm_ram_save_count(lm_ram_saver *s, uint8_t type, const lm_ram_block *blk, uint64_t count);
 
