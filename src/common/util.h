@@ -29,6 +29,20 @@ static inline uint64_t lm_sat_sub(uint64_t a, uint64_t b)
     return a > b ? a - b : 0;
 }
 
+/* A non-negative double as uint64_t, saturated (casting one out of range
+ * is undefined). */
+static inline uint64_t lm_sat_u64(double v)
+{
+    return v >= 18446744073709549568.0 ? UINT64_MAX : (uint64_t)v;
+}
+
+/* a * 1e9 / b, saturated: bytes and ns to bytes/s, or bytes and bytes/s
+ * to ns.  b must not be 0. */
+static inline uint64_t lm_per_second(uint64_t a, uint64_t b)
+{
+    return lm_sat_u64((double)a * 1e9 / (double)b);
+}
+
 /* Parse "123", "4K", "512M", "4G", "1T" (binary units); returns 0 or -EINVAL. */
 int lm_parse_size(const char *s, uint64_t *out);
 

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common/clock.h"
+#include "common/util.h"
 
 void lm_bd_start(lm_bd *b, uint64_t now_ns)
 {
@@ -225,11 +226,15 @@ uint64_t lm_bd_bytes_ns(const lm_bd *joined)
            part_ns(joined, "dst:ram-tail", NULL);
 }
 
-#define LM_BD_MAX2(a, b) ((a) > (b) ? (a) : (b))
-
 static void add_sample(lm_bd_series *s, uint64_t ns)
 {
     s->v[s->n++ % LM_BD_SAMPLES] = ns;
+}
+
+/* How many of its samples a series still holds. */
+static unsigned series_len(const lm_bd_series *s)
+{
+    return LM_MIN(s->n, (unsigned)LM_BD_SAMPLES);
 }
 
 void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, uint64_t tail_bytes, uint64_t tail_bw)
@@ -256,9 +261,9 @@ void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, uint64_t tail_bytes, uin
     }
     uint64_t took = lm_bd_bytes_ns(joined);
     if (has_tail && has_conf && tail_bytes >= LM_BD_RATE_BYTES && took) {
-        add_sample(&l->tail_rate, (uint64_t)((double)tail_bytes * 1e9 / (double)took));
+        add_sample(&l->tail_rate, lm_per_second(tail_bytes, took));
     } else if (has_tail && has_conf && tail_bw) {
-        uint64_t bytes_ns = (uint64_t)((double)tail_bytes * 1e9 / (double)tail_bw);
+        uint64_t bytes_ns = lm_per_second(tail_bytes, tail_bw);
         add_sample(&l->tail, took > bytes_ns ? took - bytes_ns : 0);
     }
 }
@@ -266,7 +271,7 @@ void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, uint64_t tail_bytes, uin
 /* A part's estimate from its samples, or its probe (core/breakdown.h). */
 static uint64_t typical(const lm_bd_series *s, uint64_t probe)
 {
-    unsigned n = s->n < LM_BD_SAMPLES ? s->n : LM_BD_SAMPLES;
+    unsigned n = series_len(s);
     if (n == 0) {
         return probe;
     }
@@ -293,10 +298,9 @@ static uint64_t typical(const lm_bd_series *s, uint64_t probe)
 
 uint64_t lm_bd_tail_rate(const lm_bd_learned *l)
 {
-    unsigned n = l->tail_rate.n < LM_BD_SAMPLES ? l->tail_rate.n : LM_BD_SAMPLES;
+    unsigned n = series_len(&l->tail_rate);
     if (n <= 2) {
-        return n == 0 ? 0 : n == 1 ? l->tail_rate.v[0]
-                                   : LM_BD_MAX2(l->tail_rate.v[0], l->tail_rate.v[1]);
+        return n == 0 ? 0 : n == 1 ? l->tail_rate.v[0] : LM_MAX(l->tail_rate.v[0], l->tail_rate.v[1]);
     }
     return typical(&l->tail_rate, 0); /* the median of three or more */
 }

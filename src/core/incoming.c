@@ -81,7 +81,40 @@ typedef struct dst_ctx {
 
 enum { DEV_STARTED = 1, DEV_COMPLETE = 2 };
 
+/* One RAM section loaded: bytes from the channel in cpu_ns of this
+ * thread's CPU time.  A section of a few pages is mostly its own cost: no
+ * rate.  Each full window's rate joins the last few, and the fastest of
+ * them is the rate told: a window slowed by first touches of fresh memory
+ * or by reclaim is only ever slower than the tail's loads of pages loaded
+ * before. */
+static void note_ram_load(dst_ctx *c, uint64_t bytes, uint64_t cpu_ns)
+{
+    if (bytes < LOAD_RATE_SAMPLE_BYTES) {
+        return;
+    }
+    c->load_cpu_ns += cpu_ns;
+    c->load_bytes += bytes;
+    if (c->load_bytes < LOAD_RATE_WINDOW_BYTES || !c->load_cpu_ns) {
+        return;
+    }
+    c->load_window_bw[c->load_windows++ % LOAD_RATE_WINDOWS] =
+        lm_per_second(c->load_bytes, c->load_cpu_ns);
+    c->load_bw = 0;
+    for (unsigned i = 0; i < LOAD_RATE_WINDOWS; i++) {
+        c->load_bw = LM_MAX(c->load_bw, c->load_window_bw[i]);
+    }
+    c->load_bytes = c->load_cpu_ns = 0;
+}
 
+/* The load rate a BACKLOG tells (0: nothing to say yet).  Before a whole
+ * window: what there is, once it says something. */
+static uint64_t load_rate(dst_ctx *c)
+{
+    if (!c->load_bw && c->load_bytes >= LOAD_RATE_SAMPLE_BYTES && c->load_cpu_ns) {
+        c->load_bw = lm_per_second(c->load_bytes, c->load_cpu_ns);
+    }
+    return c->load_bw;
+}
 
 static void publish_progress(dst_ctx *c)
 {
@@ -383,24 +416,7 @@ static int load_section(dst_ctx *c, uint8_t type)
     default: {
         uint64_t cpu0 = lm_thread_cpu_ns(), bytes0 = lm_channel_bytes_read(c->ch);
         ret = lm_ram_load_section(&c->loader, c->ch, &c->err);
-        uint64_t bytes = lm_channel_bytes_read(c->ch) - bytes0;
-        /* A section of a few pages is mostly its own cost: no rate. */
-        if (bytes >= LOAD_RATE_SAMPLE_BYTES) {
-            c->load_cpu_ns += lm_thread_cpu_ns() - cpu0;
-            c->load_bytes += bytes;
-        }
-        if (c->load_bytes >= LOAD_RATE_WINDOW_BYTES && c->load_cpu_ns) {
-            /* The fastest of the last few windows: a window slowed by
-             * first touches of fresh memory or by reclaim is only ever
-             * slower than the tail's loads of pages loaded before. */
-            c->load_window_bw[c->load_windows++ % LOAD_RATE_WINDOWS] =
-                (uint64_t)((double)c->load_bytes * 1e9 / (double)c->load_cpu_ns);
-            c->load_bw = 0;
-            for (unsigned i = 0; i < LOAD_RATE_WINDOWS; i++) {
-                c->load_bw = LM_MAX(c->load_bw, c->load_window_bw[i]);
-            }
-            c->load_bytes = c->load_cpu_ns = 0;
-        }
+        note_ram_load(c, lm_channel_bytes_read(c->ch) - bytes0, lm_thread_cpu_ns() - cpu0);
         break;
     }
     }
@@ -471,12 +487,8 @@ static int answer_drain(dst_ctx *c, const uint8_t *body, uint16_t len)
     c->e->sw_ack_due = false;
     pthread_mutex_unlock(&c->e->lock);
     int ret = ack ? lm_rp_send_switchover_ack(c->ch) : 0;
-    /* Before a whole window: what there is, once it says something. */
-    if (!c->load_bw && c->load_bytes >= LOAD_RATE_SAMPLE_BYTES && c->load_cpu_ns) {
-        c->load_bw = (uint64_t)((double)c->load_bytes * 1e9 / (double)c->load_cpu_ns);
-    }
     if (ret == 0) {
-        ret = lm_rp_send_backlog(c->ch, lm_load_be32(body), queued, c->load_bw);
+        ret = lm_rp_send_backlog(c->ch, lm_load_be32(body), queued, load_rate(c));
     }
     return ret < 0 ? lm_channel_error(c->ch, &c->err) : 0;
 }

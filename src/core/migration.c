@@ -499,19 +499,6 @@ static void auto_postcopy_act(src_ctx *c, lm_conv_action act, uint64_t pass)
     }
 }
 
-/* A non-negative double as uint64_t, saturated (casting one out of range
- * is undefined). */
-static uint64_t sat_u64(double v)
-{
-    return v >= 18446744073709549568.0 ? UINT64_MAX : (uint64_t)v;
-}
-
-/* a * 1e9 / b: bytes and ns to bytes/s, or bytes and bytes/s to ns. */
-static uint64_t per_second(uint64_t a, uint64_t b)
-{
-    return sat_u64((double)a * 1e9 / (double)b);
-}
-
 /* What a switchover costs besides moving bytes (core/breakdown.h): what
  * the last pass measured (its dirty sync, the return path's empty round
  * trip) and what the switchovers so far taught.  Called with the engine
@@ -615,7 +602,7 @@ static int drain_destination(src_ctx *c, uint64_t dirty_bps, uint64_t *more)
     if (ret < 0) {
         return ret;
     }
-    *more = lm_sat_add(sat_u64((double)dirty_bps * (double)waited / 1e9), backlog);
+    *more = lm_sat_add(lm_sat_u64((double)dirty_bps * (double)waited / 1e9), backlog);
     pthread_mutex_lock(&e->lock);
     lm_stats *st = &e->stats;
     st->dest_lag_ns = lag;
@@ -713,12 +700,12 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     uint64_t small_ns = c->pass_small_ns, small_bytes = c->pass_small_bytes;
     c->pass_run_ns = c->pass_run_bytes = c->pass_small_ns = c->pass_small_bytes = 0;
     if (++c->syncs == 2) {
-        c->first_pass_bw = busy ? per_second(run_bytes, busy) : 0;
+        c->first_pass_bw = busy ? lm_per_second(run_bytes, busy) : 0;
     } else if (c->syncs > 2 && run_bytes > 0) {
         c->pool_bytes = lm_sat_add(c->pool_bytes, run_bytes);
         c->pool_busy_ns = lm_sat_add(c->pool_busy_ns, busy);
         if (c->pool_bytes >= RATE_SAMPLE_BYTES && c->pool_busy_ns > 0) {
-            c->unlimited_bw = per_second(c->pool_bytes, c->pool_busy_ns);
+            c->unlimited_bw = lm_per_second(c->pool_bytes, c->pool_busy_ns);
             c->pool_bytes = c->pool_busy_ns = 0;
         }
     }
@@ -755,7 +742,7 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
      * on its CPU beyond its bytes at that rate is the probe of the tail's
      * own cost (core/breakdown.h), until a switchover taught it. */
     if (small_bytes && rate) {
-        st->tail_probe_ns = lm_sat_sub(small_ns, per_second(small_bytes, rate));
+        st->tail_probe_ns = lm_sat_sub(small_ns, lm_per_second(small_bytes, rate));
     }
     uint64_t pass_bw = st->bandwidth;
     int throttle = st->throttle_percent;
@@ -767,7 +754,7 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
          * bandwidth), plus what a switchover costs besides bytes, plus what
          * the destination last said it had received but not loaded. */
         uint64_t bytes = lm_sat_add(pending, st->dest_backlog);
-        expected = lm_sat_add(fixed, per_second(bytes, rate));
+        expected = lm_sat_add(fixed, lm_per_second(bytes, rate));
         st->expected_downtime_ns = expected;
         st->expected_fixed_ns = fixed;
     }
@@ -818,7 +805,7 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
             c->fitting_passes = 0;
         }
         if (*switch_now && c->return_path) {
-            uint64_t dirty_bps = elapsed ? per_second(new_bytes, elapsed) : 0;
+            uint64_t dirty_bps = elapsed ? lm_per_second(new_bytes, elapsed) : 0;
             uint64_t more = 0;
             ret = drain_destination(c, dirty_bps, &more);
             if (ret < 0) {
@@ -832,7 +819,7 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
             fixed = fixed_cost_ns(e, &parts);
             rate = tail_rate(e, bw); /* the destination said how fast it loads */
             st->tail_bw = rate;
-            expected = lm_sat_add(fixed, per_second(tail, rate));
+            expected = lm_sat_add(fixed, lm_per_second(tail, rate));
             st->expected_downtime_ns = expected;
             st->expected_fixed_ns = fixed;
             pthread_mutex_unlock(&e->lock);
@@ -879,8 +866,8 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
         .pages_sent = pages_sent(e) - c->pass_start_pages,
         .bytes_sent = sent,
         .remaining = pending,
-        .bandwidth = elapsed ? per_second(sent, elapsed) : 0,
-        .dirty_rate = elapsed ? per_second(new_bytes, elapsed) : 0,
+        .bandwidth = elapsed ? lm_per_second(sent, elapsed) : 0,
+        .dirty_rate = elapsed ? lm_per_second(new_bytes, elapsed) : 0,
         .cpu_throttle_percentage = throttle,
         .dirty_limit_active = ci.rec.dirty_limit,
         .dirty_limit_throttle_time_per_round = ci.rec.dirty_limit_throttle_us,
