@@ -89,8 +89,15 @@ def main():
                 # machine's load meets both alike.
                 for _ in range(args.reps):
                     for tls in (False, True):
-                        warm_host(size)
-                        r = eng.run(data, here, certs, mode, tls)
+                        # Warmed just before the first byte, as in
+                        # bench/throughput.py: memory freed by a warm-up
+                        # goes back to the hypervisor within seconds here,
+                        # and warming before the source's load left the
+                        # destinations pages whose first touch cost 2-10x,
+                        # in step with the plain/TLS alternation (plain
+                        # runs 0.58-6.3 s for the same 1 GiB).
+                        r = eng.run(data, here, certs, mode, tls,
+                                    warm=lambda: warm_host(size))
                         tp.log("%s %s %s: %s" % (ename, mode, "tls" if tls else "plain", r))
                         runs[tls].append(r)
                 best = {}

@@ -102,8 +102,9 @@ class Engine:
             raise
         return m
 
-    def run(self, data, link, certs, mode, tls):
-        """One migration from link.src_ns to link.dst_ns (Loopback: here)."""
+    def run(self, data, link, certs, mode, tls, warm=None):
+        """One migration from link.src_ns to link.dst_ns (Loopback: here).
+        warm: called just before the first byte (see bench/tls.py)."""
         src = dst = None
         try:
             src = self.loaded_source(data.size, link.run_in(link.src_ns))
@@ -116,6 +117,8 @@ class Engine:
                     add_tls(m, certs, server)
             dst.cmd("migrate-incoming", uri="tcp:%s:0" % link.dst_addr)
             port = dst.cmd("query-migrate")["socket-address"][0]["port"]
+            if warm:
+                warm()
             c0 = (src.cpu(), dst.cpu())
             t0 = time.monotonic()
             src.cmd("migrate", uri="tcp:%s:%s" % (link.dst_addr, port))
