@@ -44,6 +44,7 @@ struct lm_tls_session {
     /* The socket's last errors, for messages: errno itself does not
      * survive GnuTLS.  One writer and one reader thread at most. */
     int send_errno, recv_errno;
+    bool recv_eof; /* the reader's: the socket said end of stream */
     /* The writer's: while lm_tls_writev runs (batching, in thread
      * batcher), the records GnuTLS pushes gather in tx and go out when it
      * is full and when lm_tls_writev returns.  Other pushes (handshake,
@@ -142,6 +143,8 @@ static ssize_t pull_fn(gnutls_transport_ptr_t ptr, void *data, size_t len)
         if (n <= 0) {
             if (n < 0) {
                 t->recv_errno = errno;
+            } else {
+                t->recv_eof = true;
             }
             return n;
         }
@@ -242,7 +245,9 @@ static int gnutls_failure(lm_tls_session *t, int rc, const char *what, lm_error 
     case GNUTLS_E_RECEIVED_ILLEGAL_PARAMETER:
     case GNUTLS_E_KEYFILE_ERROR:
     case GNUTLS_E_INSUFFICIENT_CREDENTIALS:
-        if (t->psk) {
+        /* A wrong key shows in the handshake; a record that fails
+         * afterwards was damaged on the way (below). */
+        if (t->psk && strcmp(what, "handshake") == 0) {
             return lm_error_set(err, -EACCES,
                                 "%s: TLS %s failed: PSK mismatch: the client's key or username "
                                 "is not in this side's keys.psk (%s)", t->name, what,
@@ -251,6 +256,11 @@ static int gnutls_failure(lm_tls_session *t, int rc, const char *what, lm_error 
         break;
     default:
         break;
+    }
+    if (rc == GNUTLS_E_UNEXPECTED_PACKET_LENGTH && strcmp(what, "read") == 0 && t->recv_eof) {
+        /* GnuTLS's word for a stream that ends inside a record. */
+        return lm_error_set(err, -EPIPE, "%s: connection closed by peer in the middle of a TLS "
+                            "record", t->name);
     }
     if (rc == GNUTLS_E_DECRYPTION_FAILED) {
         return lm_error_set(err, -EBADMSG, "%s: a TLS record failed authentication (corrupted or "
