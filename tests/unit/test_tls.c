@@ -59,7 +59,7 @@ static int forward(relay *r, int from, int to, bool client, size_t *k)
     if (client && __atomic_load_n(&r->armed, __ATOMIC_ACQUIRE)) {
         if (r->cut_at && r->seen + (uint64_t)n >= r->cut_at) {
             n = (ssize_t)(r->cut_at - r->seen);
-            if (n > 0 && write(to, buf, (size_t)n) != n) {
+            if (n > 0 && send(to, buf, (size_t)n, MSG_NOSIGNAL) != n) {
                 return -1;
             }
             return -1;
@@ -70,7 +70,8 @@ static int forward(relay *r, int from, int to, bool client, size_t *k)
         r->seen += (uint64_t)n;
     }
     for (ssize_t done = 0; done < n;) {
-        ssize_t w = write(to, buf + done, (size_t)(n - done));
+        /* No SIGPIPE when the test has shut the other end down. */
+        ssize_t w = send(to, buf + done, (size_t)(n - done), MSG_NOSIGNAL);
         if (w <= 0) {
             return -1;
         }
