@@ -178,6 +178,22 @@ def print_tables(args, size, names, runs):
           "GnuTLS default priorities (TLS 1.3, AES-256-GCM).")
     for e in errors:
         print("- failed: %s" % e)
+    # Every run, in run order within its row: the spread says how far the
+    # medians can be trusted on this host.
+    gib = size / float(1 << 30)
+    print("\nPer run, total ms (source / destination CPU s/GiB):\n")
+    for mode in args.modes.split(","):
+        for ename in names:
+            for tls in (False, True):
+                cells = []
+                for r in runs.get((ename, mode, tls), []):
+                    if "error" in r:
+                        cells.append("failed")
+                    else:
+                        cells.append("%d (%.2f / %.2f)" % (r["total_ms"], r["cpu_src"] / gib,
+                                                           r["cpu_dst"] / gib))
+                print("- %s %s %s: %s" % (ename, mode, "TLS" if tls else "plain",
+                                          ", ".join(cells)))
 
 
 if __name__ == "__main__":
