@@ -427,6 +427,58 @@ static void test_put_mem_dead_peer(void **state)
     munmap(mem, n);
 }
 
+/* Which runs a sender should hand over by reference: long ones into a
+ * unix socket only; shorter runs, and any run into a pipe, a file or a
+ * tcp socket, go in its writev. */
+static void test_mem_by_reference(void **state)
+{
+    (void)state;
+    const size_t min = LM_CHANNEL_BY_REFERENCE_MIN;
+    int sv[2];
+    make_socketpair(sv);
+    lm_channel *w = lm_channel_new(sv[0], "unix", NULL);
+    assert_false(lm_channel_mem_by_reference(w, 0));
+    assert_false(lm_channel_mem_by_reference(w, 4096));
+    assert_false(lm_channel_mem_by_reference(w, min - 1));
+    assert_true(lm_channel_mem_by_reference(w, min));
+    assert_true(lm_channel_mem_by_reference(w, 1u << 20));
+    lm_channel_close(w, NULL);
+    close(sv[1]);
+
+    int p[2];
+    make_pipe(p);
+    w = lm_channel_new(p[1], "pipe", NULL);
+    assert_false(lm_channel_mem_by_reference(w, 1u << 20));
+    lm_channel_close(w, NULL);
+    close(p[0]);
+
+    char path[] = "/tmp/livemig-by-ref-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    unlink(path);
+    w = lm_channel_new(fd, "file", NULL);
+    assert_false(lm_channel_mem_by_reference(w, 1u << 20));
+    lm_channel_close(w, NULL);
+
+    lm_uri u;
+    lm_listener *l = NULL;
+    lm_error err = LM_ERROR_INIT;
+    assert_int_equal(lm_uri_parse("tcp:127.0.0.1:0", &u, &err), 0);
+    if (lm_transport_listen(&u, &l, &err) < 0) {
+        fail_msg("listen: %s", err.msg);
+    }
+    lm_uri cu;
+    assert_int_equal(lm_uri_parse(lm_listener_address(l), &cu, &err), 0);
+    int cfd, pid, sfd, spid;
+    assert_int_equal(lm_transport_connect(&cu, &cfd, &pid, NULL, NULL, &err), 0);
+    assert_int_equal(lm_listener_accept(l, &sfd, &spid, &err), 0);
+    w = lm_channel_new(cfd, "tcp", NULL);
+    assert_false(lm_channel_mem_by_reference(w, 1u << 20));
+    lm_channel_close(w, NULL);
+    close(sfd);
+    lm_listener_close(l);
+}
+
 static void test_large_reads(void **state)
 {
     (void)state;
@@ -1340,6 +1392,7 @@ int main(void)
         cmocka_unit_test(test_put_file_dead_peer),
         cmocka_unit_test(test_put_mem),
         cmocka_unit_test(test_put_mem_dead_peer),
+        cmocka_unit_test(test_mem_by_reference),
         cmocka_unit_test(test_file_tell_seek),
         cmocka_unit_test(test_input_pending),
         cmocka_unit_test(test_input_pending_tls),
