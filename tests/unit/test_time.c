@@ -1,6 +1,8 @@
 /*
  * Time helpers: timed waits' deadlines carried across seconds
- * (src/common/clock.h).
+ * (src/common/clock.h), and a thread's time on and off CPU
+ * (src/common/threadtime.h) read through a per-thread fd that its
+ * thread's exit closes.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -8,11 +10,17 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "common/clock.h"
+#include "common/threadtime.h"
 
 static struct timespec ts(time_t sec, long nsec)
 {
@@ -76,11 +84,96 @@ static void test_after(void **state)
                 (now.tv_sec == deadline.tv_sec && now.tv_nsec >= deadline.tv_nsec));
 }
 
+/* The runqueue wait straight from the kernel, or 0 where it does not say. */
+static uint64_t schedstat_wait_ns(void)
+{
+    FILE *f = fopen("/proc/thread-self/schedstat", "r");
+    unsigned long long run = 0, wait = 0;
+    if (f) {
+        if (fscanf(f, "%llu %llu", &run, &wait) != 2) {
+            wait = 0;
+        }
+        fclose(f);
+    }
+    return wait;
+}
+
+static void spin(void)
+{
+    volatile uint64_t x = 0;
+    for (int i = 0; i < 200000; i++) {
+        x += (uint64_t)i;
+    }
+}
+
+/* Every reading lies between the kernel's own just before and just after
+ * it, and readings never go back; the thread's CPU time grows with work. */
+static void check_readings(void)
+{
+    uint64_t last = 0, cpu0 = lm_thread_cpu_ns();
+    for (int i = 0; i < 200; i++) {
+        uint64_t lo = schedstat_wait_ns();
+        uint64_t got = lm_thread_runq_wait_ns();
+        uint64_t hi = schedstat_wait_ns();
+        if (got < lo || got > hi || got < last) {
+            fail_msg("reading %d: %llu, kernel %llu..%llu, last %llu", i, (unsigned long long)got,
+                     (unsigned long long)lo, (unsigned long long)hi, (unsigned long long)last);
+        }
+        last = got;
+        spin();
+    }
+    assert_true(lm_thread_cpu_ns() > cpu0);
+}
+
+static void *reader_thread(void *arg)
+{
+    (void)arg;
+    check_readings();
+    return NULL;
+}
+
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    int n = 0;
+    while (readdir(d)) {
+        n++;
+    }
+    closedir(d);
+    return n;
+}
+
+/* Readings in this thread and in threads that exit: each keeps one fd
+ * while it lives, and its exit closes it. */
+static void test_thread_times(void **state)
+{
+    (void)state;
+    if (access("/proc/thread-self/schedstat", R_OK) != 0) {
+        printf("# no /proc/thread-self/schedstat (kernel without schedstats): readings are 0\n");
+        assert_int_equal(lm_thread_runq_wait_ns(), 0);
+        return;
+    }
+    check_readings();
+    int before = count_fds();
+    for (int round = 0; round < 3; round++) {
+        pthread_t t[8];
+        for (int i = 0; i < 8; i++) {
+            assert_int_equal(pthread_create(&t[i], NULL, reader_thread, NULL), 0);
+        }
+        for (int i = 0; i < 8; i++) {
+            assert_int_equal(pthread_join(t[i], NULL), 0);
+        }
+    }
+    assert_int_equal(count_fds(), before);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_add_ns),
         cmocka_unit_test(test_after),
+        cmocka_unit_test(test_thread_times),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
