@@ -600,10 +600,21 @@ static ssize_t vmsplice_out(lm_channel *ch, const uint8_t *mem, size_t len)
     return n;
 }
 
+/* Whether put_mem may hand this channel's pages to the kernel by
+ * reference at all (channel.h says when not). */
+static bool by_reference_allowed(const lm_channel *ch)
+{
+    return ch->is_unix && !ch->tls && !ch->zerocopy && !ch->no_vmsplice;
+}
+
+bool lm_channel_mem_by_reference(const lm_channel *ch, size_t len)
+{
+    return len >= LM_CHANNEL_BY_REFERENCE_MIN && by_reference_allowed(ch);
+}
+
 int lm_channel_put_mem(lm_channel *ch, const struct iovec *hdr, int nhdr, const void *mem, size_t len)
 {
-    if (ch->is_unix && !ch->tls && !ch->zerocopy && !ch->no_vmsplice &&
-        (ch->vpipe[0] >= 0 || open_vpipe(ch) == 0)) {
+    if (by_reference_allowed(ch) && (ch->vpipe[0] >= 0 || open_vpipe(ch) == 0)) {
         int ret = put_ext_flags(ch, hdr, nhdr, MSG_MORE);
         if (ret < 0) {
             return ret;

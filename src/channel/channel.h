@@ -69,6 +69,14 @@ int lm_channel_put_file(lm_channel *ch, const struct iovec *hdr, int nhdr, int f
  * kernel without vmsplice: written from memory as lm_channel_put_ext.
  * SIGPIPE as put_file. */
 int lm_channel_put_mem(lm_channel *ch, const struct iovec *hdr, int nhdr, const void *mem, size_t len);
+/* Whether lm_channel_put_mem would send len bytes by reference, and a
+ * caller should hand them over so: a unix socket where put_mem may
+ * (above), and at least LM_CHANNEL_BY_REFERENCE_MIN bytes.  Shorter runs
+ * cost more by reference (a vmsplice and a splice each) than gathered
+ * into the caller's writev with their headers; so does every run on a
+ * channel that sends none by reference. */
+#define LM_CHANNEL_BY_REFERENCE_MIN (64 * 1024)
+bool lm_channel_mem_by_reference(const lm_channel *ch, size_t len);
 
 /* Zero-copy sends (zero-copy-send; TCP only, see channel/zerocopy.h).
  * enable: SO_ZEROCOPY on the socket, or an error saying why not. */

@@ -137,11 +137,7 @@ static void *controller(void *arg)
         control(e, d);
         pthread_mutex_lock(&d->lock);
         d->period_ms = p;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        uint64_t t = (uint64_t)ts.tv_nsec + p * 1000000u;
-        ts.tv_sec += (time_t)(t / 1000000000u);
-        ts.tv_nsec = (long)(t % 1000000000u);
+        struct timespec ts = lm_timespec_after(CLOCK_MONOTONIC, p * 1000000u);
         while (!d->quit && any_limit(d)) {
             if (pthread_cond_timedwait(&d->cond, &d->lock, &ts) == ETIMEDOUT) {
                 break;

@@ -56,15 +56,7 @@ static void wait_until(lm_engine *e, struct lm_dirtyrate *d, uint64_t deadline_n
         if (now >= deadline_ns) {
             return;
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        uint64_t left = deadline_ns - now;
-        ts.tv_sec += (time_t)(left / 1000000000u);
-        ts.tv_nsec += (long)(left % 1000000000u);
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = lm_timespec_after(CLOCK_MONOTONIC, deadline_ns - now);
         pthread_cond_timedwait(&d->cond, &e->lock, &ts);
     }
 }

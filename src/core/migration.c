@@ -640,13 +640,7 @@ static uint64_t st_start_ns(lm_engine *e)
  * (a cancel ends the wait at once). */
 static void wait_for_ack_poll(lm_engine *e)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += ACK_POLL_MS * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    struct timespec ts = lm_timespec_after(CLOCK_REALTIME, ACK_POLL_MS * 1000000ull);
     pthread_mutex_lock(&e->lock);
     if (!e->cancel_requested) {
         pthread_cond_timedwait(&e->cond, &e->lock, &ts);

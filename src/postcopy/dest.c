@@ -710,11 +710,7 @@ static void pause_for_urgent(lm_pc_dst *d)
         if (now >= deadline) {
             break;
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        uint64_t t = (uint64_t)ts.tv_nsec + (deadline - now);
-        ts.tv_sec += (time_t)(t / 1000000000ull);
-        ts.tv_nsec = (long)(t % 1000000000ull);
+        struct timespec ts = lm_timespec_after(CLOCK_REALTIME, deadline - now);
         pthread_cond_timedwait(&d->cond, &d->lock, &ts);
     }
     pthread_mutex_unlock(&d->lock);
@@ -976,13 +972,7 @@ int lm_pc_dst_wait_all(lm_pc_dst *d, lm_channel *main_ch, lm_error *err)
             d->pre_code) {
             continue; /* it came while the lock was let go: no wait */
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 50 * 1000 * 1000;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = lm_timespec_after(CLOCK_REALTIME, 50 * 1000 * 1000);
         pthread_cond_timedwait(&d->cond, &d->lock, &ts);
     }
     pthread_mutex_unlock(&d->lock);

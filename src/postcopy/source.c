@@ -631,11 +631,7 @@ static void wait_budget(lm_pc_src *p)
     if (delay > 10000000ull) {
         delay = 10000000ull;
     }
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t t = (uint64_t)ts.tv_nsec + delay;
-    ts.tv_sec += (time_t)(t / 1000000000ull);
-    ts.tv_nsec = (long)(t % 1000000000ull);
+    struct timespec ts = lm_timespec_after(CLOCK_REALTIME, delay);
     pthread_mutex_lock(&p->lock);
     if ((p->pre_up || p->qlen == 0) && !p->fail_code) {
         pthread_cond_timedwait(&p->cond, &p->lock, &ts);

@@ -9,28 +9,23 @@
 #include "livemig/engine.h"
 #include "qmp/qmp.h"
 
-static json_t *u64(uint64_t v)
-{
-    return json_integer(v > (uint64_t)INT64_MAX ? INT64_MAX : (json_int_t)v);
-}
-
 static json_t *pass_json(const lm_pass_record *r)
 {
     json_t *o = json_object();
-    json_object_set_new(o, "pass", u64(r->pass));
-    json_object_set_new(o, "start-us", u64(r->start_us));
-    json_object_set_new(o, "duration-us", u64(r->duration_us));
-    json_object_set_new(o, "pages-dirtied", u64(r->pages_dirtied));
-    json_object_set_new(o, "pages-sent", u64(r->pages_sent));
-    json_object_set_new(o, "bytes-sent", u64(r->bytes_sent));
-    json_object_set_new(o, "remaining", u64(r->remaining));
-    json_object_set_new(o, "bandwidth", u64(r->bandwidth));
-    json_object_set_new(o, "dirty-rate", u64(r->dirty_rate));
+    json_object_set_new(o, "pass", qmp_u64(r->pass));
+    json_object_set_new(o, "start-us", qmp_u64(r->start_us));
+    json_object_set_new(o, "duration-us", qmp_u64(r->duration_us));
+    json_object_set_new(o, "pages-dirtied", qmp_u64(r->pages_dirtied));
+    json_object_set_new(o, "pages-sent", qmp_u64(r->pages_sent));
+    json_object_set_new(o, "bytes-sent", qmp_u64(r->bytes_sent));
+    json_object_set_new(o, "remaining", qmp_u64(r->remaining));
+    json_object_set_new(o, "bandwidth", qmp_u64(r->bandwidth));
+    json_object_set_new(o, "dirty-rate", qmp_u64(r->dirty_rate));
     json_object_set_new(o, "cpu-throttle-percentage", json_integer(r->cpu_throttle_percentage));
     json_object_set_new(o, "dirty-limit", json_boolean(r->dirty_limit_active));
     json_object_set_new(o, "dirty-limit-throttle-time-per-round",
-                        u64(r->dirty_limit_throttle_time_per_round));
-    json_object_set_new(o, "dirty-limit-ring-full-time", u64(r->dirty_limit_ring_full_time));
+                        qmp_u64(r->dirty_limit_throttle_time_per_round));
+    json_object_set_new(o, "dirty-limit-ring-full-time", qmp_u64(r->dirty_limit_ring_full_time));
     json_object_set_new(o, "switchover-ack-pending", json_boolean(r->switchover_ack_pending));
     return o;
 }
@@ -56,12 +51,12 @@ static json_t *cmd_query_history(void *opaque, json_t *args, lm_error *err)
     json_t *o = json_object();
     json_object_set_new(o, "passes", passes);
     json_object_set_new(o, "capacity", json_integer(info.capacity));
-    json_object_set_new(o, "dropped", u64(info.dropped));
+    json_object_set_new(o, "dropped", qmp_u64(info.dropped));
     if (info.has_switchover) {
-        json_object_set_new(o, "switchover-us", u64(info.switchover_us));
+        json_object_set_new(o, "switchover-us", qmp_u64(info.switchover_us));
     }
     if (info.has_end) {
-        json_object_set_new(o, "end-us", u64(info.end_us));
+        json_object_set_new(o, "end-us", qmp_u64(info.end_us));
     }
     return o;
 }

@@ -607,7 +607,7 @@ static json_t *param_get(lm_engine *e, const lm_param_desc *d)
         if (lm_engine_get_param_u64(e, d->name, &v, NULL) < 0) {
             return NULL;
         }
-        return json_integer(v > (uint64_t)INT64_MAX ? INT64_MAX : (json_int_t)v);
+        return qmp_u64(v);
     }
     case LM_PARAM_BOOL: {
         bool v;
@@ -706,11 +706,6 @@ static json_t *cmd_query_migrate_parameters(void *opaque, json_t *args, lm_error
 /* ------------------------------------------------------------------------ */
 /* query-migrate */
 
-static json_t *ju64(uint64_t v)
-{
-    return json_integer(v > (uint64_t)INT64_MAX ? INT64_MAX : (json_int_t)v);
-}
-
 /* "tcp:HOST:PORT", "tcp:[V6]:PORT", "unix:PATH" -> a SocketAddress list. */
 static json_t *socket_address_json(const char *addr)
 {
@@ -763,9 +758,9 @@ static json_t *downtime_parts_json(const lm_downtime_part *p, unsigned n)
 static json_t *downtime_breakdown_json(const lm_downtime_breakdown *b)
 {
     json_t *o = json_object();
-    json_object_set_new(o, "downtime-us", ju64(b->downtime_us));
-    json_object_set_new(o, "expected-downtime-us", ju64(b->expected_us));
-    json_object_set_new(o, "fixed-us", ju64(b->fixed_us));
+    json_object_set_new(o, "downtime-us", qmp_u64(b->downtime_us));
+    json_object_set_new(o, "expected-downtime-us", qmp_u64(b->expected_us));
+    json_object_set_new(o, "fixed-us", qmp_u64(b->fixed_us));
     json_object_set_new(o, "parts", downtime_parts_json(b->parts, b->nparts));
     json_object_set_new(o, "destination", downtime_parts_json(b->dest, b->ndest));
     return o;
@@ -775,25 +770,25 @@ static json_t *downtime_breakdown_json(const lm_downtime_breakdown *b)
 static json_t *convergence_json(const lm_convergence *c)
 {
     json_t *o = json_object();
-    json_object_set_new(o, "pass", ju64(c->pass));
-    json_object_set_new(o, "dirty-rate", ju64(c->dirty_rate));
-    json_object_set_new(o, "tracker-dirty-rate", ju64(c->tracker_dirty_rate));
-    json_object_set_new(o, "vcpu-dirty-rate", ju64(c->vcpu_dirty_rate));
-    json_object_set_new(o, "bandwidth", ju64(c->bandwidth));
+    json_object_set_new(o, "pass", qmp_u64(c->pass));
+    json_object_set_new(o, "dirty-rate", qmp_u64(c->dirty_rate));
+    json_object_set_new(o, "tracker-dirty-rate", qmp_u64(c->tracker_dirty_rate));
+    json_object_set_new(o, "vcpu-dirty-rate", qmp_u64(c->vcpu_dirty_rate));
+    json_object_set_new(o, "bandwidth", qmp_u64(c->bandwidth));
     json_object_set_new(o, "ratio", json_real(isfinite(c->ratio) ? c->ratio : 0.0));
     json_object_set_new(o, "trend", json_string(c->trend));
     json_t *p = json_array();
     for (unsigned i = 0; i < c->npending && i < LM_CONVERGENCE_HISTORY; i++) {
-        json_array_append_new(p, ju64(c->pending[i]));
+        json_array_append_new(p, qmp_u64(c->pending[i]));
     }
     json_object_set_new(o, "remaining-history", p);
-    json_object_set_new(o, "stalled-passes", ju64(c->stalled_passes));
+    json_object_set_new(o, "stalled-passes", qmp_u64(c->stalled_passes));
     if (c->never) {
         json_object_set_new(o, "estimated-time", json_string("never"));
     } else {
-        json_object_set_new(o, "estimated-time", ju64(c->eta_ms));
+        json_object_set_new(o, "estimated-time", qmp_u64(c->eta_ms));
     }
-    json_object_set_new(o, "downtime", ju64(c->downtime_ms));
+    json_object_set_new(o, "downtime", qmp_u64(c->downtime_ms));
     if (c->heavy_vcpu >= 0) {
         json_object_set_new(o, "vcpu", json_pack("{s:i, s:I}", "cpu-index", c->heavy_vcpu,
                                                  "percent", (json_int_t)c->heavy_vcpu_percent));
@@ -818,42 +813,42 @@ json_t *qmp_migration_info_json(const lm_info *info)
                         info->status == LM_STATUS_POSTCOPY_PAUSED ||
                         info->status == LM_STATUS_POSTCOPY_RECOVER_SETUP ||
                         info->status == LM_STATUS_POSTCOPY_RECOVER;
-        json_object_set_new(o, "total-time", ju64(info->total_time_ms));
-        json_object_set_new(o, "setup-time", ju64(info->setup_time_ms));
+        json_object_set_new(o, "total-time", qmp_u64(info->total_time_ms));
+        json_object_set_new(o, "setup-time", qmp_u64(info->setup_time_ms));
         if (switched) {
-            json_object_set_new(o, "downtime", ju64(info->downtime_ms));
+            json_object_set_new(o, "downtime", qmp_u64(info->downtime_ms));
         } else {
-            json_object_set_new(o, "expected-downtime", ju64(info->expected_downtime_ms));
+            json_object_set_new(o, "expected-downtime", qmp_u64(info->expected_downtime_ms));
         }
-        json_object_set_new(o, "remaining", ju64(info->remaining));
+        json_object_set_new(o, "remaining", qmp_u64(info->remaining));
 
         json_t *ram = json_object();
-        json_object_set_new(ram, "transferred", ju64(info->ram_transferred));
-        json_object_set_new(ram, "remaining", ju64(info->ram_remaining));
-        json_object_set_new(ram, "total", ju64(info->ram_total));
-        json_object_set_new(ram, "duplicate", ju64(info->ram_duplicate));
-        json_object_set_new(ram, "normal", ju64(info->ram_normal));
-        json_object_set_new(ram, "normal-bytes", ju64(info->ram_normal_bytes));
-        json_object_set_new(ram, "dirty-pages-rate", ju64(info->dirty_pages_rate));
+        json_object_set_new(ram, "transferred", qmp_u64(info->ram_transferred));
+        json_object_set_new(ram, "remaining", qmp_u64(info->ram_remaining));
+        json_object_set_new(ram, "total", qmp_u64(info->ram_total));
+        json_object_set_new(ram, "duplicate", qmp_u64(info->ram_duplicate));
+        json_object_set_new(ram, "normal", qmp_u64(info->ram_normal));
+        json_object_set_new(ram, "normal-bytes", qmp_u64(info->ram_normal_bytes));
+        json_object_set_new(ram, "dirty-pages-rate", qmp_u64(info->dirty_pages_rate));
         json_object_set_new(ram, "mbps", json_real(isfinite(info->mbps) && info->mbps > 0 ? info->mbps : 0.0));
-        json_object_set_new(ram, "dirty-sync-count", ju64(info->dirty_sync_count));
-        json_object_set_new(ram, "postcopy-requests", ju64(info->postcopy_requests));
-        json_object_set_new(ram, "page-size", ju64(info->ram_page_size));
-        json_object_set_new(ram, "multifd-bytes", ju64(info->multifd_bytes));
-        json_object_set_new(ram, "dirty-sync-missed-zero-copy", ju64(info->dirty_sync_missed_zero_copy));
-        json_object_set_new(ram, "x-zero-copy-sends", ju64(info->zero_copy_sends));
-        json_object_set_new(ram, "x-zero-copy-copied", ju64(info->zero_copy_copied));
-        json_object_set_new(ram, "pages-per-second", ju64(info->pages_per_second));
-        json_object_set_new(ram, "precopy-bytes", ju64(info->precopy_bytes));
-        json_object_set_new(ram, "downtime-bytes", ju64(info->downtime_bytes));
-        json_object_set_new(ram, "postcopy-bytes", ju64(info->postcopy_bytes));
+        json_object_set_new(ram, "dirty-sync-count", qmp_u64(info->dirty_sync_count));
+        json_object_set_new(ram, "postcopy-requests", qmp_u64(info->postcopy_requests));
+        json_object_set_new(ram, "page-size", qmp_u64(info->ram_page_size));
+        json_object_set_new(ram, "multifd-bytes", qmp_u64(info->multifd_bytes));
+        json_object_set_new(ram, "dirty-sync-missed-zero-copy", qmp_u64(info->dirty_sync_missed_zero_copy));
+        json_object_set_new(ram, "x-zero-copy-sends", qmp_u64(info->zero_copy_sends));
+        json_object_set_new(ram, "x-zero-copy-copied", qmp_u64(info->zero_copy_copied));
+        json_object_set_new(ram, "pages-per-second", qmp_u64(info->pages_per_second));
+        json_object_set_new(ram, "precopy-bytes", qmp_u64(info->precopy_bytes));
+        json_object_set_new(ram, "downtime-bytes", qmp_u64(info->downtime_bytes));
+        json_object_set_new(ram, "postcopy-bytes", qmp_u64(info->postcopy_bytes));
         json_object_set_new(o, "ram", ram);
 
         if (!info->incoming && info->switchover_bandwidth) {
-            json_object_set_new(o, "x-switchover-bandwidth", ju64(info->switchover_bandwidth));
-            json_object_set_new(o, "x-destination-backlog", ju64(info->destination_backlog));
-            json_object_set_new(o, "x-destination-drains", ju64(info->destination_drains));
-            json_object_set_new(o, "x-destination-load-rate", ju64(info->destination_load_rate));
+            json_object_set_new(o, "x-switchover-bandwidth", qmp_u64(info->switchover_bandwidth));
+            json_object_set_new(o, "x-destination-backlog", qmp_u64(info->destination_backlog));
+            json_object_set_new(o, "x-destination-drains", qmp_u64(info->destination_drains));
+            json_object_set_new(o, "x-destination-load-rate", qmp_u64(info->destination_load_rate));
         }
         /* switchover-ack: the source holds the switchover for the
          * destination's devices / they acked; the destination's count. */
@@ -862,7 +857,7 @@ json_t *qmp_migration_info_json(const lm_info *info)
                                 json_string(info->switchover_acked ? "acked" : "waiting"));
         }
         if (info->incoming && info->switchover_ack_pending) {
-            json_object_set_new(o, "x-switchover-ack-pending", ju64(info->switchover_ack_pending));
+            json_object_set_new(o, "x-switchover-ack-pending", qmp_u64(info->switchover_ack_pending));
         }
         if (info->has_downtime_breakdown) {
             json_object_set_new(o, "x-downtime-breakdown",
@@ -879,13 +874,13 @@ json_t *qmp_migration_info_json(const lm_info *info)
         if (!info->incoming && ap[0]) {
             json_t *a = json_pack("{s:s%}", "state", ap, strnlen(ap, sizeof(info->convergence.auto_postcopy)));
             if (info->convergence.auto_postcopy_pass) {
-                json_object_set_new(a, "pass", ju64(info->convergence.auto_postcopy_pass));
+                json_object_set_new(a, "pass", qmp_u64(info->convergence.auto_postcopy_pass));
             }
             json_object_set_new(o, "x-auto-postcopy", a);
         }
         if (info->dirty_limit_active) {
             json_object_set_new(o, "dirty-limit-throttle-time-per-round",
-                                ju64(info->dirty_limit_throttle_time_per_round));
+                                qmp_u64(info->dirty_limit_throttle_time_per_round));
         }
         if (info->dirty_tracker[0]) {
             char tracker[sizeof(info->dirty_tracker) + 1];
@@ -895,10 +890,10 @@ json_t *qmp_migration_info_json(const lm_info *info)
         }
     }
     if (info->has_blocktime) {
-        json_object_set_new(o, "postcopy-blocktime", ju64(info->postcopy_blocktime_ms));
+        json_object_set_new(o, "postcopy-blocktime", qmp_u64(info->postcopy_blocktime_ms));
         json_t *v = json_array();
         for (unsigned i = 0; i < info->nvcpus && i < LM_MAX_VCPUS; i++) {
-            json_array_append_new(v, ju64(info->vcpu_blocktime_ms[i]));
+            json_array_append_new(v, qmp_u64(info->vcpu_blocktime_ms[i]));
         }
         json_object_set_new(o, "postcopy-vcpu-blocktime", v);
     }

@@ -92,6 +92,24 @@ static int parse_policy(const char *s, const char *what, lm_authz_policy *p, lm_
     return 0;
 }
 
+/* What both kinds of TLS credentials take: no member outside known, the
+ * directory, the endpoint, and the GnuTLS priority string. */
+static int creds_args(json_t *args, const char *const *known, const char **dir,
+                      lm_tls_endpoint *ep, const char **prio, lm_error *err)
+{
+    int ret = qmp_args_check(args, known, err);
+    if (ret == 0) {
+        ret = qmp_arg_str(args, "dir", true, dir, err);
+    }
+    if (ret == 0) {
+        ret = parse_endpoint(args, ep, err);
+    }
+    if (ret == 0) {
+        ret = qmp_arg_str(args, "priority", false, prio, err);
+    }
+    return ret;
+}
+
 static int make_x509(json_t *args, object *ob, lm_error *err)
 {
     static const char *const known[] = { "qom-type", "id", "dir", "endpoint", "verify-peer",
@@ -99,18 +117,9 @@ static int make_x509(json_t *args, object *ob, lm_error *err)
     const char *dir = NULL, *prio = NULL;
     bool verify = true;
     lm_tls_endpoint ep;
-    int ret = qmp_args_check(args, known, err);
-    if (ret == 0) {
-        ret = qmp_arg_str(args, "dir", true, &dir, err);
-    }
-    if (ret == 0) {
-        ret = parse_endpoint(args, &ep, err);
-    }
+    int ret = creds_args(args, known, &dir, &ep, &prio, err);
     if (ret == 0) {
         ret = qmp_arg_bool(args, "verify-peer", false, &verify, err);
-    }
-    if (ret == 0) {
-        ret = qmp_arg_str(args, "priority", false, &prio, err);
     }
     if (ret == 0) {
         ret = lm_tls_creds_x509_new(dir, ep, verify, prio, &ob->creds, err);
@@ -124,18 +133,9 @@ static int make_psk(json_t *args, object *ob, lm_error *err)
                                          "priority", NULL };
     const char *dir = NULL, *prio = NULL, *user = NULL;
     lm_tls_endpoint ep;
-    int ret = qmp_args_check(args, known, err);
-    if (ret == 0) {
-        ret = qmp_arg_str(args, "dir", true, &dir, err);
-    }
-    if (ret == 0) {
-        ret = parse_endpoint(args, &ep, err);
-    }
+    int ret = creds_args(args, known, &dir, &ep, &prio, err);
     if (ret == 0) {
         ret = qmp_arg_str(args, "username", false, &user, err);
-    }
-    if (ret == 0) {
-        ret = qmp_arg_str(args, "priority", false, &prio, err);
     }
     if (ret == 0) {
         ret = lm_tls_creds_psk_new(dir, user, ep, prio, &ob->creds, err);

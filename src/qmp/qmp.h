@@ -78,6 +78,9 @@ void qmp_server_free(qmp_server *s);
 int qmp_arg_str(json_t *args, const char *name, bool required, const char **out, lm_error *err);
 int qmp_arg_bool(json_t *args, const char *name, bool required, bool *out, lm_error *err);
 int qmp_arg_u64(json_t *args, const char *name, bool required, uint64_t *out, lm_error *err);
+/* A uint64 as a JSON integer (jansson's are signed): values above
+ * INT64_MAX read as INT64_MAX, never as negative numbers. */
+json_t *qmp_u64(uint64_t v);
 /* Refuses any member of args not named in `known` (NULL-terminated):
  * "Parameter 'x' is unexpected". */
 int qmp_args_check(json_t *args, const char *const *known, lm_error *err);

@@ -1708,6 +1708,11 @@ int qmp_arg_u64(json_t *args, const char *name, bool required, uint64_t *out, lm
     return 0;
 }
 
+json_t *qmp_u64(uint64_t v)
+{
+    return json_integer(v > (uint64_t)INT64_MAX ? INT64_MAX : (json_int_t)v);
+}
+
 int qmp_args_check(json_t *args, const char *const *known, lm_error *err)
 {
     const char *key;

@@ -121,10 +121,6 @@ static bool by_reference(const lm_multifd_src *mf, const lm_ram_block *blk)
     return unmapped_send(mf) && !lm_ram_block_has_fd(blk);
 }
 
-/* A run shorter than this goes in the packet's writev: by reference costs
- * two calls (vmsplice, splice) per run, too many for scattered pages. */
-#define BY_REFERENCE_MIN_BYTES (64 * 1024)
-
 /* The packet's header and table in iov[0], then its data: runs of mapped
  * memory in one writev, file-backed runs with sendfile, long anonymous
  * runs by reference. */
@@ -138,7 +134,7 @@ static int send_plain(sender *s, int niov)
             uint64_t off = b->fd_offset + (uint64_t)((uint8_t *)s->iov[i].iov_base - b->host);
             ret = lm_channel_put_file(s->ch, s->iov + pending, i - pending, b->fd, off,
                                       s->iov[i].iov_base, s->iov[i].iov_len);
-        } else if (by_reference(s->mf, b) && s->iov[i].iov_len >= BY_REFERENCE_MIN_BYTES) {
+        } else if (by_reference(s->mf, b) && lm_channel_mem_by_reference(s->ch, s->iov[i].iov_len)) {
             ret = lm_channel_put_mem(s->ch, s->iov + pending, i - pending, s->iov[i].iov_base,
                                      s->iov[i].iov_len);
         } else {

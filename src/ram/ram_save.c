@@ -16,13 +16,14 @@
 #define REC_HDR_LEN 15          /* u8 type, be16 block, be64 first, be32 count */
 #define CSUM_LEN 8              /* be64 xxh3 of the header (and page table) */
 /* File-backed pages read for checksums wait here until their batch is written. */
-#define BOUNCE_BYTES (CSUM_BATCH_BYTES + MAX_RUN_BYTES)
+#define BOUNCE_BYTES (BATCH_BYTES + MAX_RUN_BYTES)
 /* Room for the page tables of the records of one batch (checksums). */
-#define CSUM_TABLE_ROOM (((CSUM_BATCH_BYTES + MAX_RUN_BYTES) / 4096 + 1) * 8)
-/* With checksums, the gathered pages are written once this many bytes are
- * queued: each was hashed when queued and is read again by the write, so
- * both reads should find it in the cache. */
-#define CSUM_BATCH_BYTES (512u << 10)
+#define CSUM_TABLE_ROOM (((BATCH_BYTES + MAX_RUN_BYTES) / 4096 + 1) * 8)
+/* The gathered pages are written once this many bytes are queued.  With
+ * checksums each was hashed when queued and is read again by the write,
+ * so both reads should find it in the cache; without, it keeps one writev
+ * (and the rate limit's charge for it) to about a record's size. */
+#define BATCH_BYTES (512u << 10)
 #define BATCH_IOV 128           /* iovecs gathered before one writev */
 #define MAX_RUN_BYTES (1u << 20) /* one PAGES record carries at most 1 MiB */
 
@@ -35,7 +36,7 @@ struct lm_ram_batch {
     int niov;
     int nhdr;
     bool checksum;   /* records carry their xxh3 */
-    size_t bytes;    /* page bytes queued (checksums only) */
+    size_t bytes;    /* page bytes queued */
     uint8_t *bounce; /* checksums: file-backed pages read from the file */
     size_t bounce_used;
 };
@@ -149,7 +150,7 @@ static int batch_record(batch *b, lm_channel *ch, uint8_t type, const lm_ram_blo
     if (len) {
         b->iov[b->niov++] = (struct iovec){ data, len };
     }
-    if (b->checksum && (b->bytes += len) >= CSUM_BATCH_BYTES) {
+    if ((b->bytes += len) >= BATCH_BYTES) {
         return batch_flush(b, ch);
     }
     return 0;
@@ -425,11 +426,15 @@ static int batch_run(void *opaque, uint8_t type, lm_ram_block *blk, uint64_t p, 
         r->b->hoff = 0;
         return ret;
     }
-    if (r->b->checksum) {
+    if (r->b->checksum || !lm_channel_mem_by_reference(r->ch, len)) {
+        /* Gathered into the batch's writev: checksums read the pages
+         * anyway, and a short run (or any run on a channel that sends
+         * none by reference) costs more in calls than it saves. */
         return batch_record(r->b, r->ch, LM_RAM_PAGES, blk, p, count, lm_ram_block_page(blk, p), len);
     }
-    /* Anonymous RAM: the gathered headers, this one last, then the pages
-     * by reference (lm_channel_put_mem), as the page cache above. */
+    /* A long run of anonymous RAM: the gathered headers, this one last,
+     * then the pages by reference (lm_channel_put_mem), as the page cache
+     * above. */
     int ret = batch_record(r->b, r->ch, LM_RAM_PAGES, blk, p, count, NULL, 0);
     if (ret == 0) {
         ret = lm_channel_put_mem(r->ch, r->b->iov, r->b->niov, lm_ram_block_page(blk, p), len);

@@ -49,6 +49,40 @@ static void make_pipe(int p[2])
     assert_int_equal(pipe2(p, O_CLOEXEC), 0);
 }
 
+/* A writer and a reader channel over a unix socketpair or a pipe: what
+ * most cases here run over, the same case often over both. */
+typedef enum pair_kind { OVER_SOCKETPAIR, OVER_PIPE } pair_kind;
+typedef struct chan_pair {
+    lm_channel *w, *r;
+    int wfd, rfd;
+} chan_pair;
+
+static chan_pair open_pair(pair_kind kind, const char *wname, const char *rname)
+{
+    int fds[2];
+    chan_pair p;
+    if (kind == OVER_PIPE) {
+        make_pipe(fds);
+        p.wfd = fds[1];
+        p.rfd = fds[0];
+    } else {
+        make_socketpair(fds);
+        p.wfd = fds[0];
+        p.rfd = fds[1];
+    }
+    p.w = lm_channel_new(p.wfd, wname, NULL);
+    p.r = lm_channel_new(p.rfd, rname, NULL);
+    assert_non_null(p.w);
+    assert_non_null(p.r);
+    return p;
+}
+
+static void close_pair(chan_pair *p)
+{
+    lm_channel_close(p->w, NULL);
+    lm_channel_close(p->r, NULL);
+}
+
 /* ---- reader thread helper: reads `len` bytes with lm_channel_get in
  * chunks of `chunk` (0: one exact read) ---- */
 typedef struct reader_arg {
@@ -79,14 +113,12 @@ static void *reader_main(void *opaque)
 }
 
 /* Buffered scalars and bytes arrive in order, over a socketpair and a pipe. */
-static void buffered_roundtrip(int wfd, int rfd)
+static void buffered_roundtrip(pair_kind kind)
 {
-    lm_channel *w = lm_channel_new(wfd, "writer", NULL);
-    lm_channel *r = lm_channel_new(rfd, "reader", NULL);
-    assert_non_null(w);
-    assert_non_null(r);
+    chan_pair p = open_pair(kind, "writer", "reader");
+    lm_channel *w = p.w, *r = p.r;
     assert_string_equal(lm_channel_name(w), "writer");
-    assert_int_equal(lm_channel_fd(w), wfd);
+    assert_int_equal(lm_channel_fd(w), p.wfd);
     uint8_t blob[1000];
     fill_pattern(blob, sizeof(blob), 7);
     size_t expect = 0;
@@ -131,24 +163,20 @@ static void buffered_roundtrip(int wfd, int rfd)
 static void test_buffered_socketpair(void **state)
 {
     (void)state;
-    int sv[2];
-    make_socketpair(sv);
-    buffered_roundtrip(sv[0], sv[1]);
+    buffered_roundtrip(OVER_SOCKETPAIR);
 }
 
 static void test_buffered_pipe(void **state)
 {
     (void)state;
-    int p[2];
-    make_pipe(p);
-    buffered_roundtrip(p[1], p[0]);
+    buffered_roundtrip(OVER_PIPE);
 }
 
 /* More iovecs than one writev takes, with buffered bytes in front. */
-static void put_ext_many(int wfd, int rfd, int niov)
+static void put_ext_many(pair_kind kind, int niov)
 {
-    lm_channel *w = lm_channel_new(wfd, "writer", NULL);
-    lm_channel *r = lm_channel_new(rfd, "reader", NULL);
+    chan_pair p = open_pair(kind, "writer", "reader");
+    lm_channel *w = p.w, *r = p.r;
     size_t total = 0;
     struct iovec *iov = calloc((size_t)niov, sizeof(*iov));
     for (int i = 0; i < niov; i++) {
@@ -185,8 +213,7 @@ static void put_ext_many(int wfd, int rfd, int niov)
     free(iov);
     free(want);
     free(got);
-    lm_channel_close(w, NULL);
-    lm_channel_close(r, NULL);
+    close_pair(&p);
 }
 
 static void test_put_ext_many_iovecs(void **state)
@@ -194,20 +221,16 @@ static void test_put_ext_many_iovecs(void **state)
     (void)state;
     const int counts[] = { 1, 61, 62, 63, 64, 100, 200, 1000 };
     for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
-        int sv[2];
-        make_socketpair(sv);
-        put_ext_many(sv[0], sv[1], counts[i]);
-        int p[2];
-        make_pipe(p);
-        put_ext_many(p[1], p[0], counts[i]);
+        put_ext_many(OVER_SOCKETPAIR, counts[i]);
+        put_ext_many(OVER_PIPE, counts[i]);
     }
 }
 
 /* Large exact reads (bulk path straight into the caller's memory). */
-static void large_transfer(int wfd, int rfd, size_t len, size_t chunk)
+static void large_transfer(pair_kind kind, size_t len, size_t chunk)
 {
-    lm_channel *w = lm_channel_new(wfd, "writer", NULL);
-    lm_channel *r = lm_channel_new(rfd, "reader", NULL);
+    chan_pair p = open_pair(kind, "writer", "reader");
+    lm_channel *w = p.w, *r = p.r;
     uint8_t *want = malloc(len), *got = malloc(len);
     fill_pattern(want, len, 12345);
     memset(got, 0, len);
@@ -230,8 +253,7 @@ static void large_transfer(int wfd, int rfd, size_t len, size_t chunk)
     }
     free(want);
     free(got);
-    lm_channel_close(w, NULL);
-    lm_channel_close(r, NULL);
+    close_pair(&p);
 }
 
 /* ---- put_file: pages sent from a file (sendfile), as a file-backed
@@ -275,11 +297,9 @@ static int do_put(lm_channel *w, const put_call *c)
 static void put_over_socketpair(const put_call *c, uint8_t *got)
 {
     size_t total = 3 + (c->hdr ? c->hdr->iov_len : 0) + c->len;
-    int sv[2];
-    make_socketpair(sv);
-    lm_channel *w = lm_channel_new(sv[0], "writer", NULL);
-    lm_channel *r = lm_channel_new(sv[1], "reader", NULL);
-    reader_arg ra = { r, got, total, 0, 0 };
+    chan_pair p = open_pair(OVER_SOCKETPAIR, "writer", "reader");
+    lm_channel *w = p.w;
+    reader_arg ra = { p.r, got, total, 0, 0 };
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, reader_main, &ra), 0);
     assert_int_equal(lm_channel_put(w, "abc", 3), 0);
@@ -288,8 +308,7 @@ static void put_over_socketpair(const put_call *c, uint8_t *got)
     pthread_join(t, NULL);
     assert_int_equal(ra.ret, 0);
     assert_int_equal(lm_channel_bytes_written(w), total);
-    lm_channel_close(w, NULL);
-    lm_channel_close(r, NULL);
+    close_pair(&p);
 }
 
 /* A dead peer fails the call with a message; the SIGPIPE that sendfile
@@ -298,10 +317,9 @@ static void put_over_socketpair(const put_call *c, uint8_t *got)
 static void put_to_dead_peer(const put_call *c)
 {
     signal(SIGPIPE, SIG_DFL);
-    int sv[2];
-    make_socketpair(sv);
-    close(sv[1]);
-    lm_channel *w = lm_channel_new(sv[0], "writer", NULL);
+    chan_pair p = open_pair(OVER_SOCKETPAIR, "writer", "reader");
+    lm_channel_close(p.r, NULL);
+    lm_channel *w = p.w;
     assert_int_equal(do_put(w, c), -EPIPE);
     lm_error err = LM_ERROR_INIT;
     assert_int_equal(lm_channel_error(w, &err), -EPIPE);
@@ -427,6 +445,53 @@ static void test_put_mem_dead_peer(void **state)
     munmap(mem, n);
 }
 
+/* Which runs a sender should hand over by reference: long ones into a
+ * unix socket only; shorter runs, and any run into a pipe, a file or a
+ * tcp socket, go in its writev. */
+static void test_mem_by_reference(void **state)
+{
+    (void)state;
+    const size_t min = LM_CHANNEL_BY_REFERENCE_MIN;
+    chan_pair p = open_pair(OVER_SOCKETPAIR, "unix", "reader");
+    lm_channel *w = p.w;
+    assert_false(lm_channel_mem_by_reference(w, 0));
+    assert_false(lm_channel_mem_by_reference(w, 4096));
+    assert_false(lm_channel_mem_by_reference(w, min - 1));
+    assert_true(lm_channel_mem_by_reference(w, min));
+    assert_true(lm_channel_mem_by_reference(w, 1u << 20));
+    close_pair(&p);
+
+    p = open_pair(OVER_PIPE, "pipe", "reader");
+    assert_false(lm_channel_mem_by_reference(p.w, 1u << 20));
+    close_pair(&p);
+
+    char path[] = "/tmp/livemig-by-ref-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    unlink(path);
+    w = lm_channel_new(fd, "file", NULL);
+    assert_false(lm_channel_mem_by_reference(w, 1u << 20));
+    lm_channel_close(w, NULL);
+
+    lm_uri u;
+    lm_listener *l = NULL;
+    lm_error err = LM_ERROR_INIT;
+    assert_int_equal(lm_uri_parse("tcp:127.0.0.1:0", &u, &err), 0);
+    if (lm_transport_listen(&u, &l, &err) < 0) {
+        fail_msg("listen: %s", err.msg);
+    }
+    lm_uri cu;
+    assert_int_equal(lm_uri_parse(lm_listener_address(l), &cu, &err), 0);
+    int cfd, pid, sfd, spid;
+    assert_int_equal(lm_transport_connect(&cu, &cfd, &pid, NULL, NULL, &err), 0);
+    assert_int_equal(lm_listener_accept(l, &sfd, &spid, &err), 0);
+    w = lm_channel_new(cfd, "tcp", NULL);
+    assert_false(lm_channel_mem_by_reference(w, 1u << 20));
+    lm_channel_close(w, NULL);
+    close(sfd);
+    lm_listener_close(l);
+}
+
 static void test_large_reads(void **state)
 {
     (void)state;
@@ -434,22 +499,18 @@ static void test_large_reads(void **state)
     const size_t chunks[] = { 0, 128 * 1024, 128 * 1024 - 1, 300 * 1024, 4096 + 3 };
     for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
         for (size_t j = 0; j < sizeof(chunks) / sizeof(chunks[0]); j++) {
-            int sv[2];
-            make_socketpair(sv);
-            large_transfer(sv[0], sv[1], lens[i], chunks[j]);
-            int p[2];
-            make_pipe(p);
-            large_transfer(p[1], p[0], lens[i], chunks[j]);
+            large_transfer(OVER_SOCKETPAIR, lens[i], chunks[j]);
+            large_transfer(OVER_PIPE, lens[i], chunks[j]);
         }
     }
 }
 
 /* A read past the end of the stream fails with -EPIPE and says so; the
  * failure sticks. */
-static void eof_case(int wfd, int rfd, bool bulk)
+static void eof_case(pair_kind kind, bool bulk)
 {
-    lm_channel *w = lm_channel_new(wfd, "writer", NULL);
-    lm_channel *r = lm_channel_new(rfd, "test reader", NULL);
+    chan_pair p = open_pair(kind, "writer", "test reader");
+    lm_channel *w = p.w, *r = p.r;
     assert_int_equal(lm_channel_put(w, "abc", 3), 0);
     assert_int_equal(lm_channel_flush(w), 0);
     assert_int_equal(lm_channel_close(w, NULL), 0);
@@ -478,30 +539,22 @@ static void test_eof(void **state)
 {
     (void)state;
     for (int bulk = 0; bulk < 2; bulk++) {
-        int sv[2];
-        make_socketpair(sv);
-        eof_case(sv[0], sv[1], bulk);
-        int p[2];
-        make_pipe(p);
-        eof_case(p[1], p[0], bulk);
+        eof_case(OVER_SOCKETPAIR, bulk);
+        eof_case(OVER_PIPE, bulk);
     }
     /* EOF at a record boundary: nothing at all. */
-    int p[2];
-    make_pipe(p);
-    close(p[1]);
-    lm_channel *r = lm_channel_new(p[0], "empty", NULL);
+    chan_pair p = open_pair(OVER_PIPE, "writer", "empty");
+    lm_channel_close(p.w, NULL);
     uint8_t u8;
-    assert_int_equal(lm_channel_get_u8(r, &u8), -EPIPE);
-    lm_channel_close(r, NULL);
+    assert_int_equal(lm_channel_get_u8(p.r, &u8), -EPIPE);
+    lm_channel_close(p.r, NULL);
 }
 
 static void test_skip(void **state)
 {
     (void)state;
-    int sv[2];
-    make_socketpair(sv);
-    lm_channel *w = lm_channel_new(sv[0], "w", NULL);
-    lm_channel *r = lm_channel_new(sv[1], "r", NULL);
+    chan_pair p = open_pair(OVER_SOCKETPAIR, "w", "r");
+    lm_channel *w = p.w, *r = p.r;
     uint8_t *data = malloc(20000);
     fill_pattern(data, 20000, 0);
     assert_int_equal(lm_channel_put(w, data, 20000), 0);
@@ -517,8 +570,7 @@ static void test_skip(void **state)
     assert_int_equal(lm_channel_get_u8(r, &last), 0);
     assert_int_equal(last, 7);
     free(data);
-    lm_channel_close(w, NULL);
-    lm_channel_close(r, NULL);
+    close_pair(&p);
 }
 
 
@@ -527,10 +579,8 @@ static void test_skip(void **state)
 static void test_sticky_error(void **state)
 {
     (void)state;
-    int sv[2];
-    make_socketpair(sv);
-    lm_channel *w = lm_channel_new(sv[0], "sticky", NULL);
-    lm_channel *peer = lm_channel_new(sv[1], "peer", NULL);
+    chan_pair p = open_pair(OVER_SOCKETPAIR, "sticky", "peer");
+    lm_channel *w = p.w, *peer = p.r;
     assert_int_equal(lm_channel_error(w, NULL), 0);
     assert_int_equal(lm_channel_put(w, "xy", 2), 0);
     assert_int_equal(lm_channel_set_error(w, -EIO, "first failure %d", 1), -EIO);
@@ -572,9 +622,9 @@ static void test_sticky_error(void **state)
     lm_channel_close(peer, NULL);
 
     /* A write error on a closed peer: -EPIPE with a message, then sticky. */
-    make_socketpair(sv);
-    w = lm_channel_new(sv[0], "dead peer", NULL);
-    close(sv[1]);
+    p = open_pair(OVER_SOCKETPAIR, "dead peer", "reader");
+    w = p.w;
+    lm_channel_close(p.r, NULL);
     int ret = lm_channel_put(w, buf, sizeof(buf));
     assert_true(ret == -EPIPE || ret == -ECONNRESET);
     lm_error err3 = LM_ERROR_INIT;
@@ -615,11 +665,11 @@ static void test_shutdown_wakes_reader(void **state)
     (void)state;
     void *(*fns[])(void *) = { blocked_reader, blocked_bulk_reader };
     for (int k = 0; k < 2; k++) {
-        int sv[2];
-        make_socketpair(sv);
-        lm_channel *r = lm_channel_new(sv[0], "blocked", NULL);
+        chan_pair p = open_pair(OVER_SOCKETPAIR, "peer", "blocked");
+        lm_channel *r = p.r;
         /* A few bytes arrive first, so the reader blocks mid-read. */
-        assert_int_equal(write(sv[1], "abc", 3), 3);
+        assert_int_equal(lm_channel_put(p.w, "abc", 3), 0);
+        assert_int_equal(lm_channel_flush(p.w), 0);
         blocked_arg a = { r, 0, 0 };
         pthread_t t;
         assert_int_equal(pthread_create(&t, NULL, fns[k], &a), 0);
@@ -636,8 +686,7 @@ static void test_shutdown_wakes_reader(void **state)
         lm_error err = LM_ERROR_INIT;
         assert_int_equal(lm_channel_error(r, &err), -ECANCELED);
         assert_non_null(strstr(err.msg, "test cancel"));
-        lm_channel_close(r, NULL);
-        close(sv[1]);
+        close_pair(&p);
     }
 }
 
@@ -1207,20 +1256,12 @@ static void pending_case(lm_channel *w, lm_channel *r, uint64_t slack)
 static void test_input_pending(void **state)
 {
     (void)state;
-    int sv[2];
-    make_socketpair(sv);
-    lm_channel *w = lm_channel_new(sv[0], "writer", NULL);
-    lm_channel *r = lm_channel_new(sv[1], "reader", NULL);
-    pending_case(w, r, 0);
-    lm_channel_close(w, NULL);
-    lm_channel_close(r, NULL);
-    int p[2];
-    make_pipe(p);
-    w = lm_channel_new(p[1], "writer", NULL);
-    r = lm_channel_new(p[0], "reader", NULL);
-    pending_case(w, r, 0);
-    lm_channel_close(w, NULL);
-    lm_channel_close(r, NULL);
+    const pair_kind kinds[] = { OVER_SOCKETPAIR, OVER_PIPE };
+    for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+        chan_pair p = open_pair(kinds[i], "writer", "reader");
+        pending_case(p.w, p.r, 0);
+        close_pair(&p);
+    }
 }
 
 typedef struct tls_accept_arg {
@@ -1340,6 +1381,7 @@ int main(void)
         cmocka_unit_test(test_put_file_dead_peer),
         cmocka_unit_test(test_put_mem),
         cmocka_unit_test(test_put_mem_dead_peer),
+        cmocka_unit_test(test_mem_by_reference),
         cmocka_unit_test(test_file_tell_seek),
         cmocka_unit_test(test_input_pending),
         cmocka_unit_test(test_input_pending_tls),
