@@ -1883,8 +1883,8 @@ floors_done:;
      * (same RAM kind, same destination memory), repetitions interleaved. */
     static const tp_cfg tps[] = {
         { "4K anon, precopy", RAM_4K, false, false, NULL, -1 },
-        { "4K anon, postcopy (2 MiB frames moved, default)", RAM_4K, false, true, NULL, 0 },
-        { "4K anon, postcopy (UFFDIO_COPY of each run)", RAM_4K, false, true, "copy", 0 },
+        { "4K anon, postcopy (UFFDIO_COPY of each run, default)", RAM_4K, false, true, NULL, 0 },
+        { "4K anon, postcopy (2 MiB frames moved)", RAM_4K, false, true, "frames", 0 },
         { "4K anon, postcopy (UFFDIO_MOVE of each run)", RAM_4K, false, true, "move", 0 },
         { "4K memfd source, precopy", RAM_4K, true, false, NULL, -1 },
         { "4K memfd source, postcopy", RAM_4K, true, true, NULL, 4 },

@@ -108,17 +108,20 @@ int lm_pc_dst_new(const lm_pc_dst_ctx *ctx, lm_ram_block **blocks, size_t nblock
     }
     /* Placement by UFFDIO_MOVE where it pays and the kernel allows it;
      * "copy" keeps UFFDIO_COPY (the fallback, and how the tests reach
-     * it), "move" moves 4 KiB runs too. */
+     * it), "frames" moves whole 2 MiB frames of 4 KiB blocks, "move"
+     * moves every 4 KiB run too. */
     const char *how = getenv("LIVEMIG_POSTCOPY_PLACE");
     d->place_mode = !how || !*how            ? LM_PC_PLACE_AUTO
                     : !strcmp(how, "copy")   ? LM_PC_PLACE_COPY
+                    : !strcmp(how, "frames") ? LM_PC_PLACE_FRAMES
                     : !strcmp(how, "move")   ? LM_PC_PLACE_MOVE
                                              : LM_PC_PLACE_AUTO;
-    if (how && *how && strcmp(how, "copy") && strcmp(how, "move")) {
-        lm_warn("LIVEMIG_POSTCOPY_PLACE=%s: expected copy or move; using the default", how);
+    if (how && *how && strcmp(how, "copy") && strcmp(how, "frames") && strcmp(how, "move")) {
+        lm_warn("LIVEMIG_POSTCOPY_PLACE=%s: expected copy, frames or move; using the default", how);
     }
     d->move_wanted = d->place_mode != LM_PC_PLACE_COPY;
-    frames &= d->move_wanted;
+    frames &= d->place_mode == LM_PC_PLACE_FRAMES || d->place_mode == LM_PC_PLACE_MOVE;
+    d->frames = frames;
     main_cap = frames ? LM_MAX(cap, (size_t)LM_HUGE_2M) : cap;
     d->trace = lm_pc_trace_open("dst");
     d->zero_len = cap;
@@ -597,6 +600,8 @@ static int place_lone(lm_pc_dst *d, lm_pc_placer *pl, uint32_t wi, lm_ram_block 
 }
 
 /* ---- frames: background 4 KiB pages placed as huge pages ----
+ * (LIVEMIG_POSTCOPY_PLACE=frames or move; see place_mode for why not by
+ * default.)
  *
  * A block of 4 KiB host pages gets its background pages in runs of up to
  * 1 MiB.  Copied run by run (UFFDIO_COPY), every page is a fresh 4 KiB
@@ -629,7 +634,7 @@ static uint64_t frame_pages(const lm_ram_block *b)
 static bool frame_ok(lm_pc_dst *d, const lm_pc_placer *pl, uint32_t wi, lm_ram_block *b, uint64_t fr)
 {
     uint64_t fp = frame_pages(b);
-    return pl == &d->main_pl && pl->thp && pl->cap >= LM_HUGE_2M && lm_pc_hp_pages(b) == 1 &&
+    return d->frames && pl == &d->main_pl && pl->thp && pl->cap >= LM_HUGE_2M && lm_pc_hp_pages(b) == 1 &&
            b->page_size < LM_HUGE_2M && fp <= LM_PC_HP_MAX &&
            __atomic_load_n(&d->move_ok[wi], __ATOMIC_RELAXED) && fr + fp <= b->npages &&
            (uintptr_t)lm_ram_block_page(b, fr) % LM_HUGE_2M == 0 && !any_set(b->received, fr, fp);

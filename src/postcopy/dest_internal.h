@@ -50,13 +50,16 @@ struct lm_pc_dst {
      * the kernel has it, not turned off); cleared when the kernel refuses
      * a move, and COPY takes over. */
     bool move_ok[LM_MAX_RAM_BLOCKS];
-    /* LIVEMIG_POSTCOPY_PLACE: "copy" never moves, "move" moves any run of
-     * 4 KiB pages too; by default only whole huge pages move: THP host
-     * pages, and whole 2 MiB frames of 4 KiB blocks (a part of one is
-     * copied: for 4 KiB runs a move costs more than a copy, the buffer
-     * must be filled with fresh pages again, see
-     * bench/postcopy-results.md). */
-    enum { LM_PC_PLACE_AUTO, LM_PC_PLACE_COPY, LM_PC_PLACE_MOVE } place_mode;
+    /* LIVEMIG_POSTCOPY_PLACE: "copy" never moves; "frames" also holds
+     * whole 2 MiB frames of 4 KiB blocks and moves each in as a huge page
+     * (dest.c, frames); "move" does that and moves any other run of 4 KiB
+     * pages too.  By default only THP host pages move, and 4 KiB runs are
+     * copied: on this host a move (of a run, or of a frame) cost more
+     * destination CPU than a copy, since the buffer must be filled with
+     * fresh pages (a fresh huge page for a frame) again, see
+     * bench/postcopy-results.md. */
+    enum { LM_PC_PLACE_AUTO, LM_PC_PLACE_COPY, LM_PC_PLACE_FRAMES, LM_PC_PLACE_MOVE } place_mode;
+    bool frames;                              /* frames are held (FRAMES, MOVE) */
     bool move_wanted;                         /* place_mode is not COPY, and the kernel has moves */
     /* Bytes placed by each means (atomic), logged at the end; frames:
      * whole 2 MiB frames of a 4 KiB block moved as one huge page. */

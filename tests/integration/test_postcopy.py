@@ -169,7 +169,8 @@ class Postcopy(PostcopyBase):
 class Placement(PostcopyBase):
     """How the destination places pages: runs moved out of its receive
     buffer (UFFDIO_MOVE, this kernel has it: by default whole THP host
-    pages, with LIVEMIG_POSTCOPY_PLACE=move 4 KiB runs too) or copied
+    pages, with LIVEMIG_POSTCOPY_PLACE=frames whole 2 MiB frames of 4 KiB
+    pages, with =move 4 KiB runs too) or copied
     (UFFDIO_COPY: 4 KiB runs by default, and everything with
     LIVEMIG_POSTCOPY_PLACE=copy, the fallback); the guest's memory is
     checked either way, and the destination's debug log says which ioctl
@@ -261,22 +262,29 @@ class Placement(PostcopyBase):
     def test_4k_frames_move(self):
         # Every 2 MiB frame of the 4 KiB block comes whole by the background
         # stream and is moved in as one huge page.
-        p = self.stopped_case(None)
-        self.assertEqual(p["frames"], (128 << 20) >> 21, p)
-        self.assertEqual(p["moved"], 128 << 20, p)
+        # (Precopy may have sent some pages before the switch: frames with
+        # such pages are copied.)
+        p = self.stopped_case("frames")
+        self.assertGreater(p["frames"], 0, p)
+        self.assertEqual(p["moved"], p["frames"] << 21, p)
 
     def test_4k_frames_after_precopy(self):
         # A busy guest, switched after some precopy: frames with pages
         # from precopy are copied, the others moved whole; requested pages
         # come on the main channel (no preempt) between the runs.
-        src, dst = self.run_case(None, preempt=False)
+        src, dst = self.run_case("frames", preempt=False)
         print("%s: placed %s" % (self.id(), self.placed(dst)))
 
+    def test_4k_default_copies(self):
+        src, dst = self.run_case(None, preempt=False)
+        self.check(dst, moved=False)
+
     def test_4k_frames_copy_fallback(self):
-        # The fallback (an older kernel): no frame is held, every run copied.
+        # The fallback (an older kernel; also the default for 4 KiB blocks):
+        # no frame is held, every run copied.
         p = self.stopped_case("copy")
         self.assertEqual((p["moved"], p["frames"]), (0, 0), p)
-        self.assertEqual(p["copied"], 128 << 20, p)
+        self.assertGreater(p["copied"], 0, p)
 
     def test_4k_page_requested_in_held_frame(self):
         # A slow background stream without preempt sends 1 MiB per slice,
@@ -291,7 +299,7 @@ class Placement(PostcopyBase):
         # migrations, each checked, until one did.
         seen = []
         for attempt in range(4):
-            env = {"LIVEMIG_DEBUG": "1"}
+            env = {"LIVEMIG_DEBUG": "1", "LIVEMIG_POSTCOPY_PLACE": "frames"}
             src, dst = self.pair(memory="16M", dst_env=env, workload="increment",
                                  params={"max-postcopy-bandwidth": 4 << 20}, tag=str(attempt))
             time.sleep(0.5)  # the unlimited writer covers all of RAM
@@ -518,7 +526,7 @@ class Recovery(PostcopyBase):
         # it: those pages are not received, and the bitmap sent on recovery
         # makes the source send them again.  Cut and recovered up to 4
         # times, until one cut found a held frame; memory checked at the end.
-        env = {"LIVEMIG_DEBUG": "1"}
+        env = {"LIVEMIG_DEBUG": "1", "LIVEMIG_POSTCOPY_PLACE": "frames"}
         src, dst = self.pair(memory="32M", workload="increment", dst_env=env,
                              params={"max-postcopy-bandwidth": 4 << 20})
         time.sleep(0.5)  # the unlimited writer covers all of RAM
