@@ -5,8 +5,9 @@
  *
  * Once LISTEN registered guest RAM (MISSING mode), nothing writes into it
  * directly: every page is placed with UFFDIO_COPY/ZEROPAGE/MOVE, whole host
- * pages at a time (a THP host page, or a 2 MiB frame of background 4 KiB
- * pages, is assembled in a buffer first and moved whole), and a
+ * pages at a time (a THP host page, or with LIVEMIG_POSTCOPY_PLACE=frames a
+ * 2 MiB frame of background 4 KiB pages, is assembled in a buffer first
+ * and moved whole), and a
  * page already placed is never overwritten.  `received` (per target page,
  * set only after placement) is the truth both for faults and for the
  * bitmap sent on recovery; `requested` keeps each host page asked for
