@@ -1883,15 +1883,16 @@ floors_done:;
      * (same RAM kind, same destination memory), repetitions interleaved. */
     static const tp_cfg tps[] = {
         { "4K anon, precopy", RAM_4K, false, false, NULL, -1 },
-        { "4K anon, postcopy (UFFDIO_COPY, default)", RAM_4K, false, true, NULL, 0 },
-        { "4K anon, postcopy (UFFDIO_MOVE)", RAM_4K, false, true, "move", 0 },
+        { "4K anon, postcopy (UFFDIO_COPY of each run, default)", RAM_4K, false, true, NULL, 0 },
+        { "4K anon, postcopy (2 MiB frames moved)", RAM_4K, false, true, "frames", 0 },
+        { "4K anon, postcopy (UFFDIO_MOVE of each run)", RAM_4K, false, true, "move", 0 },
         { "4K memfd source, precopy", RAM_4K, true, false, NULL, -1 },
-        { "4K memfd source, postcopy", RAM_4K, true, true, NULL, 3 },
+        { "4K memfd source, postcopy", RAM_4K, true, true, NULL, 4 },
         { "2M THP, precopy", RAM_THP, false, false, NULL, -1 },
-        { "2M THP, postcopy (UFFDIO_MOVE, default)", RAM_THP, false, true, NULL, 5 },
-        { "2M THP, postcopy (UFFDIO_COPY)", RAM_THP, false, true, "copy", 5 },
+        { "2M THP, postcopy (UFFDIO_MOVE, default)", RAM_THP, false, true, NULL, 6 },
+        { "2M THP, postcopy (UFFDIO_COPY)", RAM_THP, false, true, "copy", 6 },
         { "2M hugetlbfs, precopy", RAM_HUGETLB, false, false, NULL, -1 },
-        { "2M hugetlbfs, postcopy", RAM_HUGETLB, false, true, NULL, 8 },
+        { "2M hugetlbfs, postcopy", RAM_HUGETLB, false, true, NULL, 9 },
     };
     enum { NTP = sizeof(tps) / sizeof(tps[0]) };
     static tp_result tpr[NTP];

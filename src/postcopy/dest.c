@@ -28,8 +28,9 @@
 #define MADV_POPULATE_WRITE 23
 #endif
 
-/* thp: the buffer assembles THP host pages; backed by a huge page itself,
- * a whole one moves into guest RAM as one PMD. */
+/* thp: the buffer assembles THP host pages (or frames of 4 KiB pages);
+ * backed by a huge page itself, a whole one moves into guest RAM as one
+ * PMD. */
 static int placer_init(lm_pc_placer *pl, size_t cap, bool thp)
 {
     memset(pl, 0, sizeof(*pl));
@@ -42,6 +43,7 @@ static int placer_init(lm_pc_placer *pl, size_t cap, bool thp)
     pl->map_len = len;
     pl->buf = (uint8_t *)(((uintptr_t)m + LM_HUGE_2M - 1) & ~(uintptr_t)(LM_HUGE_2M - 1));
     pl->cap = cap;
+    pl->thp = thp;
     /* Best effort: without it pages are moved (or copied) one by one. */
     (void)madvise(pl->buf, cap, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
     return 0;
@@ -62,6 +64,7 @@ static void placer_reset(lm_pc_placer *pl)
 {
     pl->filled = 0;
     pl->blk = NULL;
+    pl->frame = false;
     memset(pl->have, 0, sizeof(pl->have));
 }
 
@@ -86,14 +89,16 @@ int lm_pc_dst_new(const lm_pc_dst_ctx *ctx, lm_ram_block **blocks, size_t nblock
     pthread_cond_init(&d->cond, NULL);
     pthread_mutex_init(&d->rp_lock, NULL);
     pthread_mutex_init(&d->bt_lock, NULL);
-    size_t cap = PLACER_MIN;
-    bool thp = false;
+    size_t cap = PLACER_MIN, main_cap = PLACER_MIN;
+    bool thp = false, frames = false;
     for (size_t i = 0; i < nblocks; i++) {
         d->blocks[i] = blocks[i];
         d->wire_of[blocks[i]->idx] = (uint32_t)i;
         d->total_pages += blocks[i]->npages;
         cap = LM_MAX(cap, lm_pc_hp_bytes(blocks[i]));
         thp |= lm_pc_hp_pages(blocks[i]) > 1;
+        /* Background frames of 4 KiB pages (frame_*), if moves are on. */
+        frames |= lm_pc_hp_pages(blocks[i]) == 1 && blocks[i]->page_size < LM_HUGE_2M;
         if (lm_pc_hp_pages(blocks[i]) > LM_PC_HP_MAX) {
             lm_pc_dst_free(d);
             return lm_error_set(err, -EINVAL, "postcopy: block '%s' has %llu pages per host page "
@@ -103,23 +108,28 @@ int lm_pc_dst_new(const lm_pc_dst_ctx *ctx, lm_ram_block **blocks, size_t nblock
     }
     /* Placement by UFFDIO_MOVE where it pays and the kernel allows it;
      * "copy" keeps UFFDIO_COPY (the fallback, and how the tests reach
-     * it), "move" moves 4 KiB runs too. */
+     * it), "frames" moves whole 2 MiB frames of 4 KiB blocks, "move"
+     * moves every 4 KiB run too. */
     const char *how = getenv("LIVEMIG_POSTCOPY_PLACE");
     d->place_mode = !how || !*how            ? LM_PC_PLACE_AUTO
                     : !strcmp(how, "copy")   ? LM_PC_PLACE_COPY
+                    : !strcmp(how, "frames") ? LM_PC_PLACE_FRAMES
                     : !strcmp(how, "move")   ? LM_PC_PLACE_MOVE
                                              : LM_PC_PLACE_AUTO;
-    if (how && *how && strcmp(how, "copy") && strcmp(how, "move")) {
-        lm_warn("LIVEMIG_POSTCOPY_PLACE=%s: expected copy or move; using the default", how);
+    if (how && *how && strcmp(how, "copy") && strcmp(how, "frames") && strcmp(how, "move")) {
+        lm_warn("LIVEMIG_POSTCOPY_PLACE=%s: expected copy, frames or move; using the default", how);
     }
     d->move_wanted = d->place_mode != LM_PC_PLACE_COPY;
+    frames &= d->place_mode == LM_PC_PLACE_FRAMES || d->place_mode == LM_PC_PLACE_MOVE;
+    d->frames = frames;
+    main_cap = frames ? LM_MAX(cap, (size_t)LM_HUGE_2M) : cap;
     d->trace = lm_pc_trace_open("dst");
     d->zero_len = cap;
     d->zero_buf = mmap(NULL, cap, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (d->zero_buf == MAP_FAILED) {
         d->zero_buf = NULL;
     }
-    if (!d->zero_buf || placer_init(&d->main_pl, cap, thp) < 0 || placer_init(&d->pre_pl, cap, thp) < 0) {
+    if (!d->zero_buf || placer_init(&d->main_pl, main_cap, thp || frames) < 0 || placer_init(&d->pre_pl, cap, thp) < 0) {
         lm_pc_dst_free(d);
         return lm_error_set(err, -ENOMEM, "out of memory for postcopy buffers");
     }
@@ -151,8 +161,11 @@ void lm_pc_dst_free(lm_pc_dst *d)
     lm_pc_fault_stop(d);
     if (d->listening) {
         lm_debug("postcopy placement: %llu bytes moved (UFFDIO_MOVE), %llu copied (UFFDIO_COPY), "
-                 "%llu zero-filled", (unsigned long long)d->moved_bytes,
-                 (unsigned long long)d->copied_bytes, (unsigned long long)d->zero_bytes);
+                 "%llu zero-filled; 2 MiB frames of 4 KiB pages: %llu moved whole, %llu copied "
+                 "around a page placed early, %llu dropped at a broken connection",
+                 (unsigned long long)d->moved_bytes, (unsigned long long)d->copied_bytes,
+                 (unsigned long long)d->zero_bytes, (unsigned long long)d->frames_moved,
+                 (unsigned long long)d->frames_early, (unsigned long long)d->frames_dropped);
     }
     lm_pc_dst_set_rp(d, NULL, false, NULL);
     if (d->uffd >= 0) {
@@ -427,6 +440,7 @@ static long uffd_move(lm_pc_dst *d, uint32_t wi, uintptr_t addr, uint8_t *src, s
         }
         if (e == EEXIST) {
             /* Placed meanwhile: skip that page, wake its waiters. */
+            __atomic_fetch_add(&d->move_skips, 1, __ATOMIC_RELAXED);
             struct uffdio_range w = { .start = addr + done, .len = b->page_size };
             ioctl(d->uffd, UFFDIO_WAKE, &w);
             done += b->page_size;
@@ -585,13 +599,224 @@ static int place_lone(lm_pc_dst *d, lm_pc_placer *pl, uint32_t wi, lm_ram_block 
     return ret;
 }
 
+/* ---- frames: background 4 KiB pages placed as huge pages ----
+ * (LIVEMIG_POSTCOPY_PLACE=frames or move; see place_mode for why not by
+ * default.)
+ *
+ * A block of 4 KiB host pages gets its background pages in runs of up to
+ * 1 MiB.  Copied run by run (UFFDIO_COPY), every page is a fresh 4 KiB
+ * page and a PTE, and the guest ends with no huge page.  Instead the main
+ * channel's placer holds the 2 MiB-aligned frame a run falls in, in its
+ * THP-advised buffer, until all of the frame's pages came; then one
+ * UFFDIO_MOVE puts the buffer's huge page in as one PMD (the kernel moves
+ * the page, it copies nothing).  Only a frame none of whose pages is
+ * placed yet is held (else its PMD is taken, and a move would split the
+ * buffer's huge page): it starts with a PAGES record, and ZERO records
+ * inside it become zeros in the buffer, as the stream says they are.
+ *
+ * Held pages are not `received` yet: a vCPU faulting on one asks the
+ * source, which always sends a requested page again (send_requested), on
+ * the preempt channel (placed there at once) or on this one (placed at
+ * once by place_waiting, a copy, before the frame is whole).  The frame
+ * is flushed (what it has is copied) when the background moves past it,
+ * and at the end of the stream (lm_pc_dst_wait_all); a connection that
+ * breaks drops it (lm_pc_dst_reset_main): its pages are not received, so
+ * the bitmap sent on recovery makes the source send them again. */
+
+/* Pages of a frame in block b. */
+static uint64_t frame_pages(const lm_ram_block *b)
+{
+    return LM_HUGE_2M >> b->page_shift;
+}
+
+/* Whether the frame at page fr of block b may be held: moves on, a whole
+ * aligned frame inside the block, none of its pages placed. */
+static bool frame_ok(lm_pc_dst *d, const lm_pc_placer *pl, uint32_t wi, lm_ram_block *b, uint64_t fr)
+{
+    uint64_t fp = frame_pages(b);
+    return d->frames && pl == &d->main_pl && pl->thp && pl->cap >= LM_HUGE_2M && lm_pc_hp_pages(b) == 1 &&
+           b->page_size < LM_HUGE_2M && fp <= LM_PC_HP_MAX &&
+           __atomic_load_n(&d->move_ok[wi], __ATOMIC_RELAXED) && fr + fp <= b->npages &&
+           (uintptr_t)lm_ram_block_page(b, fr) % LM_HUGE_2M == 0 && !any_set(b->received, fr, fp);
+}
+
+/* Maps the buffer's first 2 MiB afresh.  After a move its huge page is
+ * gone (a hole, and the next fill faults in a new huge page), but when
+ * the kernel had to split it (the guest's frame had a page table, or a
+ * page came meanwhile) a page table of holes stays and every later fill
+ * would get 4 KiB pages: a new mapping has none. */
+static void frame_renew_buffer(lm_pc_placer *pl)
+{
+    void *m = mmap(pl->buf, LM_HUGE_2M, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                   -1, 0);
+    if (m != MAP_FAILED) {
+        (void)madvise(pl->buf, LM_HUGE_2M, MADV_HUGEPAGE);
+    }
+}
+
+/* Places the held frame, if any, and forgets it: moved whole when all of
+ * it came and none of it was placed meanwhile, else copied (the pages it
+ * has, skipping any placed meanwhile). */
+static int frame_flush(lm_pc_dst *d, lm_pc_placer *pl, lm_error *err)
+{
+    if (!pl->frame) {
+        return 0;
+    }
+    lm_ram_block *b = pl->blk;
+    uint32_t wi = d->wire_of[b->idx];
+    uint64_t fr = pl->hp_first, fp = frame_pages(b);
+    bool early = any_set(b->received, fr, fp);
+    bool whole = pl->filled == fp && !early;
+    if (early) {
+        d->frames_early++; /* the load thread's alone */
+    }
+    uint64_t have[LM_PC_HP_MAX / 64];
+    memcpy(have, pl->have, sizeof(have));
+    placer_reset(pl);
+    if (whole) {
+        uint64_t moved = __atomic_load_n(&d->moved_bytes, __ATOMIC_RELAXED);
+        uint64_t skips = __atomic_load_n(&d->move_skips, __ATOMIC_RELAXED);
+        int ret = lm_pc_place_range(d, wi, b, fr, fp, pl->buf, true, err);
+        if (ret < 0) {
+            return ret;
+        }
+        if (__atomic_load_n(&d->moved_bytes, __ATOMIC_RELAXED) - moved == LM_HUGE_2M &&
+            __atomic_load_n(&d->move_skips, __ATOMIC_RELAXED) == skips) {
+            __atomic_fetch_add(&d->frames_moved, 1, __ATOMIC_RELAXED);
+        }
+        frame_renew_buffer(pl);
+        return 0;
+    }
+    for (uint64_t i = 0; i < fp;) {
+        if (!lm_bitmap_test(have, i)) {
+            i++;
+            continue;
+        }
+        uint64_t j = i + 1;
+        while (j < fp && lm_bitmap_test(have, j)) {
+            j++;
+        }
+        int ret = lm_pc_place_range(d, wi, b, fr + i, j - i, pl->buf + (i << b->page_shift), false, err);
+        if (ret < 0) {
+            return ret;
+        }
+        i = j;
+    }
+    return 0;
+}
+
+/* Pages [pg, pg+n) of the held frame: into the buffer (PAGES from ch, or
+ * zeros); the frame goes in when whole, a page a vCPU waits for at once. */
+static int frame_add(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, uint64_t pg, uint64_t n,
+                     lm_channel *ch, lm_error *err)
+{
+    lm_ram_block *b = pl->blk;
+    uint32_t wi = d->wire_of[b->idx];
+    uint64_t off = pg - pl->hp_first;
+    uint8_t *dst = pl->buf + (off << b->page_shift);
+    trace_requested(d, pl, LM_PCT_HDR, wi, pg, n);
+    if (type == LM_RAM_PAGES) {
+        if (lm_channel_get(ch, dst, n << b->page_shift) < 0) {
+            return lm_channel_error(ch, err);
+        }
+    } else {
+        memset(dst, 0, n << b->page_shift);
+    }
+    trace_requested(d, pl, LM_PCT_DATA, wi, pg, n);
+    for (uint64_t i = off; i < off + n; i++) {
+        if (!lm_bitmap_test(pl->have, i)) {
+            lm_bitmap_set(pl->have, i);
+            pl->filled++;
+        }
+    }
+    int ret = pl->filled == frame_pages(b) ? frame_flush(d, pl, err)
+                                           : place_waiting(d, wi, b, pg, n, dst, err);
+    trace_requested(d, pl, LM_PCT_PLACED, wi, pg, n);
+    return ret;
+}
+
+/* A run of a 4 KiB block, not held: read into the buffer, placed with
+ * one ioctl per run of pages not placed yet. */
+static int place_4k_run(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, uint32_t wi, lm_ram_block *b,
+                        uint64_t first, uint64_t count, lm_channel *ch, lm_error *err)
+{
+    size_t psz = b->page_size;
+    bool move = type == LM_RAM_PAGES && d->place_mode == LM_PC_PLACE_MOVE &&
+                __atomic_load_n(&d->move_ok[wi], __ATOMIC_RELAXED);
+    for (uint64_t done = 0; done < count;) {
+        uint64_t chunk = LM_MIN(count - done, pl->cap / psz);
+        if (move) {
+            /* The last move left holes: fill them in one call rather
+             * than a fault per page while reading. */
+            (void)madvise(pl->buf, chunk * psz, MADV_POPULATE_WRITE);
+        }
+        trace_requested(d, pl, LM_PCT_HDR, wi, first + done, chunk);
+        if (type == LM_RAM_PAGES && lm_channel_get(ch, pl->buf, chunk * psz) < 0) {
+            return lm_channel_error(ch, err);
+        }
+        trace_requested(d, pl, LM_PCT_DATA, wi, first + done, chunk);
+        int ret = lm_pc_place_range(d, wi, b, first + done, chunk, type == LM_RAM_PAGES ? pl->buf : NULL,
+                                    move, err);
+        if (ret < 0) {
+            return ret;
+        }
+        trace_requested(d, pl, LM_PCT_PLACED, wi, first + done, chunk);
+        done += chunk;
+    }
+    return 0;
+}
+
+/* A record of a 4 KiB block, split at frame boundaries: a piece inside
+ * the held frame joins it; a piece past it (the background moved on)
+ * flushes it first; a single page before it (or in an earlier block) or
+ * one a vCPU asked for (a requested page on this channel) is placed at
+ * once, the frame still held.  A piece outside any held frame starts one
+ * if it may (PAGES, not a requested page, frame_ok), else is placed as a
+ * run. */
+static int place_4k_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, uint32_t wi, lm_ram_block *b,
+                           uint64_t first, uint32_t count, lm_channel *ch, lm_error *err)
+{
+    uint64_t fp = frame_pages(b);
+    for (uint64_t pg = first, end = first + count; pg < end;) {
+        uint64_t fr = pg & ~(fp - 1);
+        uint64_t n = LM_MIN(end, fr + fp) - pg;
+        int ret = 0;
+        /* A requested page sent alone: never held back. */
+        bool urgent = count == 1 && d->requested[wi] && lm_pc_test(d->requested[wi], pg);
+        if (pl->frame && (pl->blk != b || pl->hp_first != fr)) {
+            uint32_t held = d->wire_of[pl->blk->idx];
+            bool before = wi < held || (wi == held && pg < pl->hp_first);
+            if ((before || urgent) && count == 1) {
+                return place_lone(d, pl, wi, b, pg, type, ch, err);
+            }
+            ret = frame_flush(d, pl, err);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        if (!pl->frame && type == LM_RAM_PAGES && !urgent && frame_ok(d, pl, wi, b, fr)) {
+            placer_reset(pl);
+            pl->frame = true;
+            pl->blk = b;
+            pl->hp_first = fr;
+        }
+        ret = pl->frame ? frame_add(d, pl, type, pg, n, ch, err)
+                        : place_4k_run(d, pl, type, wi, b, pg, n, ch, err);
+        if (ret < 0) {
+            return ret;
+        }
+        pg += n;
+    }
+    return 0;
+}
+
 static int place_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, lm_ram_block *b,
                         uint64_t first, uint32_t count, lm_channel *ch, lm_error *err)
 {
     uint32_t wi = d->wire_of[b->idx];
     uint64_t hp = lm_pc_hp_pages(b);
     size_t psz = b->page_size;
-    if (hp == 1 && pl->blk) {
+    if (hp == 1 && pl->blk && !pl->frame) {
         /* A THP host page is being assembled in the buffer: only a lone
          * requested page may come meanwhile. */
         if (count != 1) {
@@ -602,30 +827,14 @@ static int place_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, lm_ram_blo
         return place_lone(d, pl, wi, b, first, type, ch, err);
     }
     if (hp == 1) {
-        /* A run: read into the buffer, placed with one ioctl. */
-        bool move = type == LM_RAM_PAGES && d->place_mode == LM_PC_PLACE_MOVE &&
-                    __atomic_load_n(&d->move_ok[wi], __ATOMIC_RELAXED);
-        for (uint64_t done = 0; done < count;) {
-            uint64_t chunk = LM_MIN((uint64_t)count - done, pl->cap / psz);
-            if (move) {
-                /* The last move left holes: fill them in one call rather
-                 * than a fault per page while reading. */
-                (void)madvise(pl->buf, chunk * psz, MADV_POPULATE_WRITE);
-            }
-            trace_requested(d, pl, LM_PCT_HDR, wi, first + done, chunk);
-            if (type == LM_RAM_PAGES && lm_channel_get(ch, pl->buf, chunk * psz) < 0) {
-                return lm_channel_error(ch, err);
-            }
-            trace_requested(d, pl, LM_PCT_DATA, wi, first + done, chunk);
-            int ret = lm_pc_place_range(d, wi, b, first + done, chunk,
-                                        type == LM_RAM_PAGES ? pl->buf : NULL, move, err);
-            if (ret < 0) {
-                return ret;
-            }
-            trace_requested(d, pl, LM_PCT_PLACED, wi, first + done, chunk);
-            done += chunk;
+        return place_4k_record(d, pl, type, wi, b, first, count, ch, err);
+    }
+    if (pl->frame) {
+        /* The background moved on to a THP block. */
+        int ret = frame_flush(d, pl, err);
+        if (ret < 0) {
+            return ret;
         }
-        return 0;
     }
     /* A THP host page comes as runs, on one channel, back to back, in any
      * order (the page a vCPU faulted on may come first, on the main
@@ -726,6 +935,13 @@ static int place_cb(void *opaque, uint8_t type, lm_ram_block *b, uint64_t first,
 
 void lm_pc_dst_reset_main(lm_pc_dst *d)
 {
+    if (d->main_pl.frame) {
+        d->frames_dropped++;
+        lm_debug("postcopy: held frame at page %llu of block '%s' dropped (%llu of its pages came; "
+                 "not received, so the source sends them again)",
+                 (unsigned long long)d->main_pl.hp_first, d->main_pl.blk->name,
+                 (unsigned long long)d->main_pl.filled);
+    }
     placer_reset(&d->main_pl);
 }
 
@@ -948,7 +1164,12 @@ void lm_pc_dst_stop_preempt(lm_pc_dst *d)
 
 int lm_pc_dst_wait_all(lm_pc_dst *d, lm_channel *main_ch, lm_error *err)
 {
-    int ret = 0;
+    /* The background stream ended: a frame held for pages that went on
+     * the preempt channel instead goes in now. */
+    int ret = frame_flush(d, &d->main_pl, err);
+    if (ret < 0) {
+        return ret;
+    }
     pthread_mutex_lock(&d->lock);
     while (__atomic_load_n(&d->received_pages, __ATOMIC_ACQUIRE) < d->total_pages) {
         if (d->pre_code) {

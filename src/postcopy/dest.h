@@ -4,8 +4,10 @@
  * received bitmap for recovery, blocktime.
  *
  * Once LISTEN registered guest RAM (MISSING mode), nothing writes into it
- * directly: every page is placed with UFFDIO_COPY/ZEROPAGE, whole host
- * pages at a time (a THP host page is assembled in a buffer first), and a
+ * directly: every page is placed with UFFDIO_COPY/ZEROPAGE/MOVE, whole host
+ * pages at a time (a THP host page, or with LIVEMIG_POSTCOPY_PLACE=frames a
+ * 2 MiB frame of background 4 KiB pages, is assembled in a buffer first
+ * and moved whole), and a
  * page already placed is never overwritten.  `received` (per target page,
  * set only after placement) is the truth both for faults and for the
  * bitmap sent on recovery; `requested` keeps each host page asked for
@@ -66,10 +68,12 @@ int lm_pc_dst_send_pong(lm_pc_dst *d, uint32_t value);
 /* The preempt receiver: accepts the second connection on l. */
 int lm_pc_dst_start_preempt(lm_pc_dst *d, lm_listener *l, lm_error *err);
 void lm_pc_dst_stop_preempt(lm_pc_dst *d);
-/* A connection broke: forget a half-assembled host page. */
+/* A connection broke: forget a half-assembled host page or held frame
+ * (none of its pages is received: the source sends them again). */
 void lm_pc_dst_reset_main(lm_pc_dst *d);
 
-/* After EOF: waits until every page is placed.  <0 when the preempt
+/* After EOF: places the frame the main channel holds (dest.c, frames),
+ * then waits until every page is placed.  <0 when the preempt
  * channel failed or main_ch was shut down (migrate-pause, cancel). */
 int lm_pc_dst_wait_all(lm_pc_dst *d, lm_channel *main_ch, lm_error *err);
 

@@ -11,16 +11,20 @@
 
 /* The receive buffer of one channel: a run of 4 KiB-host-page records, or
  * one THP host page assembled from its records (in any order: a requested
- * page comes first, then the rest).  2 MiB-aligned, so a whole host page
- * can be moved into guest RAM as one huge page. */
+ * page comes first, then the rest), or (the main channel, a block of 4 KiB
+ * host pages) one 2 MiB-aligned frame of background pages held until it is
+ * whole (`frame`, dest.c's frame_*).  2 MiB-aligned, so a whole host page
+ * or frame can be moved into guest RAM as one huge page. */
 typedef struct lm_pc_placer {
     uint8_t *map;     /* the mapping; buf is its 2 MiB-aligned start */
     size_t map_len;
     uint8_t *buf;
     size_t cap;
+    bool thp;         /* buf is advised MADV_HUGEPAGE */
     lm_ram_block *blk;
     uint64_t hp_first;
-    uint64_t filled;                    /* pages of the host page in buf */
+    bool frame;                         /* blk/hp_first: a held frame, not a THP host page */
+    uint64_t filled;                    /* pages of the host page (frame) in buf */
     uint64_t have[LM_PC_HP_MAX / 64];   /* which ones */
     uint8_t *lone;                      /* a LONE record's page, or a lone one of a 4 KiB block */
     size_t lone_len;
@@ -46,14 +50,26 @@ struct lm_pc_dst {
      * the kernel has it, not turned off); cleared when the kernel refuses
      * a move, and COPY takes over. */
     bool move_ok[LM_MAX_RAM_BLOCKS];
-    /* LIVEMIG_POSTCOPY_PLACE: "copy" never moves, "move" moves runs of
-     * 4 KiB pages too; by default only whole THP host pages move (for 4
-     * KiB runs a move costs more than a copy: the buffer must be filled
-     * with fresh pages again, see bench/postcopy-results.md). */
-    enum { LM_PC_PLACE_AUTO, LM_PC_PLACE_COPY, LM_PC_PLACE_MOVE } place_mode;
+    /* LIVEMIG_POSTCOPY_PLACE: "copy" never moves; "frames" also holds
+     * whole 2 MiB frames of 4 KiB blocks and moves each in as a huge page
+     * (dest.c, frames); "move" does that and moves any other run of 4 KiB
+     * pages too.  By default only THP host pages move, and 4 KiB runs are
+     * copied: on this host a move (of a run, or of a frame) cost more
+     * destination CPU than a copy, since the buffer must be filled with
+     * fresh pages (a fresh huge page for a frame) again, see
+     * bench/postcopy-results.md. */
+    enum { LM_PC_PLACE_AUTO, LM_PC_PLACE_COPY, LM_PC_PLACE_FRAMES, LM_PC_PLACE_MOVE } place_mode;
+    bool frames;                              /* frames are held (FRAMES, MOVE) */
     bool move_wanted;                         /* place_mode is not COPY, and the kernel has moves */
-    /* Bytes placed by each means (atomic), logged at the end. */
-    uint64_t moved_bytes, copied_bytes, zero_bytes;
+    /* Bytes placed by each means (atomic), logged at the end; frames:
+     * whole 2 MiB frames of a 4 KiB block moved as one huge page. */
+    uint64_t moved_bytes, copied_bytes, zero_bytes, frames_moved;
+    /* Held frames copied because a page of theirs went in early (a vCPU
+     * asked for it), and held frames dropped by a broken connection. */
+    uint64_t frames_early, frames_dropped;
+    /* Pages a move found placed meanwhile (atomic): the move split its
+     * source's huge page. */
+    uint64_t move_skips;
     uint64_t *requested[LM_MAX_RAM_BLOCKS];
     /* Per target page: a vCPU faulted on it and waits.  Such a page is
      * placed as soon as its record arrives, even before the rest of its
