@@ -314,7 +314,7 @@ uint64_t lm_bd_run_ns(const lm_bd_learned *l)
 uint64_t lm_bd_fixed_estimate(const lm_bd_learned *l, const lm_bd_probe *p, lm_bd_fixed *out)
 {
     lm_bd_fixed f = { .rtt_ns = p->rtt_ns };
-    f.stop_ns = typical(&l->stop, p->rtt_ns);
+    f.stop_ns = typical(&l->stop, LM_MAX(p->rtt_ns, p->cpu_wait_ns));
     f.sync_ns = typical(&l->sync, p->sync_ns);
     f.rest_ns = typical(&l->rest, p->rtt_ns);
     f.tail_ns = typical(&l->tail, p->tail_ns > p->rtt_ns ? p->tail_ns : p->rtt_ns);

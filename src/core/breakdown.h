@@ -96,7 +96,9 @@ uint64_t lm_bd_fixed_ns(const lm_bd *joined);
  * sample rather than a 0.  Until a part has a sample its probe stands for
  * it, measured anew at every dirty sync: the stop and the rest each the
  * round trip now (each is a few thread wake-ups across processes, as the
- * round trip is), the sync the last pass's, the tail what the last pass's
+ * round trip is), the stop at least a thread's wait for a CPU per wake-up
+ * over the last pass (a vCPU thread must get a CPU to notice the stop:
+ * on a loaded host that wait is the stop), the sync the last pass's, the tail what the last pass's
  * cheapest slice took on its CPU beyond its bytes per run it had to send
  * (the tail is one more slice), or the round trip if that is more.
  * A descheduled switchover is only ever slower than the host's own cost,
@@ -129,6 +131,7 @@ typedef struct lm_bd_probe {
     uint64_t sync_ns; /* the last pass's dirty sync (and sync points) */
     uint64_t rtt_ns;  /* the quickest empty round trip now (0: none measured) */
     uint64_t tail_ns; /* the last pass's cheapest slice, beyond its bytes (0: none) */
+    uint64_t cpu_wait_ns; /* a thread's wait for a CPU per wake-up over the last pass */
 } lm_bd_probe;
 
 /* The estimate and what it is made of. */

@@ -85,6 +85,8 @@ typedef struct src_ctx {
     uint64_t pass_small_bytes; /* and what it sent */
     uint64_t pass_runs;        /* runs of dirty pages this pass set out to send */
     uint64_t tail_runs;        /* the stop-copy's: runs dirty at its sync */
+    uint64_t pass_cpu_wait;    /* the thread's wait for a CPU at the pass's start, */
+    uint64_t pass_cpu_runs;    /* and its times on a CPU (core/threadtime.h) */
     uint32_t ping_seq;
     lm_bd bd;                  /* this switchover's source parts */
     lm_bd bd_dst;              /* the destination's, from the return path */
@@ -509,7 +511,7 @@ static void auto_postcopy_act(src_ctx *c, lm_conv_action act, uint64_t pass)
 static uint64_t fixed_cost_ns(lm_engine *e, lm_bd_fixed *parts)
 {
     lm_bd_probe probe = { .sync_ns = e->stats.sync_ns, .rtt_ns = e->stats.rtt_now_ns,
-                          .tail_ns = e->stats.tail_probe_ns };
+                          .tail_ns = e->stats.tail_probe_ns, .cpu_wait_ns = e->stats.cpu_wait_ns };
     return lm_bd_fixed_estimate(&e->learned, &probe, parts);
 }
 
@@ -726,6 +728,8 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     uint64_t pending_dev = lm_devices_pending(e, true, NULL);
     uint64_t pending = lm_sat_add(pending_ram, pending_dev);
     uint64_t pending_runs = dirty_runs(e);
+    uint64_t cpu_wait, cpu_runs;
+    lm_thread_cpu_waits(&cpu_wait, &cpu_runs);
     uint64_t elapsed = now - c->pass_start_ns;
     uint64_t sent = sent_total - c->pass_start_bytes;
     /* The rate the stop-copy gets once max-bandwidth is lifted: what the
@@ -772,6 +776,9 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     st->pending_devices = pending_dev;
     st->precopy_bytes = sent_total;
     st->sync_ns = sync_ns;
+    if (cpu_runs > c->pass_cpu_runs) {
+        st->cpu_wait_ns = (cpu_wait - c->pass_cpu_wait) / (cpu_runs - c->pass_cpu_runs);
+    }
     /* The stop-copy runs without max-bandwidth: avail-switchover-bandwidth
      * when set (QEMU), else the rate measured while not held back. */
     uint64_t bw = e->params.avail_switchover_bandwidth ? e->params.avail_switchover_bandwidth
@@ -932,6 +939,7 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     c->pass_start_bytes = sent_bytes(c);
     c->pass_start_held = lm_ratelimit_held_ns(&e->rl);
     c->pass_start_pages = pages_sent(e);
+    lm_thread_cpu_waits(&c->pass_cpu_wait, &c->pass_cpu_runs);
     return 0;
 }
 
@@ -1505,6 +1513,7 @@ void *lm_migration_thread(void *arg)
     c.pass_start_held = lm_ratelimit_held_ns(&e->rl);
     lm_convergence_begin(e, &c.conv);
     c.pass_start_pages = pages_sent(e);
+    lm_thread_cpu_waits(&c.pass_cpu_wait, &c.pass_cpu_runs);
     while (ret == 0) {
         bool switch_now;
         ret = sync_and_decide(&c, &switch_now);

@@ -207,6 +207,11 @@ static void test_fixed_estimate(void **state)
     assert_int_equal(f.stop_ns, 50);
     assert_int_equal(f.rest_ns, 50);
     assert_int_equal(f.tail_ns, 50);
+    /* A loaded host: a thread waited 3 ms for a CPU per wake-up over the
+     * pass; a vCPU thread told to stop waits as long (the stop only). */
+    lm_bd_probe loaded = { .sync_ns = 300, .rtt_ns = 50, .cpu_wait_ns = 3000000 };
+    assert_int_equal(lm_bd_fixed_estimate(&l, &loaded, &f), 3000000 + 300 + 50 + 50 + 50);
+    assert_int_equal(f.stop_ns, 3000000);
     /* No round trip measured (no return path): the sync alone. */
     lm_bd_probe no_rtt = { .sync_ns = 300 };
     assert_int_equal(lm_bd_fixed_estimate(&l, &no_rtt, NULL), 300);
