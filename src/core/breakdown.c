@@ -237,6 +237,8 @@ static unsigned series_len(const lm_bd_series *s)
     return LM_MIN(s->n, (unsigned)LM_BD_SAMPLES);
 }
 
+static uint64_t robust(const lm_bd_series *s);
+
 void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, const lm_bd_tail *tail)
 {
     bool has_stop = false, has_sync = false, has_conf = false, has_tail = false;
@@ -264,9 +266,10 @@ void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, const lm_bd_tail *tail)
         return; /* postcopy: the tail's end is not known */
     }
     if (tail->runs >= LM_BD_RUN_MIN && tail->run_bw) {
-        /* Beyond its bytes, a scattered tail's time is its runs'. */
-        uint64_t bytes_ns = lm_per_second(tail->bytes, tail->run_bw);
-        add_sample(&l->run, lm_sat_sub(took, bytes_ns) / tail->runs);
+        /* Beyond its bytes and the tail's own cost (as learned so far),
+         * a scattered tail's time is its runs'. */
+        uint64_t known = lm_sat_add(lm_per_second(tail->bytes, tail->run_bw), robust(&l->tail));
+        add_sample(&l->run, lm_sat_sub(took, known) / tail->runs);
     } else if (tail->bw) {
         uint64_t priced = lm_sat_add(lm_per_second(tail->bytes, tail->bw),
                                      lm_sat_mul(tail->runs, lm_bd_run_ns(l)));
@@ -302,19 +305,28 @@ static uint64_t typical(const lm_bd_series *s, uint64_t probe)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+/* A series without a probe: one sample as it is, two by the smaller (a
+ * descheduled one is the larger), then the median. */
+static uint64_t robust(const lm_bd_series *s)
+{
+    unsigned n = series_len(s);
+    if (n <= 2) {
+        return n == 0 ? 0 : n == 1 ? s->v[0] : LM_MIN(s->v[0], s->v[1]);
+    }
+    return typical(s, 0); /* the median of three or more */
+}
+
 uint64_t lm_bd_run_ns(const lm_bd_learned *l)
 {
-    unsigned n = series_len(&l->run);
-    if (n <= 2) {
-        return n == 0 ? 0 : n == 1 ? l->run.v[0] : LM_MIN(l->run.v[0], l->run.v[1]);
-    }
-    return typical(&l->run, 0); /* the median of three or more */
+    return robust(&l->run);
 }
 
 uint64_t lm_bd_fixed_estimate(const lm_bd_learned *l, const lm_bd_probe *p, lm_bd_fixed *out)
 {
     lm_bd_fixed f = { .rtt_ns = p->rtt_ns };
-    f.stop_ns = typical(&l->stop, LM_MAX(p->rtt_ns, p->cpu_wait_ns));
+    /* The host's load now, whatever earlier stops met: one descheduled
+     * stop must not set the next, however slow the host was then. */
+    f.stop_ns = LM_MAX(typical(&l->stop, p->rtt_ns), p->cpu_wait_ns);
     f.sync_ns = typical(&l->sync, p->sync_ns);
     f.rest_ns = typical(&l->rest, p->rtt_ns);
     f.tail_ns = typical(&l->tail, p->tail_ns > p->rtt_ns ? p->tail_ns : p->rtt_ns);

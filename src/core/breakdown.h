@@ -96,17 +96,18 @@ uint64_t lm_bd_fixed_ns(const lm_bd *joined);
  * sample rather than a 0.  Until a part has a sample its probe stands for
  * it, measured anew at every dirty sync: the stop and the rest each the
  * round trip now (each is a few thread wake-ups across processes, as the
- * round trip is), the stop at least a thread's wait for a CPU per wake-up
- * over the last pass (a vCPU thread must get a CPU to notice the stop:
- * on a loaded host that wait is the stop), the sync the last pass's, the tail what the last pass's
+ * round trip is), the sync the last pass's, the tail what the last pass's
  * cheapest slice took on its CPU beyond its bytes per run it had to send
  * (the tail is one more slice), or the round trip if that is more.
  * A descheduled switchover is only ever slower than the host's own cost,
  * so one slow sample must not set the next prediction: one sample counts
  * up to LM_BD_OUTLIER times its probe, two by the smaller, three or more
- * by their median (the last LM_BD_SAMPLES): on this host a sub-millisecond
- * part swings 2-10x between consecutive switchovers, so no estimate made
- * before the stop is within 25 % of a downtime those parts dominate.
+ * by their median (the last LM_BD_SAMPLES).  The stop is at least a
+ * thread's wait for a CPU per wake-up over the last pass, learned or not
+ * (a vCPU thread must get a CPU to notice the stop: on a loaded host that
+ * wait is the stop's floor).  On this host a sub-millisecond part swings
+ * 2-10x between consecutive switchovers, so no estimate made before the
+ * stop is within 25 % of a downtime those parts dominate.
  */
 #define LM_BD_SAMPLES 8
 #define LM_BD_OUTLIER 16
@@ -124,7 +125,7 @@ typedef struct lm_bd_learned {
     lm_bd_series run;
     unsigned n; /* switchovers learned from, in all */
 } lm_bd_learned;
-#define LM_BD_RUN_MIN 64
+#define LM_BD_RUN_MIN 8
 
 /* What the last pass measured, standing for what is not learned yet. */
 typedef struct lm_bd_probe {
