@@ -37,18 +37,3 @@ uint64_t lm_thread_runq_wait_ns(void)
     unsigned long long wait = strtoull(end, NULL, 10);
     return (uint64_t)wait;
 }
-
-void lm_thread_cpu_waits(uint64_t *wait_ns, uint64_t *runs)
-{
-    *wait_ns = *runs = 0;
-    FILE *f = fopen("/proc/thread-self/schedstat", "re");
-    if (!f) {
-        return;
-    }
-    unsigned long long on_cpu, wait, n;
-    if (fscanf(f, "%llu %llu %llu", &on_cpu, &wait, &n) == 3) {
-        *wait_ns = wait;
-        *runs = n;
-    }
-    fclose(f);
-}

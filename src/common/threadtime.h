@@ -17,10 +17,5 @@ uint64_t lm_thread_cpu_ns(void);
  * (ns; the kernel's schedstat).  0 where the kernel does not say (then a
  * difference of two readings is 0 too: nothing is subtracted). */
 uint64_t lm_thread_runq_wait_ns(void);
-/* The same wait and the number of times the thread got a CPU (both 0
- * where the kernel does not say): the wait per wake-up over an interval
- * is how long a thread that becomes runnable now waits for a CPU on this
- * host, e.g. a vCPU thread told to stop. */
-void lm_thread_cpu_waits(uint64_t *wait_ns, uint64_t *runs);
 
 #endif

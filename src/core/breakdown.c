@@ -265,11 +265,13 @@ void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, const lm_bd_tail *tail)
     if (!has_tail || !has_conf) {
         return; /* postcopy: the tail's end is not known */
     }
-    if (tail->runs >= LM_BD_RUN_MIN && tail->run_bw) {
-        /* Beyond its bytes and the tail's own cost (as learned so far),
-         * a scattered tail's time is its runs'. */
-        uint64_t known = lm_sat_add(lm_per_second(tail->bytes, tail->run_bw), robust(&l->tail));
-        add_sample(&l->run, lm_sat_sub(took, known) / tail->runs);
+    if (tail->runs >= LM_BD_RUN_MIN && tail->cpu_ns) {
+        /* What the sender's CPU spent on it beyond its bytes, per run:
+         * CPU time, as a thread that waited for a CPU (the host's load,
+         * which no estimate knows beforehand) would teach 10-100x the
+         * cost of a run for the next switchover. */
+        uint64_t bytes_ns = tail->run_bw ? lm_per_second(tail->bytes, tail->run_bw) : 0;
+        add_sample(&l->run, lm_sat_sub(tail->cpu_ns, bytes_ns) / tail->runs);
     } else if (tail->bw) {
         uint64_t priced = lm_sat_add(lm_per_second(tail->bytes, tail->bw),
                                      lm_sat_mul(tail->runs, lm_bd_run_ns(l)));
@@ -324,9 +326,7 @@ uint64_t lm_bd_run_ns(const lm_bd_learned *l)
 uint64_t lm_bd_fixed_estimate(const lm_bd_learned *l, const lm_bd_probe *p, lm_bd_fixed *out)
 {
     lm_bd_fixed f = { .rtt_ns = p->rtt_ns };
-    /* The host's load now, whatever earlier stops met: one descheduled
-     * stop must not set the next, however slow the host was then. */
-    f.stop_ns = LM_MAX(typical(&l->stop, p->rtt_ns), p->cpu_wait_ns);
+    f.stop_ns = typical(&l->stop, p->rtt_ns);
     f.sync_ns = typical(&l->sync, p->sync_ns);
     f.rest_ns = typical(&l->rest, p->rtt_ns);
     f.tail_ns = typical(&l->tail, p->tail_ns > p->rtt_ns ? p->tail_ns : p->rtt_ns);

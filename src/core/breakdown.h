@@ -102,10 +102,7 @@ uint64_t lm_bd_fixed_ns(const lm_bd *joined);
  * A descheduled switchover is only ever slower than the host's own cost,
  * so one slow sample must not set the next prediction: one sample counts
  * up to LM_BD_OUTLIER times its probe, two by the smaller, three or more
- * by their median (the last LM_BD_SAMPLES).  The stop is at least a
- * thread's wait for a CPU per wake-up over the last pass, learned or not
- * (a vCPU thread must get a CPU to notice the stop: on a loaded host that
- * wait is the stop's floor).  On this host a sub-millisecond part swings
+ * by their median (the last LM_BD_SAMPLES).  On this host a sub-millisecond part swings
  * 2-10x between consecutive switchovers, so no estimate made before the
  * stop is within 25 % of a downtime those parts dominate.
  */
@@ -118,10 +115,10 @@ typedef struct lm_bd_series {
 
 typedef struct lm_bd_learned {
     lm_bd_series stop, sync, rest, tail;
-    /* The stop-copy's cost per run of dirty pages (ns), beyond the run's
-     * bytes at the destination's load rate, from tails of LM_BD_RUN_MIN
-     * runs or more: what a scattered tail costs that a pass, beside
-     * faulting vCPUs, overstates 5-20x. */
+    /* The stop-copy's cost per run of dirty pages (ns): the source's CPU
+     * time sending a tail of LM_BD_RUN_MIN runs or more, beyond its bytes
+     * at the destination's load rate, per run.  What a scattered tail
+     * costs that a pass, beside faulting vCPUs, overstates 5-20x. */
     lm_bd_series run;
     unsigned n; /* switchovers learned from, in all */
 } lm_bd_learned;
@@ -132,7 +129,6 @@ typedef struct lm_bd_probe {
     uint64_t sync_ns; /* the last pass's dirty sync (and sync points) */
     uint64_t rtt_ns;  /* the quickest empty round trip now (0: none measured) */
     uint64_t tail_ns; /* the last pass's cheapest slice, beyond its bytes (0: none) */
-    uint64_t cpu_wait_ns; /* a thread's wait for a CPU per wake-up over the last pass */
 } lm_bd_probe;
 
 /* The estimate and what it is made of. */
@@ -150,14 +146,17 @@ typedef struct lm_bd_fixed {
  * its last) and "dst:ram-tail" (its loads after that). */
 uint64_t lm_bd_bytes_ns(const lm_bd *joined);
 /* What one switchover's RAM tail was: its bytes and runs, the rate
- * (bytes/s) its estimate gave the bytes (0: none known, the tail is not
- * learned from), and the rate its runs are priced against (the
- * destination's load rate, else the same). */
+ * (bytes/s) its estimate gave the bytes (0: none known, the tail's own
+ * cost is not learned from it), the rate its runs' bytes are priced at
+ * (the destination's load rate; 0: not said, the bytes are in the runs'
+ * cost), and the source's CPU time sending it (multifd: the wall time,
+ * its senders' CPU is not the migration thread's; 0: not known). */
 typedef struct lm_bd_tail {
     uint64_t bytes;
     uint64_t runs;
     uint64_t bw;
     uint64_t run_bw;
+    uint64_t cpu_ns;
 } lm_bd_tail;
 /* Learns from one switchover's joined breakdown.  A tail of LM_BD_RUN_MIN
  * runs or more teaches the cost per run; a smaller one the tail's own

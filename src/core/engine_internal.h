@@ -122,7 +122,6 @@ typedef struct lm_stats {
     uint64_t tail_bw;        /* bytes/s expected-downtime gave the tail (with dest_load_bw) */
     uint64_t tail_probe_ns;  /* the last pass's quickest slice beyond its bytes, per run */
     uint64_t tail_run_bw;    /* bytes/s the tail's runs were priced against */
-    uint64_t cpu_wait_ns;    /* the last pass: its thread's wait for a CPU per wake-up */
     uint64_t drains;         /* PING..BACKLOG round trips */
     bool has_breakdown;      /* source: the switchover ended, bd holds it */
     uint64_t bd_expected_ns; /* expected downtime at the switchover decision */

@@ -85,8 +85,7 @@ typedef struct src_ctx {
     uint64_t pass_small_bytes; /* and what it sent */
     uint64_t pass_runs;        /* runs of dirty pages this pass set out to send */
     uint64_t tail_runs;        /* the stop-copy's: runs dirty at its sync */
-    uint64_t pass_cpu_wait;    /* the thread's wait for a CPU at the pass's start, */
-    uint64_t pass_cpu_runs;    /* and its times on a CPU (core/threadtime.h) */
+    uint64_t tail_cpu_ns;      /* the stop-copy's: CPU time its RAM tail took here */
     uint32_t ping_seq;
     lm_bd bd;                  /* this switchover's source parts */
     lm_bd bd_dst;              /* the destination's, from the return path */
@@ -511,7 +510,7 @@ static void auto_postcopy_act(src_ctx *c, lm_conv_action act, uint64_t pass)
 static uint64_t fixed_cost_ns(lm_engine *e, lm_bd_fixed *parts)
 {
     lm_bd_probe probe = { .sync_ns = e->stats.sync_ns, .rtt_ns = e->stats.rtt_now_ns,
-                          .tail_ns = e->stats.tail_probe_ns, .cpu_wait_ns = e->stats.cpu_wait_ns };
+                          .tail_ns = e->stats.tail_probe_ns };
     return lm_bd_fixed_estimate(&e->learned, &probe, parts);
 }
 
@@ -556,16 +555,18 @@ static uint64_t dirty_runs(lm_engine *e)
  * learned yet; else each run at the cost earlier stop-copies taught
  * (core/breakdown.h) plus the bytes at the destination's load rate, which
  * that cost was learned against (the pass rates swing with what the pass
- * met: zero pages, faulting vCPUs, runs of a whole guest).  Called with
- * the engine lock; keeps that rate for the lesson. */
+ * met: zero pages, faulting vCPUs, runs of a whole guest; where the
+ * destination did not say its rate, the runs' cost holds their bytes).
+ * Called with the engine lock; keeps that rate for the lesson. */
 static uint64_t ram_tail_ns(lm_engine *e, uint64_t bytes, uint64_t runs, uint64_t rate)
 {
-    uint64_t run_bw = e->stats.dest_load_bw ? e->stats.dest_load_bw : rate;
+    uint64_t run_bw = e->stats.dest_load_bw;
     e->stats.tail_run_bw = run_bw;
-    if (e->params.avail_switchover_bandwidth || !lm_bd_run_learned(&e->learned) || !run_bw) {
+    if (e->params.avail_switchover_bandwidth || !lm_bd_run_learned(&e->learned)) {
         return lm_per_second(bytes, rate);
     }
-    return lm_sat_add(lm_sat_mul(runs, lm_bd_run_ns(&e->learned)), lm_per_second(bytes, run_bw));
+    uint64_t bytes_ns = run_bw ? lm_per_second(bytes, run_bw) : 0; /* else in the runs' cost */
+    return lm_sat_add(lm_sat_mul(runs, lm_bd_run_ns(&e->learned)), bytes_ns);
 }
 
 /* One DRAIN..BACKLOG round trip: the destination answers once everything
@@ -728,8 +729,6 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     uint64_t pending_dev = lm_devices_pending(e, true, NULL);
     uint64_t pending = lm_sat_add(pending_ram, pending_dev);
     uint64_t pending_runs = dirty_runs(e);
-    uint64_t cpu_wait, cpu_runs;
-    lm_thread_cpu_waits(&cpu_wait, &cpu_runs);
     uint64_t elapsed = now - c->pass_start_ns;
     uint64_t sent = sent_total - c->pass_start_bytes;
     /* The rate the stop-copy gets once max-bandwidth is lifted: what the
@@ -776,9 +775,6 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     st->pending_devices = pending_dev;
     st->precopy_bytes = sent_total;
     st->sync_ns = sync_ns;
-    if (cpu_runs > c->pass_cpu_runs) {
-        st->cpu_wait_ns = (cpu_wait - c->pass_cpu_wait) / (cpu_runs - c->pass_cpu_runs);
-    }
     /* The stop-copy runs without max-bandwidth: avail-switchover-bandwidth
      * when set (QEMU), else the rate measured while not held back. */
     uint64_t bw = e->params.avail_switchover_bandwidth ? e->params.avail_switchover_bandwidth
@@ -939,7 +935,6 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     c->pass_start_bytes = sent_bytes(c);
     c->pass_start_held = lm_ratelimit_held_ns(&e->rl);
     c->pass_start_pages = pages_sent(e);
-    lm_thread_cpu_waits(&c->pass_cpu_wait, &c->pass_cpu_runs);
     return 0;
 }
 
@@ -1167,6 +1162,8 @@ static int switchover(src_ctx *c, bool postcopy)
     }
     c->tail_runs = dirty_runs(e);
     lm_bd_mark(&c->bd, "sync");
+    uint64_t tail_cpu0 = lm_thread_cpu_ns(), tail_t0 = lm_now_ns();
+    bool tail_multifd = c->mf_open;
     if (ret == 0 && postcopy) {
         lm_ram_save_freeze_hint(&e->saver);
         ret = lm_pc_src_send_discards(c->pc, c->ch, &c->err);
@@ -1181,6 +1178,9 @@ static int switchover(src_ctx *c, bool postcopy)
         }
     }
     lm_bd_mark(&c->bd, postcopy ? "discard" : "ram-tail");
+    /* The tail's cost on the source's CPU; with multifd its senders' CPU
+     * is not this thread's: the wall time it took. */
+    c->tail_cpu_ns = tail_multifd ? lm_now_ns() - tail_t0 : lm_thread_cpu_ns() - tail_cpu0;
     if (ret == 0) {
         e->bd_src = &c->bd; /* each device's save gets its own part */
         ret = lm_devices_save_complete(e, c->ch, &c->err);
@@ -1256,7 +1256,7 @@ static void record_breakdown(src_ctx *c, uint64_t t_sent, uint64_t t_end)
     /* Robust to one odd run on a loaded host (a vCPU thread descheduled
      * for 50 ms): core/breakdown.h. */
     lm_bd_tail tail = { .bytes = st->downtime_bytes, .runs = c->tail_runs, .bw = st->tail_bw,
-                        .run_bw = st->tail_run_bw };
+                        .run_bw = st->tail_run_bw, .cpu_ns = c->tail_cpu_ns };
     lm_bd_learn(&e->learned, &joined, &tail);
     pthread_mutex_unlock(&e->lock);
 }
@@ -1513,7 +1513,6 @@ void *lm_migration_thread(void *arg)
     c.pass_start_held = lm_ratelimit_held_ns(&e->rl);
     lm_convergence_begin(e, &c.conv);
     c.pass_start_pages = pages_sent(e);
-    lm_thread_cpu_waits(&c.pass_cpu_wait, &c.pass_cpu_runs);
     while (ret == 0) {
         bool switch_now;
         ret = sync_and_decide(&c, &switch_now);

@@ -101,6 +101,8 @@ class CappedSwitchover(MigrationTest):
         self.assertIn("Downtime breakdown (us): total=%d" % info["x-downtime-breakdown"]["downtime-us"],
                       out.stdout)
         self.assertIn("confirmation=", out.stdout)
+        self.assertIn("Expected:", out.stdout)
+        self.assertIn("round-trip=", out.stdout)
 
     def test_multifd(self):
         self.run_capped(caps={"multifd": True}, params={"multifd-channels": 2})
