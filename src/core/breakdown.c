@@ -273,8 +273,12 @@ void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, const lm_bd_tail *tail)
         uint64_t bytes_ns = tail->run_bw ? lm_per_second(tail->bytes, tail->run_bw) : 0;
         add_sample(&l->run, lm_sat_sub(tail->cpu_ns, bytes_ns) / tail->runs);
     } else if (tail->bw) {
-        uint64_t priced = lm_sat_add(lm_per_second(tail->bytes, tail->bw),
-                                     lm_sat_mul(tail->runs, lm_bd_run_ns(l)));
+        /* Beyond what its estimate priced, as it priced it. */
+        uint64_t priced = lm_per_second(tail->bytes, tail->bw);
+        if (tail->by_runs) {
+            priced = lm_sat_add(lm_sat_mul(tail->runs, lm_bd_run_ns(l)),
+                                tail->run_bw ? lm_per_second(tail->bytes, tail->run_bw) : 0);
+        }
         add_sample(&l->tail, lm_sat_sub(took, priced));
     }
 }

@@ -102,9 +102,10 @@ uint64_t lm_bd_fixed_ns(const lm_bd *joined);
  * A descheduled switchover is only ever slower than the host's own cost,
  * so one slow sample must not set the next prediction: one sample counts
  * up to LM_BD_OUTLIER times its probe, two by the smaller, three or more
- * by their median (the last LM_BD_SAMPLES).  On this host a sub-millisecond part swings
- * 2-10x between consecutive switchovers, so no estimate made before the
- * stop is within 25 % of a downtime those parts dominate.
+ * by their median (the last LM_BD_SAMPLES).  On this host a
+ * sub-millisecond part swings 2-10x between consecutive switchovers, so
+ * no estimate made before the stop is within 25 % of a downtime those
+ * parts dominate.
  */
 #define LM_BD_SAMPLES 8
 #define LM_BD_OUTLIER 16
@@ -149,13 +150,15 @@ uint64_t lm_bd_bytes_ns(const lm_bd *joined);
  * (bytes/s) its estimate gave the bytes (0: none known, the tail's own
  * cost is not learned from it), the rate its runs' bytes are priced at
  * (the destination's load rate; 0: not said, the bytes are in the runs'
- * cost), and the source's CPU time sending it (multifd: the wall time,
- * its senders' CPU is not the migration thread's; 0: not known). */
+ * cost), whether its estimate priced it by runs (else by bw alone), and
+ * the source's CPU time sending it (multifd: the wall time, its senders'
+ * CPU is not the migration thread's; 0: not known). */
 typedef struct lm_bd_tail {
     uint64_t bytes;
     uint64_t runs;
     uint64_t bw;
     uint64_t run_bw;
+    bool by_runs;
     uint64_t cpu_ns;
 } lm_bd_tail;
 /* Learns from one switchover's joined breakdown.  A tail of LM_BD_RUN_MIN

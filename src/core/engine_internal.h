@@ -122,6 +122,7 @@ typedef struct lm_stats {
     uint64_t tail_bw;        /* bytes/s expected-downtime gave the tail (with dest_load_bw) */
     uint64_t tail_probe_ns;  /* the last pass's quickest slice beyond its bytes, per run */
     uint64_t tail_run_bw;    /* bytes/s the tail's runs were priced against */
+    bool tail_by_runs;       /* the tail was priced by its runs (lm_bd_run_ns) */
     uint64_t drains;         /* PING..BACKLOG round trips */
     bool has_breakdown;      /* source: the switchover ended, bd holds it */
     uint64_t bd_expected_ns; /* expected downtime at the switchover decision */

@@ -562,7 +562,8 @@ static uint64_t ram_tail_ns(lm_engine *e, uint64_t bytes, uint64_t runs, uint64_
 {
     uint64_t run_bw = e->stats.dest_load_bw;
     e->stats.tail_run_bw = run_bw;
-    if (e->params.avail_switchover_bandwidth || !lm_bd_run_learned(&e->learned)) {
+    e->stats.tail_by_runs = !e->params.avail_switchover_bandwidth && lm_bd_run_learned(&e->learned);
+    if (!e->stats.tail_by_runs) {
         return lm_per_second(bytes, rate);
     }
     uint64_t bytes_ns = run_bw ? lm_per_second(bytes, run_bw) : 0; /* else in the runs' cost */
@@ -1256,7 +1257,8 @@ static void record_breakdown(src_ctx *c, uint64_t t_sent, uint64_t t_end)
     /* Robust to one odd run on a loaded host (a vCPU thread descheduled
      * for 50 ms): core/breakdown.h. */
     lm_bd_tail tail = { .bytes = st->downtime_bytes, .runs = c->tail_runs, .bw = st->tail_bw,
-                        .run_bw = st->tail_run_bw, .cpu_ns = c->tail_cpu_ns };
+                        .run_bw = st->tail_run_bw, .by_runs = st->tail_by_runs,
+                        .cpu_ns = c->tail_cpu_ns };
     lm_bd_learn(&e->learned, &joined, &tail);
     pthread_mutex_unlock(&e->lock);
 }

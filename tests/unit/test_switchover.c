@@ -290,11 +290,13 @@ static void test_fixed_estimate(void **state)
     scattered.cpu_ns = 1000000;
     lm_bd_learn(&l, &b, &scattered);
     assert_int_equal(l.run.v[3], 0);
-    /* A tail of a few runs then teaches the tail's own cost beyond its
-     * bytes and its runs at the learned cost: 7 ms - 1 ms - 4 x 15 us. */
+    /* A tail of a few runs then teaches the tail's own cost beyond what
+     * its estimate priced, as it priced it (by runs: its bytes at the
+     * destination's 1 GB/s, not the pass's 100 MB/s, and its runs at the
+     * learned cost): 7 ms - 1 ms - 4 x 15 us. */
     switchover_of(&b, 100, 700, 9000, 7000000, 30);
-    lm_bd_learn(&l, &b, &(lm_bd_tail){ .bytes = 1000000, .runs = 4, .bw = 1000000000,
-                                       .run_bw = 1000000000 });
+    lm_bd_learn(&l, &b, &(lm_bd_tail){ .bytes = 1000000, .runs = 4, .bw = 100000000,
+                                       .run_bw = 1000000000, .by_runs = true });
     assert_int_equal(l.tail.n, tails + 1);
     assert_int_equal(l.tail.v[tails % LM_BD_SAMPLES], 7000000 - 1000000 - 4 * lm_bd_run_ns(&l));
 }
