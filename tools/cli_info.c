@@ -58,13 +58,14 @@ static void print_breakdown(json_t *bd, FILE *f)
             (unsigned long long)cli_json_u64(bd, "downtime-us"),
             (unsigned long long)cli_json_u64(bd, "expected-downtime-us"),
             (unsigned long long)cli_json_u64(bd, "fixed-us"));
-    const char *lists[2] = { "parts", "destination" };
-    for (int l = 0; l < 2; l++) {
+    const char *lists[3] = { "parts", "destination", "expected-parts" };
+    const char *titles[3] = { "Parts:", "Destination's own:", "Expected:" };
+    for (int l = 0; l < 3; l++) {
         json_t *parts = json_object_get(bd, lists[l]);
         if (!json_array_size(parts)) {
             continue;
         }
-        fprintf(f, "  %-22s", l == 0 ? "Parts:" : "Destination's own:");
+        fprintf(f, "  %-22s", titles[l]);
         for (size_t i = 0; i < json_array_size(parts); i++) {
             json_t *p = json_array_get(parts, i);
             fprintf(f, "%s%s=%llu", i ? ", " : "", cli_json_str(p, "name"),

@@ -207,6 +207,8 @@ typedef struct lm_downtime_breakdown {
     uint64_t downtime_us;          /* guest stopped here .. the destination confirmed */
     uint64_t expected_us;          /* expected-downtime at the switchover decision */
     uint64_t fixed_us;             /* its part that does not depend on bytes */
+    unsigned nexpected;            /* expected_us term by term: "stop", "sync", */
+    lm_downtime_part expected[8];  /* "round-trip", "rest", "tail", "bytes" */
     unsigned nparts;               /* parts: they tile downtime_us */
     lm_downtime_part parts[LM_DOWNTIME_PARTS_MAX];
     unsigned ndest;                /* the destination's own parts, on its clock */

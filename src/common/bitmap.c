@@ -126,6 +126,21 @@ uint64_t lm_bitmap_count(const uint64_t *map, uint64_t nbits)
     return n;
 }
 
+uint64_t lm_bitmap_count_runs(const uint64_t *map, uint64_t nbits)
+{
+    uint64_t runs = 0, carry = 0, nwords = LM_BITMAP_WORDS(nbits);
+    for (uint64_t w = 0; w < nwords; w++) {
+        uint64_t v = map[w];
+        if (w == nwords - 1 && nbits % 64) {
+            v &= (1ull << (nbits % 64)) - 1;
+        }
+        /* A run starts at each set bit whose lower neighbour is clear. */
+        runs += (uint64_t)__builtin_popcountll(v & ~((v << 1) | carry));
+        carry = v >> 63;
+    }
+    return runs;
+}
+
 uint64_t lm_bitmap_drain_into(uint64_t *dst, uint64_t *src, uint64_t nbits)
 {
     uint64_t added = 0, nwords = LM_BITMAP_WORDS(nbits);

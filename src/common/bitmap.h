@@ -77,6 +77,8 @@ uint64_t lm_bitmap_next_set_atomic(const uint64_t *map, uint64_t nbits, uint64_t
 /* First clear bit at or after `from`, or nbits if none. */
 uint64_t lm_bitmap_next_clear(const uint64_t *map, uint64_t nbits, uint64_t from);
 uint64_t lm_bitmap_count(const uint64_t *map, uint64_t nbits);
+/* Runs of set bits (maximal stretches of consecutive set bits). */
+uint64_t lm_bitmap_count_runs(const uint64_t *map, uint64_t nbits);
 /* dst |= src, atomically taking src's words (src ends cleared). Returns
  * the number of bits newly set in dst. */
 uint64_t lm_bitmap_drain_into(uint64_t *dst, uint64_t *src, uint64_t nbits);

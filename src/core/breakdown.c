@@ -237,7 +237,9 @@ static unsigned series_len(const lm_bd_series *s)
     return LM_MIN(s->n, (unsigned)LM_BD_SAMPLES);
 }
 
-void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, uint64_t tail_bytes, uint64_t tail_bw)
+static uint64_t robust(const lm_bd_series *s);
+
+void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, const lm_bd_tail *tail)
 {
     bool has_stop = false, has_sync = false, has_conf = false, has_tail = false;
     uint64_t stop = part_ns(joined, "stop", &has_stop);
@@ -260,11 +262,24 @@ void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, uint64_t tail_bytes, uin
         add_sample(&l->rest, fixed > known ? fixed - known : 0);
     }
     uint64_t took = lm_bd_bytes_ns(joined);
-    if (has_tail && has_conf && tail_bytes >= LM_BD_RATE_BYTES && took) {
-        add_sample(&l->tail_rate, lm_per_second(tail_bytes, took));
-    } else if (has_tail && has_conf && tail_bw) {
-        uint64_t bytes_ns = lm_per_second(tail_bytes, tail_bw);
-        add_sample(&l->tail, took > bytes_ns ? took - bytes_ns : 0);
+    if (!has_tail || !has_conf) {
+        return; /* postcopy: the tail's end is not known */
+    }
+    if (tail->runs >= LM_BD_RUN_MIN && tail->cpu_ns) {
+        /* What the sender's CPU spent on it beyond its bytes, per run:
+         * CPU time, as a thread that waited for a CPU (the host's load,
+         * which no estimate knows beforehand) would teach 10-100x the
+         * cost of a run for the next switchover. */
+        uint64_t bytes_ns = tail->run_bw ? lm_per_second(tail->bytes, tail->run_bw) : 0;
+        add_sample(&l->run, lm_sat_sub(tail->cpu_ns, bytes_ns) / tail->runs);
+    } else if (tail->bw) {
+        /* Beyond what its estimate priced, as it priced it. */
+        uint64_t priced = lm_per_second(tail->bytes, tail->bw);
+        if (tail->by_runs) {
+            priced = lm_sat_add(lm_sat_mul(tail->runs, lm_bd_run_ns(l)),
+                                tail->run_bw ? lm_per_second(tail->bytes, tail->run_bw) : 0);
+        }
+        add_sample(&l->tail, lm_sat_sub(took, priced));
     }
 }
 
@@ -296,13 +311,20 @@ static uint64_t typical(const lm_bd_series *s, uint64_t probe)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-uint64_t lm_bd_tail_rate(const lm_bd_learned *l)
+/* A series without a probe: one sample as it is, two by the smaller (a
+ * descheduled one is the larger), then the median. */
+static uint64_t robust(const lm_bd_series *s)
 {
-    unsigned n = series_len(&l->tail_rate);
+    unsigned n = series_len(s);
     if (n <= 2) {
-        return n == 0 ? 0 : n == 1 ? l->tail_rate.v[0] : LM_MAX(l->tail_rate.v[0], l->tail_rate.v[1]);
+        return n == 0 ? 0 : n == 1 ? s->v[0] : LM_MIN(s->v[0], s->v[1]);
     }
-    return typical(&l->tail_rate, 0); /* the median of three or more */
+    return typical(s, 0); /* the median of three or more */
+}
+
+uint64_t lm_bd_run_ns(const lm_bd_learned *l)
+{
+    return robust(&l->run);
 }
 
 uint64_t lm_bd_fixed_estimate(const lm_bd_learned *l, const lm_bd_probe *p, lm_bd_fixed *out)

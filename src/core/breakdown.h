@@ -81,9 +81,13 @@ uint64_t lm_bd_fixed_ns(const lm_bd *joined);
  *     waking up and the confirmation's way back;
  *   - rest: every other part that does not move bytes: device saves, the
  *     send, the destination's device loads, multifd finish, its restart;
- *   - tail: what the RAM tail took beyond its bytes at the rate the
- *     estimate used (claiming and write-protecting runs, the first write's
- *     wake-up of the destination, its last load after the last byte).
+ *   - tail: what a RAM tail of a few runs took beyond its bytes at the
+ *     rate the estimate used (claiming and write-protecting a run, the
+ *     first write's wake-up of the destination, its last load after the
+ *     last byte).
+ * The RAM tail itself is priced apart (lm_bd_run_ns): its bytes at a rate
+ * plus a cost per run of dirty pages, which a scattered tail pays once per
+ * page (a claim, a write-protect, a send each).
  * The round trip is measured before every switchover (the quickest of a
  * few empty DRAIN..BACKLOG, nothing queued at the destination); the other
  * four are learned from the joined breakdowns of this engine's
@@ -93,12 +97,15 @@ uint64_t lm_bd_fixed_ns(const lm_bd *joined);
  * it, measured anew at every dirty sync: the stop and the rest each the
  * round trip now (each is a few thread wake-ups across processes, as the
  * round trip is), the sync the last pass's, the tail what the last pass's
- * cheapest slice took on its CPU beyond its bytes (the tail is one more
- * slice), or the round trip if that is more.
+ * cheapest slice took on its CPU beyond its bytes per run it had to send
+ * (the tail is one more slice), or the round trip if that is more.
  * A descheduled switchover is only ever slower than the host's own cost,
  * so one slow sample must not set the next prediction: one sample counts
  * up to LM_BD_OUTLIER times its probe, two by the smaller, three or more
- * by their median (the last LM_BD_SAMPLES).
+ * by their median (the last LM_BD_SAMPLES).  On this host a
+ * sub-millisecond part swings 2-10x between consecutive switchovers, so
+ * no estimate made before the stop is within 25 % of a downtime those
+ * parts dominate.
  */
 #define LM_BD_SAMPLES 8
 #define LM_BD_OUTLIER 16
@@ -109,13 +116,14 @@ typedef struct lm_bd_series {
 
 typedef struct lm_bd_learned {
     lm_bd_series stop, sync, rest, tail;
-    /* The rate (bytes/s) tails of LM_BD_RATE_BYTES or more moved at,
-     * joined parts and all: the stop-copy's own (the passes run beside
-     * faulting vCPUs, the stop-copy does not). */
-    lm_bd_series tail_rate;
+    /* The stop-copy's cost per run of dirty pages (ns): the source's CPU
+     * time sending a tail of LM_BD_RUN_MIN runs or more, beyond its bytes
+     * at the destination's load rate, per run.  What a scattered tail
+     * costs that a pass, beside faulting vCPUs, overstates 5-20x. */
+    lm_bd_series run;
     unsigned n; /* switchovers learned from, in all */
 } lm_bd_learned;
-#define LM_BD_RATE_BYTES (64ull << 10)
+#define LM_BD_RUN_MIN 8
 
 /* What the last pass measured, standing for what is not learned yet. */
 typedef struct lm_bd_probe {
@@ -138,15 +146,34 @@ typedef struct lm_bd_fixed {
  * "transfer" (the destination waiting for bytes after the source wrote
  * its last) and "dst:ram-tail" (its loads after that). */
 uint64_t lm_bd_bytes_ns(const lm_bd *joined);
-/* Learns from one switchover's joined breakdown.  tail_bytes moved in it;
- * tail_bw: the rate (bytes/s) its estimate gave them (0: none, the tail
- * is not learned from this one).  A tail of LM_BD_RATE_BYTES or more
- * teaches the rate; a smaller one the tail's own cost. */
-void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, uint64_t tail_bytes, uint64_t tail_bw);
-/* The stop-copy's rate learned so far (bytes/s; 0: none): one sample as
- * it is, two by the faster (a descheduled one is the slower), then the
- * median. */
-uint64_t lm_bd_tail_rate(const lm_bd_learned *l);
+/* What one switchover's RAM tail was: its bytes and runs, the rate
+ * (bytes/s) its estimate gave the bytes (0: none known, the tail's own
+ * cost is not learned from it), the rate its runs' bytes are priced at
+ * (the destination's load rate; 0: not said, the bytes are in the runs'
+ * cost), whether its estimate priced it by runs (else by bw alone), and
+ * the source's CPU time sending it (multifd: the wall time, its senders'
+ * CPU is not the migration thread's; 0: not known). */
+typedef struct lm_bd_tail {
+    uint64_t bytes;
+    uint64_t runs;
+    uint64_t bw;
+    uint64_t run_bw;
+    bool by_runs;
+    uint64_t cpu_ns;
+} lm_bd_tail;
+/* Learns from one switchover's joined breakdown.  A tail of LM_BD_RUN_MIN
+ * runs or more teaches the cost per run; a smaller one the tail's own
+ * (fixed) cost. */
+void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, const lm_bd_tail *tail);
+/* The stop-copy's learned cost per run (ns; 0: nothing learned): one
+ * sample as it is, two by the smaller (a descheduled one is the larger),
+ * then the median. */
+uint64_t lm_bd_run_ns(const lm_bd_learned *l);
+/* Whether a cost per run was learned at all. */
+static inline bool lm_bd_run_learned(const lm_bd_learned *l)
+{
+    return l->run.n > 0;
+}
 /* The fixed part for a switchover now; returns the sum. */
 uint64_t lm_bd_fixed_estimate(const lm_bd_learned *l, const lm_bd_probe *p, lm_bd_fixed *out);
 

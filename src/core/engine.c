@@ -763,6 +763,20 @@ static void breakdown_export(const lm_stats *st, lm_downtime_breakdown *out)
     out->fixed_us = (st->bd_fixed_ns + 500) / 1000;
     export_parts(&st->bd, out->parts, &out->nparts);
     export_parts(&st->bd_dst, out->dest, &out->ndest);
+    /* The prediction's terms, to set beside the parts they predicted. */
+    const lm_bd_fixed *f = &st->bd_expected_parts;
+    const struct {
+        const char *name;
+        uint64_t ns;
+    } terms[] = { { "stop", f->stop_ns }, { "sync", f->sync_ns }, { "round-trip", f->rtt_ns },
+                  { "rest", f->rest_ns }, { "tail", f->tail_ns },
+                  { "bytes", st->bd_expected_bytes_ns } };
+    out->nexpected = 0;
+    for (size_t i = 0; st->bd_expected_ns && i < sizeof(terms) / sizeof(terms[0]); i++) {
+        lm_downtime_part *p = &out->expected[out->nexpected++];
+        snprintf(p->name, sizeof(p->name), "%s", terms[i].name);
+        p->us = (terms[i].ns + 500) / 1000;
+    }
 }
 
 static void query_all(lm_engine *e, lm_info *out)

@@ -110,6 +110,8 @@ typedef struct lm_stats {
     /* The switchover's accounting (docs/architecture.md, convergence). */
     uint64_t expected_downtime_ns; /* computed at the last dirty sync */
     uint64_t expected_fixed_ns;    /* its part that does not depend on bytes */
+    lm_bd_fixed expected_parts;    /* that fixed part, term by term */
+    uint64_t expected_bytes_ns;    /* and the part that moves the bytes */
     uint64_t switchover_bw;  /* bytes/s the stop-copy is expected to get */
     uint64_t sync_ns;        /* the last dirty sync took (with multifd's sync points) */
     uint64_t rtt_ns;         /* lowest PING..BACKLOG round trip (0: none yet) */
@@ -118,11 +120,15 @@ typedef struct lm_stats {
     uint64_t dest_backlog;   /* bytes the destination had not loaded at its last BACKLOG */
     uint64_t dest_load_bw;   /* bytes/s its RAM loads reached on its CPU (0: not said) */
     uint64_t tail_bw;        /* bytes/s expected-downtime gave the tail (with dest_load_bw) */
-    uint64_t tail_probe_ns;  /* the last pass's quickest slice beyond its bytes */
+    uint64_t tail_probe_ns;  /* the last pass's quickest slice beyond its bytes, per run */
+    uint64_t tail_run_bw;    /* bytes/s the tail's runs were priced against */
+    bool tail_by_runs;       /* the tail was priced by its runs (lm_bd_run_ns) */
     uint64_t drains;         /* PING..BACKLOG round trips */
     bool has_breakdown;      /* source: the switchover ended, bd holds it */
     uint64_t bd_expected_ns; /* expected downtime at the switchover decision */
     uint64_t bd_fixed_ns;    /* the fixed part it used */
+    lm_bd_fixed bd_expected_parts; /* its terms, and its bytes part: */
+    uint64_t bd_expected_bytes_ns; /* x-downtime-breakdown's expected-parts */
     lm_bd bd;                /* joined: tiles the downtime */
     lm_bd bd_dst;            /* the destination's own parts */
     lm_convergence convergence; /* x-convergence, as of the last sync (convergence.c) */

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "channel/tls.h"
+#include "common/bitmap.h"
 #include "common/clock.h"
 #include "common/threadtime.h"
 #include "common/util.h"
@@ -82,6 +83,9 @@ typedef struct src_ctx {
     uint64_t pass_small_ns;    /* this pass's slice that sent something on the least
                                 * CPU time (ns), */
     uint64_t pass_small_bytes; /* and what it sent */
+    uint64_t pass_runs;        /* runs of dirty pages this pass set out to send */
+    uint64_t tail_runs;        /* the stop-copy's: runs dirty at its sync */
+    uint64_t tail_cpu_ns;      /* the stop-copy's: CPU time its RAM tail took here */
     uint32_t ping_seq;
     lm_bd bd;                  /* this switchover's source parts */
     lm_bd bd_dst;              /* the destination's, from the return path */
@@ -510,19 +514,60 @@ static uint64_t fixed_cost_ns(lm_engine *e, lm_bd_fixed *parts)
     return lm_bd_fixed_estimate(&e->learned, &probe, parts);
 }
 
+/* Keeps a new expected-downtime with its terms (shown, per switchover,
+ * beside the measured parts); returns it.  Called with the engine lock. */
+static uint64_t set_expected(lm_stats *st, const lm_bd_fixed *parts, uint64_t bytes_ns)
+{
+    uint64_t fixed = parts->stop_ns + parts->sync_ns + parts->rtt_ns + parts->rest_ns +
+                     parts->tail_ns;
+    st->expected_downtime_ns = lm_sat_add(fixed, bytes_ns);
+    st->expected_fixed_ns = fixed;
+    st->expected_parts = *parts;
+    st->expected_bytes_ns = bytes_ns;
+    return st->expected_downtime_ns;
+}
+
 /* The rate the tail moves at: the source's (bw), unless the destination
  * said it loads slower (they work at once, so the slower one sets the
  * pace).  Called with the engine lock. */
 static uint64_t tail_rate(lm_engine *e, uint64_t bw)
 {
     uint64_t dst = e->stats.dest_load_bw;
-    uint64_t rate = dst && dst < bw ? dst : bw;
-    /* Without the operator's figure, what earlier stop-copies reached
-     * (the passes, beside faulting vCPUs, under-rate it), if faster. */
-    if (!e->params.avail_switchover_bandwidth) {
-        rate = LM_MAX(rate, lm_bd_tail_rate(&e->learned));
+    return dst && dst < bw ? dst : bw;
+}
+
+/* Runs of dirty pages over guest RAM: a scattered tail costs the
+ * stop-copy once per run (a claim, a write-protect, a send). */
+static uint64_t dirty_runs(lm_engine *e)
+{
+    uint64_t runs = 0;
+    for (size_t i = 0; i < e->nblocks; i++) {
+        if (e->blocks[i]->dirty) {
+            runs += lm_bitmap_count_runs(e->blocks[i]->dirty, e->blocks[i]->npages);
+        }
     }
-    return rate;
+    return runs;
+}
+
+/* How long the stop-copy takes to move `bytes` in `runs` runs, beyond the
+ * tail's fixed cost.  QEMU's pricing (bytes over the switchover's rate)
+ * where the operator gave avail-switchover-bandwidth or nothing was
+ * learned yet; else each run at the cost earlier stop-copies taught
+ * (core/breakdown.h) plus the bytes at the destination's load rate, which
+ * that cost was learned against (the pass rates swing with what the pass
+ * met: zero pages, faulting vCPUs, runs of a whole guest; where the
+ * destination did not say its rate, the runs' cost holds their bytes).
+ * Called with the engine lock; keeps that rate for the lesson. */
+static uint64_t ram_tail_ns(lm_engine *e, uint64_t bytes, uint64_t runs, uint64_t rate)
+{
+    uint64_t run_bw = e->stats.dest_load_bw;
+    e->stats.tail_run_bw = run_bw;
+    e->stats.tail_by_runs = !e->params.avail_switchover_bandwidth && lm_bd_run_learned(&e->learned);
+    if (!e->stats.tail_by_runs) {
+        return lm_per_second(bytes, rate);
+    }
+    uint64_t bytes_ns = run_bw ? lm_per_second(bytes, run_bw) : 0; /* else in the runs' cost */
+    return lm_sat_add(lm_sat_mul(runs, lm_bd_run_ns(&e->learned)), bytes_ns);
 }
 
 /* One DRAIN..BACKLOG round trip: the destination answers once everything
@@ -678,6 +723,7 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     uint64_t pending_ram = lm_ram_save_pending(&e->saver);
     uint64_t pending_dev = lm_devices_pending(e, true, NULL);
     uint64_t pending = lm_sat_add(pending_ram, pending_dev);
+    uint64_t pending_runs = dirty_runs(e);
     uint64_t elapsed = now - c->pass_start_ns;
     uint64_t sent = sent_total - c->pass_start_bytes;
     /* The rate the stop-copy gets once max-bandwidth is lifted: what the
@@ -736,21 +782,24 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
      * on its CPU beyond its bytes at that rate is the probe of the tail's
      * own cost (core/breakdown.h), until a switchover taught it. */
     if (small_bytes && rate) {
-        st->tail_probe_ns = lm_sat_sub(small_ns, lm_per_second(small_bytes, rate));
+        /* Per run the pass had to send: a slice of a scattered pass holds
+         * many runs, a tail of a few runs pays a few of their costs. */
+        st->tail_probe_ns = lm_sat_sub(small_ns, lm_per_second(small_bytes, rate)) /
+                            LM_MAX(c->pass_runs, 1);
     }
+    c->pass_runs = pending_runs;
     uint64_t pass_bw = st->bandwidth;
     int throttle = st->throttle_percent;
     uint64_t limit_ns = lm_sat_mul(e->params.downtime_limit, 1000000);
-    uint64_t fixed = fixed_cost_ns(e, NULL);
+    lm_bd_fixed parts;
+    uint64_t fixed = fixed_cost_ns(e, &parts);
     uint64_t expected = 0;
     if (bw) {
         /* QEMU's expected-downtime (what was dirty at this sync over the
          * bandwidth), plus what a switchover costs besides bytes, plus what
          * the destination last said it had received but not loaded. */
         uint64_t bytes = lm_sat_add(pending, st->dest_backlog);
-        expected = lm_sat_add(fixed, lm_per_second(bytes, rate));
-        st->expected_downtime_ns = expected;
-        st->expected_fixed_ns = fixed;
+        expected = set_expected(st, &parts, ram_tail_ns(e, bytes, pending_runs, rate));
     }
     pthread_mutex_unlock(&e->lock);
 
@@ -808,28 +857,30 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
             /* The prediction again, with the round trip just measured and
              * what joined the tail meanwhile. */
             uint64_t tail = lm_sat_add(pending, more);
-            lm_bd_fixed parts;
+            /* What joined it meanwhile counted as a run a page: the
+             * guest's writes land scattered. */
+            uint64_t tail_runs = lm_sat_add(pending_runs, more / 4096);
             pthread_mutex_lock(&e->lock);
             fixed = fixed_cost_ns(e, &parts);
             rate = tail_rate(e, bw); /* the destination said how fast it loads */
             st->tail_bw = rate;
-            expected = lm_sat_add(fixed, lm_per_second(tail, rate));
-            st->expected_downtime_ns = expected;
-            st->expected_fixed_ns = fixed;
+            expected = set_expected(st, &parts, ram_tail_ns(e, tail, tail_runs, rate));
             pthread_mutex_unlock(&e->lock);
             if (expected > limit_ns && tail > NEGLIGIBLE_BYTES) {
                 *switch_now = false;
             }
             lm_debug("fixed part %llu us: stop %llu sync %llu round trip %llu rest %llu tail %llu "
-                     "(%u of 4 learned); tail %llu bytes at %llu B/s (source %llu, destination "
-                     "loads %llu)", (unsigned long long)(fixed / 1000),
+                     "(%u of 4 learned); tail %llu bytes in %llu runs at %llu B/s (source %llu, "
+                     "destination loads %llu), %llu ns a run", (unsigned long long)(fixed / 1000),
                      (unsigned long long)(parts.stop_ns / 1000),
                      (unsigned long long)(parts.sync_ns / 1000),
                      (unsigned long long)(parts.rtt_ns / 1000),
                      (unsigned long long)(parts.rest_ns / 1000),
                      (unsigned long long)(parts.tail_ns / 1000), parts.learned,
-                     (unsigned long long)tail, (unsigned long long)rate, (unsigned long long)bw,
-                     (unsigned long long)st->dest_load_bw);
+                     (unsigned long long)tail, (unsigned long long)tail_runs,
+                     (unsigned long long)rate, (unsigned long long)bw,
+                     (unsigned long long)st->dest_load_bw,
+                     (unsigned long long)lm_bd_run_ns(&e->learned));
         }
         lm_debug("pass %llu: pending %llu (ram %llu dev %llu) bw %llu B/s expected %llu us -> %s",
                  (unsigned long long)pass, (unsigned long long)pending,
@@ -1104,7 +1155,10 @@ static int switchover(src_ctx *c, bool postcopy)
     if (ret == 0) {
         ret = lm_ram_save_sync(&e->saver, &newly, &c->err);
     }
+    c->tail_runs = dirty_runs(e);
     lm_bd_mark(&c->bd, "sync");
+    uint64_t tail_cpu0 = lm_thread_cpu_ns(), tail_t0 = lm_now_ns();
+    bool tail_multifd = c->mf_open;
     if (ret == 0 && postcopy) {
         lm_ram_save_freeze_hint(&e->saver);
         ret = lm_pc_src_send_discards(c->pc, c->ch, &c->err);
@@ -1119,6 +1173,9 @@ static int switchover(src_ctx *c, bool postcopy)
         }
     }
     lm_bd_mark(&c->bd, postcopy ? "discard" : "ram-tail");
+    /* The tail's cost on the source's CPU; with multifd its senders' CPU
+     * is not this thread's: the wall time it took. */
+    c->tail_cpu_ns = tail_multifd ? lm_now_ns() - tail_t0 : lm_thread_cpu_ns() - tail_cpu0;
     if (ret == 0) {
         e->bd_src = &c->bd; /* each device's save gets its own part */
         ret = lm_devices_save_complete(e, c->ch, &c->err);
@@ -1188,10 +1245,15 @@ static void record_breakdown(src_ctx *c, uint64_t t_sent, uint64_t t_end)
     st->bd_dst.n = c->have_bd_dst ? c->bd_dst.n : 0;
     st->bd_expected_ns = st->expected_downtime_ns;
     st->bd_fixed_ns = st->expected_fixed_ns;
+    st->bd_expected_parts = st->expected_parts;
+    st->bd_expected_bytes_ns = st->expected_bytes_ns;
     st->has_breakdown = true;
     /* Robust to one odd run on a loaded host (a vCPU thread descheduled
      * for 50 ms): core/breakdown.h. */
-    lm_bd_learn(&e->learned, &joined, st->downtime_bytes, st->tail_bw);
+    lm_bd_tail tail = { .bytes = st->downtime_bytes, .runs = c->tail_runs, .bw = st->tail_bw,
+                        .run_bw = st->tail_run_bw, .by_runs = st->tail_by_runs,
+                        .cpu_ns = c->tail_cpu_ns };
+    lm_bd_learn(&e->learned, &joined, &tail);
     pthread_mutex_unlock(&e->lock);
 }
 

@@ -761,6 +761,8 @@ static json_t *downtime_breakdown_json(const lm_downtime_breakdown *b)
     json_object_set_new(o, "downtime-us", qmp_u64(b->downtime_us));
     json_object_set_new(o, "expected-downtime-us", qmp_u64(b->expected_us));
     json_object_set_new(o, "fixed-us", qmp_u64(b->fixed_us));
+    /* expected-downtime-us term by term (docs/architecture.md, convergence) */
+    json_object_set_new(o, "expected-parts", downtime_parts_json(b->expected, b->nexpected));
     json_object_set_new(o, "parts", downtime_parts_json(b->parts, b->nparts));
     json_object_set_new(o, "destination", downtime_parts_json(b->dest, b->ndest));
     return o;

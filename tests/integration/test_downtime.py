@@ -64,6 +64,15 @@ class CappedSwitchover(MigrationTest):
         # return path's round trip (never 0, even on a first migration).
         self.assertGreater(bd["fixed-us"], 0, bd)
         self.assertGreaterEqual(expected, bd["fixed-us"], bd)
+        # Term by term, beside the parts they predict: the fixed terms add
+        # up to fixed-us, and with the bytes term to the prediction (each
+        # rounded to the µs); the sync and round trip were measured.
+        terms = {p["name"]: p["us"] for p in bd["expected-parts"]}
+        self.assertEqual(list(terms), ["stop", "sync", "round-trip", "rest", "tail", "bytes"], bd)
+        self.assertLessEqual(abs(sum(terms.values()) - bd["fixed-us"] - terms["bytes"]), 5, bd)
+        self.assertLessEqual(abs(sum(terms.values()) - expected), 6, bd)
+        self.assertGreater(terms["sync"], 0, bd)
+        self.assertGreater(terms["round-trip"], 0, bd)
         # The source's downtime (its clock: from before it stopped the
         # guest to the destination's confirmation, sent after the guest
         # started there) holds the blackout: same host, same clock.
@@ -92,6 +101,8 @@ class CappedSwitchover(MigrationTest):
         self.assertIn("Downtime breakdown (us): total=%d" % info["x-downtime-breakdown"]["downtime-us"],
                       out.stdout)
         self.assertIn("confirmation=", out.stdout)
+        self.assertIn("Expected:", out.stdout)
+        self.assertIn("round-trip=", out.stdout)
 
     def test_multifd(self):
         self.run_capped(caps={"multifd": True}, params={"multifd-channels": 2})
@@ -105,6 +116,9 @@ class CappedSwitchover(MigrationTest):
             caps=caps, params=params, extra=("--dirty-rate", "32M", "--working-set", "8M"),
             src_params={"avail-switchover-bandwidth": 1 << 30})
         self.assertGreater(info["ram"]["downtime-bytes"], CAP * LIMIT_MS // 1000, info)
+        # Megabytes were dirty at the decision: the prediction priced them.
+        terms = {p["name"]: p["us"] for p in info["x-downtime-breakdown"]["expected-parts"]}
+        self.assertGreater(terms["bytes"], 0, info["x-downtime-breakdown"])
         if not (caps or {}).get("multifd"):
             # Its BACKLOG said how fast it loads RAM (the tail moves at the
             # slower of the two sides): it loaded megabytes on this channel.

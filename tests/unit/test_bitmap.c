@@ -253,6 +253,32 @@ static void test_count(void **state)
     lm_bitmap_free(m);
 }
 
+/* Runs counted word by word against a bit-by-bit walk, across word
+ * boundaries and a last partial word. */
+static void test_count_runs(void **state)
+{
+    (void)state;
+    const uint64_t nbits = 300;
+    uint64_t *m = lm_bitmap_new(nbits);
+    assert_int_equal(lm_bitmap_count_runs(m, nbits), 0);
+    lm_bitmap_set_range(m, 60, 10); /* one run over a word boundary */
+    lm_bitmap_set(m, 5);
+    lm_bitmap_set(m, 7);
+    lm_bitmap_set_range(m, 127, 2); /* ends one word, starts the next */
+    lm_bitmap_set_range(m, 290, 10); /* up to the last bit */
+    assert_int_equal(lm_bitmap_count_runs(m, nbits), 5);
+    /* A prefix that ends inside a run counts it; bits past nbits do not. */
+    assert_int_equal(lm_bitmap_count_runs(m, 65), 3);
+    assert_int_equal(lm_bitmap_count_runs(m, 6), 1);
+    lm_bitmap_set_range(m, 0, nbits);
+    assert_int_equal(lm_bitmap_count_runs(m, nbits), 1);
+    for (uint64_t b = 0; b < nbits; b += 2) {
+        lm_bitmap_clear(m, b);
+    }
+    assert_int_equal(lm_bitmap_count_runs(m, nbits), nbits / 2);
+    lm_bitmap_free(m);
+}
+
 static void test_drain_into(void **state)
 {
     (void)state;
@@ -378,6 +404,7 @@ int main(void)
         cmocka_unit_test(test_ranges),
         cmocka_unit_test(test_next_set_clear),
         cmocka_unit_test(test_count),
+        cmocka_unit_test(test_count_runs),
         cmocka_unit_test(test_drain_into),
         cmocka_unit_test(test_set_atomic_concurrent),
         cmocka_unit_test(test_drain_concurrent),

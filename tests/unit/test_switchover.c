@@ -216,7 +216,7 @@ static void test_fixed_estimate(void **state)
      * LM_BD_OUTLIER times its probe (at least 1 us). */
     lm_bd b;
     switchover_of(&b, 80000000, 900, 5000, 30000000, 40);
-    lm_bd_learn(&l, &b, 1000, 1000000);
+    lm_bd_learn(&l, &b, &(lm_bd_tail){ .bytes = 1000, .runs = 1, .bw = 1000000, .run_bw = 1000000 });
     lm_bd_fixed_estimate(&l, &p, &f);
     assert_int_equal(f.learned, 4);
     assert_int_equal(f.stop_ns, LM_BD_OUTLIER * 1000);
@@ -233,7 +233,7 @@ static void test_fixed_estimate(void **state)
     lm_bd_mark_at(&pc, "stop", t += 100);
     lm_bd_mark_at(&pc, "sync", t += 700);
     lm_bd_mark_at(&pc, "discard", t += 10);
-    lm_bd_learn(&l, &pc, 0, 0);
+    lm_bd_learn(&l, &pc, &(lm_bd_tail){ .bytes = 0, .runs = 0, .bw = 0, .run_bw = 0 });
     lm_bd_fixed_estimate(&l, &p, &f);
     assert_int_equal(f.stop_ns, 100); /* the smaller of two */
     assert_int_equal(f.sync_ns, 700);
@@ -242,7 +242,7 @@ static void test_fixed_estimate(void **state)
 
     /* Calm ones: 1.2 ms for 1000 bytes at 1 MB/s leaves 200 us of tail. */
     switchover_of(&b, 120, 800, 9000, 1200000, 30);
-    lm_bd_learn(&l, &b, 1000, 1000000);
+    lm_bd_learn(&l, &b, &(lm_bd_tail){ .bytes = 1000, .runs = 1, .bw = 1000000, .run_bw = 1000000 });
     lm_bd_fixed_estimate(&l, &p, &f);
     assert_int_equal(f.stop_ns, 120);        /* median of {80 ms, 100, 120} */
     assert_int_equal(f.sync_ns, 800);        /* median of {900, 700, 800} */
@@ -250,36 +250,55 @@ static void test_fixed_estimate(void **state)
     assert_int_equal(f.tail_ns, 200000);     /* the smaller of {29 ms, 200 us} */
     /* A tail faster than its rate leaves nothing beyond its bytes. */
     switchover_of(&b, 120, 800, 9000, 500000, 30);
-    lm_bd_learn(&l, &b, 1000, 1000000);
+    lm_bd_learn(&l, &b, &(lm_bd_tail){ .bytes = 1000, .runs = 1, .bw = 1000000, .run_bw = 1000000 });
     lm_bd_fixed_estimate(&l, &p, &f);
     assert_int_equal(f.tail_ns, 200000);     /* median of {29 ms, 200 us, 0} */
     assert_int_equal(f.rest_ns, 9000);       /* median of {5000, 9000, 9000} */
     /* Only the last LM_BD_SAMPLES count: eight slow ones replace them. */
     for (int i = 0; i < LM_BD_SAMPLES; i++) {
         switchover_of(&b, 5000, 700, 7000, 7000, 30);
-        lm_bd_learn(&l, &b, 0, 1000000000);
+        lm_bd_learn(&l, &b, &(lm_bd_tail){ .bytes = 0, .runs = 0, .bw = 1000000000, .run_bw = 1000000000 });
     }
     lm_bd_fixed_estimate(&l, &p, &f);
     assert_int_equal(f.stop_ns, 5000);
     assert_int_equal(f.rest_ns, 7000);
     assert_int_equal(f.tail_ns, 7000);
     assert_int_equal(lm_bd_fixed_estimate(&l, &p, NULL), 5000 + 700 + 50 + 7000 + 7000);
-    assert_int_equal(lm_bd_tail_rate(&l), 0);
+    assert_int_equal(lm_bd_run_ns(&l), 0);
+    assert_false(lm_bd_run_learned(&l));
 
-    /* A tail of 64 KiB or more teaches the stop-copy's rate (its parts
-     * all counted), not the tail's own cost: one sample as it is, two by
-     * the faster, then the median. */
+    /* A tail of LM_BD_RUN_MIN runs or more teaches the cost per run (the
+     * source's CPU time sending it beyond its bytes at the destination's
+     * load rate, per run: a wait for a CPU, 64 ms below, teaches
+     * nothing), not the tail's own cost: one sample as it is, two by the
+     * smaller, then the median. */
     unsigned tails = l.tail.n;
-    switchover_of(&b, 100, 700, 9000, 4000000, 30); /* 4 MB in 4 ms */
-    lm_bd_learn(&l, &b, 4000000, 100000000);
+    lm_bd_tail scattered = { .bytes = 4000000, .runs = 1000, .bw = 100000000,
+                             .run_bw = 1000000000, .cpu_ns = 24000000 };
+    switchover_of(&b, 100, 700, 9000, 64000000, 30); /* 4 MB at 1 GB/s + 1000 x 20 us */
+    lm_bd_learn(&l, &b, &scattered);
     assert_int_equal(l.tail.n, tails);
-    assert_int_equal(lm_bd_tail_rate(&l), 1000000000);
-    switchover_of(&b, 100, 700, 9000, 40000000, 30); /* descheduled: 40 ms */
-    lm_bd_learn(&l, &b, 4000000, 100000000);
-    assert_int_equal(lm_bd_tail_rate(&l), 1000000000);
-    switchover_of(&b, 100, 700, 9000, 2000000, 30); /* 2 GB/s */
-    lm_bd_learn(&l, &b, 4000000, 100000000);
-    assert_int_equal(lm_bd_tail_rate(&l), 1000000000); /* median of {1G, 0.1G, 2G} */
+    assert_true(lm_bd_run_learned(&l));
+    assert_int_equal(lm_bd_run_ns(&l), 20000);
+    scattered.cpu_ns = 64000000; /* 60 us a run */
+    lm_bd_learn(&l, &b, &scattered);
+    assert_int_equal(lm_bd_run_ns(&l), 20000);
+    scattered.cpu_ns = 14000000; /* 10 us a run */
+    lm_bd_learn(&l, &b, &scattered);
+    assert_int_equal(lm_bd_run_ns(&l), 20000); /* median of {20, 60, 10} us */
+    /* Less CPU than its bytes alone: 0 a run, not a wrap-around. */
+    scattered.cpu_ns = 1000000;
+    lm_bd_learn(&l, &b, &scattered);
+    assert_int_equal(l.run.v[3], 0);
+    /* A tail of a few runs then teaches the tail's own cost beyond what
+     * its estimate priced, as it priced it (by runs: its bytes at the
+     * destination's 1 GB/s, not the pass's 100 MB/s, and its runs at the
+     * learned cost): 7 ms - 1 ms - 4 x 15 us. */
+    switchover_of(&b, 100, 700, 9000, 7000000, 30);
+    lm_bd_learn(&l, &b, &(lm_bd_tail){ .bytes = 1000000, .runs = 4, .bw = 100000000,
+                                       .run_bw = 1000000000, .by_runs = true });
+    assert_int_equal(l.tail.n, tails + 1);
+    assert_int_equal(l.tail.v[tails % LM_BD_SAMPLES], 7000000 - 1000000 - 4 * lm_bd_run_ns(&l));
 }
 
 /* The destination's BACKLOG carries its load rate (20 bytes); one without
