@@ -18,6 +18,20 @@ static void quieten(uint64_t cause)
         MSIP = 0;
 }
 
+/* Sleeps until the interrupt with this cause was taken.  The check and the
+ * wfi run with MIE clear: were the interrupt taken between them, the wfi
+ * would sleep with nothing left to wake it (seen under QEMU on a loaded
+ * host).  A pending interrupt wakes wfi whatever MIE says, and the short
+ * window with MIE set takes it. */
+static void wait_for_interrupt(uint64_t cause)
+{
+    while (rt_last_trap.cause != cause) {
+        asm volatile("wfi");
+        csr_set(mstatus, 1UL << 3);
+        csr_clear(mstatus, 1UL << 3);
+    }
+}
+
 static void interrupts(void)
 {
     rt_irq_hook = quieten;
@@ -25,10 +39,7 @@ static void interrupts(void)
     csr_write(mie, 1UL << 7);      /* MTIE */
     rt_expect_trap();
     MTIMECMP = MTIME + 1000;       /* 100 us at the virt machine's 10 MHz */
-    csr_set(mstatus, 1UL << 3);    /* MIE */
-    while (rt_last_trap.cause != 0x8000000000000007UL)
-        asm volatile("wfi");
-    csr_clear(mstatus, 1UL << 3);
+    wait_for_interrupt(0x8000000000000007UL);
     printf("timer interrupt: traps=%u cause=%lx mip.MTIP after=%lx\n", rt_traps_taken(),
            rt_last_trap.cause, (csr_read(mip) >> 7) & 1);
     /* A pending but disabled interrupt shows in mip and is not taken. */
@@ -40,10 +51,7 @@ static void interrupts(void)
     csr_write(mie, 1UL << 3);      /* MSIE */
     rt_expect_trap();
     MSIP = 1;
-    csr_set(mstatus, 1UL << 3);
-    while (rt_last_trap.cause != 0x8000000000000003UL)
-        asm volatile("wfi");
-    csr_clear(mstatus, 1UL << 3);
+    wait_for_interrupt(0x8000000000000003UL);
     printf("software interrupt: traps=%u cause=%lx msip=%x\n", rt_traps_taken(),
            rt_last_trap.cause, MSIP);
     csr_write(mie, 0);
