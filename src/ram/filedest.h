@@ -13,7 +13,8 @@
  *
  * Any thread, on pages no other thread places at the same time; only
  * pread/pwrite/lseek/fallocate are used, and none of them depends on the
- * shared file position.
+ * shared file position.  Threads writing one block take turns on its
+ * dest_file_lock (filedest.c says why).
  */
 #ifndef LM_RAM_FILEDEST_H
 #define LM_RAM_FILEDEST_H

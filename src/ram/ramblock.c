@@ -46,6 +46,7 @@ int lm_ram_block_new(const lm_ram_desc *d, uint32_t idx, lm_ram_block **out, lm_
         free(b);
         return lm_error_set(err, -ENOMEM, "out of memory");
     }
+    pthread_mutex_init(&b->dest_file_lock, NULL);
     *out = b;
     return 0;
 }
@@ -65,6 +66,7 @@ void lm_ram_block_free(lm_ram_block *b)
     if (b) {
         lm_ram_block_release_bitmaps(b);
         lm_bitmap_free(b->manual);
+        pthread_mutex_destroy(&b->dest_file_lock);
         free(b);
     }
 }

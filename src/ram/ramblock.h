@@ -4,6 +4,7 @@
 #ifndef LM_RAM_RAMBLOCK_H
 #define LM_RAM_RAMBLOCK_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -54,6 +55,9 @@ struct lm_ram_block {
     /* Destination: pages are written into the backing file, never through
      * the mapping (ram/filedest.h). */
     bool dest_file;
+    /* Destination: writers of the backing file take turns here
+     * (ram/filedest.c says why). */
+    pthread_mutex_t dest_file_lock;
 };
 
 int lm_ram_block_new(const lm_ram_desc *desc, uint32_t idx, lm_ram_block **out, lm_error *err);

@@ -5,8 +5,10 @@ writing them into the file, and zero pages as holes.
 Each test gives the destination a RAM file full of stale random bytes, and
 the source a RAM file whose first half is a hole and whose second half is
 zeros written out (data on disk that is zero).  The source runs the random
-workload over a quarter of its RAM, is stopped, and moves by the single
-channel, multifd (plain and zstd) or a mapped-ram file restore.  Then:
+workload over a quarter of its RAM, is stopped (one multifd test keeps
+it running at lmtest.LIVE_RATE), and moves by the single channel, multifd
+(plain, four channels, with checksums, zstd) or a mapped-ram file
+restore.  Then:
   - the destination's memory equals the stopped source's, byte for byte,
     and so does its RAM file;
   - every page that is zero at the source is a hole in the destination's
@@ -16,6 +18,7 @@ channel, multifd (plain and zstd) or a mapped-ram file restore.  Then:
 """
 import os
 
+import lmtest
 from lmtest import MigrationTest, main
 
 MEM = "32M"
@@ -61,16 +64,19 @@ class FileBackedDestination(MigrationTest):
             f.write(os.urandom(SIZE))
         return src, dst
 
-    def source(self, path):
+    def source(self, path, live=False):
         src = self.vm("src", memory=MEM, workload="random",
-                      extra=["--memory-backend", "file:" + path, "--working-set", "25%"])
+                      extra=["--memory-backend", "file:" + path, "--working-set", "25%"] +
+                      (lmtest.LIVE_RATE if live else []))
         self.assertTrue(src.wait_running_steps())
-        src.cmd("stop")
+        if not live:
+            src.cmd("stop")
         return src
 
-    def destination(self, path, tag=""):
+    def destination(self, path, tag="", live=False):
         return self.vm("dst" + tag, memory=MEM, workload="random", incoming="defer", paused=True,
-                       extra=["--memory-backend", "file:" + path, "--working-set", "25%"])
+                       extra=["--memory-backend", "file:" + path, "--working-set", "25%"] +
+                       (lmtest.LIVE_RATE if live else []))
 
     def check(self, src, dst, src_ram, dst_ram):
         self.assert_same_memory(src, dst)
@@ -92,10 +98,10 @@ class FileBackedDestination(MigrationTest):
         dst.cmd("cont")
         self.assert_guest_ok(dst)
 
-    def _migrate(self, caps=None, params=None, checksum=False):
+    def _migrate(self, caps=None, params=None, checksum=False, live=False):
         src_ram, dst_ram = self.ram_files()
-        src = self.source(src_ram)
-        dst = self.destination(dst_ram)
+        src = self.source(src_ram, live)
+        dst = self.destination(dst_ram, live=live)
         for vm in (src, dst):
             vm.set_caps(**dict(caps or {}, **{"x-checksum": checksum}))
             if params:
@@ -111,6 +117,16 @@ class FileBackedDestination(MigrationTest):
 
     def test_multifd(self):
         self._migrate(caps={"multifd": True}, params={"multifd-channels": 2}, checksum=True)
+
+    def test_multifd_four_channels(self):
+        """Plain multifd (no checksums, no compression) with four
+        receivers writing into one file, which they take turns at."""
+        self._migrate(caps={"multifd": True}, params={"multifd-channels": 4})
+
+    def test_multifd_live(self):
+        """The source's guest keeps writing while four receivers fill the
+        file: pages sent again land over their earlier copies."""
+        self._migrate(caps={"multifd": True}, params={"multifd-channels": 4}, live=True)
 
     def test_multifd_zstd(self):
         self._migrate(caps={"multifd": True},

@@ -2,6 +2,7 @@
  * go into the backing file, zero pages are holes, the mapping is never
  * touched. */
 #include <fcntl.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -186,6 +187,70 @@ static void test_read_only_or_append_fd_not_used(void **state)
     teardown_block(&f);
 }
 
+/* Four writers on one file, as multifd receivers are: each takes every
+ * fourth run of 8 pages, writes it once with other bytes (a page sent
+ * early), then again with its final bytes (sent again), zero pages among
+ * them.  The file ends up byte for byte, holes where pages are zero. */
+#define WRITERS 4u
+#define RUN 8u
+
+typedef struct writer {
+    lm_ram_block *b;
+    const uint8_t *want;
+    unsigned index;
+    int ret;
+} writer;
+
+static void *write_runs(void *arg)
+{
+    writer *w = arg;
+    uint8_t early[RUN * PSIZE];
+    memset(early, 0x5a, sizeof(early));
+    for (unsigned first = w->index * RUN; first < PAGES && !w->ret; first += WRITERS * RUN) {
+        w->ret = lm_filedest_write_pages(w->b, first, early, RUN);
+        if (!w->ret) {
+            w->ret = lm_filedest_write_pages(w->b, first, w->want + (size_t)first * PSIZE, RUN);
+        }
+    }
+    return NULL;
+}
+
+static void test_concurrent_writers(void **state)
+{
+    (void)state;
+    fixture f;
+    setup_block(&f, false, true);
+    uint8_t *want = calloc(1, SIZE);
+    assert_non_null(want);
+    for (unsigned p = 0; p < PAGES; p++) {
+        if (p % 3 != 0) {
+            memset(want + (size_t)p * PSIZE, (int)(p % 251) + 1, PSIZE);
+        }
+    }
+    writer w[WRITERS];
+    pthread_t t[WRITERS];
+    for (unsigned i = 0; i < WRITERS; i++) {
+        w[i] = (writer){ .b = f.b, .want = want, .index = i };
+        assert_int_equal(pthread_create(&t[i], NULL, write_runs, &w[i]), 0);
+    }
+    for (unsigned i = 0; i < WRITERS; i++) {
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+        assert_int_equal(w[i].ret, 0);
+    }
+    uint8_t *got = malloc(SIZE);
+    assert_non_null(got);
+    assert_int_equal(pread(f.fd, got, SIZE, 0), (ssize_t)SIZE);
+    assert_memory_equal(got, want, SIZE);
+    for (unsigned p = 0; p < PAGES; p++) {
+        if (has_data(f.fd, p) != (p % 3 != 0)) {
+            fail_msg("page %u: %s but SEEK_DATA says otherwise", p, p % 3 ? "data" : "zero");
+        }
+    }
+    free(got);
+    free(want);
+    teardown_block(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -193,6 +258,7 @@ int main(void)
         cmocka_unit_test(test_stale_memfd),
         cmocka_unit_test(test_stale_regular_file),
         cmocka_unit_test(test_read_only_or_append_fd_not_used),
+        cmocka_unit_test(test_concurrent_writers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
