@@ -624,10 +624,23 @@ def ratio(a, b):
 
 
 
-def machine_header(qemu_version):
+def build_source_dir(build):
+    """The source tree a meson build directory was configured from (its
+    meson-info), so a run names the revision it measured; the bench's own
+    tree when that cannot be read."""
+    try:
+        with open(os.path.join(build, "meson-info", "meson-info.json")) as fh:
+            return json.load(fh)["directories"]["source"]
+    except (OSError, ValueError, KeyError):
+        return ROOT
+
+
+def machine_header(qemu_version, build=None):
+    src_dir = build_source_dir(build) if build else ROOT
+
     def sh(*cmd):
         try:
-            return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).stdout.strip()
+            return subprocess.run(cmd, capture_output=True, text=True, cwd=src_dir).stdout.strip()
         except OSError:
             return "?"
     cpu = "?"
@@ -749,7 +762,7 @@ def main():
         for part in args.raw_methods.split(";"):
             dk, ms = part.split("=")
             RAW_METHODS[dk] = [tuple(m.split(">")) for m in ms.split("+")]
-    header = machine_header(qemu.version() if qemu else "not measured")
+    header = machine_header(qemu.version() if qemu else "not measured", args.build)
     header["busy"] = busy_processes()
     header["accel"] = qemu.pick_accel() if qemu else "-"
     caps = lm.capabilities()
