@@ -515,11 +515,10 @@ static uint64_t fixed_cost_ns(lm_engine *e, lm_bd_fixed *parts)
 }
 
 /* Keeps a new expected-downtime with its terms (shown, per switchover,
- * beside the measured parts); returns it.  Called with the engine lock. */
-static uint64_t set_expected(lm_stats *st, const lm_bd_fixed *parts, uint64_t bytes_ns)
+ * beside the measured parts); returns it.  fixed: the sum of parts, as
+ * fixed_cost_ns returned it.  Called with the engine lock. */
+static uint64_t set_expected(lm_stats *st, const lm_bd_fixed *parts, uint64_t fixed, uint64_t bytes_ns)
 {
-    uint64_t fixed = parts->stop_ns + parts->sync_ns + parts->rtt_ns + parts->rest_ns +
-                     parts->tail_ns;
     st->expected_downtime_ns = lm_sat_add(fixed, bytes_ns);
     st->expected_fixed_ns = fixed;
     st->expected_parts = *parts;
@@ -799,7 +798,7 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
          * bandwidth), plus what a switchover costs besides bytes, plus what
          * the destination last said it had received but not loaded. */
         uint64_t bytes = lm_sat_add(pending, st->dest_backlog);
-        expected = set_expected(st, &parts, ram_tail_ns(e, bytes, pending_runs, rate));
+        expected = set_expected(st, &parts, fixed, ram_tail_ns(e, bytes, pending_runs, rate));
     }
     pthread_mutex_unlock(&e->lock);
 
@@ -864,7 +863,7 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
             fixed = fixed_cost_ns(e, &parts);
             rate = tail_rate(e, bw); /* the destination said how fast it loads */
             st->tail_bw = rate;
-            expected = set_expected(st, &parts, ram_tail_ns(e, tail, tail_runs, rate));
+            expected = set_expected(st, &parts, fixed, ram_tail_ns(e, tail, tail_runs, rate));
             pthread_mutex_unlock(&e->lock);
             if (expected > limit_ns && tail > NEGLIGIBLE_BYTES) {
                 *switch_now = false;
