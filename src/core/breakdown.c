@@ -237,7 +237,6 @@ static unsigned series_len(const lm_bd_series *s)
     return LM_MIN(s->n, (unsigned)LM_BD_SAMPLES);
 }
 
-static uint64_t robust(const lm_bd_series *s);
 static uint64_t typical(const lm_bd_series *s, uint64_t probe);
 
 void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, const lm_bd_tail *tail)
@@ -285,7 +284,7 @@ void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, const lm_bd_tail *tail)
         /* Beyond what its estimate priced, as it priced it. */
         uint64_t priced = lm_per_second(tail->bytes, tail->bw);
         if (tail->by_runs) {
-            priced = lm_sat_add(lm_sat_mul(tail->runs, lm_bd_run_ns(l)),
+            priced = lm_sat_add(lm_sat_mul(tail->runs, lm_bd_run_ns(l, tail->rtt_ns)),
                                 tail->run_bw ? lm_per_second(tail->bytes, tail->run_bw) : 0);
         }
         add_sample(&l->tail, lm_sat_sub(took, priced));
@@ -328,20 +327,9 @@ static uint64_t typical(const lm_bd_series *s, uint64_t probe)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-/* A series without a probe: one sample as it is, two by the smaller (a
- * descheduled one is the larger), then the median. */
-static uint64_t robust(const lm_bd_series *s)
+uint64_t lm_bd_run_ns(const lm_bd_learned *l, uint64_t rtt_ns)
 {
-    unsigned n = series_len(s);
-    if (n <= 2) {
-        return n == 0 ? 0 : n == 1 ? s->v[0] : LM_MIN(s->v[0], s->v[1]);
-    }
-    return typical(s, 0); /* the median of three or more */
-}
-
-uint64_t lm_bd_run_ns(const lm_bd_learned *l)
-{
-    return robust(&l->run);
+    return l->run.n ? typical(&l->run, rtt_ns) : 0;
 }
 
 uint64_t lm_bd_fixed_estimate(const lm_bd_learned *l, const lm_bd_probe *p, lm_bd_fixed *out)

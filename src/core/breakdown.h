@@ -177,10 +177,13 @@ typedef struct lm_bd_tail {
  * runs or more teaches the cost per run (a calm switchover's only); a
  * smaller one the tail's own (fixed) cost. */
 void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, const lm_bd_tail *tail);
-/* The stop-copy's learned cost per run (ns; 0: nothing learned): one
- * sample as it is, two by the smaller (a descheduled one is the larger),
- * then the median. */
-uint64_t lm_bd_run_ns(const lm_bd_learned *l);
+/* The stop-copy's learned cost per run (ns; 0: nothing learned), as the
+ * other learned parts: one sample up to LM_BD_OUTLIER times rtt_ns (the
+ * round trip now, at least 1 us: a run costs a few wake-ups; a first
+ * migration's tail lands on fresh destination memory, whose first touches
+ * taught 2 ms a run where the next tail took 90 us a run), two by the
+ * smaller, then the median. */
+uint64_t lm_bd_run_ns(const lm_bd_learned *l, uint64_t rtt_ns);
 /* Whether a cost per run was learned at all. */
 static inline bool lm_bd_run_learned(const lm_bd_learned *l)
 {

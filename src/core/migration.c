@@ -565,7 +565,7 @@ static uint64_t ram_tail_ns(lm_engine *e, uint64_t bytes, uint64_t runs, uint64_
         return lm_per_second(bytes, rate);
     }
     uint64_t bytes_ns = run_bw ? lm_per_second(bytes, run_bw) : 0; /* else in the runs' cost */
-    return lm_sat_add(lm_sat_mul(runs, lm_bd_run_ns(&e->learned)), bytes_ns);
+    return lm_sat_add(lm_sat_mul(runs, lm_bd_run_ns(&e->learned, e->stats.rtt_now_ns)), bytes_ns);
 }
 
 /* One DRAIN..BACKLOG round trip: the destination answers once everything
@@ -876,7 +876,7 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
                      (unsigned long long)tail, (unsigned long long)tail_runs,
                      (unsigned long long)rate, (unsigned long long)bw,
                      (unsigned long long)st->dest_load_bw,
-                     (unsigned long long)lm_bd_run_ns(&e->learned));
+                     (unsigned long long)lm_bd_run_ns(&e->learned, st->rtt_now_ns));
         }
         lm_debug("pass %llu: pending %llu (ram %llu dev %llu) bw %llu B/s expected %llu us -> %s",
                  (unsigned long long)pass, (unsigned long long)pending,

@@ -264,7 +264,7 @@ static void test_fixed_estimate(void **state)
     assert_int_equal(f.rest_ns, 7000);
     assert_int_equal(f.tail_ns, 7000);
     assert_int_equal(lm_bd_fixed_estimate(&l, &p, NULL), 5000 + 700 + 50 + 7000 + 7000);
-    assert_int_equal(lm_bd_run_ns(&l), 0);
+    assert_int_equal(lm_bd_run_ns(&l, 50000), 0);
     assert_false(lm_bd_run_learned(&l));
 
     /* A tail of LM_BD_RUN_MIN runs or more teaches the cost per run (the
@@ -278,13 +278,16 @@ static void test_fixed_estimate(void **state)
     lm_bd_learn(&l, &b, &scattered);
     assert_int_equal(l.tail.n, tails);
     assert_true(lm_bd_run_learned(&l));
-    assert_int_equal(lm_bd_run_ns(&l), 20000);
+    assert_int_equal(lm_bd_run_ns(&l, 50000), 20000);
+    /* One sample counts up to LM_BD_OUTLIER times the round trip now. */
+    assert_int_equal(lm_bd_run_ns(&l, 1000), LM_BD_OUTLIER * 1000);
+    assert_int_equal(lm_bd_run_ns(&l, 0), LM_BD_OUTLIER * 1000);
     switchover_of(&b, 100, 700, 9000, 64000000, 30); /* 60 us a run */
     lm_bd_learn(&l, &b, &scattered);
-    assert_int_equal(lm_bd_run_ns(&l), 20000);
+    assert_int_equal(lm_bd_run_ns(&l, 50000), 20000);
     switchover_of(&b, 100, 700, 9000, 14000000, 30); /* 10 us a run */
     lm_bd_learn(&l, &b, &scattered);
-    assert_int_equal(lm_bd_run_ns(&l), 20000); /* median of {20, 60, 10} us */
+    assert_int_equal(lm_bd_run_ns(&l, 50000), 20000); /* median of {20, 60, 10} us */
     /* Quicker than its bytes alone: 0 a run, not a wrap-around. */
     switchover_of(&b, 100, 700, 9000, 1000000, 30);
     lm_bd_learn(&l, &b, &scattered);
@@ -302,7 +305,7 @@ static void test_fixed_estimate(void **state)
     switchover_of(&b, 100, 700, slow, 900000000, 30);
     lm_bd_learn(&l, &b, &scattered);
     assert_int_equal(l.run.n, runs);
-    assert_int_equal(lm_bd_run_ns(&l), 15000); /* median of {20, 60, 10, 0} us */
+    assert_int_equal(lm_bd_run_ns(&l, 50000), 15000); /* median of {20, 60, 10, 0} us */
     /* A tail of a few runs then teaches the tail's own cost beyond what
      * its estimate priced, as it priced it (by runs: its bytes at the
      * destination's 1 GB/s, not the pass's 100 MB/s, and its runs at the
@@ -311,7 +314,8 @@ static void test_fixed_estimate(void **state)
     lm_bd_learn(&l, &b, &(lm_bd_tail){ .bytes = 1000000, .runs = 4, .bw = 100000000,
                                        .run_bw = 1000000000, .by_runs = true });
     assert_int_equal(l.tail.n, tails + 1);
-    assert_int_equal(l.tail.v[tails % LM_BD_SAMPLES], 7000000 - 1000000 - 4 * lm_bd_run_ns(&l));
+    assert_int_equal(l.tail.v[tails % LM_BD_SAMPLES],
+                     7000000 - 1000000 - 4 * lm_bd_run_ns(&l, 50000));
 }
 
 /* The destination's BACKLOG carries its load rate (20 bytes); one without
