@@ -237,7 +237,7 @@ static unsigned series_len(const lm_bd_series *s)
     return LM_MIN(s->n, (unsigned)LM_BD_SAMPLES);
 }
 
-static uint64_t robust(const lm_bd_series *s);
+static uint64_t typical(const lm_bd_series *s, uint64_t probe);
 
 void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, const lm_bd_tail *tail)
 {
@@ -248,6 +248,11 @@ void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, const lm_bd_tail *tail)
     uint64_t conf = part_ns(joined, "confirmation", &has_conf);
     part_ns(joined, "ram-tail", &has_tail);
     uint64_t fixed = lm_bd_fixed_ns(joined);
+    uint64_t known = stop + sync + conf;
+    uint64_t rest = fixed > known ? fixed - known : 0;
+    /* Whether this switchover's threads got their CPUs when they asked,
+     * judged before its own samples join: see lm_bd_calm. */
+    bool calm = has_stop && has_conf && lm_bd_calm(l, stop, rest, tail->rtt_ns);
     l->n++;
     if (has_stop) {
         add_sample(&l->stop, stop);
@@ -258,29 +263,40 @@ void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, const lm_bd_tail *tail)
     /* Without the destination's confirmation (postcopy ends at RUN) the
      * destination's parts are missing: no sample of the rest. */
     if (has_conf) {
-        uint64_t known = stop + sync + conf;
-        add_sample(&l->rest, fixed > known ? fixed - known : 0);
+        add_sample(&l->rest, rest);
     }
     uint64_t took = lm_bd_bytes_ns(joined);
     if (!has_tail || !has_conf) {
         return; /* postcopy: the tail's end is not known */
     }
-    if (tail->runs >= LM_BD_RUN_MIN && tail->cpu_ns) {
-        /* What the sender's CPU spent on it beyond its bytes, per run:
-         * CPU time, as a thread that waited for a CPU (the host's load,
-         * which no estimate knows beforehand) would teach 10-100x the
-         * cost of a run for the next switchover. */
-        uint64_t bytes_ns = tail->run_bw ? lm_per_second(tail->bytes, tail->run_bw) : 0;
-        add_sample(&l->run, lm_sat_sub(tail->cpu_ns, bytes_ns) / tail->runs);
+    if (tail->runs >= LM_BD_RUN_MIN) {
+        /* What the tail took, beyond its bytes at the destination's load
+         * rate, per run: its wall time (the socket and the destination
+         * set it as much as the sender: the sender's CPU time taught 0 a
+         * run for tails that took 3 ms), but only from a calm switchover,
+         * as one whose threads waited for a CPU would teach 10-100x the
+         * cost of a run for the next one. */
+        if (calm) {
+            uint64_t bytes_ns = tail->run_bw ? lm_per_second(tail->bytes, tail->run_bw) : 0;
+            add_sample(&l->run, lm_sat_sub(took, bytes_ns) / tail->runs);
+        }
     } else if (tail->bw) {
         /* Beyond what its estimate priced, as it priced it. */
         uint64_t priced = lm_per_second(tail->bytes, tail->bw);
         if (tail->by_runs) {
-            priced = lm_sat_add(lm_sat_mul(tail->runs, lm_bd_run_ns(l)),
+            priced = lm_sat_add(lm_sat_mul(tail->runs, lm_bd_run_ns(l, tail->rtt_ns)),
                                 tail->run_bw ? lm_per_second(tail->bytes, tail->run_bw) : 0);
         }
         add_sample(&l->tail, lm_sat_sub(took, priced));
     }
+}
+
+bool lm_bd_calm(const lm_bd_learned *l, uint64_t stop_ns, uint64_t rest_ns, uint64_t rtt_ns)
+{
+    uint64_t stop_ref = LM_MAX(typical(&l->stop, rtt_ns), (uint64_t)LM_BD_CALM_FLOOR_NS);
+    uint64_t rest_ref = LM_MAX(typical(&l->rest, rtt_ns), (uint64_t)LM_BD_CALM_FLOOR_NS);
+    return stop_ns <= lm_sat_mul(stop_ref, LM_BD_CALM) &&
+           rest_ns <= lm_sat_mul(rest_ref, LM_BD_CALM);
 }
 
 /* A part's estimate from its samples, or its probe (core/breakdown.h). */
@@ -311,20 +327,9 @@ static uint64_t typical(const lm_bd_series *s, uint64_t probe)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-/* A series without a probe: one sample as it is, two by the smaller (a
- * descheduled one is the larger), then the median. */
-static uint64_t robust(const lm_bd_series *s)
+uint64_t lm_bd_run_ns(const lm_bd_learned *l, uint64_t rtt_ns)
 {
-    unsigned n = series_len(s);
-    if (n <= 2) {
-        return n == 0 ? 0 : n == 1 ? s->v[0] : LM_MIN(s->v[0], s->v[1]);
-    }
-    return typical(s, 0); /* the median of three or more */
-}
-
-uint64_t lm_bd_run_ns(const lm_bd_learned *l)
-{
-    return robust(&l->run);
+    return l->run.n ? typical(&l->run, rtt_ns) : 0;
 }
 
 uint64_t lm_bd_fixed_estimate(const lm_bd_learned *l, const lm_bd_probe *p, lm_bd_fixed *out)

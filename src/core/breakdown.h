@@ -75,8 +75,8 @@ uint64_t lm_bd_fixed_ns(const lm_bd *joined);
  * The fixed part of the next switchover's downtime (expected-downtime's
  * part that does not grow with the bytes to move), in five terms:
  *   - stop: pausing the vCPUs (their threads must get a CPU to notice);
- *   - sync: the last dirty sync, with the guest stopped (and multifd's
- *     sync points);
+ *   - sync: the last dirty sync, with the guest stopped (with multifd,
+ *     a sync point with nothing queued);
  *   - round trip: the last byte's way to the destination, its load thread
  *     waking up and the confirmation's way back;
  *   - rest: every other part that does not move bytes: device saves, the
@@ -96,9 +96,10 @@ uint64_t lm_bd_fixed_ns(const lm_bd *joined);
  * sample rather than a 0.  Until a part has a sample its probe stands for
  * it, measured anew at every dirty sync: the stop and the rest each the
  * round trip now (each is a few thread wake-ups across processes, as the
- * round trip is), the sync the last pass's, the tail what the last pass's
- * cheapest slice took on its CPU beyond its bytes per run it had to send
- * (the tail is one more slice), or the round trip if that is more.
+ * round trip is), the sync the last pass's dirty sync, the tail what the
+ * last pass's cheapest slice took on its CPU beyond its bytes per run it
+ * had to send (the tail is one more slice), or the round trip if that is
+ * more.
  * A descheduled switchover is only ever slower than the host's own cost,
  * so one slow sample must not set the next prediction: one sample counts
  * up to LM_BD_OUTLIER times its probe, two by the smaller, three or more
@@ -116,18 +117,29 @@ typedef struct lm_bd_series {
 
 typedef struct lm_bd_learned {
     lm_bd_series stop, sync, rest, tail;
-    /* The stop-copy's cost per run of dirty pages (ns): the source's CPU
-     * time sending a tail of LM_BD_RUN_MIN runs or more, beyond its bytes
-     * at the destination's load rate, per run.  What a scattered tail
-     * costs that a pass, beside faulting vCPUs, overstates 5-20x. */
+    /* The stop-copy's cost per run of dirty pages (ns): the wall time a
+     * calm switchover's tail of LM_BD_RUN_MIN runs or more took (its
+     * "ram-tail", "transfer" and "dst:ram-tail"), beyond its bytes at the
+     * destination's load rate, per run.  What a scattered tail costs
+     * that a pass, beside faulting vCPUs, overstates 5-20x. */
     lm_bd_series run;
     unsigned n; /* switchovers learned from, in all */
 } lm_bd_learned;
 #define LM_BD_RUN_MIN 8
 
+/* Whether a switchover was calm: its stop and its rest (stop_ns, rest_ns)
+ * each at most LM_BD_CALM times what they typically take here (the
+ * series so far, or rtt_ns, the round trip before it, while empty; never
+ * less than LM_BD_CALM_FLOOR_NS).  A thread that waited for a CPU (on
+ * this host 1-90 ms at load 20) shows in one of them; only a calm
+ * switchover's wall time teaches the cost per run. */
+#define LM_BD_CALM 4
+#define LM_BD_CALM_FLOOR_NS 250000
+bool lm_bd_calm(const lm_bd_learned *l, uint64_t stop_ns, uint64_t rest_ns, uint64_t rtt_ns);
+
 /* What the last pass measured, standing for what is not learned yet. */
 typedef struct lm_bd_probe {
-    uint64_t sync_ns; /* the last pass's dirty sync (and sync points) */
+    uint64_t sync_ns; /* the last pass's dirty sync (not its sync point) */
     uint64_t rtt_ns;  /* the quickest empty round trip now (0: none measured) */
     uint64_t tail_ns; /* the last pass's cheapest slice, beyond its bytes (0: none) */
 } lm_bd_probe;
@@ -151,24 +163,27 @@ uint64_t lm_bd_bytes_ns(const lm_bd *joined);
  * cost is not learned from it), the rate its runs' bytes are priced at
  * (the destination's load rate; 0: not said, the bytes are in the runs'
  * cost), whether its estimate priced it by runs (else by bw alone), and
- * the source's CPU time sending it (multifd: the wall time, its senders'
- * CPU is not the migration thread's; 0: not known). */
+ * the round trip measured before it (0: none; what a stop and a rest are
+ * judged by while none was learned, lm_bd_calm). */
 typedef struct lm_bd_tail {
     uint64_t bytes;
     uint64_t runs;
     uint64_t bw;
     uint64_t run_bw;
     bool by_runs;
-    uint64_t cpu_ns;
+    uint64_t rtt_ns;
 } lm_bd_tail;
 /* Learns from one switchover's joined breakdown.  A tail of LM_BD_RUN_MIN
- * runs or more teaches the cost per run; a smaller one the tail's own
- * (fixed) cost. */
+ * runs or more teaches the cost per run (a calm switchover's only); a
+ * smaller one the tail's own (fixed) cost. */
 void lm_bd_learn(lm_bd_learned *l, const lm_bd *joined, const lm_bd_tail *tail);
-/* The stop-copy's learned cost per run (ns; 0: nothing learned): one
- * sample as it is, two by the smaller (a descheduled one is the larger),
- * then the median. */
-uint64_t lm_bd_run_ns(const lm_bd_learned *l);
+/* The stop-copy's learned cost per run (ns; 0: nothing learned), as the
+ * other learned parts: one sample up to LM_BD_OUTLIER times rtt_ns (the
+ * round trip now, at least 1 us: a run costs a few wake-ups; a first
+ * migration's tail lands on fresh destination memory, whose first touches
+ * taught 2 ms a run where the next tail took 90 us a run), two by the
+ * smaller, then the median. */
+uint64_t lm_bd_run_ns(const lm_bd_learned *l, uint64_t rtt_ns);
 /* Whether a cost per run was learned at all. */
 static inline bool lm_bd_run_learned(const lm_bd_learned *l)
 {

@@ -113,7 +113,7 @@ typedef struct lm_stats {
     lm_bd_fixed expected_parts;    /* that fixed part, term by term */
     uint64_t expected_bytes_ns;    /* and the part that moves the bytes */
     uint64_t switchover_bw;  /* bytes/s the stop-copy is expected to get */
-    uint64_t sync_ns;        /* the last dirty sync took (with multifd's sync points) */
+    uint64_t sync_ns;        /* the last dirty sync took (not the sync point before it) */
     uint64_t rtt_ns;         /* lowest PING..BACKLOG round trip (0: none yet) */
     uint64_t rtt_now_ns;     /* the last empty PING..BACKLOG round trip (0: none yet) */
     uint64_t dest_lag_ns;    /* the last PING..BACKLOG: the destination caught up */

@@ -85,7 +85,6 @@ typedef struct src_ctx {
     uint64_t pass_small_bytes; /* and what it sent */
     uint64_t pass_runs;        /* runs of dirty pages this pass set out to send */
     uint64_t tail_runs;        /* the stop-copy's: runs dirty at its sync */
-    uint64_t tail_cpu_ns;      /* the stop-copy's: CPU time its RAM tail took here */
     uint32_t ping_seq;
     lm_bd bd;                  /* this switchover's source parts */
     lm_bd bd_dst;              /* the destination's, from the return path */
@@ -566,7 +565,7 @@ static uint64_t ram_tail_ns(lm_engine *e, uint64_t bytes, uint64_t runs, uint64_
         return lm_per_second(bytes, rate);
     }
     uint64_t bytes_ns = run_bw ? lm_per_second(bytes, run_bw) : 0; /* else in the runs' cost */
-    return lm_sat_add(lm_sat_mul(runs, lm_bd_run_ns(&e->learned)), bytes_ns);
+    return lm_sat_add(lm_sat_mul(runs, lm_bd_run_ns(&e->learned, e->stats.rtt_now_ns)), bytes_ns);
 }
 
 /* One DRAIN..BACKLOG round trip: the destination answers once everything
@@ -698,8 +697,6 @@ static void wait_for_ack_poll(lm_engine *e)
 static int sync_and_decide(src_ctx *c, bool *switch_now)
 {
     lm_engine *e = c->e;
-    uint64_t sp_start = lm_now_ns();
-    uint64_t sp_held = lm_ratelimit_held_ns(&e->rl);
     /* No page of the last pass may land after the same page of the next. */
     int ret = multifd_sync_point(c);
     if (ret < 0) {
@@ -707,18 +704,18 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     }
     uint64_t now = lm_now_ns();
     uint64_t sent_total = sent_bytes(c);
-    uint64_t held = lm_ratelimit_held_ns(&e->rl);
     uint64_t new_bytes = 0;
     ret = lm_ram_save_sync(&e->saver, &new_bytes, &c->err);
     if (ret < 0) {
         return ret;
     }
-    /* The switchover's "sync" part is the same two steps; its sync point
-     * is not held back by max-bandwidth (lifted by then).  With multifd the
-     * tail ends with the channels' END, a sync point again (wait for the
-     * senders, a packet on each): counted once more, it is no byte's time. */
-    uint64_t sp_ns = lm_sat_sub(now - sp_start, held - sp_held);
-    uint64_t sync_ns = lm_now_ns() - now + (c->mf_open ? 2 * sp_ns : sp_ns);
+    /* The probe of the switchover's "sync" part: the dirty sync alone.
+     * The sync point above waited for the senders to write a pass of
+     * pages; the switchover's comes right after the deciding pass's, with
+     * nothing queued and nothing sent since (it writes no packet), and
+     * the channels' END is timed in its "ram-tail".  Counting the pass's
+     * sync point (twice, for the END) put 0.6-5 ms on a 0.2 ms part. */
+    uint64_t sync_ns = lm_now_ns() - now;
     uint64_t pending_ram = lm_ram_save_pending(&e->saver);
     uint64_t pending_dev = lm_devices_pending(e, true, NULL);
     uint64_t pending = lm_sat_add(pending_ram, pending_dev);
@@ -879,7 +876,7 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
                      (unsigned long long)tail, (unsigned long long)tail_runs,
                      (unsigned long long)rate, (unsigned long long)bw,
                      (unsigned long long)st->dest_load_bw,
-                     (unsigned long long)lm_bd_run_ns(&e->learned));
+                     (unsigned long long)lm_bd_run_ns(&e->learned, st->rtt_now_ns));
         }
         lm_debug("pass %llu: pending %llu (ram %llu dev %llu) bw %llu B/s expected %llu us -> %s",
                  (unsigned long long)pass, (unsigned long long)pending,
@@ -1156,8 +1153,6 @@ static int switchover(src_ctx *c, bool postcopy)
     }
     c->tail_runs = dirty_runs(e);
     lm_bd_mark(&c->bd, "sync");
-    uint64_t tail_cpu0 = lm_thread_cpu_ns(), tail_t0 = lm_now_ns();
-    bool tail_multifd = c->mf_open;
     if (ret == 0 && postcopy) {
         lm_ram_save_freeze_hint(&e->saver);
         ret = lm_pc_src_send_discards(c->pc, c->ch, &c->err);
@@ -1172,9 +1167,6 @@ static int switchover(src_ctx *c, bool postcopy)
         }
     }
     lm_bd_mark(&c->bd, postcopy ? "discard" : "ram-tail");
-    /* The tail's cost on the source's CPU; with multifd its senders' CPU
-     * is not this thread's: the wall time it took. */
-    c->tail_cpu_ns = tail_multifd ? lm_now_ns() - tail_t0 : lm_thread_cpu_ns() - tail_cpu0;
     if (ret == 0) {
         e->bd_src = &c->bd; /* each device's save gets its own part */
         ret = lm_devices_save_complete(e, c->ch, &c->err);
@@ -1251,7 +1243,7 @@ static void record_breakdown(src_ctx *c, uint64_t t_sent, uint64_t t_end)
      * for 50 ms): core/breakdown.h. */
     lm_bd_tail tail = { .bytes = st->downtime_bytes, .runs = c->tail_runs, .bw = st->tail_bw,
                         .run_bw = st->tail_run_bw, .by_runs = st->tail_by_runs,
-                        .cpu_ns = c->tail_cpu_ns };
+                        .rtt_ns = st->rtt_now_ns };
     lm_bd_learn(&e->learned, &joined, &tail);
     pthread_mutex_unlock(&e->lock);
 }

@@ -132,6 +132,52 @@ class CappedSwitchover(MigrationTest):
         self.run_big_tail(caps={"multifd": True}, params={"multifd-channels": 2})
 
 
+# core/breakdown.h: one learned sample counts up to this many times its
+# probe (the round trip just measured, at least 1 us).
+LM_BD_OUTLIER = 16
+BYTES_PARTS = ("ram-tail", "transfer", "dst:ram-tail")
+
+
+class LearnedAcrossMigrations(MigrationTest):
+    def test_second_migration_prices_what_the_first_taught(self):
+        """What a switchover teaches (core/breakdown.h) lives as long as the
+        source's engine: migrated again after `cont`, the same source
+        predicts its stop and its rest from the first switchover's measured
+        parts (one sample: as measured, at most LM_BD_OUTLIER times the
+        round trip measured before the second), and its terms still add up
+        to its expected-downtime.  Both destinations hold the guest's memory
+        and run it, and so does the source in between."""
+        extra = ["--dirty-rate", "256K"]
+        src = self.vm("src", memory=MEM, workload="random", extra=extra)
+        src.set_params(**{"max-bandwidth": CAP, "downtime-limit": LIMIT_MS})
+        self.assertTrue(src.wait_running_steps())
+        seen = []
+        for i in range(2):
+            dst = self.vm("dst%d" % i, memory=MEM, workload="random", extra=extra,
+                          incoming="defer")
+            info = self.migrate(src, dst, "unix:" + self.path("mig%d.sock" % i), timeout=120)
+            self.assert_guest_ok(dst)
+            seen.append(info["x-downtime-breakdown"])
+            dst.shutdown()
+            src.cmd("cont")
+            self.assertTrue(src.wait_running_steps())
+        first, second = seen
+        parts = {p["name"]: p["us"] for p in first["parts"]}
+        terms = {p["name"]: p["us"] for p in second["expected-parts"]}
+        self.assertEqual(list(terms), ["stop", "sync", "round-trip", "rest", "tail", "bytes"], second)
+        self.assertLessEqual(abs(sum(terms.values()) - second["expected-downtime-us"]), 6, second)
+        cap = LM_BD_OUTLIER * max(terms["round-trip"], 1)
+        # Each term rounded to the µs: the cap by up to 16 x 0.5 µs, the
+        # rest (the first's fixed parts less stop, sync and confirmation)
+        # by 0.5 µs a part.
+        self.assertLessEqual(abs(terms["stop"] - min(parts["stop"], cap)), LM_BD_OUTLIER // 2 + 1,
+                             (first, second))
+        rest = sum(us for n, us in parts.items()
+                   if n not in BYTES_PARTS + ("stop", "sync", "confirmation"))
+        self.assertLessEqual(abs(terms["rest"] - min(rest, cap)), LM_BD_OUTLIER // 2 + len(parts),
+                             (first, second))
+
+
 class PostcopyBandwidth(MigrationTest):
     def test_requests_bypass_max_postcopy_bandwidth(self):
         """max-postcopy-bandwidth holds the background stream only: at 1 byte/s

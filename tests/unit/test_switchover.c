@@ -264,32 +264,48 @@ static void test_fixed_estimate(void **state)
     assert_int_equal(f.rest_ns, 7000);
     assert_int_equal(f.tail_ns, 7000);
     assert_int_equal(lm_bd_fixed_estimate(&l, &p, NULL), 5000 + 700 + 50 + 7000 + 7000);
-    assert_int_equal(lm_bd_run_ns(&l), 0);
+    assert_int_equal(lm_bd_run_ns(&l, 50000), 0);
     assert_false(lm_bd_run_learned(&l));
 
     /* A tail of LM_BD_RUN_MIN runs or more teaches the cost per run (the
-     * source's CPU time sending it beyond its bytes at the destination's
-     * load rate, per run: a wait for a CPU, 64 ms below, teaches
-     * nothing), not the tail's own cost: one sample as it is, two by the
-     * smaller, then the median. */
+     * wall time of its "ram-tail", "transfer" and "dst:ram-tail" beyond
+     * its bytes at the destination's load rate, per run), not the tail's
+     * own cost: one sample as it is, two by the smaller, then the median. */
     unsigned tails = l.tail.n;
     lm_bd_tail scattered = { .bytes = 4000000, .runs = 1000, .bw = 100000000,
-                             .run_bw = 1000000000, .cpu_ns = 24000000 };
-    switchover_of(&b, 100, 700, 9000, 64000000, 30); /* 4 MB at 1 GB/s + 1000 x 20 us */
+                             .run_bw = 1000000000, .rtt_ns = 50 };
+    switchover_of(&b, 100, 700, 9000, 24000000, 30); /* 4 MB at 1 GB/s + 1000 x 20 us */
     lm_bd_learn(&l, &b, &scattered);
     assert_int_equal(l.tail.n, tails);
     assert_true(lm_bd_run_learned(&l));
-    assert_int_equal(lm_bd_run_ns(&l), 20000);
-    scattered.cpu_ns = 64000000; /* 60 us a run */
+    assert_int_equal(lm_bd_run_ns(&l, 50000), 20000);
+    /* One sample counts up to LM_BD_OUTLIER times the round trip now. */
+    assert_int_equal(lm_bd_run_ns(&l, 1000), LM_BD_OUTLIER * 1000);
+    assert_int_equal(lm_bd_run_ns(&l, 0), LM_BD_OUTLIER * 1000);
+    switchover_of(&b, 100, 700, 9000, 64000000, 30); /* 60 us a run */
     lm_bd_learn(&l, &b, &scattered);
-    assert_int_equal(lm_bd_run_ns(&l), 20000);
-    scattered.cpu_ns = 14000000; /* 10 us a run */
+    assert_int_equal(lm_bd_run_ns(&l, 50000), 20000);
+    switchover_of(&b, 100, 700, 9000, 14000000, 30); /* 10 us a run */
     lm_bd_learn(&l, &b, &scattered);
-    assert_int_equal(lm_bd_run_ns(&l), 20000); /* median of {20, 60, 10} us */
-    /* Less CPU than its bytes alone: 0 a run, not a wrap-around. */
-    scattered.cpu_ns = 1000000;
+    assert_int_equal(lm_bd_run_ns(&l, 50000), 20000); /* median of {20, 60, 10} us */
+    /* Quicker than its bytes alone: 0 a run, not a wrap-around. */
+    switchover_of(&b, 100, 700, 9000, 1000000, 30);
     lm_bd_learn(&l, &b, &scattered);
     assert_int_equal(l.run.v[3], 0);
+    /* A switchover whose stop or rest waited for a CPU (over LM_BD_CALM
+     * times what they typically take, and over the floor) is not calm: its
+     * tail's 900 ms teach no cost per run, whatever it was. */
+    unsigned runs = l.run.n;
+    uint64_t slow = LM_BD_CALM * LM_BD_CALM_FLOOR_NS + 1;
+    assert_false(lm_bd_calm(&l, slow, 9000, 50));
+    assert_false(lm_bd_calm(&l, 100, slow, 50));
+    assert_true(lm_bd_calm(&l, LM_BD_CALM_FLOOR_NS, LM_BD_CALM_FLOOR_NS, 50));
+    switchover_of(&b, slow, 700, 9000, 900000000, 30);
+    lm_bd_learn(&l, &b, &scattered);
+    switchover_of(&b, 100, 700, slow, 900000000, 30);
+    lm_bd_learn(&l, &b, &scattered);
+    assert_int_equal(l.run.n, runs);
+    assert_int_equal(lm_bd_run_ns(&l, 50000), 15000); /* median of {20, 60, 10, 0} us */
     /* A tail of a few runs then teaches the tail's own cost beyond what
      * its estimate priced, as it priced it (by runs: its bytes at the
      * destination's 1 GB/s, not the pass's 100 MB/s, and its runs at the
@@ -298,7 +314,8 @@ static void test_fixed_estimate(void **state)
     lm_bd_learn(&l, &b, &(lm_bd_tail){ .bytes = 1000000, .runs = 4, .bw = 100000000,
                                        .run_bw = 1000000000, .by_runs = true });
     assert_int_equal(l.tail.n, tails + 1);
-    assert_int_equal(l.tail.v[tails % LM_BD_SAMPLES], 7000000 - 1000000 - 4 * lm_bd_run_ns(&l));
+    assert_int_equal(l.tail.v[tails % LM_BD_SAMPLES],
+                     7000000 - 1000000 - 4 * lm_bd_run_ns(&l, 50000));
 }
 
 /* The destination's BACKLOG carries its load rate (20 bytes); one without
