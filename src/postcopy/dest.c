@@ -190,6 +190,7 @@ void lm_pc_dst_free(lm_pc_dst *d)
     lm_pc_fault_stop(d);
     /* Before the userfaultfd closes: placers use it. */
     uint64_t queued = d->pq ? lm_pc_pq_runs(d->pq) : 0;
+    unsigned placers = d->pq ? d->nplacers : 0; /* none without a 4 KiB block */
     lm_pc_pq_free(d->pq);
     d->pq = NULL;
     if (d->listening) {
@@ -200,7 +201,7 @@ void lm_pc_dst_free(lm_pc_dst *d)
                  (unsigned long long)d->moved_bytes, (unsigned long long)d->copied_bytes,
                  (unsigned long long)d->zero_bytes, (unsigned long long)d->frames_moved,
                  (unsigned long long)d->frames_early, (unsigned long long)d->frames_dropped,
-                 (unsigned long long)queued, d->nplacers);
+                 (unsigned long long)queued, placers);
     }
     lm_pc_dst_set_rp(d, NULL, false, NULL);
     if (d->uffd >= 0) {

@@ -605,7 +605,7 @@ class Recovery(PostcopyBase):
             self.skipTest("no cut met a held frame in 4 tries (timing)")
 
     def test_recovery_places_queued_runs(self):
-        # The destination cuts the connection (migrate-pause) while the
+        # The source cuts the connection (migrate-pause) while the
         # background stream runs at full speed: the load thread reads
         # faster than the placer copies, so the placement queue usually
         # holds runs read whole at that moment.  They are placed before the
@@ -621,9 +621,8 @@ class Recovery(PostcopyBase):
             time.sleep(0.5)  # the unlimited random writer covers much of RAM
             src.cmd("stop")
             self.start(src, dst, early=True, tag=tag)
-            dst.wait_migration(statuses=("postcopy-active", "completed", "failed"))
             try:
-                dst.cmd("migrate-pause")
+                src.cmd("migrate-pause")
                 paused = True
             except lmtest.QMPError:
                 paused = False  # over already (not postcopy-active any more)
