@@ -824,6 +824,8 @@ static int pause_and_recover(dst_ctx *c)
     lm_engine *e = c->e;
     for (;;) {
         lm_pc_dst_stop_preempt(c->pc);
+        /* Runs read before the break go in now (and half pages go). */
+        lm_pc_dst_reset_main(c->pc);
         lm_pc_dst_set_rp(c->pc, NULL, false, NULL);
         pthread_mutex_lock(&e->lock);
         e->ch = NULL;

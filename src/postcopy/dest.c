@@ -24,6 +24,13 @@
 
 #define PLACER_MIN (1u << 20) /* one PAGES record of 4 KiB pages at most */
 
+/* The placement pipeline (place_queue.h): placer threads by default, at
+ * most, and receive buffers of PLACER_MIN bytes per placer (one being
+ * filled, others queued: enough to ride out a placer's stall). */
+#define PLACERS_DEFAULT 1u
+#define PLACERS_MAX 4u
+#define PQ_BUFS_PER_PLACER 4u
+
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif
@@ -69,6 +76,24 @@ static void placer_reset(lm_pc_placer *pl)
 }
 
 static int open_uffd(lm_pc_dst *d, lm_error *err);
+
+/* LIVEMIG_POSTCOPY_PLACERS: how many placer threads (0: none, the load
+ * thread places what it reads, as before the pipeline). */
+static unsigned placers_wanted(void)
+{
+    const char *s = getenv("LIVEMIG_POSTCOPY_PLACERS");
+    if (!s || !*s) {
+        return PLACERS_DEFAULT;
+    }
+    char *end;
+    unsigned long n = strtoul(s, &end, 10);
+    if (*end || n > PLACERS_MAX) {
+        lm_warn("LIVEMIG_POSTCOPY_PLACERS=%s: expected 0 to %u; using %u", s, PLACERS_MAX,
+                PLACERS_DEFAULT);
+        return PLACERS_DEFAULT;
+    }
+    return (unsigned)n;
+}
 
 int lm_pc_dst_new(const lm_pc_dst_ctx *ctx, lm_ram_block **blocks, size_t nblocks, uint32_t flags,
                   lm_pc_dst **out, lm_error *err)
@@ -122,6 +147,10 @@ int lm_pc_dst_new(const lm_pc_dst_ctx *ctx, lm_ram_block **blocks, size_t nblock
     d->move_wanted = d->place_mode != LM_PC_PLACE_COPY;
     frames &= d->place_mode == LM_PC_PLACE_FRAMES || d->place_mode == LM_PC_PLACE_MOVE;
     d->frames = frames;
+    d->nplacers = placers_wanted();
+    if (d->frames || d->place_mode == LM_PC_PLACE_MOVE) {
+        d->nplacers = 0; /* frames and moves stay on the load thread */
+    }
     main_cap = frames ? LM_MAX(cap, (size_t)LM_HUGE_2M) : cap;
     d->trace = lm_pc_trace_open("dst");
     d->zero_len = cap;
@@ -159,13 +188,20 @@ void lm_pc_dst_free(lm_pc_dst *d)
     }
     lm_pc_dst_stop_preempt(d);
     lm_pc_fault_stop(d);
+    /* Before the userfaultfd closes: placers use it. */
+    uint64_t queued = d->pq ? lm_pc_pq_runs(d->pq) : 0;
+    unsigned placers = d->pq ? d->nplacers : 0; /* none without a 4 KiB block */
+    lm_pc_pq_free(d->pq);
+    d->pq = NULL;
     if (d->listening) {
         lm_debug("postcopy placement: %llu bytes moved (UFFDIO_MOVE), %llu copied (UFFDIO_COPY), "
                  "%llu zero-filled; 2 MiB frames of 4 KiB pages: %llu moved whole, %llu copied "
-                 "around a page placed early, %llu dropped at a broken connection",
+                 "around a page placed early, %llu dropped at a broken connection; "
+                 "%llu runs placed by %u placer threads",
                  (unsigned long long)d->moved_bytes, (unsigned long long)d->copied_bytes,
                  (unsigned long long)d->zero_bytes, (unsigned long long)d->frames_moved,
-                 (unsigned long long)d->frames_early, (unsigned long long)d->frames_dropped);
+                 (unsigned long long)d->frames_early, (unsigned long long)d->frames_dropped,
+                 (unsigned long long)queued, placers);
     }
     lm_pc_dst_set_rp(d, NULL, false, NULL);
     if (d->uffd >= 0) {
@@ -290,6 +326,19 @@ static int open_uffd(lm_pc_dst *d, lm_error *err)
     return 0;
 }
 
+static bool has_4k_block(const lm_pc_dst *d)
+{
+    for (size_t i = 0; i < d->nblocks; i++) {
+        if (lm_pc_hp_pages(d->blocks[i]) == 1 && d->blocks[i]->page_size < LM_HUGE_2M) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static int place_queued(void *opaque, const lm_pc_pq_run *run, lm_error *err);
+static void placement_failed(void *opaque, const lm_error *err);
+
 int lm_pc_dst_listen(lm_pc_dst *d, lm_ram_loader *l, lm_error *err)
 {
     if (d->listening) {
@@ -356,6 +405,13 @@ int lm_pc_dst_listen(lm_pc_dst *d, lm_ram_loader *l, lm_error *err)
     ret = lm_pc_fault_start(d, err);
     if (ret < 0) {
         return ret;
+    }
+    if (d->nplacers && has_4k_block(d)) {
+        ret = lm_pc_pq_new(d->nplacers, d->nplacers * PQ_BUFS_PER_PLACER, PLACER_MIN, place_queued,
+                           placement_failed, d, &d->pq, err);
+        if (ret < 0) {
+            return ret;
+        }
     }
     l->place = place_cb;
     l->place_opaque = d;
@@ -766,6 +822,62 @@ static int place_4k_run(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, uint32_t w
     return 0;
 }
 
+/* The placement pipeline's placer (place_queue.h): one run, as
+ * place_4k_run places it on the load thread. */
+static int place_queued(void *opaque, const lm_pc_pq_run *run, lm_error *err)
+{
+    lm_pc_dst *d = opaque;
+    int ret = lm_pc_place_range(d, run->wi, run->b, run->first, run->n, run->zero ? NULL : run->buf,
+                                false, err);
+    trace_requested(d, &d->main_pl, LM_PCT_PLACED, run->wi, run->first, run->n);
+    return ret;
+}
+
+/* A placer failed: the migration fails (not a broken link, so no pause),
+ * and the load thread hears of it now, even while it waits for the
+ * socket; lm_pc_dst_wait_all too. */
+static void placement_failed(void *opaque, const lm_error *err)
+{
+    lm_pc_dst *d = opaque;
+    lm_warn("postcopy placement: %s", err->msg);
+    pthread_mutex_lock(&d->lock);
+    pthread_cond_broadcast(&d->cond);
+    pthread_mutex_unlock(&d->lock);
+    d->ctx.hooks.wake_main(d->ctx.hooks.opaque, err->code, err->msg);
+}
+
+/* A background run of a 4 KiB block on the main channel, with the
+ * pipeline on: read into a free buffer of the queue (waiting for one
+ * while all are in flight) and handed to the placers; the load thread
+ * goes on reading meanwhile. */
+static int queue_4k_run(lm_pc_dst *d, uint8_t type, uint32_t wi, lm_ram_block *b, uint64_t first,
+                        uint64_t count, lm_channel *ch, lm_error *err)
+{
+    size_t psz = b->page_size;
+    for (uint64_t done = 0; done < count;) {
+        uint64_t chunk = LM_MIN(count - done, PLACER_MIN / psz);
+        lm_pc_pq_run *run;
+        int ret = lm_pc_pq_get(d->pq, &run, err);
+        if (ret < 0) {
+            return ret;
+        }
+        trace_requested(d, &d->main_pl, LM_PCT_HDR, wi, first + done, chunk);
+        if (type == LM_RAM_PAGES && lm_channel_get(ch, run->buf, chunk * psz) < 0) {
+            lm_pc_pq_unget(d->pq, run);
+            return lm_channel_error(ch, err);
+        }
+        trace_requested(d, &d->main_pl, LM_PCT_DATA, wi, first + done, chunk);
+        run->wi = wi;
+        run->b = b;
+        run->first = first + done;
+        run->n = chunk;
+        run->zero = type != LM_RAM_PAGES;
+        lm_pc_pq_put(d->pq, run);
+        done += chunk;
+    }
+    return 0;
+}
+
 /* A record of a 4 KiB block, split at frame boundaries: a piece inside
  * the held frame joins it; a piece past it (the background moved on)
  * flushes it first; a single page before it (or in an earlier block) or
@@ -800,8 +912,13 @@ static int place_4k_record(lm_pc_dst *d, lm_pc_placer *pl, uint8_t type, uint32_
             pl->blk = b;
             pl->hp_first = fr;
         }
-        ret = pl->frame ? frame_add(d, pl, type, pg, n, ch, err)
-                        : place_4k_run(d, pl, type, wi, b, pg, n, ch, err);
+        if (pl->frame) {
+            ret = frame_add(d, pl, type, pg, n, ch, err);
+        } else if (d->pq && pl == &d->main_pl && !urgent) {
+            ret = queue_4k_run(d, type, wi, b, pg, n, ch, err);
+        } else {
+            ret = place_4k_run(d, pl, type, wi, b, pg, n, ch, err);
+        }
         if (ret < 0) {
             return ret;
         }
@@ -935,6 +1052,17 @@ static int place_cb(void *opaque, uint8_t type, lm_ram_block *b, uint64_t first,
 
 void lm_pc_dst_reset_main(lm_pc_dst *d)
 {
+    if (d->pq) {
+        /* Runs read whole before the break are placed now, so that the
+         * received bitmap sent on recovery is exact (a failure here fails
+         * the migration at the next record, or at the end). */
+        unsigned pending = 0;
+        lm_error perr = LM_ERROR_INIT;
+        if (lm_pc_pq_drain(d->pq, &pending, &perr) == 0 && pending) {
+            lm_debug("postcopy: %u queued runs placed after the connection broke, before the "
+                     "received bitmap goes out", pending);
+        }
+    }
     if (d->main_pl.frame) {
         d->frames_dropped++;
         lm_debug("postcopy: held frame at page %llu of block '%s' dropped (%llu of its pages came; "
@@ -1165,8 +1293,12 @@ void lm_pc_dst_stop_preempt(lm_pc_dst *d)
 int lm_pc_dst_wait_all(lm_pc_dst *d, lm_channel *main_ch, lm_error *err)
 {
     /* The background stream ended: a frame held for pages that went on
-     * the preempt channel instead goes in now. */
+     * the preempt channel instead goes in now, and the runs still queued
+     * for the placers. */
     int ret = frame_flush(d, &d->main_pl, err);
+    if (ret == 0 && d->pq) {
+        ret = lm_pc_pq_drain(d->pq, NULL, err);
+    }
     if (ret < 0) {
         return ret;
     }

@@ -3,6 +3,7 @@
 #define LM_POSTCOPY_DEST_INTERNAL_H
 
 #include "postcopy/dest.h"
+#include "postcopy/place_queue.h"
 #include "postcopy/postcopy.h"
 #include "postcopy/trace.h"
 
@@ -60,6 +61,12 @@ struct lm_pc_dst {
      * bench/postcopy-results.md. */
     enum { LM_PC_PLACE_AUTO, LM_PC_PLACE_COPY, LM_PC_PLACE_FRAMES, LM_PC_PLACE_MOVE } place_mode;
     bool frames;                              /* frames are held (FRAMES, MOVE) */
+    /* LIVEMIG_POSTCOPY_PLACERS: placer threads of the main channel's
+     * background runs of 4 KiB blocks (place_queue.h; 0: placed inline by
+     * the load thread, as before).  Not with frames nor moves, which
+     * keep their buffer on the load thread.  pq: from LISTEN on. */
+    unsigned nplacers;
+    lm_pc_pq *pq;
     bool move_wanted;                         /* place_mode is not COPY, and the kernel has moves */
     /* Bytes placed by each means (atomic), logged at the end; frames:
      * whole 2 MiB frames of a 4 KiB block moved as one huge page. */

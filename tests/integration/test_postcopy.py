@@ -59,6 +59,14 @@ class PostcopyBase(MigrationTest):
             src.cmd("migrate-start-postcopy")
         src.wait_migration(statuses=("postcopy-active", "completed", "failed"))
 
+    def assert_same_stopped(self, src, dst):
+        # The run state follows the MIGRATION event, a moment after the
+        # status query can see "completed".
+        deadline = time.time() + 10
+        while src.status() != "postmigrate" and time.time() < deadline:
+            time.sleep(0.02)
+        self.assert_same_memory(src, dst)
+
     def finish(self, src, dst):
         info = src.wait_migration()
         self.assertEqual(info["status"], "completed", info.get("error-desc"))
@@ -179,7 +187,8 @@ class Placement(PostcopyBase):
     def placed(self, dst):
         # Logged when the destination drops its postcopy state, at the end.
         pat = re.compile(r"postcopy placement: (\d+) bytes moved .*?, (\d+) copied .*?, (\d+) zero"
-                         r".*?: (\d+) moved whole, (\d+) copied around .*?, (\d+) dropped")
+                         r".*?: (\d+) moved whole, (\d+) copied around .*?, (\d+) dropped"
+                         r".*?; (\d+) runs placed by (\d+) placer threads")
         deadline = time.time() + 10
         while time.time() < deadline:
             with open(dst.log_path) as f:
@@ -187,18 +196,20 @@ class Placement(PostcopyBase):
             if m:
                 return {"moved": int(m.group(1)), "copied": int(m.group(2)), "zero": int(m.group(3)),
                         "frames": int(m.group(4)), "frames_early": int(m.group(5)),
-                        "frames_dropped": int(m.group(6))}
+                        "frames_dropped": int(m.group(6)), "queued": int(m.group(7)),
+                        "placers": int(m.group(8))}
             time.sleep(0.05)
         with open(dst.log_path) as f:
             self.fail("the destination did not log its placement:\n" + f.read())
 
-    def run_case(self, place, extra=(), preempt=True, workload="random", early=False):
-        env = {"LIVEMIG_DEBUG": "1"}
+    def run_case(self, place, extra=(), preempt=True, workload="random", early=False, env=None,
+                 tag=""):
+        env = dict(env or {}, LIVEMIG_DEBUG="1")
         if place:
             env["LIVEMIG_POSTCOPY_PLACE"] = place
         caps = {"postcopy_preempt": True} if preempt else {}
-        src, dst = self.pair(extra=extra, caps=caps, dst_env=env, workload=workload)
-        self.start(src, dst, early=early)
+        src, dst = self.pair(extra=extra, caps=caps, dst_env=env, workload=workload, tag=tag)
+        self.start(src, dst, early=early, tag=tag)
         self.finish(src, dst)
         return src, dst
 
@@ -238,11 +249,11 @@ class Placement(PostcopyBase):
         src, dst = self.run_case("copy", extra=["--thp"])
         self.check(dst, moved=False)
 
-    def stopped_case(self, place, extra=()):
+    def stopped_case(self, place, extra=(), env=None):
         # RAM written all over (no zero pages), then the guest stopped: it
         # asks for no page, so every page comes by the background stream.
         # The guest is started on the destination once it is there.
-        env = {"LIVEMIG_DEBUG": "1"}
+        env = dict(env or {}, LIVEMIG_DEBUG="1")
         if place:
             env["LIVEMIG_POSTCOPY_PLACE"] = place
         src, dst = self.pair(extra=extra, caps={"postcopy_preempt": True}, dst_env=env)
@@ -253,6 +264,8 @@ class Placement(PostcopyBase):
         self.assertEqual(info["status"], "completed", info.get("error-desc"))
         dinfo = dst.wait_migration()
         self.assertEqual(dinfo["status"], "completed", dinfo.get("error-desc"))
+        # Both stopped: the destination holds the source's bytes exactly.
+        self.assert_same_stopped(src, dst)
         dst.cmd("cont")
         self.assert_guest_ok(dst)
         p = self.placed(dst)
@@ -278,6 +291,35 @@ class Placement(PostcopyBase):
     def test_4k_default_copies(self):
         src, dst = self.run_case(None, preempt=False)
         self.check(dst, moved=False)
+
+    def test_4k_pipeline(self):
+        # By default the load thread reads background runs into the
+        # placement queue and a placer thread copies them in
+        # (src/postcopy/place_queue.h); memory compared byte for byte.
+        p = self.stopped_case(None)
+        self.assertEqual(p["placers"], 1, p)
+        self.assertGreater(p["queued"], 0, p)
+        self.assertEqual(p["moved"], 0, p)
+
+    def test_4k_pipeline_off(self):
+        # LIVEMIG_POSTCOPY_PLACERS=0: the load thread places what it reads
+        # (the path before the pipeline), memory the same.
+        p = self.stopped_case(None, env={"LIVEMIG_POSTCOPY_PLACERS": "0"})
+        self.assertEqual((p["placers"], p["queued"]), (0, 0), p)
+        self.assertGreater(p["copied"], 0, p)
+
+    def test_4k_two_placers_live(self):
+        # Two placers, a busy guest asking for pages (placed by the preempt
+        # receiver while the placers copy the background runs), no preempt
+        # for the second half: requested pages on the main channel are
+        # placed by the load thread at once, never queued.
+        for preempt in (True, False):
+            src, dst = self.run_case(None, preempt=preempt, tag=str(preempt),
+                                     env={"LIVEMIG_POSTCOPY_PLACERS": "2"})
+            p = self.placed(dst)
+            print("%s: preempt %s placed %s" % (self.id(), preempt, p))
+            self.assertEqual(p["placers"], 2, p)
+            self.assertGreater(p["queued"], 0, p)
 
     def test_memfd_copies(self):
         # Shared memory cannot be moved into: copied, and still right.
@@ -561,6 +603,50 @@ class Recovery(PostcopyBase):
         if not dropped:
             # Memory was checked; whether a cut met a held frame is timing.
             self.skipTest("no cut met a held frame in 4 tries (timing)")
+
+    def test_recovery_places_queued_runs(self):
+        # The source cuts the connection (migrate-pause) while the
+        # background stream runs at full speed: the load thread reads
+        # faster than the placer copies, so the placement queue usually
+        # holds runs read whole at that moment.  They are placed before the
+        # received bitmap goes out (so it is exact), the source resends
+        # the rest, and the memory ends byte for byte the source's.  A
+        # stopped guest: no page requests, and memory comparable at the
+        # end.  Whether a cut meets queued runs is timing: up to 4 tries,
+        # each migration checked.
+        hits = []
+        for attempt in range(4):
+            tag = str(attempt)
+            src, dst = self.pair(memory="256M", dst_env={"LIVEMIG_DEBUG": "1"}, tag=tag)
+            time.sleep(0.5)  # the unlimited random writer covers much of RAM
+            src.cmd("stop")
+            self.start(src, dst, early=True, tag=tag)
+            try:
+                src.cmd("migrate-pause")
+                paused = True
+            except lmtest.QMPError:
+                paused = False  # over already (not postcopy-active any more)
+            if paused:
+                src.wait_migration(statuses=("postcopy-paused",))
+                dst.wait_migration(statuses=("postcopy-paused",))
+                self.recover(src, dst, name="recover%s.sock" % tag)
+            info = src.wait_migration()
+            self.assertEqual(info["status"], "completed", info.get("error-desc"))
+            dinfo = dst.wait_migration()
+            self.assertEqual(dinfo["status"], "completed", dinfo.get("error-desc"))
+            self.assert_same_stopped(src, dst)
+            dst.cmd("cont")
+            self.assert_guest_ok(dst)
+            with open(dst.log_path) as f:
+                m = re.search(r"postcopy: (\d+) queued runs placed after the connection broke", f.read())
+            hits.append(int(m.group(1)) if m else 0)
+            src.shutdown()
+            dst.shutdown()
+            if hits[-1]:
+                break
+        print("%s: runs queued at each cut: %s" % (self.id(), hits))
+        if not hits[-1]:
+            self.skipTest("no cut met queued runs in %d tries (timing): %s" % (len(hits), hits))
 
     def test_pause_from_destination(self):
         src, dst = self.pair(caps={"postcopy_preempt": True},
