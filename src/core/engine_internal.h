@@ -121,6 +121,7 @@ typedef struct lm_stats {
     uint64_t dest_load_bw;   /* bytes/s its RAM loads reached on its CPU (0: not said) */
     uint64_t tail_bw;        /* bytes/s expected-downtime gave the tail (with dest_load_bw) */
     uint64_t tail_probe_ns;  /* the last pass's quickest slice beyond its bytes, per run */
+    uint64_t mf_end_probe_ns; /* multifd: the last pass's sync point (the tail's END is one) */
     uint64_t tail_run_bw;    /* bytes/s the tail's runs were priced against */
     bool tail_by_runs;       /* the tail was priced by its runs (lm_bd_run_ns) */
     uint64_t drains;         /* PING..BACKLOG round trips */

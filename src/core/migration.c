@@ -509,7 +509,7 @@ static void auto_postcopy_act(src_ctx *c, lm_conv_action act, uint64_t pass)
 static uint64_t fixed_cost_ns(lm_engine *e, lm_bd_fixed *parts)
 {
     lm_bd_probe probe = { .sync_ns = e->stats.sync_ns, .rtt_ns = e->stats.rtt_now_ns,
-                          .tail_ns = e->stats.tail_probe_ns };
+                          .tail_ns = lm_sat_add(e->stats.tail_probe_ns, e->stats.mf_end_probe_ns) };
     return lm_bd_fixed_estimate(&e->learned, &probe, parts);
 }
 
@@ -698,11 +698,21 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
 {
     lm_engine *e = c->e;
     /* No page of the last pass may land after the same page of the next. */
+    uint64_t sp_start = lm_now_ns();
+    uint64_t sp_held = lm_ratelimit_held_ns(&e->rl);
+    bool mf = c->mf_open;
     int ret = multifd_sync_point(c);
     if (ret < 0) {
         return ret;
     }
     uint64_t now = lm_now_ns();
+    /* With multifd the stop-copy's RAM tail ends with the channels' END
+     * (lm_multifd_src_finish: a packet on each channel, the senders
+     * waited for): a sync point like this one, not held back by the cap.
+     * A first migration has no switchover to learn it from, and left out
+     * it priced a 300-byte tail at 20-90 us that took 0.5-1.2 ms. */
+    uint64_t mf_end_ns = mf ? lm_sat_sub(now - sp_start, lm_ratelimit_held_ns(&e->rl) - sp_held)
+                            : 0;
     uint64_t sent_total = sent_bytes(c);
     uint64_t new_bytes = 0;
     ret = lm_ram_save_sync(&e->saver, &new_bytes, &c->err);
@@ -713,8 +723,9 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
      * The sync point above waited for the senders to write a pass of
      * pages; the switchover's comes right after the deciding pass's, with
      * nothing queued and nothing sent since (it writes no packet), and
-     * the channels' END is timed in its "ram-tail".  Counting the pass's
-     * sync point (twice, for the END) put 0.6-5 ms on a 0.2 ms part. */
+     * the channels' END is timed in its "ram-tail" (and predicted in the
+     * tail's term, above).  Counting the pass's sync point here (twice)
+     * put 0.6-5 ms on a 0.2 ms part. */
     uint64_t sync_ns = lm_now_ns() - now;
     uint64_t pending_ram = lm_ram_save_pending(&e->saver);
     uint64_t pending_dev = lm_devices_pending(e, true, NULL);
@@ -766,6 +777,7 @@ static int sync_and_decide(src_ctx *c, bool *switch_now)
     st->pending_devices = pending_dev;
     st->precopy_bytes = sent_total;
     st->sync_ns = sync_ns;
+    st->mf_end_probe_ns = mf_end_ns;
     /* The stop-copy runs without max-bandwidth: avail-switchover-bandwidth
      * when set (QEMU), else the rate measured while not held back. */
     uint64_t bw = e->params.avail_switchover_bandwidth ? e->params.avail_switchover_bandwidth
