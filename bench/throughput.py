@@ -863,11 +863,11 @@ def rawcopy_warm(binary, size):
 def render(h, results, sizes, args, elapsed):
     L = []
     L.append("# livemig migration throughput vs QEMU and the raw floor (fair conditions)\n")
-    L.append("**Measured on a shared machine**: 2 CPUs used at the same time by seven other "
-             "engineers' builds and tests (load below).  Wall-clock throughput swings with "
-             "that load; the CPU seconds per GiB and the ratios between engines measured in "
-             "the same run (interleaved, back to back) are the steadier figures.  On a quiet "
-             "machine reproduce with the command in the table.\n")
+    L.append("**The machine's load is in the table below** (load average at start, the busiest "
+             "other processes).  Wall-clock throughput swings with load and with the host's "
+             "first touches of fresh memory; the CPU seconds per GiB and the ratios between "
+             "engines measured in the same run (interleaved, back to back) are the steadier "
+             "figures.  Reproduce with the command in the table.\n")
     L.append("| | |\n|---|---|")
     L.append("| date | %s |" % h["date"])
     L.append("| machine | %s, %s CPUs (`nproc`), %s RAM, kernel %s |" % (h["cpu"], h["nproc"],
