@@ -183,7 +183,7 @@ void lm_pc_pq_put(lm_pc_pq *q, lm_pc_pq_run *run)
     pthread_mutex_lock(&q->lock);
     if (q->code) {
         /* Placement failed meanwhile: the caller learns it at its next
-         * get, drain or error check. */
+         * get or drain (and at once from the failed callback). */
         q->free_runs[q->nfree++] = run;
     } else {
         q->ready[(q->head + q->nready) % q->nbufs] = run;
@@ -215,17 +215,6 @@ int lm_pc_pq_drain(lm_pc_pq *q, unsigned *pending, lm_error *err)
         lm_error_propagate(err, &q->err);
     }
     pthread_mutex_unlock(&q->lock);
-    return ret;
-}
-
-int lm_pc_pq_error(lm_pc_pq *q, lm_error *err)
-{
-    int ret = lm_failure_peek(&q->code);
-    if (ret) {
-        pthread_mutex_lock(&q->lock);
-        lm_error_propagate(err, &q->err);
-        pthread_mutex_unlock(&q->lock);
-    }
     return ret;
 }
 

@@ -60,8 +60,6 @@ void lm_pc_pq_unget(lm_pc_pq *q, lm_pc_pq_run *run);
  * many were queued or being placed when it was called.  <0 (err filled)
  * when placement failed. */
 int lm_pc_pq_drain(lm_pc_pq *q, unsigned *pending, lm_error *err);
-/* The failure, if placement failed (0 otherwise). */
-int lm_pc_pq_error(lm_pc_pq *q, lm_error *err);
 /* Runs queued so far. */
 uint64_t lm_pc_pq_runs(lm_pc_pq *q);
 

@@ -67,6 +67,18 @@ class PostcopyBase(MigrationTest):
             time.sleep(0.02)
         self.assert_same_memory(src, dst)
 
+    def finish_stopped(self, src, dst):
+        """Both sides completed with both guests stopped: the destination
+        holds the source's bytes exactly; then it runs on."""
+        info = src.wait_migration()
+        self.assertEqual(info["status"], "completed", info.get("error-desc"))
+        dinfo = dst.wait_migration()
+        self.assertEqual(dinfo["status"], "completed", dinfo.get("error-desc"))
+        self.assert_same_stopped(src, dst)
+        dst.cmd("cont")
+        self.assert_guest_ok(dst)
+        return info, dinfo
+
     def finish(self, src, dst):
         info = src.wait_migration()
         self.assertEqual(info["status"], "completed", info.get("error-desc"))
@@ -260,14 +272,8 @@ class Placement(PostcopyBase):
         time.sleep(1.0)  # the unlimited random writer covers all of RAM
         src.cmd("stop")
         self.start(src, dst, early=True)
-        info = src.wait_migration()
-        self.assertEqual(info["status"], "completed", info.get("error-desc"))
-        dinfo = dst.wait_migration()
-        self.assertEqual(dinfo["status"], "completed", dinfo.get("error-desc"))
         # Both stopped: the destination holds the source's bytes exactly.
-        self.assert_same_stopped(src, dst)
-        dst.cmd("cont")
-        self.assert_guest_ok(dst)
+        self.finish_stopped(src, dst)
         p = self.placed(dst)
         print("%s: placed %s" % (self.id(), p))
         return p
@@ -630,13 +636,7 @@ class Recovery(PostcopyBase):
                 src.wait_migration(statuses=("postcopy-paused",))
                 dst.wait_migration(statuses=("postcopy-paused",))
                 self.recover(src, dst, name="recover%s.sock" % tag)
-            info = src.wait_migration()
-            self.assertEqual(info["status"], "completed", info.get("error-desc"))
-            dinfo = dst.wait_migration()
-            self.assertEqual(dinfo["status"], "completed", dinfo.get("error-desc"))
-            self.assert_same_stopped(src, dst)
-            dst.cmd("cont")
-            self.assert_guest_ok(dst)
+            self.finish_stopped(src, dst)
             with open(dst.log_path) as f:
                 m = re.search(r"postcopy: (\d+) queued runs placed after the connection broke", f.read())
             hits.append(int(m.group(1)) if m else 0)
