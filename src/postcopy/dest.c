@@ -17,6 +17,7 @@
 #include "postcopy/dest_internal.h"
 #include "postcopy/return_path.h"
 #include "ram/uffd_compat.h"
+#include "ram/zero.h"
 
 #ifndef MADV_COLLAPSE
 #define MADV_COLLAPSE 25
@@ -76,6 +77,7 @@ static void placer_reset(lm_pc_placer *pl)
 }
 
 static int open_uffd(lm_pc_dst *d, lm_error *err);
+static int register_blocks(lm_pc_dst *d, lm_error *err);
 
 /* LIVEMIG_POSTCOPY_PLACERS: how many placer threads (0: none, the load
  * thread places what it reads, as before the pipeline). */
@@ -163,15 +165,20 @@ int lm_pc_dst_new(const lm_pc_dst_ctx *ctx, lm_ram_block **blocks, size_t nblock
         return lm_error_set(err, -ENOMEM, "out of memory for postcopy buffers");
     }
     /* Refuse ADVISE now, while the source can still give postcopy up with
-     * its guest running, when userfaultfd is not there (QEMU checks the
-     * host at ADVISE too); LISTEN opens the one it uses. */
+     * its guest running, when userfaultfd is not there or cannot take this
+     * guest's RAM (a file on a disk file system: only anonymous memory,
+     * tmpfs/memfd and hugetlbfs can be registered).  QEMU checks the host
+     * at ADVISE too.  LISTEN opens the one it uses. */
     int ret = open_uffd(d, err);
+    if (ret == 0) {
+        ret = register_blocks(d, err);
+        close(d->uffd);
+        d->uffd = -1;
+    }
     if (ret < 0) {
         lm_pc_dst_free(d);
         return ret;
     }
-    close(d->uffd);
-    d->uffd = -1;
     *out = d;
     return 0;
 }
@@ -195,11 +202,12 @@ void lm_pc_dst_free(lm_pc_dst *d)
     d->pq = NULL;
     if (d->listening) {
         lm_debug("postcopy placement: %llu bytes moved (UFFDIO_MOVE), %llu copied (UFFDIO_COPY), "
-                 "%llu zero-filled; 2 MiB frames of 4 KiB pages: %llu moved whole, %llu copied "
-                 "around a page placed early, %llu dropped at a broken connection; "
-                 "%llu runs placed by %u placer threads",
+                 "%llu zero-filled, %llu zero left as holes; 2 MiB frames of 4 KiB pages: "
+                 "%llu moved whole, %llu copied around a page placed early, %llu dropped at a "
+                 "broken connection; %llu runs placed by %u placer threads",
                  (unsigned long long)d->moved_bytes, (unsigned long long)d->copied_bytes,
-                 (unsigned long long)d->zero_bytes, (unsigned long long)d->frames_moved,
+                 (unsigned long long)d->zero_bytes, (unsigned long long)d->zero_left_bytes,
+                 (unsigned long long)d->frames_moved,
                  (unsigned long long)d->frames_early, (unsigned long long)d->frames_dropped,
                  (unsigned long long)queued, placers);
     }
@@ -326,6 +334,36 @@ static int open_uffd(lm_pc_dst *d, lm_error *err)
     return 0;
 }
 
+/* Registers every block with d->uffd for missing faults, and learns which
+ * placements the kernel offers for each. */
+static int register_blocks(lm_pc_dst *d, lm_error *err)
+{
+    for (size_t i = 0; i < d->nblocks; i++) {
+        lm_ram_block *b = d->blocks[i];
+        struct uffdio_register reg = {
+            .range = { .start = (uintptr_t)b->host, .len = b->size },
+            .mode = UFFDIO_REGISTER_MODE_MISSING,
+        };
+        if (ioctl(d->uffd, UFFDIO_REGISTER, &reg) < 0) {
+            int e = errno;
+            return lm_error_set_errno(err, -e, "postcopy: cannot register block '%s' with userfaultfd%s",
+                                      b->name, e == EINVAL && lm_ram_block_has_fd(b)
+                                                   ? " (its file is not on tmpfs or hugetlbfs?)" : "");
+        }
+        if (!(reg.ioctls & (1ull << _UFFDIO_COPY))) {
+            return lm_error_set(err, -EOPNOTSUPP, "postcopy: UFFDIO_COPY unsupported for block '%s'",
+                                b->name);
+        }
+        d->zeropage_ok[i] = reg.ioctls & (1ull << _UFFDIO_ZEROPAGE);
+        /* Moves take private anonymous pages only (not memfd, not
+         * hugetlbfs). */
+        d->move_ok[i] = d->move_wanted && (reg.ioctls & (1ull << _UFFDIO_MOVE)) &&
+                        lm_ram_block_is_private(b) && !lm_ram_block_has_fd(b) &&
+                        b->page_size < LM_HUGE_2M;
+    }
+    return 0;
+}
+
 static bool has_4k_block(const lm_pc_dst *d)
 {
     for (size_t i = 0; i < d->nblocks; i++) {
@@ -380,26 +418,9 @@ int lm_pc_dst_listen(lm_pc_dst *d, lm_ram_loader *l, lm_error *err)
     if (ret < 0) {
         return ret;
     }
-    for (size_t i = 0; i < d->nblocks; i++) {
-        lm_ram_block *b = d->blocks[i];
-        struct uffdio_register reg = {
-            .range = { .start = (uintptr_t)b->host, .len = b->size },
-            .mode = UFFDIO_REGISTER_MODE_MISSING,
-        };
-        if (ioctl(d->uffd, UFFDIO_REGISTER, &reg) < 0) {
-            return lm_error_set_errno(err, -errno, "postcopy: cannot register block '%s' with userfaultfd",
-                                      b->name);
-        }
-        if (!(reg.ioctls & (1ull << _UFFDIO_COPY))) {
-            return lm_error_set(err, -EOPNOTSUPP, "postcopy: UFFDIO_COPY unsupported for block '%s'",
-                                b->name);
-        }
-        d->zeropage_ok[i] = reg.ioctls & (1ull << _UFFDIO_ZEROPAGE);
-        /* Moves take private anonymous pages only (not memfd, not
-         * hugetlbfs). */
-        d->move_ok[i] = d->move_wanted && (reg.ioctls & (1ull << _UFFDIO_MOVE)) &&
-                        lm_ram_block_is_private(b) && !lm_ram_block_has_fd(b) &&
-                        b->page_size < LM_HUGE_2M;
+    ret = register_blocks(d, err);
+    if (ret < 0) {
+        return ret;
     }
     d->listening = true;
     ret = lm_pc_fault_start(d, err);
@@ -544,25 +565,73 @@ static int place_run(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t p, uin
     return lm_pc_uffd_place(d, wi, (void *)addr, src, len, err);
 }
 
+/*
+ * Zero pages of shared memory (memfd, a file, hugetlbfs) are left as the
+ * holes they are: LISTEN dropped every page not received, so each one not
+ * received since reads as zero, and filling it in would allocate a page
+ * (UFFDIO_ZEROPAGE on shmem allocates one; 1 GiB of zeros took 157 ms
+ * into a file).  Private memory takes UFFDIO_ZEROPAGE: it maps the shared
+ * zero page, and a vCPU reading it does not fault again.
+ *
+ * Such a page counts as received: the source never sends it again, and a
+ * vCPU that touches it faults to the fault thread, which places a zero page
+ * then (lm_pc_fault: received and not present).  A vCPU already waiting
+ * for one of these pages is woken here by placing it: the fault thread
+ * marks `waiting` then reads `received`, this marks `received` then reads
+ * `waiting`, each with a full barrier between, so at least one of the two
+ * sees the other's mark and places it (placing twice only wakes twice).
+ */
+static int leave_zero_run(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t p, uint64_t n,
+                          uint64_t *newly, lm_error *err)
+{
+    *newly = lm_pc_set_range(b->received, p, n);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    for (uint64_t i = p; i < p + n; i++) {
+        if (lm_pc_test(d->waiting[wi], i)) {
+            int ret = lm_pc_uffd_place(d, wi, lm_ram_block_page(b, i), NULL, b->page_size, err);
+            if (ret < 0) {
+                return ret;
+            }
+            __atomic_fetch_add(&d->zero_bytes, b->page_size, __ATOMIC_RELAXED);
+        }
+    }
+    __atomic_fetch_add(&d->zero_left_bytes, n << b->page_shift, __ATOMIC_RELAXED);
+    return 0;
+}
+
 int lm_pc_place_range(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t first, uint64_t n,
                       uint8_t *src, bool movable, lm_error *err)
 {
     uint64_t end = first + n;
+    /* Shared memory keeps its zero pages as holes, those sent as data too
+     * (a file-backed source sends its written-out zeros as data): runs are
+     * cut where pages turn zero or not.  (waiting exists from LISTEN on,
+     * when the holes are made.) */
+    bool holes = !lm_ram_block_is_private(b) && d->waiting[wi];
     for (uint64_t p = first; p < end;) {
         if (lm_pc_test(b->received, p)) {
             p++;
             continue;
         }
+        uint8_t *at = src ? src + ((p - first) << b->page_shift) : NULL;
+        bool zero = holes && (!at || lm_buffer_is_zero(at, b->page_size));
         uint64_t q = p + 1;
-        while (q < end && !lm_pc_test(b->received, q)) {
+        while (q < end && !lm_pc_test(b->received, q) &&
+               (!holes || !src ||
+                lm_buffer_is_zero(src + ((q - first) << b->page_shift), b->page_size) == zero)) {
             q++;
         }
-        int ret = place_run(d, wi, b, p, q - p, src ? src + ((p - first) << b->page_shift) : NULL,
-                            movable, err);
+        uint64_t newly;
+        int ret;
+        if (zero) {
+            ret = leave_zero_run(d, wi, b, p, q - p, &newly, err);
+        } else {
+            ret = place_run(d, wi, b, p, q - p, at, movable, err);
+            newly = ret < 0 ? 0 : lm_pc_set_range(b->received, p, q - p);
+        }
         if (ret < 0) {
             return ret;
         }
-        uint64_t newly = lm_pc_set_range(b->received, p, q - p);
         uint64_t waited = d->waiting[wi] ? lm_pc_clear_range(d->waiting[wi], p, q - p) : 0;
         if (waited && lm_pc_pause_for(b)) {
             lm_pc_waiting_done(d, waited);

@@ -71,6 +71,8 @@ struct lm_pc_dst {
     /* Bytes placed by each means (atomic), logged at the end; frames:
      * whole 2 MiB frames of a 4 KiB block moved as one huge page. */
     uint64_t moved_bytes, copied_bytes, zero_bytes, frames_moved;
+    /* Zero pages of shared memory left as holes (leave_zero_run). */
+    uint64_t zero_left_bytes;
     /* Held frames copied because a page of theirs went in early (a vCPU
      * asked for it), and held frames dropped by a broken connection. */
     uint64_t frames_early, frames_dropped;

@@ -10,6 +10,19 @@
 #include "common/util.h"
 #include "postcopy/fault.h"
 
+/* A fault on a received page: one received as zero and never populated
+ * (a zero page of private memory received before LISTEN, or one of shared
+ * memory left as a hole) gets a zero page; one placed just now is found
+ * present, and its vCPU only woken. */
+static void place_received(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t page)
+{
+    lm_error err = LM_ERROR_INIT;
+    if (lm_pc_uffd_place(d, wi, lm_ram_block_page(b, page), NULL, b->page_size, &err) < 0) {
+        lm_warn("%s", err.msg);
+    }
+    lm_pc_blocktime_end(d, wi, page, 1);
+}
+
 static void handle_fault(lm_pc_dst *d, uint64_t addr, int tid)
 {
     uint32_t wi;
@@ -31,25 +44,27 @@ static void handle_fault(lm_pc_dst *d, uint64_t addr, int tid)
     uint64_t hp_first = page & ~(hp - 1);
     lm_pc_blocktime_begin(d, tid, wi, page);
     if (lm_pc_test(b->received, page)) {
-        /* Received as zero and never populated (or placed just now: then
-         * this finds it present and only wakes). */
-        lm_error err = LM_ERROR_INIT;
-        if (lm_pc_uffd_place(d, wi, lm_ram_block_page(b, page), NULL, b->page_size, &err) < 0) {
-            lm_warn("%s", err.msg);
-        }
-        lm_pc_blocktime_end(d, wi, page, 1);
+        place_received(d, wi, b, page);
         return;
     }
     /* This page goes in as soon as it arrives, even when the rest of its
      * THP host page is still on its way. */
     if (lm_pc_set_range(d->waiting[wi], page, 1) && lm_pc_pause_for(b)) {
         __atomic_add_fetch(&d->nwaiting, 1, __ATOMIC_ACQ_REL);
-        if (lm_pc_test(b->received, page) && lm_pc_clear_range(d->waiting[wi], page, 1)) {
-            /* Placed between the test above and the mark: its placer
-             * may have cleared the bit before it was set, and no one else
-             * would. */
+    }
+    /* Pairs with leave_zero_run's barrier: mark `waiting`, then read
+     * `received`. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (lm_pc_test(b->received, page)) {
+        /* Received between the test above and the mark: placed (its
+         * placer may have cleared the bit before it was set, and no one
+         * else would), or a zero page left as a hole, which no one would
+         * place; placing it here wakes this vCPU either way. */
+        if (lm_pc_clear_range(d->waiting[wi], page, 1) && lm_pc_pause_for(b)) {
             lm_pc_waiting_done(d, 1);
         }
+        place_received(d, wi, b, page);
+        return;
     }
     if (lm_pc_test(d->requested[wi], hp_first)) {
         return; /* asked already: the answer wakes this vCPU too */

@@ -7,8 +7,8 @@ the source a RAM file whose first half is a hole and whose second half is
 zeros written out (data on disk that is zero).  The source runs the random
 workload over a quarter of its RAM, is stopped (one multifd test keeps
 it running at lmtest.LIVE_RATE), and moves by the single channel, multifd
-(plain, four channels, with checksums, zstd) or a mapped-ram file
-restore.  Then:
+(plain, four channels, with checksums, zstd), postcopy, or a mapped-ram
+file restore.  Then:
   - the destination's memory equals the stopped source's, byte for byte,
     and so does its RAM file;
   - every page that is zero at the source is a hole in the destination's
@@ -17,6 +17,8 @@ restore.  Then:
   - the guest runs on, its invariant intact.
 """
 import os
+import shutil
+import tempfile
 
 import lmtest
 from lmtest import MigrationTest, main
@@ -52,8 +54,8 @@ def zero_pages(data):
 
 
 class FileBackedDestination(MigrationTest):
-    def ram_files(self):
-        src, dst = self.path("src.ram"), self.path("dst.ram")
+    def ram_files(self, base=None):
+        src, dst = [os.path.join(base, n) if base else self.path(n) for n in ("src.ram", "dst.ram")]
         with open(src, "wb") as f:
             f.truncate(SIZE)
             f.seek(SIZE // 2)
@@ -79,6 +81,9 @@ class FileBackedDestination(MigrationTest):
                        (lmtest.LIVE_RATE if live else []))
 
     def check(self, src, dst, src_ram, dst_ram):
+        # The file's extents first: reading a hole of a tmpfs file through
+        # a shared mapping (as the memory hash does) allocates a page there.
+        extents = data_extents(dst_ram)
         self.assert_same_memory(src, dst)
         with open(src_ram, "rb") as f:
             want = f.read()
@@ -88,7 +93,6 @@ class FileBackedDestination(MigrationTest):
         zeros = zero_pages(want)
         # The stale bytes were everywhere: most of RAM had to be punched.
         self.assertGreater(len(zeros), (SIZE // PAGE) // 2)
-        extents = data_extents(dst_ram)
         filled = [p for p in zeros
                   if any(s < (p + 1) * PAGE and p * PAGE < e for s, e in extents)]
         self.assertEqual(filled[:8], [], "%d zero pages of the source hold data in the "
@@ -131,6 +135,33 @@ class FileBackedDestination(MigrationTest):
     def test_multifd_zstd(self):
         self._migrate(caps={"multifd": True},
                       params={"multifd-channels": 2, "multifd-compression": "zstd"})
+
+    def test_postcopy(self):
+        """Postcopy from the start, the background stream held to a pace
+        that leaves most of RAM to postcopy: its data pages are placed
+        into the file's page cache (UFFDIO_COPY), its zero pages are left
+        as the holes LISTEN made (no page placed, none allocated), and the
+        stale bytes are gone all the same.  The files are on /dev/shm:
+        userfaultfd takes tmpfs and hugetlbfs files, not a disk file
+        system's (where the destination refuses postcopy at ADVISE)."""
+        shm = tempfile.mkdtemp(prefix="livemig-filedest-", dir="/dev/shm")
+        self.addCleanup(shutil.rmtree, shm, True)
+        src_ram, dst_ram = self.ram_files(shm)
+        src = self.source(src_ram)
+        dst = self.destination(dst_ram)
+        for vm in (src, dst):
+            vm.set_caps(postcopy_ram=True)
+        src.set_params(**{"max-bandwidth": 8 << 20})
+        uri = "unix:" + self.path("m.sock")
+        dst.cmd("migrate-incoming", uri=uri)
+        src.cmd("migrate", uri=uri)
+        src.cmd("migrate-start-postcopy")
+        info = src.wait_migration()
+        self.assertEqual(info["status"], "completed", info.get("error-desc"))
+        dinfo = dst.wait_migration()
+        self.assertEqual(dinfo["status"], "completed", dinfo.get("error-desc"))
+        self.assertGreater(info["ram"]["postcopy-bytes"], 0)
+        self.check(src, dst, src_ram, dst_ram)
 
     def _restore(self, multifd):
         src_ram, dst_ram = self.ram_files()
