@@ -132,11 +132,19 @@ bool lm_uri_multi_channel(const lm_uri *u)
     return u->kind == LM_TRANSPORT_UNIX || u->kind == LM_TRANSPORT_TCP;
 }
 
+/* tcp: TCP_NODELAY only, as QEMU's multifd channels (a lone small message,
+ * a return-path reply, must not wait for an ACK); buffer sizes are left to
+ * the kernel.  Setting SO_SNDBUF or SO_RCVBUF locks a tcp socket's buffer
+ * and turns its autotuning off (tcp_rmem's maximum here is 32 MiB), and
+ * net.core.rmem_max/wmem_max cap the request silently (208 KiB on a stock
+ * Debian 12: a 416 KiB window, crippling on a real link).  Unix stream
+ * sockets have no autotuning: 4 MiB lets a sender queue a few records. */
 static void tune_socket(int fd, bool tcp)
 {
     int one = 1, buf = 4 << 20;
     if (tcp) {
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        return;
     }
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buf, sizeof(buf));
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buf, sizeof(buf));

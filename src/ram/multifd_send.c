@@ -304,7 +304,11 @@ static int send_job(sender *s)
     for (unsigned i = 0; i < s->job.nruns && ret == 0; i++) {
         job_run *r = &s->job.runs[i];
         if (r->kind == LM_RAM_PAGES && mf->cfg.zero == LM_ZERO_MULTIFD && !from_file(mf, r->blk)) {
-            ret = (by_reference(mf, r->blk) ? lm_ram_save_split_probed : lm_ram_save_split)(
+            /* Probed through the kernel only where the pages then go
+             * unread (by reference); over tcp the send reads them anyway. */
+            bool probe = by_reference(mf, r->blk) &&
+                         lm_channel_mem_by_reference(s->ch, LM_CHANNEL_BY_REFERENCE_MIN);
+            ret = (probe ? lm_ram_save_split_probed : lm_ram_save_split)(
                 mf->saver, r->blk, r->first, r->first + r->count, LM_SPLIT_READ_SHARED, add_run, s);
         } else {
             ret = add_run(s, r->kind, r->blk, r->first, r->count);

@@ -452,9 +452,14 @@ static int send_run(lm_ram_saver *s, batch *b, lm_channel *ch, lm_ram_block *blk
                     uint64_t q, bool shared, uint64_t *wire)
 {
     run_to_batch r = { s, b, ch, 0 };
-    /* Without checksums the pages go by reference, unread here: read
-     * them for zeros through the kernel too. */
-    int ret = split_runs(blk, p, q, split_mode(blk, shared), !b->checksum, batch_run, &r);
+    /* Without checksums, on a channel that takes pages by reference, they
+     * go unread here: read them for zeros through the kernel too.  Where
+     * the send reads them through the mapping anyway (tcp), the zero
+     * check reads them there first: one cold read of each page, not two
+     * (the probe cost a tcp source 0.15-0.19 CPU-s/GiB, bench/results.md
+     * "tcp against its floor"). */
+    bool probe = !b->checksum && lm_channel_mem_by_reference(ch, LM_CHANNEL_BY_REFERENCE_MIN);
+    int ret = split_runs(blk, p, q, split_mode(blk, shared), probe, batch_run, &r);
     *wire += r.wire;
     return ret;
 }
