@@ -575,7 +575,7 @@ static int place_run(lm_pc_dst *d, uint32_t wi, lm_ram_block *b, uint64_t p, uin
  *
  * Such a page counts as received: the source never sends it again, and a
  * vCPU that touches it faults to the fault thread, which places a zero page
- * then (lm_pc_fault: received and not present).  A vCPU already waiting
+ * then (fault.c, place_received).  A vCPU already waiting
  * for one of these pages is woken here by placing it: the fault thread
  * marks `waiting` then reads `received`, this marks `received` then reads
  * `waiting`, each with a full barrier between, so at least one of the two
